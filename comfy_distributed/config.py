@@ -1,0 +1,241 @@
+"""Typed model of ``gpu_config.json``: validation that names the bad field, atomic saves.
+
+The schema is the seed's (master, workers, settings) with ``host`` optional per worker.
+Keys we do not know are kept (``extra="allow"``) so a round trip never loses what a user
+or another tool wrote. A file that does not validate is reported and never replaced by
+defaults.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+import re
+import tempfile
+import threading
+from pathlib import Path
+from typing import Any, Callable
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from .errors import ConfigError
+
+CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_CONFIG_PATH = PACKAGE_ROOT / "gpu_config.json"
+
+_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow", validate_assignment=True, strict=False)
+
+
+class MasterConfig(_Model):
+    port: int = Field(8188, ge=1, le=65535)
+    cuda_device: int | None = Field(0, ge=0)
+    extra_args: str = ""
+
+
+class WorkerConfig(_Model):
+    id: int | str
+    name: str = ""
+    cuda_device: int | None = Field(None, ge=0)
+    port: int = Field(ge=1, le=65535)
+    enabled: bool = True
+    extra_args: str = ""
+    host: str | None = None
+
+    @field_validator("id")
+    @classmethod
+    def _id(cls, value: int | str) -> int | str:
+        if isinstance(value, str) and not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", value):
+            raise ValueError("must be a number or up to 64 letters, digits, '_', '.', '-'")
+        return value
+
+    @field_validator("host")
+    @classmethod
+    def _host(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        value = value.strip()
+        if "://" in value:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https"):
+                raise ValueError("a URL must start with http:// or https://")
+            if not parts.hostname or parts.query or parts.fragment or parts.username:
+                raise ValueError("must be http(s)://host[:port][/path] without query, fragment or user")
+            try:
+                parts.port
+            except ValueError as exc:
+                raise ValueError(f"has a bad port: {exc}") from exc
+            return value.rstrip("/")
+        if _is_ip(value.strip("[]")) or _HOSTNAME.match(value):
+            return value
+        raise ValueError("must be a host name, an IP address, or an http(s):// URL")
+
+    @property
+    def display_name(self) -> str:
+        return self.name or f"Worker {self.id}"
+
+    @property
+    def base_url(self) -> str:
+        """The address the master uses to reach this worker.
+
+        A ``host`` that is a URL is used as it is (its own port, or the scheme's default):
+        that is how a worker behind a reverse proxy or a cloud tunnel is reached. Otherwise
+        ``http://host:port``, host defaulting to this machine.
+        """
+        host = self.host or "127.0.0.1"
+        if "://" in host:
+            return host
+        if ":" in host and not host.startswith("["):
+            host = f"[{host}]"
+        return f"http://{host}:{self.port}"
+
+
+def _is_ip(value: str) -> bool:
+    try:
+        ipaddress.ip_address(value)
+    except ValueError:
+        return False
+    return True
+
+
+class Settings(_Model):
+    """Known settings; unknown keys are kept as they are."""
+
+    worker_timeout: float = Field(600.0, gt=0, description="seconds a worker may take for its share, queue wait included")
+    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection to a worker")
+    request_timeout: float = Field(60.0, gt=0, description="seconds for one HTTP request to a worker")
+
+
+class GpuConfig(_Model):
+    master: MasterConfig = Field(default_factory=MasterConfig)
+    workers: list[WorkerConfig] = Field(default_factory=list)
+    settings: Settings = Field(default_factory=Settings)
+
+    @model_validator(mode="after")
+    def _unique(self) -> "GpuConfig":
+        seen_ids: dict[str, int] = {}
+        seen_addresses: dict[str, int] = {}
+        for index, worker in enumerate(self.workers):
+            key = str(worker.id)
+            if key in seen_ids:
+                raise ValueError(f"workers[{index}].id: {worker.id!r} is already used by workers[{seen_ids[key]}]")
+            seen_ids[key] = index
+            address = worker.base_url
+            if address in seen_addresses:
+                raise ValueError(
+                    f"workers[{index}]: address {address} is already used by workers[{seen_addresses[address]}]"
+                )
+            seen_addresses[address] = index
+        return self
+
+    def enabled_workers(self) -> list[WorkerConfig]:
+        """Enabled workers in config order: worker k of this list gets seed + k + 1."""
+        return [worker for worker in self.workers if worker.enabled]
+
+    def find_worker(self, worker_id: int | str) -> WorkerConfig | None:
+        return next((w for w in self.workers if str(w.id) == str(worker_id)), None)
+
+
+def format_validation_error(source: str, exc: ValidationError) -> str:
+    """One line per problem: ``gpu_config.json: workers[1].port: must be a port ...``."""
+    lines = []
+    for error in exc.errors():
+        location = ""
+        for part in error["loc"]:
+            location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"{source}: {location or '(top level)'}: {message}")
+    return "\n".join(lines)
+
+
+def parse_config(data: Any, source: str = "gpu_config.json") -> GpuConfig:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: the top level must be a JSON object")
+    try:
+        return GpuConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(format_validation_error(source, exc)) from exc
+
+
+def config_path() -> Path:
+    override = os.environ.get(CONFIG_ENV)
+    return Path(override).expanduser() if override else DEFAULT_CONFIG_PATH
+
+
+def load_config(path: Path) -> GpuConfig:
+    """Read and validate ``path``. A missing file is an empty cluster (master only)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return GpuConfig()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    return parse_config(data, str(path))
+
+
+def save_config(path: Path, config: GpuConfig) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one."""
+    text = json.dumps(config.model_dump(mode="json"), indent=2) + "\n"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        if path.exists():
+            os.chmod(tmp_name, path.stat().st_mode & 0o777)
+        os.replace(tmp_name, path)
+    except OSError as exc:
+        Path(tmp_name).unlink(missing_ok=True)
+        raise ConfigError(f"{path}: cannot be saved: {exc.strerror or exc}") from exc
+
+
+class ConfigStore:
+    """The live configuration: re-read when the file changes, updated under a lock.
+
+    Edits made by hand while ComfyUI runs apply to the next job. A file that stops
+    validating is reported by :meth:`get` and left untouched.
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or config_path()
+        self._lock = threading.RLock()
+        self._cached: GpuConfig | None = None
+        self._stamp: tuple[int, int] | None = None
+
+    def _file_stamp(self) -> tuple[int, int] | None:
+        try:
+            stat = self.path.stat()
+        except FileNotFoundError:
+            return None
+        return (stat.st_mtime_ns, stat.st_size)
+
+    def get(self) -> GpuConfig:
+        """The current config; raises ConfigError naming the file and field when it is bad."""
+        with self._lock:
+            stamp = self._file_stamp()
+            if self._cached is None or stamp != self._stamp:
+                self._cached = load_config(self.path)
+                self._stamp = stamp
+            return self._cached.model_copy(deep=True)
+
+    def update(self, change: Callable[[GpuConfig], None]) -> GpuConfig:
+        """Apply ``change`` to a copy, validate the result, save it atomically, return it."""
+        with self._lock:
+            config = self.get()
+            change(config)
+            validated = parse_config(config.model_dump(mode="json"), str(self.path))
+            save_config(self.path, validated)
+            self._cached = validated
+            self._stamp = self._file_stamp()
+            return validated.model_copy(deep=True)

@@ -1,0 +1,71 @@
+"""One hierarchy for every error this package raises on purpose.
+
+::
+
+    DistributedError
+    ├── ConfigError                 gpu_config.json unreadable, invalid, or not savable
+    ├── WorkflowError               a prompt we cannot distribute (bad graph, bad seed input)
+    ├── WorkerError                 one worker failed its share; carries the worker's name
+    │   ├── WorkerUnreachable       connection refused, DNS, TLS, dropped connection
+    │   ├── WorkerTimeout           no answer or no result before the deadline
+    │   ├── WorkerRejected          POST /prompt answered 4xx (node_errors: missing node, bad input)
+    │   ├── WorkerExecutionFailed   the prompt ran and ended in execution_error / interrupted
+    │   └── WorkerProtocolError     the worker answered something that is not ComfyUI's API
+    └── JobError                    a distributed job as a whole (unknown job, cancelled)
+
+Third-party exceptions (aiohttp, asyncio timeouts, JSON) are converted at the edge, in
+``worker_client``, with ``raise ... from exc``.
+"""
+
+from __future__ import annotations
+
+
+class DistributedError(Exception):
+    """Base of every error raised on purpose by ComfyUI-Distributed."""
+
+
+class ConfigError(DistributedError):
+    """The configuration file cannot be read, is invalid, or cannot be saved."""
+
+
+class WorkflowError(DistributedError):
+    """The queued prompt cannot be turned into per-worker copies."""
+
+
+class WorkerError(DistributedError):
+    """A worker could not deliver its share of a job."""
+
+    reason = "failed"
+
+    def __init__(self, worker: str, message: str) -> None:
+        super().__init__(f"worker {worker}: {message}")
+        self.worker = worker
+        self.message = message
+
+
+class WorkerUnreachable(WorkerError):
+    reason = "unreachable"
+
+
+class WorkerTimeout(WorkerError):
+    reason = "timeout"
+
+
+class WorkerRejected(WorkerError):
+    reason = "rejected"
+
+    def __init__(self, worker: str, message: str, node_errors: dict | None = None) -> None:
+        super().__init__(worker, message)
+        self.node_errors = node_errors or {}
+
+
+class WorkerExecutionFailed(WorkerError):
+    reason = "execution_error"
+
+
+class WorkerProtocolError(WorkerError):
+    reason = "protocol_error"
+
+
+class JobError(DistributedError):
+    """A distributed job as a whole failed or is unknown."""

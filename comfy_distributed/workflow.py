@@ -1,0 +1,159 @@
+"""The API-format prompt graph: find our nodes, prune, and build each worker's copy.
+
+A prompt is ``{node_id: {"class_type": str, "inputs": {name: literal | [node_id, output_index]}}}``.
+A worker's copy holds only what the Collectors need, uses no class of this extension
+(Distributors become literal seeds, Collectors become core ``PreviewImage`` output nodes
+under the same node id), so any plain ComfyUI can run it.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any, Iterable
+
+from .errors import WorkflowError
+
+COLLECTOR_CLASS = "MultiGPUCollector"
+DISTRIBUTOR_CLASS = "MultiGPUSeedDistributor"
+JOB_INPUT = "multigpu_job_id"
+"""Input added to the master's Collector nodes so that they find their job when they run."""
+
+WORKER_OUTPUT_CLASS = "PreviewImage"
+SEED_MODULUS = 2**64
+"""ComfyUI seeds are 64-bit unsigned; an offset seed wraps around instead of overflowing."""
+
+LITERAL_SOURCES = {"PrimitiveInt": "value"}
+"""Core nodes whose output is one of their literal inputs, so a seed linked from them is known."""
+
+Prompt = dict[str, dict[str, Any]]
+
+
+def is_link(value: Any) -> bool:
+    return (
+        isinstance(value, list)
+        and len(value) == 2
+        and isinstance(value[0], (str, int))
+        and isinstance(value[1], int)
+        and not isinstance(value[1], bool)
+    )
+
+
+def validate_prompt_shape(prompt: Any) -> Prompt:
+    """Check the structure we rely on; ComfyUI validates the rest."""
+    if not isinstance(prompt, dict):
+        raise WorkflowError("the prompt must be a JSON object of nodes")
+    for node_id, node in prompt.items():
+        if not isinstance(node, dict) or not isinstance(node.get("class_type"), str):
+            raise WorkflowError(f"node {node_id}: must be an object with a class_type")
+        if not isinstance(node.get("inputs", {}), dict):
+            raise WorkflowError(f"node {node_id} ({node['class_type']}): inputs must be an object")
+    return prompt
+
+
+def nodes_of_class(prompt: Prompt, class_type: str) -> list[str]:
+    return [node_id for node_id, node in prompt.items() if node.get("class_type") == class_type]
+
+
+def upstream(prompt: Prompt, start: Iterable[str]) -> set[str]:
+    """Every node that the ``start`` nodes depend on, through links (``start`` excluded)."""
+    seen: set[str] = set()
+    stack = [str(node_id) for node_id in start]
+    while stack:
+        node = prompt.get(stack.pop())
+        if node is None:
+            continue
+        for value in node.get("inputs", {}).values():
+            if is_link(value):
+                source = str(value[0])
+                if source not in seen and source in prompt:
+                    seen.add(source)
+                    stack.append(source)
+    return seen
+
+
+def distributed_collectors(prompt: Prompt) -> list[str]:
+    """Collectors whose inputs come from no other Collector, in node-id order.
+
+    A Collector downstream of another one already receives every participant's images,
+    so it is a pass-through and takes no part in distribution.
+    """
+    collectors = nodes_of_class(prompt, COLLECTOR_CLASS)
+    result = []
+    for node_id in collectors:
+        if not any(other in upstream(prompt, [node_id]) for other in collectors if other != node_id):
+            result.append(node_id)
+    return sorted(result, key=_node_sort_key)
+
+
+def _node_sort_key(node_id: str) -> tuple[int, int | str]:
+    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+
+
+def offset_seed(seed: int, worker_index: int) -> int:
+    """The seed of worker ``worker_index`` (0-based, enabled workers in config order)."""
+    return (seed + worker_index + 1) % SEED_MODULUS
+
+
+def distributor_seed(prompt: Prompt, node_id: str) -> int:
+    """The master's seed at a Distributor, read from the prompt before anything runs."""
+    node = prompt[node_id]
+    value = node.get("inputs", {}).get("seed")
+    if is_link(value):
+        source_id = str(value[0])
+        source = prompt.get(source_id, {})
+        literal_input = LITERAL_SOURCES.get(source.get("class_type", ""))
+        literal = source.get("inputs", {}).get(literal_input) if literal_input else None
+        if literal_input is None or is_link(literal) or value[1] != 0:
+            raise WorkflowError(
+                f"Multi-GPU Distributor {node_id}: its seed comes from node {source_id} "
+                f"({source.get('class_type', 'missing')}), whose value is only known when it runs; "
+                "type the seed into the Distributor or feed it from a core Int (PrimitiveInt) node"
+            )
+        value = literal
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise WorkflowError(f"Multi-GPU Distributor {node_id}: seed must be an integer, got {value!r}")
+    if not 0 <= value < SEED_MODULUS:
+        raise WorkflowError(f"Multi-GPU Distributor {node_id}: seed {value} is outside 0..2^64-1")
+    return value
+
+
+def mark_master_prompt(prompt: Prompt, collectors: Iterable[str], job_id: str) -> Prompt:
+    """The master's prompt with the job id on each distributed Collector (a new dict)."""
+    marked = dict(prompt)
+    for node_id in collectors:
+        node = copy.deepcopy(prompt[node_id])
+        node.setdefault("inputs", {})[JOB_INPUT] = job_id
+        marked[node_id] = node
+    return marked
+
+
+def build_worker_prompt(prompt: Prompt, collectors: list[str], worker_index: int) -> Prompt:
+    """The copy that worker ``worker_index`` runs: pruned, seeds offset, only core output nodes."""
+    keep = upstream(prompt, collectors) | set(collectors)
+    seeds = {
+        node_id: offset_seed(distributor_seed(prompt, node_id), worker_index)
+        for node_id in keep
+        if prompt[node_id].get("class_type") == DISTRIBUTOR_CLASS
+    }
+    copy_: Prompt = {}
+    for node_id in sorted(keep, key=_node_sort_key):
+        node = prompt[node_id]
+        if node_id in seeds:
+            continue
+        if node_id in collectors:
+            images = node.get("inputs", {}).get("images")
+            if not is_link(images):
+                raise WorkflowError(f"Multi-GPU Collector {node_id}: its images input is not connected")
+            copy_[node_id] = {
+                "class_type": WORKER_OUTPUT_CLASS,
+                "inputs": {"images": list(images)},
+                "_meta": {"title": f"Multi-GPU Collector {node_id} (worker share)"},
+            }
+            continue
+        new_node = copy.deepcopy(node)
+        new_node["inputs"] = {
+            name: (seeds[str(value[0])] if is_link(value) and str(value[0]) in seeds else value)
+            for name, value in node.get("inputs", {}).items()
+        }
+        copy_[node_id] = new_node
+    return copy_

@@ -1,0 +1,102 @@
+"""Test node pack: seeded images after simulated GPU work.
+
+Loaded by real ComfyUI (tier 3) as a custom node folder, and imported by the stand-in
+ComfyUI server (tier 2) so that both produce the very same pixels for a seed.
+Nothing here imports ComfyUI at module level.
+"""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+
+def seeded_images(seed: int, batch_size: int, width: int, height: int) -> torch.Tensor:
+    """A batch of images [B, H, W, 3] in 0..1 that depends only on the arguments.
+
+    Image i of the batch is drawn from its own generator seeded with ``seed * 1000 + i`` so
+    that image i is the same whatever the batch size.
+    """
+    images = []
+    for index in range(batch_size):
+        generator = torch.Generator().manual_seed((seed * 1000 + index) % (2**63))
+        images.append(torch.rand((height, width, 3), generator=generator, dtype=torch.float32))
+    return torch.stack(images)
+
+
+def _interrupted() -> bool:
+    try:
+        import comfy.model_management as mm  # only inside ComfyUI
+    except ImportError:
+        return False
+    return bool(mm.processing_interrupted())
+
+
+def simulate_work(delay: float, steps: int = 10) -> None:
+    """Sleep ``delay`` seconds in ``steps`` slices, reporting progress and honouring interrupts."""
+    progress = None
+    try:
+        import comfy.utils
+
+        progress = comfy.utils.ProgressBar(steps)
+    except ImportError:
+        pass
+    for _ in range(steps):
+        if _interrupted():
+            import comfy.model_management as mm
+
+            mm.throw_exception_if_processing_interrupted()
+        time.sleep(delay / steps)
+        if progress is not None:
+            progress.update(1)
+
+
+class DistributedTestImage:
+    """Seeded image generator with a configurable delay that stands for GPU work."""
+
+    CATEGORY = "testing/distributed"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "width": ("INT", {"default": 64, "min": 8, "max": 4096}),
+                "height": ("INT", {"default": 64, "min": 8, "max": 4096}),
+                "delay": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 600.0, "step": 0.01}),
+            }
+        }
+
+    def generate(self, seed: int, batch_size: int, width: int, height: int, delay: float):
+        if delay > 0:
+            simulate_work(delay)
+        return (seeded_images(seed, batch_size, width, height),)
+
+
+class DistributedTestFail:
+    """Raises during execution, to test how an execution error on a worker is reported."""
+
+    CATEGORY = "testing/distributed"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "fail"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"images": ("IMAGE",), "message": ("STRING", {"default": "boom"})}}
+
+    def fail(self, images, message: str):
+        raise RuntimeError(message)
+
+
+NODE_CLASS_MAPPINGS = {
+    "DistributedTestImage": DistributedTestImage,
+    "DistributedTestFail": DistributedTestFail,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "DistributedTestImage": "Distributed Test Image",
+    "DistributedTestFail": "Distributed Test Fail",
+}

@@ -1,0 +1,107 @@
+"""Fixtures for tier-3 tests: real ComfyUI processes and a random-weight SD1.5 checkpoint.
+
+Every test collected from this folder is skipped with ``SKIP_REASON`` when ``COMFYUI_PATH``
+is unset, so the rest of the suite runs anywhere.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import subprocess
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from .harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance, comfyui_python, start_comfyui
+
+HERE = Path(__file__).resolve().parent
+CHECKPOINT_NAME = "sd15-random-v1.safetensors"
+CHECKPOINT_BUILD_TIMEOUT = 900.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Skip, with the visible reason, every test under tests/real when there is no ComfyUI."""
+    if COMFYUI_PATH:
+        return
+    skip = pytest.mark.skip(reason=SKIP_REASON)
+    for item in items:
+        if HERE in Path(str(item.path)).resolve().parents:
+            item.add_marker(skip)
+
+
+@pytest.fixture
+def comfy_factory(tmp_path: Path) -> Iterator[Callable[..., ComfyInstance]]:
+    """Start real ComfyUI instances under tmp_path; all of them are stopped at teardown.
+
+    The callable takes start_comfyui's arguments minus ``base_dir``; each instance gets
+    ``tmp_path/NAME``, so a test may put files there (e.g. models) before starting it. A name
+    used twice in one test gets ``tmp_path/NAME-2`` and so on.
+    """
+    started: list[ComfyInstance] = []
+    used: set[str] = set()
+
+    def factory(name: str, **kwargs) -> ComfyInstance:
+        folder, suffix = name, 1
+        while folder in used:
+            suffix += 1
+            folder = f"{name}-{suffix}"
+        used.add(folder)
+        instance = start_comfyui(name, tmp_path / folder, **kwargs)
+        started.append(instance)
+        return instance
+
+    try:
+        yield factory
+    finally:
+        errors = []
+        for instance in started:
+            try:
+                instance.stop()
+            except Exception as exc:  # keep stopping the others
+                errors.append(f"{instance.name}: {exc!r}")
+        if errors:
+            raise RuntimeError("could not stop: " + "; ".join(errors))
+
+
+def _cache_dir() -> Path:
+    default = Path.home() / ".cache" / "comfy-distributed-tests"
+    return Path(os.environ.get("COMFY_DISTRIBUTED_TEST_CACHE") or default)
+
+
+@pytest.fixture(scope="session")
+def random_sd15_checkpoint() -> Path:
+    """Path of the random-weight SD1.5 checkpoint, built once per cache dir (about 20 s, 2.1 GB).
+
+    Built with ComfyUI's own interpreter and model code; a file lock keeps parallel sessions
+    from building it twice, and the build writes to a temporary name renamed at the end so a
+    killed build never leaves a truncated checkpoint behind.
+    """
+    if not COMFYUI_PATH:
+        pytest.skip(SKIP_REASON)
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / CHECKPOINT_NAME
+    with open(cache / f"{CHECKPOINT_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        partial = cache / f"{CHECKPOINT_NAME}.partial-{os.getpid()}"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (COMFYUI_PATH, env.get("PYTHONPATH")) if p)
+        env["OMP_NUM_THREADS"] = "1"
+        started = time.monotonic()
+        result = subprocess.run(
+            [comfyui_python(), str(HERE / "make_random_sd15.py"), str(partial)],
+            cwd=COMFYUI_PATH, env=env, capture_output=True, text=True, timeout=CHECKPOINT_BUILD_TIMEOUT,
+        )
+        if result.returncode != 0 or not partial.exists():
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"make_random_sd15.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+            )
+        os.replace(partial, target)
+        print(f"built {target} in {time.monotonic() - started:.1f}s")
+        return target

@@ -1,0 +1,260 @@
+"""Tier 3: a real ComfyUI master with this extension and plain real ComfyUI workers.
+
+One master (this extension + the test node pack) and three plain workers: w1 and w2 with
+the test node pack, w3 without it (a worker missing a custom node). The master's
+gpu_config.json is rewritten per test; the master re-reads it for each job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import uuid
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.real.harness import (
+    ComfyInstance,
+    http_json,
+    link_model,
+    output_images,
+    requires_comfyui,
+    sd15_workflow,
+    start_comfyui,
+    submit_prompt,
+    wait_for_history,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_NODES = ROOT / "tests" / "comfy_test_nodes"
+
+pytestmark = [requires_comfyui, pytest.mark.timeout(900)]
+
+
+class Cluster:
+    def __init__(self, base: Path) -> None:
+        self.config_path = base / "gpu_config.json"
+        self.config_path.write_text("{}")
+        self.instances: list[ComfyInstance] = []
+        with_nodes = {"comfy_test_nodes": TEST_NODES}
+        try:
+            self.w1 = self._start("w1", base, custom_nodes=with_nodes)
+            self.w2 = self._start("w2", base, custom_nodes=with_nodes)
+            self.w3 = self._start("w3-plain", base)
+            self.master = self._start(
+                "master", base,
+                custom_nodes={"ComfyUI-Distributed": ROOT, **with_nodes},
+                env={"COMFY_DISTRIBUTED_CONFIG": str(self.config_path)},
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, name: str, base: Path, **kwargs) -> ComfyInstance:
+        instance = start_comfyui(name, base / name, **kwargs)
+        self.instances.append(instance)
+        return instance
+
+    def run(self, prompt: dict, path: str = "/prompt") -> tuple[dict, list[dict], float]:
+        """The master's history entry, the websocket events a UI saw, and the seconds it took."""
+        return asyncio.run(run_on_master(self.master, prompt, path=path))
+
+    def stop(self) -> None:
+        for instance in self.instances:
+            instance.stop()
+
+    def use_workers(self, *workers: ComfyInstance, **settings: float) -> None:
+        config = {
+            "master": {"port": self.master.port},
+            "workers": [{"id": i + 1, "name": f"GPU {i + 1} ({w.name})", "port": w.port, "enabled": True}
+                        for i, w in enumerate(workers)],
+            "settings": {"worker_timeout": 300, **settings},
+        }
+        self.config_path.write_text(json.dumps(config))
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory) -> Cluster:
+    made = Cluster(tmp_path_factory.mktemp("cluster"))
+    try:
+        yield made
+    finally:
+        made.stop()
+
+
+async def run_on_master(master: ComfyInstance, prompt: dict, timeout: float = 600,
+                        path: str = "/prompt") -> tuple[dict, list[dict], float]:
+    """Queue with a plain POST /prompt while listening on the master's websocket like the UI does."""
+    url = master.url
+    client_id = uuid.uuid4().hex
+    events: list[dict] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url}/ws", params={"clientId": client_id}) as ws:
+            started = time.monotonic()
+            async with session.post(f"{url}{path}", json={"prompt": prompt, "client_id": client_id}) as response:
+                body = await response.json()
+                assert response.status == 200, body
+            prompt_id = body["prompt_id"]
+            deadline = started + timeout
+            while True:
+                message = await ws.receive(timeout=max(deadline - time.monotonic(), 0.1))
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    raise AssertionError(f"the master closed its websocket (crashed?)\n{master.log_tail()}")
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                event = json.loads(message.data)
+                events.append(event)
+                data = event.get("data") or {}
+                if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                    break
+            elapsed = time.monotonic() - started
+    entry = wait_for_history(url, prompt_id, timeout=30)
+    return entry, events, elapsed
+
+
+def decoded(blobs: list[bytes]) -> list[np.ndarray]:
+    return [np.array(Image.open(io.BytesIO(blob)).convert("RGB")) for blob in blobs]
+
+
+def single_instance_images(instance: ComfyInstance, prompt: dict) -> list[np.ndarray]:
+    prompt_id = submit_prompt(instance.url, prompt)
+    return decoded(output_images(instance.url, wait_for_history(instance.url, prompt_id, timeout=600)))
+
+
+def test_image_workflow(seed: int, delay: float = 1.0) -> dict:
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": ["2", 0], "batch_size": 2, "width": 64, "height": 48, "delay": delay}},
+        "2": {"class_type": "MultiGPUSeedDistributor", "inputs": {"seed": seed}},
+        "3": {"class_type": "MultiGPUCollector", "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "dist"}},
+    }
+
+
+test_image_workflow.__test__ = False  # a builder, not a test
+
+
+def plain_image_workflow(seed: int) -> dict:
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": seed, "batch_size": 2, "width": 64, "height": 48, "delay": 0.0}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "single"}},
+    }
+
+
+def worker_failures(events: list[dict]) -> list[str]:
+    return [e["data"]["message"] for e in events if e["type"] == "multigpu.worker_failed"]
+
+
+def test_six_images_in_order_identical_to_single_runs(cluster):
+    cluster.use_workers(cluster.w1, cluster.w2)
+    entry, events, _ = cluster.run(test_image_workflow(seed=1000))
+    images = decoded(output_images(cluster.master.url, entry))
+    assert len(images) == 6
+    assert worker_failures(events) == []
+    expected = []
+    for seed in (1000, 1001, 1002):  # master, worker 1 (seed+1), worker 2 (seed+2)
+        expected += single_instance_images(cluster.w1, plain_image_workflow(seed))
+    for index, (got, want) in enumerate(zip(images, expected)):
+        assert np.array_equal(got, want), f"image {index} differs from the single-instance run"
+
+
+def test_real_diffusion_pipeline_matches_single_instance_runs(cluster, random_sd15_checkpoint):
+    for instance in (cluster.master, cluster.w1, cluster.w2):
+        link_model(instance.base_dir, "checkpoints", random_sd15_checkpoint, "random-sd15.safetensors")
+    cluster.use_workers(cluster.w1, cluster.w2)
+    prompt = sd15_workflow("random-sd15.safetensors", seed=0, steps=1, batch_size=2)
+    prompt["5"]["inputs"]["seed"] = ["20", 0]
+    prompt["20"] = {"class_type": "MultiGPUSeedDistributor", "inputs": {"seed": 777}}
+    prompt["21"] = {"class_type": "MultiGPUCollector", "inputs": {"images": ["6", 0]}}
+    prompt["7"]["inputs"]["images"] = ["21", 0]
+    entry, events, _ = cluster.run(prompt)
+    images = decoded(output_images(cluster.master.url, entry))
+    assert worker_failures(events) == []
+    assert len(images) == 6
+    expected = []
+    for seed in (777, 778, 779):
+        expected += single_instance_images(cluster.w2, sd15_workflow("random-sd15.safetensors", seed=seed, steps=1))
+    for index, (got, want) in enumerate(zip(images, expected)):
+        assert np.array_equal(got, want), f"image {index} differs from the single-instance run"
+    assert not np.array_equal(images[0], images[2])  # the workers really used other seeds
+
+
+def test_worker_missing_a_node_class_is_named_and_the_rest_delivered(cluster):
+    cluster.use_workers(cluster.w1, cluster.w3)
+    entry, events, _ = cluster.run(test_image_workflow(seed=50, delay=0.2))
+    assert len(output_images(cluster.master.url, entry)) == 4
+    (message,) = worker_failures(events)
+    assert "GPU 2 (w3-plain)" in message and "DistributedTestImage" in message
+    assert "DistributedTestImage" in cluster.master.log_tail(200)
+
+
+def node_images(url: str, entry: dict, node_id: str) -> list[np.ndarray]:
+    return decoded(output_images(url, {"outputs": {node_id: entry["outputs"][node_id]}}))
+
+
+def test_no_enabled_worker_behaves_as_without_the_nodes(cluster):
+    cluster.use_workers()
+    entry, events, _ = cluster.run(test_image_workflow(seed=200, delay=0.0))
+    images = decoded(output_images(cluster.master.url, entry))
+    expected = single_instance_images(cluster.w1, plain_image_workflow(200))
+    assert len(images) == 2 and all(np.array_equal(a, b) for a, b in zip(images, expected))
+    assert "multigpu_job_id" not in json.dumps(entry["prompt"])
+    assert worker_failures(events) == []
+
+
+def test_two_collectors_each_collect_their_own_images(cluster):
+    cluster.use_workers(cluster.w1, cluster.w2)
+    prompt = test_image_workflow(seed=300, delay=0.2)
+    prompt["5"] = {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}
+    prompt["6"] = {"class_type": "MultiGPUCollector", "inputs": {"images": ["5", 0]}}
+    prompt["7"] = {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": "inverted"}}
+    entry, events, _ = cluster.run(prompt, path="/api/prompt")  # the route the frontend uses
+    assert worker_failures(events) == []
+    plain, inverted = node_images(cluster.master.url, entry, "4"), node_images(cluster.master.url, entry, "7")
+    assert len(plain) == len(inverted) == 6
+    expected_inverted = []
+    for seed in (300, 301, 302):
+        single = plain_image_workflow(seed)
+        single["5"] = {"class_type": "ImageInvert", "inputs": {"image": ["1", 0]}}
+        single["4"]["inputs"]["images"] = ["5", 0]
+        expected_inverted += single_instance_images(cluster.w1, single)
+    assert all(np.array_equal(a, b) for a, b in zip(inverted, expected_inverted))
+    assert not np.array_equal(plain[0], inverted[0])
+
+
+def test_master_stays_responsive_while_the_collector_waits(cluster):
+    cluster.use_workers(cluster.w1, cluster.w2)
+    prompt = test_image_workflow(seed=400, delay=4.0)  # every participant busy for 4 s
+    with ThreadPoolExecutor(1) as pool:
+        job = pool.submit(cluster.run, prompt)
+        answers = []
+        deadline = time.monotonic() + 60
+        while not job.done() and time.monotonic() < deadline:
+            started = time.monotonic()
+            queue = http_json("GET", f"{cluster.master.url}/queue", timeout=5)
+            answers.append((time.monotonic() - started, len(queue["queue_running"])))
+            time.sleep(0.05)  # polling interval
+        entry, events, elapsed = job.result()
+    assert any(running for _, running in answers), "never saw the job running on the master"
+    slowest = max(latency for latency, _ in answers)
+    assert slowest < 2.0, f"the master's server took {slowest:.2f}s to answer during a job"
+    assert len(output_images(cluster.master.url, entry)) == 6
+
+
+def test_worker_stopped_before_the_job(cluster):
+    cluster.use_workers(cluster.w1, cluster.w2)
+    cluster.w2.stop()
+    entry, events, elapsed = cluster.run(test_image_workflow(seed=60))
+    assert len(output_images(cluster.master.url, entry)) == 4
+    (message,) = worker_failures(events)
+    assert "GPU 2 (w2)" in message and "cannot connect" in message
+    assert elapsed < 30, f"took {elapsed:.1f}s: a stopped worker must not hold the job up"
+    assert "GPU 2 (w2)" in cluster.master.log_tail(200)

@@ -1,0 +1,589 @@
+"""StandinComfy: an aiohttp server that behaves like ComfyUI 0.3.64 on its native API.
+
+It serves the routes the ComfyUI-Distributed master uses (``/prompt``, ``/ws``, ``/history``,
+``/view``, ``/queue``, ``/interrupt``, ``/free``, ``/system_stats``, ``/object_info``,
+``/upload/image``, plus ``/features`` and the ``/api``-prefixed twins of every route), runs
+prompts one at a time from a priority queue like ComfyUI's prompt worker, executes the real node
+classes of ``tests/comfy_test_nodes`` and its own SaveImage/PreviewImage/LoadImage/Primitive*
+nodes, and has fault-injection knobs for component tests. See ``tests/standin/README.md``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import copy
+import hashlib
+import heapq
+import json
+import mimetypes
+import os
+import shutil
+import sys
+import uuid
+from io import BytesIO
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+from aiohttp import web
+from PIL import Image
+
+from .executor import Caches, PromptExecution
+from .nodes import Dirs, make_core_nodes, node_info, split_annotation, test_pack_nodes
+from .validation import validate_prompt
+
+COMFYUI_VERSION = "0.3.64"
+SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
+MAX_UPLOAD_SIZE = 100 * 1024 * 1024
+FAKE_RAM_TOTAL = 16 * 1024**3
+FAKE_RAM_FREE = 12 * 1024**3
+
+
+class StandinComfy:
+    """A ComfyUI stand-in on 127.0.0.1 (port 0 picks a free port; kept across stop/start)."""
+
+    def __init__(self, base_dir: os.PathLike | str, name: str = "standin", host: str = "127.0.0.1", port: int = 0,
+                 include_test_nodes: bool = True) -> None:
+        self.name = name
+        self.host = host
+        self.port = port
+        self.base_dir = Path(base_dir).absolute()
+        self.dirs = Dirs(
+            output=str(self.base_dir / "output"), temp=str(self.base_dir / "temp"), input=str(self.base_dir / "input"),
+        )
+        classes, display, modules = make_core_nodes(self.dirs)
+        if include_test_nodes:
+            pack_classes, pack_display, pack_modules = test_pack_nodes()
+            classes.update(pack_classes)
+            display.update(pack_display)
+            modules.update(pack_modules)
+        self.node_classes: dict[str, type] = classes
+        self.display_names: dict[str, str] = display
+        self.python_modules: dict[str, str] = modules
+
+        # records for tests
+        self.received: list[dict] = []
+        self.free_calls: list[dict] = []
+        self.interrupt_calls: list[dict] = []
+
+        # fault injection, all off by default
+        self.fail_routes: dict[str, int] = {}
+        self.execution_error: str | None = None
+        self.gate: asyncio.Event | None = None
+        self.view_delay: float = 0.0
+        self.drop_ws_after_start: bool = False
+        self.execution_delay_scale: float = 1.0
+
+        self._runner: web.AppRunner | None = None
+        self._tasks: list[asyncio.Task] = []
+        self._closing: set[asyncio.Task] = set()
+        self._executor: concurrent.futures.ThreadPoolExecutor | None = None
+        self._reset_state()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    @property
+    def running(self) -> bool:
+        return self._runner is not None
+
+    async def __aenter__(self) -> "StandinComfy":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.stop()
+
+    def _reset_state(self) -> None:
+        """Everything a ComfyUI process keeps in memory (lost when the process dies)."""
+        self._queue: list[tuple] = []
+        self._running: dict[int, tuple] = {}
+        self._history: dict[str, dict] = {}
+        self._flags: dict[str, Any] = {}
+        self._task_counter = 0
+        self._number = 0
+        self._caches = Caches()
+        self._client_id: str | None = None
+        self._last_node_id: str | None = None
+        self._interrupted = False
+        self._sockets: dict[str, web.WebSocketResponse] = {}
+        self._socket_flags: dict[str, dict] = {}
+        self._wakeup: asyncio.Event | None = None
+        self._outbox: asyncio.Queue | None = None
+        self._fresh = True
+
+    async def start(self) -> None:
+        """Start serving (again, on the same port after a stop)."""
+        if self._runner is not None:
+            return
+        for path in (self.dirs.output, self.dirs.input):
+            os.makedirs(path, exist_ok=True)
+        if self._fresh:  # a new "process": ComfyUI empties its temp directory at start-up
+            shutil.rmtree(self.dirs.temp, ignore_errors=True)
+            self._fresh = False
+        os.makedirs(self.dirs.temp, exist_ok=True)
+        if self._wakeup is None:
+            self._wakeup = asyncio.Event()
+            self._outbox = asyncio.Queue()
+        if self._executor is None:
+            self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"standin-{self.name}")
+        app = web.Application(client_max_size=MAX_UPLOAD_SIZE, middlewares=[self._fault_middleware])
+        app.add_routes(self._routes())
+        runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=1.0)
+        await runner.setup()
+        site = web.TCPSite(runner, self.host, self.port, reuse_address=True)
+        await site.start()
+        if self.port == 0:
+            self.port = runner.addresses[0][1]
+        self._runner = runner
+        if not self._tasks:
+            self._tasks = [
+                asyncio.create_task(self._prompt_worker(), name=f"standin-{self.name}-worker"),
+                asyncio.create_task(self._publish_loop(), name=f"standin-{self.name}-publish"),
+            ]
+
+    async def stop(self, keep_state: bool = False) -> None:
+        """Stop listening: connections are refused until :meth:`start`.
+
+        By default this is the death of the ComfyUI process: websockets are closed, the running
+        prompt is abandoned, queue, history and caches are lost (files on disk stay). With
+        ``keep_state=True`` only the network goes away: execution carries on and queue/history are
+        kept, events for the disconnected clients are dropped.
+        """
+        sockets = list(self._sockets.values())
+        self._sockets.clear()
+        self._socket_flags.clear()
+        for ws in sockets:
+            try:
+                await ws.close()
+            except Exception:
+                pass
+        if self._runner is not None:
+            runner, self._runner = self._runner, None
+            await runner.cleanup()
+        if keep_state:
+            return
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            try:
+                await task
+            except BaseException:
+                pass
+        if self._executor is not None:
+            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor = None
+        self._reset_state()
+
+    # ------------------------------------------------------------------ messaging
+
+    def _send(self, event: Any, data: Any, sid: str | None = None) -> None:
+        """Queue a websocket message (ComfyUI's send_sync); sid None broadcasts."""
+        if self._outbox is not None:
+            self._outbox.put_nowait((event, data, sid))
+
+    def _queue_updated(self) -> None:
+        self._send("status", {"status": self._queue_info()})
+
+    async def _send_now(self, event: str, data: Any, sid: str | None) -> None:
+        message = {"type": event, "data": data}
+        targets = list(self._sockets.items()) if sid is None else [(sid, self._sockets.get(sid))]
+        for target_sid, ws in targets:
+            if ws is None:
+                continue
+            try:
+                await ws.send_json(message)
+            except (aiohttp.ClientError, ConnectionError, RuntimeError):
+                pass
+            if event == "execution_start" and self.drop_ws_after_start:
+                if self._sockets.get(target_sid) is ws:
+                    del self._sockets[target_sid]
+                # closing waits for the client's answer: do not hold up the other messages
+                task = asyncio.create_task(ws.close())
+                self._closing.add(task)
+                task.add_done_callback(self._closing.discard)
+
+    async def _publish_loop(self) -> None:
+        while True:
+            event, data, sid = await self._outbox.get()
+            await self._send_now(event, data, sid)
+
+    def _queue_info(self) -> dict:
+        return {"exec_info": {"queue_remaining": len(self._queue) + len(self._running)}}
+
+    # ------------------------------------------------------------------ prompt worker
+
+    async def _prompt_worker(self) -> None:
+        while True:
+            while not self._queue:
+                await self._apply_flags()
+                if self._queue:
+                    break
+                self._wakeup.clear()
+                await self._wakeup.wait()
+            item = heapq.heappop(self._queue)
+            item_id = self._task_counter
+            self._task_counter += 1
+            self._running[item_id] = copy.deepcopy(item)
+            self._queue_updated()
+            number, prompt_id, prompt, extra_data, outputs = item
+            execution = PromptExecution(self, prompt, prompt_id, extra_data, outputs)
+            result = await execution.run()
+            self._task_done(item_id, result, {
+                "status_str": "success" if execution.success else "error",
+                "completed": execution.success,
+                "messages": execution.status_messages,
+            })
+            if self._client_id is not None:
+                self._send("executing", {"node": None, "prompt_id": prompt_id}, self._client_id)
+            await self._apply_flags()
+
+    async def _apply_flags(self) -> None:
+        flags, self._flags = self._flags, {}
+        if flags.get("free_memory", False):
+            self._caches = Caches()
+
+    def _task_done(self, item_id: int, result: dict, status: dict) -> None:
+        prompt = self._running.pop(item_id)
+        for key in SENSITIVE_EXTRA_DATA_KEYS:
+            prompt[3].pop(key, None)
+        entry = {"prompt": prompt, "outputs": {}, "status": copy.deepcopy(status)}
+        entry.update(result)
+        self._history[prompt[1]] = entry
+        self._queue_updated()
+
+    # ------------------------------------------------------------------ HTTP
+
+    @web.middleware
+    async def _fault_middleware(self, request: web.Request, handler):
+        path = request.path
+        status = self.fail_routes.get(path)
+        if status is None and path.startswith("/api/"):
+            status = self.fail_routes.get(path[4:])
+        if status is None:
+            route = request.match_info.route
+            resource = getattr(route, "resource", None)
+            if resource is not None:
+                canonical = resource.canonical
+                status = self.fail_routes.get(canonical)
+                if status is None and canonical.startswith("/api/"):
+                    status = self.fail_routes.get(canonical[4:])
+        if status is not None:
+            return web.Response(status=status, text=f"{status}: injected by the stand-in")
+        return await handler(request)
+
+    def _routes(self) -> list[web.RouteDef]:
+        table = [
+            ("GET", "/ws", self._ws),
+            ("GET", "/prompt", self._get_prompt),
+            ("POST", "/prompt", self._post_prompt),
+            ("GET", "/queue", self._get_queue),
+            ("POST", "/queue", self._post_queue),
+            ("POST", "/interrupt", self._post_interrupt),
+            ("POST", "/free", self._post_free),
+            ("GET", "/history", self._get_history),
+            ("GET", "/history/{prompt_id}", self._get_history_item),
+            ("POST", "/history", self._post_history),
+            ("GET", "/view", self._view),
+            ("GET", "/system_stats", self._system_stats),
+            ("GET", "/features", self._features),
+            ("GET", "/object_info", self._object_info),
+            ("GET", "/object_info/{node_class}", self._object_info_one),
+            ("POST", "/upload/image", self._upload_image),
+        ]
+        routes = [web.route(method, "/api" + path, handler) for method, path, handler in table]
+        routes += [web.route(method, path, handler) for method, path, handler in table]
+        return routes
+
+    async def _ws(self, request: web.Request):
+        ws = web.WebSocketResponse()
+        await ws.prepare(request)
+        sid = request.rel_url.query.get("clientId", "")
+        if sid:
+            self._sockets.pop(sid, None)
+        else:
+            sid = uuid.uuid4().hex
+        self._sockets[sid] = ws
+        self._socket_flags[sid] = {"feature_flags": {}}
+        try:
+            await ws.send_json({"type": "status", "data": {"status": self._queue_info(), "sid": sid}})
+            if self._client_id == sid and self._last_node_id is not None:
+                await ws.send_json({"type": "executing", "data": {"node": self._last_node_id}})
+            first = True
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    try:
+                        data = json.loads(msg.data)
+                    except json.JSONDecodeError:
+                        continue
+                    if first and isinstance(data, dict) and data.get("type") == "feature_flags":
+                        if sid in self._socket_flags:
+                            self._socket_flags[sid]["feature_flags"] = data.get("data", {})
+                        await ws.send_json({"type": "feature_flags", "data": self._server_features()})
+                    first = False
+        except (ConnectionError, RuntimeError):
+            pass
+        finally:
+            # like ComfyUI this forgets whatever socket now has this sid (even a newer one)
+            self._sockets.pop(sid, None)
+            self._socket_flags.pop(sid, None)
+        return ws
+
+    @staticmethod
+    def _server_features() -> dict:
+        return {"supports_preview_metadata": True, "max_upload_size": MAX_UPLOAD_SIZE}
+
+    async def _features(self, request: web.Request):
+        return web.json_response(self._server_features())
+
+    async def _get_prompt(self, request: web.Request):
+        return web.json_response(self._queue_info())
+
+    async def _post_prompt(self, request: web.Request):
+        body = await request.json()
+        if "number" in body:
+            number = float(body["number"])
+        else:
+            number = self._number
+            if body.get("front"):
+                number = -number
+            self._number += 1
+        if "prompt" not in body:
+            error = {"type": "no_prompt", "message": "No prompt provided", "details": "No prompt provided", "extra_info": {}}
+            return web.json_response({"error": error, "node_errors": {}}, status=400)
+        record = copy.deepcopy(body)
+        prompt = body["prompt"]
+        prompt_id = str(body.get("prompt_id", uuid.uuid4()))
+        ok, error, outputs, node_errors = validate_prompt(prompt, self.node_classes, body.get("partial_execution_targets"))
+        extra_data = body.get("extra_data", {})
+        if "client_id" in body:
+            extra_data["client_id"] = body["client_id"]
+        if not ok:
+            return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+        record["prompt_id"] = prompt_id
+        record.setdefault("client_id", None)
+        record.setdefault("extra_data", {})
+        record["number"] = number
+        self.received.append(record)
+        heapq.heappush(self._queue, (number, prompt_id, prompt, extra_data, outputs))
+        self._queue_updated()
+        self._wakeup.set()
+        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": node_errors})
+
+    async def _get_queue(self, request: web.Request):
+        return web.json_response({"queue_running": list(self._running.values()), "queue_pending": list(self._queue)})
+
+    async def _post_queue(self, request: web.Request):
+        body = await request.json()
+        if body.get("clear"):
+            self._queue = []
+            self._queue_updated()
+        for prompt_id in body.get("delete", []) if "delete" in body else []:
+            for index, item in enumerate(self._queue):
+                if item[1] == prompt_id:
+                    if len(self._queue) == 1:
+                        self._queue = []
+                        self._queue_updated()
+                    else:
+                        self._queue.pop(index)
+                        heapq.heapify(self._queue)
+                    self._queue_updated()
+                    break
+        return web.Response(status=200)
+
+    async def _post_interrupt(self, request: web.Request):
+        try:
+            body = await request.json()
+        except json.JSONDecodeError:
+            body = {}
+        self.interrupt_calls.append(body)
+        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        if prompt_id:
+            if any(item[1] == prompt_id for item in self._running.values()):
+                self._interrupted = True
+        else:
+            self._interrupted = True
+        return web.Response(status=200)
+
+    async def _post_free(self, request: web.Request):
+        body = await request.json()
+        self.free_calls.append(body)
+        if body.get("unload_models", False):
+            self._flags["unload_models"] = body["unload_models"]
+        if body.get("free_memory", False):
+            self._flags["free_memory"] = body["free_memory"]
+        if not self._running:
+            await self._apply_flags()
+        return web.Response(status=200)
+
+    async def _get_history(self, request: web.Request):
+        max_items = request.rel_url.query.get("max_items")
+        max_items = int(max_items) if max_items is not None else None
+        offset = request.rel_url.query.get("offset")
+        offset = int(offset) if offset is not None else -1
+        if offset < 0 and max_items is not None:
+            offset = len(self._history) - max_items
+        out = {}
+        for index, (key, value) in enumerate(self._history.items()):
+            if index >= offset:
+                out[key] = value
+                if max_items is not None and len(out) >= max_items:
+                    break
+        return web.json_response(out)
+
+    async def _get_history_item(self, request: web.Request):
+        prompt_id = request.match_info["prompt_id"]
+        if prompt_id in self._history:
+            return web.json_response({prompt_id: copy.deepcopy(self._history[prompt_id])})
+        return web.json_response({})
+
+    async def _post_history(self, request: web.Request):
+        body = await request.json()
+        if body.get("clear"):
+            self._history = {}
+        for prompt_id in body.get("delete", []) if "delete" in body else []:
+            self._history.pop(prompt_id, None)
+        return web.Response(status=200)
+
+    async def _view(self, request: web.Request):
+        if self.view_delay:
+            await asyncio.sleep(self.view_delay)
+        query = request.rel_url.query
+        if "filename" not in query:
+            return web.Response(status=404)
+        filename, folder = split_annotation(query["filename"], self.dirs)
+        if not filename:
+            return web.Response(status=400)
+        if filename[0] == "/" or ".." in filename:
+            return web.Response(status=400)
+        if folder is None:
+            folder = self.dirs.by_type(query.get("type", "output"))
+        if folder is None:
+            return web.Response(status=400)
+        if "subfolder" in query:
+            full = os.path.join(folder, query["subfolder"])
+            if os.path.commonpath((os.path.abspath(full), folder)) != folder:
+                return web.Response(status=403)
+            folder = full
+        filename = os.path.basename(filename)
+        path = os.path.join(folder, filename)
+        if not os.path.isfile(path):
+            return web.Response(status=404)
+        disposition = {"Content-Disposition": f'filename="{filename}"'}
+        if "preview" in query:
+            parts = query["preview"].split(";")
+            fmt = parts[0]
+            if fmt not in ("webp", "jpeg") or "a" in query.get("channel", ""):
+                fmt = "webp"
+            quality = int(parts[-1]) if parts[-1].isdigit() else 90
+            with Image.open(path) as img:
+                if fmt == "jpeg" or query.get("channel", "") == "rgb":
+                    img = img.convert("RGB")
+                buffer = BytesIO()
+                img.save(buffer, format=fmt, quality=quality)
+            return web.Response(body=buffer.getvalue(), content_type=f"image/{fmt}", headers=disposition)
+        channel = query.get("channel", "rgba")
+        if channel == "rgb":
+            with Image.open(path) as img:
+                rgb = Image.merge("RGB", img.split()[:3]) if img.mode == "RGBA" else img.convert("RGB")
+                buffer = BytesIO()
+                rgb.save(buffer, format="PNG")
+            return web.Response(body=buffer.getvalue(), content_type="image/png", headers=disposition)
+        if channel == "a":
+            with Image.open(path) as img:
+                alpha = img.split()[3] if img.mode == "RGBA" else Image.new("L", img.size, 255)
+                out = Image.new("RGBA", img.size)
+                out.putalpha(alpha)
+                buffer = BytesIO()
+                out.save(buffer, format="PNG")
+            return web.Response(body=buffer.getvalue(), content_type="image/png", headers=disposition)
+        content_type = mimetypes.guess_type(filename)[0] or "application/octet-stream"
+        if content_type in {"text/html", "text/html-sandboxed", "application/xhtml+xml", "text/javascript", "text/css"}:
+            content_type = "application/octet-stream"
+        return web.FileResponse(path, headers={**disposition, "Content-Type": content_type})
+
+    async def _system_stats(self, request: web.Request):
+        try:
+            import torch
+
+            torch_version = torch.__version__
+        except ImportError:  # pragma: no cover
+            torch_version = "unknown"
+        return web.json_response({
+            "system": {
+                "os": os.name,
+                "ram_total": FAKE_RAM_TOTAL,
+                "ram_free": FAKE_RAM_FREE,
+                "comfyui_version": COMFYUI_VERSION,
+                "required_frontend_version": "1.27.10",
+                "installed_templates_version": "0.1.95",
+                "required_templates_version": "0.1.95",
+                "python_version": sys.version,
+                "pytorch_version": torch_version,
+                "embedded_python": False,
+                "argv": ["main.py", "--cpu", "--listen", self.host, "--port", str(self.port),
+                         "--base-directory", str(self.base_dir)],
+            },
+            "devices": [{
+                "name": "cpu",
+                "type": "cpu",
+                "index": None,
+                "vram_total": FAKE_RAM_TOTAL,
+                "vram_free": FAKE_RAM_FREE,
+                "torch_vram_total": FAKE_RAM_TOTAL,
+                "torch_vram_free": FAKE_RAM_FREE,
+            }],
+        })
+
+    async def _object_info(self, request: web.Request):
+        out = {}
+        for class_type, cls in list(self.node_classes.items()):
+            out[class_type] = node_info(class_type, cls, self.display_names, self.python_modules)
+        return web.json_response(out)
+
+    async def _object_info_one(self, request: web.Request):
+        class_type = request.match_info["node_class"]
+        out = {}
+        if class_type in self.node_classes:
+            out[class_type] = node_info(class_type, self.node_classes[class_type], self.display_names, self.python_modules)
+        return web.json_response(out)
+
+    async def _upload_image(self, request: web.Request):
+        post = await request.post()
+        image = post.get("image")
+        overwrite = post.get("overwrite")
+        kind = post.get("type") or "input"
+        base = self.dirs.by_type(kind)
+        if base is None:
+            raise web.HTTPInternalServerError()  # ComfyUI fails with an exception here
+        if not (image is not None and getattr(image, "file", None)):
+            return web.Response(status=400)
+        filename = image.filename
+        if not filename:
+            return web.Response(status=400)
+        subfolder = post.get("subfolder", "")
+        folder = os.path.join(base, os.path.normpath(subfolder))
+        path = os.path.abspath(os.path.join(folder, filename))
+        if os.path.commonpath((base, path)) != base:
+            return web.Response(status=400)
+        os.makedirs(folder, exist_ok=True)
+        data = image.file.read()
+        stem, ext = os.path.splitext(filename)
+        duplicate = False
+        if overwrite not in ("true", "1"):
+            counter = 1
+            while os.path.exists(path):
+                if hashlib.sha256(Path(path).read_bytes()).digest() == hashlib.sha256(data).digest():
+                    duplicate = True
+                    break
+                filename = f"{stem} ({counter}){ext}"
+                path = os.path.join(folder, filename)
+                counter += 1
+        if not duplicate:
+            Path(path).write_bytes(data)
+        return web.json_response({"name": filename, "subfolder": subfolder, "type": kind})

@@ -1,0 +1,86 @@
+import importlib.util
+import io
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import torch
+from PIL import Image
+
+from comfy_distributed.images import decode_png
+from comfy_distributed.nodes import (
+    NODE_CLASS_MAPPINGS,
+    NODE_DISPLAY_NAME_MAPPINGS,
+    MultiGPUCollector,
+    MultiGPUSeedDistributor,
+    merge_results,
+)
+from comfy_distributed.orchestrator import CollectorResult
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def png(array: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def share(name: str, error: str | None = None):
+    return SimpleNamespace(name=name, error=error, worker=SimpleNamespace(id=name))
+
+
+def test_display_names_are_the_seeds():
+    assert sorted(NODE_DISPLAY_NAME_MAPPINGS.values()) == ["Multi-GPU Collector", "Multi-GPU Distributor"]
+    assert set(NODE_CLASS_MAPPINGS) == set(NODE_DISPLAY_NAME_MAPPINGS)
+
+
+def test_distributor_passes_the_seed_on_the_master():
+    assert MultiGPUSeedDistributor().distribute(123) == (123,)
+
+
+def test_collector_without_job_is_a_pass_through():
+    images = torch.rand(2, 8, 8, 3)
+    (out,) = MultiGPUCollector().collect(images, unique_id="3", prompt={"3": {"inputs": {}}})
+    assert out is images
+
+
+def test_decode_matches_comfyui_load_image_and_round_trips_8_bit():
+    array = np.random.default_rng(0).integers(0, 256, (5, 7, 3), dtype=np.uint8)
+    tensor = decode_png(png(array))
+    assert tensor.shape == (1, 5, 7, 3) and tensor.dtype == torch.float32
+    # SaveImage's conversion gives the same bytes back
+    assert (np.clip(255.0 * tensor[0].numpy(), 0, 255).astype(np.uint8) == array).all()
+
+
+def test_merge_orders_master_then_workers_and_skips_a_mismatched_size():
+    master = torch.zeros(2, 4, 4, 3)
+    one = np.full((4, 4, 3), 10, dtype=np.uint8)
+    two = np.full((4, 4, 3), 20, dtype=np.uint8)
+    wrong = np.full((6, 4, 3), 30, dtype=np.uint8)
+    events = []
+    result = CollectorResult(
+        images=[(share("GPU 1"), [png(one), png(one)]), (share("GPU 2"), [png(wrong)]), (share("GPU 3"), [png(two)])],
+        failures=[share("GPU 4", "cannot connect")],
+    )
+    merged = merge_results(master, result, "3", lambda e, d: events.append((e, d)))
+    values = [round(float(image[0, 0, 0]) * 255) for image in merged]
+    assert values == [0, 0, 10, 10, 20]
+    assert events and "GPU 2" in events[0][1]["message"]
+
+
+def test_root_package_loads_like_comfyui_loads_custom_nodes():
+    """ComfyUI imports the folder's __init__.py by location under the folder's name."""
+    name = "ComfyUI-Distributed-under-test"
+    spec = importlib.util.spec_from_file_location(name, ROOT / "__init__.py",
+                                                  submodule_search_locations=[str(ROOT)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+        assert set(module.NODE_CLASS_MAPPINGS) == set(NODE_CLASS_MAPPINGS)
+        assert (ROOT / module.WEB_DIRECTORY / "multigpu.js").is_file()
+    finally:
+        for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
+            del sys.modules[key]
