@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 from . import runtime
+from .api import MultiGPUApi, listens_beyond_loopback
 from .config import ConfigStore
 from .errors import ConfigError
 from .orchestrator import Orchestrator
@@ -17,6 +18,7 @@ log = logging.getLogger("comfy_distributed")
 def install() -> bool:
     """Hook into the running PromptServer; returns False when there is none (not in ComfyUI)."""
     try:
+        import comfy.cli_args as cli_args
         import comfy.model_management as model_management
         from server import PromptServer
     except ImportError:
@@ -43,4 +45,11 @@ def install() -> bool:
     runtime.notify = notify
     server.add_on_prompt_handler(make_prompt_handler(orchestrator))
     server.app.middlewares.append(make_prompt_middleware(orchestrator))
+
+    def free_master() -> None:  # what ComfyUI's own POST /free does
+        server.prompt_queue.set_flag("unload_models", True)
+        server.prompt_queue.set_flag("free_memory", True)
+
+    public = listens_beyond_loopback(getattr(cli_args.args, "listen", None))
+    MultiGPUApi(store, orchestrator, public=public, free_master=free_master).add_routes(server.routes)
     return True

@@ -32,10 +32,23 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True, strict=False)
 
 
+def _plain_text(value: str, field: str, limit: int) -> str:
+    if len(value) > limit:
+        raise ValueError(f"at most {limit} characters")
+    if any(ord(c) < 32 or ord(c) == 127 for c in value):
+        raise ValueError("must not contain control characters (newlines, tabs, NUL)")
+    return value
+
+
+_HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
+
+
 class MasterConfig(_Model):
     port: int = Field(8188, ge=1, le=65535)
     cuda_device: int | None = Field(0, ge=0)
     extra_args: str = ""
+
+    _extra_args = field_validator("extra_args")(classmethod(lambda cls, v: _plain_text(v, "extra_args", 2000)))
 
 
 class WorkerConfig(_Model):
@@ -46,6 +59,23 @@ class WorkerConfig(_Model):
     enabled: bool = True
     extra_args: str = ""
     host: str | None = None
+    headers: dict[str, str] = Field(default_factory=dict)
+    """HTTP headers sent on every request to this worker (e.g. Authorization for an auth proxy)."""
+
+    _name = field_validator("name")(classmethod(lambda cls, v: _plain_text(v, "name", 100)))
+    _extra_args = field_validator("extra_args")(classmethod(lambda cls, v: _plain_text(v, "extra_args", 2000)))
+
+    @field_validator("headers")
+    @classmethod
+    def _headers(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 32:
+            raise ValueError("at most 32 headers")
+        for name, header_value in value.items():
+            if not _HEADER_NAME.match(name):
+                raise ValueError(f"{name!r} is not a valid HTTP header name")
+            if len(header_value) > 4096 or any(c in header_value for c in "\r\n\0"):
+                raise ValueError(f"the value of {name} must be one line of at most 4096 characters")
+        return value
 
     @field_validator("id")
     @classmethod
@@ -106,9 +136,34 @@ def _is_ip(value: str) -> bool:
 class Settings(_Model):
     """Known settings; unknown keys are kept as they are."""
 
-    worker_timeout: float = Field(600.0, gt=0, description="seconds a worker may take for its share, queue wait included")
-    connect_timeout: float = Field(10.0, gt=0, description="seconds to open a connection to a worker")
-    request_timeout: float = Field(60.0, gt=0, description="seconds for one HTTP request to a worker")
+    worker_timeout: float = Field(600.0, gt=0, le=86400,
+                                  description="seconds a worker may take for its share, queue wait included")
+    connect_timeout: float = Field(10.0, gt=0, le=600, description="seconds to open a connection to a worker")
+    request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds for one HTTP request to a worker")
+    api_token: str | None = Field(None, description="token required by the /multigpu control endpoints")
+
+    @field_validator("api_token")
+    @classmethod
+    def _token(cls, value: str | None) -> str | None:
+        if value is None or value == "":
+            return None
+        if not re.fullmatch(r"[\x21-\x7e]{16,256}", value):
+            raise ValueError("must be 16 to 256 printable characters without spaces")
+        return value
+
+
+SECRET_SETTINGS = frozenset({"api_token"})
+REDACTED = "***"
+
+
+def public_view(config: "GpuConfig") -> dict[str, Any]:
+    """The config as JSON without secrets: the token is left out, header values are masked."""
+    data = config.model_dump(mode="json")
+    for key in SECRET_SETTINGS:
+        data["settings"].pop(key, None)
+    for worker in data["workers"]:
+        worker["headers"] = {name: REDACTED for name in worker.get("headers", {})}
+    return data
 
 
 class GpuConfig(_Model):
@@ -228,6 +283,17 @@ class ConfigStore:
                 self._cached = load_config(self.path)
                 self._stamp = stamp
             return self._cached.model_copy(deep=True)
+
+    def update_data(self, change: Callable[[dict[str, Any]], None]) -> GpuConfig:
+        """Like :meth:`update`, on the JSON form: errors then name the field as the file does."""
+        with self._lock:
+            data = self.get().model_dump(mode="json")
+            change(data)
+            validated = parse_config(data, self.path.name)
+            save_config(self.path, validated)
+            self._cached = validated
+            self._stamp = self._file_stamp()
+            return validated.model_copy(deep=True)
 
     def update(self, change: Callable[[GpuConfig], None]) -> GpuConfig:
         """Apply ``change`` to a copy, validate the result, save it atomically, return it."""

@@ -12,6 +12,8 @@
     │   ├── WorkerExecutionFailed   the prompt ran and ended in execution_error / interrupted
     │   └── WorkerProtocolError     the worker answered something that is not ComfyUI's API
     └── JobError                    a distributed job as a whole (unknown job, cancelled)
+        ├── UnknownJob              no such job (expired, finished, or never planned)
+        └── ResultRejected          a worker's callback that does not match its job
 
 Third-party exceptions (aiohttp, asyncio timeouts, JSON) are converted at the edge, in
 ``worker_client``, with ``raise ... from exc``.
@@ -69,3 +71,15 @@ class WorkerProtocolError(WorkerError):
 
 class JobError(DistributedError):
     """A distributed job as a whole failed or is unknown."""
+
+
+class UnknownJob(JobError):
+    """No job with that id is waiting for results."""
+
+
+class ResultRejected(JobError):
+    """Results posted to ``/multigpu/job_complete`` that do not belong to the job."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

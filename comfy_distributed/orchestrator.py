@@ -10,7 +10,9 @@ server's event loop is never blocked by a Collector.
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
+import secrets
 import threading
 import time
 import uuid
@@ -20,7 +22,16 @@ from typing import Any, Callable
 import aiohttp
 
 from .config import ConfigStore, GpuConfig, WorkerConfig
-from .errors import ConfigError, DistributedError, JobError, WorkerError, WorkerProtocolError, WorkflowError
+from .errors import (
+    ConfigError,
+    DistributedError,
+    JobError,
+    ResultRejected,
+    UnknownJob,
+    WorkerError,
+    WorkerProtocolError,
+    WorkflowError,
+)
 from .workflow import Prompt, build_worker_prompt, distributed_collectors, mark_master_prompt, validate_prompt_shape
 from .worker_client import WorkerClient
 
@@ -35,6 +46,13 @@ COLLECT_POLL = 0.1
 UNCLAIMED_JOB_TTL = 3600.0
 """Seconds a finished job waits for its Collectors (the master may still be busy) before it is dropped."""
 
+RESERVATION_TTL = 600.0
+"""Seconds a job id from ``prepare_job`` stays valid for the prompt that is queued with it."""
+
+EXTRA_DATA_KEY = "multigpu"
+"""Key in a worker prompt's ``extra_data`` with what a worker running this extension needs
+to post its results back (job id, worker id, the share's own token)."""
+
 
 @dataclass(slots=True)
 class Share:
@@ -47,6 +65,8 @@ class Share:
     reason: str | None = None
     error: str | None = None
     images: dict[str, list[bytes]] = field(default_factory=dict)
+    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    task: asyncio.Task | None = None
 
     @property
     def name(self) -> str:
@@ -89,11 +109,24 @@ class Orchestrator:
         self.store = store
         self.notify = notify
         self._jobs: dict[str, Job] = {}
+        self._reserved: dict[str, float] = {}
         self._lock = threading.Lock()
 
     # --- on the server's event loop -------------------------------------------------
 
-    def prepare(self, prompt: Prompt) -> tuple[Prompt, Job | None]:
+    def reserve(self) -> str:
+        """A job id for ``prepare_job``; a prompt queued with it in ``extra_data`` uses it."""
+        job_id = uuid.uuid4().hex
+        with self._lock:
+            self._reserved[job_id] = time.monotonic() + RESERVATION_TTL
+        return job_id
+
+    def _take_reservation(self, job_id: Any) -> str | None:
+        with self._lock:
+            expires = self._reserved.pop(job_id, None) if isinstance(job_id, str) else None
+        return job_id if expires is not None and expires > time.monotonic() else None
+
+    def prepare(self, prompt: Prompt, requested_job_id: Any = None) -> tuple[Prompt, Job | None]:
         """Plan a job for ``prompt`` if it has Collectors and there are enabled workers.
 
         Returns the prompt the master should run (Collectors marked with the job id) and
@@ -108,7 +141,7 @@ class Orchestrator:
         if not collectors:
             return prompt, None
         now = time.monotonic()
-        job_id = uuid.uuid4().hex
+        job_id = self._take_reservation(requested_job_id) or uuid.uuid4().hex
         try:
             config = self.store.get()
         except ConfigError as exc:
@@ -154,7 +187,9 @@ class Orchestrator:
     async def _run(self, job: Job, config: GpuConfig) -> None:
         try:
             async with aiohttp.ClientSession() as session:
-                await asyncio.gather(*(self._run_share(job, share, config, session) for share in job.shares))
+                for share in job.shares:
+                    share.task = asyncio.create_task(self._run_share(job, share, config, session))
+                await asyncio.gather(*(share.task for share in job.shares if share.task is not None))
         finally:
             job.finished.set()
             self._report(job)
@@ -162,8 +197,9 @@ class Orchestrator:
     async def _run_share(self, job: Job, share: Share, config: GpuConfig, session: aiohttp.ClientSession) -> None:
         share.state = "running"
         client = WorkerClient(share.worker, config.settings, session)
+        extra_data = {EXTRA_DATA_KEY: {"job_id": job.job_id, "worker_id": share.worker.id, "share_token": share.token}}
         try:
-            result = await client.run_prompt(share.prompt, job.deadline)
+            result = await client.run_prompt(share.prompt, job.deadline, extra_data)
             for collector in job.collectors:
                 files = result.images(collector)
                 if not files:
@@ -172,6 +208,8 @@ class Orchestrator:
                 share.images[collector] = [await client.view(file, timeout=remaining) for file in files]
             share.state = "done"
         except asyncio.CancelledError:
+            if share.state == "done":
+                return  # the worker posted its results itself (job_complete): nothing left to pull
             self._fail(job, share, "cancelled", "the job was cancelled")
             raise
         except WorkerError as exc:
@@ -179,6 +217,48 @@ class Orchestrator:
         except Exception as exc:  # a bug of ours must not take the master down
             log.exception("Multi-GPU: unexpected error while running worker %s", share.name)
             self._fail(job, share, "internal_error", f"internal error: {exc!r}")
+
+    def accept_results(self, job_id: str, worker_id: Any, token: str, outputs: dict[str, list[bytes]]) -> None:
+        """Results a worker posted itself; they complete its share like pulled results.
+
+        Only the worker the share was sent to knows its token, so nobody else can put
+        images into a job; a share that already ended takes nothing more.
+        """
+        job = self.job(job_id)
+        if job is None or job.error:
+            raise UnknownJob(f"no job {job_id} is waiting for results")
+        share = next((s for s in job.shares if str(s.worker.id) == str(worker_id)), None)
+        if share is None or not hmac.compare_digest(share.token.encode(), str(token).encode()):
+            raise ResultRejected("worker_id and share_token do not match a share of this job", status=403)
+        if share.state in ("done", "failed"):
+            raise ResultRejected(f"the share of worker {share.worker.id} has already ended ({share.state})",
+                                 status=409)
+        if set(outputs) != set(job.collectors):
+            raise ResultRejected(f"outputs must have exactly the Collectors {job.collectors}, got {sorted(outputs)}")
+        if any(not images for images in outputs.values()):
+            raise ResultRejected("every Collector needs at least one image")
+        share.images = {collector: list(images) for collector, images in outputs.items()}
+        share.state = "done"
+        if share.task is not None and not share.task.done():
+            share.task.cancel()
+
+    def jobs_summary(self) -> list[dict[str, Any]]:
+        """Running and waiting jobs, for the status endpoint."""
+        with self._lock:
+            jobs = list(self._jobs.values())
+        return [
+            {
+                "job_id": job.job_id,
+                "finished": job.finished.is_set(),
+                "error": job.error,
+                "shares": [
+                    {"worker_id": s.worker.id, "worker": s.name, "state": s.state, "reason": s.reason,
+                     "message": s.error}
+                    for s in job.shares
+                ],
+            }
+            for job in jobs
+        ]
 
     def _fail(self, job: Job, share: Share, reason: str, message: str) -> None:
         share.state, share.reason, share.error = "failed", reason, message
@@ -199,6 +279,8 @@ class Orchestrator:
     def _sweep(self) -> None:
         now = time.monotonic()
         with self._lock:
+            for job_id in [j for j, expires in self._reserved.items() if expires < now]:
+                del self._reserved[job_id]
             for job_id in [j for j, job in self._jobs.items() if now > job.deadline + UNCLAIMED_JOB_TTL]:
                 job = self._jobs.pop(job_id)
                 if job.task is not None and job.loop is not None and not job.task.done():

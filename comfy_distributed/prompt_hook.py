@@ -20,6 +20,8 @@ from .orchestrator import Job, Orchestrator
 log = logging.getLogger("comfy_distributed")
 
 PROMPT_PATHS = frozenset({"/prompt", "/api/prompt"})
+JOB_ID_EXTRA_DATA = "multigpu_job_id"
+"""``extra_data`` key by which a client queues a prompt under a job id from ``prepare_job``."""
 _pending_jobs: ContextVar[list[Job] | None] = ContextVar("multigpu_pending_jobs", default=None)
 
 
@@ -27,7 +29,9 @@ def make_prompt_handler(orchestrator: Orchestrator) -> Callable[[Any], Any]:
     def on_prompt(json_data: Any) -> Any:
         if not isinstance(json_data, dict) or not isinstance(json_data.get("prompt"), dict):
             return json_data
-        prompt, job = orchestrator.prepare(json_data["prompt"])
+        extra_data = json_data.get("extra_data")
+        requested = extra_data.get(JOB_ID_EXTRA_DATA) if isinstance(extra_data, dict) else None
+        prompt, job = orchestrator.prepare(json_data["prompt"], requested)
         if job is None:
             return json_data
         pending = _pending_jobs.get()

@@ -135,7 +135,8 @@ class WorkerClient:
         what = f"{method} {path}"
         try:
             async with self.session.request(
-                method, self.base_url + path, json=json_body, params=params, timeout=self._timeout(timeout)
+                method, self.base_url + path, json=json_body, params=params, timeout=self._timeout(timeout),
+                headers=self.worker.headers,
             ) as response:
                 body = await response.read()
                 if response.status == 400 and path == "/prompt":
@@ -155,11 +156,12 @@ class WorkerClient:
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
             raise self._convert(exc, what) from exc
 
-    async def submit(self, prompt: dict, client_id: str, prompt_id: str) -> str:
+    async def submit(self, prompt: dict, client_id: str, prompt_id: str, extra_data: dict | None = None) -> str:
         """Queue ``prompt`` with the worker's native ``POST /prompt``; returns the prompt id."""
-        body = await self._request(
-            "POST", "/prompt", json_body={"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
-        )
+        body: dict[str, Any] = {"prompt": prompt, "client_id": client_id, "prompt_id": prompt_id}
+        if extra_data:
+            body["extra_data"] = extra_data
+        body = await self._request("POST", "/prompt", json_body=body)
         if not isinstance(body, dict) or "prompt_id" not in body:
             raise WorkerProtocolError(self.name, "POST /prompt: the answer has no prompt_id")
         return str(body["prompt_id"])
@@ -190,7 +192,11 @@ class WorkerClient:
     async def system_stats(self) -> dict:
         return await self._request("GET", "/system_stats")
 
-    async def run_prompt(self, prompt: dict, deadline: float) -> PromptResult:
+    async def queue_info(self) -> dict:
+        """ComfyUI's ``GET /prompt``: ``{"exec_info": {"queue_remaining": n}}``."""
+        return await self._request("GET", "/prompt")
+
+    async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None) -> PromptResult:
         """Submit ``prompt``, follow it until it ends, and return its outputs.
 
         ``deadline`` is a ``time.monotonic()`` instant covering queue wait and execution.
@@ -202,7 +208,7 @@ class WorkerClient:
         websocket = await self._open_websocket(client_id)
         try:
             # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
-            prompt_id = await self.submit(prompt, client_id, prompt_id)
+            prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
             if websocket is not None:
                 await self._follow_websocket(websocket, prompt_id, deadline)
             return await self._poll_history(prompt_id, deadline)
@@ -221,7 +227,7 @@ class WorkerClient:
         try:
             return await self.session.ws_connect(
                 url, params={"clientId": client_id}, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                heartbeat=30.0, autoping=True,
+                heartbeat=30.0, autoping=True, headers=self.worker.headers,
             )
         except aiohttp.ClientConnectorError as exc:
             raise self._convert(exc, "GET /ws") from exc

@@ -1,0 +1,84 @@
+"""Who takes part in a job, with which seed, and where their images land in the output.
+
+Pure functions of the prompt and the config, shared by the orchestrator (when it plans a
+job) and ``POST /multigpu/prepare_job`` (when a client asks what would run).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from .config import GpuConfig
+from .workflow import (
+    DISTRIBUTOR_CLASS,
+    Prompt,
+    distributed_collectors,
+    distributor_seed,
+    is_link,
+    nodes_of_class,
+    offset_seed,
+    upstream,
+    validate_prompt_shape,
+)
+
+
+@dataclass(slots=True, frozen=True)
+class Participant:
+    role: str  # "master" or "worker"
+    worker_id: int | str | None
+    name: str
+    address: str | None
+    position: int  # 0 for the master, k + 1 for worker k
+
+
+def participants(config: GpuConfig) -> list[Participant]:
+    """The master, then the enabled workers in config order."""
+    result = [Participant("master", None, "master", None, 0)]
+    for index, worker in enumerate(config.enabled_workers()):
+        result.append(Participant("worker", worker.id, worker.display_name, worker.base_url, index + 1))
+    return result
+
+
+def literal_batch_size(prompt: Prompt, collector: str) -> int | None:
+    """The batch size feeding a Collector, when one literal ``batch_size`` input decides it."""
+    sizes = {
+        value
+        for node_id in upstream(prompt, [collector])
+        for name, value in prompt[node_id].get("inputs", {}).items()
+        if name == "batch_size" and isinstance(value, int) and not isinstance(value, bool) and not is_link(value)
+    }
+    return sizes.pop() if len(sizes) == 1 else None
+
+
+def describe(prompt: Prompt, config: GpuConfig) -> dict[str, Any]:
+    """The plan as JSON: participants, each Distributor's seed per participant, output ranges.
+
+    Raises WorkflowError for a prompt that cannot be distributed.
+    """
+    validate_prompt_shape(prompt)
+    collectors = distributed_collectors(prompt)
+    people = participants(config)
+    seeds = {}
+    for node_id in nodes_of_class(prompt, DISTRIBUTOR_CLASS):
+        master_seed = distributor_seed(prompt, node_id)
+        seeds[node_id] = [master_seed] + [offset_seed(master_seed, p.position - 1) for p in people[1:]]
+    outputs = {}
+    for collector in collectors:
+        batch = literal_batch_size(prompt, collector)
+        outputs[collector] = {
+            "batch_size": batch,
+            "ranges": [[p.position * batch, (p.position + 1) * batch] if batch else None for p in people],
+        }
+    return {
+        "collectors": collectors,
+        "participants": [
+            {
+                "role": p.role, "worker_id": p.worker_id, "name": p.name, "address": p.address,
+                "position": p.position,
+                "seeds": {node_id: values[p.position] for node_id, values in seeds.items()},
+            }
+            for p in people
+        ],
+        "outputs": outputs,
+    }

@@ -1,0 +1,311 @@
+"""Each /multigpu endpoint's success and failure paths, on the real aiohttp app."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from comfy_distributed.api import TOKEN_ENV, MultiGPUApi, listens_beyond_loopback
+from comfy_distributed.config import ConfigStore, load_config
+from comfy_distributed.orchestrator import Orchestrator
+from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from tests.standin import StandinComfy
+
+TOKEN = "correct-horse-battery-staple"
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def workflow(seed: int = 5) -> dict:
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": ["2", 0], "batch_size": 2, "width": 16, "height": 16, "delay": 0.0}},
+        "2": {"class_type": DISTRIBUTOR_CLASS, "inputs": {"seed": seed}},
+        "3": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}},
+    }
+
+
+class Master:
+    def __init__(self, path: Path, public: bool = False) -> None:
+        self.path = path
+        self.store = ConfigStore(path)
+        self.events: list[tuple[str, dict]] = []
+        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)))
+        self.freed = 0
+        self.api = MultiGPUApi(self.store, self.orchestrator, public=public, free_master=self._free)
+        self.client = TestClient(TestServer(self.api.make_app()))
+
+    def _free(self) -> None:
+        self.freed += 1
+
+    async def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None):
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
+        response = await self.client.request(method, path, headers=headers, **kwargs)
+        return response.status, await response.json()
+
+
+def write_config(path: Path, workers: list[dict], **settings) -> Path:
+    path.write_text(json.dumps({"master": {"port": 8188}, "workers": workers, "settings": settings}))
+    return path
+
+
+@pytest.fixture
+async def master(tmp_path, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    write_config(tmp_path / "gpu_config.json", [
+        {"id": 1, "name": "GPU 1", "port": closed_port(), "enabled": True,
+         "headers": {"Authorization": "Bearer worker-secret"}},
+        {"id": 2, "name": "GPU 2", "port": closed_port(), "enabled": False, "custom": "kept"},
+    ])
+    made = Master(tmp_path / "gpu_config.json")
+    await made.client.start_server()
+    yield made
+    await made.client.close()
+
+
+async def test_get_config_hides_secrets(master):
+    master.store.update_data(lambda c: c["settings"].update(api_token=TOKEN))
+    status, body = await master.call("GET", "/multigpu/config")
+    assert status == 200
+    assert "api_token" not in body["settings"]
+    assert body["workers"][0]["headers"] == {"Authorization": "***"}
+    assert TOKEN not in json.dumps(body) and "worker-secret" not in json.dumps(body)
+    assert body["auth"] == {"token_configured": True, "token_required": True}
+
+
+async def test_update_worker_enables_and_persists_keeping_unknown_keys(master):
+    status, body = await master.call("POST", "/multigpu/config/update_worker",
+                                      {"worker_id": 2, "enabled": True, "name": "Second"})
+    assert status == 200 and body["worker"]["enabled"] is True and body["worker"]["name"] == "Second"
+    saved = json.loads(master.path.read_text())
+    assert saved["workers"][1]["enabled"] is True and saved["workers"][1]["custom"] == "kept"
+    assert saved["workers"][0]["headers"] == {"Authorization": "Bearer worker-secret"}
+
+
+async def test_masked_header_sent_back_keeps_the_secret(master):
+    status, _ = await master.call("POST", "/multigpu/config/update_worker",
+                                  {"worker_id": 1, "headers": {"Authorization": "***", "X-Extra": "1"}})
+    assert status == 200
+    assert load_config(master.path).workers[0].headers == {"Authorization": "Bearer worker-secret", "X-Extra": "1"}
+
+
+@pytest.mark.parametrize("body, status, words", [
+    ({"worker_id": 99, "enabled": False}, 404, "no worker with id 99"),
+    ({"enabled": False}, 400, "missing field 'worker_id'"),
+    ({"worker_id": {"a": 1}, "enabled": False}, 400, "'worker_id' must be"),
+    ({"worker_id": 1, "port": 70000}, 400, "workers[0].port"),
+    ({"worker_id": 1, "enabled": "maybe"}, 400, "workers[0].enabled"),
+    ({"worker_id": 1, "host": "file:///etc/passwd"}, 400, "workers[0].host"),
+    ({"worker_id": 1, "name": "x\n"}, 400, "workers[0].name"),
+    ({"worker_id": 1, "id": 5}, 400, "unknown field(s) ['id']"),
+    ({"worker_id": 1}, 400, "nothing to change"),
+])
+async def test_update_worker_refusals(master, body, status, words):
+    before = master.path.read_bytes()
+    got, answer = await master.call("POST", "/multigpu/config/update_worker", body)
+    assert got == status and words in answer["error"]
+    assert master.path.read_bytes() == before
+
+
+async def test_add_and_remove_worker(master):
+    status, body = await master.call("POST", "/multigpu/config/add_worker", {"name": "New", "port": 9001})
+    assert status == 201 and body["worker"]["id"] == 3
+    status, body = await master.call("POST", "/multigpu/config/add_worker", {"id": 3, "port": 9002})
+    assert status == 400 and "already used" in body["error"]
+    status, body = await master.call("POST", "/multigpu/config/add_worker", {"name": "no port"})
+    assert status == 400 and "port" in body["error"]
+    status, body = await master.call("POST", "/multigpu/config/remove_worker", {"worker_id": 3})
+    assert status == 200 and body == {"removed": 3}
+    status, body = await master.call("POST", "/multigpu/config/remove_worker", {"worker_id": 3})
+    assert status == 404
+    assert [w.id for w in load_config(master.path).workers] == [1, 2]
+
+
+async def test_update_setting(master):
+    status, body = await master.call("POST", "/multigpu/config/update_setting", {"key": "worker_timeout", "value": 30})
+    assert status == 200 and body["settings"]["worker_timeout"] == 30
+    assert load_config(master.path).settings.worker_timeout == 30
+    status, body = await master.call("POST", "/multigpu/config/update_setting", {"key": "../../etc", "value": 1})
+    assert status == 400 and "unknown setting" in body["error"] and "worker_timeout" in body["known"]
+    status, body = await master.call("POST", "/multigpu/config/update_setting", {"key": "worker_timeout", "value": -1})
+    assert status == 400 and "settings.worker_timeout" in body["error"]
+    status, body = await master.call("POST", "/multigpu/config/update_setting", {"key": "connect_timeout"})
+    assert status == 400 and "value" in body["error"]
+
+
+async def test_malformed_and_oversize_bodies(master):
+    for raw, status in ((b"{not json", 400), (b"[1, 2]", 400), (b"", 400), (b'{"a": NaN}', 400),
+                        (b"[" * 5000, 400), (b'{"x": "' + b"a" * 70000 + b'"}', 413)):
+        got, body = await master.call("POST", "/multigpu/config/update_worker", raw=raw)
+        assert got == status and isinstance(body["error"], str)
+
+
+async def test_token_is_required_once_configured(master, monkeypatch):
+    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    status, body = await master.call("POST", "/multigpu/config/update_worker", {"worker_id": 1, "enabled": False})
+    assert status == 401 and "token" in body["error"]
+    status, body = await master.call("POST", "/multigpu/config/update_worker", {"worker_id": 1, "enabled": False},
+                                     token="wrong-token-wrong-token")
+    assert status == 401
+    status, body = await master.call("POST", "/multigpu/config/update_worker", {"worker_id": 1, "enabled": False},
+                                     token=TOKEN)
+    assert status == 200
+    response = await master.client.post("/multigpu/clear_memory", json={"worker_ids": []},
+                                        headers={"X-MultiGPU-Token": TOKEN})
+    assert response.status == 200
+    status, _ = await master.call("GET", "/multigpu/config")  # reads stay open
+    assert status == 200
+
+
+async def test_public_master_without_token_refuses_changes(tmp_path, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    write_config(tmp_path / "gpu_config.json", [])
+    made = Master(tmp_path / "gpu_config.json", public=True)
+    await made.client.start_server()
+    try:
+        status, body = await made.call("POST", "/multigpu/config/add_worker", {"port": 9000})
+        assert status == 401 and "listens beyond loopback" in body["error"]
+        assert load_config(made.path).workers == []
+    finally:
+        await made.client.close()
+
+
+def test_listen_detection():
+    assert not listens_beyond_loopback("127.0.0.1")
+    assert not listens_beyond_loopback(None)
+    assert not listens_beyond_loopback("127.0.0.1,::1")
+    assert listens_beyond_loopback("0.0.0.0,::")
+    assert listens_beyond_loopback("192.168.1.5")
+
+
+async def test_invalid_config_file_is_a_409_and_untouched(master):
+    master.path.write_text('{"workers": [{"id": 1, "port": "x"}]}')
+    before = master.path.read_bytes()
+    status, body = await master.call("POST", "/multigpu/config/update_worker", {"worker_id": 1, "enabled": False})
+    assert status == 409 and "workers[0].port" in body["error"]
+    status, body = await master.call("GET", "/multigpu/config")
+    assert status == 409
+    assert master.path.read_bytes() == before
+
+
+async def test_prepare_job_plans_seeds_and_positions(master):
+    master.store.update_data(lambda c: c["workers"][1].update(enabled=True))
+    status, body = await master.call("POST", "/multigpu/prepare_job", {"prompt": workflow(seed=10)})
+    assert status == 200, body
+    assert body["collectors"] == ["3"]
+    assert [(p["role"], p["worker_id"], p["seeds"]["2"]) for p in body["participants"]] == [
+        ("master", None, 10), ("worker", 1, 11), ("worker", 2, 12)]
+    assert body["outputs"]["3"] == {"batch_size": 2, "ranges": [[0, 2], [2, 4], [4, 6]]}
+    # a prompt queued with that id is planned under it
+    _, job = master.orchestrator.prepare(workflow(seed=10), body["job_id"])
+    assert job is not None and job.job_id == body["job_id"]
+    master.orchestrator.discard(job)
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"prompt": {"1": {"class_type": "SaveImage", "inputs": {}}}}, "no Multi-GPU Collector"),
+    ({"prompt": "x"}, "'prompt' must be"),
+    ({}, "'prompt' must be"),
+    ({"prompt": {"1": 5}}, "node 1"),
+])
+async def test_prepare_job_refusals(master, body, words):
+    status, answer = await master.call("POST", "/multigpu/prepare_job", body)
+    assert status == 400 and words in answer["error"]
+
+
+async def test_clear_memory_reaches_workers_and_master(tmp_path, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1:
+        write_config(tmp_path / "gpu_config.json", [
+            {"id": 1, "name": "GPU 1", "port": w1.port},
+            {"id": 2, "name": "GPU 2", "port": closed_port()},
+            {"id": 3, "name": "GPU 3", "port": closed_port(), "enabled": False},
+        ], connect_timeout=2)
+        made = Master(tmp_path / "gpu_config.json")
+        await made.client.start_server()
+        try:
+            status, body = await made.call("POST", "/multigpu/clear_memory", {})
+            assert status == 200
+            assert [(w["worker_id"], w["ok"]) for w in body["workers"]] == [(1, True), (2, False)]
+            assert "cannot connect" in body["workers"][1]["error"]
+            assert body["master"] == {"ok": True, "error": None} and made.freed == 1
+            assert w1.free_calls == [{"unload_models": True, "free_memory": True}]
+            status, body = await made.call("POST", "/multigpu/clear_memory", {"worker_ids": [1], "master": False})
+            assert status == 200 and body["master"] is None and len(w1.free_calls) == 2
+            status, body = await made.call("POST", "/multigpu/clear_memory", {"worker_ids": [7]})
+            assert status == 404 and "7" in body["error"]
+        finally:
+            await made.client.close()
+
+
+async def test_status_reports_each_worker(tmp_path, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1:
+        write_config(tmp_path / "gpu_config.json", [
+            {"id": 1, "port": w1.port}, {"id": 2, "port": closed_port()}, {"id": 3, "port": 9, "enabled": False},
+        ])
+        made = Master(tmp_path / "gpu_config.json")
+        await made.client.start_server()
+        try:
+            status, body = await made.call("GET", "/multigpu/status")
+            assert status == 200
+            assert [(w["id"], w["status"]) for w in body["workers"]] == [(1, "idle"), (2, "offline"), (3, "disabled")]
+            assert body["master"]["status"] == "online"
+        finally:
+            await made.client.close()
+
+
+async def test_job_complete_accepts_only_the_share_owner(tmp_path, monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1:
+        w1.gate = asyncio.Event()  # the worker never finishes by itself: only its callback completes the share
+        write_config(tmp_path / "gpu_config.json", [{"id": 1, "name": "GPU 1", "port": w1.port}])
+        made = Master(tmp_path / "gpu_config.json")
+        await made.client.start_server()
+        try:
+            _, job = made.orchestrator.prepare(workflow())
+            made.orchestrator.start(job)
+            deadline = time.monotonic() + 10
+            while not w1.received and time.monotonic() < deadline:
+                await asyncio.sleep(0.02)
+            sent = w1.received[0]["extra_data"]["multigpu"]
+            assert sent["job_id"] == job.job_id and sent["worker_id"] == 1
+            png = base64.b64encode(_png()).decode()
+            good = {"job_id": job.job_id, "worker_id": 1, "share_token": sent["share_token"], "outputs": {"3": [png]}}
+            for change, status in (({"share_token": "guess"}, 403), ({"worker_id": 2}, 403),
+                                   ({"job_id": "nope"}, 404), ({"outputs": {"9": [png]}}, 400),
+                                   ({"outputs": {"3": ["bm90IGEgcG5n"]}}, 400), ({"outputs": {"3": ["%%"]}}, 400)):
+                got, body = await made.call("POST", "/multigpu/job_complete", {**good, **change})
+                assert got == status, (change, body)
+            got, body = await made.call("POST", "/multigpu/job_complete", good)
+            assert got == 200 and body == {"accepted": 1}
+            result = await asyncio.to_thread(made.orchestrator.collect, job.job_id, "3", lambda: False)
+            assert [len(blobs) for _, blobs in result.images] == [1] and result.failures == []
+            got, body = await made.call("POST", "/multigpu/job_complete", good)
+            assert got == 404  # the job has been collected
+            w1.gate.set()
+        finally:
+            await made.client.close()
+
+
+def _png() -> bytes:
+    import io
+
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, format="PNG")
+    return buffer.getvalue()
