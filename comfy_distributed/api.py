@@ -25,6 +25,7 @@ from aiohttp import web
 
 from .config import REDACTED, SECRET_SETTINGS, ConfigStore, GpuConfig, Settings, WorkerConfig, public_view
 from .errors import ConfigError, JobError, ResultRejected, UnknownJob, WorkerError, WorkflowError
+from .health import HealthMonitor
 from .orchestrator import RESERVATION_TTL, Orchestrator
 from .plan import describe
 from .worker_client import WorkerClient
@@ -106,7 +107,8 @@ class MultiGPUApi:
     """The /multigpu routes of one master. ``add_routes`` registers them on ComfyUI's table."""
 
     def __init__(self, store: ConfigStore, orchestrator: Orchestrator, *, public: bool = False,
-                 free_master: Callable[[], None] | None = None) -> None:
+                 free_master: Callable[[], None] | None = None, health: HealthMonitor | None = None) -> None:
+        self.health = health
         self.store = store
         self.orchestrator = orchestrator
         self.public = public
@@ -188,9 +190,12 @@ class MultiGPUApi:
     def _update(self, change: Callable[[dict[str, Any]], None]) -> GpuConfig:
         self._config()  # a broken file is a 409, not the caller's fault
         try:
-            return self.store.update_data(change)
+            config = self.store.update_data(change)
         except ConfigError as exc:
             raise ApiError(400, str(exc)) from None
+        if self.health is not None:
+            self.health.poke()
+        return config
 
     def _worker_index(self, config: GpuConfig, worker_id: int | str) -> int:
         for index, worker in enumerate(config.workers):
@@ -382,12 +387,16 @@ class MultiGPUApi:
     async def status(self, request: web.Request) -> web.Response:
         config = self._config()
         now = time.monotonic()
-        if self._status_cache is None or now - self._status_cache[0] > STATUS_CACHE_SECONDS:
-            workers = await asyncio.gather(*(self._probe(w, config.settings) for w in config.workers))
-            self._status_cache = (time.monotonic(), list(workers))
+        if self.health is not None and self.health.running:
+            workers = self.health.snapshot(config.workers)
+        else:  # no heartbeat running (outside ComfyUI): ask the workers now
+            if self._status_cache is None or now - self._status_cache[0] > STATUS_CACHE_SECONDS:
+                probed = await asyncio.gather(*(self._probe(w, config.settings) for w in config.workers))
+                self._status_cache = (time.monotonic(), list(probed))
+            workers = self._status_cache[1]
         return web.json_response({
             "master": {"status": "online", **self._auth_info(config)},
-            "workers": self._status_cache[1],
+            "workers": workers,
             "jobs": self.orchestrator.jobs_summary(),
         })
 

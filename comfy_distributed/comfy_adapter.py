@@ -10,7 +10,8 @@ from .api import MultiGPUApi, listens_beyond_loopback
 from .config import ConfigStore
 from .errors import ConfigError
 from .orchestrator import Orchestrator
-from .prompt_hook import make_prompt_handler, make_prompt_middleware
+from .health import HealthMonitor
+from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
 
 log = logging.getLogger("comfy_distributed")
 
@@ -38,18 +39,37 @@ def install() -> bool:
     def notify(event: str, data: dict[str, Any]) -> None:
         server.send_sync(event, data)
 
-    orchestrator = Orchestrator(store, notify)
+    queue = server.prompt_queue
+
+    def running_prompts() -> set[str]:
+        running, _ = queue.get_current_queue_volatile()
+        return {str(item[1]) for item in running}
+
+    def pending_prompts() -> set[str]:
+        _, pending = queue.get_current_queue_volatile()
+        return {str(item[1]) for item in pending}
+
+    def finished_prompts(prompt_ids: set[str]) -> set[str]:
+        return {p for p in prompt_ids if queue.get_history(prompt_id=p)}
+
+    def free_master() -> None:  # what ComfyUI's own POST /free does
+        queue.set_flag("unload_models", True)
+        queue.set_flag("free_memory", True)
+
+    health = HealthMonitor(store, notify)
+    orchestrator = Orchestrator(store, notify, health)
     runtime.orchestrator = orchestrator
     runtime.interrupted = model_management.processing_interrupted
     runtime.raise_if_interrupted = model_management.throw_exception_if_processing_interrupted
     runtime.notify = notify
     server.add_on_prompt_handler(make_prompt_handler(orchestrator))
-    server.app.middlewares.append(make_prompt_middleware(orchestrator))
-
-    def free_master() -> None:  # what ComfyUI's own POST /free does
-        server.prompt_queue.set_flag("unload_models", True)
-        server.prompt_queue.set_flag("free_memory", True)
-
+    server.app.middlewares.append(make_prompt_middleware(orchestrator, running_prompts, pending_prompts))
     public = listens_beyond_loopback(getattr(cli_args.args, "listen", None))
-    MultiGPUApi(store, orchestrator, public=public, free_master=free_master).add_routes(server.routes)
+    MultiGPUApi(store, orchestrator, public=public, free_master=free_master, health=health).add_routes(server.routes)
+
+    def start_background() -> None:
+        health.start()
+        server.loop.create_task(reap_finished_prompts(orchestrator, finished_prompts), name="multigpu-reaper")
+
+    server.loop.call_soon_threadsafe(start_background)  # runs once ComfyUI's loop runs
     return True

@@ -141,6 +141,12 @@ class Settings(_Model):
     connect_timeout: float = Field(10.0, gt=0, le=600, description="seconds to open a connection to a worker")
     request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds for one HTTP request to a worker")
     api_token: str | None = Field(None, description="token required by the /multigpu control endpoints")
+    heartbeat_interval: float = Field(2.0, ge=0.1, le=3600, description="seconds between health checks of a worker")
+    health_ttl: float = Field(6.0, ge=0.5, le=86400,
+                              description="seconds without an answer after which a worker counts as offline")
+    max_retries: int = Field(2, ge=0, le=10, description="times a failed unit is re-run on another participant")
+    skip_offline_workers: bool = Field(False, description="leave out the share of a worker that is offline at "
+                                                          "dispatch instead of running it elsewhere")
 
     @field_validator("api_token")
     @classmethod

@@ -30,3 +30,12 @@ def decode_batch(blobs: list[bytes]) -> torch.Tensor:
 def same_frame(master: torch.Tensor, other: torch.Tensor) -> bool:
     """Whether two IMAGE batches can be concatenated (height, width, channels)."""
     return tuple(master.shape[1:]) == tuple(other.shape[1:])
+
+
+def quantize_like_png(images: torch.Tensor) -> torch.Tensor:
+    """What a batch becomes after a trip through an 8-bit PNG (Save/Preview Image, then LoadImage).
+
+    Units re-run on the master are passed through this so that they equal the same units
+    run on a worker, whose images travel as PNG files.
+    """
+    return (255.0 * images).clamp(0, 255).to(torch.uint8).to(images.dtype) / 255.0

@@ -1,8 +1,10 @@
-"""The two nodes users place: Multi-GPU Distributor (seed) and Multi-GPU Collector (images).
+"""The nodes users place: Multi-GPU Distributor (seed) and Multi-GPU Collector (images).
 
 On the master they run inside ComfyUI; on workers they never run, because each worker
 receives a copy in which the Distributor is a literal seed and the Collector a core
-``PreviewImage``. Torch is imported lazily so the package imports without it.
+``PreviewImage``. Two internal nodes (``MultiGPUUnitPart``, ``MultiGPUAssemble``) only
+appear in the graph a Collector expands into when the master re-runs a failed worker's
+unit itself. Torch is imported lazily so the package imports without it.
 """
 
 from __future__ import annotations
@@ -12,9 +14,13 @@ from typing import Any, Callable
 
 from . import runtime
 from .errors import JobError
-from .workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT, SEED_MODULUS
+from .workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT, SEED_MODULUS, build_master_rerun
 
 log = logging.getLogger("comfy_distributed")
+
+PART_CLASS = "MultiGPUUnitPart"
+ASSEMBLE_CLASS = "MultiGPUAssemble"
+PARTS_TYPE = "MULTIGPU_PARTS"
 
 
 class MultiGPUSeedDistributor:
@@ -53,51 +59,126 @@ class MultiGPUCollector:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"images": ("IMAGE",)}, "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
-    def collect(self, images: Any, unique_id: str | None = None, prompt: dict | None = None) -> tuple[Any]:
-        job_id = ((prompt or {}).get(str(unique_id)) or {}).get("inputs", {}).get(JOB_INPUT)
+    def collect(self, images: Any, unique_id: str | None = None, prompt: dict | None = None) -> Any:
+        collector_id = str(unique_id)
+        job_id = ((prompt or {}).get(collector_id) or {}).get("inputs", {}).get(JOB_INPUT)
         orchestrator = runtime.orchestrator
         if not job_id or orchestrator is None:
             return (images,)  # no enabled workers: exactly as without this node
         try:
-            result = orchestrator.collect(job_id, str(unique_id), runtime.interrupted)
+            result = orchestrator.collect(job_id, collector_id, runtime.interrupted)
         except JobError as exc:
             runtime.raise_if_interrupted()
             raise RuntimeError(str(exc)) from None
-        return (merge_results(images, result, str(unique_id), runtime.notify),)
+        parts = decode_parts(images, result, collector_id, runtime.notify)
+        if not result.master_units:
+            return (assemble(parts, collector_id),)
+        return rerun_on_master(prompt or {}, job_id, collector_id, parts, result, orchestrator)
 
 
-def merge_results(images: Any, result: Any, collector_id: str, notify: Callable[[str, dict], None]) -> Any:
-    """The master's batch followed by each worker's, skipping (and reporting) what cannot join."""
-    import torch
-
+def decode_parts(images: Any, result: Any, collector_id: str,
+                 notify: Callable[[str, dict], None]) -> dict[int, Any]:
+    """Position -> batch: the master's at 0, each worker unit's at its position."""
     from .images import decode_batch, same_frame
 
-    parts = [images]
-    problems = [f"{share.name}: {share.error or 'no result'}" for share in result.failures]
-    for share, blobs in result.images:
+    parts = {0: images}
+    for unit, blobs in result.images:
         batch = decode_batch(blobs).to(device=images.device, dtype=images.dtype)
         if not same_frame(images, batch):
             message = (f"images are {tuple(batch.shape[1:3])} (height, width), the master's "
                        f"{tuple(images.shape[1:3])}; left out")
-            problems.append(f"{share.name}: {message}")
-            notify("multigpu.worker_failed", {"worker_id": share.worker.id, "worker": share.name,
-                                              "reason": "size_mismatch", "message": f"Worker {share.name}: {message}"})
+            notify("multigpu.worker_failed", {"worker_id": unit.worker.id, "worker": unit.name, "unit": unit.position,
+                                              "reason": "size_mismatch", "rerun": False,
+                                              "message": f"Worker {unit.name}: {message}"})
+            log.warning("Multi-GPU Collector %s: worker %s: %s", collector_id, unit.name, message)
             continue
-        parts.append(batch)
-    merged = torch.cat(parts, dim=0)
-    if problems:
-        log.warning("Multi-GPU Collector %s: %d images collected; missing: %s", collector_id,
-                    merged.shape[0], "; ".join(problems))
-    else:
-        log.info("Multi-GPU Collector %s: %d images from %d participants", collector_id, merged.shape[0], len(parts))
+        parts[unit.position] = batch
+    for unit in result.failures:
+        log.warning("Multi-GPU Collector %s: unit %s left out: %s", collector_id, unit.position, unit.error)
+    return parts
+
+
+def assemble(parts: dict[int, Any], collector_id: str) -> Any:
+    import torch
+
+    merged = torch.cat([parts[position] for position in sorted(parts)], dim=0)
+    log.info("Multi-GPU Collector %s: %d images from %d units", collector_id, merged.shape[0], len(parts))
     return merged
+
+
+def rerun_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int, Any], result: Any,
+                    orchestrator: Any) -> dict[str, Any]:
+    """Expand into a graph that runs the leftover units here, then assembles every unit in order."""
+    orchestrator.stash(job_id, collector_id, parts)
+    graph: dict[str, Any] = {}
+    previous: list | None = None
+    for unit in result.master_units:
+        prefix = f"{collector_id}.multigpu.{unit.position}."
+        nodes, images = build_master_rerun(prompt, collector_id, unit.seed_offset, prefix)
+        graph.update(nodes)
+        part_inputs: dict[str, Any] = {"images": images, "position": unit.position}
+        if previous is not None:
+            part_inputs["parts"] = previous
+        graph[prefix + "part"] = {"class_type": PART_CLASS, "inputs": part_inputs}
+        previous = [prefix + "part", 0]
+    assemble_id = f"{collector_id}.multigpu.assemble"
+    graph[assemble_id] = {"class_type": ASSEMBLE_CLASS,
+                          "inputs": {"parts": previous, "job_id": job_id, "collector": collector_id}}
+    log.info("Multi-GPU Collector %s: running unit(s) %s on the master", collector_id,
+             [u.position for u in result.master_units])
+    return {"result": ([assemble_id, 0],), "expand": graph}
+
+
+class MultiGPUUnitPart:
+    """Internal: carries a unit re-run on the master to the assembly, with its position."""
+
+    CATEGORY = "multigpu/internal"
+    RETURN_TYPES = (PARTS_TYPE,)
+    FUNCTION = "add"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"images": ("IMAGE",), "position": ("INT", {"default": 1, "min": 1, "max": 1 << 20})},
+                "optional": {"parts": (PARTS_TYPE,)}}
+
+    def add(self, images: Any, position: int, parts: tuple | None = None) -> tuple[tuple]:
+        from .images import quantize_like_png
+
+        return ((*(parts or ()), (position, quantize_like_png(images))),)
+
+
+class MultiGPUAssemble:
+    """Internal: the Collector's output once the units re-run on the master have joined."""
+
+    CATEGORY = "multigpu/internal"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "assemble"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"parts": (PARTS_TYPE,), "job_id": ("STRING", {"default": ""}),
+                             "collector": ("STRING", {"default": ""})}}
+
+    def assemble(self, parts: tuple, job_id: str, collector: str) -> tuple[Any]:
+        orchestrator = runtime.orchestrator
+        if orchestrator is None:
+            raise RuntimeError("Multi-GPU: the extension is not running")
+        collected = dict(orchestrator.take_stash(job_id, collector))
+        base = collected[0]
+        for position, images in parts:
+            collected[position] = images.to(device=base.device, dtype=base.dtype)
+        return (assemble(collected, collector),)
 
 
 NODE_CLASS_MAPPINGS = {
     DISTRIBUTOR_CLASS: MultiGPUSeedDistributor,
     COLLECTOR_CLASS: MultiGPUCollector,
+    PART_CLASS: MultiGPUUnitPart,
+    ASSEMBLE_CLASS: MultiGPUAssemble,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     DISTRIBUTOR_CLASS: "Multi-GPU Distributor",
     COLLECTOR_CLASS: "Multi-GPU Collector",
+    PART_CLASS: "Multi-GPU unit part (internal)",
+    ASSEMBLE_CLASS: "Multi-GPU assemble (internal)",
 }

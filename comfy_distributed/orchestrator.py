@@ -1,10 +1,12 @@
-"""Distributed job lifecycle on the master: prepare -> dispatch -> follow -> fetch -> hand over.
+"""Distributed job lifecycle on the master: plan -> dispatch -> follow -> fetch -> hand over.
 
-``prepare`` runs inside ComfyUI's prompt hook (on the server's event loop, before the
-prompt is validated); ``start`` runs once the master accepted the prompt; the Collector
-node, on ComfyUI's execution thread, blocks in ``collect`` until every worker share has
-ended. Each share is bounded by the worker timeout, so nothing waits forever, and the
-server's event loop is never blocked by a Collector.
+``prepare`` runs inside ComfyUI's prompt hook (on the server's event loop, before the prompt
+is validated); ``start`` runs once the master accepted the prompt; the Collector node, on
+ComfyUI's execution thread, blocks in ``collect`` until no unit waits for a worker any more.
+A job is planned as units (see :mod:`scheduler`); when a worker fails, its unit is re-run
+on another worker or on the master with the same seed and position. Every unit run is
+bounded by the worker timeout, so nothing waits forever, and the server's event loop is
+never blocked by a Collector.
 """
 
 from __future__ import annotations
@@ -17,23 +19,18 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 
-from .config import ConfigStore, GpuConfig, WorkerConfig
-from .errors import (
-    ConfigError,
-    DistributedError,
-    JobError,
-    ResultRejected,
-    UnknownJob,
-    WorkerError,
-    WorkerProtocolError,
-    WorkflowError,
-)
+from .config import ConfigStore, Settings, WorkerConfig
+from .errors import ConfigError, JobError, ResultRejected, UnknownJob, WorkerError, WorkerProtocolError, WorkflowError
+from .scheduler import Action, Dispatch, GiveUp, JobScheduler, MasterFree, RunOnMaster, Skip, Unit, UnitDone, UnitFailed
 from .workflow import Prompt, build_worker_prompt, distributed_collectors, mark_master_prompt, validate_prompt_shape
 from .worker_client import WorkerClient
+
+if TYPE_CHECKING:
+    from .health import HealthMonitor
 
 log = logging.getLogger("comfy_distributed")
 
@@ -44,10 +41,13 @@ COLLECT_POLL = 0.1
 """Seconds between interrupt checks while a Collector waits."""
 
 UNCLAIMED_JOB_TTL = 3600.0
-"""Seconds a finished job waits for its Collectors (the master may still be busy) before it is dropped."""
+"""Seconds a settled job waits for its Collectors (the master may be busy) before it is dropped."""
 
 RESERVATION_TTL = 600.0
 """Seconds a job id from ``prepare_job`` stays valid for the prompt that is queued with it."""
+
+PROGRESS_INTERVAL = 0.25
+"""Seconds between two ``multigpu.job_progress`` events of one job."""
 
 EXTRA_DATA_KEY = "multigpu"
 """Key in a worker prompt's ``extra_data`` with what a worker running this extension needs
@@ -55,47 +55,60 @@ to post its results back (job id, worker id, the share's own token)."""
 
 
 @dataclass(slots=True)
-class Share:
-    """What one worker does for a job: its copy of the prompt, then its images or its error."""
+class UnitRun:
+    """One unit of a job: where it runs, and its images or what went wrong."""
 
-    worker: WorkerConfig
-    index: int
+    position: int
+    seed_offset: int
     prompt: Prompt
-    state: str = "pending"  # pending -> running -> done | failed
-    reason: str | None = None
-    error: str | None = None
+    state: str = "pending"  # pending, running, done, master, given_up, skipped
+    worker: WorkerConfig | None = None
     images: dict[str, list[bytes]] = field(default_factory=dict)
-    token: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    token: str = ""
     task: asyncio.Task | None = None
+    progress: float = 0.0
+    causes: list[str] = field(default_factory=list)
 
     @property
     def name(self) -> str:
-        return self.worker.display_name
+        return self.worker.display_name if self.worker else f"unit {self.position}"
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.causes) or None
 
 
 @dataclass(slots=True)
 class Job:
     job_id: str
     collectors: list[str]
-    shares: list[Share]
+    units: dict[int, UnitRun]
+    workers: dict[str, WorkerConfig]
+    settings: Settings
     created: float
-    deadline: float
     error: str | None = None
-    finished: threading.Event = field(default_factory=threading.Event)
+    prompt_id: str | None = None
+    scheduler: JobScheduler | None = None
+    settled: threading.Event = field(default_factory=threading.Event)
     claimed: set[str] = field(default_factory=set)
+    master_free_sent: bool = False
+    cancelled: bool = False
     loop: asyncio.AbstractEventLoop | None = None
-    task: asyncio.Task | None = None
+    session: aiohttp.ClientSession | None = None
+    last_progress: float = 0.0
+    ended: bool = False
 
-    def failures(self) -> list[Share]:
-        return [share for share in self.shares if share.state == "failed"]
+    def unit_list(self) -> list[UnitRun]:
+        return [self.units[p] for p in sorted(self.units)]
 
 
 @dataclass(slots=True)
 class CollectorResult:
-    """Images of the workers for one Collector, in worker order, and who failed."""
+    """What a Collector needs: worker images by position, units to run on the master, what failed."""
 
-    images: list[tuple[Share, list[bytes]]]
-    failures: list[Share]
+    images: list[tuple[UnitRun, list[bytes]]]
+    master_units: list[UnitRun]
+    failures: list[UnitRun]
 
 
 def _log_notify(event: str, data: dict[str, Any]) -> None:
@@ -105,14 +118,16 @@ def _log_notify(event: str, data: dict[str, Any]) -> None:
 class Orchestrator:
     """Owns the distributed jobs of one master."""
 
-    def __init__(self, store: ConfigStore, notify: Notify = _log_notify) -> None:
+    def __init__(self, store: ConfigStore, notify: Notify = _log_notify, health: "HealthMonitor | None" = None) -> None:
         self.store = store
         self.notify = notify
+        self.health = health
         self._jobs: dict[str, Job] = {}
         self._reserved: dict[str, float] = {}
+        self._stash: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
 
-    # --- on the server's event loop -------------------------------------------------
+    # --- planning (server loop, inside the prompt hook) ----------------------------------
 
     def reserve(self) -> str:
         """A job id for ``prepare_job``; a prompt queued with it in ``extra_data`` uses it."""
@@ -129,8 +144,8 @@ class Orchestrator:
     def prepare(self, prompt: Prompt, requested_job_id: Any = None) -> tuple[Prompt, Job | None]:
         """Plan a job for ``prompt`` if it has Collectors and there are enabled workers.
 
-        Returns the prompt the master should run (Collectors marked with the job id) and
-        the job, not yet started. A job that cannot be planned carries its error, which the
+        Returns the prompt the master should run (Collectors marked with the job id) and the
+        job, not yet started. A job that cannot be planned carries its error, which the
         Collector raises when it runs, so the user sees why instead of a silent single run.
         """
         self._sweep()
@@ -140,7 +155,6 @@ class Orchestrator:
             return prompt, None  # not ours to judge: ComfyUI rejects a malformed prompt itself
         if not collectors:
             return prompt, None
-        now = time.monotonic()
         job_id = self._take_reservation(requested_job_id) or uuid.uuid4().hex
         try:
             config = self.store.get()
@@ -150,182 +164,328 @@ class Orchestrator:
         if not workers:
             return prompt, None  # exactly as without our nodes
         try:
-            shares = [
-                Share(worker, index, build_worker_prompt(prompt, collectors, index))
-                for index, worker in enumerate(workers)
-            ]
+            units = {
+                index + 1: UnitRun(index + 1, index + 1, build_worker_prompt(prompt, collectors, index))
+                for index in range(len(workers))
+            }
         except WorkflowError as exc:
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
-        job = Job(job_id, collectors, shares, now, now + config.settings.worker_timeout)
+        job = Job(job_id, collectors, units, {str(w.id): w for w in workers}, config.settings, time.monotonic())
         with self._lock:
             self._jobs[job_id] = job
         return mark_master_prompt(prompt, collectors, job_id), job
 
     def _failed_job(self, prompt: Prompt, collectors: list[str], job_id: str, error: str) -> tuple[Prompt, Job]:
         log.error("%s", error)
-        now = time.monotonic()
-        job = Job(job_id, collectors, [], now, now, error=error)
-        job.finished.set()
+        job = Job(job_id, collectors, {}, {}, Settings(), time.monotonic(), error=error)
+        job.settled.set()
         with self._lock:
             self._jobs[job_id] = job
         return mark_master_prompt(prompt, collectors, job_id), job
 
-    def start(self, job: Job) -> None:
-        """Dispatch every share now; must be called on the event loop that serves ComfyUI."""
-        if job.finished.is_set() or job.task is not None:
+    def start(self, job: Job, prompt_id: str | None = None) -> None:
+        """Dispatch the units now; must be called on the event loop that serves ComfyUI."""
+        job.prompt_id = prompt_id
+        if job.settled.is_set() or job.scheduler is not None:
             return
         job.loop = asyncio.get_running_loop()
-        config = self.store.get()
-        job.task = job.loop.create_task(self._run(job, config), name=f"multigpu-job-{job.job_id}")
+        job.session = aiohttp.ClientSession()
+        unavailable = self.health.unavailable() if self.health is not None else {}
+        job.scheduler = JobScheduler(
+            units=[Unit(p, u.seed_offset) for p, u in job.units.items()],
+            workers=list(job.workers),
+            unavailable={w: why for w, why in unavailable.items() if w in job.workers},
+            max_retries=job.settings.max_retries,
+            skip_unavailable=job.settings.skip_offline_workers,
+        )
+        if not job.settings.skip_offline_workers:
+            for worker_id in job.scheduler.unavailable:
+                worker = job.workers[worker_id]
+                position = list(job.workers).index(worker_id) + 1
+                self._tell_failure(job, job.units[position], worker, "offline",
+                                   f"offline at dispatch ({job.scheduler.unavailable[worker_id]})", rerun=True)
+        self._carry_out(job, job.scheduler.start())
 
     def discard(self, job: Job) -> None:
         """The master refused the prompt: forget the job before any worker is asked."""
         with self._lock:
             self._jobs.pop(job.job_id, None)
-        job.finished.set()
+        job.settled.set()
 
-    async def _run(self, job: Job, config: GpuConfig) -> None:
-        try:
-            async with aiohttp.ClientSession() as session:
-                for share in job.shares:
-                    share.task = asyncio.create_task(self._run_share(job, share, config, session))
-                await asyncio.gather(*(share.task for share in job.shares if share.task is not None))
-        finally:
-            job.finished.set()
-            self._report(job)
+    # --- carrying out the scheduler's actions (server loop) ------------------------------
 
-    async def _run_share(self, job: Job, share: Share, config: GpuConfig, session: aiohttp.ClientSession) -> None:
-        share.state = "running"
-        client = WorkerClient(share.worker, config.settings, session)
-        extra_data = {EXTRA_DATA_KEY: {"job_id": job.job_id, "worker_id": share.worker.id, "share_token": share.token}}
+    def _handle(self, job: Job, event: UnitDone | UnitFailed | MasterFree) -> None:
+        if job.scheduler is None or job.cancelled:
+            return
+        self._carry_out(job, job.scheduler.handle(event))
+
+    def _carry_out(self, job: Job, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Dispatch):
+                unit, worker = job.units[action.position], job.workers[action.worker]
+                unit.state, unit.worker, unit.token, unit.progress = "running", worker, secrets.token_urlsafe(24), 0.0
+                unit.task = asyncio.get_running_loop().create_task(self._run_unit(job, unit, worker))
+            elif isinstance(action, RunOnMaster):
+                for position in action.positions:
+                    job.units[position].state = "master"
+                log.info("Multi-GPU: job %s: the master runs unit(s) %s itself", job.job_id, list(action.positions))
+            elif isinstance(action, GiveUp):
+                unit = job.units[action.position]
+                unit.state = "given_up"
+            elif isinstance(action, Skip):
+                unit = job.units[action.position]
+                unit.state, unit.worker = "skipped", job.workers[action.worker]
+                unit.causes.append(action.cause)
+                self._tell_failure(job, unit, job.workers[action.worker], "offline",
+                                   f"offline at dispatch; its images are left out (skip_offline_workers): "
+                                   f"{action.cause.split(': ', 1)[-1]}", rerun=False)
+        self._progress(job, force=True)
+        if job.scheduler is not None and job.scheduler.settled():
+            job.settled.set()
+
+    async def _run_unit(self, job: Job, unit: UnitRun, worker: WorkerConfig) -> None:
+        client = WorkerClient(worker, job.settings, job.session)
+        deadline = time.monotonic() + job.settings.worker_timeout
+        extra_data = {EXTRA_DATA_KEY: {"job_id": job.job_id, "worker_id": worker.id, "share_token": unit.token}}
+
+        def on_progress(value: float, maximum: float) -> None:
+            unit.progress = max(0.0, min(1.0, value / maximum)) if maximum else 0.0
+            self._progress(job)
+
         try:
-            result = await client.run_prompt(share.prompt, job.deadline, extra_data)
+            result = await client.run_prompt(unit.prompt, deadline, extra_data, on_progress=on_progress)
+            images = {}
             for collector in job.collectors:
                 files = result.images(collector)
                 if not files:
-                    raise WorkerProtocolError(share.name, f"returned no images for Multi-GPU Collector {collector}")
-                remaining = max(job.deadline - time.monotonic(), 0.001)
-                share.images[collector] = [await client.view(file, timeout=remaining) for file in files]
-            share.state = "done"
+                    raise WorkerProtocolError(worker.display_name,
+                                              f"returned no images for Multi-GPU Collector {collector}")
+                remaining = max(deadline - time.monotonic(), 0.001)
+                images[collector] = [await client.view(file, timeout=remaining) for file in files]
         except asyncio.CancelledError:
-            if share.state == "done":
-                return  # the worker posted its results itself (job_complete): nothing left to pull
-            self._fail(job, share, "cancelled", "the job was cancelled")
+            if unit.state == "done":
+                return  # the worker posted its results itself (job_complete)
             raise
         except WorkerError as exc:
-            self._fail(job, share, exc.reason, exc.message)
+            self._unit_failed(job, unit, worker, exc.reason, exc.message)
+            return
         except Exception as exc:  # a bug of ours must not take the master down
-            log.exception("Multi-GPU: unexpected error while running worker %s", share.name)
-            self._fail(job, share, "internal_error", f"internal error: {exc!r}")
+            log.exception("Multi-GPU: unexpected error while running unit %s on %s", unit.position, worker.display_name)
+            self._unit_failed(job, unit, worker, "internal_error", f"internal error: {exc!r}")
+            return
+        if unit.state == "running" and unit.worker is worker:
+            unit.images, unit.state, unit.progress = images, "done", 1.0
+            self._handle(job, UnitDone(unit.position, str(worker.id)))
+
+    def _unit_failed(self, job: Job, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
+        if unit.state != "running" or unit.worker is not worker:
+            return
+        unit.causes.append(f"{worker.display_name}: {message}")
+        unit.state = "pending"
+        scheduler = job.scheduler
+        rerun = scheduler is not None and scheduler.attempts.get(unit.position, 0) <= scheduler.max_retries
+        self._tell_failure(job, unit, worker, reason, message, rerun=rerun)
+        if self.health is not None:
+            self.health.poke()
+        self._handle(job, UnitFailed(unit.position, str(worker.id), reason, message))
+
+    def _tell_failure(self, job: Job, unit: UnitRun, worker: WorkerConfig, reason: str, message: str,
+                      rerun: bool) -> None:
+        then = "its unit is re-run elsewhere" if rerun else "no retry left for its unit"
+        if reason == "offline":
+            then = "its unit runs elsewhere" if rerun else "its unit is left out"
+        log.warning("Multi-GPU: job %s: worker %s (id %s) failed unit %s: %s; %s", job.job_id,
+                    worker.display_name, worker.id, unit.position, message, then)
+        self.notify("multigpu.worker_failed", {
+            "job_id": job.job_id, "worker_id": worker.id, "worker": worker.display_name, "reason": reason,
+            "unit": unit.position, "rerun": rerun, "message": f"Worker {worker.display_name}: {message}",
+        })
+
+    def _progress(self, job: Job, force: bool = False) -> None:
+        now = time.monotonic()
+        if not force and now - job.last_progress < PROGRESS_INTERVAL:
+            return
+        job.last_progress = now
+        units = job.unit_list()
+        finished = {"done": 1.0, "skipped": 1.0, "given_up": 1.0}
+        total = sum(finished.get(u.state, u.progress) for u in units)
+        self.notify("multigpu.job_progress", {
+            "job_id": job.job_id,
+            "progress": round(total / len(units), 4) if units else 1.0,
+            "units": [{"position": u.position, "state": u.state, "worker": u.name if u.worker else None,
+                       "progress": round(finished.get(u.state, u.progress), 4)} for u in units],
+        })
+
+    def _finish(self, job: Job) -> None:
+        """Report the job's outcome once, then release its connections (server loop)."""
+        if job.ended:
+            return
+        job.ended = True
+        units = job.unit_list()
+        self.notify("multigpu.job_done", {
+            "job_id": job.job_id,
+            "cancelled": job.cancelled,
+            "workers_done": sorted({u.name for u in units if u.state == "done"}),
+            "master_units": [u.position for u in units if u.state == "master"],
+            "units_missing": [{"unit": u.position, "worker": u.name, "state": u.state, "message": u.error}
+                              for u in units if u.state in ("given_up", "skipped")],
+        })
+        asyncio.get_running_loop().create_task(self._release(job))
+
+    @staticmethod
+    async def _release(job: Job) -> None:
+        tasks = [u.task for u in job.units.values() if u.task is not None]
+        await asyncio.gather(*tasks, return_exceptions=True)  # cancelled units clean up on their workers first
+        if job.session is not None:
+            await job.session.close()
+            job.session = None
+
+    # --- results posted by workers (server loop) -----------------------------------------
 
     def accept_results(self, job_id: str, worker_id: Any, token: str, outputs: dict[str, list[bytes]]) -> None:
-        """Results a worker posted itself; they complete its share like pulled results.
+        """Results a worker posted itself; they complete its unit like pulled results.
 
-        Only the worker the share was sent to knows its token, so nobody else can put
-        images into a job; a share that already ended takes nothing more.
+        Only the worker the unit was sent to knows its token, so nobody else can put images
+        into a job; a unit that already ended takes nothing more.
         """
         job = self.job(job_id)
         if job is None or job.error:
             raise UnknownJob(f"no job {job_id} is waiting for results")
-        share = next((s for s in job.shares if str(s.worker.id) == str(worker_id)), None)
-        if share is None or not hmac.compare_digest(share.token.encode(), str(token).encode()):
-            raise ResultRejected("worker_id and share_token do not match a share of this job", status=403)
-        if share.state in ("done", "failed"):
-            raise ResultRejected(f"the share of worker {share.worker.id} has already ended ({share.state})",
+        unit = next((u for u in job.units.values() if u.worker is not None and str(u.worker.id) == str(worker_id)
+                     and u.token and hmac.compare_digest(u.token.encode(), str(token).encode())), None)
+        if unit is None:
+            raise ResultRejected("worker_id and share_token do not match a unit of this job", status=403)
+        if unit.state != "running":
+            raise ResultRejected(f"unit {unit.position} of worker {worker_id} has already ended ({unit.state})",
                                  status=409)
         if set(outputs) != set(job.collectors):
             raise ResultRejected(f"outputs must have exactly the Collectors {job.collectors}, got {sorted(outputs)}")
         if any(not images for images in outputs.values()):
             raise ResultRejected("every Collector needs at least one image")
-        share.images = {collector: list(images) for collector, images in outputs.items()}
-        share.state = "done"
-        if share.task is not None and not share.task.done():
-            share.task.cancel()
+        unit.images = {collector: list(images) for collector, images in outputs.items()}
+        unit.state, unit.progress = "done", 1.0
+        if unit.task is not None and not unit.task.done():
+            unit.task.cancel()
+        self._handle(job, UnitDone(unit.position, str(worker_id)))
 
-    def jobs_summary(self) -> list[dict[str, Any]]:
-        """Running and waiting jobs, for the status endpoint."""
+    # --- on ComfyUI's execution thread ----------------------------------------------------
+
+    def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool]) -> CollectorResult:
+        """Block until no unit waits for a worker; return the images for ``collector_id``.
+
+        The first Collector to arrive frees the master for units no worker could take.
+        ``interrupted`` is polled so that a Cancel on the master cancels the workers at once.
+        """
+        job = self.job(job_id)
+        if job is None:
+            raise JobError(f"Multi-GPU job {job_id} is unknown: it expired or the master restarted; queue it again")
+        if job.error:
+            raise JobError(job.error)
+        if not job.master_free_sent and job.loop is not None:
+            job.master_free_sent = True
+            job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
+        bound = job.created + job.settings.worker_timeout * (2 + job.settings.max_retries) + 30.0
+        while not job.settled.wait(COLLECT_POLL):
+            if interrupted():
+                self.cancel(job)
+                raise JobError("Multi-GPU: interrupted while waiting for the workers")
+            if time.monotonic() > bound:  # every unit run has its own deadline: this only guards against a bug
+                self.cancel(job)
+                raise JobError(f"Multi-GPU job {job_id}: the workers did not settle in time")
+        if job.cancelled:
+            raise JobError(f"Multi-GPU job {job_id} was cancelled")
+        units = job.unit_list()
+        given_up = [u for u in units if u.state == "given_up"]
+        if given_up:
+            self._claim(job, collector_id)
+            raise JobError("Multi-GPU: " + "; ".join(
+                f"unit {u.position} (seed offset {u.seed_offset}) could not be run: {u.error}" for u in given_up))
+        result = CollectorResult(
+            images=[(u, u.images[collector_id]) for u in units if u.state == "done" and collector_id in u.images],
+            master_units=[u for u in units if u.state == "master"],
+            failures=[u for u in units if u.state == "skipped"],
+        )
+        self._claim(job, collector_id)
+        return result
+
+    def _claim(self, job: Job, collector_id: str) -> None:
         with self._lock:
-            jobs = list(self._jobs.values())
-        return [
-            {
-                "job_id": job.job_id,
-                "finished": job.finished.is_set(),
-                "error": job.error,
-                "shares": [
-                    {"worker_id": s.worker.id, "worker": s.name, "state": s.state, "reason": s.reason,
-                     "message": s.error}
-                    for s in job.shares
-                ],
-            }
-            for job in jobs
-        ]
+            job.claimed.add(collector_id)
+            last = job.claimed >= set(job.collectors)
+            if last:
+                self._jobs.pop(job.job_id, None)
+        if last and job.loop is not None and not job.loop.is_closed():
+            job.loop.call_soon_threadsafe(self._finish, job)
 
-    def _fail(self, job: Job, share: Share, reason: str, message: str) -> None:
-        share.state, share.reason, share.error = "failed", reason, message
-        share.images.clear()
-        log.warning("Multi-GPU: worker %s (id %s) left out of job %s: %s", share.name, share.worker.id,
-                    job.job_id, message)
-        self.notify("multigpu.worker_failed", {
-            "job_id": job.job_id, "worker_id": share.worker.id, "worker": share.name,
-            "reason": reason, "message": f"Worker {share.name}: {message}",
-        })
+    def stash(self, job_id: str, collector_id: str, parts: Any) -> None:
+        """Keep a Collector's partial output until its re-run units, run on the master, join it."""
+        with self._lock:
+            self._stash[(job_id, collector_id)] = parts
 
-    def _report(self, job: Job) -> None:
-        done = [share.name for share in job.shares if share.state == "done"]
-        failed = [{"worker_id": s.worker.id, "worker": s.name, "reason": s.reason, "message": s.error}
-                  for s in job.failures()]
-        self.notify("multigpu.job_done", {"job_id": job.job_id, "workers_done": done, "workers_failed": failed})
+    def take_stash(self, job_id: str, collector_id: str) -> Any:
+        with self._lock:
+            parts = self._stash.pop((job_id, collector_id), None)
+        if parts is None:
+            raise JobError(f"Multi-GPU job {job_id}: nothing to assemble for Collector {collector_id}")
+        return parts
+
+    # --- cancellation and clean-up (any thread) ------------------------------------------
+
+    def cancel(self, job: Job) -> None:
+        """Stop every unit of ``job``; each one removes and interrupts its prompt on its worker."""
+        job.cancelled = True
+        job.settled.set()
+        if job.loop is not None and not job.loop.is_closed():
+            job.loop.call_soon_threadsafe(self._cancel_tasks, job)
+
+    def _cancel_tasks(self, job: Job) -> None:
+        for unit in job.units.values():
+            if unit.task is not None and not unit.task.done():
+                unit.task.cancel()
+        self._finish(job)
+
+    def cancel_prompts(self, prompt_ids: set[str], reason: str) -> int:
+        """Cancel the jobs of these master prompts (deleted from the queue, interrupted, ended)."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.prompt_id in prompt_ids and not j.cancelled]
+            for job in jobs:
+                self._jobs.pop(job.job_id, None)
+        for job in jobs:
+            log.info("Multi-GPU: job %s cancelled: %s", job.job_id, reason)
+            self.cancel(job)
+        return len(jobs)
+
+    def prompt_ids(self) -> set[str]:
+        with self._lock:
+            return {j.prompt_id for j in self._jobs.values() if j.prompt_id}
+
+    def job(self, job_id: str) -> Job | None:
+        with self._lock:
+            return self._jobs.get(job_id)
 
     def _sweep(self) -> None:
         now = time.monotonic()
         with self._lock:
             for job_id in [j for j, expires in self._reserved.items() if expires < now]:
                 del self._reserved[job_id]
-            for job_id in [j for j, job in self._jobs.items() if now > job.deadline + UNCLAIMED_JOB_TTL]:
-                job = self._jobs.pop(job_id)
-                if job.task is not None and job.loop is not None and not job.task.done():
-                    job.loop.call_soon_threadsafe(job.task.cancel)
+            stale = [j for j in self._jobs.values()
+                     if now > j.created + j.settings.worker_timeout * (2 + j.settings.max_retries) + UNCLAIMED_JOB_TTL]
+            for job in stale:
+                self._jobs.pop(job.job_id, None)
+        for job in stale:
+            self.cancel(job)
 
-    # --- on ComfyUI's execution thread ------------------------------------------------
-
-    def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool]) -> CollectorResult:
-        """Block until the job's workers are done; return their images for ``collector_id``.
-
-        ``interrupted`` is polled so that a user's Cancel on the master cancels the
-        workers' shares at once instead of waiting for them.
-        """
+    def jobs_summary(self) -> list[dict[str, Any]]:
+        """Jobs that are running or waiting for their Collectors, for the status endpoint."""
         with self._lock:
-            job = self._jobs.get(job_id)
-        if job is None:
-            raise JobError(f"Multi-GPU job {job_id} is unknown: it expired or the master restarted; queue it again")
-        if job.error:
-            raise JobError(job.error)
-        hard_deadline = job.deadline + 30.0  # shares end at job.deadline; this only guards against a bug
-        while not job.finished.wait(COLLECT_POLL):
-            if interrupted():
-                self.cancel(job)
-                raise JobError("Multi-GPU: interrupted while waiting for the workers")
-            if time.monotonic() > hard_deadline:
-                self.cancel(job)
-                job.finished.wait(5.0)
-                break
-        with self._lock:
-            job.claimed.add(collector_id)
-            if job.claimed >= set(job.collectors):
-                self._jobs.pop(job_id, None)
-        images = [(share, share.images[collector_id]) for share in job.shares
-                  if share.state == "done" and collector_id in share.images]
-        failures = [share for share in job.shares if share.state != "done"]
-        return CollectorResult(images, failures)
-
-    def cancel(self, job: Job) -> None:
-        """Cancel a running job from any thread; each share cleans up on its worker."""
-        if job.task is not None and job.loop is not None and not job.task.done():
-            job.loop.call_soon_threadsafe(job.task.cancel)
-
-    def job(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._jobs.get(job_id)
-
-
-__all__ = ["Orchestrator", "Job", "Share", "CollectorResult", "DistributedError"]
+            jobs = list(self._jobs.values())
+        return [
+            {
+                "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(),
+                "error": job.error,
+                "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": u.state,
+                           "worker_id": u.worker.id if u.worker else None, "progress": round(u.progress, 4),
+                           "errors": list(u.causes)} for u in job.unit_list()],
+            }
+            for job in jobs
+        ]

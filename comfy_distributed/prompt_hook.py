@@ -9,6 +9,8 @@ linked by a context variable, since the handler runs inside the request's task.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 from contextvars import ContextVar
 from typing import Any, Awaitable, Callable
@@ -20,6 +22,8 @@ from .orchestrator import Job, Orchestrator
 log = logging.getLogger("comfy_distributed")
 
 PROMPT_PATHS = frozenset({"/prompt", "/api/prompt"})
+INTERRUPT_PATHS = frozenset({"/interrupt", "/api/interrupt"})
+QUEUE_PATHS = frozenset({"/queue", "/api/queue"})
 JOB_ID_EXTRA_DATA = "multigpu_job_id"
 """``extra_data`` key by which a client queues a prompt under a job id from ``prepare_job``."""
 _pending_jobs: ContextVar[list[Job] | None] = ContextVar("multigpu_pending_jobs", default=None)
@@ -44,11 +48,60 @@ def make_prompt_handler(orchestrator: Orchestrator) -> Callable[[Any], Any]:
     return on_prompt
 
 
-def make_prompt_middleware(orchestrator: Orchestrator) -> Callable[..., Awaitable[web.StreamResponse]]:
+def _prompt_id_of(response: web.StreamResponse) -> str | None:
+    body = getattr(response, "body", None)
+    try:
+        data = json.loads(bytes(body)) if isinstance(body, (bytes, bytearray)) else None
+    except ValueError:
+        return None
+    return str(data["prompt_id"]) if isinstance(data, dict) and "prompt_id" in data else None
+
+
+async def _json_body(request: web.Request) -> dict[str, Any]:
+    """The request's JSON object, or {} (aiohttp keeps the body, so the handler can read it again)."""
+    try:
+        data = await request.json()
+    except (ValueError, UnicodeDecodeError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def make_prompt_middleware(orchestrator: Orchestrator, running_prompts: Callable[[], set[str]] = set,
+                           pending_prompts: Callable[[], set[str]] = set) -> Callable[..., Awaitable[web.StreamResponse]]:
+    """Starts jobs of accepted prompts; cancels jobs whose master prompt is interrupted or deleted.
+
+    ``running_prompts`` and ``pending_prompts`` give the ids in the master's queue.
+    """
+
     @web.middleware
     async def multigpu_prompt_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:
-        if request.method != "POST" or request.path not in PROMPT_PATHS:
+        if request.method != "POST":
             return await handler(request)
+        if request.path in PROMPT_PATHS:
+            return await _queue_prompt(request, handler)
+        if request.path in INTERRUPT_PATHS:
+            target = (await _json_body(request)).get("prompt_id")
+            response = await handler(request)
+            running = running_prompts()
+            stopped = ({str(target)} & running) if target else running
+            if stopped:
+                orchestrator.cancel_prompts(stopped, "the prompt was interrupted on the master")
+            return response
+        if request.path in QUEUE_PATHS:
+            data = await _json_body(request)
+            pending = pending_prompts()
+            response = await handler(request)
+            removed: set[str] = set()
+            if data.get("clear"):
+                removed |= pending
+            if isinstance(data.get("delete"), list):
+                removed |= {str(p) for p in data["delete"]} & pending
+            if removed:
+                orchestrator.cancel_prompts(removed, "the prompt was removed from the master's queue")
+            return response
+        return await handler(request)
+
+    async def _queue_prompt(request: web.Request, handler: Callable) -> web.StreamResponse:
         pending: list[Job] = []
         token = _pending_jobs.set(pending)
         try:
@@ -61,9 +114,22 @@ def make_prompt_middleware(orchestrator: Orchestrator) -> Callable[..., Awaitabl
             _pending_jobs.reset(token)
         for job in pending:
             if response.status == 200:
-                orchestrator.start(job)
+                orchestrator.start(job, _prompt_id_of(response))
             else:
                 orchestrator.discard(job)
         return response
 
     return multigpu_prompt_middleware
+
+
+async def reap_finished_prompts(orchestrator: Orchestrator, finished: Callable[[set[str]], set[str]],
+                                interval: float = 1.0) -> None:
+    """Cancel jobs whose master prompt ended without collecting them (it failed upstream)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            ended = finished(orchestrator.prompt_ids())
+            if ended:
+                orchestrator.cancel_prompts(ended, "the master's prompt ended before its Collector ran")
+        except Exception:  # keep watching
+            log.exception("Multi-GPU: checking finished prompts failed")

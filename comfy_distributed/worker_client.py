@@ -11,7 +11,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 
@@ -196,7 +196,8 @@ class WorkerClient:
         """ComfyUI's ``GET /prompt``: ``{"exec_info": {"queue_remaining": n}}``."""
         return await self._request("GET", "/prompt")
 
-    async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None) -> PromptResult:
+    async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None,
+                         on_progress: Callable[[float, float], None] | None = None) -> PromptResult:
         """Submit ``prompt``, follow it until it ends, and return its outputs.
 
         ``deadline`` is a ``time.monotonic()`` instant covering queue wait and execution.
@@ -210,7 +211,7 @@ class WorkerClient:
             # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
             prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
             if websocket is not None:
-                await self._follow_websocket(websocket, prompt_id, deadline)
+                await self._follow_websocket(websocket, prompt_id, deadline, on_progress)
             return await self._poll_history(prompt_id, deadline)
         except asyncio.CancelledError:
             await self._cancel_quietly(prompt_id)
@@ -235,7 +236,7 @@ class WorkerClient:
             return None  # e.g. a proxy without websocket support: fall back to polling history
 
     async def _follow_websocket(self, websocket: aiohttp.ClientWebSocketResponse, prompt_id: str,
-                                deadline: float) -> None:
+                                deadline: float, on_progress: Callable[[float, float], None] | None = None) -> None:
         """Return when the prompt has ended (or the socket closed); raise on error or deadline."""
         wait_until = deadline
         while True:
@@ -257,6 +258,11 @@ class WorkerClient:
                 )
             if kind == "execution_interrupted":
                 raise WorkerExecutionFailed(self.name, f"the prompt was interrupted at node {data.get('node_id')}")
+            if kind == "progress" and on_progress is not None:
+                value, maximum = data.get("value"), data.get("max")
+                if isinstance(value, (int, float)) and isinstance(maximum, (int, float)):
+                    on_progress(float(value), float(maximum))
+                continue
             if kind == "executing" and data.get("node") is None:
                 return  # sent after the history entry is written
             if kind == "execution_success":

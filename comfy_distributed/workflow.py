@@ -157,3 +157,54 @@ def build_worker_prompt(prompt: Prompt, collectors: list[str], worker_index: int
         }
         copy_[node_id] = new_node
     return copy_
+
+
+def seed_dependent(prompt: Prompt, collector: str) -> set[str]:
+    """Nodes between a Distributor and ``collector``: what differs from one unit to another."""
+    ancestors = upstream(prompt, [collector])
+    distributors = {n for n in ancestors if prompt[n].get("class_type") == DISTRIBUTOR_CLASS}
+    dependent: set[str] = set()
+    changed = True
+    while changed:
+        changed = False
+        for node_id in ancestors - distributors - dependent:
+            for value in prompt[node_id].get("inputs", {}).values():
+                if is_link(value) and (str(value[0]) in distributors or str(value[0]) in dependent):
+                    dependent.add(node_id)
+                    changed = True
+                    break
+    return dependent
+
+
+def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix: str) -> tuple[Prompt, list]:
+    """Nodes that re-run one unit on the master, as a ComfyUI graph expansion.
+
+    Only the seed-dependent nodes are copied (under ``prefix``), with the unit's seed;
+    everything else is linked to the nodes the master already ran, so ComfyUI's cache serves
+    it (a loaded checkpoint is not loaded again). Returns the nodes and the link to the
+    unit's images.
+    """
+    dependent = seed_dependent(prompt, collector)
+    seeds = {
+        node_id: offset_seed(distributor_seed(prompt, node_id), seed_offset - 1)
+        for node_id in upstream(prompt, [collector])
+        if prompt[node_id].get("class_type") == DISTRIBUTOR_CLASS
+    }
+
+    def relink(value: Any) -> Any:
+        if not is_link(value):
+            return value
+        source = str(value[0])
+        if source in seeds:
+            return seeds[source]
+        return [prefix + source, value[1]] if source in dependent else list(value)
+
+    nodes: Prompt = {}
+    for node_id in dependent:
+        node = copy.deepcopy(prompt[node_id])
+        node["inputs"] = {name: relink(value) for name, value in node.get("inputs", {}).items()}
+        nodes[prefix + node_id] = node
+    images = prompt[collector].get("inputs", {}).get("images")
+    if not is_link(images):
+        raise WorkflowError(f"Multi-GPU Collector {collector}: its images input is not connected")
+    return nodes, relink(images)

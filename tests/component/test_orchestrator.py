@@ -15,7 +15,8 @@ from PIL import Image
 
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.errors import JobError
-from comfy_distributed.orchestrator import CollectorResult, Orchestrator
+from comfy_distributed.health import HealthMonitor
+from comfy_distributed.orchestrator import CollectorResult, Job, Orchestrator
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT
 from tests.comfy_test_nodes import seeded_images
 from tests.standin import StandinComfy
@@ -44,22 +45,41 @@ def port_of(url: str) -> int:
 class Cluster:
     """An orchestrator whose config lists the given worker ports, recording its UI events."""
 
-    def __init__(self, tmp_path: Path, ports: list[int], **settings: float) -> None:
+    def __init__(self, tmp_path: Path, ports: list[int], health: HealthMonitor | None = None, **settings) -> None:
         self.path = tmp_path / "gpu_config.json"
         workers = [{"id": i + 1, "name": f"GPU {i + 1}", "port": p, "enabled": True} for i, p in enumerate(ports)]
         self.path.write_text(json.dumps({"workers": workers, "settings": settings}))
         self.events: list[tuple[str, dict]] = []
-        self.orchestrator = Orchestrator(ConfigStore(self.path), lambda e, d: self.events.append((e, d)))
+        self.store = ConfigStore(self.path)
+        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)), health)
 
-    async def run(self, prompt: dict, collector: str = "3", interrupted=lambda: False) -> CollectorResult:
+    def start(self, prompt: dict) -> Job:
         marked, job = self.orchestrator.prepare(prompt)
         assert job is not None
-        assert marked[collector]["inputs"][JOB_INPUT] == job.job_id
+        assert marked["3"]["inputs"][JOB_INPUT] == job.job_id
         self.orchestrator.start(job)
+        return job
+
+    async def collect(self, job: Job, collector: str = "3", interrupted=lambda: False) -> CollectorResult:
+        """What the master's Collector does when it runs: free the master, wait, take the images."""
         return await asyncio.to_thread(self.orchestrator.collect, job.job_id, collector, interrupted)
+
+    async def run(self, prompt: dict, **kwargs) -> CollectorResult:
+        return await self.collect(self.start(prompt), **kwargs)
 
     def failure_messages(self) -> list[str]:
         return [d["message"] for e, d in self.events if e == "multigpu.worker_failed"]
+
+
+async def until(condition, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "condition not met before the deadline"
+        await asyncio.sleep(0.02)
+
+
+def by_position(result: CollectorResult) -> dict[int, tuple[str, list[bytes]]]:
+    return {unit.position: (unit.name, blobs) for unit, blobs in result.images}
 
 
 def pixels(blob: bytes) -> np.ndarray:
@@ -81,9 +101,9 @@ async def test_workers_run_plain_copies_with_offset_seeds_in_order(tmp_path, two
     w1, w2 = two_workers
     cluster = Cluster(tmp_path, [w1.port, w2.port])
     result = await cluster.run(workflow(seed=42))
-    assert result.failures == []
-    assert [share.name for share, _ in result.images] == ["GPU 1", "GPU 2"]
-    for (share, blobs), seed in zip(result.images, (43, 44)):
+    assert result.failures == [] and result.master_units == []
+    assert [unit.name for unit, _ in result.images] == ["GPU 1", "GPU 2"]
+    for (unit, blobs), seed in zip(result.images, (43, 44)):
         assert [pixels(b).tolist() for b in blobs] == [p.tolist() for p in expected_pixels(seed, 2)]
     for worker, seed in ((w1, 43), (w2, 44)):
         (body,) = worker.received
@@ -93,66 +113,109 @@ async def test_workers_run_plain_copies_with_offset_seeds_in_order(tmp_path, two
         assert prompt["1"]["inputs"]["seed"] == seed
 
 
-async def test_unreachable_worker_is_left_out_with_a_message(tmp_path, two_workers):
+def assert_unit_images(result: CollectorResult, position: int, seed: int) -> None:
+    _, blobs = by_position(result)[position]
+    assert [pixels(b).tolist() for b in blobs] == [p.tolist() for p in expected_pixels(seed, 2)]
+
+
+FAULTS = {
+    "refused": lambda w2, port: None,
+    "http_500": lambda w2, port: setattr(w2, "fail_routes", {"/prompt": 500}),
+    "execution_error": lambda w2, port: setattr(w2, "execution_error", "CUDA out of memory (simulated)"),
+    "frozen": lambda w2, port: setattr(w2, "gate", asyncio.Event()),
+    "slow_view": lambda w2, port: setattr(w2, "view_delay", 30.0),
+}
+REASONS = {"refused": ("unreachable", "cannot connect"), "http_500": ("protocol_error", "HTTP 500"),
+           "execution_error": ("execution_error", "CUDA out of memory (simulated)"),
+           "frozen": ("timeout", "worker timeout"), "slow_view": ("timeout", "in time")}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+async def test_failed_unit_is_rerun_on_another_worker_with_the_same_seed(tmp_path, two_workers, fault):
+    """The master is still busy with its own batch, so worker 1 takes worker 2's unit when free."""
+    w1, w2 = two_workers
+    FAULTS[fault](w2, w2.port)
+    ports = [w1.port, closed_port() if fault == "refused" else w2.port]
+    cluster = Cluster(tmp_path, ports, worker_timeout=2, connect_timeout=1)
+    job = cluster.start(workflow(seed=42))
+    await until(lambda: job.settled.is_set())
+    result = await cluster.collect(job)
+    assert result.master_units == [] and result.failures == []
+    assert by_position(result)[2][0] == "GPU 1"
+    assert_unit_images(result, 1, 43)
+    assert_unit_images(result, 2, 44)  # worker 2's seed, run by worker 1
+    assert [b["prompt"]["1"]["inputs"]["seed"] for b in w1.received] == [43, 44]
+    reason, words = REASONS[fault]
+    (event,) = [d for e, d in cluster.events if e == "multigpu.worker_failed"]
+    assert event["reason"] == reason and event["worker"] == "GPU 2" and event["rerun"] is True
+    assert words in event["message"]
+    if fault == "frozen":
+        await until(lambda: w2.interrupt_calls)  # the timed-out prompt is stopped on its worker
+    if w2.gate is not None:
+        w2.gate.set()
+
+
+async def test_unit_goes_to_the_master_when_no_worker_is_free(tmp_path, two_workers):
+    w1, w2 = two_workers
+    w1.gate = asyncio.Event()  # worker 1 stays busy
+    w2.execution_error = "boom"
+    cluster = Cluster(tmp_path, [w1.port, w2.port])
+    job = cluster.start(workflow())
+    await until(lambda: job.units[2].state == "pending")
+    collecting = asyncio.ensure_future(cluster.collect(job))  # the master reaches its Collector
+    await until(lambda: job.units[2].state == "master")
+    w1.gate.set()
+    result = await collecting
+    assert [u.position for u in result.master_units] == [2]
+    assert [u.seed_offset for u in result.master_units] == [2]
+    assert sorted(by_position(result)) == [1]
+    assert len(w1.received) == 1
+
+
+async def test_retries_are_bounded_and_the_error_names_the_unit(tmp_path, two_workers):
+    w1, w2 = two_workers
+    w1.execution_error = "bad node on worker 1"
+    w2.execution_error = "bad node on worker 2"
+    cluster = Cluster(tmp_path, [w1.port, w2.port], max_retries=0)
+    with pytest.raises(JobError) as caught:
+        await cluster.run(workflow())
+    message = str(caught.value)
+    assert "unit 1" in message and "unit 2" in message
+    assert "bad node on worker 1" in message and "bad node on worker 2" in message
+
+
+async def test_offline_worker_at_dispatch_has_its_unit_run_elsewhere(tmp_path, two_workers):
     w1, _ = two_workers
-    cluster = Cluster(tmp_path, [w1.port, closed_port()], connect_timeout=2)
-    started = time.monotonic()
-    result = await cluster.run(workflow())
-    assert time.monotonic() - started < 10
-    assert [share.name for share, _ in result.images] == ["GPU 1"]
-    (failed,) = result.failures
-    assert failed.reason == "unreachable"
+    cluster = Cluster(tmp_path, [w1.port, closed_port()], connect_timeout=1)
+    health = HealthMonitor(cluster.store)
+    try:
+        await health.beat()
+        assert health.status(2) == "offline" and health.status(1) == "idle"
+        cluster.orchestrator.health = health
+        job = cluster.start(workflow(seed=42))
+        await until(lambda: job.settled.is_set())
+        result = await cluster.collect(job)
+    finally:
+        await health.close()
+    assert sorted(by_position(result)) == [1, 2]
+    assert_unit_images(result, 2, 44)
+    assert len(w1.received) == 2  # worker 2 was never tried
+
+
+async def test_offline_worker_is_skipped_when_the_setting_says_so(tmp_path, two_workers):
+    w1, _ = two_workers
+    cluster = Cluster(tmp_path, [w1.port, closed_port()], connect_timeout=1, skip_offline_workers=True)
+    health = HealthMonitor(cluster.store)
+    try:
+        await health.beat()
+        cluster.orchestrator.health = health
+        result = await cluster.run(workflow())
+    finally:
+        await health.close()
+    assert sorted(by_position(result)) == [1]
+    assert [u.position for u in result.failures] == [2]
     (message,) = cluster.failure_messages()
-    assert message.startswith("Worker GPU 2:") and "cannot connect" in message
-
-
-async def test_worker_missing_a_node_class_is_named(tmp_path, two_workers):
-    w1, w2 = two_workers
-    del w2.node_classes["DistributedTestImage"]
-    cluster = Cluster(tmp_path, [w1.port, w2.port])
-    result = await cluster.run(workflow())
-    assert [share.name for share, _ in result.images] == ["GPU 1"]
-    (failed,) = result.failures
-    assert failed.reason == "rejected"
-    assert "DistributedTestImage" in failed.error
-    assert any("GPU 2" in m and "DistributedTestImage" in m for m in cluster.failure_messages())
-
-
-async def test_execution_error_on_a_worker(tmp_path, two_workers):
-    w1, w2 = two_workers
-    w1.execution_error = "CUDA out of memory (simulated)"
-    cluster = Cluster(tmp_path, [w1.port, w2.port])
-    result = await cluster.run(workflow())
-    assert [share.name for share, _ in result.images] == ["GPU 2"]
-    (failed,) = result.failures
-    assert failed.reason == "execution_error"
-    assert "CUDA out of memory (simulated)" in failed.error
-
-
-async def test_http_500_on_prompt(tmp_path, two_workers):
-    w1, w2 = two_workers
-    w2.fail_routes = {"/prompt": 500}
-    cluster = Cluster(tmp_path, [w1.port, w2.port])
-    result = await cluster.run(workflow())
-    (failed,) = result.failures
-    assert failed.name == "GPU 2" and failed.reason == "protocol_error" and "HTTP 500" in failed.error
-
-
-async def test_frozen_worker_times_out_and_is_cancelled_on_the_worker(tmp_path, two_workers):
-    w1, w2 = two_workers
-    w2.gate = asyncio.Event()  # never set: the worker hangs mid-job
-    cluster = Cluster(tmp_path, [w1.port, w2.port], worker_timeout=1.5, connect_timeout=1)
-    started = time.monotonic()
-    result = await cluster.run(workflow())
-    assert time.monotonic() - started < 1.5 + 5
-    (failed,) = result.failures
-    assert failed.name == "GPU 2" and failed.reason == "timeout"
-    assert [share.name for share, _ in result.images] == ["GPU 1"]
-    deadline = time.monotonic() + 5
-    while not w2.interrupt_calls and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert w2.interrupt_calls, "the timed-out prompt was not interrupted on the worker"
-    w2.gate.set()
+    assert "GPU 2" in message and "skip_offline_workers" in message
 
 
 async def test_websocket_drop_falls_back_to_history(tmp_path, two_workers):
@@ -160,19 +223,22 @@ async def test_websocket_drop_falls_back_to_history(tmp_path, two_workers):
     w1.drop_ws_after_start = True
     cluster = Cluster(tmp_path, [w1.port, w2.port])
     result = await cluster.run(workflow(delay=0.3))
-    assert result.failures == []
+    assert result.failures == [] and result.master_units == []
     assert [len(blobs) for _, blobs in result.images] == [2, 2]
+    assert cluster.failure_messages() == []
 
 
-async def test_slow_view_is_bounded_by_the_timeout(tmp_path, two_workers):
+async def test_progress_is_aggregated_per_job(tmp_path, two_workers):
     w1, w2 = two_workers
-    w2.view_delay = 30.0
-    cluster = Cluster(tmp_path, [w1.port, w2.port], worker_timeout=2, connect_timeout=1)
-    started = time.monotonic()
-    result = await cluster.run(workflow())
-    assert time.monotonic() - started < 2 + 5
-    (failed,) = result.failures
-    assert failed.name == "GPU 2" and failed.reason == "timeout"
+    cluster = Cluster(tmp_path, [w1.port, w2.port])
+    job = cluster.start(workflow(delay=0.5))
+    await until(lambda: job.settled.is_set())
+    await cluster.collect(job)
+    progress = [d for e, d in cluster.events if e == "multigpu.job_progress"]
+    values = [d["progress"] for d in progress]
+    assert any(0 < v < 1 for v in values), values  # intermediate progress from the workers' events
+    assert values[-1] == 1.0 and values == sorted(values)
+    assert {d["job_id"] for d in progress} == {job.job_id}
 
 
 async def test_interrupt_on_master_cancels_workers(tmp_path, two_workers):
@@ -181,22 +247,28 @@ async def test_interrupt_on_master_cancels_workers(tmp_path, two_workers):
     w2.gate = asyncio.Event()
     cluster = Cluster(tmp_path, [w1.port, w2.port])
     cancel = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    async def press_cancel_when_running():
-        deadline = time.monotonic() + 10
-        while not (w1.received and w2.received) and time.monotonic() < deadline:
-            await asyncio.sleep(0.02)
-        cancel.set()
-
-    presser = loop.create_task(press_cancel_when_running())
+    job = cluster.start(workflow())
+    await until(lambda: w1.received and w2.received)
+    collecting = asyncio.ensure_future(cluster.collect(job, interrupted=cancel.is_set))
+    cancel.set()
     with pytest.raises(JobError, match="interrupted"):
-        await cluster.run(workflow(), interrupted=cancel.is_set)
-    await presser
-    deadline = time.monotonic() + 5
-    while not (w1.interrupt_calls and w2.interrupt_calls) and time.monotonic() < deadline:
-        await asyncio.sleep(0.02)
-    assert w1.interrupt_calls and w2.interrupt_calls
+        await collecting
+    await until(lambda: w1.interrupt_calls and w2.interrupt_calls)
+    w1.gate.set()
+    w2.gate.set()
+
+
+async def test_deleting_the_master_prompt_cancels_its_job(tmp_path, two_workers):
+    w1, w2 = two_workers
+    w1.gate = asyncio.Event()
+    w2.gate = asyncio.Event()
+    cluster = Cluster(tmp_path, [w1.port, w2.port])
+    marked, job = cluster.orchestrator.prepare(workflow())
+    cluster.orchestrator.start(job, prompt_id="master-prompt-1")
+    await until(lambda: w1.received and w2.received)
+    assert cluster.orchestrator.cancel_prompts({"master-prompt-1"}, "deleted from the master's queue") == 1
+    await until(lambda: w1.interrupt_calls and w2.interrupt_calls)
+    assert cluster.orchestrator.job(job.job_id) is None
     w1.gate.set()
     w2.gate.set()
 

@@ -20,9 +20,18 @@ class FakeMaster:
         self.handlers = [make_prompt_handler(orchestrator)]
         self.accepted: list[dict] = []
         self.app = web.Application(middlewares=[])
-        self.app.middlewares.append(make_prompt_middleware(orchestrator))  # as the adapter does
+        self.running: set[str] = {"running-1"}
+        self.pending: set[str] = {"pending-1", "pending-2"}
+        self.app.middlewares.append(  # as the adapter does
+            make_prompt_middleware(orchestrator, lambda: set(self.running), lambda: set(self.pending)))
         self.app.router.add_post("/prompt", self.post_prompt)
+        self.app.router.add_post("/interrupt", self.post_ok)
+        self.app.router.add_post("/api/queue", self.post_ok)
         self.app.router.add_post("/api/prompt", self.post_prompt)
+
+    async def post_ok(self, request: web.Request) -> web.Response:
+        await request.json()  # ComfyUI's handlers read the body the middleware already read
+        return web.Response(status=200)
 
     async def post_prompt(self, request: web.Request) -> web.Response:
         data = await request.json()
@@ -49,10 +58,17 @@ class RecordingOrchestrator(Orchestrator):
     def __init__(self, store: ConfigStore) -> None:
         super().__init__(store)
         self.started: list[str] = []
+        self.prompt_ids: list[str | None] = []
         self.discarded: list[str] = []
+        self.cancelled: list[tuple[list[str], str]] = []
 
-    def start(self, job) -> None:
+    def start(self, job, prompt_id=None) -> None:
         self.started.append(job.job_id)
+        self.prompt_ids.append(prompt_id)
+
+    def cancel_prompts(self, prompt_ids, reason) -> int:
+        self.cancelled.append((sorted(prompt_ids), reason))
+        return len(prompt_ids)
 
     def discard(self, job) -> None:
         self.discarded.append(job.job_id)
@@ -76,6 +92,7 @@ async def test_accepted_prompt_starts_its_job(tmp_path):
             response = await client.post(path, json={"prompt": prompt(), "client_id": "ui"})
             assert response.status == 200
         assert len(orchestrator.started) == 2 and orchestrator.discarded == []
+        assert orchestrator.prompt_ids == ["p1", "p1"]  # the master's prompt id, read from its answer
         assert [p["3"]["inputs"][JOB_INPUT] for p in master.accepted] == orchestrator.started
     finally:
         await client.close()
@@ -99,5 +116,18 @@ async def test_prompt_without_collector_is_untouched(tmp_path):
         response = await client.post("/prompt", json={"prompt": plain})
         assert response.status == 200
         assert master.accepted == [plain] and orchestrator.started == []
+    finally:
+        await client.close()
+
+
+async def test_interrupt_and_queue_removal_cancel_the_matching_jobs(tmp_path):
+    client, master, orchestrator = await make_client(tmp_path)
+    try:
+        assert (await client.post("/interrupt", json={})).status == 200  # global: the running prompt
+        assert (await client.post("/interrupt", json={"prompt_id": "pending-1"})).status == 200  # not running
+        assert (await client.post("/api/queue", json={"delete": ["pending-2", "unknown"]})).status == 200
+        assert (await client.post("/api/queue", json={"clear": True})).status == 200
+        assert [ids for ids, _ in orchestrator.cancelled] == [
+            ["running-1"], ["pending-2"], ["pending-1", "pending-2"]]
     finally:
         await client.close()

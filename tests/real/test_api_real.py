@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from comfy_distributed.api import TOKEN_ENV
-from tests.real.harness import ComfyInstance, http_json, requires_comfyui, start_comfyui, submit_prompt, wait_for_history
+from tests.real.harness import ComfyInstance, requires_comfyui, start_comfyui, submit_prompt, wait_for_history
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_NODES = ROOT / "tests" / "comfy_test_nodes"

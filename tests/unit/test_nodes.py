@@ -9,12 +9,15 @@ import torch
 from PIL import Image
 
 from comfy_distributed.images import decode_png
+from comfy_distributed.images import quantize_like_png
 from comfy_distributed.nodes import (
     NODE_CLASS_MAPPINGS,
     NODE_DISPLAY_NAME_MAPPINGS,
     MultiGPUCollector,
     MultiGPUSeedDistributor,
-    merge_results,
+    MultiGPUUnitPart,
+    assemble,
+    decode_parts,
 )
 from comfy_distributed.orchestrator import CollectorResult
 
@@ -27,12 +30,14 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def share(name: str, error: str | None = None):
-    return SimpleNamespace(name=name, error=error, worker=SimpleNamespace(id=name))
+def unit(position: int, name: str, error: str | None = None):
+    return SimpleNamespace(position=position, name=name, error=error, worker=SimpleNamespace(id=name))
 
 
 def test_display_names_are_the_seeds():
-    assert sorted(NODE_DISPLAY_NAME_MAPPINGS.values()) == ["Multi-GPU Collector", "Multi-GPU Distributor"]
+    names = set(NODE_DISPLAY_NAME_MAPPINGS.values())
+    assert {"Multi-GPU Collector", "Multi-GPU Distributor"} <= names
+    assert all(n.endswith("(internal)") for n in names - {"Multi-GPU Collector", "Multi-GPU Distributor"})
     assert set(NODE_CLASS_MAPPINGS) == set(NODE_DISPLAY_NAME_MAPPINGS)
 
 
@@ -54,20 +59,34 @@ def test_decode_matches_comfyui_load_image_and_round_trips_8_bit():
     assert (np.clip(255.0 * tensor[0].numpy(), 0, 255).astype(np.uint8) == array).all()
 
 
-def test_merge_orders_master_then_workers_and_skips_a_mismatched_size():
+def test_parts_are_ordered_by_position_and_a_mismatched_size_is_left_out():
     master = torch.zeros(2, 4, 4, 3)
     one = np.full((4, 4, 3), 10, dtype=np.uint8)
     two = np.full((4, 4, 3), 20, dtype=np.uint8)
     wrong = np.full((6, 4, 3), 30, dtype=np.uint8)
     events = []
     result = CollectorResult(
-        images=[(share("GPU 1"), [png(one), png(one)]), (share("GPU 2"), [png(wrong)]), (share("GPU 3"), [png(two)])],
-        failures=[share("GPU 4", "cannot connect")],
+        images=[(unit(3, "GPU 3"), [png(two)]), (unit(1, "GPU 1"), [png(one), png(one)]),
+                (unit(2, "GPU 2"), [png(wrong)])],
+        master_units=[],
+        failures=[unit(4, "GPU 4", "offline")],
     )
-    merged = merge_results(master, result, "3", lambda e, d: events.append((e, d)))
+    parts = decode_parts(master, result, "3", lambda e, d: events.append((e, d)))
+    merged = assemble(parts, "3")
     values = [round(float(image[0, 0, 0]) * 255) for image in merged]
     assert values == [0, 0, 10, 10, 20]
     assert events and "GPU 2" in events[0][1]["message"]
+
+
+def test_unit_run_on_the_master_equals_its_png_round_trip():
+    images = torch.rand(2, 5, 5, 3, generator=torch.Generator().manual_seed(1))
+    (parts,) = MultiGPUUnitPart().add(images, 2)
+    ((position, quantized),) = parts
+    array = np.clip(255.0 * images.numpy(), 0, 255).astype(np.uint8)
+    assert position == 2
+    # exactly what a worker's PNG gives after ComfyUI's LoadImage-style decode
+    assert torch.equal(quantized, torch.cat([decode_png(png(a)) for a in array]))
+    assert torch.equal(quantize_like_png(quantized), quantized)
 
 
 def test_root_package_loads_like_comfyui_loads_custom_nodes():

@@ -1,0 +1,145 @@
+"""A real ComfyUI cluster for tier-3 tests: a master with this extension and plain workers."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+import uuid
+from pathlib import Path
+
+import aiohttp
+import numpy as np
+from PIL import Image
+
+from tests.real.harness import ComfyInstance, http_json, start_comfyui
+
+ROOT = Path(__file__).resolve().parents[2]
+TEST_NODES = ROOT / "tests" / "comfy_test_nodes"
+
+
+class Cluster:
+    """Workers with the test node pack (``workers``), workers without it (``plain``), then the master.
+
+    Instances are attributes by name (``cluster.w1``); the master reads ``config_path``.
+    """
+
+    def __init__(self, base: Path, workers: tuple[str, ...] = ("w1", "w2"), plain: tuple[str, ...] = (),
+                 master_env: dict[str, str] | None = None) -> None:
+        self.config_path = base / "gpu_config.json"
+        self.config_path.write_text("{}")
+        self.instances: list[ComfyInstance] = []
+        with_nodes = {"comfy_test_nodes": TEST_NODES}
+        try:
+            for name in workers:
+                setattr(self, name.split("-")[0], self._start(name, base, custom_nodes=with_nodes))
+            for name in plain:
+                setattr(self, name.split("-")[0], self._start(name, base))
+            self.master = self._start(
+                "master", base,
+                custom_nodes={"ComfyUI-Distributed": ROOT, **with_nodes},
+                env={"COMFY_DISTRIBUTED_CONFIG": str(self.config_path), **(master_env or {})},
+            )
+        except BaseException:
+            self.stop()
+            raise
+
+    def _start(self, name: str, base: Path, **kwargs) -> ComfyInstance:
+        instance = start_comfyui(name, base / name, **kwargs)
+        self.instances.append(instance)
+        return instance
+
+    def run(self, prompt: dict, path: str = "/prompt") -> tuple[dict, list[dict], float]:
+        """The master's history entry, the websocket events a UI saw, and the seconds it took."""
+        return asyncio.run(run_on_master(self.master, prompt, path=path))
+
+    def stop(self) -> None:
+        for instance in self.instances:
+            instance.stop()
+
+    def use_workers(self, *workers: ComfyInstance, **settings: float) -> None:
+        config = {
+            "master": {"port": self.master.port},
+            "workers": [{"id": i + 1, "name": f"GPU {i + 1} ({w.name})", "port": w.port, "enabled": True}
+                        for i, w in enumerate(workers)],
+            "settings": {"worker_timeout": 300, **settings},
+        }
+        self.config_path.write_text(json.dumps(config))
+
+    def status(self) -> dict:
+        return http_json("GET", f"{self.master.url}/multigpu/status")
+
+
+async def run_on_master(master: ComfyInstance, prompt: dict, timeout: float = 600,
+                        path: str = "/prompt") -> tuple[dict, list[dict], float]:
+    """Queue with a plain POST /prompt while listening on the master's websocket like the UI does."""
+    url = master.url
+    client_id = uuid.uuid4().hex
+    events: list[dict] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url}/ws", params={"clientId": client_id}) as ws:
+            started = time.monotonic()
+            async with session.post(f"{url}{path}", json={"prompt": prompt, "client_id": client_id}) as response:
+                body = await response.json()
+                assert response.status == 200, body
+            prompt_id = body["prompt_id"]
+            deadline = started + timeout
+            while True:
+                message = await ws.receive(timeout=max(deadline - time.monotonic(), 0.1))
+                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+                    raise AssertionError(f"the master closed its websocket (crashed?)\n{master.log_tail()}")
+                if message.type != aiohttp.WSMsgType.TEXT:
+                    continue
+                event = json.loads(message.data)
+                events.append(event)
+                data = event.get("data") or {}
+                if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
+                    break
+            elapsed = time.monotonic() - started
+    entry = history_entry(url, prompt_id)
+    return entry, events, elapsed
+
+
+def history_entry(url: str, prompt_id: str) -> dict:
+    """The finished prompt's history entry, whether it succeeded or not."""
+    deadline = time.monotonic() + 30
+    while True:
+        entry = (http_json("GET", f"{url}/history/{prompt_id}") or {}).get(prompt_id)
+        if entry:
+            return entry
+        assert time.monotonic() < deadline, f"no history for {prompt_id}"
+        time.sleep(0.05)
+
+
+def decoded(blobs: list[bytes]) -> list[np.ndarray]:
+    return [np.array(Image.open(io.BytesIO(blob)).convert("RGB")) for blob in blobs]
+
+
+def image_workflow(seed: int, delay: float = 1.0, batch: int = 2) -> dict:
+    """Test image -> Distributor -> Collector -> SaveImage."""
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": ["2", 0], "batch_size": batch, "width": 64, "height": 48, "delay": delay}},
+        "2": {"class_type": "MultiGPUSeedDistributor", "inputs": {"seed": seed}},
+        "3": {"class_type": "MultiGPUCollector", "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "dist"}},
+    }
+
+
+def worker_failures(events: list[dict]) -> list[str]:
+    return [e["data"]["message"] for e in events if e["type"] == "multigpu.worker_failed"]
+
+
+def queue_empty(instance: ComfyInstance) -> bool:
+    queue = http_json("GET", f"{instance.url}/queue", timeout=5)
+    return not queue["queue_running"] and not queue["queue_pending"]
+
+
+def poll(condition, timeout: float, what: str, interval: float = 0.05) -> float:
+    """Wait for ``condition`` with a deadline; returns the seconds it took."""
+    started = time.monotonic()
+    while not condition():
+        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s"
+        time.sleep(interval)
+    return time.monotonic() - started

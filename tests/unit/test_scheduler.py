@@ -1,0 +1,98 @@
+"""The scheduler as a pure state machine: events in, actions out, no sockets."""
+
+from comfy_distributed.scheduler import (
+    Dispatch,
+    GiveUp,
+    JobScheduler,
+    MasterFree,
+    RunOnMaster,
+    Skip,
+    Unit,
+    UnitDone,
+    UnitFailed,
+)
+
+
+def scheduler(workers=("1", "2", "3"), **kwargs) -> JobScheduler:
+    units = [Unit(i + 1, i + 1) for i in range(len(workers))]
+    return JobScheduler(units=units, workers=list(workers), **kwargs)
+
+
+def test_each_worker_gets_its_own_unit():
+    s = scheduler()
+    assert s.start() == [Dispatch(1, "1"), Dispatch(2, "2"), Dispatch(3, "3")]
+    assert not s.settled()
+    for position, worker in ((1, "1"), (2, "2"), (3, "3")):
+        assert s.handle(UnitDone(position, worker)) == []
+    assert s.settled() and s.done == {1, 2, 3}
+
+
+def test_failed_unit_goes_to_the_first_free_worker_then_the_master():
+    s = scheduler()
+    s.start()
+    assert s.handle(UnitFailed(2, "2", "unreachable", "gone")) == []  # everybody else is busy
+    assert s.handle(UnitDone(1, "1")) == [Dispatch(2, "1")]  # worker 1 is free first
+    assert s.handle(UnitFailed(2, "1", "timeout", "slow")) == []
+    assert s.handle(MasterFree()) == [RunOnMaster((2,))]
+    assert s.on_master == {2}
+    assert s.handle(UnitDone(3, "3")) == []
+    assert s.settled()
+    assert s.causes[2] == ["2: gone", "1: slow"]
+
+
+def test_failed_worker_takes_no_more_units():
+    s = scheduler(workers=("1", "2"))
+    s.start()
+    s.handle(UnitFailed(1, "1", "rejected", "missing node"))
+    assert s.handle(UnitDone(2, "2")) == [Dispatch(1, "2")]
+    s.handle(UnitFailed(1, "2", "execution_error", "boom"))
+    assert s.pending == [1] and s.excluded == {"1", "2"}
+    assert s.handle(MasterFree()) == [RunOnMaster((1,))]
+
+
+def test_retries_are_bounded():
+    s = scheduler(workers=("1", "2", "3"), max_retries=1)
+    s.start()
+    s.handle(UnitDone(1, "1"))
+    s.handle(UnitFailed(2, "2", "timeout", "slow"))
+    assert s.running[2] == "1"  # retry 1 on worker 1
+    assert s.handle(UnitFailed(2, "1", "timeout", "slow too")) == [GiveUp(2, ("2: slow", "1: slow too"))]
+    s.handle(UnitDone(3, "3"))
+    assert s.settled() and 2 in s.given_up
+
+
+def test_no_retry_at_all():
+    s = scheduler(workers=("1",), max_retries=0)
+    s.start()
+    assert s.handle(UnitFailed(1, "1", "timeout", "t")) == [GiveUp(1, ("1: t",))]
+
+
+def test_unavailable_worker_is_never_tried():
+    s = scheduler(workers=("1", "2"), unavailable={"2": "offline"})
+    assert s.start() == [Dispatch(1, "1")]
+    assert s.pending == [2]
+    assert s.handle(UnitDone(1, "1")) == [Dispatch(2, "1")]
+
+
+def test_unavailable_worker_skipped_when_asked():
+    s = scheduler(workers=("1", "2"), unavailable={"2": "offline"}, skip_unavailable=True)
+    assert s.start() == [Dispatch(1, "1"), Skip(2, "2", "2: offline")]
+    s.handle(UnitDone(1, "1"))
+    assert s.settled() and s.skipped == {2}
+
+
+def test_master_free_before_any_failure_changes_nothing():
+    s = scheduler(workers=("1",))
+    s.start()
+    assert s.handle(MasterFree()) == []
+    assert s.handle(UnitFailed(1, "1", "unreachable", "x")) == [RunOnMaster((1,))]
+
+
+def test_stale_events_are_ignored():
+    s = scheduler(workers=("1", "2"))
+    s.start()
+    s.handle(UnitFailed(2, "2", "timeout", "t"))
+    s.handle(UnitDone(1, "1"))  # unit 2 now runs on worker 1
+    assert s.handle(UnitFailed(2, "2", "timeout", "late duplicate")) == []
+    assert s.handle(UnitDone(2, "2")) == []  # a late answer from the worker that was given up on
+    assert s.running == {2: "1"}
