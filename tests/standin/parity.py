@@ -47,7 +47,7 @@ def expected_pixels(seed: int, batch_size: int, width: int, height: int) -> list
     return [np.clip(255.0 * img.cpu().numpy(), 0, 255).astype(np.uint8) for img in images]
 
 
-def test_image(seed: int, batch_size: int = 1, width: int = 12, height: int = 8, delay: float = 0.0) -> dict:
+def image_node(seed: int, batch_size: int = 1, width: int = 12, height: int = 8, delay: float = 0.0) -> dict:
     return {"class_type": "DistributedTestImage",
             "inputs": {"seed": seed, "batch_size": batch_size, "width": width, "height": height, "delay": delay}}
 
@@ -345,16 +345,16 @@ async def scenario_validation(d: Driver) -> dict:
     cases = {
         "missing_class": {"prompt": {"1": {"class_type": "NoSuchNode", "inputs": {}}, "2": save("1")}},
         "missing_class_type": {"prompt": {"1": {"inputs": {}}}},
-        "no_outputs": {"prompt": {"1": test_image(1)}},
+        "no_outputs": {"prompt": {"1": image_node(1)}},
         "no_prompt": {"client_id": "x"},
-        "bad_values": {"prompt": {"1": test_image(1, batch_size=100), "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}},
-        "below_min": {"prompt": {"1": test_image(1, width=4), "2": save("1")}},
-        "not_a_number": {"prompt": {"1": {"class_type": "DistributedTestImage", "inputs": {**test_image(1)["inputs"], "width": "wide"}}, "2": save("1")}},
+        "bad_values": {"prompt": {"1": image_node(1, batch_size=100), "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0]}}}},
+        "below_min": {"prompt": {"1": image_node(1, width=4), "2": save("1")}},
+        "not_a_number": {"prompt": {"1": {"class_type": "DistributedTestImage", "inputs": {**image_node(1)["inputs"], "width": "wide"}}, "2": save("1")}},
         "type_mismatch": {"prompt": {"p": {"class_type": "PrimitiveInt", "inputs": {"value": 3}}, "2": save("p")}},
-        "bad_link": {"prompt": {"1": test_image(1), "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0, 1], "filename_prefix": "x"}}}},
+        "bad_link": {"prompt": {"1": image_node(1), "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0, 1], "filename_prefix": "x"}}}},
         "missing_required": {"prompt": {"1": {"class_type": "DistributedTestImage", "inputs": {"seed": 1}}, "2": save("1")}},
         "missing_image_file": {"prompt": {"1": {"class_type": "LoadImage", "inputs": {"image": "nope.png"}}, "2": save("1")}},
-        "one_good_one_bad": {"prompt": {"1": test_image(11), "2": save("1", "parity_partial"), "3": test_image(1, batch_size=0), "4": save("3")}},
+        "one_good_one_bad": {"prompt": {"1": image_node(11), "2": save("1", "parity_partial"), "3": image_node(1, batch_size=0), "4": save("3")}},
     }
     out = {}
     for name, body in cases.items():
@@ -372,7 +372,7 @@ SUCCESS_SEED = 4242
 
 async def scenario_success(d: Driver) -> dict:
     client = await Client(d).connect()
-    prompt = {"1": test_image(SUCCESS_SEED, batch_size=2, width=12, height=8, delay=0.3), "2": save("1", "parity_ok")}
+    prompt = {"1": image_node(SUCCESS_SEED, batch_size=2, width=12, height=8, delay=0.3), "2": save("1", "parity_ok")}
     status, answer = await d.post_prompt(prompt, client)
     prompt_id = answer["prompt_id"]
     await client.wait_done(prompt_id)
@@ -396,7 +396,7 @@ async def scenario_success(d: Driver) -> dict:
 
 async def scenario_cached_rerun(d: Driver) -> dict:
     client = await Client(d).connect()
-    prompt = {"1": test_image(SUCCESS_SEED, batch_size=2, width=12, height=8, delay=0.3), "2": save("1", "parity_ok")}
+    prompt = {"1": image_node(SUCCESS_SEED, batch_size=2, width=12, height=8, delay=0.3), "2": save("1", "parity_ok")}
     prompt_id = await d.queue(prompt, client)
     await client.wait_done(prompt_id)
     entry = await d.history(prompt_id)
@@ -404,7 +404,7 @@ async def scenario_cached_rerun(d: Driver) -> dict:
     await client.close()
     # change only the SaveImage prefix: the image node stays cached, the saver runs again
     client2 = await Client(d).connect()
-    prompt2 = {"1": test_image(SUCCESS_SEED, batch_size=2, width=12, height=8, delay=0.3), "2": save("1", "parity_ok2")}
+    prompt2 = {"1": image_node(SUCCESS_SEED, batch_size=2, width=12, height=8, delay=0.3), "2": save("1", "parity_ok2")}
     prompt_id2 = await d.queue(prompt2, client2)
     await client2.wait_done(prompt_id2)
     entry2 = await d.history(prompt_id2)
@@ -421,7 +421,7 @@ async def scenario_cached_rerun(d: Driver) -> dict:
 async def scenario_preview(d: Driver) -> dict:
     client = await Client(d).connect()
     seed = 77
-    prompt = {"1": test_image(seed, width=8, height=16), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    prompt = {"1": image_node(seed, width=8, height=16), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     prompt_id = await d.queue(prompt, client)
     await client.wait_done(prompt_id)
     entry = await d.history(prompt_id)
@@ -430,7 +430,7 @@ async def scenario_preview(d: Driver) -> dict:
     await client.close()
     # the same node id keeps its random prefix while the node object is cached
     client2 = await Client(d).connect()
-    prompt2 = {"1": test_image(seed + 1, width=8, height=16), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
+    prompt2 = {"1": image_node(seed + 1, width=8, height=16), "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
     prompt_id2 = await d.queue(prompt2, client2)
     await client2.wait_done(prompt_id2)
     entry2 = await d.history(prompt_id2)
@@ -467,7 +467,7 @@ async def scenario_primitive_chain(d: Driver) -> dict:
 async def scenario_execution_error(d: Driver) -> dict:
     client = await Client(d).connect()
     prompt = {
-        "1": test_image(99),
+        "1": image_node(99),
         "2": {"class_type": "DistributedTestFail", "inputs": {"images": ["1", 0], "message": "boom"}},
         "3": save("2", "never"),
     }
@@ -499,7 +499,7 @@ async def scenario_execution_error(d: Driver) -> dict:
 
 async def _interrupt_case(d: Driver, seed: int, body: dict | None, use_prompt_id: bool) -> dict:
     client = await Client(d).connect()
-    prompt = {"1": test_image(seed, delay=3.0), "2": save("1", "interrupted")}
+    prompt = {"1": image_node(seed, delay=3.0), "2": save("1", "interrupted")}
     prompt_id = await d.queue(prompt, client)
     await client.wait_for(lambda e: e["type"] == "progress")
     payload = {"prompt_id": prompt_id} if use_prompt_id else body
@@ -529,7 +529,7 @@ async def scenario_interrupt_by_prompt_id(d: Driver) -> dict:
 
 async def scenario_interrupt_other_prompt(d: Driver) -> dict:
     client = await Client(d).connect()
-    prompt = {"1": test_image(503, delay=0.6), "2": save("1", "not_interrupted")}
+    prompt = {"1": image_node(503, delay=0.6), "2": save("1", "not_interrupted")}
     prompt_id = await d.queue(prompt, client)
     await client.wait_for(lambda e: e["type"] == "progress")
     status, _ = await d.request("POST", "/interrupt", json={"prompt_id": "not-running"})
@@ -543,10 +543,10 @@ async def scenario_queue(d: Driver) -> dict:
     client = await Client(d).connect()
     observer = await Client(d).connect()
     observer_start = len(observer.events)
-    first = await d.queue({"1": test_image(601, delay=5.0), "2": save("1", "queued")}, client)
+    first = await d.queue({"1": image_node(601, delay=5.0), "2": save("1", "queued")}, client)
     await client.wait_for(lambda e: e["type"] == "progress")
-    second = await d.queue({"1": test_image(602), "2": save("1", "queued")}, client)
-    third = await d.queue({"1": test_image(603), "2": save("1", "queued")}, client, extra_data={"extra_pnginfo": {"workflow": {"n": 1}}})
+    second = await d.queue({"1": image_node(602), "2": save("1", "queued")}, client)
+    third = await d.queue({"1": image_node(603), "2": save("1", "queued")}, client, extra_data={"extra_pnginfo": {"workflow": {"n": 1}}})
     status_q, queue = await d.request("GET", "/queue")
     status_p, prompt_info = await d.request("GET", "/prompt")
     queue_before = {
@@ -582,10 +582,11 @@ async def scenario_queue(d: Driver) -> dict:
 
 async def scenario_reconnect(d: Driver) -> dict:
     client = await Client(d).connect()
-    prompt_id = await d.queue({"1": test_image(701, delay=1.5), "2": save("1", "reconnect")}, client)
+    prompt_id = await d.queue({"1": image_node(701, delay=1.5), "2": save("1", "reconnect")}, client)
     await client.wait_for(lambda e: e["type"] == "progress")
     again = Client(d, client.client_id)
     await again.connect()
+    await again.wait_for(lambda e: True, start=1)
     first_two = [describe(e) for e in again.events[:2]]
     # closing the first socket makes the server forget the client id, so the new socket gets nothing more
     await client.close()
@@ -600,7 +601,7 @@ async def scenario_reconnect(d: Driver) -> dict:
 async def scenario_no_client_id(d: Driver) -> dict:
     observer = await Client(d).connect()
     start = len(observer.events)
-    prompt_id = await d.queue({"1": test_image(801, delay=0.2), "2": save("1", "anonymous")})
+    prompt_id = await d.queue({"1": image_node(801, delay=0.2), "2": save("1", "anonymous")})
     entry = await d.history(prompt_id)
     await observer.wait_for(lambda e: e["type"] == "status" and e["data"]["status"]["exec_info"]["queue_remaining"] == 0, start + 1)
     seen = [describe(e) for e in observer.events[start:]]
@@ -688,18 +689,26 @@ async def scenario_upload_and_load(d: Driver) -> dict:
 
 
 async def scenario_free(d: Driver) -> dict:
-    prompt = {"1": test_image(1001, delay=0.2), "2": save("1", "freed")}
+    """POST /free {"free_memory": true} drops the node cache once the running prompt is done.
+
+    The flag is posted while a prompt runs: on an idle real ComfyUI it may be applied only after
+    the next prompt (its worker can miss the wake-up), which would make the transcript racy.
+    """
+    small = {"1": image_node(1001, delay=0.2), "2": save("1", "freed")}
+    bigger = {**small, "3": image_node(1002, delay=1.0), "4": save("3", "freed_slow")}
     runs = []
-    for step in ("first", "cached", "after_free"):
-        if step == "after_free":
-            # an idle ComfyUI applies free_memory at once: the node cache is dropped
-            free = (await d.request("POST", "/free", json={"free_memory": True}))[0]
+    free = None
+    for step, prompt in (("first", small), ("cached", small), ("bigger", bigger), ("after_free", small)):
         client = await Client(d).connect()
         prompt_id = await d.queue(prompt, client)
+        if step == "bigger":
+            await client.wait_for(lambda e: e["type"] == "progress")
+            free = (await d.request("POST", "/free", json={"free_memory": True}))[0]
         await client.wait_done(prompt_id)
         entry = await d.history(prompt_id)
         await client.close()
-        runs.append({"step": step, "ws": run_transcript(client, prompt_id), "outputs": normalise_outputs(entry["outputs"])})
+        transcript = run_transcript(client, prompt_id)
+        runs.append({"step": step, "sequence": without_progress(transcript["sequence"]), "outputs": normalise_outputs(entry["outputs"])})
     statuses = {
         "free_memory": free,
         "unload_models": (await d.request("POST", "/free", json={"unload_models": True}))[0],
@@ -728,6 +737,47 @@ async def scenario_misc_routes(d: Driver) -> dict:
     return out
 
 
+async def scenario_priority_and_ids(d: Driver) -> dict:
+    """Client-chosen prompt_id, "front" and explicit "number" decide the queue order."""
+    client = await Client(d).connect()
+    busy = await d.queue({"1": image_node(1100, delay=2.0), "2": save("1", "busy")}, client)
+    await client.wait_for(lambda e: e["type"] == "progress")
+    _, a = await d.post_prompt({"1": image_node(1101), "2": save("1", "prio")}, client, prompt_id="custom-id-a")
+    _, b = await d.post_prompt({"1": image_node(1102), "2": save("1", "prio")}, client, front=True)
+    _, c = await d.post_prompt({"1": image_node(1103), "2": save("1", "prio")}, client, number=5.5)
+    labels = {a["prompt_id"]: "a", b["prompt_id"]: "b", c["prompt_id"]: "c", busy: "busy"}
+    _, queue = await d.request("GET", "/queue")
+    pending = sorted((item[0], labels[item[1]]) for item in queue["queue_pending"])
+    await d.request("POST", "/interrupt")
+    for prompt_id in (a["prompt_id"], b["prompt_id"], c["prompt_id"]):
+        await d.history(prompt_id)
+    await client.wait_done(a["prompt_id"])
+    order = [labels[e["data"]["prompt_id"]] for e in client.events if e["type"] == "execution_start"]
+    await client.close()
+    return {
+        "a_prompt_id": a["prompt_id"],
+        "numbers": {"b_is_minus_a_plus_1": b["number"] == -(a["number"] + 1), "c": c["number"],
+                    "types": [type(x["number"]).__name__ for x in (a, b, c)]},
+        "pending_order_by_number": [label for _, label in pending],
+        "execution_order": order,
+    }
+
+
+async def scenario_ws_feature_flags(d: Driver) -> dict:
+    client = Client(d)
+    await client.connect()
+    await client._ws.send_json({"type": "feature_flags", "data": {"supports_preview_metadata": False}})
+    reply = await client.wait_for(lambda e: e["type"] == "feature_flags")
+    no_id = await d.session.ws_connect(f"{d.url}/ws")
+    first = await no_id.receive_json(timeout=DEADLINE)
+    await no_id.close()
+    await client.close()
+    return {
+        "reply": reply["data"],
+        "sid_generated": {"type": first["type"], "sid_is_hex32": bool(re.fullmatch(r"[0-9a-f]{32}", first["data"].get("sid", "")))},
+    }
+
+
 SCENARIOS: list[tuple[str, Callable[[Driver], Awaitable[dict]]]] = [
     ("object_info", scenario_object_info),
     ("system_stats", scenario_system_stats),
@@ -747,11 +797,9 @@ SCENARIOS: list[tuple[str, Callable[[Driver], Awaitable[dict]]]] = [
     ("upload_and_load", scenario_upload_and_load),
     ("free", scenario_free),
     ("misc_routes", scenario_misc_routes),
+    ("priority_and_ids", scenario_priority_and_ids),
+    ("ws_feature_flags", scenario_ws_feature_flags),
 ]
-
-# Transcript items that depend on the machine or the software versions, not on behaviour.
-MACHINE_DEPENDENT = {("system_stats", "features")}
-
 
 async def run_scenarios(url: str, names: list[str] | None = None) -> dict[str, Any]:
     """Run the scenarios (all, in order, or the named ones, still in order) against ``url``."""

@@ -16,6 +16,7 @@ import copy
 import hashlib
 import heapq
 import json
+import logging
 import mimetypes
 import os
 import shutil
@@ -38,6 +39,8 @@ SENSITIVE_EXTRA_DATA_KEYS = ("auth_token_comfy_org", "api_key_comfy_org")
 MAX_UPLOAD_SIZE = 100 * 1024 * 1024
 FAKE_RAM_TOTAL = 16 * 1024**3
 FAKE_RAM_FREE = 12 * 1024**3
+AIOHTTP_500_TEXT = "500 Internal Server Error\n\nServer got itself in trouble"
+log = logging.getLogger(__name__)
 
 
 class StandinComfy:
@@ -165,6 +168,10 @@ class StandinComfy:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
+        closing, self._closing = list(self._closing), set()
+        for task in closing:
+            task.cancel()
+        await asyncio.gather(*closing, return_exceptions=True)
         if keep_state:
             return
         tasks, self._tasks = self._tasks, []
@@ -275,7 +282,15 @@ class StandinComfy:
                     status = self.fail_routes.get(canonical[4:])
         if status is not None:
             return web.Response(status=status, text=f"{status}: injected by the stand-in")
-        return await handler(request)
+        try:
+            return await handler(request)
+        except json.JSONDecodeError:
+            # ComfyUI lets the exception escape and aiohttp answers this; no traceback in our logs
+            return web.Response(status=500, text=AIOHTTP_500_TEXT)
+        except (AttributeError, TypeError, KeyError, ValueError):
+            # malformed requests (e.g. a JSON list where ComfyUI calls .get) fail the same way
+            log.warning("stand-in %s: %s %s failed", self.name, request.method, request.path, exc_info=True)
+            return web.Response(status=500, text=AIOHTTP_500_TEXT)
 
     def _routes(self) -> list[web.RouteDef]:
         table = [
@@ -350,7 +365,7 @@ class StandinComfy:
             number = float(body["number"])
         else:
             number = self._number
-            if body.get("front"):
+            if "front" in body and body["front"]:
                 number = -number
             self._number += 1
         if "prompt" not in body:
@@ -402,7 +417,7 @@ class StandinComfy:
         except json.JSONDecodeError:
             body = {}
         self.interrupt_calls.append(body)
-        prompt_id = body.get("prompt_id") if isinstance(body, dict) else None
+        prompt_id = body.get("prompt_id")  # a JSON body that is not an object fails (500) as in ComfyUI
         if prompt_id:
             if any(item[1] == prompt_id for item in self._running.values()):
                 self._interrupted = True
@@ -557,7 +572,9 @@ class StandinComfy:
         post = await request.post()
         image = post.get("image")
         overwrite = post.get("overwrite")
-        kind = post.get("type") or "input"
+        kind = post.get("type")
+        if kind is None:
+            kind = "input"
         base = self.dirs.by_type(kind)
         if base is None:
             raise web.HTTPInternalServerError()  # ComfyUI fails with an exception here
