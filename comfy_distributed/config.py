@@ -43,10 +43,56 @@ def _plain_text(value: str, field: str, limit: int) -> str:
 _HEADER_NAME = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]{1,128}$")
 
 
+def _host_name(value: str) -> str:
+    value = value.strip()
+    if not (_is_ip(value.strip("[]")) or _HOSTNAME.match(value)):
+        raise ValueError("must be a host name or an IP address")
+    return value
+
+
+def _path_text(value: str | None, field: str) -> str | None:
+    if value is None or value == "":
+        return None
+    return _plain_text(value, field, 1000)
+
+
+class SshConfig(_Model):
+    """How the launcher reaches a remote worker's machine."""
+
+    host: str
+    user: str | None = None
+    port: int = Field(22, ge=1, le=65535)
+    key_file: str | None = None
+    comfyui_path: str
+    """ComfyUI's folder (the one with main.py) on the remote machine."""
+    python: str | None = None
+    """The remote interpreter; default: ComfyUI's venv/.venv/python_embeded there, else python3."""
+
+    _host = field_validator("host")(classmethod(lambda cls, v: _host_name(v)))
+    _user = field_validator("user")(classmethod(lambda cls, v: v if v is None else _user_name(v)))
+    _key = field_validator("key_file")(classmethod(lambda cls, v: _path_text(v, "key_file")))
+    _root = field_validator("comfyui_path")(classmethod(lambda cls, v: _path_text(v, "comfyui_path") or _empty(v)))
+    _python = field_validator("python")(classmethod(lambda cls, v: _path_text(v, "python")))
+
+
+def _user_name(value: str) -> str:
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", value):
+        raise ValueError("must be a user name (letters, digits, '_', '.', '-')")
+    return value
+
+
+def _empty(value: str) -> str:
+    raise ValueError("must not be empty")
+
+
 class MasterConfig(_Model):
     port: int = Field(8188, ge=1, le=65535)
     cuda_device: int | None = Field(0, ge=0)
     extra_args: str = ""
+    python: str | None = None
+    """Interpreter for the launcher; default: ComfyUI's venv, .venv or python_embeded, else the running one."""
+
+    _python = field_validator("python")(classmethod(lambda cls, v: _path_text(v, "python")))
 
     _extra_args = field_validator("extra_args")(classmethod(lambda cls, v: _plain_text(v, "extra_args", 2000)))
 
@@ -61,6 +107,12 @@ class WorkerConfig(_Model):
     host: str | None = None
     headers: dict[str, str] = Field(default_factory=dict)
     """HTTP headers sent on every request to this worker (e.g. Authorization for an auth proxy)."""
+    python: str | None = None
+    """Interpreter for the launcher (local workers); default as for the master."""
+    ssh: SshConfig | None = None
+    """Set for a worker on another machine that the launcher starts and stops over SSH."""
+
+    _python = field_validator("python")(classmethod(lambda cls, v: _path_text(v, "python")))
 
     _name = field_validator("name")(classmethod(lambda cls, v: _plain_text(v, "name", 100)))
     _extra_args = field_validator("extra_args")(classmethod(lambda cls, v: _plain_text(v, "extra_args", 2000)))
@@ -147,6 +199,9 @@ class Settings(_Model):
     max_retries: int = Field(2, ge=0, le=10, description="times a failed unit is re-run on another participant")
     skip_offline_workers: bool = Field(False, description="leave out the share of a worker that is offline at "
                                                           "dispatch instead of running it elsewhere")
+    launch_timeout: float = Field(180.0, gt=0, le=3600, description="seconds a launched instance has to answer")
+    stop_workers_on_exit: bool = Field(False, description="the launcher stops the workers it started when the "
+                                                          "master exits")
 
     @field_validator("api_token")
     @classmethod
