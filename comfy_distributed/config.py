@@ -15,7 +15,7 @@ import re
 import tempfile
 import threading
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Literal
 from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -91,6 +91,8 @@ class MasterConfig(_Model):
     extra_args: str = ""
     python: str | None = None
     """Interpreter for the launcher; default: ComfyUI's venv, .venv or python_embeded, else the running one."""
+    weight: float | None = Field(None, gt=0, le=1e6)
+    """Relative speed for weighted scheduling; default: measured, else 1."""
 
     _python = field_validator("python")(classmethod(lambda cls, v: _path_text(v, "python")))
 
@@ -109,6 +111,8 @@ class WorkerConfig(_Model):
     """HTTP headers sent on every request to this worker (e.g. Authorization for an auth proxy)."""
     python: str | None = None
     """Interpreter for the launcher (local workers); default as for the master."""
+    weight: float | None = Field(None, gt=0, le=1e6)
+    """Relative speed for weighted scheduling; default: measured, else 1."""
     ssh: SshConfig | None = None
     """Set for a worker on another machine that the launcher starts and stops over SSH."""
 
@@ -199,6 +203,10 @@ class Settings(_Model):
     max_retries: int = Field(2, ge=0, le=10, description="times a failed unit is re-run on another participant")
     skip_offline_workers: bool = Field(False, description="leave out the share of a worker that is offline at "
                                                           "dispatch instead of running it elsewhere")
+    scheduling_mode: Literal["static", "weighted", "dynamic"] = Field(
+        "static", description="static: one unit per participant; weighted: shares by weight or measured speed; "
+                              "dynamic: small units handed out as participants become free")
+    unit_size: int = Field(1, ge=1, le=4096, description="images per unit in weighted and dynamic modes")
     launch_timeout: float = Field(180.0, gt=0, le=3600, description="seconds a launched instance has to answer")
     stop_workers_on_exit: bool = Field(False, description="the launcher stops the workers it started when the "
                                                           "master exits")

@@ -14,7 +14,15 @@ from typing import Any, Callable
 
 from . import runtime
 from .errors import JobError
-from .workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT, SEED_MODULUS, build_master_rerun
+from .workflow import (
+    COLLECTOR_CLASS,
+    DISTRIBUTOR_CLASS,
+    JOB_INPUT,
+    SCHEDULING_INPUT,
+    SCHEDULING_MODES,
+    SEED_MODULUS,
+    build_master_rerun,
+)
 
 log = logging.getLogger("comfy_distributed")
 
@@ -57,36 +65,48 @@ class MultiGPUCollector:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"images": ("IMAGE",)}, "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
+        return {
+            "required": {"images": ("IMAGE",)},
+            "optional": {SCHEDULING_INPUT: (["default", *SCHEDULING_MODES], {
+                "default": "default",
+                "tooltip": "how the images are shared out; default follows settings.scheduling_mode"})},
+            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
+        }
 
-    def collect(self, images: Any, unique_id: str | None = None, prompt: dict | None = None) -> Any:
+    def collect(self, images: Any, scheduling: str = "default", unique_id: str | None = None,
+                prompt: dict | None = None) -> Any:
         collector_id = str(unique_id)
         job_id = ((prompt or {}).get(collector_id) or {}).get("inputs", {}).get(JOB_INPUT)
-        orchestrator = runtime.orchestrator
-        if not job_id or orchestrator is None:
+        if not job_id or runtime.orchestrator is None:
             return (images,)  # no enabled workers: exactly as without this node
-        try:
-            result = orchestrator.collect(job_id, collector_id, runtime.interrupted)
-        except JobError as exc:
-            runtime.raise_if_interrupted()
-            raise RuntimeError(str(exc)) from None
-        parts = decode_parts(images, result, collector_id, runtime.notify)
-        if not result.master_units:
-            return (assemble(parts, collector_id),)
-        return rerun_on_master(prompt or {}, job_id, collector_id, parts, result, orchestrator)
+        return next_step(prompt or {}, job_id, collector_id, {0: images})
 
 
-def decode_parts(images: Any, result: Any, collector_id: str,
+def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, Any]) -> Any:
+    """Ask the orchestrator what the master does next: run units here, or assemble the output."""
+    orchestrator = runtime.orchestrator
+    try:
+        step = orchestrator.master_step(job_id, collector_id, set(parts), runtime.interrupted)
+    except JobError as exc:
+        runtime.raise_if_interrupted()
+        raise RuntimeError(str(exc)) from None
+    if isinstance(step, list):
+        return run_on_master(prompt, job_id, collector_id, parts, step, orchestrator)
+    parts = {**parts, **decode_parts(parts[0], step, collector_id, runtime.notify)}
+    return (assemble(parts, collector_id),)
+
+
+def decode_parts(reference: Any, result: Any, collector_id: str,
                  notify: Callable[[str, dict], None]) -> dict[int, Any]:
-    """Position -> batch: the master's at 0, each worker unit's at its position."""
+    """Position -> batch for each worker unit, decoded like ComfyUI's LoadImage."""
     from .images import decode_batch, same_frame
 
-    parts = {0: images}
+    parts = {}
     for unit, blobs in result.images:
-        batch = decode_batch(blobs).to(device=images.device, dtype=images.dtype)
-        if not same_frame(images, batch):
+        batch = decode_batch(blobs).to(device=reference.device, dtype=reference.dtype)
+        if not same_frame(reference, batch):
             message = (f"images are {tuple(batch.shape[1:3])} (height, width), the master's "
-                       f"{tuple(images.shape[1:3])}; left out")
+                       f"{tuple(reference.shape[1:3])}; left out")
             notify("multigpu.worker_failed", {"worker_id": unit.worker.id, "worker": unit.name, "unit": unit.position,
                                               "reason": "size_mismatch", "rerun": False,
                                               "message": f"Worker {unit.name}: {message}"})
@@ -106,26 +126,27 @@ def assemble(parts: dict[int, Any], collector_id: str) -> Any:
     return merged
 
 
-def rerun_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int, Any], result: Any,
-                    orchestrator: Any) -> dict[str, Any]:
-    """Expand into a graph that runs the leftover units here, then assembles every unit in order."""
+def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int, Any], units: list,
+                  orchestrator: Any) -> dict[str, Any]:
+    """Expand into a graph that runs ``units`` here, then asks for the next step (MultiGPUAssemble)."""
     orchestrator.stash(job_id, collector_id, parts)
     graph: dict[str, Any] = {}
     previous: list | None = None
-    for unit in result.master_units:
+    round_id = f"{collector_id}.multigpu.{min(u.position for u in units)}"
+    for unit in units:
         prefix = f"{collector_id}.multigpu.{unit.position}."
-        nodes, images = build_master_rerun(prompt, collector_id, unit.seed_offset, prefix)
+        nodes, images = build_master_rerun(prompt, collector_id, unit.seed_offset, prefix, unit.batch)
         graph.update(nodes)
         part_inputs: dict[str, Any] = {"images": images, "position": unit.position}
         if previous is not None:
             part_inputs["parts"] = previous
         graph[prefix + "part"] = {"class_type": PART_CLASS, "inputs": part_inputs}
         previous = [prefix + "part", 0]
-    assemble_id = f"{collector_id}.multigpu.assemble"
+    assemble_id = f"{round_id}.assemble"
     graph[assemble_id] = {"class_type": ASSEMBLE_CLASS,
-                          "inputs": {"parts": previous, "job_id": job_id, "collector": collector_id}}
-    log.info("Multi-GPU Collector %s: running unit(s) %s on the master", collector_id,
-             [u.position for u in result.master_units])
+                          "inputs": {"parts": previous, "job_id": job_id, "collector": collector_id},
+                          "override_display_id": collector_id}
+    log.debug("Multi-GPU Collector %s: running unit(s) %s on the master", collector_id, [u.position for u in units])
     return {"result": ([assemble_id, 0],), "expand": graph}
 
 
@@ -148,7 +169,7 @@ class MultiGPUUnitPart:
 
 
 class MultiGPUAssemble:
-    """Internal: the Collector's output once the units re-run on the master have joined."""
+    """Internal: joins the units the master just ran, then takes the Collector's next step."""
 
     CATEGORY = "multigpu/internal"
     RETURN_TYPES = ("IMAGE",)
@@ -157,9 +178,10 @@ class MultiGPUAssemble:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         return {"required": {"parts": (PARTS_TYPE,), "job_id": ("STRING", {"default": ""}),
-                             "collector": ("STRING", {"default": ""})}}
+                             "collector": ("STRING", {"default": ""})},
+                "hidden": {"prompt": "PROMPT"}}
 
-    def assemble(self, parts: tuple, job_id: str, collector: str) -> tuple[Any]:
+    def assemble(self, parts: tuple, job_id: str, collector: str, prompt: dict | None = None) -> Any:
         orchestrator = runtime.orchestrator
         if orchestrator is None:
             raise RuntimeError("Multi-GPU: the extension is not running")
@@ -167,7 +189,7 @@ class MultiGPUAssemble:
         base = collected[0]
         for position, images in parts:
             collected[position] = images.to(device=base.device, dtype=base.dtype)
-        return (assemble(collected, collector),)
+        return next_step(prompt or {}, job_id, collector, collected)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -23,10 +23,31 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 
-from .config import ConfigStore, Settings, WorkerConfig
+from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
 from .errors import ConfigError, JobError, ResultRejected, UnknownJob, WorkerError, WorkerProtocolError, WorkflowError
-from .scheduler import Action, Dispatch, GiveUp, JobScheduler, MasterFree, RunOnMaster, Skip, Unit, UnitDone, UnitFailed
-from .workflow import Prompt, build_worker_prompt, distributed_collectors, mark_master_prompt, validate_prompt_shape
+from .plan import literal_batch, unit_sizes, weighted_plan
+from .scheduler import (
+    MASTER,
+    Action,
+    Dispatch,
+    GiveUp,
+    JobScheduler,
+    MasterFree,
+    RunOnMaster,
+    Skip,
+    Unit,
+    UnitDone,
+    UnitFailed,
+)
+from .workflow import (
+    SCHEDULING_INPUT,
+    SCHEDULING_MODES,
+    Prompt,
+    build_worker_prompt,
+    distributed_collectors,
+    mark_master_prompt,
+    validate_prompt_shape,
+)
 from .worker_client import WorkerClient
 
 if TYPE_CHECKING:
@@ -46,6 +67,9 @@ UNCLAIMED_JOB_TTL = 3600.0
 RESERVATION_TTL = 600.0
 """Seconds a job id from ``prepare_job`` stays valid for the prompt that is queued with it."""
 
+SPEED_SMOOTHING = 0.3
+"""Weight of the newest measurement in a participant's moving-average speed."""
+
 PROGRESS_INTERVAL = 0.25
 """Seconds between two ``multigpu.job_progress`` events of one job."""
 
@@ -61,7 +85,10 @@ class UnitRun:
     position: int
     seed_offset: int
     prompt: Prompt
+    batch: int | None = None
+    """Images in this unit; None: the workflow's own batch size (static mode)."""
     state: str = "pending"  # pending, running, done, master, given_up, skipped
+    started: float = 0.0
     worker: WorkerConfig | None = None
     images: dict[str, list[bytes]] = field(default_factory=dict)
     token: str = ""
@@ -97,6 +124,12 @@ class Job:
     session: aiohttp.ClientSession | None = None
     last_progress: float = 0.0
     ended: bool = False
+    mode: str = "static"
+    plan: dict[str, list[int]] | None = None
+    master_positions: list[int] = field(default_factory=list)
+    changed: threading.Event = field(default_factory=threading.Event)
+    master_asked: bool = False
+    master_started: float = 0.0
 
     def unit_list(self) -> list[UnitRun]:
         return [self.units[p] for p in sorted(self.units)]
@@ -125,6 +158,8 @@ class Orchestrator:
         self._jobs: dict[str, Job] = {}
         self._reserved: dict[str, float] = {}
         self._stash: dict[tuple[str, str], Any] = {}
+        self.speeds: dict[str, float] = {}
+        """Images per second of each participant (worker id, or "master"), a moving average kept across jobs."""
         self._lock = threading.Lock()
 
     # --- planning (server loop, inside the prompt hook) ----------------------------------
@@ -163,17 +198,46 @@ class Orchestrator:
         workers = config.enabled_workers()
         if not workers:
             return prompt, None  # exactly as without our nodes
+        mode = self._mode(prompt, collectors, config)
         try:
-            units = {
-                index + 1: UnitRun(index + 1, index + 1, build_worker_prompt(prompt, collectors, index))
-                for index in range(len(workers))
-            }
+            if mode == "static":
+                units = {k + 1: UnitRun(k + 1, k + 1, build_worker_prompt(prompt, collectors, k + 1))
+                         for k in range(len(workers))}
+                plan: dict[str, list[int]] | None = {str(w.id): [k + 1] for k, w in enumerate(workers)}
+                master_batch = None
+            else:
+                sizes = unit_sizes(literal_batch(prompt, collectors) * (1 + len(workers)), config.settings.unit_size)
+                master_batch = sizes[0]
+                units = {p: UnitRun(p, p, build_worker_prompt(prompt, collectors, p, size), batch=size)
+                         for p, size in enumerate(sizes) if p > 0}
+                plan = weighted_plan(len(sizes), self._weights(config)) if mode == "weighted" else None
+            marked = mark_master_prompt(prompt, collectors, job_id, master_batch)
         except WorkflowError as exc:
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
-        job = Job(job_id, collectors, units, {str(w.id): w for w in workers}, config.settings, time.monotonic())
+        job = Job(job_id, collectors, units, {str(w.id): w for w in workers}, config.settings, time.monotonic(),
+                  mode=mode, plan=plan)
         with self._lock:
             self._jobs[job_id] = job
-        return mark_master_prompt(prompt, collectors, job_id), job
+        return marked, job
+
+    def _mode(self, prompt: Prompt, collectors: list[str], config: GpuConfig) -> str:
+        """The first distributed Collector's choice, else the setting; static when units cannot be resized."""
+        chosen = prompt[collectors[0]].get("inputs", {}).get(SCHEDULING_INPUT, "default")
+        mode = chosen if chosen in SCHEDULING_MODES else config.settings.scheduling_mode
+        if mode != "static":
+            try:
+                literal_batch(prompt, collectors)
+            except WorkflowError as exc:
+                log.warning("Multi-GPU: %s scheduling not possible (%s); using static", mode, exc)
+                self.notify("multigpu.notice", {"message": f"Multi-GPU: {mode} scheduling not possible: {exc}; "
+                                                           "using static"})
+                return "static"
+        return mode
+
+    def _weights(self, config: GpuConfig) -> list[float]:
+        """Master first, then enabled workers: configured weight, else measured speed, else 1."""
+        master_weight = getattr(config.master, "weight", None) or self.speeds.get(MASTER) or 1.0
+        return [master_weight] + [w.weight or self.speeds.get(str(w.id)) or 1.0 for w in config.enabled_workers()]
 
     def _failed_job(self, prompt: Prompt, collectors: list[str], job_id: str, error: str) -> tuple[Prompt, Job]:
         log.error("%s", error)
@@ -191,19 +255,24 @@ class Orchestrator:
         job.loop = asyncio.get_running_loop()
         job.session = aiohttp.ClientSession()
         unavailable = self.health.unavailable() if self.health is not None else {}
+        plan = job.plan
+        if plan is not None and job.mode == "weighted":  # participant k of the plan -> its worker id
+            names = [MASTER, *job.workers]
+            plan = {names[k]: [p for p in positions if p > 0] for k, positions in plan.items()}
         job.scheduler = JobScheduler(
-            units=[Unit(p, u.seed_offset) for p, u in job.units.items()],
+            units=[Unit(p, u.seed_offset) for p, u in sorted(job.units.items())],
             workers=list(job.workers),
+            plan=plan,
             unavailable={w: why for w, why in unavailable.items() if w in job.workers},
             max_retries=job.settings.max_retries,
             skip_unavailable=job.settings.skip_offline_workers,
         )
         if not job.settings.skip_offline_workers:
-            for worker_id in job.scheduler.unavailable:
+            for worker_id, why in job.scheduler.unavailable.items():
                 worker = job.workers[worker_id]
-                position = list(job.workers).index(worker_id) + 1
-                self._tell_failure(job, job.units[position], worker, "offline",
-                                   f"offline at dispatch ({job.scheduler.unavailable[worker_id]})", rerun=True)
+                own = (job.scheduler.plan or {}).get(worker_id) or [min(job.units)]
+                self._tell_failure(job, job.units[own[0]], worker, "offline", f"offline at dispatch ({why})",
+                                   rerun=True)
         self._carry_out(job, job.scheduler.start())
 
     def discard(self, job: Job) -> None:
@@ -224,11 +293,16 @@ class Orchestrator:
             if isinstance(action, Dispatch):
                 unit, worker = job.units[action.position], job.workers[action.worker]
                 unit.state, unit.worker, unit.token, unit.progress = "running", worker, secrets.token_urlsafe(24), 0.0
+                unit.started = time.monotonic()
                 unit.task = asyncio.get_running_loop().create_task(self._run_unit(job, unit, worker))
             elif isinstance(action, RunOnMaster):
                 for position in action.positions:
                     job.units[position].state = "master"
-                log.info("Multi-GPU: job %s: the master runs unit(s) %s itself", job.job_id, list(action.positions))
+                with self._lock:
+                    job.master_positions.extend(action.positions)
+                    job.master_asked = False
+                job.changed.set()
+                log.debug("Multi-GPU: job %s: the master runs unit(s) %s", job.job_id, list(action.positions))
             elif isinstance(action, GiveUp):
                 unit = job.units[action.position]
                 unit.state = "given_up"
@@ -242,6 +316,7 @@ class Orchestrator:
         self._progress(job, force=True)
         if job.scheduler is not None and job.scheduler.settled():
             job.settled.set()
+            job.changed.set()
 
     async def _run_unit(self, job: Job, unit: UnitRun, worker: WorkerConfig) -> None:
         client = WorkerClient(worker, job.settings, job.session)
@@ -275,6 +350,8 @@ class Orchestrator:
             return
         if unit.state == "running" and unit.worker is worker:
             unit.images, unit.state, unit.progress = images, "done", 1.0
+            self._learn_speed(str(worker.id), sum(len(v) for v in images.values()) / max(len(images), 1),
+                              time.monotonic() - unit.started)
             self._handle(job, UnitDone(unit.position, str(worker.id)))
 
     def _unit_failed(self, job: Job, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
@@ -340,6 +417,13 @@ class Orchestrator:
             await job.session.close()
             job.session = None
 
+    def _learn_speed(self, participant: str, images: float, seconds: float) -> None:
+        if images <= 0 or seconds <= 0:
+            return
+        speed = images / seconds
+        previous = self.speeds.get(participant)
+        self.speeds[participant] = speed if previous is None else (1 - SPEED_SMOOTHING) * previous + SPEED_SMOOTHING * speed
+
     # --- results posted by workers (server loop) -----------------------------------------
 
     def accept_results(self, job_id: str, worker_id: Any, token: str, outputs: dict[str, list[bytes]]) -> None:
@@ -370,22 +454,34 @@ class Orchestrator:
 
     # --- on ComfyUI's execution thread ----------------------------------------------------
 
-    def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool]) -> CollectorResult:
-        """Block until no unit waits for a worker; return the images for ``collector_id``.
+    def master_step(self, job_id: str, collector_id: str, have: set[int],
+                    interrupted: Callable[[], bool]) -> "list[UnitRun] | CollectorResult":
+        """What the master does next for this Collector: run units (a list), or finish (the result).
 
-        The first Collector to arrive frees the master for units no worker could take.
-        ``interrupted`` is polled so that a Cancel on the master cancels the workers at once.
+        ``have`` are the positions this Collector already holds. While units wait for a
+        participant, the master offers itself and takes one unit at a time. ``interrupted``
+        is polled so that a Cancel on the master cancels the workers at once.
         """
         job = self.job(job_id)
         if job is None:
             raise JobError(f"Multi-GPU job {job_id} is unknown: it expired or the master restarted; queue it again")
         if job.error:
             raise JobError(job.error)
-        if not job.master_free_sent and job.loop is not None:
-            job.master_free_sent = True
-            job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
         bound = job.created + job.settings.worker_timeout * (2 + job.settings.max_retries) + 30.0
-        while not job.settled.wait(COLLECT_POLL):
+        self._measure_master(job, have)
+        while True:
+            with self._lock:
+                todo = [job.units[p] for p in job.master_positions if p not in have]
+                if not todo and not job.settled.is_set() and not job.master_asked and job.loop is not None:
+                    job.master_asked = True
+                    job.changed.clear()
+                    job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
+            if todo:
+                job.master_started = time.monotonic()
+                return todo
+            if job.settled.is_set():
+                break
+            job.changed.wait(COLLECT_POLL)
             if interrupted():
                 self.cancel(job)
                 raise JobError("Multi-GPU: interrupted while waiting for the workers")
@@ -396,17 +492,33 @@ class Orchestrator:
             raise JobError(f"Multi-GPU job {job_id} was cancelled")
         units = job.unit_list()
         given_up = [u for u in units if u.state == "given_up"]
+        self._claim(job, collector_id)
         if given_up:
-            self._claim(job, collector_id)
             raise JobError("Multi-GPU: " + "; ".join(
                 f"unit {u.position} (seed offset {u.seed_offset}) could not be run: {u.error}" for u in given_up))
-        result = CollectorResult(
+        return CollectorResult(
             images=[(u, u.images[collector_id]) for u in units if u.state == "done" and collector_id in u.images],
             master_units=[u for u in units if u.state == "master"],
             failures=[u for u in units if u.state == "skipped"],
         )
-        self._claim(job, collector_id)
-        return result
+
+    def _measure_master(self, job: Job, have: set[int]) -> None:
+        started, job.master_started = job.master_started, 0.0
+        ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
+        if started and ran:
+            self._learn_speed(MASTER, float(ran[-1].batch or 0), time.monotonic() - started)
+
+    def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool],
+                run_on_master: Callable[[UnitRun], None] = lambda unit: None) -> CollectorResult:
+        """The whole Collector loop, with ``run_on_master`` doing the master's units (tests, benchmarks)."""
+        have: set[int] = set()
+        while True:
+            step = self.master_step(job_id, collector_id, have, interrupted)
+            if isinstance(step, CollectorResult):
+                return step
+            for unit in step:
+                run_on_master(unit)
+                have.add(unit.position)
 
     def _claim(self, job: Job, collector_id: str) -> None:
         with self._lock:

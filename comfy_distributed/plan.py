@@ -10,7 +10,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from .config import GpuConfig
+from .errors import WorkflowError
 from .workflow import (
+    batch_source,
     DISTRIBUTOR_CLASS,
     Prompt,
     distributed_collectors,
@@ -62,7 +64,7 @@ def describe(prompt: Prompt, config: GpuConfig) -> dict[str, Any]:
     seeds = {}
     for node_id in nodes_of_class(prompt, DISTRIBUTOR_CLASS):
         master_seed = distributor_seed(prompt, node_id)
-        seeds[node_id] = [master_seed] + [offset_seed(master_seed, p.position - 1) for p in people[1:]]
+        seeds[node_id] = [offset_seed(master_seed, p.position) for p in people]
     outputs = {}
     for collector in collectors:
         batch = literal_batch_size(prompt, collector)
@@ -82,3 +84,48 @@ def describe(prompt: Prompt, config: GpuConfig) -> dict[str, Any]:
         ],
         "outputs": outputs,
     }
+
+
+def literal_batch(prompt: Prompt, collectors: list[str]) -> int:
+    """The workflow's batch size, when one literal decides it for every Collector."""
+    values = set()
+    for collector in collectors:
+        source = batch_source(prompt, collector)
+        if source is None:
+            raise WorkflowError(f"Multi-GPU Collector {collector}: no single literal batch_size above it")
+        values.add(prompt[source[0]]["inputs"][source[1]])
+    if len(values) != 1:
+        raise WorkflowError(f"the Collectors have different batch sizes {sorted(values)}")
+    value = values.pop()
+    if value < 1:
+        raise WorkflowError(f"batch_size {value} is not a positive number")
+    return value
+
+
+def unit_sizes(total: int, unit_size: int) -> list[int]:
+    """The dynamic plan: unit i has seed offset i and these many images; it depends only on the
+    total and the unit size (and, through the offsets, on the seed), never on who runs what."""
+    return [min(unit_size, total - start) for start in range(0, total, unit_size)]
+
+
+def weighted_plan(units: int, weights: list[float]) -> dict[int, list[int]]:
+    """Participant index (0 = master) -> consecutive unit positions, in proportion to the weights.
+
+    The master always keeps unit 0 (its own graph run); shares use the largest remainder.
+    """
+    total = sum(weights)
+    exact = [units * w / total for w in weights]
+    counts = [int(x) for x in exact]
+    for index in sorted(range(len(weights)), key=lambda i: exact[i] - counts[i], reverse=True):
+        if sum(counts) >= units:
+            break
+        counts[index] += 1
+    if counts[0] == 0:  # the master runs unit 0 whatever its weight
+        donor = max(range(len(counts)), key=lambda i: counts[i])
+        counts[donor] -= 1
+        counts[0] = 1
+    plan, start = {}, 0
+    for index, count in enumerate(counts):
+        plan[index] = list(range(start, start + count))
+        start += count
+    return plan

@@ -79,26 +79,35 @@ class Skip:
 Action = Union[Dispatch, RunOnMaster, GiveUp, Skip]
 
 
+MASTER = "master"
+"""The participant name of the master in plans."""
+
+
 @dataclass(slots=True)
 class JobScheduler:
     """Assigns units to participants and re-assigns the units of failed workers.
 
-    A worker that fails a unit takes no further part in the job (it is down, or cannot run
-    this workflow). Each unit is tried at most ``1 + max_retries`` times; the master can
-    run any unit, once it waits in its Collector.
+    ``plan`` gives each participant (worker ids, and ``MASTER``) the units it should run
+    (static: worker k its own unit; weighted: blocks by weight). Units in no plan are
+    shared: the next free participant takes one (dynamic). A worker that fails a unit
+    takes no further part in the job and its units become shared. Each unit is tried at
+    most ``1 + max_retries`` times. The master takes one unit at a time, once it waits in
+    its Collector.
     """
 
     units: list[Unit]
+    """Units outside the master's own graph run (position 0), in position order."""
     workers: list[WorkerId]
-    """Worker ids in config order; worker k's own unit is at position k + 1."""
+    plan: dict[str, list[int]] | None = None
     unavailable: dict[WorkerId, str] = field(default_factory=dict)
     """Workers known to be down at dispatch, with why."""
     max_retries: int = 2
     skip_unavailable: bool = False
 
-    pending: list[int] = field(default_factory=list)
+    queues: dict[str, list[int]] = field(default_factory=dict)
+    shared: list[int] = field(default_factory=list)
     running: dict[int, WorkerId] = field(default_factory=dict)
-    on_master: set[int] = field(default_factory=set)
+    on_master: list[int] = field(default_factory=list)
     done: set[int] = field(default_factory=set)
     given_up: dict[int, tuple[str, ...]] = field(default_factory=dict)
     skipped: set[int] = field(default_factory=set)
@@ -107,23 +116,38 @@ class JobScheduler:
     excluded: set[WorkerId] = field(default_factory=set)
     master_free: bool = False
 
+    @classmethod
+    def static(cls, workers: list[WorkerId], **kwargs) -> "JobScheduler":
+        """The seed's plan: worker k runs unit k + 1 (its own batch with seed + k + 1)."""
+        units = [Unit(k + 1, k + 1) for k in range(len(workers))]
+        return cls(units, list(workers), plan={w: [k + 1] for k, w in enumerate(workers)}, **kwargs)
+
+    @property
+    def pending(self) -> list[int]:
+        """Units waiting for a participant, planned or shared."""
+        return [p for queue in self.queues.values() for p in queue] + list(self.shared)
+
     def start(self) -> list[Action]:
-        """Each worker gets its own unit; the units of unavailable workers wait for others."""
+        planned = set()
+        for participant, positions in (self.plan or {}).items():
+            self.queues[participant] = list(positions)
+            planned.update(positions)
+        self.shared = [u.position for u in self.units if u.position not in planned]
         actions: list[Action] = []
-        for index, worker in enumerate(self.workers):
-            position = index + 1
-            if worker in self.unavailable:
-                self.excluded.add(worker)
-                cause = f"{worker}: {self.unavailable[worker]}"
+        for worker in self.workers:
+            if worker not in self.unavailable:
+                continue
+            self.excluded.add(worker)
+            cause = f"{worker}: {self.unavailable[worker]}"
+            for position in self.queues.pop(worker, []):
                 if self.skip_unavailable:
                     self.skipped.add(position)
                     actions.append(Skip(position, worker, cause))
                 else:
                     self.causes.setdefault(position, []).append(cause)
-                    self.pending.append(position)
-            else:
-                actions.append(self._dispatch(position, worker))
-        return actions + self._assign()
+                    self.shared.append(position)
+        self.shared.sort()
+        return self._assign() + actions
 
     def handle(self, event: Event) -> list[Action]:
         if isinstance(event, UnitDone):
@@ -135,40 +159,48 @@ class JobScheduler:
                 return []  # stale: the unit was already finished or moved
             del self.running[event.position]
             self.excluded.add(event.worker)
+            self.shared.extend(self.queues.pop(event.worker, []))
             self.causes.setdefault(event.position, []).append(f"{event.worker}: {event.message}")
             if self.attempts.get(event.position, 0) > self.max_retries:
                 causes = tuple(self.causes[event.position])
                 self.given_up[event.position] = causes
+                self.shared.sort()
                 return [GiveUp(event.position, causes)] + self._assign()
-            self.pending.append(event.position)
+            self.shared.append(event.position)
+            self.shared.sort()
         elif isinstance(event, MasterFree):
             self.master_free = True
         return self._assign()
 
     def settled(self) -> bool:
-        """No unit waits for a worker any more: the Collector can go on."""
-        return not self.pending and not self.running
+        """No unit waits for a participant or runs on a worker: the Collector can finish."""
+        return not self.running and not self.pending
 
     def _dispatch(self, position: int, worker: WorkerId) -> Dispatch:
         self.running[position] = worker
         self.attempts[position] = self.attempts.get(position, 0) + 1
         return Dispatch(position, worker)
 
-    def _idle_workers(self) -> list[WorkerId]:
-        busy = set(self.running.values())
-        return [w for w in self.workers if w not in self.excluded and w not in busy]
+    def _next_for(self, participant: str) -> int | None:
+        own = self.queues.get(participant)
+        if own:
+            return own.pop(0)
+        return self.shared.pop(0) if self.shared else None
 
     def _assign(self) -> list[Action]:
         actions: list[Action] = []
-        for worker in self._idle_workers():
-            if not self.pending:
-                break
-            actions.append(self._dispatch(self.pending.pop(0), worker))
-        if self.pending and self.master_free:
-            positions = tuple(self.pending)
-            self.pending.clear()
-            for position in positions:
+        busy = set(self.running.values())
+        for worker in self.workers:
+            if worker in self.excluded or worker in busy:
+                continue
+            position = self._next_for(worker)
+            if position is not None:
+                actions.append(self._dispatch(position, worker))
+        if self.master_free:
+            position = self._next_for(MASTER)
+            if position is not None:
+                self.master_free = False
                 self.attempts[position] = self.attempts.get(position, 0) + 1
-            self.on_master.update(positions)
-            actions.append(RunOnMaster(positions))
+                self.on_master.append(position)
+                actions.append(RunOnMaster((position,)))
         return actions

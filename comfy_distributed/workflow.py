@@ -15,6 +15,9 @@ from .errors import WorkflowError
 
 COLLECTOR_CLASS = "MultiGPUCollector"
 DISTRIBUTOR_CLASS = "MultiGPUSeedDistributor"
+SCHEDULING_INPUT = "scheduling"
+"""The Collector's own choice of scheduling mode ("default" follows the setting)."""
+SCHEDULING_MODES = ("static", "weighted", "dynamic")
 JOB_INPUT = "multigpu_job_id"
 """Input added to the master's Collector nodes so that they find their job when they run."""
 
@@ -89,9 +92,24 @@ def _node_sort_key(node_id: str) -> tuple[int, int | str]:
     return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
 
 
-def offset_seed(seed: int, worker_index: int) -> int:
-    """The seed of worker ``worker_index`` (0-based, enabled workers in config order)."""
-    return (seed + worker_index + 1) % SEED_MODULUS
+def offset_seed(seed: int, offset: int) -> int:
+    """The seed of the unit with this seed offset (worker k's own unit has offset k + 1)."""
+    return (seed + offset) % SEED_MODULUS
+
+
+def batch_source(prompt: Prompt, collector: str) -> tuple[str, str] | None:
+    """The (node, input) whose literal ``batch_size`` decides the Collector's batch, if exactly one does.
+
+    Units of another size than the workflow's (weighted and dynamic scheduling) are made by
+    rewriting this literal.
+    """
+    found = [
+        node_id
+        for node_id in sorted(upstream(prompt, [collector]), key=_node_sort_key)
+        if isinstance(prompt[node_id].get("inputs", {}).get("batch_size"), int)
+        and not isinstance(prompt[node_id]["inputs"]["batch_size"], bool)
+    ]
+    return (found[0], "batch_size") if len(found) == 1 else None
 
 
 def distributor_seed(prompt: Prompt, node_id: str) -> int:
@@ -117,24 +135,44 @@ def distributor_seed(prompt: Prompt, node_id: str) -> int:
     return value
 
 
-def mark_master_prompt(prompt: Prompt, collectors: Iterable[str], job_id: str) -> Prompt:
-    """The master's prompt with the job id on each distributed Collector (a new dict)."""
+def mark_master_prompt(prompt: Prompt, collectors: Iterable[str], job_id: str, batch: int | None = None) -> Prompt:
+    """The master's prompt with the job id on each distributed Collector (a new dict).
+
+    With ``batch``, the master's own unit gets that batch size too (weighted and dynamic plans).
+    """
     marked = dict(prompt)
     for node_id in collectors:
         node = copy.deepcopy(prompt[node_id])
         node.setdefault("inputs", {})[JOB_INPUT] = job_id
         marked[node_id] = node
+    if batch is not None:
+        for node_id, name in _batch_sources(prompt, collectors):
+            node = copy.deepcopy(marked[node_id])
+            node["inputs"][name] = batch
+            marked[node_id] = node
     return marked
 
 
-def build_worker_prompt(prompt: Prompt, collectors: list[str], worker_index: int) -> Prompt:
-    """The copy that worker ``worker_index`` runs: pruned, seeds offset, only core output nodes."""
+def _batch_sources(prompt: Prompt, collectors: Iterable[str]) -> set[tuple[str, str]]:
+    sources = set()
+    for collector in collectors:
+        source = batch_source(prompt, collector)
+        if source is None:
+            raise WorkflowError(f"Multi-GPU Collector {collector}: no single literal batch_size above it, "
+                                "so its units cannot be resized; use the static scheduling mode")
+        sources.add(source)
+    return sources
+
+
+def build_worker_prompt(prompt: Prompt, collectors: list[str], seed_offset: int, batch: int | None = None) -> Prompt:
+    """The copy a worker runs for one unit: pruned, seeds offset, batch resized, core output nodes only."""
     keep = upstream(prompt, collectors) | set(collectors)
     seeds = {
-        node_id: offset_seed(distributor_seed(prompt, node_id), worker_index)
+        node_id: offset_seed(distributor_seed(prompt, node_id), seed_offset)
         for node_id in keep
         if prompt[node_id].get("class_type") == DISTRIBUTOR_CLASS
     }
+    resized = _batch_sources(prompt, collectors) if batch is not None else set()
     copy_: Prompt = {}
     for node_id in sorted(keep, key=_node_sort_key):
         node = prompt[node_id]
@@ -152,18 +190,19 @@ def build_worker_prompt(prompt: Prompt, collectors: list[str], worker_index: int
             continue
         new_node = copy.deepcopy(node)
         new_node["inputs"] = {
-            name: (seeds[str(value[0])] if is_link(value) and str(value[0]) in seeds else value)
+            name: (seeds[str(value[0])] if is_link(value) and str(value[0]) in seeds
+                   else batch if (node_id, name) in resized else value)
             for name, value in node.get("inputs", {}).items()
         }
         copy_[node_id] = new_node
     return copy_
 
 
-def seed_dependent(prompt: Prompt, collector: str) -> set[str]:
-    """Nodes between a Distributor and ``collector``: what differs from one unit to another."""
+def unit_dependent(prompt: Prompt, collector: str, resized: set[str]) -> set[str]:
+    """Nodes between a Distributor (or a resized batch node) and ``collector``: what differs per unit."""
     ancestors = upstream(prompt, [collector])
     distributors = {n for n in ancestors if prompt[n].get("class_type") == DISTRIBUTOR_CLASS}
-    dependent: set[str] = set()
+    dependent: set[str] = set(resized)
     changed = True
     while changed:
         changed = False
@@ -176,17 +215,19 @@ def seed_dependent(prompt: Prompt, collector: str) -> set[str]:
     return dependent
 
 
-def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix: str) -> tuple[Prompt, list]:
-    """Nodes that re-run one unit on the master, as a ComfyUI graph expansion.
+def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix: str,
+                       batch: int | None = None) -> tuple[Prompt, list]:
+    """Nodes that run one unit on the master, as a ComfyUI graph expansion.
 
-    Only the seed-dependent nodes are copied (under ``prefix``), with the unit's seed;
-    everything else is linked to the nodes the master already ran, so ComfyUI's cache serves
-    it (a loaded checkpoint is not loaded again). Returns the nodes and the link to the
-    unit's images.
+    Only the nodes that depend on the unit (its seed, its batch size) are copied under
+    ``prefix``; everything else is linked to the nodes the master already ran, so ComfyUI's
+    cache serves it (a loaded checkpoint is not loaded again). Returns the nodes and the
+    link to the unit's images.
     """
-    dependent = seed_dependent(prompt, collector)
+    resized = {node_id for node_id, _ in _batch_sources(prompt, [collector])} if batch is not None else set()
+    dependent = unit_dependent(prompt, collector, resized)
     seeds = {
-        node_id: offset_seed(distributor_seed(prompt, node_id), seed_offset - 1)
+        node_id: offset_seed(distributor_seed(prompt, node_id), seed_offset)
         for node_id in upstream(prompt, [collector])
         if prompt[node_id].get("class_type") == DISTRIBUTOR_CLASS
     }
@@ -203,6 +244,8 @@ def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix:
     for node_id in dependent:
         node = copy.deepcopy(prompt[node_id])
         node["inputs"] = {name: relink(value) for name, value in node.get("inputs", {}).items()}
+        if node_id in resized:
+            node["inputs"]["batch_size"] = batch
         nodes[prefix + node_id] = node
     images = prompt[collector].get("inputs", {}).get("images")
     if not is_link(images):

@@ -291,3 +291,68 @@ async def test_bad_config_fails_the_collector_with_the_reason(tmp_path):
     with pytest.raises(JobError, match=r"gpu_config.json: workers\[0\].port"):
         orchestrator.collect(job.job_id, "3", lambda: False)
     assert path.read_text() == '{"workers": [{"id": 1, "port": "eighty"}]}'
+
+
+def master_unit_pixels(unit) -> list[np.ndarray]:
+    """What the master computes for a unit it runs itself (the test node's images, 8-bit)."""
+    seed = 42 + unit.seed_offset
+    return expected_pixels_batch(seed, unit.batch)
+
+
+def expected_pixels_batch(seed: int, batch: int) -> list[np.ndarray]:
+    images = seeded_images(seed, batch, 32, 24).numpy()
+    return [np.clip(255.0 * image, 0, 255).astype(np.uint8) for image in images]
+
+
+async def run_dynamic(tmp_path: Path, w1, w2, mode: str, **settings) -> tuple[list, CollectorResult]:
+    tmp_path.mkdir(parents=True, exist_ok=True)
+    cluster = Cluster(tmp_path, [w1.port, w2.port], scheduling_mode=mode, unit_size=1, **settings)
+    prompt = workflow(seed=42, batch=2, delay=0.1)
+    marked, job = cluster.orchestrator.prepare(prompt)
+    assert marked["1"]["inputs"]["batch_size"] == 1  # the master's own unit is resized too
+    cluster.orchestrator.start(job)
+    ran_on_master: dict[int, list[np.ndarray]] = {}
+    result = await asyncio.to_thread(
+        cluster.orchestrator.collect, job.job_id, "3", lambda: False,
+        lambda unit: ran_on_master.__setitem__(unit.position, master_unit_pixels(unit)))
+    images = {0: expected_pixels_batch(42, 1)}  # the master's unit 0: seed + 0, one image
+    images.update(ran_on_master)
+    for unit, blobs in result.images:
+        images[unit.position] = [pixels(b) for b in blobs]
+    return [image for position in sorted(images) for image in images[position]], result
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "weighted"])
+async def test_unit_plans_give_the_same_images_whatever_the_speeds_and_failures(tmp_path, two_workers, mode):
+    w1, w2 = two_workers
+    reference, result = await run_dynamic(tmp_path / "equal", w1, w2, mode)
+    assert len(reference) == 6  # batch 2 x 3 participants, in units of 1
+    expected = [p for offset in range(6) for p in expected_pixels_batch(42 + offset, 1)]
+    assert all(np.array_equal(a, b) for a, b in zip(reference, expected))
+
+    w2.execution_delay_scale = 8.0  # worker 2 is now 8 times slower
+    slow, result = await run_dynamic(tmp_path / "slow", w1, w2, mode)
+    assert all(np.array_equal(a, b) for a, b in zip(slow, reference))
+
+    w2.execution_delay_scale = 1.0
+    w2.execution_error = "boom"  # worker 2 fails every unit it gets
+    failing, result = await run_dynamic(tmp_path / "failing", w1, w2, mode)
+    assert len(failing) == 6
+    assert all(np.array_equal(a, b) for a, b in zip(failing, reference))
+
+
+async def test_dynamic_mode_gives_more_units_to_the_faster_worker(tmp_path, two_workers):
+    w1, w2 = two_workers
+    w2.execution_delay_scale = 6.0
+    cluster = Cluster(tmp_path, [w1.port, w2.port], scheduling_mode="dynamic", unit_size=1)
+    prompt = workflow(seed=1, batch=4, delay=0.2)  # 12 images: unit 0 on the master, 11 shared
+    marked, job = cluster.orchestrator.prepare(prompt)
+    cluster.orchestrator.start(job)
+    result = await asyncio.to_thread(cluster.orchestrator.collect, job.job_id, "3", lambda: False,
+                                     lambda unit: time.sleep(0.2))
+    ran = {}
+    for unit, _ in result.images:
+        ran[unit.name] = ran.get(unit.name, 0) + 1
+    assert ran.get("GPU 1", 0) > ran.get("GPU 2", 0)
+    assert sum(ran.values()) + len(result.master_units) == 11
+    assert cluster.orchestrator.speeds["1"] > cluster.orchestrator.speeds["2"]  # learned, kept for the next job

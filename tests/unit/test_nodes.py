@@ -71,7 +71,7 @@ def test_parts_are_ordered_by_position_and_a_mismatched_size_is_left_out():
         master_units=[],
         failures=[unit(4, "GPU 4", "offline")],
     )
-    parts = decode_parts(master, result, "3", lambda e, d: events.append((e, d)))
+    parts = {0: master, **decode_parts(master, result, "3", lambda e, d: events.append((e, d)))}
     merged = assemble(parts, "3")
     values = [round(float(image[0, 0, 0]) * 255) for image in merged]
     assert values == [0, 0, 10, 10, 20]

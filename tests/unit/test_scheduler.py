@@ -7,15 +7,13 @@ from comfy_distributed.scheduler import (
     MasterFree,
     RunOnMaster,
     Skip,
-    Unit,
     UnitDone,
     UnitFailed,
 )
 
 
 def scheduler(workers=("1", "2", "3"), **kwargs) -> JobScheduler:
-    units = [Unit(i + 1, i + 1) for i in range(len(workers))]
-    return JobScheduler(units=units, workers=list(workers), **kwargs)
+    return JobScheduler.static(list(workers), **kwargs)
 
 
 def test_each_worker_gets_its_own_unit():
@@ -34,7 +32,7 @@ def test_failed_unit_goes_to_the_first_free_worker_then_the_master():
     assert s.handle(UnitDone(1, "1")) == [Dispatch(2, "1")]  # worker 1 is free first
     assert s.handle(UnitFailed(2, "1", "timeout", "slow")) == []
     assert s.handle(MasterFree()) == [RunOnMaster((2,))]
-    assert s.on_master == {2}
+    assert s.on_master == [2]
     assert s.handle(UnitDone(3, "3")) == []
     assert s.settled()
     assert s.causes[2] == ["2: gone", "1: slow"]

@@ -24,7 +24,7 @@ def sample_prompt(seed_input=42):
 
 
 def test_worker_copy_is_pruned_seeded_and_plain():
-    copy = build_worker_prompt(sample_prompt(), ["3"], worker_index=1)
+    copy = build_worker_prompt(sample_prompt(), ["3"], seed_offset=2)
     assert set(copy) == {"1", "3"}  # SaveImage after the Collector and the unrelated preview are gone
     assert copy["1"]["inputs"]["seed"] == 44  # seed + index + 1
     assert copy["3"]["class_type"] == "PreviewImage"
@@ -34,26 +34,26 @@ def test_worker_copy_is_pruned_seeded_and_plain():
 
 def test_worker_copy_leaves_the_original_untouched():
     prompt = sample_prompt()
-    build_worker_prompt(prompt, ["3"], 0)
+    build_worker_prompt(prompt, ["3"], 1)
     assert prompt == sample_prompt()
 
 
 def test_seed_from_primitive_int_is_resolved():
     prompt = sample_prompt(["9", 0])
     prompt["9"] = {"class_type": "PrimitiveInt", "inputs": {"value": 7}}
-    assert build_worker_prompt(prompt, ["3"], 0)["1"]["inputs"]["seed"] == 8
+    assert build_worker_prompt(prompt, ["3"], 1)["1"]["inputs"]["seed"] == 8
 
 
 def test_seed_from_a_node_that_must_run_is_refused_with_reason():
     prompt = sample_prompt(["9", 0])
     prompt["9"] = {"class_type": "SomeRandomSeed", "inputs": {}}
     with pytest.raises(WorkflowError, match="Distributor 2: its seed comes from node 9 \\(SomeRandomSeed\\)"):
-        build_worker_prompt(prompt, ["3"], 0)
+        build_worker_prompt(prompt, ["3"], 1)
 
 
 def test_seed_wraps_at_64_bits():
-    assert offset_seed(2**64 - 1, 0) == 0
-    assert offset_seed(10, 2) == 13
+    assert offset_seed(2**64 - 1, 1) == 0
+    assert offset_seed(10, 3) == 13
 
 
 def test_several_collectors_and_nesting():
@@ -63,7 +63,7 @@ def test_several_collectors_and_nesting():
     prompt["8"] = {"class_type": "ImageInvert", "inputs": {"image": ["3", 0]}}
     prompt["10"] = {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["8", 0]}}  # downstream of 3
     assert distributed_collectors(prompt) == ["3", "7"]
-    copy = build_worker_prompt(prompt, ["3", "7"], 0)
+    copy = build_worker_prompt(prompt, ["3", "7"], 1)
     assert set(copy) == {"1", "3", "6", "7"}
     assert copy["7"]["class_type"] == "PreviewImage"
 
@@ -80,4 +80,4 @@ def test_unconnected_collector_is_an_error():
     prompt = sample_prompt()
     prompt["3"]["inputs"] = {}
     with pytest.raises(WorkflowError, match="Collector 3"):
-        build_worker_prompt(prompt, ["3"], 0)
+        build_worker_prompt(prompt, ["3"], 1)
