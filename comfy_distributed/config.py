@@ -207,6 +207,9 @@ class Settings(_Model):
         "static", description="static: one unit per participant; weighted: shares by weight or measured speed; "
                               "dynamic: small units handed out as participants become free")
     unit_size: int = Field(1, ge=1, le=4096, description="images per unit in weighted and dynamic modes")
+    queue_mode: Literal["off", "no_collector", "all"] = Field(
+        "off", description="send whole prompts to the least busy participant: off; no_collector (prompts without a "
+                           "Multi-GPU Collector); all (every prompt, undistributed)")
     launch_timeout: float = Field(180.0, gt=0, le=3600, description="seconds a launched instance has to answer")
     stop_workers_on_exit: bool = Field(False, description="the launcher stops the workers it started when the "
                                                           "master exits")

@@ -26,6 +26,7 @@ from .workflow import (
 
 log = logging.getLogger("comfy_distributed")
 
+REMOTE_OUTPUT_CLASS = "MultiGPURemoteOutput"
 PART_CLASS = "MultiGPUUnitPart"
 ASSEMBLE_CLASS = "MultiGPUAssemble"
 PARTS_TYPE = "MULTIGPU_PARTS"
@@ -192,15 +193,61 @@ class MultiGPUAssemble:
         return next_step(prompt or {}, job_id, collector, collected)
 
 
+class MultiGPURemoteOutput:
+    """Internal: stands, in the master's queue, for an output node of a prompt sent whole to a worker."""
+
+    CATEGORY = "multigpu/internal"
+    RETURN_TYPES = ()
+    OUTPUT_NODE = True
+    FUNCTION = "deliver"
+
+    @classmethod
+    def INPUT_TYPES(cls) -> dict[str, Any]:
+        return {"required": {"forward_id": ("STRING", {"default": ""}), "node": ("STRING", {"default": ""})}}
+
+    def deliver(self, forward_id: str, node: str) -> dict[str, Any]:
+        balancer = runtime.balancer
+        if balancer is None:
+            raise RuntimeError("Multi-GPU: the extension is not running")
+        try:
+            forward = balancer.wait(forward_id, node, runtime.interrupted)
+        except JobError as exc:
+            runtime.raise_if_interrupted()
+            raise RuntimeError(str(exc)) from None
+        if forward.state == "master":  # no worker could run it: the master runs the original prompt
+            if forward.expanded:
+                return {"ui": {}}
+            forward.expanded = True
+            log.warning("Multi-GPU queue: running the prompt on the master: %s", "; ".join(forward.causes))
+            return {"ui": {}, "result": (), "expand": prefixed(forward.original, f"{node}.multigpu.")}
+        tag = f"worker-{forward.worker.id}" if forward.worker is not None else "worker"
+        images = [runtime.save_output(file, data, tag) for file, data in forward.outputs.get(node, [])]
+        return {"ui": {"images": images}}
+
+
+def prefixed(prompt: dict, prefix: str) -> dict:
+    """A copy of ``prompt`` with every node id (and link) under ``prefix``, for a graph expansion."""
+    from .workflow import is_link
+
+    return {
+        prefix + node_id: {**node, "inputs": {
+            name: [prefix + str(value[0]), value[1]] if is_link(value) else value
+            for name, value in node.get("inputs", {}).items()}}
+        for node_id, node in prompt.items()
+    }
+
+
 NODE_CLASS_MAPPINGS = {
     DISTRIBUTOR_CLASS: MultiGPUSeedDistributor,
     COLLECTOR_CLASS: MultiGPUCollector,
     PART_CLASS: MultiGPUUnitPart,
     ASSEMBLE_CLASS: MultiGPUAssemble,
+    REMOTE_OUTPUT_CLASS: MultiGPURemoteOutput,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     DISTRIBUTOR_CLASS: "Multi-GPU Distributor",
     COLLECTOR_CLASS: "Multi-GPU Collector",
     PART_CLASS: "Multi-GPU unit part (internal)",
     ASSEMBLE_CLASS: "Multi-GPU assemble (internal)",
+    REMOTE_OUTPUT_CLASS: "Multi-GPU output from a worker (internal)",
 }

@@ -13,11 +13,15 @@ import asyncio
 import json
 import logging
 from contextvars import ContextVar
-from typing import Any, Awaitable, Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .orchestrator import Job, Orchestrator
+from .orchestrator import Orchestrator
+
+if TYPE_CHECKING:
+    from .queue_balancer import QueueBalancer
 
 log = logging.getLogger("comfy_distributed")
 
@@ -26,23 +30,41 @@ INTERRUPT_PATHS = frozenset({"/interrupt", "/api/interrupt"})
 QUEUE_PATHS = frozenset({"/queue", "/api/queue"})
 JOB_ID_EXTRA_DATA = "multigpu_job_id"
 """``extra_data`` key by which a client queues a prompt under a job id from ``prepare_job``."""
-_pending_jobs: ContextVar[list[Job] | None] = ContextVar("multigpu_pending_jobs", default=None)
+_pending_jobs: ContextVar["list[_Pending] | None"] = ContextVar("multigpu_pending_jobs", default=None)
 
 
-def make_prompt_handler(orchestrator: Orchestrator) -> Callable[[Any], Any]:
+@dataclass(slots=True)
+class _Pending:
+    """Work planned for a prompt, started when the master accepts it, dropped when it refuses it."""
+
+    start: Callable[[str | None], None]
+    discard: Callable[[], None]
+
+
+def make_prompt_handler(orchestrator: Orchestrator, balancer: "QueueBalancer | None" = None) -> Callable[[Any], Any]:
     def on_prompt(json_data: Any) -> Any:
         if not isinstance(json_data, dict) or not isinstance(json_data.get("prompt"), dict):
             return json_data
+        pending_work = _pending_jobs.get()
+
+        def plan(item: _Pending) -> None:
+            if pending_work is None:
+                item.start(None)  # queued without our middleware in the path: start at once
+            else:
+                pending_work.append(item)
+
+        prompt = json_data["prompt"]
+        if balancer is not None:
+            routed, forward = balancer.route(prompt)
+            if forward is not None:
+                plan(_Pending(lambda _pid, f=forward: balancer.start(f), lambda f=forward: balancer.discard(f)))
+                return {**json_data, "prompt": routed}
         extra_data = json_data.get("extra_data")
         requested = extra_data.get(JOB_ID_EXTRA_DATA) if isinstance(extra_data, dict) else None
-        prompt, job = orchestrator.prepare(json_data["prompt"], requested)
+        prompt, job = orchestrator.prepare(prompt, requested)
         if job is None:
             return json_data
-        pending = _pending_jobs.get()
-        if pending is None:
-            orchestrator.start(job)  # queued without our middleware in the path: start at once
-        else:
-            pending.append(job)
+        plan(_Pending(lambda pid, j=job: orchestrator.start(j, pid), lambda j=job: orchestrator.discard(j)))
         return {**json_data, "prompt": prompt}
 
     return on_prompt
@@ -102,21 +124,21 @@ def make_prompt_middleware(orchestrator: Orchestrator, running_prompts: Callable
         return await handler(request)
 
     async def _queue_prompt(request: web.Request, handler: Callable) -> web.StreamResponse:
-        pending: list[Job] = []
+        pending: list[_Pending] = []
         token = _pending_jobs.set(pending)
         try:
             response = await handler(request)
         except BaseException:
-            for job in pending:
-                orchestrator.discard(job)
+            for item in pending:
+                item.discard()
             raise
         finally:
             _pending_jobs.reset(token)
-        for job in pending:
+        for item in pending:
             if response.status == 200:
-                orchestrator.start(job, _prompt_id_of(response))
+                item.start(_prompt_id_of(response))
             else:
-                orchestrator.discard(job)
+                item.discard()
         return response
 
     return multigpu_prompt_middleware

@@ -10,8 +10,11 @@ from typing import TYPE_CHECKING, Any, Callable
 
 if TYPE_CHECKING:
     from .orchestrator import Orchestrator
+    from .queue_balancer import QueueBalancer
+    from .worker_client import OutputFile
 
 orchestrator: "Orchestrator | None" = None
+balancer: "QueueBalancer | None" = None
 
 
 def _never() -> bool:
@@ -34,3 +37,11 @@ raise_if_interrupted: Callable[[], None] = _no_op
 
 notify: Callable[[str, dict[str, Any]], None] = _log_only
 """Sends an event to the master's UI clients."""
+
+
+def _cannot_save(file: "OutputFile", data: bytes, worker_tag: str) -> dict[str, str]:
+    raise RuntimeError("Multi-GPU: saving files needs a running ComfyUI")
+
+
+save_output: Callable[["OutputFile", bytes, str], dict[str, str]] = _cannot_save
+"""Saves a file a worker made into the master's output or temp folder; returns its /view reference."""

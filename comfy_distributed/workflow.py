@@ -251,3 +251,25 @@ def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix:
     if not is_link(images):
         raise WorkflowError(f"Multi-GPU Collector {collector}: its images input is not connected")
     return nodes, relink(images)
+
+
+def flatten_for_single(prompt: Prompt) -> Prompt:
+    """The prompt for one plain ComfyUI: Distributors become their seed, Collectors pass through.
+
+    Used when a whole prompt runs on one worker (queue mode): there it is not distributed.
+    """
+    distributors = {n: distributor_seed(prompt, n) for n in nodes_of_class(prompt, DISTRIBUTOR_CLASS)}
+    collectors = {n: prompt[n].get("inputs", {}).get("images") for n in nodes_of_class(prompt, COLLECTOR_CLASS)}
+
+    def resolve(value: Any) -> Any:
+        while is_link(value) and str(value[0]) in collectors:
+            value = collectors[str(value[0])]
+        if is_link(value) and str(value[0]) in distributors:
+            return distributors[str(value[0])]
+        return copy.deepcopy(value)
+
+    return {
+        node_id: {**copy.deepcopy(node), "inputs": {k: resolve(v) for k, v in node.get("inputs", {}).items()}}
+        for node_id, node in prompt.items()
+        if node_id not in distributors and node_id not in collectors
+    }

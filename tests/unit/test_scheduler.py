@@ -94,3 +94,31 @@ def test_stale_events_are_ignored():
     assert s.handle(UnitFailed(2, "2", "timeout", "late duplicate")) == []
     assert s.handle(UnitDone(2, "2")) == []  # a late answer from the worker that was given up on
     assert s.running == {2: "1"}
+
+
+def test_dynamic_units_go_to_whoever_is_free():
+    from comfy_distributed.scheduler import Unit
+
+    s = JobScheduler(units=[Unit(p, p) for p in range(1, 6)], workers=["1", "2"])
+    assert s.start() == [Dispatch(1, "1"), Dispatch(2, "2")]
+    assert s.handle(UnitDone(1, "1")) == [Dispatch(3, "1")]
+    assert s.handle(MasterFree()) == [RunOnMaster((4,))]  # one unit at a time for the master
+    assert s.handle(UnitDone(3, "1")) == [Dispatch(5, "1")]
+    assert s.handle(MasterFree()) == []  # nothing left to take
+    s.handle(UnitDone(2, "2"))
+    s.handle(UnitDone(5, "1"))
+    assert s.settled() and s.on_master == [4]
+
+
+def test_weighted_plan_queues_then_failures_are_shared():
+    from comfy_distributed.scheduler import MASTER, Unit
+
+    s = JobScheduler(units=[Unit(p, p) for p in range(1, 6)], workers=["1", "2"],
+                     plan={MASTER: [1], "1": [2, 3], "2": [4, 5]})
+    assert s.start() == [Dispatch(2, "1"), Dispatch(4, "2")]
+    assert s.handle(UnitFailed(4, "2", "timeout", "t")) == []  # its own queue (5) and 4 become shared
+    assert s.shared == [4, 5]
+    assert s.handle(UnitDone(2, "1")) == [Dispatch(3, "1")]  # its own queue first
+    assert s.handle(MasterFree()) == [RunOnMaster((1,))]
+    assert s.handle(MasterFree()) == [RunOnMaster((4,))]
+    assert s.handle(UnitDone(3, "1")) == [Dispatch(5, "1")]

@@ -1,0 +1,80 @@
+"""Queue mode: routing whole prompts and taking their results back, against stand-in workers."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+from comfy_distributed.config import ConfigStore
+from comfy_distributed.queue_balancer import REMOTE_OUTPUT_CLASS, QueueBalancer
+from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from tests.standin import StandinComfy
+
+OUTPUT_CLASSES = {"SaveImage", "PreviewImage"}
+
+
+def plain(seed: int = 3) -> dict:
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": seed, "batch_size": 1, "width": 8, "height": 8, "delay": 0.0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "q"}},
+    }
+
+
+def with_collector() -> dict:
+    prompt = plain()
+    prompt["1"]["inputs"]["seed"] = ["5", 0]
+    prompt["5"] = {"class_type": DISTRIBUTOR_CLASS, "inputs": {"seed": 9}}
+    prompt["6"] = {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}}
+    prompt["2"]["inputs"]["images"] = ["6", 0]
+    return prompt
+
+
+def balancer(tmp_path, ports, master_load=1, **settings) -> QueueBalancer:
+    path = tmp_path / "gpu_config.json"
+    path.write_text(json.dumps({"workers": [{"id": i + 1, "name": f"GPU {i + 1}", "port": p}
+                                            for i, p in enumerate(ports)], "settings": settings}))
+    return QueueBalancer(ConfigStore(path), master_load=lambda: master_load,
+                         is_output_node=lambda class_type: class_type in OUTPUT_CLASSES)
+
+
+async def test_routing_rules(tmp_path):
+    assert balancer(tmp_path, [9001], queue_mode="off").route(plain())[1] is None
+    idle_master = balancer(tmp_path, [9001], master_load=0, queue_mode="no_collector")
+    assert idle_master.route(plain())[1] is None  # the master is the least busy: it keeps the prompt
+    busy = balancer(tmp_path, [9001], queue_mode="no_collector")
+    assert busy.route(with_collector())[1] is None  # distributed as usual
+    routed, forward = busy.route(plain())
+    assert forward is not None and forward.candidates[0].port == 9001
+    assert routed == {"2": {"class_type": REMOTE_OUTPUT_CLASS, "inputs": {"forward_id": forward.forward_id,
+                                                                         "node": "2"},
+                            "_meta": {"title": "SaveImage (on a worker)"}}}
+    everything = balancer(tmp_path, [9001], queue_mode="all")
+    _, forward = everything.route(with_collector())
+    assert forward is not None
+    assert {n["class_type"] for n in forward.prompt.values()} == {"DistributedTestImage", "SaveImage"}
+    assert forward.prompt["1"]["inputs"]["seed"] == 9 and forward.prompt["2"]["inputs"]["images"] == ["1", 0]
+
+
+async def test_forwarded_prompt_brings_its_files_back(tmp_path):
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1:
+        b = balancer(tmp_path, [w1.port], queue_mode="no_collector")
+        _, forward = b.route(plain(seed=4))
+        b.start(forward)
+        done = await asyncio.to_thread(b.wait, forward.forward_id, "2", lambda: False)
+        assert done.state == "done" and done.worker.port == w1.port
+        ((file, data),) = done.outputs["2"]
+        assert file.type == "output" and data.startswith(b"\x89PNG")
+        assert len(w1.received) == 1
+
+
+async def test_no_worker_able_means_the_master_runs_it(tmp_path):
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1, StandinComfy(tmp_path / "w2", name="w2") as w2:
+        w1.execution_error = "out of memory"
+        w2.execution_error = "out of memory"
+        b = balancer(tmp_path, [w1.port, w2.port], queue_mode="no_collector", max_retries=1)
+        _, forward = b.route(plain())
+        b.start(forward)
+        done = await asyncio.to_thread(b.wait, forward.forward_id, "2", lambda: False)
+        assert done.state == "master"
+        assert len(done.causes) == 2 and all("out of memory" in c for c in done.causes)
