@@ -72,7 +72,25 @@ def describe(prompt: Prompt, config: GpuConfig) -> dict[str, Any]:
             "batch_size": batch,
             "ranges": [[p.position * batch, (p.position + 1) * batch] if batch else None for p in people],
         }
+    mode = config.settings.scheduling_mode
+    if collectors:
+        chosen = prompt[collectors[0]].get("inputs", {}).get("scheduling", "default")
+        mode = chosen if chosen in ("static", "weighted", "dynamic") else mode
+    units = None
+    if mode != "static" and collectors:
+        try:
+            sizes = unit_sizes(literal_batch(prompt, collectors) * len(people), config.settings.unit_size)
+        except WorkflowError:
+            mode = "static"  # what the job will do, with a notice
+        else:
+            weights = [config.master.weight or 1.0] + [w.weight or 1.0 for w in config.enabled_workers()]
+            owner = {p: people[k].name for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
+            units = [{"position": p, "seed_offset": p, "batch": size,
+                      "planned": (owner[p] if mode == "weighted" else ("master" if p == 0 else None))}
+                     for p, size in enumerate(sizes)]
     return {
+        "mode": mode,
+        "units": units,
         "collectors": collectors,
         "participants": [
             {
