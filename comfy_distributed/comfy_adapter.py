@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 from typing import Any
 
 from . import runtime
@@ -84,7 +85,7 @@ def install() -> bool:
         return bool(getattr(comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type), "OUTPUT_NODE", False))
 
     health = HealthMonitor(store, notify)
-    orchestrator = Orchestrator(store, notify, health)
+    orchestrator = Orchestrator(store, notify, health, input_dir=lambda: Path(folder_paths.get_input_directory()))
     balancer = QueueBalancer(store, health, notify, master_load, is_output_node)
     runtime.orchestrator = orchestrator
     runtime.balancer = balancer

@@ -53,6 +53,7 @@ class HealthMonitor:
         self.store = store
         self.notify = notify or (lambda event, data: None)
         self._health: dict[str, WorkerHealth] = {}
+        self._epochs: dict[str, int] = {}
         self._launching_until: dict[str, float] = {}
         self._task: asyncio.Task | None = None
         self._session: aiohttp.ClientSession | None = None
@@ -95,6 +96,10 @@ class HealthMonitor:
         """A launcher started this worker: show it as launching until it answers or time runs out."""
         self._launching_until[str(worker_id)] = time.monotonic() + seconds
         self.poke()
+
+    def epoch(self, worker_id: int | str) -> int:
+        """Changes each time the worker comes (back) online: what was learnt about it before may be stale."""
+        return self._epochs.get(str(worker_id), 0)
 
     def status(self, worker_id: int | str) -> str | None:
         health = self._health.get(str(worker_id))
@@ -158,6 +163,8 @@ class HealthMonitor:
             health.status, health.error = "disabled", None
         else:
             await self._probe(worker, settings, health)
+        if health.status in ("idle", "busy") and previous not in ("idle", "busy"):
+            self._epochs[key] = self._epochs.get(key, 0) + 1  # (re)connected: cached facts may be stale
         if health.status != previous:
             routine = {previous, health.status} <= {"idle", "busy"}  # every job does this: keep the log quiet
             log.log(logging.DEBUG if routine else logging.INFO, "Multi-GPU: worker %s is %s%s", health.name,

@@ -19,6 +19,7 @@ import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
@@ -49,6 +50,7 @@ from .workflow import (
     validate_prompt_shape,
 )
 from .worker_client import WorkerClient
+from .worker_prep import MediaFile, MediaUploads, ObjectInfoCache, check_media_paths, find_media, preflight_problems, with_media
 
 if TYPE_CHECKING:
     from .health import HealthMonitor
@@ -130,6 +132,8 @@ class Job:
     changed: threading.Event = field(default_factory=threading.Event)
     master_asked: bool = False
     master_started: float = 0.0
+    media_names: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per worker: an input file's value in the prompt -> its name on that worker."""
 
     def unit_list(self) -> list[UnitRun]:
         return [self.units[p] for p in sorted(self.units)]
@@ -151,10 +155,15 @@ def _log_notify(event: str, data: dict[str, Any]) -> None:
 class Orchestrator:
     """Owns the distributed jobs of one master."""
 
-    def __init__(self, store: ConfigStore, notify: Notify = _log_notify, health: "HealthMonitor | None" = None) -> None:
+    def __init__(self, store: ConfigStore, notify: Notify = _log_notify, health: "HealthMonitor | None" = None,
+                 input_dir: Callable[[], Path | None] = lambda: None) -> None:
         self.store = store
         self.notify = notify
         self.health = health
+        self.input_dir = input_dir
+        """The master's input folder, whose files the workers receive when a prompt loads them."""
+        self._object_info = ObjectInfoCache(lambda worker_id: self.health.epoch(worker_id) if self.health else 0)
+        self._uploads = MediaUploads()
         self._jobs: dict[str, Job] = {}
         self._reserved: dict[str, float] = {}
         self._stash: dict[tuple[str, str], Any] = {}
@@ -212,6 +221,9 @@ class Orchestrator:
                          for p, size in enumerate(sizes) if p > 0}
                 plan = weighted_plan(len(sizes), self._weights(config)) if mode == "weighted" else None
             marked = mark_master_prompt(prompt, collectors, job_id, master_batch)
+            input_dir = self.input_dir()
+            if input_dir is not None:
+                check_media_paths(units[min(units)].prompt, input_dir)
         except WorkflowError as exc:
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
         job = Job(job_id, collectors, units, {str(w.id): w for w in workers}, config.settings, time.monotonic(),
@@ -248,13 +260,31 @@ class Orchestrator:
         return mark_master_prompt(prompt, collectors, job_id), job
 
     def start(self, job: Job, prompt_id: str | None = None) -> None:
-        """Dispatch the units now; must be called on the event loop that serves ComfyUI."""
+        """Prepare the workers and dispatch the units; must be called on the event loop that serves ComfyUI."""
         job.prompt_id = prompt_id
-        if job.settled.is_set() or job.scheduler is not None:
+        if job.settled.is_set() or job.loop is not None:
             return
         job.loop = asyncio.get_running_loop()
         job.session = aiohttp.ClientSession()
+        job.loop.create_task(self._begin(job), name=f"multigpu-job-{job.job_id}")
+
+    async def _begin(self, job: Job) -> None:
+        """Preflight and media sync on every worker that looks alive, then the scheduler's first actions."""
         unavailable = self.health.unavailable() if self.health is not None else {}
+        unavailable = {w: why for w, why in unavailable.items() if w in job.workers}
+        ready = [w for key, w in job.workers.items() if key not in unavailable]
+        try:
+            input_dir = self.input_dir()
+            media = await asyncio.to_thread(find_media, job.units[min(job.units)].prompt, input_dir) \
+                if input_dir is not None else []
+            problems = await asyncio.gather(*(self._prepare_worker(job, worker, media) for worker in ready))
+        except (WorkflowError, OSError) as exc:
+            self._abort(job, f"Multi-GPU: {exc}")
+            return
+        lacking = {str(w.id): problem for w, problem in zip(ready, problems) if problem}
+        for worker_id, (reason, message) in lacking.items():
+            self._tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], reason, message,
+                               rerun=not job.settings.skip_offline_workers or reason == "preflight")
         plan = job.plan
         if plan is not None and job.mode == "weighted":  # participant k of the plan -> its worker id
             names = [MASTER, *job.workers]
@@ -263,17 +293,53 @@ class Orchestrator:
             units=[Unit(p, u.seed_offset) for p, u in sorted(job.units.items())],
             workers=list(job.workers),
             plan=plan,
-            unavailable={w: why for w, why in unavailable.items() if w in job.workers},
+            unavailable={**unavailable, **{w: message for w, (_, message) in lacking.items()}},
             max_retries=job.settings.max_retries,
             skip_unavailable=job.settings.skip_offline_workers,
         )
         if not job.settings.skip_offline_workers:
-            for worker_id, why in job.scheduler.unavailable.items():
-                worker = job.workers[worker_id]
-                own = (job.scheduler.plan or {}).get(worker_id) or [min(job.units)]
-                self._tell_failure(job, job.units[own[0]], worker, "offline", f"offline at dispatch ({why})",
-                                   rerun=True)
-        self._carry_out(job, job.scheduler.start())
+            for worker_id, why in unavailable.items():
+                self._tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], "offline",
+                                   f"offline at dispatch ({why})", rerun=True)
+        actions = job.scheduler.start()
+        if job.master_asked:  # the Collector got there first
+            actions += job.scheduler.handle(MasterFree())
+        self._carry_out(job, actions)
+
+    async def _prepare_worker(self, job: Job, worker: WorkerConfig,
+                              media: list[MediaFile]) -> tuple[str, str] | None:
+        """(reason, message) when ``worker`` cannot take part, else None; syncs the job's input files to it."""
+        client = WorkerClient(worker, job.settings, job.session)
+        try:
+            info = await self._object_info.get(worker, client.object_info)
+        except WorkerError as exc:
+            return exc.reason, exc.message
+        lacks = preflight_problems(job.units[min(job.units)].prompt, info, {m.value for m in media})
+        if lacks:
+            return "preflight", "lacks " + "; ".join(lacks)
+        try:
+            job.media_names[str(worker.id)] = await self._uploads.sync(
+                media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
+        except WorkerError as exc:
+            return exc.reason, f"the input files could not be uploaded: {exc.message}"
+        return None
+
+    @staticmethod
+    def _own_unit(job: Job, worker_id: str) -> UnitRun | None:
+        if job.plan is None:
+            return None
+        if job.mode == "weighted":
+            index = list(job.workers).index(worker_id) + 1
+            positions = [p for p in job.plan.get(index, []) if p in job.units]
+        else:
+            positions = job.plan.get(worker_id, [])
+        return job.units[positions[0]] if positions else None
+
+    def _abort(self, job: Job, error: str) -> None:
+        log.error("%s", error)
+        job.error = error
+        job.settled.set()
+        job.changed.set()
 
     def discard(self, job: Job) -> None:
         """The master refused the prompt: forget the job before any worker is asked."""
@@ -285,7 +351,7 @@ class Orchestrator:
 
     def _handle(self, job: Job, event: UnitDone | UnitFailed | MasterFree) -> None:
         if job.scheduler is None or job.cancelled:
-            return
+            return  # a MasterFree before the scheduler exists is replayed by _begin (master_asked)
         self._carry_out(job, job.scheduler.handle(event))
 
     def _carry_out(self, job: Job, actions: list[Action]) -> None:
@@ -328,7 +394,8 @@ class Orchestrator:
             self._progress(job)
 
         try:
-            result = await client.run_prompt(unit.prompt, deadline, extra_data, on_progress=on_progress)
+            prompt = with_media(unit.prompt, job.media_names.get(str(worker.id), {}))
+            result = await client.run_prompt(prompt, deadline, extra_data, on_progress=on_progress)
             images = {}
             for collector in job.collectors:
                 files = result.images(collector)
@@ -366,16 +433,17 @@ class Orchestrator:
             self.health.poke()
         self._handle(job, UnitFailed(unit.position, str(worker.id), reason, message))
 
-    def _tell_failure(self, job: Job, unit: UnitRun, worker: WorkerConfig, reason: str, message: str,
+    def _tell_failure(self, job: Job, unit: UnitRun | None, worker: WorkerConfig, reason: str, message: str,
                       rerun: bool) -> None:
         then = "its unit is re-run elsewhere" if rerun else "no retry left for its unit"
         if reason == "offline":
             then = "its unit runs elsewhere" if rerun else "its unit is left out"
-        log.warning("Multi-GPU: job %s: worker %s (id %s) failed unit %s: %s; %s", job.job_id,
-                    worker.display_name, worker.id, unit.position, message, then)
+        log.warning("Multi-GPU: job %s: worker %s (id %s)%s: %s; %s", job.job_id, worker.display_name, worker.id,
+                    f" failed unit {unit.position}" if unit else "", message, then)
         self.notify("multigpu.worker_failed", {
             "job_id": job.job_id, "worker_id": worker.id, "worker": worker.display_name, "reason": reason,
-            "unit": unit.position, "rerun": rerun, "message": f"Worker {worker.display_name}: {message}",
+            "unit": unit.position if unit else None, "rerun": rerun,
+            "message": f"Worker {worker.display_name}: {message}",
         })
 
     def _progress(self, job: Job, force: bool = False) -> None:
@@ -488,6 +556,9 @@ class Orchestrator:
             if time.monotonic() > bound:  # every unit run has its own deadline: this only guards against a bug
                 self.cancel(job)
                 raise JobError(f"Multi-GPU job {job_id}: the workers did not settle in time")
+        if job.error:
+            self._claim(job, collector_id)
+            raise JobError(job.error)
         if job.cancelled:
             raise JobError(f"Multi-GPU job {job_id} was cancelled")
         units = job.unit_list()

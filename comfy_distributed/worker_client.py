@@ -11,6 +11,7 @@ import json
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Callable
 
 import aiohttp
@@ -131,12 +132,12 @@ class WorkerClient:
         return WorkerProtocolError(self.name, f"{what}: {exc}")
 
     async def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-                       timeout: float | None = None, expect_json: bool = True) -> Any:
+                       timeout: float | None = None, expect_json: bool = True, data: Any = None) -> Any:
         what = f"{method} {path}"
         try:
             async with self.session.request(
                 method, self.base_url + path, json=json_body, params=params, timeout=self._timeout(timeout),
-                headers=self.worker.headers,
+                headers=self.worker.headers, data=data,
             ) as response:
                 body = await response.read()
                 if response.status == 400 and path == "/prompt":
@@ -191,6 +192,26 @@ class WorkerClient:
 
     async def system_stats(self) -> dict:
         return await self._request("GET", "/system_stats")
+
+    async def object_info(self) -> dict:
+        """Every node class the worker has, with its inputs and their allowed values."""
+        return await self._request("GET", "/object_info", timeout=max(self.settings.request_timeout, 30.0))
+
+    async def upload_input(self, path: Path, name: str, subfolder: str = "") -> dict:
+        """Put a file into the worker's input folder (native ``POST /upload/image``).
+
+        Without overwrite, ComfyUI keeps an identical file as it is and gives a file of the same
+        name but other content a new name, which it returns.
+        """
+        form = aiohttp.FormData()
+        form.add_field("image", path.read_bytes(), filename=name, content_type="application/octet-stream")
+        form.add_field("type", "input")
+        form.add_field("subfolder", subfolder)
+        form.add_field("overwrite", "false")
+        answer = await self._request("POST", "/upload/image", data=form)
+        if not isinstance(answer, dict) or "name" not in answer:
+            raise WorkerProtocolError(self.name, "POST /upload/image: the answer has no name")
+        return answer
 
     async def queue_info(self) -> dict:
         """ComfyUI's ``GET /prompt``: ``{"exec_info": {"queue_remaining": n}}``."""

@@ -1,0 +1,179 @@
+"""Before a worker gets a job: can it run the workflow, and does it have the input files?
+
+Preflight compares the worker's copy of the prompt with the worker's ``/object_info``
+(cached per worker, fetched again after the worker came back from offline): every node
+class must exist, and every choice input (checkpoints, LoRAs, VAEs, samplers...) must be
+one of the values the worker offers. Media sync uploads the files the workflow loads from
+the master's input folder with the worker's native ``POST /upload/image`` (ComfyUI keeps
+one copy per content), once per worker and job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from .config import WorkerConfig
+from .errors import WorkflowError
+from .workflow import Prompt, is_link
+
+MEDIA_EXTENSIONS = frozenset({
+    ".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp", ".tif", ".tiff", ".mp4", ".webm", ".mov", ".mkv", ".avi",
+    ".m4v", ".wav", ".mp3", ".flac", ".ogg", ".m4a", ".aac", ".opus",
+})
+"""Input values that name a file of these kinds in the master's input folder are synced."""
+
+UPLOADS_AT_ONCE = 4
+TYPE_SUFFIXES = (" [input]", " [output]", " [temp]")
+
+
+@dataclass(slots=True, frozen=True)
+class MediaFile:
+    """A file of the master's input folder that a prompt loads."""
+
+    value: str
+    """The input value as written in the prompt (``name.png``, ``sub/name.png``, ``name.png [input]``)."""
+    path: Path
+    subfolder: str
+    name: str
+    sha256: str
+
+
+def media_values(prompt: Prompt) -> set[str]:
+    """String inputs that look like media file names (candidates for sync)."""
+    values = set()
+    for node in prompt.values():
+        for value in node.get("inputs", {}).values():
+            if isinstance(value, str) and not is_link(value):
+                bare = value[: -len(" [input]")] if value.endswith(" [input]") else value
+                if os.path.splitext(bare)[1].lower() in MEDIA_EXTENSIONS and not value.endswith(TYPE_SUFFIXES[1:]):
+                    values.add(value)
+    return values
+
+
+def _input_path(root: Path, value: str) -> Path:
+    bare = value[: -len(" [input]")] if value.endswith(" [input]") else value
+    path = (root / bare).resolve()
+    if os.path.isabs(bare) or os.path.commonpath((str(root), str(path))) != str(root):
+        raise WorkflowError(f"the input file {value!r} is outside the master's input folder; refused")
+    return path
+
+
+def check_media_paths(prompt: Prompt, input_dir: Path) -> None:
+    """Refuse a prompt that names a media file outside the master's input folder (cheap: no reading)."""
+    root = input_dir.resolve()
+    for value in media_values(prompt):
+        _input_path(root, value)
+
+
+def find_media(prompt: Prompt, input_dir: Path) -> list[MediaFile]:
+    """The master's input files that ``prompt`` names; a name escaping the input folder is refused."""
+    root = input_dir.resolve()
+    found = []
+    for value in sorted(media_values(prompt)):
+        path = _input_path(root, value)
+        if not path.is_file():
+            continue  # not a file of ours (a prompt text, a file the workers have): leave it alone
+        relative = path.relative_to(root).as_posix()
+        subfolder, _, name = relative.rpartition("/")
+        found.append(MediaFile(value, path, subfolder, name, _sha256(path)))
+    return found
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def with_media(prompt: Prompt, names: dict[str, str]) -> Prompt:
+    """The prompt with each synced file's value replaced by its name on the worker."""
+    if not names:
+        return prompt
+    return {
+        node_id: {**node, "inputs": {k: names.get(v, v) if isinstance(v, str) else v
+                                     for k, v in node.get("inputs", {}).items()}}
+        for node_id, node in prompt.items()
+    }
+
+
+def _choices(spec: Any) -> list | None:
+    """The allowed values of a choice input in /object_info (old and new COMBO forms)."""
+    if isinstance(spec, list) and spec:
+        if isinstance(spec[0], list):
+            return spec[0]
+        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
+            options = spec[1].get("options")
+            return options if isinstance(options, list) else None
+    return None
+
+
+def preflight_problems(prompt: Prompt, object_info: dict[str, Any], synced: set[str]) -> list[str]:
+    """What the worker lacks to run ``prompt``: missing node classes, unknown choice values."""
+    problems = []
+    for node_id, node in sorted(prompt.items()):
+        class_type = node.get("class_type")
+        info = object_info.get(class_type)
+        if not isinstance(info, dict):
+            problems.append(f"node class {class_type} (node {node_id})")
+            continue
+        declared = {**(info.get("input", {}).get("required") or {}), **(info.get("input", {}).get("optional") or {})}
+        for name, value in node.get("inputs", {}).items():
+            if is_link(value) or value in synced:
+                continue
+            choices = _choices(declared.get(name))
+            if choices is not None and isinstance(value, str) and value not in choices:
+                problems.append(f"{name} {value!r} (node {node_id}, {class_type})")
+    return problems
+
+
+class ObjectInfoCache:
+    """Each worker's /object_info, fetched again when the worker has been offline since."""
+
+    def __init__(self, epoch: Callable[[str], int] = lambda worker_id: 0) -> None:
+        self.epoch = epoch
+        self._cache: dict[str, tuple[int, str, dict]] = {}
+        self._locks: dict[str, asyncio.Lock] = {}
+
+    async def get(self, worker: WorkerConfig, fetch: Callable[[], Any]) -> dict:
+        key = str(worker.id)
+        lock = self._locks.setdefault(key, asyncio.Lock())
+        async with lock:
+            cached = self._cache.get(key)
+            current = self.epoch(key)
+            if cached is None or cached[0] != current or cached[1] != worker.base_url:
+                info = await fetch()
+                if not isinstance(info, dict):
+                    info = {}
+                self._cache[key] = (current, worker.base_url, info)
+            return self._cache[key][2]
+
+
+class MediaUploads:
+    """Uploads with bounded concurrency, at most once per worker and file in a job."""
+
+    def __init__(self) -> None:
+        self._semaphore: asyncio.Semaphore | None = None
+
+    @property
+    def semaphore(self) -> asyncio.Semaphore:
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(UPLOADS_AT_ONCE)
+        return self._semaphore
+
+    async def sync(self, files: list[MediaFile], upload: Callable[[MediaFile], Any]) -> dict[str, str]:
+        """Value in the prompt -> value on the worker, for every file."""
+        async def one(media: MediaFile) -> tuple[str, str]:
+            async with self.semaphore:
+                answer = await upload(media)
+            name = str(answer.get("name") or media.name)
+            subfolder = str(answer.get("subfolder") or "")
+            return media.value, f"{subfolder}/{name}" if subfolder else name
+
+        return dict(await asyncio.gather(*(one(m) for m in files)))
