@@ -39,3 +39,72 @@ def quantize_like_png(images: torch.Tensor) -> torch.Tensor:
     run on a worker, whose images travel as PNG files.
     """
     return (255.0 * images).clamp(0, 255).to(torch.uint8).to(images.dtype) / 255.0
+
+
+def decode_latent(data: bytes) -> torch.Tensor:
+    """A ``.latent`` file (SaveLatent's safetensors) to its samples, as ComfyUI's LoadLatent reads it."""
+    from safetensors.torch import load
+
+    tensors = load(data)
+    samples = tensors["latent_tensor"].float()
+    if "latent_format_version_0" not in tensors:
+        samples = samples * (1.0 / 0.18215)  # files from before the format version, as LoadLatent does
+    return samples
+
+
+def decode_audio(data: bytes) -> dict:
+    """An audio file to ComfyUI's AUDIO ({"waveform": [1, channels, samples], "sample_rate"}), read as
+    ComfyUI's LoadAudio reads files (PyAV, integer samples scaled by 2^15 or 2^31)."""
+    import av
+
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.audio[0]
+        rate, channels = stream.codec_context.sample_rate, stream.channels
+        frames = []
+        for frame in container.decode(streams=stream.index):
+            buffer = torch.from_numpy(frame.to_ndarray())
+            if buffer.shape[0] != channels:  # packed samples
+                buffer = buffer.view(-1, channels).t()
+            frames.append(buffer)
+    waveform = torch.cat(frames, dim=1)
+    if waveform.dtype == torch.int16:
+        waveform = waveform.float() / (2**15)
+    elif waveform.dtype == torch.int32:
+        waveform = waveform.float() / (2**31)
+    return {"waveform": waveform.float()[None], "sample_rate": rate}
+
+
+def decode_kind(kind: str, blobs: list[bytes], reference: object) -> object:
+    """Worker files of one kind as the value the master's Collector holds for that kind."""
+    if kind == "images":
+        return decode_batch(blobs).to(device=reference.device, dtype=reference.dtype)
+    if kind == "latent":
+        samples = torch.cat([decode_latent(blob) for blob in blobs], dim=0)
+        return {"samples": samples.to(device=reference["samples"].device, dtype=reference["samples"].dtype)}
+    audio = [decode_audio(blob) for blob in blobs]
+    return {"waveform": torch.cat([a["waveform"] for a in audio], dim=0), "sample_rate": audio[0]["sample_rate"]}
+
+
+def fits(kind: str, reference: object, value: object) -> str | None:
+    """Why ``value`` cannot join ``reference`` (None when it can)."""
+    if kind == "images":
+        if not same_frame(reference, value):
+            return f"images are {tuple(value.shape[1:3])} (height, width), the master's {tuple(reference.shape[1:3])}"
+    elif kind == "latent":
+        if tuple(reference["samples"].shape[1:]) != tuple(value["samples"].shape[1:]):
+            return f"latents are {tuple(value['samples'].shape[1:])}, the master's {tuple(reference['samples'].shape[1:])}"
+    else:
+        ours, theirs = reference["waveform"], value["waveform"]
+        if reference["sample_rate"] != value["sample_rate"] or tuple(ours.shape[1:]) != tuple(theirs.shape[1:]):
+            return (f"audio is {tuple(theirs.shape[1:])} at {value['sample_rate']} Hz, the master's "
+                    f"{tuple(ours.shape[1:])} at {reference['sample_rate']} Hz")
+    return None
+
+
+def join_kind(kind: str, values: list) -> object:
+    """One value from the values of all positions, in order."""
+    if kind == "images":
+        return torch.cat(values, dim=0)
+    if kind == "latent":
+        return {"samples": torch.cat([v["samples"] for v in values], dim=0)}
+    return {"waveform": torch.cat([v["waveform"] for v in values], dim=0), "sample_rate": values[0]["sample_rate"]}

@@ -16,6 +16,7 @@ from . import runtime
 from .errors import JobError
 from .workflow import (
     COLLECTOR_CLASS,
+    COLLECTOR_KINDS,
     DISTRIBUTOR_CLASS,
     JOB_INPUT,
     SCHEDULING_INPUT,
@@ -54,36 +55,45 @@ class MultiGPUSeedDistributor:
 
 
 class MultiGPUCollector:
-    """IMAGE in, IMAGE out: the master's batch, then worker 1's, worker 2's, ..."""
+    """Images (or a latent, or audio) in and out: the master's batch, then worker 1's, worker 2's, ..."""
 
     CATEGORY = "multigpu"
     DESCRIPTION = (
-        "Runs the part of the workflow above it on every enabled worker too, and outputs all "
-        "images: the master's first, then each worker's in config order."
+        "Runs the part of the workflow above it on every enabled worker too, and outputs everything: "
+        "the master's batch first, then each worker's in config order. Connect images, a latent or audio "
+        "(or several); each output carries what came in on the input of the same kind."
     )
-    RETURN_TYPES = ("IMAGE",)
+    RETURN_TYPES = tuple(spec[0] for spec in COLLECTOR_KINDS.values())
+    RETURN_NAMES = tuple(COLLECTOR_KINDS)
     FUNCTION = "collect"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {
-            "required": {"images": ("IMAGE",)},
-            "optional": {SCHEDULING_INPUT: (["default", *SCHEDULING_MODES], {
-                "default": "default",
-                "tooltip": "how the images are shared out; default follows settings.scheduling_mode"})},
-            "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"},
-        }
+        optional: dict[str, Any] = {kind: (spec[0],) for kind, spec in COLLECTOR_KINDS.items() if kind != "images"}
+        optional[SCHEDULING_INPUT] = (["default", *SCHEDULING_MODES], {
+            "default": "default", "tooltip": "how the work is shared out; default follows settings.scheduling_mode"})
+        return {"required": {}, "optional": {"images": ("IMAGE",), **optional},
+                "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
-    def collect(self, images: Any, scheduling: str = "default", unique_id: str | None = None,
-                prompt: dict | None = None) -> Any:
+    def collect(self, images: Any = None, latent: Any = None, audio: Any = None, scheduling: str = "default",
+                unique_id: str | None = None, prompt: dict | None = None) -> Any:
         collector_id = str(unique_id)
+        own = {kind: value for kind, value in (("images", images), ("latent", latent), ("audio", audio))
+               if value is not None}
+        if not own:
+            raise RuntimeError(f"Multi-GPU Collector {collector_id}: connect images, a latent or audio")
         job_id = ((prompt or {}).get(collector_id) or {}).get("inputs", {}).get(JOB_INPUT)
         if not job_id or runtime.orchestrator is None:
-            return (images,)  # no enabled workers: exactly as without this node
-        return next_step(prompt or {}, job_id, collector_id, {0: images})
+            return as_outputs(own)  # no enabled workers: exactly as without this node
+        return next_step(prompt or {}, job_id, collector_id, {0: own})
 
 
-def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, Any]) -> Any:
+def as_outputs(values: dict[str, Any]) -> tuple:
+    """The Collector's outputs in COLLECTOR_KINDS order; a kind not collected is None."""
+    return tuple(values.get(kind) for kind in COLLECTOR_KINDS)
+
+
+def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dict[str, Any]]) -> Any:
     """Ask the orchestrator what the master does next: run units here, or assemble the output."""
     orchestrator = runtime.orchestrator
     try:
@@ -94,40 +104,44 @@ def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, Any
     if isinstance(step, list):
         return run_on_master(prompt, job_id, collector_id, parts, step, orchestrator)
     parts = {**parts, **decode_parts(parts[0], step, collector_id, runtime.notify)}
-    return (assemble(parts, collector_id),)
+    return as_outputs(assemble(parts, collector_id))
 
 
-def decode_parts(reference: Any, result: Any, collector_id: str,
-                 notify: Callable[[str, dict], None]) -> dict[int, Any]:
-    """Position -> batch for each worker unit, decoded like ComfyUI's LoadImage."""
-    from .images import decode_batch, same_frame
+def decode_parts(reference: dict[str, Any], result: Any, collector_id: str,
+                 notify: Callable[[str, dict], None]) -> dict[int, dict[str, Any]]:
+    """Position -> {kind: value} for each worker unit, decoded like ComfyUI's loaders."""
+    from .images import decode_kind, fits
 
     parts = {}
-    for unit, blobs in result.images:
-        batch = decode_batch(blobs).to(device=reference.device, dtype=reference.dtype)
-        if not same_frame(reference, batch):
-            message = (f"images are {tuple(batch.shape[1:3])} (height, width), the master's "
-                       f"{tuple(reference.shape[1:3])}; left out")
+    for unit, files in result.outputs:
+        decoded = {kind: decode_kind(kind, blobs, reference[kind]) for kind, blobs in files.items() if kind in reference}
+        problem = next((fits(kind, reference[kind], value) for kind, value in decoded.items()
+                        if fits(kind, reference[kind], value)), None)
+        if problem:
+            message = f"{problem}; left out"
             notify("multigpu.worker_failed", {"worker_id": unit.worker.id, "worker": unit.name, "unit": unit.position,
                                               "reason": "size_mismatch", "rerun": False,
                                               "message": f"Worker {unit.name}: {message}"})
             log.warning("Multi-GPU Collector %s: worker %s: %s", collector_id, unit.name, message)
             continue
-        parts[unit.position] = batch
+        parts[unit.position] = decoded
     for unit in result.failures:
         log.warning("Multi-GPU Collector %s: unit %s left out: %s", collector_id, unit.position, unit.error)
     return parts
 
 
-def assemble(parts: dict[int, Any], collector_id: str) -> Any:
-    import torch
+def assemble(parts: dict[int, dict[str, Any]], collector_id: str) -> dict[str, Any]:
+    """Every kind, all positions in order."""
+    from .images import join_kind
 
-    merged = torch.cat([parts[position] for position in sorted(parts)], dim=0)
-    log.info("Multi-GPU Collector %s: %d images from %d units", collector_id, merged.shape[0], len(parts))
-    return merged
+    joined = {kind: join_kind(kind, [parts[p][kind] for p in sorted(parts) if kind in parts[p]])
+              for kind in parts[0]}
+    log.info("Multi-GPU Collector %s: %s from %d units", collector_id,
+             ", ".join(f"{kind}" for kind in joined), len(parts))
+    return joined
 
 
-def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int, Any], units: list,
+def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dict[str, Any]], units: list,
                   orchestrator: Any) -> dict[str, Any]:
     """Expand into a graph that runs ``units`` here, then asks for the next step (MultiGPUAssemble)."""
     orchestrator.stash(job_id, collector_id, parts)
@@ -136,9 +150,9 @@ def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int,
     round_id = f"{collector_id}.multigpu.{min(u.position for u in units)}"
     for unit in units:
         prefix = f"{collector_id}.multigpu.{unit.position}."
-        nodes, images = build_master_rerun(prompt, collector_id, unit.seed_offset, prefix, unit.batch)
+        nodes, links = build_master_rerun(prompt, collector_id, unit.seed_offset, prefix, unit.batch)
         graph.update(nodes)
-        part_inputs: dict[str, Any] = {"images": images, "position": unit.position}
+        part_inputs: dict[str, Any] = {**links, "position": unit.position}
         if previous is not None:
             part_inputs["parts"] = previous
         graph[prefix + "part"] = {"class_type": PART_CLASS, "inputs": part_inputs}
@@ -148,11 +162,11 @@ def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int,
                           "inputs": {"parts": previous, "job_id": job_id, "collector": collector_id},
                           "override_display_id": collector_id}
     log.debug("Multi-GPU Collector %s: running unit(s) %s on the master", collector_id, [u.position for u in units])
-    return {"result": ([assemble_id, 0],), "expand": graph}
+    return {"result": tuple([assemble_id, index] for index in range(len(COLLECTOR_KINDS))), "expand": graph}
 
 
 class MultiGPUUnitPart:
-    """Internal: carries a unit re-run on the master to the assembly, with its position."""
+    """Internal: carries a unit run on the master to the assembly, with its position."""
 
     CATEGORY = "multigpu/internal"
     RETURN_TYPES = (PARTS_TYPE,)
@@ -160,20 +174,24 @@ class MultiGPUUnitPart:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"images": ("IMAGE",), "position": ("INT", {"default": 1, "min": 1, "max": 1 << 20})},
-                "optional": {"parts": (PARTS_TYPE,)}}
+        optional: dict[str, Any] = {kind: (spec[0],) for kind, spec in COLLECTOR_KINDS.items()}
+        return {"required": {"position": ("INT", {"default": 1, "min": 1, "max": 1 << 20})},
+                "optional": {**optional, "parts": (PARTS_TYPE,)}}
 
-    def add(self, images: Any, position: int, parts: tuple | None = None) -> tuple[tuple]:
+    def add(self, position: int, parts: tuple | None = None, **values: Any) -> tuple[tuple]:
         from .images import quantize_like_png
 
-        return ((*(parts or ()), (position, quantize_like_png(images))),)
+        own = {kind: value for kind, value in values.items() if value is not None}
+        if "images" in own:  # as if it had travelled as a worker's PNG
+            own["images"] = quantize_like_png(own["images"])
+        return ((*(parts or ()), (position, own)),)
 
 
 class MultiGPUAssemble:
     """Internal: joins the units the master just ran, then takes the Collector's next step."""
 
     CATEGORY = "multigpu/internal"
-    RETURN_TYPES = ("IMAGE",)
+    RETURN_TYPES = tuple(spec[0] for spec in COLLECTOR_KINDS.values())
     FUNCTION = "assemble"
 
     @classmethod
@@ -187,9 +205,8 @@ class MultiGPUAssemble:
         if orchestrator is None:
             raise RuntimeError("Multi-GPU: the extension is not running")
         collected = dict(orchestrator.take_stash(job_id, collector))
-        base = collected[0]
-        for position, images in parts:
-            collected[position] = images.to(device=base.device, dtype=base.dtype)
+        for position, values in parts:
+            collected[position] = values
         return next_step(prompt or {}, job_id, collector, collected)
 
 

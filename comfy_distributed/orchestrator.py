@@ -41,7 +41,10 @@ from .scheduler import (
     UnitFailed,
 )
 from .workflow import (
+    COLLECTOR_KINDS,
     SCHEDULING_INPUT,
+    collector_links,
+    output_key,
     SCHEDULING_MODES,
     Prompt,
     build_worker_prompt,
@@ -132,6 +135,10 @@ class Job:
     changed: threading.Event = field(default_factory=threading.Event)
     master_asked: bool = False
     master_started: float = 0.0
+    kinds: dict[str, list[str]] = field(default_factory=dict)
+    """Per Collector: what it collects (images, latent, audio)."""
+    batch: int | None = None
+    """The workflow's literal batch size, when it has one (for speed measurements)."""
     media_names: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per worker: an input file's value in the prompt -> its name on that worker."""
 
@@ -141,11 +148,15 @@ class Job:
 
 @dataclass(slots=True)
 class CollectorResult:
-    """What a Collector needs: worker images by position, units to run on the master, what failed."""
+    """What a Collector needs: each worker unit's files by kind, units the master ran, what failed."""
 
-    images: list[tuple[UnitRun, list[bytes]]]
+    outputs: list[tuple[UnitRun, dict[str, list[bytes]]]]
     master_units: list[UnitRun]
     failures: list[UnitRun]
+
+    @property
+    def images(self) -> list[tuple[UnitRun, list[bytes]]]:
+        return [(unit, files["images"]) for unit, files in self.outputs if "images" in files]
 
 
 def _log_notify(event: str, data: dict[str, Any]) -> None:
@@ -209,6 +220,7 @@ class Orchestrator:
             return prompt, None  # exactly as without our nodes
         mode = self._mode(prompt, collectors, config)
         try:
+            kinds = {c: list(collector_links(prompt, c)) for c in collectors}
             if mode == "static":
                 units = {k + 1: UnitRun(k + 1, k + 1, build_worker_prompt(prompt, collectors, k + 1))
                          for k in range(len(workers))}
@@ -227,7 +239,11 @@ class Orchestrator:
         except WorkflowError as exc:
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
         job = Job(job_id, collectors, units, {str(w.id): w for w in workers}, config.settings, time.monotonic(),
-                  mode=mode, plan=plan)
+                  mode=mode, plan=plan, kinds=kinds)
+        try:
+            job.batch = literal_batch(prompt, collectors)
+        except WorkflowError:
+            pass
         with self._lock:
             self._jobs[job_id] = job
         return marked, job
@@ -314,7 +330,14 @@ class Orchestrator:
             info = await self._object_info.get(worker, client.object_info)
         except WorkerError as exc:
             return exc.reason, exc.message
-        lacks = preflight_problems(job.units[min(job.units)].prompt, info, {m.value for m in media})
+        synced = {m.value for m in media}
+        lacks = preflight_problems(job.units[min(job.units)].prompt, info, synced)
+        if lacks:  # the cached answer may predate a model or node added since: ask once more
+            try:
+                info = await self._object_info.get(worker, client.object_info, fresh=True)
+            except WorkerError as exc:
+                return exc.reason, exc.message
+            lacks = preflight_problems(job.units[min(job.units)].prompt, info, synced)
         if lacks:
             return "preflight", "lacks " + "; ".join(lacks)
         try:
@@ -397,13 +420,15 @@ class Orchestrator:
             prompt = with_media(unit.prompt, job.media_names.get(str(worker.id), {}))
             result = await client.run_prompt(prompt, deadline, extra_data, on_progress=on_progress)
             images = {}
-            for collector in job.collectors:
-                files = result.images(collector)
-                if not files:
-                    raise WorkerProtocolError(worker.display_name,
-                                              f"returned no images for Multi-GPU Collector {collector}")
-                remaining = max(deadline - time.monotonic(), 0.001)
-                images[collector] = [await client.view(file, timeout=remaining) for file in files]
+            for collector, kinds in job.kinds.items():
+                for kind in kinds:
+                    key = output_key(collector, kind)
+                    files = result.files(key, COLLECTOR_KINDS[kind][3])
+                    if not files:
+                        raise WorkerProtocolError(worker.display_name,
+                                                  f"returned no {kind} for Multi-GPU Collector {collector}")
+                    remaining = max(deadline - time.monotonic(), 0.001)
+                    images[key] = [await client.view(file, timeout=remaining) for file in files]
         except asyncio.CancelledError:
             if unit.state == "done":
                 return  # the worker posted its results itself (job_complete)
@@ -417,8 +442,7 @@ class Orchestrator:
             return
         if unit.state == "running" and unit.worker is worker:
             unit.images, unit.state, unit.progress = images, "done", 1.0
-            self._learn_speed(str(worker.id), sum(len(v) for v in images.values()) / max(len(images), 1),
-                              time.monotonic() - unit.started)
+            self._learn_speed(str(worker.id), float(unit.batch or job.batch or 1), time.monotonic() - unit.started)
             self._handle(job, UnitDone(unit.position, str(worker.id)))
 
     def _unit_failed(self, job: Job, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
@@ -510,6 +534,8 @@ class Orchestrator:
         if unit.state != "running":
             raise ResultRejected(f"unit {unit.position} of worker {worker_id} has already ended ({unit.state})",
                                  status=409)
+        if any(kinds != ["images"] for kinds in job.kinds.values()):
+            raise ResultRejected("this job collects latents or audio: job_complete carries images only")
         if set(outputs) != set(job.collectors):
             raise ResultRejected(f"outputs must have exactly the Collectors {job.collectors}, got {sorted(outputs)}")
         if any(not images for images in outputs.values()):
@@ -567,8 +593,10 @@ class Orchestrator:
         if given_up:
             raise JobError("Multi-GPU: " + "; ".join(
                 f"unit {u.position} (seed offset {u.seed_offset}) could not be run: {u.error}" for u in given_up))
+        kinds = job.kinds.get(collector_id, ["images"])
         return CollectorResult(
-            images=[(u, u.images[collector_id]) for u in units if u.state == "done" and collector_id in u.images],
+            outputs=[(u, {kind: u.images[output_key(collector_id, kind)] for kind in kinds}) for u in units
+                     if u.state == "done" and all(output_key(collector_id, kind) in u.images for kind in kinds)],
             master_units=[u for u in units if u.state == "master"],
             failures=[u for u in units if u.state == "skipped"],
         )

@@ -49,8 +49,13 @@ class PromptResult:
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def images(self, node_id: str) -> list[OutputFile]:
-        entries = self.outputs.get(node_id, {}).get("images", [])
-        return [OutputFile(e["filename"], e.get("subfolder", ""), e.get("type", "output")) for e in entries]
+        return self.files(node_id, "images")
+
+    def files(self, node_id: str, key: str) -> list[OutputFile]:
+        """The files an output node reported under ``key`` (images, latents, audio)."""
+        entries = self.outputs.get(node_id, {}).get(key, [])
+        return [OutputFile(e["filename"], e.get("subfolder", ""), e.get("type", "output"))
+                for e in entries if isinstance(e, dict) and "filename" in e]
 
 
 def summarize_rejection(body: Any) -> str:

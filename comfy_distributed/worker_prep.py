@@ -141,13 +141,14 @@ class ObjectInfoCache:
         self._cache: dict[str, tuple[int, str, dict]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
 
-    async def get(self, worker: WorkerConfig, fetch: Callable[[], Any]) -> dict:
+    async def get(self, worker: WorkerConfig, fetch: Callable[[], Any], fresh: bool = False) -> dict:
+        """The worker's node classes; ``fresh`` asks the worker again (a model may have been added)."""
         key = str(worker.id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
             cached = self._cache.get(key)
             current = self.epoch(key)
-            if cached is None or cached[0] != current or cached[1] != worker.base_url:
+            if fresh or cached is None or cached[0] != current or cached[1] != worker.base_url:
                 info = await fetch()
                 if not isinstance(info, dict):
                     info = {}

@@ -22,6 +22,42 @@ JOB_INPUT = "multigpu_job_id"
 """Input added to the master's Collector nodes so that they find their job when they run."""
 
 WORKER_OUTPUT_CLASS = "PreviewImage"
+
+COLLECTOR_KINDS: dict[str, tuple[str, str, str, str]] = {
+    "images": ("IMAGE", "PreviewImage", "images", "images"),
+    "latent": ("LATENT", "SaveLatent", "samples", "latents"),
+    "audio": ("AUDIO", "PreviewAudio", "audio", "audio"),
+}
+"""What a Collector collects: input -> (type, core output node on workers, its input, history key).
+The order is the Collector's output order."""
+
+
+def collector_links(prompt: Prompt, collector: str) -> dict[str, list]:
+    """The Collector's connected inputs, by kind."""
+    inputs = prompt[collector].get("inputs", {})
+    links = {kind: list(inputs[kind]) for kind in COLLECTOR_KINDS if is_link(inputs.get(kind))}
+    if not links:
+        raise WorkflowError(f"Multi-GPU Collector {collector}: connect images, a latent or audio")
+    return links
+
+
+def output_key(collector: str, kind: str) -> str:
+    """The node id of a Collector's output of this kind in a worker's copy (images keep the Collector's id)."""
+    return collector if kind == "images" else f"{collector}_{kind}"
+
+
+def _worker_output_nodes(collector: str, links: dict[str, list]) -> Prompt:
+    nodes: Prompt = {}
+    for kind, link in links.items():
+        _, class_type, input_name, _ = COLLECTOR_KINDS[kind]
+        inputs: dict[str, Any] = {input_name: link}
+        if class_type == "SaveLatent":
+            inputs["filename_prefix"] = "multigpu/latent"
+        nodes[output_key(collector, kind)] = {
+            "class_type": class_type, "inputs": inputs,
+            "_meta": {"title": f"Multi-GPU Collector {collector} {kind} (worker share)"},
+        }
+    return nodes
 SEED_MODULUS = 2**64
 """ComfyUI seeds are 64-bit unsigned; an offset seed wraps around instead of overflowing."""
 
@@ -179,14 +215,7 @@ def build_worker_prompt(prompt: Prompt, collectors: list[str], seed_offset: int,
         if node_id in seeds:
             continue
         if node_id in collectors:
-            images = node.get("inputs", {}).get("images")
-            if not is_link(images):
-                raise WorkflowError(f"Multi-GPU Collector {node_id}: its images input is not connected")
-            copy_[node_id] = {
-                "class_type": WORKER_OUTPUT_CLASS,
-                "inputs": {"images": list(images)},
-                "_meta": {"title": f"Multi-GPU Collector {node_id} (worker share)"},
-            }
+            copy_.update(_worker_output_nodes(node_id, collector_links(prompt, node_id)))
             continue
         new_node = copy.deepcopy(node)
         new_node["inputs"] = {
@@ -216,13 +245,13 @@ def unit_dependent(prompt: Prompt, collector: str, resized: set[str]) -> set[str
 
 
 def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix: str,
-                       batch: int | None = None) -> tuple[Prompt, list]:
+                       batch: int | None = None) -> tuple[Prompt, dict[str, list]]:
     """Nodes that run one unit on the master, as a ComfyUI graph expansion.
 
     Only the nodes that depend on the unit (its seed, its batch size) are copied under
     ``prefix``; everything else is linked to the nodes the master already ran, so ComfyUI's
-    cache serves it (a loaded checkpoint is not loaded again). Returns the nodes and the
-    link to the unit's images.
+    cache serves it (a loaded checkpoint is not loaded again). Returns the nodes and, per
+    kind the Collector collects, the link to the unit's output.
     """
     resized = {node_id for node_id, _ in _batch_sources(prompt, [collector])} if batch is not None else set()
     dependent = unit_dependent(prompt, collector, resized)
@@ -247,10 +276,7 @@ def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix:
         if node_id in resized:
             node["inputs"]["batch_size"] = batch
         nodes[prefix + node_id] = node
-    images = prompt[collector].get("inputs", {}).get("images")
-    if not is_link(images):
-        raise WorkflowError(f"Multi-GPU Collector {collector}: its images input is not connected")
-    return nodes, relink(images)
+    return nodes, {kind: relink(link) for kind, link in collector_links(prompt, collector).items()}
 
 
 def flatten_for_single(prompt: Prompt) -> Prompt:
@@ -259,11 +285,12 @@ def flatten_for_single(prompt: Prompt) -> Prompt:
     Used when a whole prompt runs on one worker (queue mode): there it is not distributed.
     """
     distributors = {n: distributor_seed(prompt, n) for n in nodes_of_class(prompt, DISTRIBUTOR_CLASS)}
-    collectors = {n: prompt[n].get("inputs", {}).get("images") for n in nodes_of_class(prompt, COLLECTOR_CLASS)}
+    kinds = list(COLLECTOR_KINDS)
+    collectors = {n: prompt[n].get("inputs", {}) for n in nodes_of_class(prompt, COLLECTOR_CLASS)}
 
     def resolve(value: Any) -> Any:
-        while is_link(value) and str(value[0]) in collectors:
-            value = collectors[str(value[0])]
+        while is_link(value) and str(value[0]) in collectors and 0 <= value[1] < len(kinds):
+            value = collectors[str(value[0])].get(kinds[value[1]])
         if is_link(value) and str(value[0]) in distributors:
             return distributors[str(value[0])]
         return copy.deepcopy(value)

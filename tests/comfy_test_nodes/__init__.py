@@ -77,6 +77,33 @@ class DistributedTestImage:
         return (seeded_images(seed, batch_size, width, height),)
 
 
+class DistributedTestLatent:
+    """A seeded latent, to test collecting LATENT; ``note`` is any text (for input-handling tests)."""
+
+    CATEGORY = "testing/distributed"
+    RETURN_TYPES = ("LATENT",)
+    FUNCTION = "generate"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "seed": ("INT", {"default": 0, "min": 0, "max": 0xFFFFFFFFFFFFFFFF}),
+                "batch_size": ("INT", {"default": 1, "min": 1, "max": 64}),
+                "width": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 8}),
+                "height": ("INT", {"default": 64, "min": 8, "max": 4096, "step": 8}),
+            },
+            "optional": {"note": ("STRING", {"default": ""})},
+        }
+
+    def generate(self, seed: int, batch_size: int, width: int, height: int, note: str = ""):
+        latents = []
+        for index in range(batch_size):
+            generator = torch.Generator().manual_seed((seed * 1000 + index) % (2**63))
+            latents.append(torch.randn((4, height // 8, width // 8), generator=generator, dtype=torch.float32))
+        return ({"samples": torch.stack(latents)},)
+
+
 class DistributedTestFail:
     """Raises during execution, to test how an execution error on a worker is reported."""
 
@@ -95,8 +122,10 @@ class DistributedTestFail:
 NODE_CLASS_MAPPINGS = {
     "DistributedTestImage": DistributedTestImage,
     "DistributedTestFail": DistributedTestFail,
+    "DistributedTestLatent": DistributedTestLatent,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DistributedTestImage": "Distributed Test Image",
     "DistributedTestFail": "Distributed Test Fail",
+    "DistributedTestLatent": "Distributed Test Latent",
 }

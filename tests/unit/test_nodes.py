@@ -47,8 +47,10 @@ def test_distributor_passes_the_seed_on_the_master():
 
 def test_collector_without_job_is_a_pass_through():
     images = torch.rand(2, 8, 8, 3)
-    (out,) = MultiGPUCollector().collect(images, unique_id="3", prompt={"3": {"inputs": {}}})
-    assert out is images
+    out, latent, audio = MultiGPUCollector().collect(images, unique_id="3", prompt={"3": {"inputs": {}}})
+    assert out is images and latent is None and audio is None
+    samples = {"samples": torch.rand(1, 4, 8, 8)}
+    assert MultiGPUCollector().collect(latent=samples, unique_id="3", prompt={})[1] is samples
 
 
 def test_decode_matches_comfyui_load_image_and_round_trips_8_bit():
@@ -66,22 +68,37 @@ def test_parts_are_ordered_by_position_and_a_mismatched_size_is_left_out():
     wrong = np.full((6, 4, 3), 30, dtype=np.uint8)
     events = []
     result = CollectorResult(
-        images=[(unit(3, "GPU 3"), [png(two)]), (unit(1, "GPU 1"), [png(one), png(one)]),
-                (unit(2, "GPU 2"), [png(wrong)])],
+        outputs=[(unit(3, "GPU 3"), {"images": [png(two)]}), (unit(1, "GPU 1"), {"images": [png(one), png(one)]}),
+                 (unit(2, "GPU 2"), {"images": [png(wrong)]})],
         master_units=[],
         failures=[unit(4, "GPU 4", "offline")],
     )
-    parts = {0: master, **decode_parts(master, result, "3", lambda e, d: events.append((e, d)))}
-    merged = assemble(parts, "3")
+    parts = {0: {"images": master}, **decode_parts({"images": master}, result, "3",
+                                                   lambda e, d: events.append((e, d)))}
+    merged = assemble(parts, "3")["images"]
     values = [round(float(image[0, 0, 0]) * 255) for image in merged]
     assert values == [0, 0, 10, 10, 20]
     assert events and "GPU 2" in events[0][1]["message"]
 
 
+def test_latents_travel_exactly_like_save_latent_writes_them():
+    from safetensors.torch import save
+
+    from comfy_distributed.images import decode_kind, join_kind
+
+    samples = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
+    blob = save({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])})
+    decoded = decode_kind("latent", [blob], {"samples": torch.zeros(1, 4, 8, 8)})
+    assert torch.equal(decoded["samples"], samples)
+    joined = join_kind("latent", [{"samples": samples[:1]}, decoded])
+    assert joined["samples"].shape == (3, 4, 8, 8)
+
+
 def test_unit_run_on_the_master_equals_its_png_round_trip():
     images = torch.rand(2, 5, 5, 3, generator=torch.Generator().manual_seed(1))
-    (parts,) = MultiGPUUnitPart().add(images, 2)
-    ((position, quantized),) = parts
+    (parts,) = MultiGPUUnitPart().add(2, images=images)
+    ((position, values),) = parts
+    quantized = values["images"]
     array = np.clip(255.0 * images.numpy(), 0, 255).astype(np.uint8)
     assert position == 2
     # exactly what a worker's PNG gives after ComfyUI's LoadImage-style decode

@@ -48,7 +48,7 @@ def test_master_rerun_copies_only_what_the_unit_changes():
     assert nodes["p.1"]["inputs"]["batch_size"] == 1
     assert nodes["p.2"]["inputs"]["seed"] == 103
     assert nodes["p.2"]["inputs"]["model"] == ["8", 0] and nodes["p.2"]["inputs"]["latent_image"] == ["p.1", 0]
-    assert images == ["p.3", 0]
+    assert images == {"images": ["p.3", 0]}
     same_batch, _ = build_master_rerun(prompt(), "4", seed_offset=3, prefix="q.")
     assert set(same_batch) == {"q.2", "q.3"}  # static re-run: the latent is reused too
 
