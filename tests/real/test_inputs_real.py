@@ -128,6 +128,8 @@ def test_audio_is_collected_in_order(cluster):
 
     from comfy_distributed.images import decode_audio
 
+    if "LoadAudio" not in (http_json("GET", f"{cluster.master.url}/object_info/LoadAudio") or {}):
+        pytest.skip("this ComfyUI has no audio nodes (they need torchaudio, which its environment lacks)")
     samples = (np.random.default_rng(9).integers(-20000, 20000, (1, 4000))).astype(np.int16)
     with wave.open(str(cluster.master.base_dir / "input" / "tone.wav"), "wb") as handle:
         handle.setnchannels(1)
