@@ -59,8 +59,8 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not allowed in JSON")
 
 
-async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
-    """The body as a JSON object, read up to ``limit`` bytes."""
+async def read_json_object(request: web.Request, limit: int, empty_ok: bool = False) -> dict[str, Any]:
+    """The body as a JSON object, read up to ``limit`` bytes; an empty body is ``{}`` when ``empty_ok``."""
     if request.content_length is not None and request.content_length > limit:
         raise ApiError(413, f"the body is larger than {limit} bytes")
     body = bytearray()
@@ -68,6 +68,8 @@ async def read_json_object(request: web.Request, limit: int) -> dict[str, Any]:
         body += chunk
         if len(body) > limit:
             raise ApiError(413, f"the body is larger than {limit} bytes")
+    if empty_ok and not body:
+        return {}
     try:
         data = json.loads(bytes(body), parse_constant=_reject_constant)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
@@ -190,7 +192,7 @@ class MultiGPUApi:
     def _update(self, change: Callable[[dict[str, Any]], None]) -> GpuConfig:
         self._config()  # a broken file is a 409, not the caller's fault
         try:
-            config = self.store.update_data(change)
+            config = self.store.update_data(change, strict=True)
         except ConfigError as exc:
             raise ApiError(400, str(exc)) from None
         if self.health is not None:
@@ -351,7 +353,7 @@ class MultiGPUApi:
     # --- memory and status ----------------------------------------------------------------
 
     async def clear_memory(self, request: web.Request) -> web.Response:
-        data = await read_json_object(request, MAX_BODY)
+        data = await read_json_object(request, MAX_BODY, empty_ok=True)
         _check_fields(data, frozenset({"worker_ids", "master"}))
         config = self._config()
         include_master = data.get("master", True)

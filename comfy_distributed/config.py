@@ -129,8 +129,9 @@ class WorkerConfig(_Model):
         for name, header_value in value.items():
             if not _HEADER_NAME.match(name):
                 raise ValueError(f"{name!r} is not a valid HTTP header name")
-            if len(header_value) > 4096 or any(c in header_value for c in "\r\n\0"):
-                raise ValueError(f"the value of {name} must be one line of at most 4096 characters")
+            if len(header_value) > 4096 or any((ord(c) < 32 and c != "\t") or ord(c) == 127 for c in header_value):
+                raise ValueError(f"the value of {name} must be one line of at most 4096 characters "
+                                 "without control characters")
         return value
 
     @field_validator("id")
@@ -146,6 +147,8 @@ class WorkerConfig(_Model):
         if value is None or value == "":
             return None
         value = value.strip()
+        if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in value):
+            raise ValueError("must not contain spaces or control characters")
         if "://" in value:
             parts = urlsplit(value)
             if parts.scheme not in ("http", "https"):
@@ -153,9 +156,11 @@ class WorkerConfig(_Model):
             if not parts.hostname or parts.query or parts.fragment or parts.username:
                 raise ValueError("must be http(s)://host[:port][/path] without query, fragment or user")
             try:
-                parts.port
+                port = parts.port
             except ValueError as exc:
                 raise ValueError(f"has a bad port: {exc}") from exc
+            if port == 0:
+                raise ValueError("has port 0; give a port from 1 to 65535 or none")
             return value.rstrip("/")
         if _is_ip(value.strip("[]")) or _HOSTNAME.match(value):
             return value
@@ -280,11 +285,12 @@ def format_validation_error(source: str, exc: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def parse_config(data: Any, source: str = "gpu_config.json") -> GpuConfig:
+def parse_config(data: Any, source: str = "gpu_config.json", strict: bool = False) -> GpuConfig:
+    """Validate ``data``; ``strict`` refuses conversions ("1" for a number, 1 for true), for API writes."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: the top level must be a JSON object")
     try:
-        return GpuConfig.model_validate(data)
+        return GpuConfig.model_validate(data, strict=strict)
     except ValidationError as exc:
         raise ConfigError(format_validation_error(source, exc)) from exc
 
@@ -356,12 +362,12 @@ class ConfigStore:
                 self._stamp = stamp
             return self._cached.model_copy(deep=True)
 
-    def update_data(self, change: Callable[[dict[str, Any]], None]) -> GpuConfig:
+    def update_data(self, change: Callable[[dict[str, Any]], None], strict: bool = False) -> GpuConfig:
         """Like :meth:`update`, on the JSON form: errors then name the field as the file does."""
         with self._lock:
             data = self.get().model_dump(mode="json")
             change(data)
-            validated = parse_config(data, self.path.name)
+            validated = parse_config(data, self.path.name, strict=strict)
             save_config(self.path, validated)
             self._cached = validated
             self._stamp = self._file_stamp()

@@ -159,7 +159,7 @@ class WorkerClient:
                 return parsed
         except WorkerError:
             raise
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError) as exc:
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             raise self._convert(exc, what) from exc
 
     async def submit(self, prompt: dict, client_id: str, prompt_id: str, extra_data: dict | None = None) -> str:

@@ -125,7 +125,9 @@ def distributed_collectors(prompt: Prompt) -> list[str]:
 
 
 def _node_sort_key(node_id: str) -> tuple[int, int | str]:
-    return (0, int(node_id)) if node_id.isdigit() else (1, node_id)
+    """Numeric ids in numeric order first (as ComfyUI's UI numbers nodes), then the others."""
+    numeric = node_id.isascii() and node_id.isdigit() and len(node_id) <= 30
+    return (0, int(node_id)) if numeric else (1, node_id)
 
 
 def offset_seed(seed: int, offset: int) -> int:

@@ -1,0 +1,887 @@
+"""The OpenAPI document against the real /multigpu routes.
+
+The document must be structurally valid OpenAPI 3.1, list exactly the routes that
+``MultiGPUApi.add_routes`` registers, be served unchanged at ``GET /multigpu/openapi.json``,
+and describe what the handlers really do: the request properties they accept, the ones they
+require, the types they enforce, and every error status they answer.
+
+This module also holds what the other API tests share: ``ApiUnderTest`` (the real aiohttp
+app on port 0 over a temporary gpu_config.json whose workers point at loopback ports that
+nothing listens on, plus, on request, a local stub worker), a JSON Schema checker for the
+subset the document uses, and ``check_reply`` (the invariants every answer keeps).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, AsyncIterator, Callable
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+
+from comfy_distributed.api import MAX_BODY, MAX_PROMPT_BODY, MAX_RESULT_BODY, OPENAPI_PATH, TOKEN_ENV, MultiGPUApi
+from comfy_distributed.config import ConfigStore, GpuConfig, load_config, public_view
+from comfy_distributed.orchestrator import EXTRA_DATA_KEY, Job, Orchestrator
+from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+
+OPENAPI: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+CONFIG_NAME = "gpu_config.json"
+TOKEN = "test-token-0123456789abcdef"
+HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
+BODY_LIMITS = {"/multigpu/prepare_job": MAX_PROMPT_BODY, "/multigpu/job_complete": MAX_RESULT_BODY}
+CONFIG_PATHS = frozenset({"/multigpu/config/update_worker", "/multigpu/config/add_worker",
+                          "/multigpu/config/remove_worker", "/multigpu/config/update_setting"})
+"""The only routes allowed to change gpu_config.json."""
+STUB_NODE_CLASSES = ("DistributedTestImage", "PreviewImage", "SaveImage", "PrimitiveInt")
+PNG = b"\x89PNG\r\n\x1a\n" + b"\x00" * 16
+PNG_B64 = base64.b64encode(PNG).decode()
+
+
+@pytest.fixture(autouse=True)
+def _no_token_from_environment(monkeypatch):
+    monkeypatch.delenv(TOKEN_ENV, raising=False)
+
+
+# --- the document --------------------------------------------------------------------------
+
+
+def operations() -> list[tuple[str, str, dict[str, Any]]]:
+    """(METHOD, path, operation) for every documented operation."""
+    return [(method.upper(), path, item[method]) for path, item in OPENAPI["paths"].items()
+            for method in HTTP_METHODS if method in item]
+
+
+def operation(method: str, path: str) -> dict[str, Any]:
+    return OPENAPI["paths"][path][method.lower()]
+
+
+def resolve(ref: str, root: dict[str, Any] = OPENAPI) -> Any:
+    assert ref.startswith("#/"), f"only local $refs are expected, got {ref!r}"
+    node: Any = root
+    for part in ref[2:].split("/"):
+        part = part.replace("~1", "/").replace("~0", "~")
+        assert isinstance(node, dict) and part in node, f"$ref {ref!r} does not resolve (at {part!r})"
+        node = node[part]
+    return node
+
+
+def request_schema(method: str, path: str) -> dict[str, Any] | None:
+    body = operation(method, path).get("requestBody")
+    if body is None:
+        return None
+    schema = body["content"]["application/json"]["schema"]
+    return resolve(schema["$ref"]) if "$ref" in schema else schema
+
+
+def body_limit(path: str) -> int:
+    return BODY_LIMITS.get(path, MAX_BODY)
+
+
+def secured(method: str, path: str) -> bool:
+    return bool(operation(method, path).get("security", OPENAPI.get("security")))
+
+
+# --- a checker for the JSON Schema subset the document uses ----------------------------------
+
+SCHEMA_KEYWORDS = frozenset({
+    "$ref", "type", "enum", "const", "properties", "required", "additionalProperties", "items", "oneOf", "anyOf",
+    "allOf", "pattern", "minLength", "maxLength", "minimum", "maximum", "exclusiveMinimum", "minItems", "maxItems",
+    # annotations, no effect on validation
+    "description", "format", "default", "title", "examples",
+})
+
+
+def _json_type(value: Any) -> set[str]:
+    if value is None:
+        return {"null"}
+    if isinstance(value, bool):
+        return {"boolean"}
+    if isinstance(value, int):
+        return {"integer", "number"}
+    if isinstance(value, float):
+        return {"number", "integer"} if value.is_integer() else {"number"}
+    if isinstance(value, str):
+        return {"string"}
+    if isinstance(value, list):
+        return {"array"}
+    if isinstance(value, dict):
+        return {"object"}
+    return {"unknown"}
+
+
+def schema_errors(value: Any, schema: dict[str, Any] | bool, where: str = "$") -> list[str]:
+    """Why ``value`` does not match ``schema`` (empty when it does)."""
+    if schema is True:
+        return []
+    if schema is False:
+        return [f"{where}: no value is allowed here"]
+    if "$ref" in schema:
+        return schema_errors(value, resolve(schema["$ref"]), where)
+    errors: list[str] = []
+    if "type" in schema:
+        allowed = {schema["type"]} if isinstance(schema["type"], str) else set(schema["type"])
+        if not allowed & _json_type(value):
+            return [f"{where}: {value!r:.80} is not of type {sorted(allowed)}"]
+    if "enum" in schema and value not in schema["enum"]:
+        errors.append(f"{where}: {value!r:.80} is not one of {schema['enum']}")
+    if "const" in schema and value != schema["const"]:
+        errors.append(f"{where}: {value!r:.80} is not {schema['const']!r}")
+    if "oneOf" in schema:
+        matches = sum(not schema_errors(value, sub, where) for sub in schema["oneOf"])
+        if matches != 1:
+            errors.append(f"{where}: {value!r:.80} matches {matches} of the oneOf alternatives, not exactly one")
+    if "anyOf" in schema and not any(not schema_errors(value, sub, where) for sub in schema["anyOf"]):
+        errors.append(f"{where}: {value!r:.80} matches none of the anyOf alternatives")
+    for sub in schema.get("allOf", []):
+        errors += schema_errors(value, sub, where)
+    if isinstance(value, str):
+        if "maxLength" in schema and len(value) > schema["maxLength"]:
+            errors.append(f"{where}: longer than {schema['maxLength']}")
+        if "minLength" in schema and len(value) < schema["minLength"]:
+            errors.append(f"{where}: shorter than {schema['minLength']}")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            errors.append(f"{where}: {value!r:.80} does not match {schema['pattern']}")
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        if "minimum" in schema and value < schema["minimum"]:
+            errors.append(f"{where}: {value} < {schema['minimum']}")
+        if "exclusiveMinimum" in schema and value <= schema["exclusiveMinimum"]:
+            errors.append(f"{where}: {value} <= {schema['exclusiveMinimum']}")
+        if "maximum" in schema and value > schema["maximum"]:
+            errors.append(f"{where}: {value} > {schema['maximum']}")
+    if isinstance(value, list):
+        if "items" in schema:
+            for index, item in enumerate(value):
+                errors += schema_errors(item, schema["items"], f"{where}[{index}]")
+        if "minItems" in schema and len(value) < schema["minItems"]:
+            errors.append(f"{where}: fewer than {schema['minItems']} items")
+        if "maxItems" in schema and len(value) > schema["maxItems"]:
+            errors.append(f"{where}: more than {schema['maxItems']} items")
+    if isinstance(value, dict):
+        properties = schema.get("properties", {})
+        for name in schema.get("required", []):
+            if name not in value:
+                errors.append(f"{where}: missing required property {name!r}")
+        extra = schema.get("additionalProperties", True)
+        for name, item in value.items():
+            if name in properties:
+                errors += schema_errors(item, properties[name], f"{where}.{name}")
+            else:
+                errors += schema_errors(item, extra, f"{where}.{name}")
+    return errors
+
+
+def walk(node: Any, where: str = "#") -> list[tuple[str, Any]]:
+    """Every (JSON pointer, node) in a document."""
+    found = [(where, node)]
+    if isinstance(node, dict):
+        for key, child in node.items():
+            found += walk(child, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            found += walk(child, f"{where}/{index}")
+    return found
+
+
+def schemas_in_document() -> list[tuple[str, dict[str, Any]]]:
+    """Every JSON Schema object in the document, with its location."""
+    found: list[tuple[str, dict[str, Any]]] = []
+
+    def visit(schema: Any, where: str) -> None:
+        if not isinstance(schema, dict):
+            return
+        found.append((where, schema))
+        for key in ("properties",):
+            for name, sub in schema.get(key, {}).items():
+                visit(sub, f"{where}/{key}/{name}")
+        for key in ("items", "additionalProperties"):
+            visit(schema.get(key), f"{where}/{key}")
+        for key in ("oneOf", "anyOf", "allOf"):
+            for index, sub in enumerate(schema.get(key, [])):
+                visit(sub, f"{where}/{key}/{index}")
+
+    for name, schema in OPENAPI.get("components", {}).get("schemas", {}).items():
+        visit(schema, f"#/components/schemas/{name}")
+    for method, path, op in operations():
+        where = f"#/paths/{path}/{method.lower()}"
+        for media, content in op.get("requestBody", {}).get("content", {}).items():
+            visit(content.get("schema"), f"{where}/requestBody/{media}")
+        for status, response in op["responses"].items():
+            for media, content in response.get("content", {}).items():
+                visit(content.get("schema"), f"{where}/responses/{status}/{media}")
+    return found
+
+
+# --- the API under test ----------------------------------------------------------------------
+
+
+def workflow(seed: Any = 42, batch: int = 2) -> dict[str, Any]:
+    """An API-format prompt with one Distributor and one Collector (node "3")."""
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": ["2", 0], "batch_size": batch, "width": 32, "height": 24, "delay": 0.0}},
+        "2": {"class_type": DISTRIBUTOR_CLASS, "inputs": {"seed": seed}},
+        "3": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "out"}},
+    }
+
+
+@dataclass
+class Reply:
+    method: str
+    path: str
+    status: int
+    headers: Any
+    body: bytes
+    request: str  # a short description of what was sent, for failure messages
+
+    @property
+    def data(self) -> Any:
+        return json.loads(self.body, parse_constant=_no_constants)
+
+    @property
+    def error(self) -> str:
+        data = self.data
+        return data.get("error", "") if isinstance(data, dict) else ""
+
+    def __str__(self) -> str:
+        return f"{self.method} {self.path} {self.request} -> {self.status} {self.body[:600]!r}"
+
+
+def _no_constants(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def strict_json(text: bytes | str) -> Any:
+    """``json.loads`` without the NaN/Infinity extensions: what any JSON parser accepts."""
+    return json.loads(text, parse_constant=_no_constants)
+
+
+class ApiUnderTest:
+    """The real /multigpu app on 127.0.0.1:0 over ``directory/gpu_config.json``.
+
+    Its workers point at loopback ports held by bound sockets that never listen, so a
+    connection to them is refused at once and nothing else is ever contacted. With
+    ``stub=True`` one more worker ("stub") points at a tiny local aiohttp server that
+    answers like an idle ComfyUI whose prompts never finish; with ``share=True`` it is the
+    only enabled worker, so that ``open_share`` can start a job whose unit waits there for
+    its results (as a worker running this extension would post them to job_complete).
+    ``config_text`` replaces the baseline file verbatim.
+    """
+
+    def __init__(self, directory: Path, *, token: str | None = None, public: bool = False,
+                 workers: int = 3, stub: bool = False, share: bool = False, config_text: str | None = None,
+                 free_master: Callable[[], None] | None = None, **client_kwargs: Any) -> None:
+        self.directory = directory
+        self.path = directory / CONFIG_NAME
+        self.token = token
+        self.public = public
+        self.worker_count = workers
+        self.want_stub = stub or share
+        self.share_mode = share
+        self.config_text = config_text
+        self.free_master = free_master
+        self.client_kwargs = client_kwargs
+        self.sockets: list[socket.socket] = []
+        self.ports: list[int] = []
+        self.stub: TestServer | None = None
+        self.stub_prompts: list[dict[str, Any]] = []
+        self.stub_requests: list[tuple[str, str]] = []
+        self.events: list[tuple[str, dict]] = []
+        self.started_jobs: list[Job] = []
+        self.client: TestClient | None = None
+        self.original = b""
+
+    # setup
+
+    def baseline(self) -> dict[str, Any]:
+        workers: list[dict[str, Any]] = []
+        for index, port in enumerate(self.ports):
+            worker: dict[str, Any] = {"id": index + 1, "name": f"GPU {index + 1}", "port": port,
+                                      "enabled": not self.share_mode}
+            if index == 1:
+                worker.update(enabled=False, cuda_device=1, extra_args="--lowvram")
+            if index == 2:
+                worker.update(id="gpu-c", name="Remote GPU", host="127.0.0.1",
+                              headers={"Authorization": "Bearer worker-secret"})
+            workers.append(worker)
+        if self.stub is not None:
+            workers.append({"id": "stub", "name": "Stub", "host": f"http://127.0.0.1:{self.stub.port}",
+                            "port": self.stub.port, "enabled": True})
+        settings: dict[str, Any] = {"worker_timeout": 60, "connect_timeout": 2, "request_timeout": 5}
+        if self.token:
+            settings["api_token"] = self.token
+        return {"master": {"port": 8188, "cuda_device": 0, "extra_args": ""}, "workers": workers,
+                "settings": settings}
+
+    async def __aenter__(self) -> "ApiUnderTest":
+        try:
+            for _ in range(self.worker_count):
+                sock = socket.socket()
+                self.sockets.append(sock)
+                sock.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+                self.ports.append(sock.getsockname()[1])
+            if self.want_stub:
+                self.stub = TestServer(self._stub_app(), port=0)
+                await self.stub.start_server()
+            text = self.config_text if self.config_text is not None else json.dumps(self.baseline(), indent=2)
+            self.path.write_text(text, encoding="utf-8")
+            self.original = self.path.read_bytes()
+            self.store = ConfigStore(self.path)
+            self.orchestrator = Orchestrator(self.store, lambda event, data: self.events.append((event, data)))
+            self.api = MultiGPUApi(self.store, self.orchestrator, public=self.public, free_master=self.free_master)
+            self.client = TestClient(TestServer(self.api.make_app(), port=0), **self.client_kwargs)
+            await self.client.start_server()
+        except BaseException:
+            await self.__aexit__(None, None, None)
+            raise
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self._end_jobs()
+        if self.client is not None:
+            await self.client.close()
+        if self.stub is not None:
+            await self.stub.close()
+        for sock in self.sockets:
+            sock.close()
+
+    def _stub_app(self) -> web.Application:
+        """A worker that takes every prompt and never finishes it (no /ws: the master polls /history)."""
+
+        async def post_prompt(request: web.Request) -> web.Response:
+            body = await request.json()
+            self.stub_prompts.append(body)
+            return web.json_response({"prompt_id": body.get("prompt_id") or "p", "number": 1, "node_errors": {}})
+
+        async def other(request: web.Request) -> web.Response:
+            self.stub_requests.append((request.method, request.path))
+            if request.path == "/ws":
+                return web.Response(status=404)
+            if request.path.startswith("/history"):
+                return web.json_response({})
+            if request.path == "/object_info":  # the node classes a worker share of workflow() uses
+                node = {"input": {"required": {}, "optional": {}}, "output": [], "output_node": False}
+                return web.json_response({name: node for name in STUB_NODE_CLASSES})
+            return web.json_response({"exec_info": {"queue_remaining": 0}})
+
+        app = web.Application()
+        app.router.add_post("/prompt", post_prompt)
+        app.router.add_route("*", "/{tail:.*}", other)
+        return app
+
+    # jobs
+
+    async def open_share(self, timeout: float = 10.0) -> dict[str, Any]:
+        """Start a job; return what the stub worker received in ``extra_data.multigpu``
+        (job_id, worker_id, share_token), once it has."""
+        assert self.share_mode, "open_share needs ApiUnderTest(share=True)"
+        seen = len(self.stub_prompts)
+        _prompt, job = self.orchestrator.prepare(workflow())
+        assert job is not None and not job.error, job
+        self.orchestrator.start(job)
+        self.started_jobs.append(job)
+        deadline = asyncio.get_running_loop().time() + timeout
+        while len(self.stub_prompts) == seen:
+            failed = [data for event, data in self.events
+                      if event == "multigpu.worker_failed" and data.get("job_id") == job.job_id]
+            assert not failed, f"the stub worker was left out of the job: {failed}"
+            assert asyncio.get_running_loop().time() < deadline, f"the stub worker got no prompt: {self.events}"
+            await asyncio.sleep(0.01)
+        share = self.stub_prompts[seen].get("extra_data", {}).get(EXTRA_DATA_KEY)
+        assert isinstance(share, dict) and share.get("job_id") == job.job_id, self.stub_prompts[seen]
+        return dict(share)
+
+    async def _end_jobs(self, timeout: float = 10.0) -> None:
+        """Cancel the jobs started here and wait until their units and connections are closed."""
+        for job in self.started_jobs:
+            self.orchestrator.cancel(job)
+        deadline = asyncio.get_running_loop().time() + timeout
+        for job in self.started_jobs:
+            while True:
+                tasks = [unit.task for unit in job.units.values() if unit.task is not None]
+                session = getattr(job, "session", None)
+                if all(task.done() for task in tasks) and (session is None or session.closed):
+                    break
+                assert asyncio.get_running_loop().time() < deadline, f"job {job.job_id} did not wind down"
+                await asyncio.sleep(0.01)
+        self.started_jobs.clear()
+
+    # requests
+
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    async def call(self, method: str, path: str, body: Any = None, *, raw: bytes | str | Any = None,
+                   headers: dict[str, str] | None = None, auth: bool = True, params: Any = None,
+                   describe: str | None = None) -> Reply:
+        """Send ``body`` as JSON, or ``raw`` as the body itself; ``auth`` adds the token."""
+        assert self.client is not None
+        sent = dict(self.auth_headers() if auth else {})
+        sent.update(headers or {})
+        if raw is None and body is not None:
+            raw = json.dumps(body)
+            sent.setdefault("Content-Type", "application/json")
+        if describe is None:
+            shown = raw if isinstance(raw, (bytes, str)) else "<stream>"
+            describe = f"headers={sent!r:.300} body={shown!r:.600}"
+        async with self.client.request(method, path, data=raw, headers=sent, params=params) as response:
+            payload = await response.read()
+            return Reply(method, path, response.status, response.headers, payload, describe)
+
+    # state
+
+    def config(self) -> GpuConfig:
+        return load_config(self.path)
+
+    def leftovers(self) -> list[str]:
+        return sorted(name for name in os.listdir(self.directory) if name != CONFIG_NAME)
+
+
+def check_reply(reply: Reply, api: ApiUnderTest, before: bytes | None) -> None:
+    """What every answer of the API keeps, whatever was sent.
+
+    Never a 5xx; only documented statuses; always a JSON body, with a non-empty ``error``
+    string on a refusal; a success matches its documented schema; the config file is still
+    valid JSON and a valid config, unchanged by a refusal or by a route that does not edit
+    it (``before`` is its content before the request; None when other requests ran
+    meanwhile), and no temporary file is left beside it.
+    """
+    assert reply.status < 500, f"server error: {reply}"
+    op = operation(reply.method, reply.path)
+    assert str(reply.status) in op["responses"], (
+        f"status {reply.status} is not documented for {reply.method} {reply.path}: {reply}")
+    assert reply.headers.get("Content-Type", "").startswith("application/json"), f"not JSON: {reply}"
+    try:
+        data = reply.data
+    except ValueError as exc:
+        raise AssertionError(f"the body is not strict JSON ({exc}): {reply}") from None
+    if reply.status >= 400:
+        assert isinstance(data, dict) and isinstance(data.get("error"), str) and data["error"].strip(), (
+            f"a refusal without an 'error' string: {reply}")
+    else:
+        schema = op["responses"][str(reply.status)]["content"]["application/json"]["schema"]
+        problems = schema_errors(data, schema)
+        assert not problems, f"the answer does not match its documented schema: {problems[:5]}: {reply}"
+    after = api.path.read_bytes()
+    if before is not None and after != before:
+        assert reply.status < 400, f"a refused request changed the config file: {reply}"
+        assert reply.path in CONFIG_PATHS, f"{reply.path} changed the config file: {reply}"
+        strict_json(after)
+        load_config(api.path)  # raises ConfigError when the saved file is not a valid config
+    if api.config_text is None:
+        strict_json(after)
+        load_config(api.path)
+    assert api.leftovers() == [], f"files left beside the config: {api.leftovers()} after {reply}"
+
+
+async def oversize_body(size: int, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+    """``size`` bytes of a JSON object that is only too large (a long string)."""
+    head, tail = b'{"name": "', b'"}'
+    yield head
+    remaining = size - len(head) - len(tail)
+    while remaining > 0:
+        piece = min(chunk, remaining)
+        yield b"a" * piece
+        remaining -= piece
+    yield tail
+
+
+# --- the document is valid OpenAPI 3.1 -------------------------------------------------------
+
+
+def test_document_is_structurally_valid_openapi_3_1():
+    assert re.fullmatch(r"3\.1\.\d+", OPENAPI["openapi"])
+    assert isinstance(OPENAPI["info"]["title"], str) and OPENAPI["info"]["title"]
+    assert isinstance(OPENAPI["info"]["version"], str) and OPENAPI["info"]["version"]
+    assert set(OPENAPI) <= {"openapi", "info", "jsonSchemaDialect", "servers", "paths", "webhooks", "components",
+                            "security", "tags", "externalDocs"}
+    assert OPENAPI["paths"], "no paths"
+    schemes = OPENAPI.get("components", {}).get("securitySchemes", {})
+    for scheme in schemes.values():
+        assert scheme["type"] in {"apiKey", "http", "mutualTLS", "oauth2", "openIdConnect"}
+        if scheme["type"] == "http":
+            assert isinstance(scheme["scheme"], str)
+        if scheme["type"] == "apiKey":
+            assert scheme["in"] in {"query", "header", "cookie"} and isinstance(scheme["name"], str)
+    operation_ids = []
+    for path, item in OPENAPI["paths"].items():
+        assert path.startswith("/"), path
+        assert "{" not in path, f"{path}: path parameters are not expected here"
+        assert set(item) <= set(HTTP_METHODS) | {"summary", "description", "servers", "parameters", "$ref"}, path
+        methods = [m for m in HTTP_METHODS if m in item]
+        assert methods, f"{path} has no operation"
+        for method in methods:
+            op = item[method]
+            where = f"{method.upper()} {path}"
+            operation_ids.append(op.get("operationId"))
+            assert isinstance(op.get("operationId"), str), f"{where}: no operationId"
+            assert op.get("responses"), f"{where}: no responses"
+            for status, response in op["responses"].items():
+                assert re.fullmatch(r"[1-5](\d\d|XX)|default", status), f"{where}: bad status key {status}"
+                if "$ref" in response:
+                    response = resolve(response["$ref"])
+                assert isinstance(response.get("description"), str), f"{where} {status}: no description"
+                for media, content in response.get("content", {}).items():
+                    assert "/" in media and "schema" in content, f"{where} {status} {media}"
+            if "requestBody" in op:
+                body = op["requestBody"]
+                assert isinstance(body.get("required", False), bool)
+                assert body["content"], f"{where}: a requestBody without content"
+                assert "application/json" in body["content"], f"{where}: the body is JSON"
+                assert method not in ("get", "head"), f"{where}: a body on a GET"
+            for requirement in op.get("security", []):
+                for name, scopes in requirement.items():
+                    assert name in schemes, f"{where}: unknown security scheme {name}"
+                    assert scopes == []
+    assert len(operation_ids) == len(set(operation_ids)), "operationIds must be unique"
+
+
+def test_every_ref_resolves():
+    refs = [(where, node["$ref"]) for where, node in walk(OPENAPI) if isinstance(node, dict) and "$ref" in node]
+    assert refs, "the document is expected to use components"
+    for where, ref in refs:
+        assert isinstance(ref, str), where
+        target = resolve(ref)
+        assert isinstance(target, dict), f"{where}: $ref {ref} resolves to {type(target).__name__}"
+    referenced = {ref for _where, ref in refs}
+    for name in OPENAPI.get("components", {}).get("schemas", {}):
+        assert f"#/components/schemas/{name}" in referenced, f"components/schemas/{name} is never used"
+
+
+def test_every_schema_uses_only_understood_keywords_and_valid_types():
+    """So that the checks of these tests (and their schema checker) cover the whole document."""
+    types = {"object", "array", "string", "integer", "number", "boolean", "null"}
+    for where, schema in schemas_in_document():
+        unknown = set(schema) - SCHEMA_KEYWORDS
+        assert not unknown, f"{where}: keywords {sorted(unknown)} are not checked by these tests"
+        if "type" in schema:
+            declared = [schema["type"]] if isinstance(schema["type"], str) else schema["type"]
+            assert declared and set(declared) <= types, f"{where}: bad type {schema['type']!r}"
+        for name in schema.get("required", []):
+            assert name in schema.get("properties", {}), f"{where}: required {name!r} is not a property"
+        if "pattern" in schema:
+            re.compile(schema["pattern"])
+        if "enum" in schema:
+            assert isinstance(schema["enum"], list) and schema["enum"], where
+
+
+def test_openapi_spec_validator_agrees_when_installed():
+    """openapi-spec-validator is not a test dependency (the checks above stand in for it); when it
+    happens to be installed, it must agree."""
+    validator = pytest.importorskip("openapi_spec_validator", reason="openapi-spec-validator is not installed")
+    validator.validate(OPENAPI)
+
+
+# --- the document matches the routes ------------------------------------------------------------
+
+
+def registered_routes() -> set[tuple[str, str]]:
+    store = ConfigStore(Path("unused-never-read.json"))
+    routes = web.RouteTableDef()
+    MultiGPUApi(store, Orchestrator(store)).add_routes(routes)
+    found = set()
+    for route in routes:
+        assert isinstance(route, web.RouteDef), route
+        found.add((route.method.upper(), route.path))
+    return found
+
+
+def test_documented_operations_are_exactly_the_registered_routes():
+    documented = {(method, path) for method, path, _op in operations()}
+    registered = registered_routes()
+    assert documented - registered == set(), "documented but not served"
+    assert registered - documented == set(), "served but not documented"
+    assert all(path.startswith("/multigpu/") for _method, path in registered)
+
+
+async def test_served_document_is_the_file(tmp_path):
+    async with ApiUnderTest(tmp_path) as api:
+        reply = await api.call("GET", "/multigpu/openapi.json")
+        assert reply.status == 200, str(reply)
+        assert reply.headers["Content-Type"].startswith("application/json")
+        assert reply.data == OPENAPI
+        assert reply.data == json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
+
+
+# --- request bodies: what the document says the handlers accept --------------------------------
+
+
+def post_operations() -> list[tuple[str, str]]:
+    return [(method, path) for method, path, op in operations() if "requestBody" in op]
+
+
+def op_id(value: Any) -> str:
+    if isinstance(value, tuple):
+        return "-".join(str(v).rsplit("/", 1)[-1] for v in value)
+    return str(value)
+
+
+async def valid_body(api: ApiUnderTest, path: str) -> dict[str, Any]:
+    """A body using every documented property with a valid value."""
+    free_port = api.ports[1]  # worker 2's port is reused by nobody else once worker 2 moves or goes
+    if path == "/multigpu/config/update_worker":
+        return {"worker_id": 2, "name": "Renamed", "enabled": True, "host": "localhost", "port": free_port,
+                "cuda_device": 3, "extra_args": "--lowvram --preview-method auto",
+                "headers": {"Authorization": "Bearer x", "X-Extra": "1"}}
+    if path == "/multigpu/config/add_worker":
+        return {"id": "new-worker", "name": "New", "enabled": False, "host": "10.0.0.7", "port": 8190,
+                "cuda_device": None, "extra_args": "", "headers": {"X-A": "b"}}
+    if path == "/multigpu/config/remove_worker":
+        return {"worker_id": 2}
+    if path == "/multigpu/config/update_setting":
+        return {"key": "worker_timeout", "value": 120}
+    if path == "/multigpu/prepare_job":
+        return {"prompt": workflow()}
+    if path == "/multigpu/clear_memory":
+        return {"worker_ids": [2, "gpu-c"], "master": True}
+    if path == "/multigpu/job_complete":
+        share = await api.open_share()
+        return {"job_id": share["job_id"], "worker_id": share["worker_id"], "share_token": share["share_token"],
+                "outputs": {"3": [PNG_B64]}}
+    raise AssertionError(f"no valid body known for {path}: add one to valid_body()")
+
+
+def harness(directory: Path, path: str, **kwargs: Any) -> ApiUnderTest:
+    """The API for a test of ``path``: job_complete needs a share waiting for its results."""
+    return ApiUnderTest(directory, share=path == "/multigpu/job_complete", **kwargs)
+
+
+def success_status(method: str, path: str) -> int:
+    codes = [int(code) for code in operation(method, path)["responses"] if code.startswith("2")]
+    assert len(codes) == 1, codes
+    return codes[0]
+
+
+@pytest.mark.parametrize("endpoint", post_operations(), ids=op_id)
+async def test_every_documented_property_is_accepted(tmp_path, endpoint):
+    method, path = endpoint
+    async with harness(tmp_path, path, token=TOKEN) as api:
+        body = await valid_body(api, path)
+        assert set(body) == set(request_schema(method, path)["properties"]), "valid_body() must use them all"
+        assert not schema_errors(body, request_schema(method, path))
+        before = api.path.read_bytes()
+        reply = await api.call(method, path, body)
+        check_reply(reply, api, before)
+        assert reply.status == success_status(method, path), str(reply)
+        if path in ("/multigpu/config/update_worker", "/multigpu/config/add_worker"):
+            stored = public_view(api.config())["workers"]
+            assert reply.data["worker"] in stored
+            worker = next(w for w in api.config().workers if str(w.id) == str(body.get("worker_id", body.get("id"))))
+            for name, value in body.items():
+                if name not in ("worker_id", "id"):
+                    assert getattr(worker, name) == value, name
+
+
+@pytest.mark.parametrize("endpoint", post_operations(), ids=op_id)
+async def test_unknown_field_is_refused_naming_it(tmp_path, endpoint):
+    method, path = endpoint
+    schema = request_schema(method, path)
+    assert schema.get("additionalProperties") is False, f"{path}: the document should forbid unknown fields"
+    async with harness(tmp_path, path, token=TOKEN) as api:
+        for extra in ("zz_unknown_field", "workerId", "ID", "__proto__", "../../etc/passwd"):
+            body = {**await valid_body(api, path), extra: 1}
+            before = api.path.read_bytes()
+            reply = await api.call(method, path, body)
+            check_reply(reply, api, before)
+            assert reply.status == 400, str(reply)
+            assert extra in reply.error, f"the error does not name {extra!r}: {reply}"
+
+
+def required_cases() -> list[tuple[str, str, str]]:
+    return [(method, path, name) for method, path in post_operations()
+            for name in request_schema(method, path).get("required", [])]
+
+
+@pytest.mark.parametrize("case", required_cases(), ids=op_id)
+async def test_missing_required_property_is_refused_naming_it(tmp_path, case):
+    method, path, name = case
+    async with harness(tmp_path, path, token=TOKEN) as api:
+        body = await valid_body(api, path)
+        del body[name]
+        before = api.path.read_bytes()
+        reply = await api.call(method, path, body)
+        check_reply(reply, api, before)
+        assert reply.status == 400, str(reply)
+        assert name in reply.error, f"the error does not name {name!r}: {reply}"
+
+
+@pytest.mark.parametrize("endpoint", [e for e in post_operations()
+                                      if not operation(*e)["requestBody"].get("required", False)], ids=op_id)
+async def test_optional_request_body_may_be_omitted(tmp_path, endpoint):
+    """``requestBody.required: false`` promises that a POST without a body is served."""
+    method, path = endpoint
+    async with harness(tmp_path, path, token=TOKEN) as api:
+        for raw in (None, b""):
+            before = api.path.read_bytes()
+            reply = await api.call(method, path, raw=raw)
+            check_reply(reply, api, before)
+            assert reply.status == success_status(method, path), str(reply)
+
+
+def wrong_values(schema: dict[str, Any]) -> list[Any]:
+    """Values of a JSON type that ``schema`` does not allow, the coercible ones first."""
+    if "$ref" in schema:
+        schema = resolve(schema["$ref"])
+    candidates = ["1", "true", "false", "", True, False, 0, 1, 1.5, None, [], [1], {}, {"a": 1}, "x" * 200]
+    return [value for value in candidates if schema_errors(value, schema)]
+
+
+def typed_property_cases() -> list[tuple[str, str, str]]:
+    return [(method, path, name) for method, path in post_operations()
+            for name, schema in request_schema(method, path)["properties"].items()
+            if "type" in schema or "oneOf" in schema or "$ref" in schema]
+
+
+@pytest.mark.parametrize("case", typed_property_cases(), ids=op_id)
+async def test_documented_property_types_are_enforced(tmp_path, case):
+    """A value the documented schema forbids is refused: a 4xx, and a 400 names the property.
+
+    Catches lax coercion: ``"false"``, ``0`` or ``1`` taken for a boolean, ``true`` or
+    ``"1"`` for an integer port, which the schema says are bad input.
+    """
+    method, path, name = case
+    prop = request_schema(method, path)["properties"][name]
+    accepted = []
+    for index, value in enumerate(wrong_values(prop)):
+        directory = tmp_path / f"value-{index}"
+        directory.mkdir()
+        async with harness(directory, path, token=TOKEN) as api:
+            body = {**await valid_body(api, path), name: value}
+            before = api.path.read_bytes()
+            reply = await api.call(method, path, body)
+            check_reply(reply, api, before)
+            if reply.status < 400:
+                accepted.append(f"{name}={value!r:.40} -> {reply.status} {reply.body[:160]!r}")
+            elif reply.status == 400 and ERROR_NAMES.get(name, name) not in reply.error:
+                accepted.append(f"{name}={value!r:.40} -> 400 without naming {name!r}: {reply.body[:160]!r}")
+    assert not accepted, f"{method} {path}: values the document forbids were not refused:\n" + "\n".join(accepted)
+
+
+ERROR_NAMES = {"key": "setting"}
+"""How an error names a property when not by its own name ("unknown setting 'x'")."""
+
+
+@pytest.mark.parametrize("key", sorted(request_schema("POST", "/multigpu/config/update_setting")
+                                       ["properties"]["key"]["enum"]))
+async def test_setting_values_follow_the_settings_schema(tmp_path, key):
+    settings = resolve("#/components/schemas/Settings")["properties"]
+    if key == "api_token":  # secret: never in an answer, so not in the Settings schema
+        schema = {"type": ["string", "null"]}
+    else:
+        assert key in settings, f"settings.{key} can be set but components/schemas/Settings does not describe it"
+        schema = settings[key]
+    accepted = []
+    for index, value in enumerate(wrong_values(schema)):
+        directory = tmp_path / f"value-{index}"
+        directory.mkdir()
+        async with ApiUnderTest(directory, token=TOKEN) as api:
+            before = api.path.read_bytes()
+            reply = await api.call("POST", "/multigpu/config/update_setting", {"key": key, "value": value})
+            check_reply(reply, api, before)
+            if reply.status != 400:
+                accepted.append(f"{value!r:.40} -> {reply.status} {reply.body[:160]!r}")
+    assert not accepted, f"settings.{key}: values of the wrong type were not refused:\n" + "\n".join(accepted)
+
+
+async def test_setting_keys_are_the_documented_enum(tmp_path):
+    documented = request_schema("POST", "/multigpu/config/update_setting")["properties"]["key"]["enum"]
+    async with ApiUnderTest(tmp_path) as api:
+        reply = await api.call("POST", "/multigpu/config/update_setting", {"key": "no_such_setting", "value": 1})
+        assert reply.status == 400, str(reply)
+        assert "no_such_setting" in reply.error
+        assert sorted(reply.data["known"]) == sorted(documented)
+        for key in documented:
+            reply = await api.call("POST", "/multigpu/config/update_setting", {"key": key, "value": None})
+            assert "unknown setting" not in reply.error, str(reply)
+
+
+# --- every documented error status is answered ------------------------------------------------
+
+INVALID_CONFIG = json.dumps({"workers": [{"id": 1, "name": "no port"}]})
+
+
+async def trigger(tmp_path: Path, method: str, path: str, status: int) -> Reply:
+    """Make ``method path`` answer ``status`` the way a client would."""
+    op = operation(method, path)
+    if status == 409 and path != "/multigpu/job_complete":
+        async with ApiUnderTest(tmp_path, config_text=INVALID_CONFIG) as api:
+            body = await valid_body(api, path) if "requestBody" in op else None
+            reply = await api.call(method, path, body)
+            check_reply(reply, api, api.original)
+            assert "gpu_config.json" in reply.error and "port" in reply.error, str(reply)
+            return reply
+    async with harness(tmp_path, path, token=TOKEN) as api:
+        before = api.path.read_bytes()
+        if status == 400:
+            reply = await api.call(method, path, raw=b'{"truncated": ', headers={"Content-Type": "application/json"})
+        elif status == 401:
+            reply = await api.call(method, path, await valid_body(api, path), auth=False)
+            assert reply.headers.get("WWW-Authenticate", "").startswith("Bearer"), str(reply)
+        elif status == 403:
+            body = await valid_body(api, path)
+            reply = await api.call(method, path, {**body, "share_token": "not-the-token"})
+        elif status == 404:
+            body = await valid_body(api, path)
+            if path == "/multigpu/job_complete":
+                body["job_id"] = "0" * 32
+            elif path == "/multigpu/clear_memory":
+                body["worker_ids"] = [1, 404]
+            else:
+                body["worker_id"] = 404
+            reply = await api.call(method, path, body)
+            assert "404" in reply.error or "0" * 32 in reply.error, str(reply)
+        elif status == 409:  # job_complete: the share has already ended
+            body = await valid_body(api, path)
+            first = await api.call(method, path, body)
+            assert first.status == 200, str(first)
+            reply = await api.call(method, path, body)
+        elif status == 413:
+            limit = body_limit(path)
+            headers = {**api.auth_headers(), "Content-Type": "application/json", "Content-Length": str(limit + 1)}
+            reply = await api.call(method, path, raw=oversize_body(limit + 1), headers=headers,
+                                   describe=f"{limit + 1} bytes")
+        else:
+            raise AssertionError(f"{method} {path} documents {status}: teach trigger() how to cause it")
+        check_reply(reply, api, before)
+        return reply
+
+
+def error_status_cases() -> list[tuple[str, str, int]]:
+    return [(method, path, int(code)) for method, path, op in operations()
+            for code in op["responses"] if code[0] in "45"]
+
+
+@pytest.mark.parametrize("case", error_status_cases(), ids=op_id)
+async def test_every_documented_error_status_occurs(tmp_path, case):
+    method, path, status = case
+    reply = await trigger(tmp_path, method, path, status)
+    assert reply.status == status, str(reply)
+
+
+@pytest.mark.parametrize("endpoint", [(m, p) for m, p, _op in operations()], ids=op_id)
+async def test_documented_success_status_occurs(tmp_path, endpoint):
+    method, path = endpoint
+    async with harness(tmp_path, path, token=TOKEN) as api:
+        body = await valid_body(api, path) if "requestBody" in operation(method, path) else None
+        before = api.path.read_bytes()
+        reply = await api.call(method, path, body)
+        check_reply(reply, api, before)
+        assert reply.status == success_status(method, path), str(reply)
+
+
+def test_every_secured_operation_is_a_post():
+    """GETs are open (the UI reads them); every state-changing route documents the token but job_complete,
+    which the share's own token authenticates."""
+    for method, path, op in operations():
+        if method == "GET":
+            assert "security" not in op, path
+        elif path != "/multigpu/job_complete":
+            assert op.get("security"), f"{method} {path} changes state but documents no security"
