@@ -482,6 +482,7 @@ class Orchestrator:
             "job_id": job.job_id,
             "progress": round(total / len(units), 4) if units else 1.0,
             "units": [{"position": u.position, "state": u.state, "worker": u.name if u.worker else None,
+                       "worker_id": u.worker.id if u.worker else None,
                        "progress": round(finished.get(u.state, u.progress), 4)} for u in units],
         })
 

@@ -1,0 +1,362 @@
+// Drives the Multi-GPU sidebar panel in headless Chromium (Debian's, through playwright-core)
+// against the master of a real ComfyUI cluster that test_sidebar_panel.py started.
+//
+//   node tests/browser/sidebar_panel.mjs PLAN.json
+//
+// PLAN.json: {master, token, ttl, config_path, artifacts, report, chromium, workflow,
+//             workers: {"1": {url, pid, requests_log}, "2": {...}}, spare_port}
+// Each step prints one line; screenshots go to plan.artifacts; a JSON report of what was seen
+// (timings, skipped steps) goes to plan.report. Exit code 0 only when every step passed.
+
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import { chromium } from "playwright-core";
+
+const plan = JSON.parse(fs.readFileSync(process.argv[2], "utf-8"));
+const report = { steps: [], skipped: [], timings: {}, screenshots: [], extension_errors: [], launched_pids: [],
+                 launched: false };
+const CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+  "--disable-background-networking", "--disable-component-update", "--disable-sync"];
+
+const sleep = (ms) => new Promise((resolve) => setTimeout(resolve, ms));
+
+async function until(what, timeoutMs, check) {
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await sleep(50);
+  }
+}
+
+const readConfig = () => JSON.parse(fs.readFileSync(plan.config_path, "utf-8"));
+const configWorker = (id) => readConfig().workers.find((w) => String(w.id) === String(id));
+const freeRequests = (id) => {
+  try {
+    return fs.readFileSync(plan.workers[id].requests_log, "utf-8").split("\n").filter((l) => l === "POST /free").length;
+  } catch {
+    return 0;
+  }
+};
+
+let page;
+let context;
+const statusRequests = [];
+
+async function shot(name, { panelOnly = false } = {}) {
+  const file = path.join(plan.artifacts, `${name}.png`);
+  if (panelOnly) {
+    // the sidebar scrolls: make the window tall enough for the whole panel, then put it back
+    const viewport = page.viewportSize();
+    const height = await page.locator(".mgpu-panel").evaluate((el) => el.scrollHeight);
+    await page.setViewportSize({ width: viewport.width, height: Math.max(viewport.height, height + 120) });
+    await page.locator(".mgpu-panel").screenshot({ path: file });
+    await page.setViewportSize(viewport);
+  } else {
+    await page.screenshot({ path: file });
+  }
+  report.screenshots.push(file);
+}
+
+async function step(name, run) {
+  const started = Date.now();
+  try {
+    const note = await run();
+    report.steps.push({ name, ok: true, ms: Date.now() - started, note: note || null });
+    console.log(`ok   ${name} (${Date.now() - started} ms)${note ? `: ${note}` : ""}`);
+  } catch (error) {
+    report.steps.push({ name, ok: false, ms: Date.now() - started, error: String(error.stack || error) });
+    console.log(`FAIL ${name}: ${error.stack || error}`);
+    if (page) await page.screenshot({ path: path.join(plan.artifacts, `failure-${name}.png`) }).catch(() => {});
+    throw error;
+  }
+}
+
+const card = (id) => page.locator(`.mgpu-card[data-worker-id="${id}"]`);
+const cardStatus = (id) => card(id).getAttribute("data-status");
+const waitStatus = (id, status, timeoutMs) =>
+  until(`worker ${id} ${status}`, timeoutMs, async () => (await cardStatus(id)) === status);
+const toast = (text) => page.locator(".p-toast-message", { hasText: text });
+const setting = (key) => page.locator(`.mgpu-setting[data-setting="${key}"]`);
+
+/** Queue the workflow from the UI itself (load it into the graph, press Run's code path). */
+async function queueFromUi() {
+  await page.evaluate(async (workflow) => {
+    const { app } = window.comfyAPI.app;
+    await app.loadApiJson(workflow, "multigpu-browser-test");
+    await app.queuePrompt(0, 1);
+  }, plan.workflow);
+}
+
+async function waitJobDone(timeoutMs) {
+  await until("the job to finish", timeoutMs, async () =>
+    (await page.locator(".mgpu-jobs .mgpu-meter").count()) === 0
+    && (await page.locator('.mgpu-master[data-status="idle"]').count()) === 1);
+}
+
+/** Clicks a launcher button; the response if the master has the route, false (a skip) when it has not. */
+async function clickLauncher(selector, route) {
+  const answer = page.waitForResponse((r) => r.url().includes(route) && r.request().method() === "POST");
+  await page.locator(selector).click();
+  const response = await answer;
+  // ComfyUI answers a POST to a path it has no route for with a plain-text 404 or 405
+  if ([404, 405].includes(response.status()) && !(await response.text()).includes('"error"')) {
+    report.skipped.push(`${route}: the master answers ${response.status()} (route not built yet)`);
+    await toast("not available on this master").first().waitFor({ timeout: 5000 });
+    return false;
+  }
+  return response;
+}
+
+async function main() {
+  fs.mkdirSync(plan.artifacts, { recursive: true });
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "multigpu-chromium-"));
+  context = await chromium.launchPersistentContext(profile, {
+    executablePath: plan.chromium, headless: true, args: CHROMIUM_ARGS, viewport: { width: 1440, height: 1000 },
+  });
+  try {
+    page = context.pages()[0] || await context.newPage();
+    page.on("request", (request) => {
+      if (request.method() === "GET" && new URL(request.url()).pathname.endsWith("/multigpu/status")) {
+        statusRequests.push(Date.now());
+      }
+    });
+    page.on("pageerror", (error) => {
+      console.log(`page error: ${error.message}`);
+      if (String(error.stack).includes("/extensions/ComfyUI-Distributed/")) report.extension_errors.push(error.stack);
+    });
+    // a wider sidebar than the default 20% (the splitter keeps its sizes in localStorage)
+    await page.addInitScript(() => {
+      for (const key of ["unified-sidebar", "multigpu"]) localStorage.setItem(key, "[27,73]");
+    });
+    await run();
+  } finally {
+    await context.close();
+    fs.rmSync(profile, { recursive: true, force: true });
+  }
+}
+
+async function run() {
+  await step("open the Multi-GPU tab", async () => {
+    // a new ComfyUI user gets the template browser first: mark the tutorial as done, like a returning user
+    const settings = await fetch(`${plan.master}/settings/Comfy.TutorialCompleted`, { method: "POST", body: "true" });
+    if (!settings.ok) throw new Error(`POST /settings answered ${settings.status}`);
+    await page.goto(plan.master);
+    await page.waitForFunction(() => window.comfyAPI?.app?.app?.extensionManager, null, { timeout: 90000 });
+    await page.locator(".multigpu-tab-button").click();
+    await page.locator(".mgpu-panel .mgpu-master").waitFor({ timeout: 15000 });
+  });
+
+  await step("enter the API token the master requires", async () => {
+    await page.locator(".mgpu-token").waitFor({ timeout: 10000 });
+    await page.locator('.mgpu-token input[name="token"]').fill(plan.token);
+    await page.locator('[data-action="save-token"]').click();
+    await page.locator(".mgpu-token").waitFor({ state: "hidden", timeout: 5000 });
+    const stored = await page.evaluate(() => localStorage.getItem("ComfyUI-Distributed.api_token"));
+    if (stored !== plan.token) throw new Error("the token is not kept in localStorage");
+  });
+
+  await step("both workers idle", async () => {
+    await waitStatus(1, "idle", 15000);
+    await waitStatus(2, "idle", 15000);
+    const text = await card(1).locator(".mgpu-meta").textContent();
+    if (!text.includes(new URL(plan.workers["1"].url).host)) throw new Error(`card 1 shows ${text}`);
+    await shot("01-workers-idle");
+    return text;
+  });
+
+  await step("edit the workers' CUDA devices through the form", async () => {
+    for (const id of ["1", "2"]) {
+      await card(id).locator('[data-action="edit"]').click();
+      const form = page.locator(".mgpu-worker-form");
+      await form.locator('input[name="cuda_device"]').fill(id);
+      await form.locator('[data-action="save-worker"]').click();
+      await form.waitFor({ state: "hidden", timeout: 5000 });
+      await until(`cuda_device of worker ${id} in the file`, 5000, () => configWorker(id).cuda_device === Number(id));
+      await until(`card ${id} shows CUDA ${id}`, 5000,
+        async () => (await card(id).locator(".mgpu-meta").textContent()).includes(`CUDA ${id}`));
+    }
+  });
+
+  await step("run a job from the UI and see its progress", async () => {
+    await queueFromUi();
+    const seen = await until("a worker card showing a running unit", 30000, async () => {
+      for (const id of ["1", "2"]) {
+        const meter = card(id).locator('[data-meter="progress"]');
+        if (await meter.isVisible() && (await meter.getAttribute("data-state")) === "running"
+            && Number(await meter.getAttribute("data-fraction")) > 0) return id;
+      }
+      return null;
+    });
+    await page.locator(".mgpu-jobs .mgpu-meter").first().waitFor({ timeout: 5000 });
+    await shot("02-job-progress");
+    await shot("02-job-progress-panel", { panelOnly: true });
+    const text = await card(seen).locator('[data-meter="progress"] .mgpu-meter-text').textContent();
+    await waitJobDone(60000);
+    await waitStatus(1, "idle", 10000);
+    await waitStatus(2, "idle", 10000);
+    return `worker ${seen} showed "${text}"`;
+  });
+
+  await step("clear one worker's VRAM: it gets POST /free", async () => {
+    const before = { 1: freeRequests("1"), 2: freeRequests("2") };
+    await card(2).locator('[data-action="clear"]').click();
+    await toast("VRAM cleared on 1 instance").first().waitFor({ timeout: 10000 });
+    await until("worker 2 receiving POST /free", 5000, () => freeRequests("2") === before[2] + 1);
+    if (freeRequests("1") !== before[1]) throw new Error("worker 1 was freed too");
+  });
+
+  await step("clear all VRAM: every enabled worker and the master", async () => {
+    const before = { 1: freeRequests("1"), 2: freeRequests("2") };
+    await page.locator('[data-action="clear-all"]').click();
+    await toast("VRAM cleared on 3 instances").first().waitFor({ timeout: 10000 });
+    await until("both workers receiving POST /free", 5000,
+      () => freeRequests("1") === before[1] + 1 && freeRequests("2") === before[2] + 1);
+  });
+
+  await step("disable worker 1: the config file changes", async () => {
+    await card(1).locator(".mgpu-switch").click();
+    await until("enabled: false for worker 1 in the file", 5000, () => configWorker("1").enabled === false);
+    await waitStatus(1, "disabled", 5000);
+    await shot("03-worker-disabled", { panelOnly: true });
+  });
+
+  await step("kill worker 2 during a job: offline within the TTL and a toast", async () => {
+    await queueFromUi();
+    await until("worker 2 running its unit", 30000, async () =>
+      (await card(2).locator('[data-meter="progress"]').getAttribute("data-state")) === "running");
+    const killed = Date.now();
+    process.kill(-plan.workers["2"].pid, "SIGKILL");  // its process group: ComfyUI was started in its own session
+    await waitStatus(2, "offline", plan.ttl * 1000 + 1000);
+    const seconds = (Date.now() - killed) / 1000;
+    report.timings.offline_after_kill_s = seconds;
+    if (seconds > plan.ttl) throw new Error(`offline after ${seconds}s, the TTL is ${plan.ttl}s`);
+    await toast("Multi-GPU worker failed").first().waitFor({ timeout: 15000 });
+    await shot("04-worker-offline-toast");
+    await waitJobDone(60000);
+    return `offline ${seconds.toFixed(2)} s after the kill (TTL ${plan.ttl} s)`;
+  });
+
+  await step("launch the offline worker", async () => {
+    await until("the Launch button of worker 2", 5000, () => card(2).locator('[data-action="launch"]').isVisible());
+    const response = await clickLauncher('.mgpu-card[data-worker-id="2"] [data-action="launch"]', "/multigpu/workers/launch");
+    if (!response) return "skipped: the master has no POST /multigpu/workers/launch yet";
+    const body = await response.json();
+    for (const entry of body.workers || []) if (entry.pid) report.launched_pids.push(entry.pid);
+    const entry = (body.workers || []).find((w) => String(w.worker_id) === "2");
+    if (!response.ok() || !entry || !entry.ok) throw new Error(`launch answered ${response.status()}: ${JSON.stringify(body)}`);
+    await toast("Launching").first().waitFor({ timeout: 5000 });
+    const seen = await until("worker 2 launching", 5000, async () => {
+      const status = await cardStatus(2);
+      return ["launching", "idle"].includes(status) ? status : null;
+    });
+    await waitStatus(2, "idle", 120000);
+    report.launched = true;
+    return `answered ${response.status()}, the card showed ${seen} then idle`;
+  });
+
+  await step("add a worker: the form refuses a bad port, then saves", async () => {
+    await page.locator('[data-action="add-worker"]').click();
+    const form = page.locator(".mgpu-worker-form");
+    await form.locator('input[name="name"]').fill("Spare GPU");
+    await form.locator('input[name="port"]').fill("70000");
+    await form.locator('[data-action="save-worker"]').click();
+    const error = await form.locator('[data-error="port"]').textContent();
+    if (!/between 1 and 65535/.test(error)) throw new Error(`no port error, got "${error}"`);
+    await shot("05-worker-form-error", { panelOnly: true });
+    if (readConfig().workers.length !== 2) throw new Error("an invalid worker reached the file");
+    await form.locator('input[name="port"]').fill(String(plan.spare_port));
+    await form.locator('[data-action="save-worker"]').click();
+    await form.waitFor({ state: "hidden", timeout: 5000 });
+    const added = await until("the new worker in the file", 5000,
+      () => readConfig().workers.find((w) => w.port === plan.spare_port));
+    await card(added.id).waitFor({ timeout: 5000 });
+    report.added_worker_id = added.id;
+    return `added as id ${added.id}`;
+  });
+
+  await step("remove the added worker after confirming", async () => {
+    const id = report.added_worker_id;
+    await card(id).locator('[data-action="remove"]').click();
+    await page.locator(".p-dialog button", { hasText: "Delete" }).click();
+    await until("the worker gone from the file", 5000, () => !configWorker(id));
+    await card(id).waitFor({ state: "detached", timeout: 5000 });
+  });
+
+  await step("settings: rendered from the config, saved through the API", async () => {
+    await page.locator(".mgpu-settings > summary").click();
+    const input = setting("worker_timeout").locator("input");
+    await input.fill("120");
+    await input.press("Enter");
+    await setting("worker_timeout").locator(".mgpu-ok").waitFor({ timeout: 5000 });
+    await until("worker_timeout 120 in the file", 5000, () => readConfig().settings.worker_timeout === 120);
+    await input.fill("-5");
+    await input.press("Enter");
+    const error = await setting("worker_timeout").locator(".mgpu-field-error").textContent();
+    if (!/more than 0/.test(error)) throw new Error(`no bound error, got "${error}"`);
+    const keys = await page.locator(".mgpu-setting").evaluateAll((rows) => rows.map((r) => r.dataset.setting));
+    const missing = Object.keys(readConfig().settings).filter((k) => k !== "api_token" && !keys.includes(k));
+    if (missing.length) throw new Error(`settings not shown: ${missing}`);
+    const tokenValue = await setting("api_token").locator("input").inputValue();
+    if (tokenValue) throw new Error("the token field is not empty");
+    await input.fill("120");
+    await input.press("Enter");
+    await setting("worker_timeout").locator(".mgpu-ok").waitFor({ timeout: 5000 });
+    await shot("06-settings", { panelOnly: true });
+    return `${keys.length} settings shown`;
+  });
+
+  await step("enable worker 1 again; restart a worker", async () => {
+    await card(1).locator(".mgpu-switch").click();
+    await until("enabled: true for worker 1 in the file", 5000, () => configWorker("1").enabled === true);
+    await waitStatus(1, "idle", 10000);
+    const target = report.launched ? "2" : "1";  // the launcher restarts the workers it started itself
+    const response = await clickLauncher(`.mgpu-card[data-worker-id="${target}"] [data-action="restart"]`,
+                                         "/multigpu/workers/restart");
+    if (!response) return "restart skipped: the master has no POST /multigpu/workers/restart yet";
+    const body = await response.json();
+    if (body.worker && body.worker.pid) report.launched_pids.push(body.worker.pid);
+    if (!response.ok()) {
+      if (report.launched) throw new Error(`restart answered ${response.status()}: ${JSON.stringify(body)}`);
+      await toast("Could not restart").first().waitFor({ timeout: 5000 });  // the master's reason, shown
+      return `worker 1 (not started by the launcher): ${response.status()} "${body.error}", shown in a toast`;
+    }
+    await until(`worker ${target} restarting`, 10000, async () => (await cardStatus(target)) !== "idle");
+    await waitStatus(target, "idle", 120000);
+    return `worker ${target} restarted and idle again`;
+  });
+
+  await step("close and reopen the tab; final state; no page error from the extension", async () => {
+    await page.locator(".multigpu-tab-button").click();
+    await page.locator(".mgpu-panel").waitFor({ state: "detached", timeout: 5000 });
+    await page.locator(".multigpu-tab-button").click();
+    await waitStatus(1, "idle", 5000);
+    await waitStatus(2, report.launched ? "idle" : "offline", 5000);
+    await shot("07-final", { panelOnly: true });
+    if (report.extension_errors.length) throw new Error(`page errors:\n${report.extension_errors.join("\n")}`);
+  });
+
+  await step("status polled no faster than the health TTL", async () => {
+    // events bring status changes and progress; GET /multigpu/status only refreshes VRAM: one at page load, one
+    // each time the tab opens (twice here), then one per TTL, plus one after each launch or restart click
+    const seconds = (statusRequests.at(-1) - statusRequests[0]) / 1000;
+    const allowed = Math.floor(seconds / plan.ttl) + 1 + 2 + 2;
+    report.timings.status_requests = statusRequests.length;
+    if (statusRequests.length > allowed) {
+      throw new Error(`${statusRequests.length} status requests in ${seconds.toFixed(1)} s (at most ${allowed})`);
+    }
+    return `${statusRequests.length} requests in ${seconds.toFixed(1)} s`;
+  });
+}
+
+let code = 0;
+try {
+  await main();
+} catch {
+  code = 1;
+} finally {
+  fs.writeFileSync(plan.report, JSON.stringify(report, null, 2));
+}
+process.exit(code);

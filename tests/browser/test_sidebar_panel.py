@@ -1,0 +1,148 @@
+"""The Multi-GPU sidebar panel in real headless Chromium against a real ComfyUI cluster.
+
+Why: the panel is built on the frontend's public extension API, and only a real browser on a
+real master shows that it registers, follows the websocket events and drives the API. This
+starts two plain workers and a master with this extension (tier 3, like ``tests/real``), then
+runs ``sidebar_panel.mjs`` (playwright-core driving Debian's ``chromium``): it opens the tab,
+enters the token, sees both workers idle, edits them, runs a job from the UI and sees its
+progress, clears VRAM, disables a worker, kills another mid-job and sees it offline within the
+health TTL, adds and removes a worker, and edits a setting. Screenshots go to
+``test-artifacts/browser/``.
+
+Skipped, with the reason, without ``COMFYUI_PATH``, Node.js, ``node_modules/playwright-core``
+(``npm ci``) or a Chromium (``apt-get install chromium``; ``CHROMIUM_PATH`` names another one).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from tests.real.cluster import Cluster, image_workflow, poll
+from tests.real.harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance, free_port
+
+ROOT = Path(__file__).resolve().parents[2]
+HERE = Path(__file__).resolve().parent
+SCRIPT = HERE / "sidebar_panel.mjs"
+RECORDER = HERE / "request_recorder"
+ARTIFACTS = ROOT / "test-artifacts" / "browser"
+TOKEN = "browser-test-token-0123456789"
+HEALTH_TTL = 3.0
+
+NODE = shutil.which("node")
+CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
+
+
+def _skip_reason() -> str | None:
+    if not COMFYUI_PATH:
+        return SKIP_REASON
+    if NODE is None:
+        return "node is not installed: the browser test runs playwright-core on Node.js 20+"
+    if not (ROOT / "node_modules" / "playwright-core").is_dir():
+        return "node_modules/playwright-core is missing: run `npm ci` at the repository root"
+    if CHROMIUM is None:
+        return "no Chromium: `apt-get install chromium` (or set CHROMIUM_PATH)"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+
+
+class RecordingCluster(Cluster):
+    """A cluster whose workers log the non-GET requests they receive (to see POST /free)."""
+
+    def _start(self, name: str, base: Path, **kwargs) -> ComfyInstance:
+        if name != "master":
+            kwargs["custom_nodes"] = {**(kwargs.get("custom_nodes") or {}), "request_recorder": RECORDER}
+            kwargs["env"] = {**(kwargs.get("env") or {}), "MULTIGPU_REQUEST_LOG": str(base / f"{name}-requests.log")}
+        return super()._start(name, base, **kwargs)
+
+
+def _free_requests(log: Path) -> int:
+    return log.read_text().splitlines().count("POST /free") if log.exists() else 0
+
+
+def _launchable(config_path: Path, worker_index: int, base: Path) -> None:
+    """Give a worker the arguments the master's launcher needs to start it again like the harness did."""
+    config = json.loads(config_path.read_text())
+    config["workers"][worker_index]["extra_args"] = (
+        f"--listen 127.0.0.1 --cpu --disable-auto-launch --base-directory {base} "
+        f"--database-url sqlite:///{base / 'comfyui-launched.db'}")
+    config_path.write_text(json.dumps(config))
+
+
+def _kill_launched(pids: list[int], state_dir: Path) -> None:
+    """Stop what the panel's Launch and Restart buttons started (the test owns those processes too)."""
+    for pid_file in state_dir.glob("*.pid"):
+        try:
+            pids.append(int(json.loads(pid_file.read_text())["pid"]))
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+    for pid in set(pids):
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                kill()
+                break
+            except (ProcessLookupError, PermissionError):
+                continue
+
+
+@pytest.mark.timeout(900)
+def test_sidebar_panel_in_chromium(tmp_path: Path) -> None:
+    state_dir = tmp_path / "launcher-state"
+    cluster = RecordingCluster(tmp_path, master_env={"COMFY_DISTRIBUTED_TOKEN": TOKEN,
+                                                     "COMFY_DISTRIBUTED_STATE_DIR": str(state_dir)})
+    launched: list[int] = []
+    try:
+        cluster.use_workers(cluster.w1, cluster.w2, heartbeat_interval=0.5, health_ttl=HEALTH_TTL)
+        _launchable(cluster.config_path, 1, cluster.w2.base_dir)
+        poll(lambda: [w["status"] for w in cluster.status()["workers"]] == ["idle", "idle"], 30, "both workers idle")
+        shutil.rmtree(ARTIFACTS, ignore_errors=True)
+        logs = {w.name: tmp_path / f"{w.name}-requests.log" for w in (cluster.w1, cluster.w2)}
+        plan = {
+            "master": cluster.master.url,
+            "token": TOKEN,
+            "ttl": HEALTH_TTL,
+            "config_path": str(cluster.config_path),
+            "artifacts": str(ARTIFACTS),
+            "report": str(tmp_path / "report.json"),
+            "chromium": CHROMIUM,
+            "workflow": image_workflow(seed=7, delay=4.0),
+            "workers": {str(i + 1): {"url": w.url, "pid": w.process.pid, "requests_log": str(logs[w.name])}
+                        for i, w in enumerate((cluster.w1, cluster.w2))},
+            "spare_port": free_port(),
+        }
+        plan_path = tmp_path / "plan.json"
+        plan_path.write_text(json.dumps(plan))
+        result = subprocess.run([NODE, str(SCRIPT), str(plan_path)], cwd=ROOT, capture_output=True, text=True,
+                                timeout=780)
+        print(result.stdout)  # the steps, shown with -rA or on failure
+        assert result.returncode == 0, (f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}\n"
+                                        f"--- master log ---\n{cluster.master.log_tail(80)}")
+
+        report = json.loads(Path(plan["report"]).read_text())
+        launched.extend(report["launched_pids"])
+        assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) == 16, report["steps"]
+        assert not report["extension_errors"], report["extension_errors"]
+        assert report["timings"]["offline_after_kill_s"] <= HEALTH_TTL
+        for skipped in report["skipped"]:
+            print(f"skipped in the browser: {skipped}")
+        # what the clicks left behind, checked again from outside the browser
+        config = json.loads(cluster.config_path.read_text())
+        assert [(w["id"], w["enabled"], w["cuda_device"]) for w in config["workers"]] == [(1, True, 1), (2, True, 2)]
+        assert config["settings"]["worker_timeout"] == 120
+        assert _free_requests(logs["w2"]) == 2 and _free_requests(logs["w1"]) == 1
+        assert not cluster.w2.running, "worker 2 was killed from the browser test"
+        assert sorted(p.name for p in ARTIFACTS.glob("*.png")) == sorted(Path(p).name for p in report["screenshots"])
+    finally:
+        report_path = tmp_path / "report.json"
+        if report_path.exists() and not launched:
+            launched.extend(json.loads(report_path.read_text()).get("launched_pids", []))
+        _kill_launched(launched, state_dir)
+        cluster.stop()

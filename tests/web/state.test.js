@@ -1,0 +1,217 @@
+// The panel's state: events and API answers in, view models out.
+import assert from "node:assert/strict";
+import { test } from "node:test";
+
+import {
+  activeJobs, createStore, formatAddress, formatBytes, initialState, launchableIds, masterCard, pollIntervalMs,
+  reduce, summary, vramUsage, workerAddress, workerCards, workerProgress,
+} from "../../web/multigpu_state.js";
+
+const GIB = 1024 ** 3;
+const CONFIG = {
+  master: { port: 8188, cuda_device: 0, extra_args: "" },
+  workers: [
+    { id: 1, name: "GPU 1", port: 8189, cuda_device: 1, enabled: true, host: null, extra_args: "" },
+    { id: "box", name: "", port: 8190, cuda_device: null, enabled: false, host: "10.0.0.2", extra_args: "" },
+  ],
+  settings: { health_ttl: 6, worker_timeout: 600 },
+  auth: { token_configured: false, token_required: true },
+};
+
+function run(...actions) {
+  return actions.reduce(reduce, initialState());
+}
+
+test("config sets the workers and whether a token is required", () => {
+  const state = run({ type: "config", data: CONFIG });
+  assert.equal(state.auth.required, true);
+  const cards = workerCards(state);
+  assert.deepEqual(cards.map((c) => [c.id, c.name, c.address, c.cuda, c.status]), [
+    [1, "GPU 1", "127.0.0.1:8189", "CUDA 1", "offline"],
+    ["box", "Worker box", "10.0.0.2:8190", null, "disabled"],
+  ]);
+});
+
+test("status answers and status events update a worker's card", () => {
+  let state = run(
+    { type: "config", data: CONFIG },
+    { type: "status", data: { workers: [{ id: 1, status: "idle", vram_total: 8 * GIB, vram_free: 6 * GIB,
+                                          address: "http://127.0.0.1:8189", device: "cuda:0 RTX" }], jobs: [] } },
+  );
+  let [card] = workerCards(state);
+  assert.equal(card.status, "idle");
+  assert.deepEqual(card.vram, { text: "2.0 GB / 8.0 GB", fraction: 0.25 });
+  assert.equal(card.device, "cuda:0 RTX");
+  assert.equal(card.canClear, true);
+  assert.equal(card.canLaunch, false);
+
+  state = reduce(state, { type: "worker_status", data: { id: 1, status: "offline", previous: "idle",
+                                                         error: "connection refused" } });
+  [card] = workerCards(state);
+  assert.equal(card.status, "offline");
+  assert.equal(card.detail, "connection refused");
+  assert.equal(card.vram, null, "an offline worker's last VRAM figures are not shown as current");
+  assert.equal(card.canClear, false);
+  assert.equal(card.canLaunch, true);
+  assert.deepEqual(launchableIds(state), [1]);
+});
+
+test("a status answer requested before a status event does not undo the event", () => {
+  let state = run({ type: "config", data: CONFIG }, { type: "worker_status", data: { id: 1, status: "idle" } });
+  const since = state.seq;
+  state = reduce(state, { type: "worker_status", data: { id: 1, status: "launching" } });
+  const stale = { workers: [{ id: 1, status: "idle", vram_total: 1 }], jobs: [] };
+  state = reduce(state, { type: "status", data: stale, since });
+  assert.equal(workerCards(state)[0].status, "launching");
+  state = reduce(state, { type: "status", data: stale, since: state.seq });
+  assert.equal(workerCards(state)[0].status, "idle", "an answer requested after the event is newer");
+});
+
+test("a worker disabled in the config shows disabled whatever its last health said", () => {
+  const state = run(
+    { type: "config", data: CONFIG },
+    { type: "worker_status", data: { id: "box", status: "idle" } },
+  );
+  assert.equal(workerCards(state)[1].status, "disabled");
+  assert.equal(workerCards(state)[1].canRestart, false);
+});
+
+test("a health entry that still says disabled after enabling shows offline until the next beat", () => {
+  const enabled = { ...CONFIG.workers[1], enabled: true };
+  const state = run(
+    { type: "config", data: CONFIG },
+    { type: "worker_status", data: { id: "box", status: "disabled" } },
+    { type: "worker_saved", data: { worker: enabled } },
+  );
+  assert.equal(workerCards(state)[1].status, "offline");
+});
+
+test("job progress is shown on the card of the worker running the unit, matched by id or by name", () => {
+  const progress = {
+    job_id: "job-1", progress: 0.3,
+    units: [
+      { position: 1, state: "running", worker: "GPU 1", progress: 0.6 },
+      { position: 2, state: "running", worker: "other", worker_id: "box", progress: 0.1 },
+    ],
+  };
+  const state = run({ type: "config", data: CONFIG }, { type: "job_progress", data: progress });
+  assert.equal(workerCards(state)[0].progress, null, "not shown while the worker counts as offline");
+  const online = reduce(state, { type: "worker_status", data: { id: 1, status: "busy" } });
+  assert.equal(workerCards(online)[0].progress.text, "unit 1 · 60%");
+  assert.deepEqual(workerProgress(CONFIG.workers[0], state.jobs),
+                   { jobId: "job-1", fraction: 0.6, state: "running", text: "unit 1 · 60%" });
+  assert.equal(workerProgress(CONFIG.workers[1], state.jobs).fraction, 0.1);
+  assert.equal(workerCards(state)[1].progress, null, "a disabled worker's card shows no job");
+  assert.deepEqual(activeJobs(state), [{ jobId: "job-1", short: "job-1", fraction: 0.3, text: "2 unit(s) · 30%" }]);
+});
+
+test("a running unit wins over a finished one; job_done clears the job and its failures", () => {
+  let state = run(
+    { type: "config", data: CONFIG },
+    { type: "worker_status", data: { id: 1, status: "busy" } },
+    { type: "job_progress", data: { job_id: "a", progress: 1, units: [{ position: 1, state: "done", worker: "GPU 1" }] } },
+    { type: "job_progress", data: { job_id: "b", progress: 0, units: [{ position: 3, state: "running", worker: "GPU 1",
+                                                                        progress: 0.25 }] } },
+  );
+  assert.equal(workerCards(state)[0].progress.text, "unit 3 · 25%");
+  state = reduce(state, { type: "worker_failed",
+                          data: { job_id: "b", worker_id: 1, message: "Worker GPU 1: refused", rerun: true } });
+  assert.equal(workerCards(state)[0].failure, "Worker GPU 1: refused");
+  assert.equal(workerCards(state)[0].progress, null, "a failed worker's unit is shown as failed, not as its job");
+  state = reduce(state, { type: "job_done", data: { job_id: "b", units_missing: [] } });
+  assert.equal(workerCards(state)[0].progress.text, "unit 1 · done");
+  assert.equal(workerCards(state)[0].failure, null);
+  state = reduce(state, { type: "job_done", data: { job_id: "a" } });
+  assert.equal(workerCards(state)[0].progress, null);
+  assert.deepEqual(state.lastJob, { job_id: "a" });
+});
+
+test("jobs listed by GET /multigpu/status get an overall progress; settled jobs are left out", () => {
+  const state = run({ type: "config", data: CONFIG }, {
+    type: "status",
+    data: { workers: [], jobs: [
+      { job_id: "j", settled: false, units: [{ position: 1, state: "done", worker_id: 1, progress: 0 },
+                                             { position: 2, state: "running", worker_id: "box", progress: 0.5 }] },
+      { job_id: "old", settled: true, units: [] },
+    ] },
+  });
+  assert.deepEqual(Object.keys(state.jobs), ["j"]);
+  assert.equal(state.jobs.j.progress, 0.75);
+});
+
+test("the master card follows ComfyUI's own queue and progress events", () => {
+  let state = run(
+    { type: "config", data: CONFIG },
+    { type: "master_stats", data: { devices: [{ name: "cpu", vram_total: 4 * GIB, vram_free: 3 * GIB }] } },
+    { type: "master_queue", data: { exec_info: { queue_remaining: 1 } } },
+  );
+  let card = masterCard(state, "127.0.0.1:8188");
+  assert.equal(card.status, "busy");
+  assert.equal(card.vram.text, "1.0 GB / 4.0 GB");
+  state = reduce(state, { type: "master_progress", data: { value: 3, max: 10 } });
+  card = masterCard(state, "h:1");
+  assert.deepEqual(card.progress, { fraction: 0.3, text: "step 3/10" });
+  state = reduce(state, { type: "master_executing", node: "5" });
+  assert.notEqual(masterCard(state).progress, null);
+  state = reduce(state, { type: "master_executing", node: null });
+  state = reduce(state, { type: "master_queue", data: { exec_info: { queue_remaining: 0 } } });
+  card = masterCard(state);
+  assert.equal(card.progress, null);
+  assert.equal(card.status, "idle");
+  assert.equal(card.address, "127.0.0.1:8188");
+});
+
+test("removing and saving workers edit the config in the state", () => {
+  let state = run({ type: "config", data: CONFIG }, { type: "worker_status", data: { id: 1, status: "idle" } });
+  state = reduce(state, { type: "worker_removed", data: { id: 1 } });
+  assert.deepEqual(workerCards(state).map((c) => c.id), ["box"]);
+  assert.equal(state.workers["1"], undefined);
+  state = reduce(state, { type: "worker_saved", data: { worker: { id: 7, port: 9000, enabled: true } } });
+  assert.deepEqual(workerCards(state).map((c) => c.id), ["box", 7]);
+});
+
+test("auth: a refused token is remembered until a new one is saved", () => {
+  let state = run({ type: "auth_rejected", message: "missing or wrong token" });
+  assert.equal(state.auth.rejected, "missing or wrong token");
+  state = reduce(state, { type: "token_saved" });
+  assert.equal(state.auth.rejected, null);
+});
+
+test("unknown actions and events without ids leave the state unchanged", () => {
+  const state = initialState();
+  assert.equal(reduce(state, { type: "nope" }), state);
+  assert.equal(reduce(state, { type: "worker_status", data: {} }), state);
+  assert.equal(reduce(state, { type: "job_progress", data: {} }), state);
+  assert.equal(reduce(state, { type: "master_progress", data: { value: 1, max: 0 } }), state);
+});
+
+test("formatting", () => {
+  assert.equal(formatBytes(1.5 * GIB), "1.5 GB");
+  assert.equal(formatBytes(null), "—");
+  assert.equal(vramUsage(0, 0), null);
+  assert.deepEqual(vramUsage(4 * GIB, null), { text: "? / 4.0 GB", fraction: 0 });
+  assert.equal(formatAddress("http://127.0.0.1:8189"), "127.0.0.1:8189");
+  assert.equal(formatAddress("https://gpu.example.com/comfy"), "https://gpu.example.com/comfy");
+  assert.equal(workerAddress({ host: "::1", port: 5 }), "http://[::1]:5");
+  assert.equal(workerAddress({ host: "https://x.example/", port: 5 }), "https://x.example");
+  assert.equal(summary(run({ type: "config", data: CONFIG })), "2 workers: 1 offline, 1 disabled");
+  assert.equal(summary(run({ type: "config", data: { ...CONFIG, workers: [] } })), "No workers configured");
+});
+
+test("polling is never faster than the health TTL (nor than 2 s)", () => {
+  assert.equal(pollIntervalMs({ health_ttl: 6 }), 6000);
+  assert.equal(pollIntervalMs({ health_ttl: 0.5 }), 2000);
+  assert.equal(pollIntervalMs(undefined), 6000);
+});
+
+test("the store notifies subscribers only on a change", () => {
+  const store = createStore(reduce, initialState());
+  const seen = [];
+  const stop = store.subscribe((state, action) => seen.push(action.type));
+  store.dispatch({ type: "nope" });
+  store.dispatch({ type: "error", message: "down" });
+  stop();
+  store.dispatch({ type: "error", message: "still down" });
+  assert.deepEqual(seen, ["error"]);
+  assert.equal(store.state.error, "still down");
+});

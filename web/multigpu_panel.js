@@ -1,0 +1,231 @@
+// The Multi-GPU sidebar panel: a master card, a card per worker, the running jobs, the worker form
+// and the settings. It draws the store's state and calls the actions; the store is fed by the
+// websocket listeners in multigpu.js, so the panel only polls for VRAM (no faster than the health TTL).
+
+import { button, h, meter, setAvailable, setText } from "./multigpu_dom.js";
+import { createSettings, createWorkerForm } from "./multigpu_editors.js";
+import { activeJobs, launchableIds, masterCard, pollIntervalMs, summary, workerCards } from "./multigpu_state.js";
+
+const STYLESHEET_ID = "comfyui-distributed-multigpu-css";
+
+function ensureStylesheet() {
+  if (document.getElementById(STYLESHEET_ID)) return;
+  document.head.append(h("link", { id: STYLESHEET_ID, rel: "stylesheet",
+                                   href: new URL("./multigpu.css", import.meta.url).href }));
+}
+
+/** The enable switch of a worker card; it shows the saved value once the master has answered. */
+function enableSwitch(ctx, workerId, current) {
+  const input = h("input", {
+    type: "checkbox", class: "mgpu-switch-input", dataset: { action: "toggle" },
+    onchange: async () => {
+      input.disabled = true;
+      await ctx.actions.setEnabled(workerId, input.checked);
+      input.disabled = false;
+      if (current()) input.checked = current().enabled;
+    },
+  });
+  const el = h("label", { class: "mgpu-switch", title: "Take part in jobs" }, input, h("span", { class: "mgpu-switch-track" }));
+  return {
+    el,
+    update(vm) {
+      if (!input.disabled) input.checked = vm.enabled;
+      input.setAttribute("aria-label", `${vm.enabled ? "Disable" : "Enable"} ${vm.name}`);
+    },
+  };
+}
+
+/** The buttons of a card: clear VRAM; for a worker also launch or restart, edit and remove. */
+function cardButtons(ctx, workerId, current) {
+  const isMaster = workerId === null;
+  const clear = button("pi-eraser", "Clear VRAM", () => (isMaster
+    ? ctx.actions.clearMemory({ worker_ids: [], master: true }, "master")
+    : ctx.actions.clearMemory({ worker_ids: [workerId], master: false }, current().name)), { action: "clear" });
+  if (isMaster) return { el: h("div", { class: "mgpu-actions" }, clear), update: () => setAvailable(clear, true) };
+  const launch = button("pi-play", "Launch", () => ctx.actions.launch([workerId]), { action: "launch" });
+  const restart = button("pi-replay", "Restart", () => ctx.actions.restart(workerId, current().name),
+                         { action: "restart" });
+  const el = h("div", { class: "mgpu-actions" }, clear, launch, restart, h("span", { class: "mgpu-spacer" }),
+    button("pi-pencil", "Edit", () => ctx.editWorker(workerId), { action: "edit", iconOnly: true }),
+    button("pi-trash", "Remove", () => ctx.removeWorker(workerId, current().name),
+           { action: "remove", iconOnly: true, kind: "mgpu-danger" }));
+  return {
+    el,
+    update(vm) {
+      setAvailable(clear, true, vm.canClear);
+      setAvailable(launch, vm.canLaunch);
+      setAvailable(restart, !vm.canLaunch, vm.canRestart);
+    },
+  };
+}
+
+/** One card; built once per worker (or for the master, workerId null) and updated in place. */
+function createCard(ctx, workerId) {
+  let vm = null;
+  const current = () => vm;
+  const dot = h("span", { class: "mgpu-dot" });
+  const name = h("span", { class: "mgpu-name" });
+  const badge = h("span", { class: "mgpu-badge" });
+  const meta = h("div", { class: "mgpu-meta" });
+  const detail = h("div", { class: "mgpu-detail" });
+  const failure = h("div", { class: "mgpu-detail mgpu-failure" });
+  const vram = meter("VRAM", "vram");
+  const progress = meter("Job", "progress");
+  const toggle = workerId === null ? null : enableSwitch(ctx, workerId, current);
+  const buttons = cardButtons(ctx, workerId, current);
+  const el = h("div", { class: `mgpu-card${workerId === null ? " mgpu-master" : ""}`,
+                        dataset: workerId === null ? { role: "master" } : { workerId: String(workerId) } },
+    h("div", { class: "mgpu-card-head" }, dot, name, badge, toggle && toggle.el),
+    meta, detail, failure, vram.el, progress.el, buttons.el);
+
+  function update(next) {
+    vm = next;
+    for (const node of [el, dot, badge]) node.dataset.status = vm.status;
+    dot.title = vm.statusText;
+    badge.textContent = vm.statusText;
+    setText(name, vm.name);
+    setText(meta, [vm.address, vm.cuda, vm.device, vm.ssh].filter(Boolean).join(" · "));
+    setText(detail, vm.detail);
+    setText(failure, vm.failure);
+    detail.title = vm.detail || "";
+    failure.title = vm.failure || "";
+    vram.set(vm.vram);
+    progress.set(vm.progress);
+    if (toggle) toggle.update(vm);
+    buttons.update(vm);
+  }
+
+  return { el, update };
+}
+
+/** The master's card, then the workers' in config order; cards are kept across updates by worker id. */
+function createCardList(ctx) {
+  const el = h("div", { class: "mgpu-cards" });
+  const master = createCard(ctx, null);
+  const cards = new Map();
+  return {
+    el,
+    update(state) {
+      master.update(masterCard(state, window.location.host));
+      const order = [master.el];
+      const seen = new Set();
+      for (const vm of workerCards(state)) {
+        const id = String(vm.id);
+        seen.add(id);
+        if (!cards.has(id)) cards.set(id, createCard(ctx, vm.id));
+        cards.get(id).update(vm);
+        order.push(cards.get(id).el);
+      }
+      for (const id of [...cards.keys()]) if (!seen.has(id)) cards.delete(id);
+      const same = order.length === el.children.length && order.every((card, i) => el.children[i] === card);
+      if (!same) el.replaceChildren(...order);
+    },
+  };
+}
+
+function createJobList() {
+  const el = h("div", { class: "mgpu-jobs" });
+  return {
+    el,
+    update(state) {
+      const jobs = activeJobs(state);
+      el.hidden = jobs.length === 0;
+      el.replaceChildren(...jobs.map((job) => {
+        const bar = meter(`Job ${job.short}`, "job");
+        bar.set(job);
+        bar.el.dataset.jobId = job.jobId;
+        return bar.el;
+      }));
+    },
+  };
+}
+
+/** Shown when the master requires a token this browser does not have, or refused the one it has. */
+function createTokenPrompt({ actions, client, store }) {
+  const message = h("div", { class: "mgpu-token-message" });
+  const input = h("input", { class: "mgpu-input", type: "password", name: "token", autocomplete: "off",
+                             placeholder: "API token" });
+  const save = () => {
+    if (!input.value.trim()) return;
+    actions.saveToken(input.value);
+    input.value = "";
+    prompt.update(store.state);
+  };
+  const el = h("form", { class: "mgpu-token", hidden: true, onsubmit: (e) => { e.preventDefault(); save(); } },
+    message, h("div", { class: "mgpu-row" }, input,
+      button("pi-key", "Use token", save, { action: "save-token", kind: "mgpu-primary" })));
+  const prompt = {
+    el,
+    update(state) {
+      el.hidden = !(state.auth.rejected || (state.auth.required && !client.hasToken()));
+      message.textContent = state.auth.rejected
+        ? `The master refused the token: ${state.auth.rejected}`
+        : "This master needs its API token for changes. It is kept in this browser only.";
+    },
+  };
+  return prompt;
+}
+
+function createHeader({ actions, store }) {
+  const summaryText = h("div", { class: "mgpu-summary" });
+  const banner = h("div", { class: "mgpu-banner", role: "alert", hidden: true });
+  const launchAll = button("pi-play", "Launch workers", () => actions.launch(launchableIds(store.state)),
+                           { action: "launch-all", title: "Launch every enabled worker that is offline" });
+  const el = h("div", { class: "mgpu-header" },
+    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText,
+    h("div", { class: "mgpu-toolbar" }, launchAll,
+      button("pi-eraser", "Clear all VRAM", () => actions.clearMemory({}, "all"),
+             { action: "clear-all", title: "Clear VRAM on every enabled worker and on the master" }),
+      h("span", { class: "mgpu-spacer" }),
+      button("pi-refresh", "Refresh", () => actions.refresh(), { action: "refresh", iconOnly: true })),
+    banner);
+  return {
+    el,
+    update(state) {
+      setText(summaryText, state.config ? summary(state) : "Loading…");
+      setText(banner, state.error);
+      setAvailable(launchAll, true, launchableIds(state).length > 0);
+    },
+  };
+}
+
+/** Draws the panel into `root` (the sidebar's element); returns the function that stops it. */
+export function mountPanel(root, { store, actions, client, confirm }) {
+  ensureStylesheet();
+  const workerForm = createWorkerForm({ store, actions });
+  const ctx = {
+    actions,
+    editWorker(workerId) {
+      const worker = (store.state.config.workers || []).find((w) => String(w.id) === String(workerId));
+      if (worker) workerForm.open(worker);
+    },
+    async removeWorker(workerId, name) {
+      const ok = await confirm(`Remove ${name}?`, `${name} is removed from gpu_config.json. Its ComfyUI keeps running.`);
+      if (ok) await actions.removeWorker(workerId, name);
+    },
+  };
+  const parts = [createHeader({ actions, store }), createTokenPrompt({ actions, client, store }), createJobList(),
+                 createCardList(ctx)];
+  const settings = createSettings({ client, actions });
+  root.replaceChildren(h("div", { class: "mgpu-panel" }, parts.map((part) => part.el),
+    h("div", { class: "mgpu-add" }, button("pi-plus", "Add worker", () => workerForm.open(null), { action: "add-worker" })),
+    workerForm.el, settings.el));
+
+  const update = (state) => {
+    for (const part of [...parts, settings]) part.update(state);
+  };
+  let timer = null;
+  let alive = true;
+  const poll = async () => {
+    await actions.refreshStatus();
+    if (alive) timer = setTimeout(poll, pollIntervalMs(store.state.config && store.state.config.settings));
+  };
+  const unsubscribe = store.subscribe(update);
+  update(store.state);
+  actions.refreshConfig().then(() => { if (alive) poll(); });
+  return function destroy() {
+    alive = false;
+    clearTimeout(timer);
+    unsubscribe();
+  };
+}

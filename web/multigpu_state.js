@@ -1,0 +1,312 @@
+// State of the Multi-GPU panel: a reducer over the master's API answers and websocket events,
+// and the view models the DOM layer draws. No DOM and no network here, so it is unit-tested
+// with node:test (tests/web/) and survives frontend updates untouched.
+
+export const STATUSES = ["idle", "busy", "offline", "disabled", "error", "launching"];
+
+const GIB = 1024 ** 3;
+
+export function initialState() {
+  return {
+    config: null,      // GET /multigpu/config (without secrets)
+    workers: {},       // worker id (as a string) -> its latest health entry
+    seq: 0,            // worker_status events seen: a status answer older than an event does not undo it
+    jobs: {},          // job id -> {progress, units}
+    failures: {},      // worker id -> the last multigpu.worker_failed of a running job
+    lastJob: null,     // the last multigpu.job_done
+    master: { queueRemaining: null, progress: null, device: null, vramTotal: null, vramFree: null },
+    auth: { required: false, configured: false, rejected: null },
+    error: null,       // a message for the banner (API unreachable, invalid config file)
+  };
+}
+
+/** A minimal store: the panel subscribes, the websocket listeners dispatch (even while the tab is closed). */
+export function createStore(reducer, state) {
+  const listeners = new Set();
+  return {
+    get state() { return state; },
+    dispatch(action) {
+      const next = reducer(state, action);
+      if (next !== state) {
+        state = next;
+        for (const listener of [...listeners]) listener(state, action);
+      }
+    },
+    subscribe(listener) {
+      listeners.add(listener);
+      return () => listeners.delete(listener);
+    },
+  };
+}
+
+const key = (id) => String(id);
+
+function withoutKeys(object, keys) {
+  const copy = { ...object };
+  for (const k of keys) delete copy[k];
+  return copy;
+}
+
+function jobFromSummary(job) {
+  // GET /multigpu/status lists jobs without an overall progress: derive it as the backend does
+  const finished = { done: 1, skipped: 1, given_up: 1 };
+  const units = (job.units || []).map((u) => ({
+    position: u.position, state: u.state, worker_id: u.worker_id ?? null, worker: null,
+    progress: finished[u.state] ?? (u.progress || 0),
+  }));
+  const total = units.reduce((sum, u) => sum + u.progress, 0);
+  return { progress: units.length ? total / units.length : 0, units };
+}
+
+export function reduce(state, action) {
+  const data = action.data || {};
+  switch (action.type) {
+    case "config": {
+      const auth = data.auth || {};
+      return {
+        ...state, config: data, error: null,
+        auth: { ...state.auth, required: !!auth.token_required, configured: !!auth.token_configured },
+      };
+    }
+    case "settings":  // POST /multigpu/config/update_setting answers the settings only
+      if (!state.config) return state;
+      return { ...state, config: { ...state.config, settings: data } };
+    case "status": {
+      // action.since: the event count when the request was sent; entries changed by an event since then are newer
+      const since = action.since ?? Infinity;
+      const workers = { ...state.workers };
+      for (const entry of data.workers || []) {
+        const known = workers[key(entry.id)];
+        if (!known || !(known.seq > since)) workers[key(entry.id)] = { ...known, ...entry };
+      }
+      const jobs = {};
+      for (const job of data.jobs || []) {
+        if (job.settled) continue;
+        jobs[job.job_id] = state.jobs[job.job_id] || jobFromSummary(job);
+      }
+      const master = data.master || {};
+      const auth = "token_required" in master
+        ? { ...state.auth, required: !!master.token_required, configured: !!master.token_configured }
+        : state.auth;
+      return { ...state, workers, jobs, auth, error: null };
+    }
+    case "worker_status": {
+      if (data.id === undefined || data.id === null) return state;
+      const id = key(data.id);
+      const seq = state.seq + 1;
+      return { ...state, seq, workers: { ...state.workers, [id]: { ...state.workers[id], ...data, seq } } };
+    }
+    case "job_progress":
+      if (!data.job_id) return state;
+      return {
+        ...state,
+        jobs: { ...state.jobs, [data.job_id]: { progress: Number(data.progress) || 0, units: data.units || [] } },
+      };
+    case "job_done": {
+      const failed = Object.entries(state.failures).filter(([, f]) => f.job_id === data.job_id).map(([id]) => id);
+      return {
+        ...state, jobs: withoutKeys(state.jobs, [data.job_id]), failures: withoutKeys(state.failures, failed),
+        lastJob: data,
+      };
+    }
+    case "worker_failed":
+      if (data.worker_id === undefined) return state;
+      return { ...state, failures: { ...state.failures, [key(data.worker_id)]: data } };
+    case "worker_saved": {  // the answer of update_worker or add_worker
+      if (!state.config || !data.worker) return state;
+      const workers = [...(state.config.workers || [])];
+      const index = workers.findIndex((w) => key(w.id) === key(data.worker.id));
+      if (index >= 0) workers[index] = data.worker;
+      else workers.push(data.worker);
+      return { ...state, config: { ...state.config, workers } };
+    }
+    case "worker_removed": {
+      const workers = state.config ? (state.config.workers || []).filter((w) => key(w.id) !== key(data.id)) : [];
+      return {
+        ...state, config: state.config && { ...state.config, workers },
+        workers: withoutKeys(state.workers, [key(data.id)]),
+        failures: withoutKeys(state.failures, [key(data.id)]),
+      };
+    }
+    case "master_stats": {
+      const device = (data.devices || [])[0] || {};
+      return {
+        ...state,
+        master: { ...state.master, device: device.name ?? null, vramTotal: device.vram_total ?? null,
+                  vramFree: device.vram_free ?? null },
+      };
+    }
+    case "master_queue": {
+      const remaining = data.exec_info ? data.exec_info.queue_remaining : undefined;
+      if (remaining === undefined || remaining === state.master.queueRemaining) return state;
+      return { ...state, master: { ...state.master, queueRemaining: remaining } };
+    }
+    case "master_progress":
+      if (!(data.max > 0)) return state;
+      return { ...state, master: { ...state.master, progress: { value: data.value, max: data.max } } };
+    case "master_executing":
+      // ComfyUI's "executing" with no node: the master's prompt has finished
+      if (action.node !== null && action.node !== undefined) return state;
+      if (state.master.progress === null) return state;
+      return { ...state, master: { ...state.master, progress: null } };
+    case "auth_rejected":
+      return { ...state, auth: { ...state.auth, rejected: action.message || "the master refused the token" } };
+    case "token_saved":
+      return { ...state, auth: { ...state.auth, rejected: null } };
+    case "error":
+      return { ...state, error: action.message || null };
+    default:
+      return state;
+  }
+}
+
+// --- formatting ----------------------------------------------------------------------------
+
+export function formatBytes(bytes) {
+  if (typeof bytes !== "number" || !Number.isFinite(bytes) || bytes < 0) return "—";
+  return `${(bytes / GIB).toFixed(1)} GB`;
+}
+
+/** VRAM used/total as text and as a 0-1 fraction; null when the worker has not reported it. */
+export function vramUsage(total, free) {
+  if (typeof total !== "number" || !(total > 0)) return null;
+  const used = typeof free === "number" ? Math.min(Math.max(total - free, 0), total) : null;
+  return {
+    text: `${used === null ? "?" : formatBytes(used)} / ${formatBytes(total)}`,
+    fraction: used === null ? 0 : used / total,
+  };
+}
+
+export function formatPercent(fraction) {
+  const value = Math.round(Math.min(Math.max(Number(fraction) || 0, 0), 1) * 100);
+  return `${value}%`;
+}
+
+/** "http://127.0.0.1:8189" -> "127.0.0.1:8189"; an https or path URL is kept whole. */
+export function formatAddress(address) {
+  if (!address) return "";
+  return address.startsWith("http://") && !address.slice(7).includes("/") ? address.slice(7) : address;
+}
+
+/** The address the master uses for a config entry (mirrors WorkerConfig.base_url). */
+export function workerAddress(worker) {
+  const host = worker.host || "127.0.0.1";
+  if (host.includes("://")) return host.replace(/\/+$/, "");
+  const bracketed = host.includes(":") && !host.startsWith("[") ? `[${host}]` : host;
+  return `http://${bracketed}:${worker.port}`;
+}
+
+export function formatCuda(device) {
+  return device === null || device === undefined || device === "" ? null : `CUDA ${device}`;
+}
+
+export function statusLabel(status) {
+  const text = STATUSES.includes(status) ? status : "unknown";
+  return text[0].toUpperCase() + text.slice(1);
+}
+
+export function displayName(worker) {
+  return worker.name || `Worker ${worker.id}`;
+}
+
+// --- view models -------------------------------------------------------------------------
+
+const UNIT_ORDER = { running: 0, pending: 1, master: 2, done: 3, skipped: 4, given_up: 5 };
+
+/** The unit of a running job that a worker card shows (units name the worker; newer backends add worker_id). */
+export function workerProgress(worker, jobs) {
+  const id = key(worker.id);
+  const name = displayName(worker);
+  let best = null;
+  for (const [jobId, job] of Object.entries(jobs)) {
+    for (const unit of job.units || []) {
+      const mine = unit.worker_id !== undefined && unit.worker_id !== null
+        ? key(unit.worker_id) === id : unit.worker === name;
+      if (!mine || unit.state === "master") continue;
+      const rank = UNIT_ORDER[unit.state] ?? 9;
+      if (best === null || rank < best.rank) best = { rank, unit, jobId };
+    }
+  }
+  if (best === null) return null;
+  const { unit, jobId } = best;
+  const fraction = unit.state === "done" ? 1 : Number(unit.progress) || 0;
+  const what = unit.state === "running" ? formatPercent(fraction) : unit.state.replace("_", " ");
+  return { jobId, fraction, state: unit.state, text: `unit ${unit.position} · ${what}` };
+}
+
+export function workerCards(state) {
+  const configured = state.config ? state.config.workers || [] : [];
+  return configured.map((worker) => {
+    const health = state.workers[key(worker.id)] || {};
+    const status = !worker.enabled ? "disabled" : health.status && health.status !== "disabled"
+      ? health.status : "offline";
+    const failure = state.failures[key(worker.id)] || null;
+    return {
+      id: worker.id,
+      name: displayName(worker),
+      address: formatAddress(health.address || workerAddress(worker)),
+      cuda: formatCuda(worker.cuda_device),
+      device: health.device || null,
+      ssh: worker.ssh ? `SSH ${worker.ssh.user ? `${worker.ssh.user}@` : ""}${worker.ssh.host}` : null,
+      enabled: !!worker.enabled,
+      status,
+      statusText: statusLabel(status),
+      detail: status === "offline" || status === "error" ? health.error || null
+        : status === "busy" && health.queue_remaining ? `${health.queue_remaining} in queue` : null,
+      vram: worker.enabled && status !== "offline" ? vramUsage(health.vram_total, health.vram_free) : null,
+      // a unit still named after a worker that is down is about to run elsewhere: not shown as its job
+      progress: worker.enabled && status !== "offline" && !failure ? workerProgress(worker, state.jobs) : null,
+      failure: failure ? failure.message : null,
+      canClear: status === "idle" || status === "busy",
+      canRestart: worker.enabled && status !== "launching",
+      canLaunch: worker.enabled && status === "offline",
+    };
+  });
+}
+
+export function masterCard(state, location) {
+  const master = (state.config && state.config.master) || {};
+  const { progress, queueRemaining } = state.master;
+  const status = progress || queueRemaining > 0 ? "busy" : "idle";
+  return {
+    name: "Master",
+    address: location || `127.0.0.1:${master.port ?? 8188}`,
+    cuda: formatCuda(master.cuda_device ?? null),
+    device: state.master.device,
+    status,
+    statusText: statusLabel(status),
+    vram: vramUsage(state.master.vramTotal, state.master.vramFree),
+    progress: progress
+      ? { fraction: progress.value / progress.max, text: `step ${progress.value}/${progress.max}` }
+      : null,
+  };
+}
+
+export function activeJobs(state) {
+  return Object.entries(state.jobs).map(([jobId, job]) => ({
+    jobId,
+    short: jobId.slice(0, 8),
+    fraction: job.progress,
+    text: `${(job.units || []).length} unit(s) · ${formatPercent(job.progress)}`,
+  }));
+}
+
+export function summary(state) {
+  const cards = workerCards(state);
+  const counts = {};
+  for (const card of cards) counts[card.status] = (counts[card.status] || 0) + 1;
+  const parts = STATUSES.filter((s) => counts[s]).map((s) => `${counts[s]} ${s}`);
+  const noun = cards.length === 1 ? "worker" : "workers";
+  return cards.length ? `${cards.length} ${noun}: ${parts.join(", ")}` : "No workers configured";
+}
+
+/** Workers the "Launch workers" button starts: enabled and offline. */
+export function launchableIds(state) {
+  return workerCards(state).filter((card) => card.canLaunch).map((card) => card.id);
+}
+
+/** The panel refreshes VRAM and status no faster than the health TTL (events bring the rest). */
+export function pollIntervalMs(settings) {
+  const ttl = Number(settings && settings.health_ttl);
+  return Math.max(Number.isFinite(ttl) && ttl > 0 ? ttl : 6, 2) * 1000;
+}
