@@ -151,7 +151,7 @@ class MultiGPUApi:
         async def wrapped(request: web.Request) -> web.StreamResponse:
             try:
                 if auth:
-                    self._authorize(request)
+                    self.authorize(request)
                 return await handler(request)
             except ApiError as exc:
                 headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
@@ -168,7 +168,7 @@ class MultiGPUApi:
             return env
         return self._config().settings.api_token
 
-    def _authorize(self, request: web.Request) -> None:
+    def authorize(self, request: web.Request) -> None:
         token = self.token()
         if token is None:
             if self.public:

@@ -21,16 +21,25 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import os
 import shutil
 import subprocess
 import sys
-from dataclasses import dataclass
+import time
+import urllib.error
+import urllib.request
+import uuid
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import IO, Any, Callable
+
+import aiohttp
 
 from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, GpuConfig, load_config
 from .errors import DistributedError
+from .prompt_hook import JOB_ID_EXTRA_DATA
+from .worker_client import summarize_rejection
 from .launcher import (
     WINDOWS,
     InstanceStatus,
@@ -43,8 +52,10 @@ from .launcher import (
     probe_host,
     state_dir_for,
 )
-from .run_client import DEFAULT_OUTPUT, DEFAULT_TIMEOUT, TOKEN_ENV, master_view, run_workflow_file
 
+TOKEN_ENV = "COMFY_DISTRIBUTED_TOKEN"
+DEFAULT_OUTPUT = "comfy-distributed-output"
+DEFAULT_TIMEOUT = 3600.0
 MODES = {
     "master": "start the master",
     "workers": "start every enabled worker",
@@ -292,8 +303,8 @@ def cmd_update(args: argparse.Namespace) -> int:
                           "updates itself, the portable build has update\\update_comfyui.bat")
     python, _origin = find_python(site.root, site.config.master.python, "master")
     if not _run_step([_git(), "pull", "--ff-only"], site.root, "update"):
-        raise LaunchError(f"'git pull' failed in {site.root} (see above): local changes or a diverged branch "
-                          "must be resolved by hand ('git status' shows them)")
+        raise LaunchError(f"'git pull' failed in {site.root} (see above): local changes, a diverged branch or a "
+                          "checkout of a fixed version must be sorted out by hand ('git status' shows which)")
     requirements = site.root / "requirements.txt"
     if requirements.is_file() and not _run_step([python, "-m", "pip", "install", "-r", str(requirements)],
                                                  site.root, "update"):
@@ -342,13 +353,287 @@ def cmd_run(args: argparse.Namespace) -> int:
             url = setup(args, quiet=True).master_url
         except LaunchError:  # not in ComfyUI's folder: the default master
             url = "http://127.0.0.1:8188"
-    saved = asyncio.run(run_workflow_file(Path(args.workflow), url.rstrip("/"), Path(args.output), args.timeout,
-                                          sys.stdout))
+    prompt, extra_data = load_workflow(Path(args.workflow))
+    output = Path(args.output)
+    saved = asyncio.run(run_workflow(url.rstrip("/"), prompt, extra_data, output, args.timeout, sys.stdout))
     if not saved:
         say("The workflow finished but produced no images (it has no Save Image or Preview Image).")
     else:
-        say(f"Saved {len(saved)} image(s) to {Path(args.output).resolve()}")
+        say(f"Saved {len(saved)} image(s) to {output.resolve()}")
     return 0
+
+
+def load_workflow(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The API-format prompt (``{node: ...}`` or ``{"prompt": {...}}``) and extra_data of a workflow file."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise LaunchError(f"{path} does not exist") from None
+    except (OSError, ValueError) as exc:
+        raise LaunchError(f"{path} cannot be read as JSON: {exc}") from None
+    extra: dict[str, Any] = {}
+    if isinstance(data, dict) and isinstance(data.get("prompt"), dict):
+        extra = data["extra_data"] if isinstance(data.get("extra_data"), dict) else {}
+        data = data["prompt"]
+    if isinstance(data, dict) and isinstance(data.get("nodes"), list):
+        raise LaunchError(f"{path} is a workflow in the UI's format; 'run' needs the API format: in ComfyUI use "
+                          "Workflow > Export (API) and run the file it saves")
+    if not isinstance(data, dict) or not data or not all(isinstance(n, dict) and "class_type" in n
+                                                         for n in data.values()):
+        raise LaunchError(f"{path} is not an API-format workflow (an object of nodes, each with a class_type): "
+                          "export it from ComfyUI with Workflow > Export (API)")
+    return data, extra
+
+
+def auth_headers() -> dict[str, str]:
+    token = os.environ.get(TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def master_view(url: str) -> dict[str, str]:
+    """Worker id -> the status the master's health checks see, when the master runs this extension."""
+    request = urllib.request.Request(f"{url}/multigpu/status", headers=auth_headers())
+    try:
+        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=3) as response:
+            data = json.loads(response.read())
+        return {str(w["id"]): str(w["status"]) for w in data.get("workers", [])}
+    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError, AttributeError):
+        return {}
+
+
+@dataclass(slots=True)
+class Progress:
+    """What the master reported so far about one prompt; ``line()`` draws it."""
+
+    prompt: dict[str, Any]
+    done: set[str] = field(default_factory=set)
+    current: str | None = None
+    step: tuple[int, int] | None = None
+    cluster: float | None = None
+    units: tuple[int, int] | None = None
+    """Worker units finished, of all units, from ``multigpu.job_progress``."""
+
+    def fraction(self) -> float:
+        total = max(len(self.prompt), 1)
+        current = self.step[0] / self.step[1] if self.step and self.step[1] else 0.0
+        master = min((len(self.done) + (current if self.current not in self.done else 0.0)) / total, 1.0)
+        return master if self.cluster is None else (master + self.cluster) / 2
+
+    def line(self, width: int = 30, floor: float = 0.0) -> str:
+        fraction = max(self.fraction(), floor)
+        filled = int(fraction * width)
+        text = f"[{'#' * filled}{'.' * (width - filled)}] {int(fraction * 100):3d}%  master: " \
+               f"{len(self.done)}/{len(self.prompt)} nodes"
+        if self.current is not None and self.current in self.prompt:
+            text += f", {self.prompt[self.current].get('class_type', '?')}"
+            if self.step:
+                text += f" {self.step[0]}/{self.step[1]}"
+        if self.units is not None:
+            text += f" | cluster: {self.units[0]}/{self.units[1]} units done"
+        return text
+
+
+class ProgressDisplay:
+    """One self-rewriting line on a terminal; otherwise a line per 10 % and per finished node."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.last = (-1, -1)
+        self.shown = 0.0
+        """The bar never moves back (it would when the first cluster event adds the workers' share)."""
+
+    def show(self, progress: Progress) -> None:
+        self.shown = max(self.shown, progress.fraction())
+        if self.tty:
+            self.stream.write("\r" + progress.line(floor=self.shown).ljust(100)[:120])
+        else:
+            key = (int(self.shown * 10), len(progress.done))
+            if key == self.last:
+                return
+            self.last = key
+            self.stream.write(progress.line(floor=self.shown) + "\n")
+        self.stream.flush()
+
+    def note(self, message: str) -> None:
+        self.stream.write(("\n" if self.tty else "") + message + "\n")
+        self.stream.flush()
+
+    def end(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+async def run_workflow(url: str, prompt: dict[str, Any], extra_data: dict[str, Any], output: Path, timeout: float,
+                       stream: IO[str]) -> list[Path]:
+    """Queue ``prompt`` on the master, follow it on the websocket with a progress bar, save its images."""
+    client_id = uuid.uuid4().hex
+    display = ProgressDisplay(stream)
+    deadline = time.monotonic() + timeout
+    async with aiohttp.ClientSession(headers=auth_headers()) as session:
+        try:
+            ws = await session.ws_connect(f"{url}/ws", params={"clientId": client_id}, heartbeat=30,
+                                          timeout=aiohttp.ClientWSTimeout(ws_close=10))
+        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+            raise LaunchError(f"the master at {url} does not answer ({exc}): start it with 'comfy-distributed "
+                              "master', or pass --master URL") from None
+        async with ws:
+            job_id = await _prepare_job(session, url, prompt)
+            extra = {**extra_data, **({JOB_ID_EXTRA_DATA: job_id} if job_id else {})}
+            prompt_id = await _queue(session, url, {"prompt": prompt, "client_id": client_id, "extra_data": extra})
+            display.note(f"Queued prompt {prompt_id} on {url}")
+            await _follow(ws, session, url, prompt_id, job_id, Progress(prompt), display, deadline, timeout)
+        entry = await _get_json(session, f"{url}/history/{prompt_id}")
+        return await _save_images(session, url, (entry or {}).get(prompt_id) or {}, output)
+
+
+async def _prepare_job(session: aiohttp.ClientSession, url: str, prompt: dict[str, Any]) -> str | None:
+    """A job id from a master that runs this extension, so that its cluster events can be told apart."""
+    try:
+        async with session.post(f"{url}/multigpu/prepare_job", json={"prompt": prompt},
+                                timeout=aiohttp.ClientTimeout(total=30)) as response:
+            if response.status == 200:
+                return str((await response.json()).get("job_id") or "") or None
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
+        pass
+    return None  # no Collector, no extension, or a token we lack: progress is matched through /multigpu/status
+
+
+async def _queue(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
+    try:
+        async with session.post(f"{url}/prompt", json=body, timeout=aiohttp.ClientTimeout(total=60)) as response:
+            text = await response.text()
+            status = response.status
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise LaunchError(f"queueing on {url} failed: {exc}") from None
+    try:
+        answer = json.loads(text)
+    except ValueError:
+        answer = None
+    if status == 200 and isinstance(answer, dict) and "prompt_id" in answer:
+        return str(answer["prompt_id"])
+    if status == 400:
+        raise LaunchError(f"the master refused the workflow: {summarize_rejection(answer)}")
+    raise LaunchError(f"the master answered POST /prompt with HTTP {status}: {text[:300]}")
+
+
+async def _get_json(session: aiohttp.ClientSession, url: str) -> Any:
+    try:
+        async with session.get(url, timeout=aiohttp.ClientTimeout(total=60)) as response:
+            response.raise_for_status()
+            return await response.json()
+    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
+        raise LaunchError(f"GET {url} failed: {exc}") from None
+
+
+async def _follow(ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSession, url: str, prompt_id: str,
+                  job_id: str | None, progress: Progress, display: ProgressDisplay, deadline: float,
+                  timeout: float) -> None:
+    """Read the master's events until our prompt has finished; errors end it with a message."""
+    looked_up: set[str] = set()
+    while True:
+        remaining = deadline - time.monotonic()
+        try:
+            if remaining <= 0:
+                raise asyncio.TimeoutError
+            message = await ws.receive(timeout=remaining)
+        except asyncio.TimeoutError:
+            display.end()
+            raise LaunchError(f"the workflow did not finish within {timeout:.0f} s (--timeout); it may still run "
+                              f"on the master (prompt {prompt_id})") from None
+        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+            display.end()
+            raise LaunchError(f"the master at {url} closed the connection before the workflow finished: did it "
+                              "crash or restart? Its log says why (comfy-distributed status shows where it is)")
+        if message.type != aiohttp.WSMsgType.TEXT:
+            continue  # previews
+        try:
+            event = json.loads(message.data)
+            kind, data = event["type"], event.get("data") or {}
+        except (ValueError, KeyError, TypeError):
+            continue
+        if kind.startswith("multigpu.") and job_id is None and str(data.get("job_id")) not in looked_up:
+            looked_up.add(str(data.get("job_id")))
+            job_id = await _job_of(session, url, prompt_id)
+        if _apply(kind, data, prompt_id, job_id, progress, display):
+            display.show(progress)
+            display.end()
+            return
+        display.show(progress)
+
+
+def _apply(kind: str, data: dict[str, Any], prompt_id: str, job_id: str | None, progress: Progress,
+           display: ProgressDisplay) -> bool:
+    """Update ``progress`` from one event; True when the prompt has finished successfully."""
+    if kind.startswith("multigpu."):
+        if job_id is None or data.get("job_id") != job_id:
+            return False
+        if kind == "multigpu.job_progress":
+            units = data.get("units") or []
+            progress.cluster = float(data.get("progress") or 0.0)
+            progress.units = (sum(u.get("state") in ("done", "skipped", "given_up") for u in units), len(units))
+        elif kind == "multigpu.worker_failed":
+            display.note(f"warning: {data.get('message')}")
+        return False
+    if data.get("prompt_id") not in (None, prompt_id):
+        return False
+    if kind == "execution_cached":
+        progress.done.update(str(n) for n in data.get("nodes") or [])
+    elif kind == "executing":
+        if progress.current is not None:
+            progress.done.add(progress.current)
+        node = data.get("node")
+        if node is None and data.get("prompt_id") == prompt_id:
+            progress.current, progress.step = None, None
+            return True
+        progress.current, progress.step = (None if node is None else str(node)), None
+    elif kind == "progress":
+        progress.current = str(data.get("node")) if data.get("node") is not None else progress.current
+        progress.step = (int(data.get("value") or 0), int(data.get("max") or 0))
+    elif kind == "execution_error":
+        display.end()
+        raise LaunchError(f"the workflow failed on the master in node {data.get('node_id')} "
+                          f"({data.get('node_type')}): {str(data.get('exception_message', '')).strip()}")
+    elif kind == "execution_interrupted":
+        display.end()
+        raise LaunchError(f"the workflow was interrupted on the master (in node {data.get('node_id')})")
+    return False
+
+
+async def _job_of(session: aiohttp.ClientSession, url: str, prompt_id: str) -> str | None:
+    try:
+        status = await _get_json(session, f"{url}/multigpu/status")
+        return next((j["job_id"] for j in status.get("jobs", []) if j.get("prompt_id") == prompt_id), None)
+    except (LaunchError, AttributeError, KeyError, TypeError):
+        return None
+
+
+async def _save_images(session: aiohttp.ClientSession, url: str, entry: dict[str, Any], output: Path) -> list[Path]:
+    """Every image of the prompt's outputs (node order, then batch order), via GET /view, into ``output``."""
+    status = entry.get("status") or {}
+    if status.get("status_str") == "error":
+        raise LaunchError(f"the workflow failed on the master: {json.dumps(status.get('messages'))[-600:]}")
+    saved: list[Path] = []
+    outputs = entry.get("outputs") or {}
+    for node_id in sorted(outputs, key=lambda n: (len(str(n)), str(n))):
+        for image in (outputs[node_id] or {}).get("images") or []:
+            params = {"filename": image["filename"], "subfolder": image.get("subfolder", ""),
+                      "type": image.get("type", "output")}
+            try:
+                async with session.get(f"{url}/view", params=params,
+                                       timeout=aiohttp.ClientTimeout(total=120)) as response:
+                    response.raise_for_status()
+                    blob = await response.read()
+            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+                raise LaunchError(f"fetching {image['filename']} from the master failed: {exc}") from None
+            output.mkdir(parents=True, exist_ok=True)
+            target = output / Path(image["filename"]).name
+            if target.exists() or target in saved:
+                target = output / f"{node_id}-{len(saved)}-{target.name}"
+            target.write_bytes(blob)
+            saved.append(target)
+    return saved
 
 
 # --- the command line -------------------------------------------------------------------------------
@@ -384,7 +669,7 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--master", metavar="URL", help="the master's address; default: from the config")
             sub.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                              help="give up after this long")
-    modes.add_parser("watch", parents=[common], help=argparse.SUPPRESS)
+    modes.add_parser("watch", parents=[common])  # internal: no help, so not listed
     return parser
 
 
@@ -423,5 +708,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr, flush=True)
+        print("interrupted: instances started so far keep running ('comfy-distributed stop' stops them)",
+              file=sys.stderr, flush=True)
         return 130

@@ -4,15 +4,18 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any
 
 from . import runtime
 from .api import MultiGPUApi, listens_beyond_loopback
+from .api_launch import add_launch_routes
 from .config import ConfigStore
 from .errors import ConfigError
 from .orchestrator import Orchestrator
 from .health import HealthMonitor
+from .launcher import master_launcher_factory
 from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
 from .queue_balancer import QueueBalancer
 from .worker_client import OutputFile
@@ -96,7 +99,10 @@ def install() -> bool:
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
     server.app.middlewares.append(make_prompt_middleware(orchestrator, running_prompts, pending_prompts))
     public = listens_beyond_loopback(getattr(cli_args.args, "listen", None))
-    MultiGPUApi(store, orchestrator, public=public, free_master=free_master, health=health).add_routes(server.routes)
+    api = MultiGPUApi(store, orchestrator, public=public, free_master=free_master, health=health)
+    api.add_routes(server.routes)
+    comfyui_root = Path(sys.modules[PromptServer.__module__].__file__).resolve().parent  # main.py's folder
+    add_launch_routes(server.routes, store, health, master_launcher_factory(store, comfyui_root), api.authorize)
 
     def start_background() -> None:
         health.start()

@@ -67,6 +67,10 @@ class SshConfig(_Model):
     """ComfyUI's folder (the one with main.py) on the remote machine."""
     python: str | None = None
     """The remote interpreter; default: ComfyUI's venv/.venv/python_embeded there, else python3."""
+    known_hosts_file: str | None = None
+    """known_hosts file (on this machine) to check the remote host key against; default ~/.ssh/known_hosts."""
+
+    _known_hosts = field_validator("known_hosts_file")(classmethod(lambda cls, v: _path_text(v, "known_hosts_file")))
 
     _host = field_validator("host")(classmethod(lambda cls, v: _host_name(v)))
     _user = field_validator("user")(classmethod(lambda cls, v: v if v is None else _user_name(v)))

@@ -11,6 +11,7 @@
     │   ├── WorkerRejected          POST /prompt answered 4xx (node_errors: missing node, bad input)
     │   ├── WorkerExecutionFailed   the prompt ran and ended in execution_error / interrupted
     │   └── WorkerProtocolError     the worker answered something that is not ComfyUI's API
+    ├── LaunchError                 an instance could not be started, found or stopped
     └── JobError                    a distributed job as a whole (unknown job, cancelled)
         ├── UnknownJob              no such job (expired, finished, or never planned)
         └── ResultRejected          a worker's callback that does not match its job
@@ -67,6 +68,10 @@ class WorkerExecutionFailed(WorkerError):
 
 class WorkerProtocolError(WorkerError):
     reason = "protocol_error"
+
+
+class LaunchError(DistributedError):
+    """An instance could not be started, found or stopped; the message says what to do."""
 
 
 class JobError(DistributedError):

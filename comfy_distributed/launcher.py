@@ -18,6 +18,7 @@ import functools
 import ipaddress
 import json
 import os
+import re
 import shlex
 import signal
 import socket
@@ -32,7 +33,7 @@ from typing import Any, Callable, Protocol
 from urllib.parse import urlsplit
 
 from .config import CONFIG_ENV, PACKAGE_ROOT, GpuConfig, WorkerConfig
-from .errors import DistributedError
+from .errors import LaunchError
 
 STATE_ENV = "COMFY_DISTRIBUTED_STATE_DIR"
 FAST_SPACING = 2.0
@@ -45,10 +46,9 @@ LOG_MARK = "===== comfy-distributed:"
 """First characters of the line written to a log before each start; the tail shown after a failure
 starts after the last one."""
 WINDOWS = os.name == "nt"
-
-
-class LaunchError(DistributedError):
-    """An instance could not be started, found or stopped; the message says what to do."""
+BOOTSTRAP = ("import sys; sys.path.insert(0, sys.argv.pop(1)); from comfy_distributed.cli import main; "
+             "sys.exit(main(sys.argv[1:]))")
+"""Runs the CLI from the package's folder (``-c``, not ``-m`` + PYTHONPATH: python_embeded ignores PYTHONPATH)."""
 
 
 # --- what to run --------------------------------------------------------------------------------
@@ -97,6 +97,7 @@ class Record:
     token: str | None = None
     """Identifies the process beyond its pid (Linux start time), so a reused pid is not taken for it."""
     log: str = ""
+    python: str = ""
 
 
 @dataclass(slots=True)
@@ -337,9 +338,10 @@ def vram_text(stats: dict[str, Any] | None) -> str | None:
 
 # --- local processes ----------------------------------------------------------------------------
 
-_CHILDREN: dict[int, subprocess.Popen] = {}
+_CHILDREN: dict[int, "subprocess.Popen[bytes]"] = {}
 """Processes this process started: polled (and so reaped) instead of signalled, never garbage-collected
 while they run."""
+_EXITED: dict[int, int] = {}
 
 
 def start_token(pid: int) -> str | None:
@@ -357,6 +359,7 @@ def process_alive(pid: int, token: str | None = None) -> bool:
     if child is not None:
         if child.poll() is None:
             return True
+        _EXITED[pid] = child.returncode
         _CHILDREN.pop(pid, None)
         return False
     if WINDOWS:
@@ -394,8 +397,9 @@ def _windows_alive(pid: int) -> bool:
 
 
 def exit_code(pid: int) -> int | None:
+    """The exit code of a process this process started and saw exit."""
     child = _CHILDREN.get(pid)
-    return None if child is None else child.poll()
+    return _EXITED.get(pid) if child is None else child.poll()
 
 
 def spawn_detached(command: list[str], env: dict[str, str], cwd: Path, log_path: Path, note: str) -> int:
@@ -407,7 +411,7 @@ def spawn_detached(command: list[str], env: dict[str, str], cwd: Path, log_path:
                   .encode())
         log.flush()
         options: dict[str, Any] = {}
-        if WINDOWS:
+        if sys.platform == "win32":
             options["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | subprocess.CREATE_NO_WINDOW
         else:
             options["start_new_session"] = True
@@ -428,7 +432,10 @@ def terminate(pid: int, token: str | None, timeout: float = STOP_TIMEOUT) -> Non
         return
     for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 5.0)):
         try:
-            os.killpg(pid, sig)
+            try:
+                os.killpg(pid, sig)
+            except ProcessLookupError:  # not a group leader (a pid file written by another tool)
+                os.kill(pid, sig)
         except ProcessLookupError:
             pass
         except PermissionError:
@@ -479,8 +486,9 @@ def since_last_start(text: str, lines: int = LOG_TAIL_LINES) -> str:
 def explain(log: str, instance: Instance, python: str) -> str | None:
     """A hint for a newcomer from the last lines an instance wrote before it died."""
     text = log.lower()
-    if "no module named" in text:
-        module = log.lower().split("no module named", 1)[1].strip().split()[0].strip("'\"")
+    modules = re.findall(r"No module named '([^']+)'", log)
+    if modules:
+        module = modules[-1]
         return (f"the Python it ran ({python}) lacks ComfyUI's requirements (module {module!r} is missing): "
                 f"install them with '{python} -m pip install -r requirements.txt' in ComfyUI's folder (or "
                 f"'comfy-distributed update'), or set {instance.field}.python to ComfyUI's own interpreter")
@@ -535,7 +543,10 @@ class LocalProcesses:
     def read(self, key: str) -> Record | None:
         try:
             data = json.loads(self.pid_path(key).read_text(encoding="utf-8"))
-            return Record(**data) if isinstance(data, dict) else Record(int(data), 0, 0.0)
+            if not isinstance(data, dict):
+                return Record(int(data), 0, 0.0)  # a bare pid, as other tools write
+            known = {name: value for name, value in data.items() if name in Record.__dataclass_fields__}
+            return Record(**known) if isinstance(known.get("pid"), int) else None
         except (OSError, ValueError, TypeError):
             return None
 
@@ -544,7 +555,8 @@ class LocalProcesses:
         path.parent.mkdir(parents=True, exist_ok=True)
         temporary = path.with_name(f".{path.name}.tmp")
         temporary.write_text(json.dumps({"pid": record.pid, "port": record.port, "started": record.started,
-                                         "where": record.where, "token": record.token, "log": record.log}) + "\n",
+                                         "where": record.where, "token": record.token, "log": record.log,
+                                         "python": record.python}) + "\n",
                              encoding="utf-8")
         os.replace(temporary, path)
 
@@ -584,7 +596,8 @@ class LocalProcesses:
         log = self.log_path(instance.key)
         pid = spawn_detached(command, env, self.context.comfyui_root, log,
                              f"start of {instance.label} on port {instance.port} (Python: {origin})")
-        record = Record(pid, instance.port, time.time(), "local", start_token(pid), str(log))
+        record = Record(pid, instance.port, time.time(), "local", start_token(pid), str(log),
+                        f"{command[0]} ({origin})")
         self.write(instance.key, record)
         return record
 
@@ -628,10 +641,12 @@ class Launcher:
     def find(self, name: str) -> Instance:
         """An instance by ``master``, worker id, worker name or key."""
         everything = self.instances()
-        for instance in everything:
-            worker = instance.worker
-            if name in (instance.key, instance.name) or (worker is not None and str(worker.id) == name):
-                return instance
+        matches = (lambda i: i.key == name, lambda i: i.worker is not None and str(i.worker.id) == name,
+                   lambda i: i.name == name)
+        for matches_name in matches:  # an id wins over a worker whose name looks like it
+            found = next((i for i in everything if matches_name(i)), None)
+            if found is not None:
+                return found
         known = ", ".join(["master", *(str(i.worker.id) for i in everything if i.worker is not None)])
         raise LaunchError(f"no instance {name!r} in {self.context.config_path}; known: {known} (a worker id or name)")
 
@@ -686,9 +701,10 @@ class Launcher:
                 raise LaunchError(self._port_taken(instance, found.detail))
             record = backend.spawn(instance)
         except LaunchError as exc:
-            self.say(f"{instance.label}: FAILED: {exc}")
+            self.say(f"{instance.label}: FAILED: {str(exc).splitlines()[0]}")
             return Outcome(instance, "failed", error=str(exc)), None
-        self.say(f"{instance.label}: starting on port {instance.port} (pid {record.pid}, log {record.log})")
+        self.say(f"{instance.label}: starting on port {instance.port} with {record.python}: pid {record.pid}, "
+                 f"log {record.log}")
         return Outcome(instance, "started", record.pid, log=record.log), record
 
     def _port_taken(self, instance: Instance, detail: str) -> str:
@@ -737,14 +753,14 @@ class Launcher:
 
     def _failed(self, outcome: Outcome, message: str) -> None:
         outcome.action, outcome.error = "failed", message
-        self.say(f"{outcome.instance.label}: FAILED: {message}")
+        self.say(f"{outcome.instance.label}: FAILED: {message.splitlines()[0]}")
 
     def _early_exit(self, instance: Instance, record: Record, backend: Backend, seconds: float) -> str:
         tail = backend.log_tail(instance)
+        text = (f"{instance.label} {backend.describe_exit(instance, record)} after {seconds:.1f} s, before it "
+                f"answered on {instance.url}.")
         backend.stop(instance)  # forget the pid file
         hint = explain(tail, instance, self._python_of(instance))
-        text = (f"{instance.label} {backend.describe_exit(instance, record)} {seconds:.1f} s after it was "
-                f"started, before it answered on {instance.url}.")
         if hint:
             text += f"\n  Probable cause: {hint}."
         shown = "\n".join(f"  | {line}" for line in tail.splitlines()) or "  | (the log is empty)"
@@ -785,8 +801,17 @@ class Launcher:
 
     def started_workers(self) -> list[Instance]:
         """Workers with a pid file of ours: the ones this launcher started."""
-        return [i for i in self.instances() if i.worker is not None and i.kind != "external"
-                and self.backend(i).record(i) is not None]
+        found = []
+        for instance in self.instances():
+            if instance.worker is None or instance.kind == "external":
+                continue
+            try:
+                if self.backend(instance).record(instance) is None:
+                    continue
+            except LaunchError:
+                pass  # its machine cannot be reached now: stop() will say so
+            found.append(instance)
+        return found
 
     # --- status ---------------------------------------------------------------------------
 
@@ -821,11 +846,10 @@ class Launcher:
         """A detached ``comfy-distributed watch`` that stops the started workers once the master exits."""
         if self.watcher_running():
             return None
-        command = [sys.executable, "-m", "comfy_distributed", "--comfyui", str(self.context.comfyui_root),
+        command = [sys.executable, "-c", BOOTSTRAP, str(PACKAGE_ROOT), "--comfyui", str(self.context.comfyui_root),
                    "--config", str(self.context.config_path), "--state-dir", str(self.context.state_dir), "watch"]
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(PACKAGE_ROOT), env.get("PYTHONPATH")) if p)
-        pid = spawn_detached(command, env, self.context.comfyui_root, self.local.log_path("watcher"), "watcher")
+        pid = spawn_detached(command, dict(os.environ), self.context.comfyui_root, self.local.log_path("watcher"),
+                             "watcher")
         self.local.write("watcher", Record(pid, 0, time.time(), "local", start_token(pid),
                                            str(self.local.log_path("watcher"))))
         return pid

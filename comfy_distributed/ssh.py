@@ -194,7 +194,7 @@ class SshProcesses:
                               f"{done.returncode}: {last[0]}")
         return done.returncode, done.stdout
 
-    def _transcript(self, instance: Instance, action: str, done: subprocess.CompletedProcess) -> None:
+    def _transcript(self, instance: Instance, action: str, done: "subprocess.CompletedProcess[str]") -> None:
         path = self.records.log_path(instance.key)
         path.parent.mkdir(parents=True, exist_ok=True)
         with open(path, "a", encoding="utf-8") as log:
@@ -218,8 +218,9 @@ class SshProcesses:
         if len(words) < 2 or words[0] not in ("STARTED", "RUNNING") or not words[1].isdigit():
             raise LaunchError(f"{instance.label}: unexpected answer from the remote start: {output.strip()[:200]!r}")
         ssh = self._config(instance)
+        python = words[2] if len(words) > 2 else "(already running)"
         record = Record(int(words[1]), instance.port, time.time(), f"ssh {self.destination(ssh)}:{ssh.port}",
-                        None, self.log_name(instance))
+                        None, self.log_name(instance), f"{python} on {ssh.host}")
         self.records.write(instance.key, record)
         return record
 

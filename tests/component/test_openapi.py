@@ -27,6 +27,8 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from comfy_distributed.api_launch import add_launch_routes
+from tests.launcher.helpers import RecordingLauncher
 from comfy_distributed.api import MAX_BODY, MAX_PROMPT_BODY, MAX_RESULT_BODY, OPENAPI_PATH, TOKEN_ENV, MultiGPUApi
 from comfy_distributed.config import ConfigStore, GpuConfig, load_config, public_view
 from comfy_distributed.orchestrator import EXTRA_DATA_KEY, Job, Orchestrator
@@ -295,6 +297,7 @@ class ApiUnderTest:
         self.stub_prompts: list[dict[str, Any]] = []
         self.stub_requests: list[tuple[str, str]] = []
         self.events: list[tuple[str, dict]] = []
+        self.launches: list[tuple[str, str]] = []
         self.started_jobs: list[Job] = []
         self.client: TestClient | None = None
         self.original = b""
@@ -337,7 +340,12 @@ class ApiUnderTest:
             self.store = ConfigStore(self.path)
             self.orchestrator = Orchestrator(self.store, lambda event, data: self.events.append((event, data)))
             self.api = MultiGPUApi(self.store, self.orchestrator, public=self.public, free_master=self.free_master)
-            self.client = TestClient(TestServer(self.api.make_app(), port=0), **self.client_kwargs)
+            app = self.api.make_app()
+            launch_routes = web.RouteTableDef()
+            add_launch_routes(launch_routes, self.store, None,
+                              lambda: RecordingLauncher(self.store.get(), self.launches), self.api.authorize)
+            app.add_routes(launch_routes)
+            self.client = TestClient(TestServer(app, port=0), **self.client_kwargs)
             await self.client.start_server()
         except BaseException:
             await self.__aexit__(None, None, None)
@@ -587,6 +595,7 @@ def registered_routes() -> set[tuple[str, str]]:
     store = ConfigStore(Path("unused-never-read.json"))
     routes = web.RouteTableDef()
     MultiGPUApi(store, Orchestrator(store)).add_routes(routes)
+    add_launch_routes(routes, store, None, lambda: None, lambda request: None)
     found = set()
     for route in routes:
         assert isinstance(route, web.RouteDef), route
@@ -642,6 +651,10 @@ async def valid_body(api: ApiUnderTest, path: str) -> dict[str, Any]:
         return {"prompt": workflow()}
     if path == "/multigpu/clear_memory":
         return {"worker_ids": [2, "gpu-c"], "master": True}
+    if path == "/multigpu/workers/launch":
+        return {"worker_ids": [1, "gpu-c"]}
+    if path == "/multigpu/workers/restart":
+        return {"worker_id": 2}
     if path == "/multigpu/job_complete":
         share = await api.open_share()
         return {"job_id": share["job_id"], "worker_id": share["worker_id"], "share_token": share["share_token"],
@@ -832,7 +845,7 @@ async def trigger(tmp_path: Path, method: str, path: str, status: int) -> Reply:
             body = await valid_body(api, path)
             if path == "/multigpu/job_complete":
                 body["job_id"] = "0" * 32
-            elif path == "/multigpu/clear_memory":
+            elif path in ("/multigpu/clear_memory", "/multigpu/workers/launch"):
                 body["worker_ids"] = [1, 404]
             else:
                 body["worker_id"] = 404

@@ -1,0 +1,131 @@
+"""``POST /multigpu/workers/launch`` and ``POST /multigpu/workers/restart``: the UI's start and restart buttons.
+
+Both start processes, so both need the same token as the other control endpoints (``authorize``
+raises :class:`~.api.ApiError` 401). A local worker is started by the launcher's process manager, a
+worker with an ``ssh`` block over SSH. The answer comes once the process is started (not once it is
+ready); the health monitor shows the worker as ``launching`` until it answers or
+``settings.launch_timeout`` runs out. ``launch`` reports each worker (``ok: false`` with the
+launcher's message for one that could not be started), like ``clear_memory``; a ``restart`` that
+fails is a 409 whose ``error`` says why (port taken, SSH login refused, not started by the launcher).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import logging
+from typing import Any, Awaitable, Callable
+
+from aiohttp import web
+
+from .api import MAX_BODY, ApiError, read_json_object
+from .config import ConfigStore, GpuConfig, WorkerConfig
+from .errors import ConfigError
+from .health import HealthMonitor
+from .launcher import Launcher, LaunchError, Outcome
+
+log = logging.getLogger("comfy_distributed")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+LAUNCH_PATH = "/multigpu/workers/launch"
+RESTART_PATH = "/multigpu/workers/restart"
+
+
+def add_launch_routes(routes: web.RouteTableDef, store: ConfigStore, health: HealthMonitor | None,
+                      launcher_factory: Callable[[], Launcher], authorize: Callable[[web.Request], None]) -> None:
+    """Register the two routes on ``routes`` (ComfyUI's table or a test app's)."""
+    handlers = LaunchHandlers(store, health, launcher_factory)
+    routes.post(LAUNCH_PATH)(_json_errors(handlers.launch, authorize))
+    routes.post(RESTART_PATH)(_json_errors(handlers.restart, authorize))
+
+
+def _json_errors(handler: Handler, authorize: Callable[[web.Request], None]) -> Handler:
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            authorize(request)
+            return await handler(request)
+        except ApiError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return web.json_response({"error": exc.message, **exc.extra}, status=exc.status, headers=headers)
+        except Exception:  # a bug of ours: answer JSON, keep the details in the log
+            log.exception("Multi-GPU API: %s %s failed", request.method, request.path)
+            return web.json_response({"error": "internal error; see the master's log"}, status=500)
+
+    return wrapped
+
+
+def _worker_id(value: Any, where: str) -> int | str:
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise ApiError(400, f"'{where}' must be a number or a string")
+    return int(value) if isinstance(value, int) else str(value)
+
+
+class LaunchHandlers:
+    def __init__(self, store: ConfigStore, health: HealthMonitor | None,
+                 launcher_factory: Callable[[], Launcher]) -> None:
+        self.store = store
+        self.health = health
+        self.launcher_factory = launcher_factory
+
+    def _config(self) -> GpuConfig:
+        try:
+            return self.store.get()
+        except ConfigError as exc:
+            raise ApiError(409, f"the configuration file is invalid, fix it first: {exc}") from None
+
+    @staticmethod
+    async def _body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
+        data = await read_json_object(request, MAX_BODY) if request.body_exists else {}
+        unknown = sorted(set(data) - allowed)
+        if unknown:
+            raise ApiError(400, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
+        return data
+
+    def _launched(self, outcome: Outcome, config: GpuConfig) -> dict[str, Any]:
+        if outcome.action == "started" and self.health is not None and outcome.instance.worker is not None:
+            self.health.mark_launching(outcome.instance.worker.id, config.settings.launch_timeout)
+        return outcome.as_json()
+
+    async def launch(self, request: web.Request) -> web.Response:
+        data = await self._body(request, frozenset({"worker_ids"}))
+        config = self._config()
+        if "worker_ids" not in data:
+            workers = config.enabled_workers()
+        else:
+            ids = data["worker_ids"]
+            if not isinstance(ids, list):
+                raise ApiError(400, "'worker_ids' must be a list of worker ids")
+            ids = [_worker_id(value, "worker_ids") for value in ids]
+            unknown = [value for value in ids if config.find_worker(value) is None]
+            if unknown:
+                raise ApiError(404, f"no worker with id(s) {unknown}")
+            workers = [w for w in config.workers if any(str(w.id) == str(value) for value in ids)]
+        outcomes = await asyncio.to_thread(self._launch_all, workers)
+        return web.json_response({"workers": [self._launched(o, config) for o in outcomes]})
+
+    def _launch_all(self, workers: list[WorkerConfig]) -> list[Outcome]:
+        launcher = self.launcher_factory()
+        return [launcher.start(launcher.find(str(worker.id)), wait=False) for worker in workers]
+
+    async def restart(self, request: web.Request) -> web.Response:
+        data = await self._body(request, frozenset({"worker_id"}))
+        if "worker_id" not in data:
+            raise ApiError(400, "missing field 'worker_id'")
+        worker_id = _worker_id(data["worker_id"], "worker_id")
+        config = self._config()
+        if config.find_worker(worker_id) is None:
+            raise ApiError(404, f"no worker with id {worker_id!r}")
+        outcome = await asyncio.to_thread(self._restart, worker_id)
+        answer = self._launched(outcome, config)
+        if outcome.error:
+            raise ApiError(409, f"{outcome.instance.label} could not be restarted: {outcome.error}", worker=answer)
+        return web.json_response({"worker": answer})
+
+    def _restart(self, worker_id: int | str) -> Outcome:
+        launcher = self.launcher_factory()
+        try:
+            instance = launcher.find(str(worker_id))
+        except LaunchError as exc:  # removed from the file meanwhile
+            raise ApiError(404, str(exc)) from None
+        return launcher.restart(instance, wait=False)

@@ -1,0 +1,150 @@
+"""What the launcher tests share: a ComfyUI folder whose main.py is the stand-in, configs, the CLI, cleanup.
+
+Every process a test starts is found again through the pid files the launcher writes (here and
+in a stand-in ComfyUI folder's ``user/comfy-distributed``, where the SSH path keeps them) and
+killed at teardown, by pid, whatever the test did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[2]
+FAKE_MAIN = Path(__file__).resolve().parent / "fake_comfyui" / "main.py"
+CLI_TIMEOUT = 120.0
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def make_comfyui(folder: Path) -> Path:
+    """A ComfyUI folder (main.py, comfy/, custom_nodes/) whose main.py runs the stand-in server."""
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "comfy").mkdir(exist_ok=True)
+    (folder / "custom_nodes").mkdir(exist_ok=True)
+    (folder / "main.py").write_text(f"import runpy\nrunpy.run_path({str(FAKE_MAIN)!r}, run_name='__main__')\n")
+    return folder
+
+
+def write_config(path: Path, master_port: int, workers: list[dict[str, Any]], master_args: str = "--cpu",
+                 **settings: Any) -> Path:
+    config = {"master": {"port": master_port, "cuda_device": None, "extra_args": master_args},
+              "workers": workers, "settings": {"launch_timeout": 60, **settings}}
+    path.write_text(json.dumps(config, indent=2))
+    return path
+
+
+def worker(worker_id: int | str, port: int, **fields: Any) -> dict[str, Any]:
+    return {"id": worker_id, "name": f"GPU {worker_id}", "port": port, "enabled": True, "extra_args": "--cpu",
+            **fields}
+
+
+def run_cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None, input: str | None = None,
+            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
+    """``python -m comfy_distributed ARGS`` as a user would run it; output captured as text."""
+    environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
+    environment.pop("COMFY_DISTRIBUTED_CONFIG", None)
+    environment.pop("COMFY_DISTRIBUTED_STATE_DIR", None)
+    return subprocess.run([sys.executable, "-m", "comfy_distributed", *args], cwd=cwd, env=environment,
+                          input=input, capture_output=True, text=True, timeout=timeout, check=False)
+
+
+def explain(result: subprocess.CompletedProcess) -> str:
+    return f"exit code {result.returncode}\n--- stdout\n{result.stdout}\n--- stderr\n{result.stderr}"
+
+
+def answers(port: int, host: str = "127.0.0.1") -> bool:
+    """Whether ``GET /system_stats`` answers on the port."""
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    try:
+        with opener.open(f"http://{host}:{port}/system_stats", timeout=2) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] not in ("Z", "X")
+    except OSError:
+        return True
+
+
+def read_pid(state: Path, key: str) -> int:
+    return int(json.loads((state / f"{key}.pid").read_text())["pid"])
+
+
+def poll(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
+        time.sleep(interval)
+
+
+def pids_in(folder: Path) -> list[int]:
+    """Every pid recorded in the pid files under ``folder`` (JSON, or a plain number as the SSH script writes)."""
+    found = []
+    for path in folder.rglob("*.pid"):
+        try:
+            text = path.read_text().strip()
+            found.append(int(json.loads(text)["pid"]) if text.startswith("{") else int(text))
+        except (OSError, ValueError, KeyError):
+            continue
+    return found
+
+
+def kill_recorded(folder: Path) -> None:
+    """Teardown: SIGKILL every process group recorded under ``folder`` (only ours: we wrote those files)."""
+    for pid in pids_in(folder):
+        for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
+            try:
+                kill()
+            except (ProcessLookupError, PermissionError):
+                pass
+
+
+class RecordingLauncher:
+    """A stand-in for :class:`~comfy_distributed.launcher.Launcher` that starts nothing, for API tests.
+
+    ``add_launch_routes(..., launcher_factory=lambda: RecordingLauncher(store.get(), calls), ...)``: every
+    start and restart succeeds at once (``action: started``, pid 0) and is appended to ``calls``.
+    """
+
+    def __init__(self, config: Any, calls: list[tuple[str, str]]) -> None:
+        from comfy_distributed.launcher import LaunchContext, Launcher
+
+        self._real = Launcher(config, LaunchContext(Path("."), Path("gpu_config.json"), Path(".")))
+        self.calls = calls
+
+    def find(self, name: str) -> Any:
+        return self._real.find(name)
+
+    def _started(self, what: str, instance: Any) -> Any:
+        from comfy_distributed.launcher import Outcome
+
+        self.calls.append((what, instance.key))
+        return Outcome(instance, "started", 0)
+
+    def start(self, instance: Any, wait: bool = True) -> Any:
+        return self._started("start", instance)
+
+    def restart(self, instance: Any, wait: bool = True) -> Any:
+        return self._started("restart", instance)
