@@ -179,6 +179,7 @@ class Orchestrator:
         self._reserved: dict[str, float] = {}
         self._stash: dict[tuple[str, str], Any] = {}
         self.speeds: dict[str, float] = {}
+        self._seconds_per_image: dict[str, float] = {}
         """Images per second of each participant (worker id, or "master"), a moving average kept across jobs."""
         self._lock = threading.Lock()
 
@@ -511,11 +512,14 @@ class Orchestrator:
             job.session = None
 
     def _learn_speed(self, participant: str, images: float, seconds: float) -> None:
+        """Moving average of seconds per image (robust to a quick unit), exposed as images per second."""
         if images <= 0 or seconds <= 0:
             return
-        speed = images / seconds
-        previous = self.speeds.get(participant)
-        self.speeds[participant] = speed if previous is None else (1 - SPEED_SMOOTHING) * previous + SPEED_SMOOTHING * speed
+        per_image = seconds / images
+        previous = self._seconds_per_image.get(participant)
+        smoothed = per_image if previous is None else (1 - SPEED_SMOOTHING) * previous + SPEED_SMOOTHING * per_image
+        self._seconds_per_image[participant] = smoothed
+        self.speeds[participant] = 1.0 / smoothed
 
     # --- results posted by workers (server loop) -----------------------------------------
 
