@@ -19,13 +19,21 @@ if [ -z "$ext" ]; then
     exit 1
 fi
 root=$(CDPATH='' cd -- "$ext/../.." && pwd)
-python=""
-for candidate in "$root/venv/bin/python" "$root/.venv/bin/python"; do
-    if [ -x "$candidate" ]; then python=$candidate; break; fi
-done
+python=${COMFY_DISTRIBUTED_PYTHON:-}
+if [ -z "$python" ]; then
+    for candidate in "$root/venv/bin/python" "$root/.venv/bin/python"; do
+        if [ -x "$candidate" ]; then python=$candidate; break; fi
+    done
+fi
 if [ -z "$python" ]; then python=$(command -v python3 || command -v python || true); fi
 if [ -z "$python" ]; then
     echo "launch_distributed.sh: no Python found: create ComfyUI's venv, or put python3 on PATH" >&2
+    exit 1
+fi
+if ! "$python" -c "import aiohttp, pydantic" 2>/dev/null; then
+    echo "launch_distributed.sh: $python cannot import aiohttp and pydantic (ComfyUI's Python has both)." >&2
+    echo "  Run it with ComfyUI's Python: COMFY_DISTRIBUTED_PYTHON=/path/to/ComfyUI/venv/bin/python $0 $*" >&2
+    echo "  or install them for this one: $python -m pip install aiohttp pydantic" >&2
     exit 1
 fi
 if [ -f "$root/main.py" ]; then set -- --comfyui "$root" "$@"; fi

@@ -131,8 +131,7 @@ def test_sidebar_panel_in_chromium(tmp_path: Path) -> None:
         assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) == 16, report["steps"]
         assert not report["extension_errors"], report["extension_errors"]
         assert report["timings"]["offline_after_kill_s"] <= HEALTH_TTL
-        for skipped in report["skipped"]:
-            print(f"skipped in the browser: {skipped}")
+        assert report["skipped"] == [], f"steps skipped in the browser: {report['skipped']}"
         # what the clicks left behind, checked again from outside the browser
         config = json.loads(cluster.config_path.read_text())
         assert [(w["id"], w["enabled"], w["cuda_device"]) for w in config["workers"]] == [(1, True, 1), (2, True, 2)]
