@@ -79,6 +79,25 @@ async def read_json_object(request: web.Request, limit: int, empty_ok: bool = Fa
     return data
 
 
+def json_errors(handler: Handler, authorize: Callable[[web.Request], None] | None = None) -> Handler:
+    """The handler, after ``authorize``, with every refusal answered as JSON (and a bug as a JSON 500)."""
+
+    @functools.wraps(handler)
+    async def wrapped(request: web.Request) -> web.StreamResponse:
+        try:
+            if authorize is not None:
+                authorize(request)
+            return await handler(request)
+        except ApiError as exc:
+            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+            return web.json_response({"error": exc.message, **exc.extra}, status=exc.status, headers=headers)
+        except Exception:  # a bug of ours: answer JSON, keep the details in the log
+            log.exception("Multi-GPU API: %s %s failed", request.method, request.path)
+            return web.json_response({"error": "internal error; see the master's log"}, status=500)
+
+    return wrapped
+
+
 def _worker_id(data: dict[str, Any], key: str = "worker_id") -> int | str:
     if key not in data:
         raise ApiError(400, f"missing field '{key}'")
@@ -147,20 +166,7 @@ class MultiGPUApi:
     # --- plumbing -----------------------------------------------------------------------
 
     def _wrap(self, handler: Handler, auth: bool = False) -> Handler:
-        @functools.wraps(handler)
-        async def wrapped(request: web.Request) -> web.StreamResponse:
-            try:
-                if auth:
-                    self.authorize(request)
-                return await handler(request)
-            except ApiError as exc:
-                headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-                return web.json_response({"error": exc.message, **exc.extra}, status=exc.status, headers=headers)
-            except Exception:  # a bug of ours: answer JSON, keep the details in the log
-                log.exception("Multi-GPU API: %s %s failed", request.method, request.path)
-                return web.json_response({"error": "internal error; see the master's log"}, status=500)
-
-        return wrapped
+        return json_errors(handler, self.authorize if auth else None)
 
     def token(self) -> str | None:
         env = os.environ.get(TOKEN_ENV)

@@ -12,13 +12,12 @@ fails is a 409 whose ``error`` says why (port taken, SSH login refused, not star
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .api import MAX_BODY, ApiError, read_json_object
+from .api import MAX_BODY, ApiError, json_errors, read_json_object
 from .config import ConfigStore, GpuConfig, WorkerConfig
 from .errors import ConfigError
 from .health import HealthMonitor
@@ -35,24 +34,8 @@ def add_launch_routes(routes: web.RouteTableDef, store: ConfigStore, health: Hea
                       launcher_factory: Callable[[], Launcher], authorize: Callable[[web.Request], None]) -> None:
     """Register the two routes on ``routes`` (ComfyUI's table or a test app's)."""
     handlers = LaunchHandlers(store, health, launcher_factory)
-    routes.post(LAUNCH_PATH)(_json_errors(handlers.launch, authorize))
-    routes.post(RESTART_PATH)(_json_errors(handlers.restart, authorize))
-
-
-def _json_errors(handler: Handler, authorize: Callable[[web.Request], None]) -> Handler:
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            authorize(request)
-            return await handler(request)
-        except ApiError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            return web.json_response({"error": exc.message, **exc.extra}, status=exc.status, headers=headers)
-        except Exception:  # a bug of ours: answer JSON, keep the details in the log
-            log.exception("Multi-GPU API: %s %s failed", request.method, request.path)
-            return web.json_response({"error": "internal error; see the master's log"}, status=500)
-
-    return wrapped
+    routes.post(LAUNCH_PATH)(json_errors(handlers.launch, authorize))
+    routes.post(RESTART_PATH)(json_errors(handlers.restart, authorize))
 
 
 def _worker_id(value: Any, where: str) -> int | str:
