@@ -1,0 +1,45 @@
+"""Audio travels as the FLAC that ComfyUI's Preview/Save Audio write; decoded as its LoadAudio reads it."""
+
+import io
+
+import av
+import numpy as np
+import torch
+
+from comfy_distributed.images import decode_audio, decode_kind, fits, join_kind
+
+
+def flac_like_comfyui(waveform: torch.Tensor, rate: int) -> bytes:
+    """What comfy_extras.nodes_audio.save_audio does for one clip: float samples into a FLAC stream."""
+    buffer = io.BytesIO()
+    container = av.open(buffer, mode="w", format="flac")
+    layout = "mono" if waveform.shape[0] == 1 else "stereo"
+    stream = container.add_stream("flac", rate=rate, layout=layout)
+    frame = av.AudioFrame.from_ndarray(waveform.movedim(0, 1).reshape(1, -1).float().numpy(), format="flt",
+                                       layout=layout)
+    frame.sample_rate = rate
+    frame.pts = 0
+    container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+    container.close()
+    return buffer.getvalue()
+
+
+def test_16_bit_audio_survives_the_trip_exactly():
+    samples = np.random.default_rng(1).integers(-20000, 20000, (2, 3000)).astype(np.int16)
+    waveform = torch.from_numpy(samples.astype(np.float32) / 2**15)
+    clip = decode_audio(flac_like_comfyui(waveform, 22050))
+    assert clip["sample_rate"] == 22050
+    assert torch.equal(clip["waveform"][0], waveform)
+
+
+def test_audio_of_all_participants_joins_in_order_and_a_mismatch_is_named():
+    one = torch.zeros(1, 1, 800)
+    two = torch.full((1, 1, 800), 0.5)
+    reference = {"waveform": one, "sample_rate": 8000}
+    theirs = decode_kind("audio", [flac_like_comfyui(two[0], 8000)], reference)
+    assert fits("audio", reference, theirs) is None
+    joined = join_kind("audio", [reference, theirs])
+    assert joined["waveform"].shape == (2, 1, 800) and joined["sample_rate"] == 8000
+    other_rate = decode_kind("audio", [flac_like_comfyui(two[0], 16000)], reference)
+    assert "16000 Hz" in fits("audio", reference, other_rate)
