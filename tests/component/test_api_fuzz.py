@@ -321,6 +321,10 @@ class Context:
         if path == "/multigpu/clear_memory":
             return st.fixed_dictionaries({}, optional={"worker_ids": st.lists(ids, max_size=3),
                                                        "master": st.booleans()})
+        if path == "/multigpu/workers/launch":
+            return st.fixed_dictionaries({}, optional={"worker_ids": st.lists(ids, max_size=3)})
+        if path == "/multigpu/workers/restart":
+            return st.fixed_dictionaries({"worker_id": ids})
         if path == JOB_COMPLETE:
             assert self.share is not None
             share = {key: self.share[key] for key in ("job_id", "worker_id", "share_token")}
