@@ -181,7 +181,8 @@ def transfer(bench: RealBench, params: Params) -> list[Figure]:
         Figure(SUITE, "transfer 8x1024x1024, GET /view only", "static", moved / seconds / MB, "MB/s",
                Target(">=", 100), f"{moved / MB:.1f} MB in {seconds:.3f} s (the worker's last files, fetched again)"),
         Figure(SUITE, "transfer 8x1024x1024, end to end", "static", moved / max(jobs - alone, 1e-6) / MB, "MB/s",
-               Target(">=", 100), f"job {jobs:.3f} s - the master alone {alone:.3f} s; {breakdown(runs)}"),
+               None, f"job {jobs:.3f} s - the master alone {alone:.3f} s, which includes the workers' own PNG "
+                     f"encoding; {breakdown(runs)}"),
     ]
 
 

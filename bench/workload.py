@@ -79,7 +79,9 @@ class Workload:
 
             plan = weighted_plan(units, list(self.speeds))
             return max(len(plan.get(k, [])) * unit / speed for k, speed in enumerate(self.speeds))
-        return _greedy(units, unit, self.speeds)
+        # dynamic: the first units are greedy; once the times of this job are known, units go where they
+        # finish first. The zero-overhead makespan lies between those two placements.
+        return min(_greedy(units, unit, self.speeds), self.earliest_finish_makespan())
 
     def earliest_finish_makespan(self) -> float:
         """Dynamic units given to whoever would finish each one first (speed-aware), with zero overhead."""

@@ -443,7 +443,9 @@ class Orchestrator:
             return
         if unit.state == "running" and unit.worker is worker:
             unit.images, unit.state, unit.progress = images, "done", 1.0
-            self._learn_speed(str(worker.id), float(unit.batch or job.batch or 1), time.monotonic() - unit.started)
+            took = time.monotonic() - unit.started
+            self._learn_speed(str(worker.id), float(unit.batch or job.batch or 1), took)
+            self._job_unit_time(job, str(worker.id), took)
             self._handle(job, UnitDone(unit.position, str(worker.id)))
 
     def _unit_failed(self, job: Job, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
@@ -610,7 +612,18 @@ class Orchestrator:
         started, job.master_started = job.master_started, 0.0
         ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
         if started and ran:
-            self._learn_speed(MASTER, float(ran[-1].batch or 0), time.monotonic() - started)
+            took = time.monotonic() - started
+            self._learn_speed(MASTER, float(ran[-1].batch or 0), took)
+            if job.loop is not None:
+                job.loop.call_soon_threadsafe(self._job_unit_time, job, MASTER, took)
+
+    @staticmethod
+    def _job_unit_time(job: Job, participant: str, seconds: float) -> None:
+        """In dynamic mode, what a unit took ``participant`` in this job (a moving average)."""
+        if job.mode != "dynamic" or job.scheduler is None or seconds <= 0:
+            return
+        previous = job.scheduler.unit_seconds.get(participant)
+        job.scheduler.unit_seconds[participant] = seconds if previous is None else (previous + seconds) / 2
 
     def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool],
                 run_on_master: Callable[[UnitRun], None] = lambda unit: None) -> CollectorResult:

@@ -9,8 +9,9 @@ The orchestrator carries the actions out; tests feed events and read actions.
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
-from typing import Union
+from typing import Callable, Union
 
 WorkerId = str
 """Worker ids as strings, so that 1 and "1" are the same worker."""
@@ -115,6 +116,11 @@ class JobScheduler:
     causes: dict[int, list[str]] = field(default_factory=dict)
     excluded: set[WorkerId] = field(default_factory=set)
     master_free: bool = False
+    unit_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds a unit took each participant in this job (set by the orchestrator as units finish)."""
+    clock: Callable[[], float] = time.monotonic
+    started: dict[int, float] = field(default_factory=dict)
+    master_busy_until: float = 0.0
 
     @classmethod
     def static(cls, workers: list[WorkerId], **kwargs) -> "JobScheduler":
@@ -178,6 +184,7 @@ class JobScheduler:
 
     def _dispatch(self, position: int, worker: WorkerId) -> Dispatch:
         self.running[position] = worker
+        self.started[position] = self.clock()
         self.attempts[position] = self.attempts.get(position, 0) + 1
         return Dispatch(position, worker)
 
@@ -185,7 +192,36 @@ class JobScheduler:
         own = self.queues.get(participant)
         if own:
             return own.pop(0)
-        return self.shared.pop(0) if self.shared else None
+        if self.shared and self._worth_taking(participant):
+            return self.shared.pop(0)
+        return None
+
+    def _worth_taking(self, participant: str) -> bool:
+        """Whether ``participant`` should take a shared unit now rather than leave it to a faster one.
+
+        The shared units are placed one by one where they would finish first, each busy participant
+        being free after its current unit, with the unit times measured in this job. A participant
+        that would finish none of them first stays idle: at the end of a job a slow GPU does not take
+        a unit that a fast one finishes sooner. Until it has a time of its own, a participant takes work.
+        """
+        mine = self.unit_seconds.get(participant)
+        if mine is None:
+            return True
+        now = self.clock()
+        busy_until = {worker: self.started[position] + self.unit_seconds[worker]
+                      for position, worker in self.running.items() if worker in self.unit_seconds}
+        free: dict[str, float] = {participant: now}
+        for worker in self.workers:
+            if worker != participant and worker not in self.excluded and worker in self.unit_seconds:
+                free[worker] = max(now, busy_until.get(worker, now))
+        if participant != MASTER and MASTER in self.unit_seconds and (self.master_free or self.master_busy_until):
+            free[MASTER] = now if self.master_free else max(now, self.master_busy_until)
+        for _ in range(len(self.shared)):
+            best = min(free, key=lambda p: (free[p] + self.unit_seconds[p], p != participant))
+            if best == participant:
+                return True
+            free[best] += self.unit_seconds[best]
+        return False
 
     def _assign(self) -> list[Action]:
         actions: list[Action] = []
@@ -200,6 +236,7 @@ class JobScheduler:
             position = self._next_for(MASTER)
             if position is not None:
                 self.master_free = False
+                self.master_busy_until = self.clock() + self.unit_seconds.get(MASTER, 0.0)
                 self.attempts[position] = self.attempts.get(position, 0) + 1
                 self.on_master.append(position)
                 actions.append(RunOnMaster((position,)))

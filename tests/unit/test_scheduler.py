@@ -122,3 +122,32 @@ def test_weighted_plan_queues_then_failures_are_shared():
     assert s.handle(MasterFree()) == [RunOnMaster((1,))]
     assert s.handle(MasterFree()) == [RunOnMaster((4,))]
     assert s.handle(UnitDone(3, "1")) == [Dispatch(5, "1")]
+
+
+def test_with_unit_times_a_slow_worker_leaves_the_last_unit_to_a_faster_one():
+    from comfy_distributed.scheduler import Unit
+
+    now = [100.0]
+    s = JobScheduler(units=[Unit(p, p) for p in range(1, 5)], workers=["fast", "slow"], clock=lambda: now[0])
+    assert s.start() == [Dispatch(1, "fast"), Dispatch(2, "slow")]
+    now[0] = 101.0
+    s.unit_seconds.update({"fast": 1.0, "slow": 3.0})  # learnt in this job
+    assert s.handle(UnitDone(1, "fast")) == [Dispatch(3, "fast")]
+    now[0] = 102.0
+    assert s.handle(UnitDone(3, "fast")) == [Dispatch(4, "fast")]
+    now[0] = 103.0
+    assert s.handle(UnitDone(2, "slow")) == []
+    s.handle(UnitDone(4, "fast"))
+    assert s.settled()
+
+
+def test_slow_worker_still_takes_work_that_would_otherwise_wait():
+    from comfy_distributed.scheduler import Unit
+
+    now = [0.0]
+    s = JobScheduler(units=[Unit(p, p) for p in range(1, 8)], workers=["fast", "slow"], clock=lambda: now[0])
+    s.start()
+    s.unit_seconds.update({"fast": 1.0, "slow": 2.0})
+    now[0] = 2.0
+    # 5 units wait: the fast worker alone would end them at 7, the slow one finishes one by 4
+    assert s.handle(UnitDone(2, "slow")) == [Dispatch(3, "slow")]
