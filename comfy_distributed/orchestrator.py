@@ -26,7 +26,7 @@ import aiohttp
 
 from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
 from .errors import ConfigError, JobError, ResultRejected, UnknownJob, WorkerError, WorkerProtocolError, WorkflowError
-from .plan import literal_batch, unit_sizes, weighted_plan
+from .plan import literal_batch, scheduling_mode, unit_sizes, weighted_plan
 from .scheduler import (
     MASTER,
     Action,
@@ -42,10 +42,8 @@ from .scheduler import (
 )
 from .workflow import (
     COLLECTOR_KINDS,
-    SCHEDULING_INPUT,
     collector_links,
     output_key,
-    SCHEDULING_MODES,
     Prompt,
     build_worker_prompt,
     distributed_collectors,
@@ -250,22 +248,15 @@ class Orchestrator:
         return marked, job
 
     def _mode(self, prompt: Prompt, collectors: list[str], config: GpuConfig) -> str:
-        """The first distributed Collector's choice, else the setting; static when units cannot be resized."""
-        chosen = prompt[collectors[0]].get("inputs", {}).get(SCHEDULING_INPUT, "default")
-        mode = chosen if chosen in SCHEDULING_MODES else config.settings.scheduling_mode
-        if mode != "static":
-            try:
-                literal_batch(prompt, collectors)
-            except WorkflowError as exc:
-                log.warning("Multi-GPU: %s scheduling not possible (%s); using static", mode, exc)
-                self.notify("multigpu.notice", {"message": f"Multi-GPU: {mode} scheduling not possible: {exc}; "
-                                                           "using static"})
-                return "static"
+        mode, why_not = scheduling_mode(prompt, collectors, config.settings)
+        if why_not:
+            log.warning("Multi-GPU: %s", why_not)
+            self.notify("multigpu.notice", {"message": f"Multi-GPU: {why_not}"})
         return mode
 
     def _weights(self, config: GpuConfig) -> list[float]:
         """Master first, then enabled workers: configured weight, else measured speed, else 1."""
-        master_weight = getattr(config.master, "weight", None) or self.speeds.get(MASTER) or 1.0
+        master_weight = config.master.weight or self.speeds.get(MASTER) or 1.0
         return [master_weight] + [w.weight or self.speeds.get(str(w.id)) or 1.0 for w in config.enabled_workers()]
 
     def _failed_job(self, prompt: Prompt, collectors: list[str], job_id: str, error: str) -> tuple[Prompt, Job]:

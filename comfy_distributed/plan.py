@@ -9,9 +9,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from .config import GpuConfig
+from .config import GpuConfig, Settings
 from .errors import WorkflowError
 from .workflow import (
+    SCHEDULING_INPUT,
+    SCHEDULING_MODES,
     batch_source,
     DISTRIBUTOR_CLASS,
     Prompt,
@@ -72,22 +74,15 @@ def describe(prompt: Prompt, config: GpuConfig) -> dict[str, Any]:
             "batch_size": batch,
             "ranges": [[p.position * batch, (p.position + 1) * batch] if batch else None for p in people],
         }
-    mode = config.settings.scheduling_mode
-    if collectors:
-        chosen = prompt[collectors[0]].get("inputs", {}).get("scheduling", "default")
-        mode = chosen if chosen in ("static", "weighted", "dynamic") else mode
+    mode = scheduling_mode(prompt, collectors, config.settings)[0] if collectors else config.settings.scheduling_mode
     units = None
-    if mode != "static" and collectors:
-        try:
-            sizes = unit_sizes(literal_batch(prompt, collectors) * len(people), config.settings.unit_size)
-        except WorkflowError:
-            mode = "static"  # what the job will do, with a notice
-        else:
-            weights = [config.master.weight or 1.0] + [w.weight or 1.0 for w in config.enabled_workers()]
-            owner = {p: people[k].name for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
-            units = [{"position": p, "seed_offset": p, "batch": size,
-                      "planned": (owner[p] if mode == "weighted" else ("master" if p == 0 else None))}
-                     for p, size in enumerate(sizes)]
+    if mode != "static":
+        sizes = unit_sizes(literal_batch(prompt, collectors) * len(people), config.settings.unit_size)
+        weights = [config.master.weight or 1.0] + [w.weight or 1.0 for w in config.enabled_workers()]
+        owner = {p: people[k].name for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
+        units = [{"position": p, "seed_offset": p, "batch": size,
+                  "planned": (owner[p] if mode == "weighted" else ("master" if p == 0 else None))}
+                 for p, size in enumerate(sizes)]
     return {
         "mode": mode,
         "units": units,
@@ -102,6 +97,19 @@ def describe(prompt: Prompt, config: GpuConfig) -> dict[str, Any]:
         ],
         "outputs": outputs,
     }
+
+
+def scheduling_mode(prompt: Prompt, collectors: list[str], settings: Settings) -> tuple[str, str | None]:
+    """The job's mode: the first Collector's choice, else the setting; static (and why) when units cannot be
+    resized because no single literal batch size decides them."""
+    chosen = prompt[collectors[0]].get("inputs", {}).get(SCHEDULING_INPUT, "default")
+    mode = chosen if chosen in SCHEDULING_MODES else settings.scheduling_mode
+    if mode != "static":
+        try:
+            literal_batch(prompt, collectors)
+        except WorkflowError as exc:
+            return "static", f"{mode} scheduling not possible: {exc}; using static"
+    return mode, None
 
 
 def literal_batch(prompt: Prompt, collectors: list[str]) -> int:
