@@ -3,7 +3,7 @@ rem ComfyUI-Distributed launcher: runs "comfy-distributed MODE ..." with ComfyUI
 rem Keep it in the extension's folder (ComfyUI\custom_nodes\ComfyUI-Distributed) or copy it into ComfyUI's folder.
 rem   launch_distributed.bat all-slow        no argument: a menu
 rem Modes: master, workers, all-fast, all-slow, stop [NAME], status, restart NAME, run WORKFLOW.json,
-rem        venv, update, update-nodes (details: launch_distributed.bat --help)
+rem        token, venv, update, update-nodes (details: launch_distributed.bat --help)
 setlocal EnableExtensions
 set "HERE=%~dp0"
 set "EXT="
@@ -22,6 +22,8 @@ if not defined PY if exist "%ROOT%\.venv\Scripts\python.exe" set "PY=%ROOT%\.ven
 if not defined PY if exist "%ROOT%\..\python_embeded\python.exe" set "PY=%ROOT%\..\python_embeded\python.exe"
 if not defined PY if exist "%ROOT%\python_embeded\python.exe" set "PY=%ROOT%\python_embeded\python.exe"
 if not defined PY set "PY=python"
+rem the hints it prints name this file
+if not defined COMFY_DISTRIBUTED_COMMAND set "COMFY_DISTRIBUTED_COMMAND=%~0"
 rem -c instead of -m: the portable build's python_embeded ignores PYTHONPATH
 if exist "%ROOT%\main.py" (
     "%PY%" -c "import sys; sys.path.insert(0, sys.argv.pop(1)); from comfy_distributed.cli import main; sys.exit(main(sys.argv[1:]))" "%EXT%" --comfyui "%ROOT%" %*

@@ -3,7 +3,7 @@
 # Keep it in the extension's folder (ComfyUI/custom_nodes/ComfyUI-Distributed) or copy it into ComfyUI's folder.
 #   ./launch_distributed.sh all-slow        no argument: a menu
 # Modes: master, workers, all-fast, all-slow, stop [NAME], status, restart NAME, run WORKFLOW.json,
-#        venv, update, update-nodes (details: ./launch_distributed.sh --help)
+#        token, venv, update, update-nodes (details: ./launch_distributed.sh --help)
 set -eu
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 ext=""
@@ -37,4 +37,6 @@ if ! "$python" -c "import aiohttp, pydantic" 2>/dev/null; then
     exit 1
 fi
 if [ -f "$root/main.py" ]; then set -- --comfyui "$root" "$@"; fi
+COMFY_DISTRIBUTED_COMMAND=${COMFY_DISTRIBUTED_COMMAND:-$0}   # the hints it prints name this script
+export COMFY_DISTRIBUTED_COMMAND
 exec "$python" -c 'import sys; sys.path.insert(0, sys.argv.pop(1)); from comfy_distributed.cli import main; sys.exit(main(sys.argv[1:]))' "$ext" "$@"

@@ -9,22 +9,21 @@ by ``openapi.json`` beside this module, served at ``GET /multigpu/openapi.json``
 from __future__ import annotations
 
 import asyncio
-import base64
-import binascii
-import functools
-import hmac
 import json
 import logging
 import os
 import time
 from pathlib import Path
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
 
+from .access import TOKEN_ENV, Access, ApiError, Guard, check_launch_flags, listens_beyond_loopback
+from .api_results import MAX_RESULT_BODY, ResultIntake
+from .http_json import Handler, json_errors, read_json_object
 from .config import REDACTED, SECRET_SETTINGS, ConfigStore, GpuConfig, Settings, WorkerConfig, public_view
-from .errors import ConfigError, JobError, ResultRejected, UnknownJob, WorkerError, WorkflowError
+from .errors import ConfigError, WorkerError, WorkflowError
 from .health import HealthMonitor
 from .orchestrator import RESERVATION_TTL, Orchestrator
 from .plan import describe
@@ -32,70 +31,15 @@ from .worker_client import WorkerClient
 
 log = logging.getLogger("comfy_distributed")
 
-TOKEN_ENV = "COMFY_DISTRIBUTED_TOKEN"
+__all__ = ["ApiError", "MAX_RESULT_BODY", "MultiGPUApi", "TOKEN_ENV", "json_errors", "listens_beyond_loopback", "read_json_object"]
+
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 MAX_BODY = 64 * 1024
 MAX_PROMPT_BODY = 16 * 1024 * 1024
-MAX_RESULT_BODY = 100 * 1024 * 1024  # ComfyUI's own default upload limit
 WORKER_FIELDS = frozenset({"name", "enabled", "host", "port", "cuda_device", "extra_args", "headers"})
 STATUS_CACHE_SECONDS = 1.0
 PROBE_TIMEOUT = 3.0
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-
-
-class ApiError(Exception):
-    """A refusal: HTTP status and a message for the ``error`` field."""
-
-    def __init__(self, status: int, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.extra = extra
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not allowed in JSON")
-
-
-async def read_json_object(request: web.Request, limit: int, empty_ok: bool = False) -> dict[str, Any]:
-    """The body as a JSON object, read up to ``limit`` bytes; an empty body is ``{}`` when ``empty_ok``."""
-    if request.content_length is not None and request.content_length > limit:
-        raise ApiError(413, f"the body is larger than {limit} bytes")
-    body = bytearray()
-    while chunk := await request.content.read(65536):
-        body += chunk
-        if len(body) > limit:
-            raise ApiError(413, f"the body is larger than {limit} bytes")
-    if empty_ok and not body:
-        return {}
-    try:
-        data = json.loads(bytes(body), parse_constant=_reject_constant)
-    except (ValueError, UnicodeDecodeError, RecursionError) as exc:
-        raise ApiError(400, f"the body is not valid JSON: {str(exc)[:200]}") from None
-    if not isinstance(data, dict):
-        raise ApiError(400, "the body must be a JSON object")
-    return data
-
-
-def json_errors(handler: Handler, authorize: Callable[[web.Request], None] | None = None) -> Handler:
-    """The handler, after ``authorize``, with every refusal answered as JSON (and a bug as a JSON 500)."""
-
-    @functools.wraps(handler)
-    async def wrapped(request: web.Request) -> web.StreamResponse:
-        try:
-            if authorize is not None:
-                authorize(request)
-            return await handler(request)
-        except ApiError as exc:
-            headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-            return web.json_response({"error": exc.message, **exc.extra}, status=exc.status, headers=headers)
-        except Exception:  # a bug of ours: answer JSON, keep the details in the log
-            log.exception("Multi-GPU API: %s %s failed", request.method, request.path)
-            return web.json_response({"error": "internal error; see the master's log"}, status=500)
-
-    return wrapped
 
 
 def _worker_id(data: dict[str, Any], key: str = "worker_id") -> int | str:
@@ -107,21 +51,31 @@ def _worker_id(data: dict[str, Any], key: str = "worker_id") -> int | str:
     return value
 
 
+def _worker_changes(worker: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
+    """``fields`` as they apply to ``worker``: a masked header value sent back means "keep it", but stored
+    headers (proxy keys, bearer tokens) never follow a change of address unless they are sent again."""
+    changes = dict(fields)
+    moved = any(key in changes and changes[key] != worker.get(key) for key in ("host", "port"))
+    headers = changes.get("headers")
+    if moved and isinstance(headers, dict) and REDACTED in headers.values():
+        raise ApiError(400, "the worker's address changes: send its header values again (a masked '***' value "
+                            "would send the old secret to the new address)")
+    if isinstance(headers, dict):
+        old_headers = worker.get("headers") or {}
+        changes["headers"] = {name: old_headers.get(name, value) if value == REDACTED else value
+                              for name, value in headers.items()}
+    elif moved and worker.get("headers"):
+        changes["headers"] = {}
+        log.warning("Multi-GPU: worker %s moved to a new address; its stored headers were dropped", worker.get("id"))
+    return changes
+
+
 def _check_fields(data: dict[str, Any], allowed: frozenset[str], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
     fields = {k: v for k, v in data.items() if k not in ignore}
     unknown = sorted(set(fields) - allowed)
     if unknown:
         raise ApiError(400, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
     return fields
-
-
-def _is_loopback(address: str) -> bool:
-    return address in ("localhost", "::1") or address.startswith("127.")
-
-
-def listens_beyond_loopback(listen: str | None) -> bool:
-    """ComfyUI's ``--listen`` value: comma-separated addresses (default 127.0.0.1)."""
-    return any(not _is_loopback(a.strip().strip("[]")) for a in (listen or "127.0.0.1").split(",") if a.strip())
 
 
 class MultiGPUApi:
@@ -136,18 +90,20 @@ class MultiGPUApi:
         self.free_master = free_master
         self._session: aiohttp.ClientSession | None = None
         self._status_cache: tuple[float, list[dict[str, Any]]] | None = None
+        self.guard = Guard(public, self.token, self._allowed_hosts)
+        self._results = ResultIntake(orchestrator)
 
     def add_routes(self, routes: web.RouteTableDef) -> None:
-        routes.get("/multigpu/config")(self._wrap(self.get_config))
-        routes.post("/multigpu/config/update_worker")(self._wrap(self.update_worker, auth=True))
-        routes.post("/multigpu/config/add_worker")(self._wrap(self.add_worker, auth=True))
-        routes.post("/multigpu/config/remove_worker")(self._wrap(self.remove_worker, auth=True))
-        routes.post("/multigpu/config/update_setting")(self._wrap(self.update_setting, auth=True))
-        routes.post("/multigpu/prepare_job")(self._wrap(self.prepare_job, auth=True))
-        routes.post("/multigpu/clear_memory")(self._wrap(self.clear_memory, auth=True))
-        routes.post("/multigpu/job_complete")(self._wrap(self.job_complete))
-        routes.get("/multigpu/status")(self._wrap(self.status))
-        routes.get("/multigpu/openapi.json")(self._wrap(self.openapi))
+        routes.get("/multigpu/config")(self._wrap(self.get_config, Access.READ))
+        routes.post("/multigpu/config/update_worker")(self._wrap(self.update_worker))
+        routes.post("/multigpu/config/add_worker")(self._wrap(self.add_worker))
+        routes.post("/multigpu/config/remove_worker")(self._wrap(self.remove_worker))
+        routes.post("/multigpu/config/update_setting")(self._wrap(self.update_setting))
+        routes.post("/multigpu/prepare_job")(self._wrap(self.prepare_job))
+        routes.post("/multigpu/clear_memory")(self._wrap(self.clear_memory))
+        routes.post("/multigpu/job_complete")(self._wrap(self._results.job_complete))
+        routes.get("/multigpu/status")(self._wrap(self.status, Access.READ))
+        routes.get("/multigpu/openapi.json")(self._wrap(self.openapi, Access.OPEN))
 
     def make_app(self) -> web.Application:
         """A standalone app with these routes (tests, tools)."""
@@ -165,8 +121,8 @@ class MultiGPUApi:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    def _wrap(self, handler: Handler, auth: bool = False) -> Handler:
-        return json_errors(handler, self.authorize if auth else None)
+    def _wrap(self, handler: Handler, access: Access = Access.CONTROL) -> Handler:
+        return json_errors(handler, lambda request: self.guard.check(request, access))
 
     def token(self) -> str | None:
         env = os.environ.get(TOKEN_ENV)
@@ -174,20 +130,15 @@ class MultiGPUApi:
             return env
         return self._config().settings.api_token
 
+    def _allowed_hosts(self) -> list[str]:
+        try:
+            return self.store.get().settings.allowed_hosts
+        except ConfigError:
+            return []
+
     def authorize(self, request: web.Request) -> None:
-        token = self.token()
-        if token is None:
-            if self.public:
-                raise ApiError(401, "this master listens beyond loopback, so the control endpoints need a token: "
-                                    f"set settings.api_token in gpu_config.json or the {TOKEN_ENV} environment "
-                                    "variable, then send it as 'Authorization: Bearer <token>'")
-            return
-        supplied = request.headers.get("X-MultiGPU-Token", "")
-        authorization = request.headers.get("Authorization", "")
-        if authorization[:7].lower() == "bearer ":
-            supplied = authorization[7:].strip()
-        if not hmac.compare_digest(supplied.encode("utf-8", "replace"), token.encode()):
-            raise ApiError(401, "missing or wrong token: send 'Authorization: Bearer <token>'")
+        """The guard of a control route (also used by the launch routes)."""
+        self.guard.check(request, Access.CONTROL)
 
     def _config(self) -> GpuConfig:
         try:
@@ -225,7 +176,7 @@ class MultiGPUApi:
 
     def _auth_info(self, config: GpuConfig) -> dict[str, bool]:
         configured = bool(os.environ.get(TOKEN_ENV) or config.settings.api_token)
-        return {"token_configured": configured, "token_required": configured or self.public}
+        return {"token_configured": configured, "token_required": configured or self.public, "public": self.public}
 
     async def update_worker(self, request: web.Request) -> web.Response:
         data = await read_json_object(request, MAX_BODY)
@@ -233,6 +184,7 @@ class MultiGPUApi:
         fields = _check_fields(data, WORKER_FIELDS, ignore=("worker_id",))
         if not fields:
             raise ApiError(400, f"nothing to change: give one or more of {sorted(WORKER_FIELDS)}")
+        check_launch_flags(fields.get("extra_args"), "extra_args")
         index = self._worker_index(self._config(), worker_id)
 
         def change(config: dict[str, Any]) -> None:
@@ -240,12 +192,7 @@ class MultiGPUApi:
             if position is None:  # removed meanwhile
                 raise ApiError(404, f"no worker with id {worker_id!r}")
             worker = config["workers"][position]
-            changes = dict(fields)
-            if isinstance(changes.get("headers"), dict):  # a masked value sent back means "keep it"
-                old_headers = worker.get("headers") or {}
-                changes["headers"] = {name: old_headers.get(name, value) if value == REDACTED else value
-                                      for name, value in changes["headers"].items()}
-            worker.update(changes)
+            worker.update(_worker_changes(worker, fields))
 
         config = self._update(change)
         worker = config.find_worker(worker_id) or config.workers[index]
@@ -258,6 +205,7 @@ class MultiGPUApi:
             raise ApiError(400, "missing field 'port'")
         if "id" in fields:
             _worker_id(fields, "id")
+        check_launch_flags(fields.get("extra_args"), "extra_args")
         added: dict[str, Any] = {}
 
         def change(config: dict[str, Any]) -> None:
@@ -321,40 +269,6 @@ class MultiGPUApi:
             raise ApiError(400, "the prompt has no Multi-GPU Collector: nothing to distribute")
         job_id = self.orchestrator.reserve()
         return web.json_response({"job_id": job_id, "expires_in": RESERVATION_TTL, **plan})
-
-    async def job_complete(self, request: web.Request) -> web.Response:
-        data = await read_json_object(request, MAX_RESULT_BODY)
-        _check_fields(data, frozenset({"job_id", "worker_id", "share_token", "outputs"}))
-        job_id, token, outputs = data.get("job_id"), data.get("share_token"), data.get("outputs")
-        worker_id = _worker_id(data)
-        if not isinstance(job_id, str) or not isinstance(token, str):
-            raise ApiError(400, "'job_id' and 'share_token' must be strings")
-        if not isinstance(outputs, dict) or not all(isinstance(v, list) for v in outputs.values()):
-            raise ApiError(400, "'outputs' must map each Collector's node id to a list of base64 PNG images")
-        decoded: dict[str, list[bytes]] = {}
-        for collector, images in outputs.items():
-            decoded[collector] = [self._png(collector, index, image) for index, image in enumerate(images)]
-        try:
-            self.orchestrator.accept_results(job_id, worker_id, token, decoded)
-        except UnknownJob as exc:
-            raise ApiError(404, str(exc)) from None
-        except ResultRejected as exc:
-            raise ApiError(exc.status, str(exc)) from None
-        except JobError as exc:
-            raise ApiError(409, str(exc)) from None
-        return web.json_response({"accepted": sum(len(v) for v in decoded.values())})
-
-    @staticmethod
-    def _png(collector: str, index: int, image: Any) -> bytes:
-        if not isinstance(image, str):
-            raise ApiError(400, f"outputs[{collector!r}][{index}] must be a base64 string")
-        try:
-            blob = base64.b64decode(image, validate=True)
-        except (binascii.Error, ValueError):
-            raise ApiError(400, f"outputs[{collector!r}][{index}] is not valid base64") from None
-        if not blob.startswith(PNG_SIGNATURE):
-            raise ApiError(400, f"outputs[{collector!r}][{index}] is not a PNG image")
-        return blob
 
     # --- memory and status ----------------------------------------------------------------
 

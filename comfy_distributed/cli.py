@@ -10,6 +10,7 @@ Run it from ComfyUI's folder (or pass ``--comfyui PATH``). Modes::
     status            a table of every instance; exit code 1 when an enabled one is down
     restart NAME      stop and start one instance (master, a worker id or a worker name)
     run WORKFLOW.json queue an API-format workflow on the master, show progress, save the images
+    token             create the API token (saved in gpu_config.json, readable by you only) and say how to use it
     venv              a shell with ComfyUI's Python environment active
     update            update ComfyUI (git pull) and its requirements
     update-nodes      update every custom node repository and its requirements
@@ -21,8 +22,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import os
+import re
+import secrets
 import shutil
 import subprocess
 import sys
@@ -32,11 +36,11 @@ import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any, Callable
+from typing import IO, Any, Callable, Iterator
 
 import aiohttp
 
-from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, GpuConfig, load_config
+from .config import CONFIG_ENV, DEFAULT_CONFIG_PATH, GpuConfig, load_config, set_api_token
 from .errors import DistributedError
 from .prompt_hook import JOB_ID_EXTRA_DATA
 from .worker_client import summarize_rejection
@@ -47,8 +51,11 @@ from .launcher import (
     LaunchError,
     Launcher,
     Outcome,
+    command_name,
+    cpu_hints,
     find_comfyui_root,
     find_python,
+    make_folder,
     probe_host,
     state_dir_for,
 )
@@ -56,6 +63,8 @@ from .launcher import (
 TOKEN_ENV = "COMFY_DISTRIBUTED_TOKEN"
 DEFAULT_OUTPUT = "comfy-distributed-output"
 DEFAULT_TIMEOUT = 3600.0
+MAX_IMAGE_BYTES = 256 * 2**20
+"""Most bytes 'run' reads for one image from GET /view: more is a broken or hostile master, not an image."""
 MODES = {
     "master": "start the master",
     "workers": "start every enabled worker",
@@ -65,6 +74,7 @@ MODES = {
     "status": "show every instance; exit code 1 when an enabled one is down",
     "restart": "stop and start one instance (master, a worker id or name)",
     "run": "queue an API-format workflow on the master, show progress, save the images",
+    "token": "create the API token, save it in gpu_config.json (owner-only) and say how to use it",
     "venv": "open a shell with ComfyUI's Python environment active",
     "update": "update ComfyUI (git pull) and its requirements",
     "update-nodes": "update every custom node repository and its requirements",
@@ -162,6 +172,8 @@ def cmd_launch(args: argparse.Namespace) -> int:
     if not chosen:
         say("Nothing to start: no enabled worker in the config.")
         return 0
+    for hint in cpu_hints(chosen):
+        say(f"warning: {hint}")
     outcomes = launcher.launch(chosen, mode="fast" if args.mode == "all-fast" else "slow")
     maybe_watch(site, launcher, outcomes)
     return summarize(site, outcomes)
@@ -241,7 +253,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         hint = {"port-taken": f"another program holds port {status.instance.port}: change "
                               f"{status.instance.field}.port or stop that program",
                 "starting": "still starting: run status again in a moment"}.get(
-            status.state, f"start it with 'comfy-distributed {'master' if name == 'master' else 'workers'}'"
+            status.state, f"start it with '{command_name()} {'master' if name == 'master' else 'workers'}'"
                           if status.instance.kind != "external" else "start it on its machine")
         print(f"{status.instance.label} is {status.state}: {hint}", file=sys.stderr, flush=True)
     return 1 if down else 0
@@ -309,7 +321,7 @@ def cmd_update(args: argparse.Namespace) -> int:
     if requirements.is_file() and not _run_step([python, "-m", "pip", "install", "-r", str(requirements)],
                                                  site.root, "update"):
         raise LaunchError(f"installing {requirements} with {python} failed (see above)")
-    say("ComfyUI is up to date. Restart the instances to use it: comfy-distributed stop, then all-slow.")
+    say(f"ComfyUI is up to date. Restart the instances to use it: {command_name()} stop, then all-slow.")
     return 0
 
 
@@ -343,6 +355,47 @@ def cmd_update_nodes(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+# --- the API token ----------------------------------------------------------------------------
+
+
+def cmd_token(args: argparse.Namespace) -> int:
+    """Create (or replace, or remove) ``settings.api_token``; the master uses it from its next request."""
+    try:
+        root: Path | None = find_comfyui_root(args.comfyui)
+    except LaunchError:
+        if args.comfyui:
+            raise
+        root = None  # the token needs only the config
+    path, _exists = find_config(root, args.config)
+    config = load_config(path)
+    current = config.settings.api_token
+    if args.remove:
+        if current is None:
+            say(f"{path} holds no API token: nothing to remove.")
+            return 0
+        set_api_token(path, None)
+        say(f"Removed the API token from {path}. A master that listens beyond loopback (--listen) now refuses "
+            "every /multigpu request until it has one again.")
+        return 0
+    if current is not None and not args.new:
+        say(f"{path} already holds an API token (settings.api_token); '{command_name()} token --new' replaces it.")
+        token = current
+    else:
+        token = secrets.token_urlsafe(32)
+        set_api_token(path, token)
+        say(f"{'Replaced' if current else 'Created'} the API token and saved it in {path} (settings.api_token; the "
+            "file is now readable by you only).")
+    say(f"\nToken: {token}\n\nUse it:\n"
+        "  - the Multi-GPU sidebar panel asks for it once: paste it there (the browser keeps it)\n"
+        f"  - scripts and the launcher's 'run': export {TOKEN_ENV}='{token}'\n"
+        f"  - curl: -H \"Authorization: Bearer ${TOKEN_ENV}\"\n"
+        "A running master uses it from its next request: no restart needed.")
+    if os.environ.get(TOKEN_ENV) and os.environ[TOKEN_ENV] != token:
+        print(f"warning: {TOKEN_ENV} is set in this shell to another value; on a master started with it, that value "
+              "wins over the file", file=sys.stderr, flush=True)
+    return 0
+
+
 # --- run a workflow ---------------------------------------------------------------------------
 
 
@@ -354,12 +407,15 @@ def cmd_run(args: argparse.Namespace) -> int:
         except LaunchError:  # not in ComfyUI's folder: the default master
             url = "http://127.0.0.1:8188"
     prompt, extra_data = load_workflow(Path(args.workflow))
+    for override in args.overrides:
+        apply_override(prompt, override)
     output = Path(args.output)
     saved = asyncio.run(run_workflow(url.rstrip("/"), prompt, extra_data, output, args.timeout, sys.stdout))
     if not saved:
         say("The workflow finished but produced no images (it has no Save Image or Preview Image).")
     else:
-        say(f"Saved {len(saved)} image(s) to {output.resolve()}")
+        say(f"Saved {len(saved)} image(s) to {output.resolve()} (the master keeps its own: Save Image writes into its "
+            "output folder, Preview Image into its temp folder)")
     return 0
 
 
@@ -383,6 +439,50 @@ def load_workflow(path: Path) -> tuple[dict[str, Any], dict[str, Any]]:
         raise LaunchError(f"{path} is not an API-format workflow (an object of nodes, each with a class_type): "
                           "export it from ComfyUI with Workflow > Export (API)")
     return data, extra
+
+
+def _override_value(text: str, current: Any, where: str) -> Any:
+    if isinstance(current, str):
+        return text  # a file name, a prompt, a sampler: taken as written
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if isinstance(current, bool):
+        if not isinstance(value, bool):
+            raise LaunchError(f"--set {where}: expects true or false, not {text!r}")
+    elif isinstance(current, (int, float)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise LaunchError(f"--set {where}: expects a number, not {text!r}")
+        if isinstance(current, int) and isinstance(value, float) and not value.is_integer():
+            raise LaunchError(f"--set {where}: expects a whole number, not {text!r}")
+        value = int(value) if isinstance(current, int) else value
+    elif value is None and text != "null":
+        value = text
+    return value
+
+
+def apply_override(prompt: dict[str, Any], override: str) -> None:
+    """``NODE.INPUT=VALUE``: set one literal input of the workflow; the value keeps the input's type."""
+    key, equals, text = override.partition("=")
+    node_id, dot, name = key.strip().rpartition(".")
+    if not equals or not dot or not node_id or not name:
+        raise LaunchError(f"--set {override!r}: write NODE.INPUT=VALUE, e.g. --set 3.seed=42 (NODE is the node id "
+                          "in the API-format file)")
+    node = prompt.get(node_id)
+    if node is None:
+        raise LaunchError(f"--set {key}: the workflow has no node {node_id!r}; its nodes: "
+                          + ", ".join(f"{n} ({prompt[n].get('class_type')})" for n in list(prompt)[:40]))
+    inputs = node.get("inputs")
+    if not isinstance(inputs, dict) or name not in inputs:
+        known = sorted(inputs) if isinstance(inputs, dict) else []
+        raise LaunchError(f"--set {key}: node {node_id} ({node.get('class_type')}) has no input {name!r}; its "
+                          f"inputs: {', '.join(known) or 'none'}")
+    current = inputs[name]
+    if isinstance(current, list):
+        raise LaunchError(f"--set {key}: that input is connected to node {current[0] if current else '?'}, not "
+                          "typed in: set that node's input instead")
+    inputs[name] = _override_value(text, current, key)
 
 
 def auth_headers() -> dict[str, str]:
@@ -412,6 +512,8 @@ class Progress:
     cluster: float | None = None
     units: tuple[int, int] | None = None
     """Worker units finished, of all units, from ``multigpu.job_progress``."""
+    cached: set[str] = field(default_factory=set)
+    """Nodes the master took from its cache (``execution_cached``)."""
 
     def fraction(self) -> float:
         total = max(len(self.prompt), 1)
@@ -476,41 +578,67 @@ async def run_workflow(url: str, prompt: dict[str, Any], extra_data: dict[str, A
             ws = await session.ws_connect(f"{url}/ws", params={"clientId": client_id}, heartbeat=30,
                                           timeout=aiohttp.ClientWSTimeout(ws_close=10))
         except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise LaunchError(f"the master at {url} does not answer ({exc}): start it with 'comfy-distributed "
+            raise LaunchError(f"the master at {url} does not answer ({exc}): start it with '{command_name()} "
                               "master', or pass --master URL") from None
         async with ws:
-            job_id = await _prepare_job(session, url, prompt)
+            job_id = await _prepare_job(session, url, prompt, display.note)
             extra = {**extra_data, **({JOB_ID_EXTRA_DATA: job_id} if job_id else {})}
             prompt_id = await _queue(session, url, {"prompt": prompt, "client_id": client_id, "extra_data": extra})
             display.note(f"Queued prompt {prompt_id} on {url}")
-            await _follow(ws, session, url, prompt_id, job_id, Progress(prompt), display, deadline, timeout)
-        entry = await _get_json(session, f"{url}/history/{prompt_id}")
-        return await _save_images(session, url, (entry or {}).get(prompt_id) or {}, output)
+            progress = Progress(prompt)
+            await _follow(ws, session, url, prompt_id, job_id, progress, display, deadline, timeout)
+        if progress.cached >= set(prompt):
+            display.note("note: the master answered from its cache: this exact workflow ran before, so these are the "
+                         "earlier images. Change a seed (--set NODE.seed=N) for new ones")
+        history = await _get_json(session, f"{url}/history/{prompt_id}")
+        refs = history_images(history, prompt_id, f"GET {url}/history/{prompt_id}")
+        return await _save_images(session, url, refs, output, display.note)
 
 
-async def _prepare_job(session: aiohttp.ClientSession, url: str, prompt: dict[str, Any]) -> str | None:
-    """A job id from a master that runs this extension, so that its cluster events can be told apart."""
+async def _prepare_job(session: aiohttp.ClientSession, url: str, prompt: dict[str, Any],
+                       note: Callable[[str], None]) -> str | None:
+    """A job id from a master that runs this extension, so that its cluster events can be told apart.
+
+    A refusal (no token, a wrong one, a Host check, a bad config, a Distributor it cannot plan) ends
+    the run with the master's message; a master without the extension and a prompt without a
+    Collector run as plain ComfyUI would.
+    """
+    status, text, answer = await _post_json(session, f"{url}/multigpu/prepare_job", {"prompt": prompt}, 30,
+                                            f"POST {url}/multigpu/prepare_job failed")
+    error = answer.get("error") if isinstance(answer, dict) and isinstance(answer.get("error"), str) else None
+    if status == 200 and isinstance(answer, dict):
+        return str(answer.get("job_id") or "") or None
+    if status in (404, 405) and error is None:
+        return None  # a master without this extension: the workflow runs there as it is
+    if status == 400 and error is not None and "no Multi-GPU Collector" in error:
+        note("note: the workflow has no Multi-GPU Collector, so it is not distributed (it runs on one instance)")
+        return None
+    if status == 401:
+        hint = (f"set {TOKEN_ENV} to the master's token" if TOKEN_ENV not in os.environ
+                else f"{TOKEN_ENV} does not hold the master's token")
+        raise LaunchError(f"the master refused the job: {error or text[:300]} ({hint}; "
+                          f"'{command_name()} token' creates one)")
+    raise LaunchError(f"the master refused the job (HTTP {status} from POST /multigpu/prepare_job): "
+                      f"{error or text[:300]}")
+
+
+async def _post_json(session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout: float,
+                     failure: str) -> tuple[int, str, Any]:
+    """POST ``body``; the status, the text and its JSON (None when it is not JSON). ``failure`` starts the error."""
     try:
-        async with session.post(f"{url}/multigpu/prepare_job", json={"prompt": prompt},
-                                timeout=aiohttp.ClientTimeout(total=30)) as response:
-            if response.status == 200:
-                return str((await response.json()).get("job_id") or "") or None
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError):
-        pass
-    return None  # no Collector, no extension, or a token we lack: progress is matched through /multigpu/status
-
-
-async def _queue(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
-    try:
-        async with session.post(f"{url}/prompt", json=body, timeout=aiohttp.ClientTimeout(total=60)) as response:
+        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
             text = await response.text()
             status = response.status
     except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise LaunchError(f"queueing on {url} failed: {exc}") from None
+        raise LaunchError(f"{failure}: {exc}") from None
     try:
-        answer = json.loads(text)
+        return status, text, json.loads(text)
     except ValueError:
-        answer = None
+        return status, text, None
+
+
+async def _queue(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
+    status, text, answer = await _post_json(session, f"{url}/prompt", body, 60, f"queueing on {url} failed")
     if status == 200 and isinstance(answer, dict) and "prompt_id" in answer:
         return str(answer["prompt_id"])
     if status == 400:
@@ -545,7 +673,7 @@ async def _follow(ws: aiohttp.ClientWebSocketResponse, session: aiohttp.ClientSe
         if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
             display.end()
             raise LaunchError(f"the master at {url} closed the connection before the workflow finished: did it "
-                              "crash or restart? Its log says why (comfy-distributed status shows where it is)")
+                              f"crash or restart? Its log says why ({command_name()} status shows where it is)")
         if message.type != aiohttp.WSMsgType.TEXT:
             continue  # previews
         try:
@@ -579,6 +707,7 @@ def _apply(kind: str, data: dict[str, Any], prompt_id: str, job_id: str | None, 
     if data.get("prompt_id") not in (None, prompt_id):
         return False
     if kind == "execution_cached":
+        progress.cached.update(str(n) for n in data.get("nodes") or [])
         progress.done.update(str(n) for n in data.get("nodes") or [])
     elif kind == "executing":
         if progress.current is not None:
@@ -609,31 +738,159 @@ async def _job_of(session: aiohttp.ClientSession, url: str, prompt_id: str) -> s
         return None
 
 
-async def _save_images(session: aiohttp.ClientSession, url: str, entry: dict[str, Any], output: Path) -> list[Path]:
-    """Every image of the prompt's outputs (node order, then batch order), via GET /view, into ``output``."""
+# --- the images a run made: the master's answer is checked, never trusted with a path ---------------
+
+
+@dataclass(slots=True)
+class ImageRef:
+    """One image of a prompt's outputs, as the master's /history names it."""
+
+    node_id: str
+    filename: str
+    subfolder: str
+    kind: str
+    """``type`` on the wire: output, temp or input."""
+
+    def params(self) -> dict[str, str]:
+        return {"filename": self.filename, "subfolder": self.subfolder, "type": self.kind}
+
+
+def history_images(history: Any, prompt_id: str, where: str) -> list[ImageRef]:
+    """The images of ``prompt_id``'s /history entry (node order, then batch order); a clear error on a bad shape."""
+    if not isinstance(history, dict):
+        raise _not_comfyui(where, "the answer", history)
+    entry = history.get(prompt_id) or {}
+    if not isinstance(entry, dict):
+        raise _not_comfyui(where, repr(prompt_id), entry)
     status = entry.get("status") or {}
-    if status.get("status_str") == "error":
+    if isinstance(status, dict) and status.get("status_str") == "error":
         raise LaunchError(f"the workflow failed on the master: {json.dumps(status.get('messages'))[-600:]}")
-    saved: list[Path] = []
     outputs = entry.get("outputs") or {}
-    for node_id in sorted(outputs, key=lambda n: (len(str(n)), str(n))):
-        for image in (outputs[node_id] or {}).get("images") or []:
-            params = {"filename": image["filename"], "subfolder": image.get("subfolder", ""),
-                      "type": image.get("type", "output")}
-            try:
-                async with session.get(f"{url}/view", params=params,
-                                       timeout=aiohttp.ClientTimeout(total=120)) as response:
-                    response.raise_for_status()
-                    blob = await response.read()
-            except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-                raise LaunchError(f"fetching {image['filename']} from the master failed: {exc}") from None
-            output.mkdir(parents=True, exist_ok=True)
-            target = output / Path(image["filename"]).name
-            if target.exists() or target in saved:
-                target = output / f"{node_id}-{len(saved)}-{target.name}"
-            target.write_bytes(blob)
-            saved.append(target)
+    if not isinstance(outputs, dict):
+        raise _not_comfyui(where, "outputs", outputs)
+    found: list[ImageRef] = []
+    for node_id in sorted(outputs, key=lambda n: (len(n), n)):
+        found += _node_images(node_id, outputs[node_id], where)
+    return found
+
+
+def _node_images(node_id: str, node: Any, where: str) -> list[ImageRef]:
+    field = f"outputs[{node_id!r}]"
+    node = {} if node is None else node
+    if not isinstance(node, dict):
+        raise _not_comfyui(where, field, node)
+    images = node.get("images") or []
+    if not isinstance(images, list):
+        raise _not_comfyui(where, f"{field}.images", images, "a list")
+    return [_image_ref(node_id, image, f"{field}.images[{index}]", where) for index, image in enumerate(images)]
+
+
+def _image_ref(node_id: str, image: Any, field: str, where: str) -> ImageRef:
+    if not isinstance(image, dict):
+        raise _not_comfyui(where, field, image)
+    values = {"filename": image.get("filename"), "subfolder": image.get("subfolder", ""),
+              "type": image.get("type", "output")}
+    for key, value in values.items():
+        if not isinstance(value, str):
+            raise _not_comfyui(where, f"{field}.{key}", value, "a string")
+    return ImageRef(node_id, str(values["filename"]), str(values["subfolder"]), str(values["type"]))
+
+
+def _not_comfyui(where: str, field: str, value: Any, expected: str = "an object") -> LaunchError:
+    return LaunchError(f"the master's answer to {where} is not ComfyUI's: {field} should be {expected}, got "
+                       f"{json.dumps(value)[:200]}")
+
+
+_UNSAFE = re.compile(r'[\x00-\x1f\x7f/\\:*?"<>|]')
+"""Separators (both), NUL and control characters, and what Windows refuses in a name (':' opens a stream)."""
+_RESERVED = re.compile(r"(con|prn|aux|nul|com\d|lpt\d)(\..*)?", re.IGNORECASE)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as one plain file name, ``""`` when nothing is left: a server's name must never choose the folder."""
+    name = _UNSAFE.sub("_", text).strip(" .")  # no leading dots: no '..', no hidden files; Windows drops trailing
+    if _RESERVED.fullmatch(name):
+        name = f"_{name}"  # CON, NUL.png ... are devices on Windows
+    stem, suffix = os.path.splitext(name)
+    return stem[:120] + suffix[:16]
+
+
+def _file_names(ref: ImageRef, index: int, name: str) -> Iterator[str]:
+    """The master's name, then one naming the node and position, then that with -1, -2, ..."""
+    yield name
+    prefixed = f"{safe_name(ref.node_id) or 'node'}-{index}-{name}"
+    yield prefixed
+    stem, suffix = os.path.splitext(prefixed)
+    for number in itertools.count(1):
+        yield f"{stem}-{number}{suffix}"
+
+
+async def _save_images(session: aiohttp.ClientSession, url: str, refs: list[ImageRef], output: Path,
+                       note: Callable[[str], None]) -> list[Path]:
+    """Fetch every image through GET /view and write it as a new file directly inside ``output``."""
+    saved: list[Path] = []
+    for ref in refs:
+        blob = await _fetch_image(session, url, ref)
+        name = safe_name(ref.filename) or "image.png"
+        target = _write_new(_output_folder(output), _file_names(ref, len(saved), name), blob)
+        if name != ref.filename:
+            note(f"warning: the master named an image {ref.filename!r}, which is not a plain file name: saved as "
+                 f"{target.name}")
+        saved.append(target)
     return saved
+
+
+def _output_folder(output: Path) -> Path:
+    return make_folder(output, "the output folder", "--output")
+
+
+def _write_new(folder: Path, names: Iterator[str], blob: bytes) -> Path:
+    """``blob`` under the first free name; 'xb' (O_EXCL) never writes over, or through a link at, an existing one."""
+    for name in itertools.islice(names, 1000):
+        target = folder / name
+        if name in ("", ".", "..") or Path(os.path.abspath(target)).parent != folder:  # safe_name's promise
+            raise LaunchError(f"refusing to save an image as {name!r}: it would not land in {folder}")
+        try:
+            handle = open(target, "xb")
+        except FileExistsError:
+            continue
+        except OSError as exc:
+            raise LaunchError(f"cannot create {target}: {exc.strerror or exc}") from None
+        with handle:
+            try:
+                handle.write(blob)
+            except OSError as exc:  # disk full: no half image left behind (the file is ours, just created)
+                handle.close()
+                target.unlink(missing_ok=True)
+                raise LaunchError(f"cannot write {target}: {exc.strerror or exc}") from None
+        return target
+    raise LaunchError(f"no free file name left in {folder} for an image: empty it or pass another --output")
+
+
+async def _fetch_image(session: aiohttp.ClientSession, url: str, ref: ImageRef) -> bytes:
+    """One image from GET /view, read in chunks and refused past MAX_IMAGE_BYTES (a server could send forever)."""
+    limit = MAX_IMAGE_BYTES
+    chunks: list[bytes] = []
+    try:
+        async with session.get(f"{url}/view", params=ref.params(),
+                               timeout=aiohttp.ClientTimeout(total=120)) as response:
+            response.raise_for_status()
+            if (response.content_length or 0) > limit:
+                raise _too_big(ref, limit)
+            size = 0
+            async for chunk in response.content.iter_chunked(1 << 16):
+                size += len(chunk)
+                if size > limit:  # chunked answers say no length: count what arrives
+                    raise _too_big(ref, limit)
+                chunks.append(chunk)
+    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+        raise LaunchError(f"fetching {ref.filename!r} from the master failed: {exc}") from None
+    return b"".join(chunks)
+
+
+def _too_big(ref: ImageRef, limit: int) -> LaunchError:
+    return LaunchError(f"the master's image {ref.filename!r} is more than {limit} bytes (the most 'run' reads "
+                       "for one image): not saved")
 
 
 # --- the command line -------------------------------------------------------------------------------
@@ -651,7 +908,7 @@ def _common(parser: argparse.ArgumentParser, default: object) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="comfy-distributed", description="Start and control the ComfyUI instances of gpu_config.json.",
+        prog=command_name(), description="Start and control the ComfyUI instances of gpu_config.json.",
         epilog=f"The token for the master's control endpoints is read from {TOKEN_ENV}.")
     _common(parser, None)
     common = argparse.ArgumentParser(add_help=False)
@@ -669,16 +926,23 @@ def build_parser() -> argparse.ArgumentParser:
             sub.add_argument("--master", metavar="URL", help="the master's address; default: from the config")
             sub.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
                              help="give up after this long")
+            sub.add_argument("--set", action="append", default=[], metavar="NODE.INPUT=VALUE", dest="overrides",
+                             help="change one input of the workflow for this run, e.g. --set 4.ckpt_name=my.safetensors"
+                                  " --set 5.width=256 (repeatable; the file is not changed)")
+        elif mode == "token":
+            sub.add_argument("--new", action="store_true", help="replace the token the config already has")
+            sub.add_argument("--remove", action="store_true", help="remove the token from the config")
     modes.add_parser("watch", parents=[common])  # internal: no help, so not listed
     return parser
 
 
 COMMANDS: dict[str, Callable[[argparse.Namespace], int]] = {
     "master": cmd_launch, "workers": cmd_launch, "all-fast": cmd_launch, "all-slow": cmd_launch,
-    "stop": cmd_stop, "status": cmd_status, "restart": cmd_restart, "run": cmd_run, "venv": cmd_venv,
+    "stop": cmd_stop, "status": cmd_status, "restart": cmd_restart, "run": cmd_run, "token": cmd_token,
+    "venv": cmd_venv,
     "update": cmd_update, "update-nodes": cmd_update_nodes, "watch": cmd_watch,
 }
-MENU = ["all-slow", "all-fast", "master", "workers", "status", "stop", "venv", "update", "update-nodes"]
+MENU = ["all-slow", "all-fast", "master", "workers", "status", "stop", "token", "venv", "update", "update-nodes"]
 
 
 def menu(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
@@ -694,6 +958,7 @@ def menu(args: argparse.Namespace, parser: argparse.ArgumentParser) -> int:
         return 0
     args.mode = MENU[int(answer) - 1]
     args.names = []
+    args.new = args.remove = False
     return COMMANDS[args.mode](args)
 
 
@@ -708,6 +973,6 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         return 1
     except KeyboardInterrupt:
-        print("interrupted: instances started so far keep running ('comfy-distributed stop' stops them)",
+        print(f"interrupted: instances started so far keep running ('{command_name()} stop' stops them)",
               file=sys.stderr, flush=True)
         return 130

@@ -9,18 +9,78 @@ from pathlib import Path
 from typing import Any
 
 from . import runtime
-from .api import MultiGPUApi, listens_beyond_loopback
+from .access import TOKEN_ENV, is_public
+from .api import MultiGPUApi
 from .api_launch import add_launch_routes
-from .config import ConfigStore
+from .config import ConfigStore, GpuConfig
 from .errors import ConfigError
 from .orchestrator import Orchestrator
 from .health import HealthMonitor
 from .launcher import master_launcher_factory
 from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
 from .queue_balancer import QueueBalancer
+from .role import decide_role, passive_line
 from .worker_client import OutputFile
 
 log = logging.getLogger("comfy_distributed")
+
+MAX_NAME_TRIES = 10000
+"""New names tried for a worker's file before giving up (``name (1).png``, ``name (2).png``...)."""
+
+
+def _plain_component(part: str, what: str) -> str:
+    """``part`` when it names one entry of a folder: not empty, ``.``, ``..``, a drive or a path.
+
+    ``:`` is refused too: on Windows ``C:x`` is a path of its own and ``x:y`` a hidden stream.
+    """
+    if part in ("", ".", "..") or len(part) > 255 or any(c in part for c in "/\\:\0"):
+        raise ValueError(f"{what} {part[:100]!r} is not a plain name")
+    return part
+
+
+def confined_output_path(worker_tag: str, subfolder: str, filename: str) -> tuple[str, str]:
+    """(subfolder under the output root, file name) for a worker's file: always inside ``worker_tag``.
+
+    A worker names its files, so every part is checked: an absolute path, ``..``, ``.`` or an
+    empty part would leave (or blur) the worker's own folder and is refused with ValueError.
+    """
+    parts = [_plain_component(worker_tag, "worker folder")]
+    if subfolder:
+        parts += [_plain_component(part, "subfolder part") for part in subfolder.replace("\\", "/").split("/")]
+    return "/".join(parts), _plain_component(filename, "file name")
+
+
+def write_new_file(root: str, worker_tag: str, subfolder: str, name: str, data: bytes) -> str:
+    """Write ``data`` as a new file in ``root/subfolder``, never over another; returns the name used.
+
+    The folder is checked again once it exists (a link inside the worker's folder must not lead
+    out of it); ``xb`` refuses any existing entry, a link included, so a taken name gets a counter.
+    """
+    own = os.path.realpath(os.path.join(root, worker_tag))
+    folder = os.path.join(root, *subfolder.split("/"))
+    os.makedirs(folder, exist_ok=True)
+    if os.path.commonpath((own, os.path.realpath(folder))) != own:
+        raise ValueError(f"the folder {subfolder!r} leads out of the worker's own folder")
+    stem, ext = os.path.splitext(name)
+    for counter in range(MAX_NAME_TRIES):
+        candidate = name if counter == 0 else f"{stem} ({counter}){ext}"
+        try:
+            with open(os.path.join(folder, candidate), "xb") as handle:
+                handle.write(data)
+            return candidate
+        except FileExistsError:
+            continue
+    raise ValueError(f"no free name for {name!r} after {MAX_NAME_TRIES} tries")
+
+
+def startup_warnings(config: GpuConfig, public: bool) -> list[str]:
+    """What a master says at start that a newcomer would otherwise find out from a 401."""
+    if public and not (os.environ.get(TOKEN_ENV) or config.settings.api_token):
+        return ["this master listens beyond loopback (--listen) or sends CORS headers (--enable-cors-header), "
+                "and no API token is configured: every /multigpu route (the sidebar panel's too) answers 401 "
+                "until one is. Create one with 'launch_distributed.sh token' (or 'python -m comfy_distributed "
+                "token'), or drop --listen if no browser on another machine needs this master"]
+    return []
 
 
 def install() -> bool:
@@ -35,30 +95,38 @@ def install() -> bool:
         return False
 
     def save_output(file: OutputFile, data: bytes, worker_tag: str) -> dict[str, str]:
-        """Save a worker's file under the master's output (or temp) folder, in a subfolder per worker."""
-        root = os.path.abspath(folder_paths.get_temp_directory() if file.type == "temp"
-                               else folder_paths.get_output_directory())
-        subfolder = os.path.join(worker_tag, file.subfolder) if file.subfolder else worker_tag
-        folder = os.path.abspath(os.path.join(root, subfolder))
-        if os.path.commonpath((root, folder)) != root:
-            raise RuntimeError(f"Multi-GPU: refused a worker's file outside the output folder: {file.subfolder!r}")
-        os.makedirs(folder, exist_ok=True)
-        name = os.path.basename(file.filename)
-        with open(os.path.join(folder, name), "wb") as handle:
-            handle.write(data)
-        return {"filename": name, "subfolder": os.path.relpath(folder, root), "type": file.type}
+        """Save a worker's file under the master's output (or temp) folder, in the worker's own folder."""
+        kind = "temp" if file.type == "temp" else "output"  # it is saved in one of these two, whatever it says
+        root = os.path.realpath(folder_paths.get_temp_directory() if kind == "temp"
+                                else folder_paths.get_output_directory())
+        try:
+            subfolder, name = confined_output_path(worker_tag, file.subfolder, file.filename)
+            name = write_new_file(root, worker_tag, subfolder, name, data)
+        except ValueError as exc:
+            raise RuntimeError(f"Multi-GPU: refused a file of {worker_tag}: {exc}") from None
+        return {"filename": name, "subfolder": subfolder, "type": kind}
 
     server = getattr(PromptServer, "instance", None)
     if server is None:
         return False
 
     store = ConfigStore()
+    port = getattr(cli_args.args, "port", None)
     try:
         config = store.get()
+    except ConfigError as exc:
+        config = None
+        log.error("Multi-GPU: %s", exc)  # reported now; jobs report it again until it is fixed
+    role = decide_role(config, port, os.environ)
+    if not role.is_master:
+        log.info("%s", passive_line(role, store.path, port))
+        return False
+    public = is_public(getattr(cli_args.args, "listen", None), getattr(cli_args.args, "enable_cors_header", None))
+    if config is not None:
         log.info("Multi-GPU: %s: %d worker(s), %d enabled", store.path, len(config.workers),
                  len(config.enabled_workers()))
-    except ConfigError as exc:
-        log.error("Multi-GPU: %s", exc)  # reported now; jobs report it again until it is fixed
+        for warning in startup_warnings(config, public):
+            log.warning("Multi-GPU: %s", warning)
 
     def notify(event: str, data: dict[str, Any]) -> None:
         server.send_sync(event, data)
@@ -98,7 +166,6 @@ def install() -> bool:
     runtime.notify = notify
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
     server.app.middlewares.append(make_prompt_middleware(orchestrator, running_prompts, pending_prompts))
-    public = listens_beyond_loopback(getattr(cli_args.args, "listen", None))
     api = MultiGPUApi(store, orchestrator, public=public, free_master=free_master, health=health)
     api.add_routes(server.routes)
     comfyui_root = Path(sys.modules[PromptServer.__module__].__file__).resolve().parent  # main.py's folder

@@ -21,10 +21,12 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from .errors import ConfigError
+from .json_limits import MAX_DEPTH, nesting_depth
 
 CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_CONFIG_PATH = PACKAGE_ROOT / "gpu_config.json"
+MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
 _HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
@@ -222,6 +224,16 @@ class Settings(_Model):
     launch_timeout: float = Field(180.0, gt=0, le=3600, description="seconds a launched instance has to answer")
     stop_workers_on_exit: bool = Field(False, description="the launcher stops the workers it started when the "
                                                           "master exits")
+    allowed_hosts: list[str] = Field(default_factory=list, max_length=32, description=(
+        "host names besides localhost and loopback addresses under which a master that listens on loopback "
+        "only accepts /multigpu requests (the Host header); e.g. a name in /etc/hosts that points at 127.0.0.1"))
+    max_file_mb: int = Field(256, ge=1, le=65536, description="largest file, in MiB, read from a worker "
+                                                              "(an image, latent or audio file of one unit)")
+
+    @field_validator("allowed_hosts")
+    @classmethod
+    def _allowed_hosts(cls, value: list[str]) -> list[str]:
+        return [_host_name(name).lower().strip("[]") for name in value]
 
     @field_validator("api_token")
     @classmethod
@@ -237,14 +249,23 @@ SECRET_SETTINGS = frozenset({"api_token"})
 REDACTED = "***"
 
 
+def _known(model: _Model) -> dict[str, Any]:
+    """The fields of ``model`` that the schema knows, as JSON (unknown keys a user wrote are left out)."""
+    return {name: value for name, value in model.model_dump(mode="json").items() if name in type(model).model_fields}
+
+
 def public_view(config: "GpuConfig") -> dict[str, Any]:
-    """The config as JSON without secrets: the token is left out, header values are masked."""
-    data = config.model_dump(mode="json")
-    for key in SECRET_SETTINGS:
-        data["settings"].pop(key, None)
-    for worker in data["workers"]:
-        worker["headers"] = {name: REDACTED for name in worker.get("headers", {})}
-    return data
+    """The config as the API shows it: no token, header values masked, the SSH block reduced to its host,
+    and none of the unknown keys (a user's notes may hold anything)."""
+    settings = {k: v for k, v in _known(config.settings).items() if k not in SECRET_SETTINGS}
+    workers = []
+    for worker in config.workers:
+        data = _known(worker)
+        data["headers"] = {name: REDACTED for name in worker.headers}
+        if worker.ssh is not None:
+            data["ssh"] = {"host": worker.ssh.host}
+        workers.append(data)
+    return {"master": _known(config.master), "workers": workers, "settings": settings}
 
 
 class GpuConfig(_Model):
@@ -307,34 +328,84 @@ def config_path() -> Path:
 def load_config(path: Path) -> GpuConfig:
     """Read and validate ``path``. A missing file is an empty cluster (master only)."""
     try:
-        text = path.read_text(encoding="utf-8")
+        raw = path.read_bytes()
     except FileNotFoundError:
         return GpuConfig()
-    except OSError as exc:
+    except OSError as exc:  # a folder, a parent that is a file, no permission
         raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    if len(raw) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; is this the right file?")
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
+    if nesting_depth(raw) > MAX_DEPTH:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as exc:
         raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
+    except RecursionError as exc:
+        raise ConfigError(f"{path}: nested too deeply to be a configuration") from exc
     return parse_config(data, str(path))
 
 
-def save_config(path: Path, config: GpuConfig) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one."""
-    text = json.dumps(config.model_dump(mode="json"), indent=2) + "\n"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+def save_config(path: Path, config: GpuConfig, data: dict[str, Any] | None = None) -> None:
+    """Write atomically: a reader sees the old file or the new one, never half of one.
+
+    ``data``, when given, is what is written (the file's own keys, already validated as ``config``).
+    """
+    text = json.dumps(config.model_dump(mode="json") if data is None else data, indent=2) + "\n"
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:  # the parent is a file, read-only, ...
+        raise ConfigError(f"{path}: cannot be saved: {exc.strerror or exc}") from exc
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        if path.exists():
-            os.chmod(tmp_name, path.stat().st_mode & 0o777)
+        os.chmod(tmp_name, _file_mode(path, config))
         os.replace(tmp_name, path)
     except OSError as exc:
         Path(tmp_name).unlink(missing_ok=True)
         raise ConfigError(f"{path}: cannot be saved: {exc.strerror or exc}") from exc
+
+
+def set_api_token(path: Path, token: str | None) -> GpuConfig:
+    """Set (or with None remove) ``settings.api_token`` in the file, keeping everything else as written.
+
+    A missing file is created with just the token. The result is validated before it is saved.
+    """
+    load_config(path)  # a broken file is reported, never replaced
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        data = {}
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: must be a JSON object")
+    settings = data.setdefault("settings", {})
+    if not isinstance(settings, dict):
+        raise ConfigError(f"{path}: settings must be an object")
+    if token is None:
+        settings.pop("api_token", None)
+    else:
+        settings["api_token"] = token
+    config = parse_config(data, str(path))
+    save_config(path, config, data)
+    return config
+
+
+def _file_mode(path: Path, config: GpuConfig) -> int:
+    """The file keeps its mode, but a file that holds the token is readable by its owner only."""
+    try:
+        mode = path.stat().st_mode & 0o777
+    except OSError:
+        mode = 0o600  # a new file: as mkstemp made it
+    return mode & 0o600 if config.settings.api_token else mode
 
 
 class ConfigStore:
@@ -353,7 +424,7 @@ class ConfigStore:
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
             stat = self.path.stat()
-        except FileNotFoundError:
+        except OSError:  # missing, or a parent is not a folder: load_config says which
             return None
         return (stat.st_mtime_ns, stat.st_size)
 

@@ -18,7 +18,7 @@ import aiohttp
 
 from .config import ConfigError, ConfigStore, Settings, WorkerConfig
 from .errors import WorkerError, WorkerUnreachable
-from .worker_client import WorkerClient
+from .worker_client import WorkerClient, clip_text
 
 log = logging.getLogger("comfy_distributed")
 
@@ -194,15 +194,34 @@ class HealthMonitor:
             return
         self._launching_until.pop(key, None)
         try:
-            remaining = int((queue.get("exec_info") or {}).get("queue_remaining", 0))
-            device = (stats.get("devices") or [{}])[0]
-        except (AttributeError, TypeError, ValueError, IndexError):
+            remaining, device = beat_facts(queue, stats)
+        except ValueError:
             health.status, health.error = "error", "the answers are not ComfyUI's (GET /prompt, /system_stats)"
             return
         health.last_seen = now
         health.error = None
         health.queue_remaining = remaining
         health.status = "busy" if remaining else "idle"
-        health.device = device.get("name")
-        health.vram_total = device.get("vram_total")
-        health.vram_free = device.get("vram_free")
+        health.device, health.vram_total, health.vram_free = device
+
+
+def beat_facts(queue: Any, stats: Any) -> tuple[int, tuple[str | None, int | None, int | None]]:
+    """Queue length and (device name, VRAM total, VRAM free) from ``GET /prompt`` and ``/system_stats``.
+
+    ValueError for answers of another shape; the device name is shortened (it is shown to anyone).
+    """
+    exec_info = (queue.get("exec_info") or {}) if isinstance(queue, dict) else None
+    remaining = exec_info.get("queue_remaining", 0) if isinstance(exec_info, dict) else None
+    if isinstance(remaining, bool) or not isinstance(remaining, (int, float)) or not 0 <= remaining < 2**31:
+        raise ValueError("queue_remaining is not a count")  # also refuses NaN and infinity
+    devices = (stats.get("devices") if isinstance(stats, dict) else None) or [{}]
+    device = devices[0] if isinstance(devices, list) else None
+    if not isinstance(device, dict):
+        raise ValueError("devices is not a list of objects")
+    name = device.get("name")
+    return int(remaining), (clip_text(name, 100) if isinstance(name, str) else None,
+                            _byte_count(device.get("vram_total")), _byte_count(device.get("vram_free")))
+
+
+def _byte_count(value: Any) -> int | None:
+    return value if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 2**63 else None

@@ -1,12 +1,15 @@
 """Worker results to ComfyUI tensors, decoded exactly as ComfyUI's LoadImage does.
 
 PNG bytes travel as the worker wrote them; this runs on the Collector's thread, never on
-the server's event loop, because decoding a large batch takes a while.
+the server's event loop, because decoding a large batch takes a while. A worker's file is
+measured before it is decoded: an image whose header says it is not the master's size, or
+audio longer than the master's, is not decoded in full (a small file can unpack to gigabytes).
 """
 
 from __future__ import annotations
 
 import io
+import struct
 
 import numpy as np
 import torch
@@ -21,6 +24,32 @@ def decode_png(data: bytes) -> torch.Tensor:
             image = image.point(lambda value: value * (1 / 255))
         array = np.array(image.convert("RGB")).astype(np.float32) / 255.0
     return torch.from_numpy(array)[None,]
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def frame_size(data: bytes) -> tuple[int, int] | None:
+    """(height, width) from a PNG's IHDR header, without decoding anything; None if not a PNG."""
+    if len(data) < 24 or data[:8] != PNG_SIGNATURE or data[12:16] != b"IHDR":
+        return None
+    width, height = struct.unpack(">II", data[16:24])
+    return height, width
+
+
+def _unlike_reference(blobs: list[bytes], reference: torch.Tensor) -> torch.Tensor | None:
+    """A stand-in of the size a PNG's header claims, when that is not the master's frame.
+
+    It holds no pixels (one zero, expanded), so ``fits`` refuses it by its shape and a
+    30000 x 30000 PNG is never decoded. Either orientation passes: EXIF may turn the image.
+    """
+    wanted = {tuple(reference.shape[1:3]), tuple(reference.shape[2:0:-1])}
+    for blob in blobs:
+        size = frame_size(blob)
+        if size is not None and size not in wanted:
+            nothing = torch.zeros((1, 1, 1, 1), device=reference.device, dtype=reference.dtype)
+            return nothing.expand(len(blobs), size[0], size[1], reference.shape[3])
+    return None
 
 
 def decode_batch(blobs: list[bytes]) -> torch.Tensor:
@@ -52,20 +81,26 @@ def decode_latent(data: bytes) -> torch.Tensor:
     return samples
 
 
-def decode_audio(data: bytes) -> dict:
+def decode_audio(data: bytes, max_samples: int | None = None) -> dict:
     """An audio file to ComfyUI's AUDIO ({"waveform": [1, channels, samples], "sample_rate"}), read as
-    ComfyUI's LoadAudio reads files (PyAV, integer samples scaled by 2^15 or 2^31)."""
+    ComfyUI's LoadAudio reads files (PyAV, integer samples scaled by 2^15 or 2^31).
+
+    Decoding stops once more than ``max_samples`` per channel came out: the clip is then
+    longer than wanted, which is all the caller needs to know."""
     import av
 
     with av.open(io.BytesIO(data)) as container:
         stream = container.streams.audio[0]
         rate, channels = stream.codec_context.sample_rate, stream.channels
-        frames = []
+        frames, samples = [], 0
         for frame in container.decode(streams=stream.index):
             buffer = torch.from_numpy(frame.to_ndarray())
             if buffer.shape[0] != channels:  # packed samples
                 buffer = buffer.view(-1, channels).t()
             frames.append(buffer)
+            samples += buffer.shape[1]
+            if max_samples is not None and samples > max_samples:
+                break
     waveform = torch.cat(frames, dim=1)
     if waveform.dtype == torch.int16:
         waveform = waveform.float() / (2**15)
@@ -77,11 +112,19 @@ def decode_audio(data: bytes) -> dict:
 def decode_kind(kind: str, blobs: list[bytes], reference: object) -> object:
     """Worker files of one kind as the value the master's Collector holds for that kind."""
     if kind == "images":
+        unlike = _unlike_reference(blobs, reference)
+        if unlike is not None:
+            return unlike
         return decode_batch(blobs).to(device=reference.device, dtype=reference.dtype)
     if kind == "latent":
         samples = torch.cat([decode_latent(blob) for blob in blobs], dim=0)
         return {"samples": samples.to(device=reference["samples"].device, dtype=reference["samples"].dtype)}
-    audio = [decode_audio(blob) for blob in blobs]
+    length = reference["waveform"].shape[-1]  # no clip of the master's length needs more decoding
+    audio = [decode_audio(blob, max_samples=length) for blob in blobs]
+    wanted = (tuple(reference["waveform"].shape[1:]), reference["sample_rate"])
+    unlike = next((a for a in audio if (tuple(a["waveform"].shape[1:]), a["sample_rate"]) != wanted), None)
+    if unlike is not None:
+        return unlike  # refused by fits (and clips of other lengths could not be joined)
     return {"waveform": torch.cat([a["waveform"] for a in audio], dim=0), "sample_rate": audio[0]["sample_rate"]}
 
 

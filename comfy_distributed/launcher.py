@@ -5,7 +5,9 @@ own Python in ComfyUI's folder, with ``CUDA_VISIBLE_DEVICES`` from ``cuda_device
 the config and ``extra_args`` split into arguments (never given to a shell). Its output goes to
 ``<state>/<key>.log`` and its pid to ``<state>/<key>.pid`` (JSON), ``<state>`` being
 ``<ComfyUI>/user/comfy-distributed`` unless ``--state-dir`` or ``COMFY_DISTRIBUTED_STATE_DIR`` says
-otherwise; ``<key>`` is ``master`` or ``worker-<id>``. A worker with an ``ssh`` block is started and
+otherwise; ``<key>`` is ``master`` or ``worker-<id>``. Starting and stopping an instance holds
+``<state>/<key>.lock`` (and a lock per thread), so that two launchers at once (API and CLI, a
+button pressed twice) never start it twice. A worker with an ``ssh`` block is started and
 stopped on its own machine by :mod:`.ssh`. An instance is running when its port answers
 ``GET /system_stats`` as ComfyUI, and only instances that are not running are started.
 
@@ -14,26 +16,31 @@ Every failure is a :class:`LaunchError` whose message says what to do about it.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import ipaddress
 import json
 import os
 import re
 import shlex
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Protocol
+from typing import Any, Callable, Iterator, Protocol
 from urllib.parse import urlsplit
 
 from .config import CONFIG_ENV, PACKAGE_ROOT, GpuConfig, WorkerConfig
 from .errors import LaunchError
+from .role import ROLE_ENV
 
 STATE_ENV = "COMFY_DISTRIBUTED_STATE_DIR"
 FAST_SPACING = 2.0
@@ -41,6 +48,8 @@ FAST_SPACING = 2.0
 POLL_INTERVAL = 0.25
 PROBE_TIMEOUT = 2.0
 STOP_TIMEOUT = 15.0
+LOCK_TIMEOUT = 10.0
+"""Seconds a start or stop of an instance waits for another one in progress (a check and spawn take a few)."""
 LOG_TAIL_LINES = 30
 LOG_MARK = "===== comfy-distributed:"
 """First characters of the line written to a log before each start; the tail shown after a failure
@@ -148,12 +157,53 @@ def instances_of(config: GpuConfig) -> list[Instance]:
 # --- ComfyUI's folder, its Python, the command line ------------------------------------------------
 
 
+COMMAND_ENV = "COMFY_DISTRIBUTED_COMMAND"
+"""Set by the wrappers to the name they were started as, so that every hint names a command the user has."""
+
+
+def command_name() -> str:
+    """How the user runs the launcher here: the wrapper, ``comfy-distributed`` or ``python -m comfy_distributed``."""
+    named = os.environ.get(COMMAND_ENV, "").strip()
+    if named:
+        return named
+    program = Path(sys.argv[0]).name if sys.argv and sys.argv[0] else ""
+    if program.startswith("comfy-distributed"):
+        return "comfy-distributed"
+    if program == "main.py":  # inside ComfyUI (the sidebar's launch): the wrapper next to this package
+        return str(PACKAGE_ROOT / ("launch_distributed.bat" if WINDOWS else "launch_distributed.sh"))
+    return "python -m comfy_distributed"
+
+
+def gpu_seen() -> bool:
+    """Whether this machine shows a GPU that ComfyUI can use without --cpu (NVIDIA, AMD ROCm, a Mac's MPS)."""
+    if sys.platform == "darwin":
+        return True  # Apple silicon: ComfyUI uses MPS
+    if shutil.which("nvidia-smi") or shutil.which("rocm-smi"):
+        return True
+    return sys.platform.startswith("linux") and any(Path(p).exists() for p in ("/dev/nvidia0", "/dev/kfd"))
+
+
+def cpu_hints(instances: list["Instance"]) -> list[str]:
+    """For a machine without a GPU: the local instances that will not start without --cpu."""
+    if gpu_seen():
+        return []
+    missing = [i for i in instances if i.kind == "local" and "--cpu" not in split_args(i.extra_args, i.field)]
+    if not missing:
+        return []
+    fields = ", ".join(f"{i.field}.extra_args" for i in missing)
+    return [f"this machine shows no GPU (no nvidia-smi or /dev/nvidia0): ComfyUI stops at start unless it runs "
+            f"with --cpu. Add --cpu to {fields} and set cuda_device to null (see 'No GPU, Mac or AMD?' in the README)"]
+
+
 def looks_like_comfyui(folder: Path) -> bool:
     return (folder / "main.py").is_file() and ((folder / "comfy").is_dir() or (folder / "folder_paths.py").is_file())
 
 
-def find_comfyui_root(explicit: str | None, cwd: Path | None = None) -> Path:
-    """``--comfyui``, else the current folder or one above it, else the ComfyUI this extension is installed in."""
+def find_comfyui_root(explicit: str | None, cwd: Path | None = None, extension: Path | None = PACKAGE_ROOT) -> Path:
+    """``--comfyui``, else the current folder or one above it, else the ComfyUI this extension is installed in.
+
+    ``extension`` is the extension's folder (None: do not look there).
+    """
     if explicit:
         root = Path(explicit).expanduser().resolve()
         if not (root / "main.py").is_file():
@@ -161,8 +211,8 @@ def find_comfyui_root(explicit: str | None, cwd: Path | None = None) -> Path:
         return root
     cwd = (cwd or Path.cwd()).resolve()
     candidates = [cwd, *list(cwd.parents)[:3]]
-    if PACKAGE_ROOT.parent.name == "custom_nodes":
-        candidates.append(PACKAGE_ROOT.parent.parent)
+    if extension is not None and extension.parent.name == "custom_nodes":
+        candidates.append(extension.parent.parent)
     for folder in candidates:
         if looks_like_comfyui(folder):
             return folder
@@ -480,6 +530,92 @@ def since_last_start(text: str, lines: int = LOG_TAIL_LINES) -> str:
     return "\n".join(kept[-lines:])
 
 
+# --- one start or stop of an instance at a time ---------------------------------------------------
+
+_THREAD_LOCKS: dict[str, threading.Lock] = {}
+"""One lock per lock file (a real path): flock alone would not serialize threads on every platform."""
+_HELD = frozenset({errno.EAGAIN, errno.EWOULDBLOCK, errno.EACCES, getattr(errno, "EDEADLOCK", errno.EDEADLK)})
+"""What a lock held elsewhere raises: flock EWOULDBLOCK; msvcrt EACCES or EDEADLOCK (macOS has no EDEADLOCK)."""
+_THREAD_LOCKS_GUARD = threading.Lock()
+
+
+def _thread_lock(path: Path) -> threading.Lock:
+    with _THREAD_LOCKS_GUARD:
+        return _THREAD_LOCKS.setdefault(os.path.realpath(path), threading.Lock())
+
+
+@contextlib.contextmanager
+def instance_lock(path: Path, label: str, timeout: float | None = None) -> Iterator[None]:
+    """Hold ``path`` against this process's other threads and other processes; give up after ``timeout``."""
+    wait = LOCK_TIMEOUT if timeout is None else timeout
+    deadline = time.monotonic() + wait
+    lock = _thread_lock(path)
+    if not lock.acquire(timeout=wait):
+        raise LaunchError(_busy(path, label, wait))
+    try:
+        with _file_lock(path, deadline, label, wait):
+            yield
+    finally:
+        lock.release()
+
+
+def _busy(path: Path, label: str, wait: float) -> str:
+    return (f"another launcher is starting or stopping {label} (it holds {path}, still after {wait:g} s): "
+            "wait for it to finish, then try again")
+
+
+@contextlib.contextmanager
+def _file_lock(path: Path, deadline: float, label: str, wait: float) -> Iterator[None]:
+    """An exclusive lock on ``path``, polled until ``deadline``; the file stays (deleting it would race)."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    except OSError as exc:
+        raise LaunchError(f"cannot open the lock file {path} ({exc.strerror or exc}): pass --state-dir with a "
+                          "writable folder") from None
+    try:
+        while not _try_lock(fd, path):
+            if time.monotonic() >= deadline:
+                raise LaunchError(_busy(path, label, wait))
+            time.sleep(0.05)
+        try:
+            yield
+        finally:
+            _unlock(fd)
+    finally:
+        os.close(fd)
+
+
+def _try_lock(fd: int, path: Path) -> bool:
+    try:
+        if sys.platform == "win32":
+            import msvcrt
+
+            os.lseek(fd, 0, os.SEEK_SET)  # msvcrt locks bytes from the current position: always byte 0
+            msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+        else:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in _HELD:
+            return False
+        raise LaunchError(f"cannot lock {path}: {exc.strerror or exc}") from None
+    return True
+
+
+def _unlock(fd: int) -> None:
+    if sys.platform == "win32":
+        import msvcrt
+
+        os.lseek(fd, 0, os.SEEK_SET)
+        msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+    else:
+        import fcntl
+
+        fcntl.flock(fd, fcntl.LOCK_UN)
+
+
 # --- diagnosis ----------------------------------------------------------------------------------
 
 
@@ -491,7 +627,7 @@ def explain(log: str, instance: Instance, python: str) -> str | None:
         module = modules[-1]
         return (f"the Python it ran ({python}) lacks ComfyUI's requirements (module {module!r} is missing): "
                 f"install them with '{python} -m pip install -r requirements.txt' in ComfyUI's folder (or "
-                f"'comfy-distributed update'), or set {instance.field}.python to ComfyUI's own interpreter")
+                f"'{command_name()} update'), or set {instance.field}.python to ComfyUI's own interpreter")
     if "address already in use" in text or "errno 98" in text or "10048" in text:
         return (f"port {instance.port} is taken by another program: change {instance.field}.port in "
                 "gpu_config.json, or stop that program")
@@ -499,7 +635,7 @@ def explain(log: str, instance: Instance, python: str) -> str | None:
                                "no cuda gpus are available", "cuda driver version is insufficient")):
         return (f"no usable GPU for {instance.field}.cuda_device = {instance.cuda_device} (CUDA_VISIBLE_DEVICES): "
                 "check the number against nvidia-smi and that the NVIDIA driver and a CUDA build of torch are "
-                "installed, or add --cpu to extra_args")
+                "installed, or add --cpu to extra_args and set cuda_device to null")
     if "unrecognized arguments" in text or "error: argument" in text:
         return (f"ComfyUI refused an argument of {instance.field}.extra_args ({instance.extra_args!r}): check the "
                 "spelling ('python main.py --help' lists them)")
@@ -536,6 +672,9 @@ class LocalProcesses:
 
     def log_path(self, key: str) -> Path:
         return self.context.state_dir / f"{key}.log"
+
+    def lock_path(self, key: str) -> Path:
+        return self.context.state_dir / f"{key}.lock"
 
     def log_name(self, instance: Instance) -> str:
         return str(self.log_path(instance.key))
@@ -586,6 +725,7 @@ class LocalProcesses:
         env["PYTHONUNBUFFERED"] = "1"
         if instance.cuda_device is not None:
             env["CUDA_VISIBLE_DEVICES"] = str(instance.cuda_device)
+        env[ROLE_ENV] = "master" if instance.worker is None else "worker"  # a worker keeps the extension passive
         if instance.worker is None:  # the master reads the same config and state as its launcher
             env[CONFIG_ENV] = str(self.context.config_path)
             env[STATE_ENV] = str(self.context.state_dir)
@@ -687,22 +827,30 @@ class Launcher:
     def _start_one(self, instance: Instance) -> tuple[Outcome, Record | None]:
         try:
             backend = self.backend(instance)
-            found = probe(instance.url)
-            if found.state == "comfyui":
-                record = backend.record(instance)
-                self.say(f"{instance.label}: already running on {instance.url}")
-                return Outcome(instance, "running", record.pid if record else None), None
-            record = backend.record(instance)
-            if record is not None and found.state == "closed":  # ours, not answering yet: no second one
-                self.say(f"{instance.label}: already starting (pid {record.pid})")
-                return Outcome(instance, "started", record.pid, "already starting", log=record.log), record
-            if found.state == "foreign" or (instance.kind == "local" and port_in_use(
-                    listen_address(instance.extra_args), instance.port)):
-                raise LaunchError(self._port_taken(instance, found.detail))
-            record = backend.spawn(instance)
+            with self._locked(instance):  # check and spawn as one step: a second start sees the first's process
+                return self._check_and_spawn(instance, backend)
         except LaunchError as exc:
             self.say(f"{instance.label}: FAILED: {str(exc).splitlines()[0]}")
             return Outcome(instance, "failed", error=str(exc)), None
+
+    def _locked(self, instance: Instance) -> contextlib.AbstractContextManager[None]:
+        """One start or stop of ``instance`` at a time, across threads and processes (a lock file by its pid file)."""
+        return instance_lock(self.local.lock_path(instance.key), instance.label)
+
+    def _check_and_spawn(self, instance: Instance, backend: Backend) -> tuple[Outcome, Record | None]:
+        found = probe(instance.url)
+        if found.state == "comfyui":
+            record = backend.record(instance)
+            self.say(f"{instance.label}: already running on {instance.url}")
+            return Outcome(instance, "running", record.pid if record else None), None
+        record = backend.record(instance)
+        if record is not None and found.state == "closed":  # ours, not answering yet: no second one
+            self.say(f"{instance.label}: already starting (pid {record.pid})")
+            return Outcome(instance, "started", record.pid, "already starting", log=record.log), record
+        if found.state == "foreign" or (instance.kind == "local" and port_in_use(
+                listen_address(instance.extra_args), instance.port)):
+            raise LaunchError(self._port_taken(instance, found.detail))
+        record = backend.spawn(instance)
         self.say(f"{instance.label}: starting on port {instance.port} with {record.python}: pid {record.pid}, "
                  f"log {record.log}")
         return Outcome(instance, "started", record.pid, log=record.log), record
@@ -744,7 +892,7 @@ class Launcher:
                 elif now - started > timeout:
                     self._failed(outcome, f"{instance.label} did not answer on {instance.url} within {timeout:.0f} s "
                                           f"(settings.launch_timeout). It still runs (pid {record.pid}): see "
-                                          f"{backend.log_name(instance)}; stop it with 'comfy-distributed stop "
+                                          f"{backend.log_name(instance)}; stop it with '{command_name()} stop "
                                           f"{instance.worker.id if instance.worker else 'master'}' or raise "
                                           "settings.launch_timeout")
                     pending.remove(item)
@@ -779,7 +927,8 @@ class Launcher:
     def stop(self, instance: Instance) -> Outcome:
         try:
             backend = self.backend(instance)
-            pid = backend.stop(instance)
+            with self._locked(instance):  # a start in between would have its new pid file forgotten
+                pid = backend.stop(instance)
         except LaunchError as exc:
             return Outcome(instance, "failed", error=str(exc))
         if pid is not None:
@@ -877,11 +1026,16 @@ def state_dir_for(root: Path, explicit: str | None = None) -> Path:
     """``--state-dir``, else ``COMFY_DISTRIBUTED_STATE_DIR``, else ``<ComfyUI>/user/comfy-distributed``."""
     chosen = explicit or os.environ.get(STATE_ENV)
     path = Path(chosen).expanduser() if chosen else root / "user" / "comfy-distributed"
+    return make_folder(path, "the launcher's state folder", "--state-dir")
+
+
+def make_folder(path: Path, what: str, option: str) -> Path:
+    """``path`` created if need be and resolved; a failure names ``what`` and the ``option`` that picks another."""
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise LaunchError(f"cannot create the launcher's state folder {path} ({exc.strerror or exc}): pass "
-                          "--state-dir with a writable folder") from None
+        raise LaunchError(f"cannot create {what} {path} ({exc.strerror or exc}): pass {option} with a writable "
+                          "folder") from None
     return path.resolve()
 
 

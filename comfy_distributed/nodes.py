@@ -165,10 +165,15 @@ def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int,
     return {"result": tuple([assemble_id, index] for index in range(len(COLLECTOR_KINDS))), "expand": graph}
 
 
+INTERNAL_NOTE = ("Internal to ComfyUI-Distributed: the Collector adds it to a running prompt itself. Do not place it "
+                 "in a workflow (ComfyUI 0.3.64 has no way to hide a node from the library).")
+
+
 class MultiGPUUnitPart:
     """Internal: carries a unit run on the master to the assembly, with its position."""
 
     CATEGORY = "multigpu/internal"
+    DESCRIPTION = INTERNAL_NOTE
     RETURN_TYPES = (PARTS_TYPE,)
     FUNCTION = "add"
 
@@ -191,6 +196,7 @@ class MultiGPUAssemble:
     """Internal: joins the units the master just ran, then takes the Collector's next step."""
 
     CATEGORY = "multigpu/internal"
+    DESCRIPTION = INTERNAL_NOTE
     RETURN_TYPES = tuple(spec[0] for spec in COLLECTOR_KINDS.values())
     FUNCTION = "assemble"
 
@@ -214,6 +220,7 @@ class MultiGPURemoteOutput:
     """Internal: stands, in the master's queue, for an output node of a prompt sent whole to a worker."""
 
     CATEGORY = "multigpu/internal"
+    DESCRIPTION = INTERNAL_NOTE
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "deliver"

@@ -76,6 +76,9 @@ SPEED_SMOOTHING = 0.3
 PROGRESS_INTERVAL = 0.25
 """Seconds between two ``multigpu.job_progress`` events of one job."""
 
+UNKNOWN_BATCH_IMAGES = 64
+"""Images a share may post per Collector when the workflow's batch size is not a literal."""
+
 EXTRA_DATA_KEY = "multigpu"
 """Key in a worker prompt's ``extra_data`` with what a worker running this extension needs
 to post its results back (job id, worker id, the share's own token)."""
@@ -142,6 +145,14 @@ class Job:
 
     def unit_list(self) -> list[UnitRun]:
         return [self.units[p] for p in sorted(self.units)]
+
+
+@dataclass(slots=True, frozen=True)
+class ShareLimits:
+    """What one worker's share of a job may carry back: Collectors, and images per Collector."""
+
+    collectors: int
+    images: int
 
 
 @dataclass(slots=True)
@@ -289,6 +300,8 @@ class Orchestrator:
         except (WorkflowError, OSError) as exc:
             self._abort(job, f"Multi-GPU: {exc}")
             return
+        if job.cancelled:  # cancelled during preflight: dispatch nothing
+            return
         lacking = {str(w.id): problem for w, problem in zip(ready, problems) if problem}
         for worker_id, (reason, message) in lacking.items():
             self._tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], reason, message,
@@ -419,8 +432,7 @@ class Orchestrator:
                     if not files:
                         raise WorkerProtocolError(worker.display_name,
                                                   f"returned no {kind} for Multi-GPU Collector {collector}")
-                    remaining = max(deadline - time.monotonic(), 0.001)
-                    images[key] = [await client.view(file, timeout=remaining) for file in files]
+                    images[key] = await client.fetch_files(files, deadline, expected=unit.batch or job.batch)
         except asyncio.CancelledError:
             if unit.state == "done":
                 return  # the worker posted its results itself (job_complete)
@@ -516,15 +528,16 @@ class Orchestrator:
 
     # --- results posted by workers (server loop) -----------------------------------------
 
-    def accept_results(self, job_id: str, worker_id: Any, token: str, outputs: dict[str, list[bytes]]) -> None:
-        """Results a worker posted itself; they complete its unit like pulled results.
+    def _share(self, job_id: str, worker_id: Any, token: str) -> tuple[Job, UnitRun]:
+        """The running unit this (job, worker, share token) names; refused otherwise.
 
         Only the worker the unit was sent to knows its token, so nobody else can put images
-        into a job; a unit that already ended takes nothing more.
+        into a job; a unit that already ended takes nothing more, so a token read later from
+        the worker's history is worth nothing.
         """
         job = self.job(job_id)
         if job is None or job.error:
-            raise UnknownJob(f"no job {job_id} is waiting for results")
+            raise UnknownJob(f"no job {str(job_id)[:64]} is waiting for results")
         unit = next((u for u in job.units.values() if u.worker is not None and str(u.worker.id) == str(worker_id)
                      and u.token and hmac.compare_digest(u.token.encode(), str(token).encode())), None)
         if unit is None:
@@ -534,6 +547,19 @@ class Orchestrator:
                                  status=409)
         if any(kinds != ["images"] for kinds in job.kinds.values()):
             raise ResultRejected("this job collects latents or audio: job_complete carries images only")
+        return job, unit
+
+    def check_share(self, job_id: str, worker_id: Any, token: str) -> ShareLimits:
+        """What the named share may carry, checked before its body is read (see ``accept_results``)."""
+        job, unit = self._share(job_id, worker_id, token)
+        return ShareLimits(collectors=len(job.collectors), images=unit.batch or job.batch or UNKNOWN_BATCH_IMAGES)
+
+    def accept_results(self, job_id: str, worker_id: Any, token: str, outputs: dict[str, list[bytes]]) -> None:
+        """Results a worker posted itself; they complete its unit like pulled results."""
+        job, unit = self._share(job_id, worker_id, token)
+        limits = self.check_share(job_id, worker_id, token)
+        if any(len(images) > limits.images for images in outputs.values()):
+            raise ResultRejected(f"a Collector got more than the {limits.images} image(s) of unit {unit.position}")
         if set(outputs) != set(job.collectors):
             raise ResultRejected(f"outputs must have exactly the Collectors {job.collectors}, got {sorted(outputs)}")
         if any(not images for images in outputs.values()):
@@ -649,12 +675,24 @@ class Orchestrator:
             raise JobError(f"Multi-GPU job {job_id}: nothing to assemble for Collector {collector_id}")
         return parts
 
+    def _drop_stash(self, job_id: str) -> None:
+        """A job that ends (a re-run on the master failed, or was interrupted) frees the tensors it kept."""
+        with self._lock:
+            for key in [key for key in self._stash if key[0] == job_id]:
+                del self._stash[key]
+
+    def stashed(self) -> int:
+        """How many Collector outputs are kept for re-runs (tests, leak checks)."""
+        with self._lock:
+            return len(self._stash)
+
     # --- cancellation and clean-up (any thread) ------------------------------------------
 
     def cancel(self, job: Job) -> None:
         """Stop every unit of ``job``; each one removes and interrupts its prompt on its worker."""
         job.cancelled = True
         job.settled.set()
+        self._drop_stash(job.job_id)
         if job.loop is not None and not job.loop.is_closed():
             job.loop.call_soon_threadsafe(self._cancel_tasks, job)
 

@@ -129,27 +129,40 @@ class QueueBalancer:
             self._forwards.pop(forward.forward_id, None)
 
     async def _run(self, forward: Forward) -> None:
-        async with aiohttp.ClientSession() as session:
-            for worker in forward.candidates[: 1 + forward.settings.max_retries]:
-                forward.worker, forward.state = worker, "running"
-                key = str(worker.id)
-                self._inflight[key] = self._inflight.get(key, 0) + 1
-                try:
-                    forward.outputs = await self._run_on(worker, forward, session)
-                    forward.state = "done"
-                    break
-                except WorkerError as exc:
-                    forward.causes.append(f"{worker.display_name}: {exc.message}")
-                    log.warning("Multi-GPU queue: worker %s failed a forwarded prompt: %s", worker.display_name,
-                                exc.message)
-                    self.notify("multigpu.worker_failed", {"worker_id": worker.id, "worker": worker.display_name,
-                                                           "reason": exc.reason, "rerun": True,
-                                                           "message": f"Worker {worker.display_name}: {exc.message}"})
-                finally:
-                    self._inflight[key] -= 1
-            else:
-                forward.state = "master"  # nobody else could: the master runs it itself
-        forward.finished.set()
+        try:
+            async with aiohttp.ClientSession() as session:
+                for worker in forward.candidates[: 1 + forward.settings.max_retries]:
+                    if await self._try_worker(worker, forward, session):
+                        break
+                else:
+                    forward.state = "master"  # nobody else could: the master runs it itself
+        finally:  # whatever happened, the stand-in node waiting on ComfyUI's thread must not wait on
+            forward.finished.set()
+
+    async def _try_worker(self, worker: WorkerConfig, forward: Forward, session: aiohttp.ClientSession) -> bool:
+        """Run the forward on ``worker``; False (the failure told) when it did not deliver."""
+        forward.worker, forward.state = worker, "running"
+        key = str(worker.id)
+        self._inflight[key] = self._inflight.get(key, 0) + 1
+        try:
+            forward.outputs = await self._run_on(worker, forward, session)
+            forward.state = "done"
+            return True
+        except WorkerError as exc:
+            self._failed(worker, forward, exc.reason, exc.message)
+        except Exception as exc:  # a bug of ours (or an answer we did not foresee) counts as that worker failing
+            log.exception("Multi-GPU queue: unexpected error on worker %s", worker.display_name)
+            self._failed(worker, forward, "internal_error", f"internal error: {exc!r}")
+        finally:
+            self._inflight[key] -= 1
+        return False
+
+    def _failed(self, worker: WorkerConfig, forward: Forward, reason: str, message: str) -> None:
+        forward.causes.append(f"{worker.display_name}: {message}")
+        log.warning("Multi-GPU queue: worker %s failed a forwarded prompt: %s", worker.display_name, message)
+        self.notify("multigpu.worker_failed", {"worker_id": worker.id, "worker": worker.display_name,
+                                               "reason": reason, "rerun": True,
+                                               "message": f"Worker {worker.display_name}: {message}"})
 
     async def _run_on(self, worker: WorkerConfig, forward: Forward,
                       session: aiohttp.ClientSession) -> dict[str, list[tuple[OutputFile, bytes]]]:
@@ -159,8 +172,7 @@ class QueueBalancer:
         outputs: dict[str, list[tuple[OutputFile, bytes]]] = {}
         for node_id in forward.output_nodes:
             files = result.images(node_id)
-            remaining = max(deadline - time.monotonic(), 0.001)
-            outputs[node_id] = [(file, await client.view(file, timeout=remaining)) for file in files]
+            outputs[node_id] = list(zip(files, await client.fetch_files(files, deadline)))
         return outputs
 
     # --- the stand-in nodes (ComfyUI's execution thread) ---------------------------------

@@ -56,6 +56,7 @@ start)
   cd "$root" || exit 20
   if [ -n "$cuda" ]; then CUDA_VISIBLE_DEVICES=$cuda; export CUDA_VISIBLE_DEVICES; fi
   PYTHONUNBUFFERED=1; export PYTHONUNBUFFERED
+  COMFY_DISTRIBUTED_ROLE=worker; export COMFY_DISTRIBUTED_ROLE
   {
     echo ""
     echo "===== comfy-distributed: start of $name on port $port at $(date '+%Y-%m-%d %H:%M:%S') (over ssh)"

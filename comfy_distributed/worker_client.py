@@ -1,20 +1,27 @@
 """One remote ComfyUI, reached only through its native HTTP + websocket API.
 
 Every aiohttp error, timeout and unexpected answer is converted here, at the edge, into
-the :mod:`errors` hierarchy, so callers handle one kind of failure per cause.
+the :mod:`errors` hierarchy, so callers handle one kind of failure per cause. A worker is
+untrusted: answers are read up to a size cap, their shapes are checked before use, no
+redirect is followed (per-worker headers would travel to the other address), and a
+worker's own text reaches our messages only parsed and shortened.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import logging
 import time
 import uuid
 from dataclasses import dataclass, field
+from http import HTTPStatus
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, AsyncIterator, Callable, NoReturn
 
 import aiohttp
+from yarl import URL
 
 from .config import Settings, WorkerConfig
 from .errors import (
@@ -25,6 +32,27 @@ from .errors import (
     WorkerTimeout,
     WorkerUnreachable,
 )
+
+log = logging.getLogger("comfy_distributed")
+
+MIB = 1024 * 1024
+MAX_JSON_BYTES = 4 * MIB
+"""Largest JSON answer read from a worker (queue, history, stats, a prompt's answer)."""
+
+MAX_OBJECT_INFO_BYTES = 32 * MIB
+"""``/object_info`` of a large install (thousands of node classes, long model lists) is the largest JSON."""
+
+DEFAULT_MAX_FILE_BYTES = 256 * MIB
+"""Largest output file read with ``/view`` when ``settings.max_file_mb`` is not set."""
+
+MAX_FILES_PER_OUTPUT = 4096
+"""Files one output node of one unit may list (frames of a long video included)."""
+
+MAX_TEXT = 300
+"""Characters kept of each piece of a worker's own text (error messages) that goes into ours."""
+
+ERROR_BODY_LOGGED = 1024
+"""Bytes of a worker's error answer written to the debug log (never into an error message)."""
 
 HISTORY_POLL_INTERVAL = (0.05, 0.5)
 """First and longest pause between ``/history`` polls (the pause doubles in between)."""
@@ -47,19 +75,39 @@ class OutputFile:
 class PromptResult:
     prompt_id: str
     outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    """Per output node, what it reported (checked to be objects by :meth:`WorkerClient.history`)."""
+    worker: str = "worker"
 
     def images(self, node_id: str) -> list[OutputFile]:
         return self.files(node_id, "images")
 
     def files(self, node_id: str, key: str) -> list[OutputFile]:
         """The files an output node reported under ``key`` (images, latents, audio)."""
-        entries = self.outputs.get(node_id, {}).get(key, [])
-        return [OutputFile(e["filename"], e.get("subfolder", ""), e.get("type", "output"))
-                for e in entries if isinstance(e, dict) and "filename" in e]
+        node = self.outputs.get(node_id, {})
+        entries = node.get(key, []) if isinstance(node, dict) else None
+        if not isinstance(entries, list):
+            raise WorkerProtocolError(self.worker, f"history: node {clip_text(node_id, 64)} {key} is not a list")
+        return [_output_file(self.worker, node_id, key, entry) for entry in entries]
+
+
+def _output_file(worker: str, node_id: str, key: str, entry: Any) -> OutputFile:
+    """One file entry of the history, as ComfyUI writes it: strings for filename, subfolder and type."""
+    if isinstance(entry, dict):
+        filename, subfolder, kind = entry.get("filename"), entry.get("subfolder", ""), entry.get("type", "output")
+        if all(isinstance(v, str) and len(v) <= 1024 for v in (filename, subfolder, kind)) and filename:
+            return OutputFile(filename, subfolder, kind)
+    raise WorkerProtocolError(worker, f"history: node {clip_text(node_id, 64)} {key}: an entry is not a file "
+                                      "(filename, subfolder and type as strings)")
+
+
+def clip_text(text: Any, limit: int = MAX_TEXT) -> str:
+    """A worker's text, on one line and at most ``limit`` characters."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
 def summarize_rejection(body: Any) -> str:
-    """A readable sentence from ComfyUI's 400 body: the error, then each node's errors."""
+    """A readable sentence from ComfyUI's 400 body: the error, then each node's errors (each part shortened)."""
     if not isinstance(body, dict):
         return "the prompt was rejected"
     parts = []
@@ -72,8 +120,8 @@ def summarize_rejection(body: Any) -> str:
         parts.append(str(error))
     node_errors = body.get("node_errors") or {}
     if isinstance(node_errors, dict):
-        for node_id, info in node_errors.items():
-            if not isinstance(info, dict):
+        for node_id, info in list(node_errors.items())[:10]:
+            if not isinstance(info, dict) or not isinstance(info.get("errors", []), list):
                 continue
             messages = "; ".join(
                 f"{e.get('message', '')}: {e.get('details', '')}".strip(": ")
@@ -81,7 +129,63 @@ def summarize_rejection(body: Any) -> str:
                 if isinstance(e, dict)
             )
             parts.append(f"node {node_id} ({info.get('class_type', '?')}): {messages}")
-    return " - ".join(p for p in parts if p) or "the prompt was rejected"
+        if len(node_errors) > 10:
+            parts.append(f"and {len(node_errors) - 10} more node(s)")
+    return " - ".join(clip_text(p) for p in parts if p) or "the prompt was rejected"
+
+
+def json_kind(value: Any) -> str:
+    """How a JSON value of the wrong shape is named in an error ("a list", "null")."""
+    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
+             float: "a number", type(None): "null"}
+    return kinds.get(type(value), "something else")
+
+
+def _status_text(status: int) -> str:
+    """``HTTP 502 Bad Gateway``: the standard phrase, not the worker's own reason text."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+def _redirect_target(base_url: str, location: str | None) -> str:
+    """Where a redirect pointed, without query or credentials (they may be anything the worker chose)."""
+    if not location:
+        return "no address"
+    try:
+        target = URL(base_url).join(URL(location))
+        return clip_text(str(target.with_user(None).with_query(None).with_fragment(None)), 120)
+    except (ValueError, TypeError):
+        return "an address that is not a URL"
+
+
+class _Redirected(Exception):
+    """Raised from the websocket session's trace hook: the handshake was answered with a redirect."""
+
+    def __init__(self, location: str | None) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+def _refuse_redirects() -> aiohttp.TraceConfig:
+    """ws_connect has no allow_redirects: this hook stops a redirect before aiohttp follows it."""
+    async def refuse(session: aiohttp.ClientSession, context: Any,
+                     params: aiohttp.TraceRequestRedirectParams) -> None:
+        location = params.response.headers.get("Location")
+        params.response.close()
+        raise _Redirected(location)
+
+    config = aiohttp.TraceConfig()
+    config.on_request_redirect.append(refuse)
+    return config
+
+
+def _client_error_text(exc: aiohttp.ClientError) -> str:
+    """Our words for a failed exchange: a parse error's text may quote the worker's bytes."""
+    if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
+        return clip_text(exc, 200)
+    return type(exc).__name__
 
 
 class WorkerClient:
@@ -119,6 +223,12 @@ class WorkerClient:
             raise RuntimeError("WorkerClient used outside 'async with'")
         return self._session
 
+    @property
+    def max_file_bytes(self) -> int:
+        """The cap on one file read with ``/view`` (``settings.max_file_mb``, else the default)."""
+        megabytes = getattr(self.settings, "max_file_mb", None)
+        return int(megabytes * MIB) if isinstance(megabytes, (int, float)) and megabytes > 0 else DEFAULT_MAX_FILE_BYTES
+
     def _timeout(self, total: float | None = None) -> aiohttp.ClientTimeout:
         return aiohttp.ClientTimeout(
             total=total if total is not None else self.settings.request_timeout,
@@ -131,36 +241,70 @@ class WorkerClient:
         if isinstance(exc, aiohttp.ClientConnectorError):
             return WorkerUnreachable(self.name, f"{what}: cannot connect to {self.base_url} ({exc.os_error or exc})")
         if isinstance(exc, aiohttp.ClientResponseError):
-            return WorkerProtocolError(self.name, f"{what}: HTTP {exc.status} {exc.message}")
+            return WorkerProtocolError(self.name, f"{what}: {_status_text(exc.status)}")
         if isinstance(exc, aiohttp.ClientError):
-            return WorkerUnreachable(self.name, f"{what}: connection to {self.base_url} failed ({exc})")
-        return WorkerProtocolError(self.name, f"{what}: {exc}")
+            return WorkerUnreachable(self.name, f"{what}: connection to {self.base_url} failed "
+                                                f"({_client_error_text(exc)})")
+        return WorkerProtocolError(self.name, f"{what}: {clip_text(exc, 200)}")
 
     async def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
-                       timeout: float | None = None, expect_json: bool = True, data: Any = None) -> Any:
+                       timeout: float | None = None, expect_json: bool = True, data: Any = None,
+                       limit: int = MAX_JSON_BYTES) -> Any:
+        """The answer (parsed JSON, or bytes), read up to ``limit`` bytes; never follows a redirect."""
         what = f"{method} {path}"
         try:
             async with self.session.request(
                 method, self.base_url + path, json=json_body, params=params, timeout=self._timeout(timeout),
-                headers=self.worker.headers, data=data,
+                headers=self.worker.headers, data=data, allow_redirects=False,
             ) as response:
-                body = await response.read()
-                if response.status == 400 and path == "/prompt":
-                    raise WorkerRejected(self.name, summarize_rejection(_json_or_none(body)), _node_errors(body))
-                if response.status >= 400:
-                    raise WorkerProtocolError(
-                        self.name, f"{what}: HTTP {response.status} {body[:200].decode('utf-8', 'replace')}"
-                    )
-                if not expect_json:
-                    return body
-                parsed = _json_or_none(body)
-                if parsed is None:
-                    raise WorkerProtocolError(self.name, f"{what}: the answer is not JSON; is this a ComfyUI server?")
-                return parsed
+                body = await self._answer(response, what, path, limit)
         except WorkerError:
             raise
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError, ValueError) as exc:
             raise self._convert(exc, what) from exc
+        if not expect_json:
+            return body
+        parsed = _json_or_none(body)
+        if parsed is None:
+            raise WorkerProtocolError(self.name, f"{what}: the answer is not JSON; is this a ComfyUI server?")
+        return parsed
+
+    async def _answer(self, response: aiohttp.ClientResponse, what: str, path: str, limit: int) -> bytes:
+        """The body of a successful answer; a redirect, a rejection or an error status raised as ours."""
+        if 300 <= response.status < 400:
+            target = _redirect_target(self.base_url + path, response.headers.get("Location"))
+            raise WorkerProtocolError(self.name, f"{what}: redirected to {target}, not followed")
+        if response.status == 400 and path == "/prompt":
+            parsed = _json_or_none(await self._read_capped(response, what, MAX_JSON_BYTES))
+            raise WorkerRejected(self.name, summarize_rejection(parsed), _node_errors(parsed))
+        if response.status >= 400:
+            await self._log_error_body(response, what)
+            raise WorkerProtocolError(self.name, f"{what}: {_status_text(response.status)}")
+        return await self._read_capped(response, what, limit)
+
+    async def _read_capped(self, response: aiohttp.ClientResponse, what: str, limit: int) -> bytes:
+        """The body, refused as soon as it is known to pass ``limit`` bytes (its header says so, or it does)."""
+        if response.content_length is not None and response.content_length > limit:
+            self._too_large(response, what, limit)
+        body = bytearray()
+        async for chunk in response.content.iter_any():
+            body += chunk
+            if len(body) > limit:
+                self._too_large(response, what, limit)
+        return bytes(body)
+
+    def _too_large(self, response: aiohttp.ClientResponse, what: str, limit: int) -> NoReturn:
+        response.close()  # drop the connection: nothing more is read from it
+        raise WorkerProtocolError(self.name, f"{what}: the answer is larger than the cap of {_size(limit)}; "
+                                             "refused, not read further")
+
+    async def _log_error_body(self, response: aiohttp.ClientResponse, what: str) -> None:
+        """The start of an error answer, for the debug log only: it is the worker's text, maybe anything."""
+        if not log.isEnabledFor(logging.DEBUG):
+            return
+        with contextlib.suppress(aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            start = await response.content.read(ERROR_BODY_LOGGED)
+            log.debug("Multi-GPU: worker %s: %s answered %s: %r", self.name, what, response.status, start)
 
     async def submit(self, prompt: dict, client_id: str, prompt_id: str, extra_data: dict | None = None) -> str:
         """Queue ``prompt`` with the worker's native ``POST /prompt``; returns the prompt id."""
@@ -168,21 +312,49 @@ class WorkerClient:
         if extra_data:
             body["extra_data"] = extra_data
         body = await self._request("POST", "/prompt", json_body=body)
-        if not isinstance(body, dict) or "prompt_id" not in body:
+        answered = body.get("prompt_id") if isinstance(body, dict) else None
+        if not isinstance(answered, (str, int)) or isinstance(answered, bool) or not 0 < len(str(answered)) <= 256:
             raise WorkerProtocolError(self.name, "POST /prompt: the answer has no prompt_id")
-        return str(body["prompt_id"])
+        return str(answered)
 
     async def history(self, prompt_id: str) -> dict | None:
+        """The prompt's history entry (None while it has none), checked to have ComfyUI's shape."""
         body = await self._request("GET", f"/history/{prompt_id}")
         if not isinstance(body, dict):
             raise WorkerProtocolError(self.name, "GET /history: the answer is not an object")
-        entry = body.get(prompt_id)
-        return entry if isinstance(entry, dict) else None
+        if prompt_id not in body:
+            return None
+        entry = body[prompt_id]
+        problem = _history_problem(entry)
+        if problem:
+            raise WorkerProtocolError(self.name, f"GET /history: the entry of prompt {prompt_id} {problem}")
+        return entry
 
     async def view(self, output: OutputFile, timeout: float | None = None) -> bytes:
-        """The file's bytes exactly as the worker wrote them."""
+        """The file's bytes exactly as the worker wrote them, up to :attr:`max_file_bytes`."""
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
-        return await self._request("GET", "/view", params=params, timeout=timeout, expect_json=False)
+        return await self._request("GET", "/view", params=params, timeout=timeout, expect_json=False,
+                                   limit=self.max_file_bytes)
+
+    async def fetch_files(self, files: list[OutputFile], deadline: float, expected: int | None = None) -> list[bytes]:
+        """Each file's bytes, in order, within what one output may bring back.
+
+        ``expected`` is how many files the unit should make (its batch). Files are not
+        counted against it one for one (a video is one batch item of many frames): their
+        bytes are, at most ``expected`` times the file cap in all.
+        """
+        if len(files) > MAX_FILES_PER_OUTPUT:
+            raise WorkerProtocolError(self.name, f"reported {len(files)} files for one output, more than "
+                                                 f"{MAX_FILES_PER_OUTPUT}; none fetched")
+        budget = self.max_file_bytes * expected if expected else None
+        blobs, total = [], 0
+        for file in files:
+            blobs.append(await self.view(file, timeout=max(deadline - time.monotonic(), 0.001)))
+            total += len(blobs[-1])
+            if budget is not None and total > budget:
+                raise WorkerProtocolError(self.name, f"GET /view: the files of one output pass {_size(budget)} "
+                                                     f"({expected} x the file cap); the rest is not fetched")
+        return blobs
 
     async def interrupt(self, prompt_id: str | None = None) -> None:
         await self._request("POST", "/interrupt", json_body={"prompt_id": prompt_id} if prompt_id else {},
@@ -199,8 +371,10 @@ class WorkerClient:
         return await self._request("GET", "/system_stats")
 
     async def object_info(self) -> dict:
-        """Every node class the worker has, with its inputs and their allowed values."""
-        return await self._request("GET", "/object_info", timeout=max(self.settings.request_timeout, 30.0))
+        """Every node class the worker has, with its inputs and their allowed values (shape: see worker_prep)."""
+        info = await self._request("GET", "/object_info", timeout=max(self.settings.request_timeout, 30.0),
+                                   limit=MAX_OBJECT_INFO_BYTES)
+        return info
 
     async def upload_input(self, path: Path, name: str, subfolder: str = "") -> dict:
         """Put a file into the worker's input folder (native ``POST /upload/image``).
@@ -214,7 +388,8 @@ class WorkerClient:
         form.add_field("subfolder", subfolder)
         form.add_field("overwrite", "false")
         answer = await self._request("POST", "/upload/image", data=form)
-        if not isinstance(answer, dict) or "name" not in answer:
+        if not isinstance(answer, dict) or not isinstance(answer.get("name"), str) or not answer["name"] \
+                or not isinstance(answer.get("subfolder", ""), (str, type(None))):
             raise WorkerProtocolError(self.name, "POST /upload/image: the answer has no name")
         return answer
 
@@ -232,33 +407,54 @@ class WorkerClient:
         """
         client_id = f"multigpu-{uuid.uuid4().hex}"
         prompt_id = str(uuid.uuid4())
-        websocket = await self._open_websocket(client_id)
-        try:
-            # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
-            prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
-            if websocket is not None:
-                await self._follow_websocket(websocket, prompt_id, deadline, on_progress)
-            return await self._poll_history(prompt_id, deadline)
-        except asyncio.CancelledError:
-            await self._cancel_quietly(prompt_id)
-            raise
-        except WorkerTimeout:
-            await self._cancel_quietly(prompt_id)
-            raise
-        finally:
-            if websocket is not None:
-                await websocket.close()
+        async with self._events(client_id, deadline) as websocket:
+            try:
+                # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
+                prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
+                if websocket is not None:
+                    await self._follow_websocket(websocket, prompt_id, deadline, on_progress)
+                return await self._poll_history(prompt_id, deadline)
+            except (asyncio.CancelledError, WorkerTimeout):
+                await self._cancel_quietly(prompt_id)
+                raise
 
-    async def _open_websocket(self, client_id: str) -> aiohttp.ClientWebSocketResponse | None:
-        url = self.base_url + "/ws"
+    @contextlib.asynccontextmanager
+    async def _events(self, client_id: str, deadline: float) -> AsyncIterator[aiohttp.ClientWebSocketResponse | None]:
+        """The worker's ``/ws`` for ``client_id`` (None: follow ``/history`` instead).
+
+        It has a session of its own: ws_connect cannot be told not to follow redirects, but a
+        session's trace hook can stop one, and its handshake is bounded by the deadline here.
+        """
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout)
+        async with aiohttp.ClientSession(timeout=timeout, trace_configs=[_refuse_redirects()]) as session:
+            websocket = await self._open_websocket(session, client_id, deadline)
+            try:
+                yield websocket
+            finally:
+                if websocket is not None:
+                    await websocket.close()
+
+    async def _open_websocket(self, session: aiohttp.ClientSession, client_id: str,
+                              deadline: float) -> aiohttp.ClientWebSocketResponse | None:
+        what, url = "GET /ws", self.base_url + "/ws"
+        # aiohttp's handshake waits up to the session's total (300 s by default): ours ends with the job's time
+        bound = max(min(self.settings.connect_timeout, deadline - time.monotonic()), 0.001)
         try:
-            return await self.session.ws_connect(
+            return await asyncio.wait_for(session.ws_connect(
                 url, params={"clientId": client_id}, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 heartbeat=30.0, autoping=True, headers=self.worker.headers,
-            )
+            ), timeout=bound)
+        except _Redirected as exc:
+            target = _redirect_target(url, exc.location)
+            raise WorkerProtocolError(self.name, f"{what}: redirected to {target}, not followed") from exc
         except aiohttp.ClientConnectorError as exc:
-            raise self._convert(exc, "GET /ws") from exc
-        except (aiohttp.ClientError, asyncio.TimeoutError):
+            raise self._convert(exc, what) from exc
+        except asyncio.TimeoutError as exc:
+            if time.monotonic() >= deadline:
+                raise WorkerTimeout(self.name, f"{what}: no websocket handshake before the worker timeout") from exc
+            log.debug("Multi-GPU: worker %s: no websocket handshake in %.1f s; polling /history", self.name, bound)
+            return None
+        except aiohttp.ClientError:
             return None  # e.g. a proxy without websocket support: fall back to polling history
 
     async def _follow_websocket(self, websocket: aiohttp.ClientWebSocketResponse, prompt_id: str,
@@ -277,13 +473,10 @@ class WorkerClient:
             if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
                 continue
             if kind == "execution_error":
-                raise WorkerExecutionFailed(
-                    self.name,
-                    f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                    f"{data.get('exception_type', 'Error')}: {str(data.get('exception_message', '')).strip()}",
-                )
+                raise WorkerExecutionFailed(self.name, _execution_error_text(data))
             if kind == "execution_interrupted":
-                raise WorkerExecutionFailed(self.name, f"the prompt was interrupted at node {data.get('node_id')}")
+                raise WorkerExecutionFailed(self.name, f"the prompt was interrupted at node "
+                                                       f"{clip_text(data.get('node_id'), 64)}")
             if kind == "progress" and on_progress is not None:
                 value, maximum = data.get("value"), data.get("max")
                 if isinstance(value, (int, float)) and isinstance(maximum, (int, float)):
@@ -302,7 +495,7 @@ class WorkerClient:
                 status = entry.get("status") or {}
                 if status.get("status_str") == "error":
                     raise WorkerExecutionFailed(self.name, _history_error(status))
-                return PromptResult(prompt_id, entry.get("outputs") or {})
+                return PromptResult(prompt_id, entry.get("outputs") or {}, self.name)
             if time.monotonic() + pause > deadline:
                 raise WorkerTimeout(self.name, "the prompt did not finish before the worker timeout")
             await asyncio.sleep(pause)
@@ -340,13 +533,34 @@ async def _next_event(websocket: aiohttp.ClientWebSocketResponse, until: float) 
         # binary frames are previews and progress text: not needed here
 
 
+def _history_problem(entry: Any) -> str | None:
+    """What is wrong with the shape of a history entry (None when it is ComfyUI's)."""
+    if not isinstance(entry, dict):
+        return f"is {json_kind(entry)}, not an object"
+    status, outputs = entry.get("status") or {}, entry.get("outputs") or {}
+    if not isinstance(status, dict):
+        return f"has a status that is {json_kind(status)}, not an object"
+    if not isinstance(status.get("messages", []), list):
+        return "has status messages that are not a list"
+    if not isinstance(outputs, dict):
+        return f"has outputs that are {json_kind(outputs)}, not an object"
+    odd = next((node_id for node_id, value in outputs.items() if not isinstance(value, dict)), None)
+    return None if odd is None else f"has an output of node {clip_text(odd, 64)} that is not an object"
+
+
+def _execution_error_text(data: dict) -> str:
+    """An ``execution_error``'s node and exception, each shortened (they are the worker's text)."""
+    return (f"node {clip_text(data.get('node_id'), 64)} ({clip_text(data.get('node_type'), 100)}) failed: "
+            f"{clip_text(data.get('exception_type', 'Error'), 100)}: {clip_text(data.get('exception_message', ''))}")
+
+
 def _history_error(status: dict) -> str:
     for message in status.get("messages", []):
-        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_error":
-            data = message[1] or {}
-            return (f"node {data.get('node_id')} ({data.get('node_type')}) failed: "
-                    f"{data.get('exception_type', 'Error')}: {str(data.get('exception_message', '')).strip()}")
-        if isinstance(message, list) and len(message) == 2 and message[0] == "execution_interrupted":
+        if not (isinstance(message, list) and len(message) == 2):
+            continue
+        if message[0] == "execution_error":
+            return _execution_error_text(message[1] if isinstance(message[1], dict) else {})
+        if message[0] == "execution_interrupted":
             return "the prompt was interrupted"
     return "the prompt ended with an error"
 
@@ -354,12 +568,15 @@ def _history_error(status: dict) -> str:
 def _json_or_none(body: bytes | str) -> Any:
     try:
         return json.loads(body)
-    except (ValueError, TypeError):
+    except (ValueError, TypeError, RecursionError):  # RecursionError: JSON nested too deep to parse
         return None
 
 
-def _node_errors(body: bytes) -> dict:
-    parsed = _json_or_none(body)
+def _node_errors(parsed: Any) -> dict:
     if isinstance(parsed, dict) and isinstance(parsed.get("node_errors"), dict):
         return parsed["node_errors"]
     return {}
+
+
+def _size(limit: int) -> str:
+    return f"{limit // MIB} MiB" if limit % MIB == 0 else f"{limit} bytes"

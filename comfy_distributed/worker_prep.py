@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any, Callable
 
 from .config import WorkerConfig
-from .errors import WorkflowError
+from .errors import WorkerProtocolError, WorkflowError
+from .worker_client import clip_text, json_kind
 from .workflow import Prompt, is_link
 
 MEDIA_EXTENSIONS = frozenset({
@@ -114,21 +115,59 @@ def _choices(spec: Any) -> list | None:
     return None
 
 
+def object_info_problem(info: Any) -> str | None:
+    """What is wrong with the shape of an ``/object_info`` answer (None when it is ComfyUI's).
+
+    ComfyUI builds every entry from a node's INPUT_TYPES dict (and leaves out a node whose
+    info fails), so any other shape is not ComfyUI's answer.
+    """
+    if not isinstance(info, dict):
+        return f"the answer is {json_kind(info)}, not an object of node classes"
+    for name, node in info.items():
+        where = f"node class {clip_text(name, 100)!r}"
+        if not isinstance(node, dict):
+            return f"{where} is {json_kind(node)}, not an object"
+        inputs = node.get("input", {})
+        if not isinstance(inputs, dict):
+            return f"the input of {where} is {json_kind(inputs)}, not an object"
+        for group in ("required", "optional"):
+            specs = inputs.get(group)
+            if specs is not None and not isinstance(specs, dict):
+                return f"the {group} inputs of {where} are {json_kind(specs)}, not an object"
+    return None
+
+
+def _declared_inputs(info: dict[str, Any]) -> dict[str, Any]:
+    """A node class's required and optional input specs (empty for a shape we do not know)."""
+    inputs = info.get("input")
+    declared: dict[str, Any] = {}
+    for group in ("required", "optional"):
+        specs = inputs.get(group) if isinstance(inputs, dict) else None
+        if isinstance(specs, dict):
+            declared.update(specs)
+    return declared
+
+
 def preflight_problems(prompt: Prompt, object_info: dict[str, Any], synced: set[str]) -> list[str]:
-    """What the worker lacks to run ``prompt``: missing node classes, unknown choice values."""
+    """What the worker lacks to run ``prompt``: missing node classes, unknown choice values.
+
+    Never raises on an odd shape of either argument: what cannot be read counts as missing.
+    """
     problems = []
+    known = object_info if isinstance(object_info, dict) else {}
     for node_id, node in sorted(prompt.items()):
-        class_type = node.get("class_type")
-        info = object_info.get(class_type)
+        class_type = node.get("class_type") if isinstance(node, dict) else None
+        info = known.get(class_type) if isinstance(class_type, str) else None
         if not isinstance(info, dict):
             problems.append(f"node class {class_type} (node {node_id})")
             continue
-        declared = {**(info.get("input", {}).get("required") or {}), **(info.get("input", {}).get("optional") or {})}
-        for name, value in node.get("inputs", {}).items():
-            if is_link(value) or value in synced:
-                continue
+        declared = _declared_inputs(info)
+        inputs = node.get("inputs")
+        for name, value in (inputs.items() if isinstance(inputs, dict) else ()):
+            if not isinstance(value, str) or value in synced:
+                continue  # only a literal string can be a choice (a link is a list)
             choices = _choices(declared.get(name))
-            if choices is not None and isinstance(value, str) and value not in choices:
+            if choices is not None and value not in choices:
                 problems.append(f"{name} {value!r} (node {node_id}, {class_type})")
     return problems
 
@@ -142,7 +181,10 @@ class ObjectInfoCache:
         self._locks: dict[str, asyncio.Lock] = {}
 
     async def get(self, worker: WorkerConfig, fetch: Callable[[], Any], fresh: bool = False) -> dict:
-        """The worker's node classes; ``fresh`` asks the worker again (a model may have been added)."""
+        """The worker's node classes; ``fresh`` asks the worker again (a model may have been added).
+
+        An answer of another shape than ComfyUI's raises WorkerProtocolError and is not kept.
+        """
         key = str(worker.id)
         lock = self._locks.setdefault(key, asyncio.Lock())
         async with lock:
@@ -150,8 +192,9 @@ class ObjectInfoCache:
             current = self.epoch(key)
             if fresh or cached is None or cached[0] != current or cached[1] != worker.base_url:
                 info = await fetch()
-                if not isinstance(info, dict):
-                    info = {}
+                problem = object_info_problem(info)
+                if problem:
+                    raise WorkerProtocolError(worker.display_name, f"GET /object_info: {problem}")
                 self._cache[key] = (current, worker.base_url, info)
             return self._cache[key][2]
 

@@ -7,12 +7,18 @@ import { describeClearMemory, describeLaunch } from "./multigpu_client.js";
 export function createActions(store, client, notify) {
   const dispatch = (type, data, extra = {}) => store.dispatch({ type, data, ...extra });
 
+  /** A 401 brings the token prompt, told whether the master has a token at all. */
+  function askForToken(error) {
+    if (error.status !== 401) return;
+    dispatch("auth_rejected", null, { message: error.message, configured: error.tokenConfigured });
+  }
+
   /** Runs one API call; a refusal becomes a toast (and the token prompt on 401). Returns the answer or null. */
   async function attempt(summary, call, { quiet = false } = {}) {
     try {
       return await call();
     } catch (error) {
-      if (error.status === 401) dispatch("auth_rejected", null, { message: error.message });
+      askForToken(error);
       if (!quiet) notify("error", summary, error.message);
       return null;
     }
@@ -23,12 +29,18 @@ export function createActions(store, client, notify) {
       dispatch("config", await client.getConfig());
       return true;
     } catch (error) {
+      if (error.routeMissing) {  // ComfyUI's own 404: this instance has no /multigpu routes (a worker)
+        dispatch("passive");
+        return false;
+      }
+      askForToken(error);  // a public master needs the token for reads too
       dispatch("error", null, { message: `Multi-GPU configuration: ${error.message}` });
       return false;
     }
   }
 
   async function refreshStatus() {
+    if (store.state.passive) return;  // nothing to ask; a reconnect's refreshConfig checks again
     const since = store.state.seq;
     try {
       dispatch("status", await client.getStatus(), { since });
@@ -42,12 +54,14 @@ export function createActions(store, client, notify) {
     }
   }
 
+  async function refresh() {
+    if (await refreshConfig()) await refreshStatus();
+  }
+
   return {
     refreshConfig,
     refreshStatus,
-    async refresh() {
-      if (await refreshConfig()) await refreshStatus();
-    },
+    refresh,
 
     async setEnabled(workerId, enabled) {
       const answer = await attempt(`Could not ${enabled ? "enable" : "disable"} the worker`,
@@ -93,7 +107,7 @@ export function createActions(store, client, notify) {
         dispatch("worker_saved", answer);
         return { ok: true, worker: answer.worker };
       } catch (error) {
-        if (error.status === 401) dispatch("auth_rejected", null, { message: error.message });
+        askForToken(error);
         return { ok: false, error: error.message };
       }
     },
@@ -118,14 +132,15 @@ export function createActions(store, client, notify) {
         }
         return { ok: true };
       } catch (error) {
-        if (error.status === 401) dispatch("auth_rejected", null, { message: error.message });
+        askForToken(error);
         return { ok: false, error: error.message };
       }
     },
 
-    saveToken(token) {
+    async saveToken(token) {
       client.setToken(token.trim());
       dispatch("token_saved");
+      await refresh();  // a public master shows nothing until the token is known
     },
   };
 }

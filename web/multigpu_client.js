@@ -17,6 +17,12 @@ export class ApiRequestError extends Error {
   get routeMissing() {
     return (this.status === 404 || this.status === 405) && (this.body === null || typeof this.body.error !== "string");
   }
+
+  /** A 401's token_configured: false while the master has no token, true when it has one; null: not said. */
+  get tokenConfigured() {
+    const configured = this.body && this.body.token_configured;
+    return typeof configured === "boolean" ? configured : null;
+  }
 }
 
 async function readBody(response) {

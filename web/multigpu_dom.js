@@ -51,15 +51,20 @@ export function setAvailable(el, visible, enabled = true) {
   el.disabled = running.has(el) || !enabled;
 }
 
+/** A labelled bar; `set({fraction, text})` fills it (null hides it), `setLabel` renames it (VRAM or RAM). */
 export function meter(label, kind) {
   const fill = h("div", { class: "mgpu-bar-fill" });
   const text = h("span", { class: "mgpu-meter-text" });
+  const name = h("span", { class: "mgpu-meter-label", text: label });
   const el = h("div", { class: `mgpu-meter mgpu-meter-${kind}`, dataset: { meter: kind } },
-    h("span", { class: "mgpu-meter-label", text: label }),
+    name,
     h("div", { class: "mgpu-bar" }, fill),
     text);
   return {
     el,
+    setLabel(next) {
+      if (next && name.textContent !== next) name.textContent = next;
+    },
     set(value) {
       el.hidden = !value;
       if (!value) return;

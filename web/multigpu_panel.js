@@ -4,7 +4,9 @@
 
 import { button, h, meter, setAvailable, setText } from "./multigpu_dom.js";
 import { createSettings, createWorkerForm } from "./multigpu_editors.js";
-import { activeJobs, launchableIds, masterCard, pollIntervalMs, summary, workerCards } from "./multigpu_state.js";
+import {
+  PASSIVE_MESSAGE, activeJobs, launchableIds, masterCard, pollIntervalMs, summary, tokenPrompt, workerCards,
+} from "./multigpu_state.js";
 
 const STYLESHEET_ID = "comfyui-distributed-multigpu-css";
 
@@ -89,6 +91,7 @@ function createCard(ctx, workerId) {
     setText(failure, vm.failure);
     detail.title = vm.detail || "";
     failure.title = vm.failure || "";
+    vram.setLabel(vm.vramLabel);
     vram.set(vm.vram);
     progress.set(vm.progress);
     if (toggle) toggle.update(vm);
@@ -157,10 +160,10 @@ function createTokenPrompt({ actions, client, store }) {
   const prompt = {
     el,
     update(state) {
-      el.hidden = !(state.auth.rejected || (state.auth.required && !client.hasToken()));
-      message.textContent = state.auth.rejected
-        ? `The master refused the token: ${state.auth.rejected}`
-        : "This master needs its API token for changes. It is kept in this browser only.";
+      const text = tokenPrompt(state.auth, client.hasToken());
+      el.hidden = text === null;
+      message.textContent = text || "";
+      message.title = state.auth.rejected || "";  // the master's own words
     },
   };
   return prompt;
@@ -171,20 +174,32 @@ function createHeader({ actions, store }) {
   const banner = h("div", { class: "mgpu-banner", role: "alert", hidden: true });
   const launchAll = button("pi-play", "Launch workers", () => actions.launch(launchableIds(store.state)),
                            { action: "launch-all", title: "Launch every enabled worker that is offline" });
+  const toolbar = h("div", { class: "mgpu-toolbar" }, launchAll,
+    button("pi-eraser", "Clear all VRAM", () => actions.clearMemory({}, "all"),
+           { action: "clear-all", title: "Clear VRAM on every enabled worker and on the master" }),
+    h("span", { class: "mgpu-spacer" }),
+    button("pi-refresh", "Refresh", () => actions.refresh(), { action: "refresh", iconOnly: true }));
   const el = h("div", { class: "mgpu-header" },
-    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText,
-    h("div", { class: "mgpu-toolbar" }, launchAll,
-      button("pi-eraser", "Clear all VRAM", () => actions.clearMemory({}, "all"),
-             { action: "clear-all", title: "Clear VRAM on every enabled worker and on the master" }),
-      h("span", { class: "mgpu-spacer" }),
-      button("pi-refresh", "Refresh", () => actions.refresh(), { action: "refresh", iconOnly: true })),
-    banner);
+    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, toolbar, banner);
   return {
     el,
     update(state) {
-      setText(summaryText, state.config ? summary(state) : "Loading…");
-      setText(banner, state.error);
+      toolbar.hidden = state.passive;  // its buttons would only fail where the routes are missing
+      setText(summaryText, state.passive ? null : state.config ? summary(state) : "Loading…");
+      setText(banner, state.passive ? null : state.error);
       setAvailable(launchAll, true, launchableIds(state).length > 0);
+    },
+  };
+}
+
+/** Where this ComfyUI has no /multigpu routes (a worker): one message in place of the panel. */
+function createPassiveNotice() {
+  const el = h("div", { class: "mgpu-notice", role: "status", dataset: { notice: "passive" }, text: PASSIVE_MESSAGE,
+                        hidden: true });
+  return {
+    el,
+    update(state) {
+      el.hidden = !state.passive;
     },
   };
 }
@@ -204,14 +219,20 @@ export function mountPanel(root, { store, actions, client, confirm }) {
       if (ok) await actions.removeWorker(workerId, name);
     },
   };
-  const parts = [createHeader({ actions, store }), createTokenPrompt({ actions, client, store }), createJobList(),
-                 createCardList(ctx)];
+  const header = createHeader({ actions, store });
+  const notice = createPassiveNotice();
+  const parts = [createTokenPrompt({ actions, client, store }), createJobList(), createCardList(ctx)];
   const settings = createSettings({ client, actions });
-  root.replaceChildren(h("div", { class: "mgpu-panel" }, parts.map((part) => part.el),
+  const content = h("div", { class: "mgpu-content" }, parts.map((part) => part.el),
     h("div", { class: "mgpu-add" }, button("pi-plus", "Add worker", () => workerForm.open(null), { action: "add-worker" })),
-    workerForm.el, settings.el));
+    workerForm.el, settings.el);
+  root.replaceChildren(h("div", { class: "mgpu-panel" }, header.el, notice.el, content));
 
   const update = (state) => {
+    header.update(state);
+    notice.update(state);
+    content.hidden = state.passive;
+    if (state.passive) return;  // cards, forms and settings stay as they were until a master answers
     for (const part of [...parts, settings]) part.update(state);
   };
   let timer = null;

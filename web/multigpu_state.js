@@ -6,6 +6,14 @@ export const STATUSES = ["idle", "busy", "offline", "disabled", "error", "launch
 
 const GIB = 1024 ** 3;
 
+/** How a user creates the API token, or shows the one there is (comfy_distributed/access.py TOKEN_COMMAND). */
+export const TOKEN_COMMAND = "custom_nodes/ComfyUI-Distributed/launch_distributed.sh token";
+export const TOKEN_COMMAND_WINDOWS = "custom_nodes\\ComfyUI-Distributed\\launch_distributed.bat token";
+
+/** Shown instead of the panel where GET /multigpu/config is ComfyUI's own 404: the extension is passive there. */
+export const PASSIVE_MESSAGE = "This ComfyUI is not a Multi-GPU master: the extension is passive here (a worker, "
+  + "or a master whose config makes it one). Manage the cluster from the master's page.";
+
 export function initialState() {
   return {
     config: null,      // GET /multigpu/config (without secrets)
@@ -14,8 +22,9 @@ export function initialState() {
     jobs: {},          // job id -> {progress, units}
     failures: {},      // worker id -> the last multigpu.worker_failed of a running job
     lastJob: null,     // the last multigpu.job_done
-    master: { queueRemaining: null, progress: null, device: null, vramTotal: null, vramFree: null },
-    auth: { required: false, configured: false, rejected: null },
+    master: { queueRemaining: null, progress: null, device: null, deviceType: null, vramTotal: null, vramFree: null },
+    auth: { required: false, configured: null, rejected: null },  // configured: null until the master says
+    passive: false,    // this ComfyUI has no /multigpu routes (a worker): the panel shows PASSIVE_MESSAGE only
     error: null,       // a message for the banner (API unreachable, invalid config file)
   };
 }
@@ -40,6 +49,7 @@ export function createStore(reducer, state) {
 }
 
 const key = (id) => String(id);
+const flag = (value) => (typeof value === "boolean" ? value : null);
 
 function withoutKeys(object, keys) {
   const copy = { ...object };
@@ -64,8 +74,8 @@ export function reduce(state, action) {
     case "config": {
       const auth = data.auth || {};
       return {
-        ...state, config: data, error: null,
-        auth: { ...state.auth, required: !!auth.token_required, configured: !!auth.token_configured },
+        ...state, config: data, error: null, passive: false,
+        auth: { ...state.auth, required: !!auth.token_required, configured: flag(auth.token_configured) },
       };
     }
     case "settings":  // POST /multigpu/config/update_setting answers the settings only
@@ -86,7 +96,7 @@ export function reduce(state, action) {
       }
       const master = data.master || {};
       const auth = "token_required" in master
-        ? { ...state.auth, required: !!master.token_required, configured: !!master.token_configured }
+        ? { ...state.auth, required: !!master.token_required, configured: flag(master.token_configured) }
         : state.auth;
       return { ...state, workers, jobs, auth, error: null };
     }
@@ -132,8 +142,8 @@ export function reduce(state, action) {
       const device = (data.devices || [])[0] || {};
       return {
         ...state,
-        master: { ...state.master, device: device.name ?? null, vramTotal: device.vram_total ?? null,
-                  vramFree: device.vram_free ?? null },
+        master: { ...state.master, device: device.name ?? null, deviceType: device.type ?? null,
+                  vramTotal: device.vram_total ?? null, vramFree: device.vram_free ?? null },
       };
     }
     case "master_queue": {
@@ -149,10 +159,16 @@ export function reduce(state, action) {
       if (action.node !== null && action.node !== undefined) return state;
       if (state.master.progress === null) return state;
       return { ...state, master: { ...state.master, progress: null } };
-    case "auth_rejected":
-      return { ...state, auth: { ...state.auth, rejected: action.message || "the master refused the token" } };
+    case "auth_rejected": {
+      // action.configured: the 401's token_configured (false: a public master without a token), when it says
+      const configured = flag(action.configured) ?? state.auth.configured;
+      const rejected = action.message || "the master refused the token";
+      return { ...state, auth: { ...state.auth, configured, rejected } };
+    }
     case "token_saved":
       return { ...state, auth: { ...state.auth, rejected: null } };
+    case "passive":  // GET /multigpu/config is not a route here
+      return { ...state, passive: true, error: null };
     case "error":
       return { ...state, error: action.message || null };
     default:
@@ -165,6 +181,12 @@ export function reduce(state, action) {
 export function formatBytes(bytes) {
   if (typeof bytes !== "number" || !Number.isFinite(bytes) || bytes < 0) return "—";
   return `${(bytes / GIB).toFixed(1)} GB`;
+}
+
+/** "RAM" for a CPU instance (ComfyUI's --cpu reports device name and type "cpu"), "VRAM" otherwise. */
+export function memoryLabel(name, type) {
+  const lower = (value) => (typeof value === "string" ? value.trim().toLowerCase() : "");
+  return lower(name).startsWith("cpu") || lower(type) === "cpu" ? "RAM" : "VRAM";
 }
 
 /** VRAM used/total as text and as a 0-1 fraction; null when the worker has not reported it. */
@@ -254,6 +276,7 @@ export function workerCards(state) {
       detail: status === "offline" || status === "error" ? health.error || null
         : status === "busy" && health.queue_remaining ? `${health.queue_remaining} in queue` : null,
       vram: worker.enabled && status !== "offline" ? vramUsage(health.vram_total, health.vram_free) : null,
+      vramLabel: memoryLabel(health.device),  // a worker's health keeps only the device's name
       // a unit still named after a worker that is down is about to run elsewhere: not shown as its job
       progress: worker.enabled && status !== "offline" && !failure ? workerProgress(worker, state.jobs) : null,
       failure: failure ? failure.message : null,
@@ -276,10 +299,32 @@ export function masterCard(state, location) {
     status,
     statusText: statusLabel(status),
     vram: vramUsage(state.master.vramTotal, state.master.vramFree),
+    vramLabel: memoryLabel(state.master.device, state.master.deviceType),
     progress: progress
       ? { fraction: progress.value / progress.max, text: `step ${progress.value}/${progress.max}` }
       : null,
   };
+}
+
+const TOKEN_HOW = `in ComfyUI's folder run ${TOKEN_COMMAND} (Windows: ${TOKEN_COMMAND_WINDOWS})`;
+
+/**
+ * The token prompt's text, or null while it is hidden. Whether the master has a token (its 401 says, and
+ * GET /multigpu/config) decides what to tell: how to create one, or that this browser's is missing or wrong.
+ */
+export function tokenPrompt(auth, hasToken) {
+  if (!auth.rejected && !(auth.required && !hasToken)) return null;
+  const kept = "It is kept in this browser only.";
+  if (auth.configured === false) {
+    return `No API token is configured on this master yet, and it needs one (it listens beyond loopback). To create `
+      + `it, ${TOKEN_HOW}, then paste the token it prints here. ${kept}`;
+  }
+  if (auth.configured === true) {
+    return `This master has an API token, and the one this browser has is missing or wrong. To see it, ${TOKEN_HOW}, `
+      + `then paste it here. ${kept}`;
+  }
+  return auth.rejected ? `The master refused the token: ${auth.rejected}`
+    : `This master needs its API token for changes. ${kept}`;
 }
 
 export function activeJobs(state) {

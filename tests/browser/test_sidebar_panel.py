@@ -35,6 +35,8 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 TOKEN = "browser-test-token-0123456789"
 HEALTH_TTL = 3.0
 
+FRONT_END_ROOT = os.environ.get("COMFYUI_FRONT_END_ROOT")
+"""A newer frontend than the one ComfyUI pins (the ``static`` folder of comfyui-frontend-package), for the master."""
 NODE = shutil.which("node")
 CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -58,6 +60,8 @@ class RecordingCluster(Cluster):
     """A cluster whose workers log the non-GET requests they receive (to see POST /free)."""
 
     def _start(self, name: str, base: Path, **kwargs) -> ComfyInstance:
+        if name == "master" and FRONT_END_ROOT:
+            kwargs["extra_args"] = [*(kwargs.get("extra_args") or []), "--front-end-root", FRONT_END_ROOT]
         if name != "master":
             kwargs["custom_nodes"] = {**(kwargs.get("custom_nodes") or {}), "request_recorder": RECORDER}
             kwargs["env"] = {**(kwargs.get("env") or {}), "MULTIGPU_REQUEST_LOG": str(base / f"{name}-requests.log")}

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import io
 import json
 import socket
 import time
@@ -50,9 +51,10 @@ class Master:
     def _free(self) -> None:
         self.freed += 1
 
-    async def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None):
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
+    async def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None,
+                   headers: dict | None = None):
+        headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
+        kwargs = {"data": io.BytesIO(raw)} if raw is not None else ({"json": body} if body is not None else {})
         response = await self.client.request(method, path, headers=headers, **kwargs)
         return response.status, await response.json()
 
@@ -76,6 +78,15 @@ async def master(tmp_path, monkeypatch):
     await made.client.close()
 
 
+
+async def first_prompt(standin: StandinComfy, timeout: float = 10) -> dict:
+    """The first prompt a stand-in worker received, waited for up to ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not standin.received:
+        assert time.monotonic() < deadline, f"{standin.name} received no prompt within {timeout} s"
+        await asyncio.sleep(0.02)
+    return standin.received[0]
+
 async def test_get_config_hides_secrets(master):
     master.store.update_data(lambda c: c["settings"].update(api_token=TOKEN))
     status, body = await master.call("GET", "/multigpu/config")
@@ -83,7 +94,7 @@ async def test_get_config_hides_secrets(master):
     assert "api_token" not in body["settings"]
     assert body["workers"][0]["headers"] == {"Authorization": "***"}
     assert TOKEN not in json.dumps(body) and "worker-secret" not in json.dumps(body)
-    assert body["auth"] == {"token_configured": True, "token_required": True}
+    assert body["auth"] == {"token_configured": True, "token_required": True, "public": False}
 
 
 async def test_update_worker_enables_and_persists_keeping_unknown_keys(master):
@@ -278,23 +289,25 @@ async def test_job_complete_accepts_only_the_share_owner(tmp_path, monkeypatch):
         try:
             _, job = made.orchestrator.prepare(workflow())
             made.orchestrator.start(job)
-            deadline = time.monotonic() + 10
-            while not w1.received and time.monotonic() < deadline:
-                await asyncio.sleep(0.02)
-            sent = w1.received[0]["extra_data"]["multigpu"]
+            sent = (await first_prompt(w1))["extra_data"]["multigpu"]
             assert sent["job_id"] == job.job_id and sent["worker_id"] == 1
             png = base64.b64encode(_png()).decode()
-            good = {"job_id": job.job_id, "worker_id": 1, "share_token": sent["share_token"], "outputs": {"3": [png]}}
-            for change, status in (({"share_token": "guess"}, 403), ({"worker_id": 2}, 403),
-                                   ({"job_id": "nope"}, 404), ({"outputs": {"9": [png]}}, 400),
-                                   ({"outputs": {"3": ["bm90IGEgcG5n"]}}, 400), ({"outputs": {"3": ["%%"]}}, 400)):
-                got, body = await made.call("POST", "/multigpu/job_complete", {**good, **change})
-                assert got == status, (change, body)
-            got, body = await made.call("POST", "/multigpu/job_complete", good)
+            who = {"X-MultiGPU-Job": job.job_id, "X-MultiGPU-Worker": "1", "X-MultiGPU-Share-Token": sent["share_token"]}
+            good = {"outputs": {"3": [png]}}
+            for header, body_change, status in (
+                    ({"X-MultiGPU-Share-Token": "guess"}, {}, 403), ({"X-MultiGPU-Worker": "2"}, {}, 403),
+                    ({"X-MultiGPU-Job": "nope"}, {}, 404), ({"X-MultiGPU-Job": ""}, {}, 400),
+                    ({}, {"outputs": {"9": [png]}}, 400), ({}, {"outputs": {"3": ["bm90IGEgcG5n"]}}, 400),
+                    ({}, {"outputs": {"3": ["%%"]}}, 400), ({}, {"outputs": {"3": [png, png, png]}}, 400),
+                    ({}, {"job_id": "other"}, 400)):
+                got, body = await made.call("POST", "/multigpu/job_complete", {**good, **body_change},
+                                            headers={**who, **header})
+                assert got == status, (header, body_change, body)
+            got, body = await made.call("POST", "/multigpu/job_complete", {**good, "worker_id": 1}, headers=who)
             assert got == 200 and body == {"accepted": 1}
             result = await asyncio.to_thread(made.orchestrator.collect, job.job_id, "3", lambda: False)
             assert [len(blobs) for _, blobs in result.images] == [1] and result.failures == []
-            got, body = await made.call("POST", "/multigpu/job_complete", good)
+            got, body = await made.call("POST", "/multigpu/job_complete", good, headers=who)
             assert got == 404  # the job has been collected
             w1.gate.set()
         finally:

@@ -3,12 +3,13 @@
 Hundreds of requests are in flight at once (over 100 connections), in a shuffled order;
 afterwards gpu_config.json is strict JSON, a valid config, reflects every change, and no
 temporary file is left in its folder. Another process reads the file over and over while
-the writes go on.
+the writes go on. Results posted for one share at the same time: the first one wins.
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import random
 import sys
@@ -20,7 +21,7 @@ import pytest
 
 from comfy_distributed.api import TOKEN_ENV
 from comfy_distributed.config import load_config, public_view
-from tests.component.test_openapi import TOKEN, ApiUnderTest, Reply, check_reply, strict_json
+from tests.component.test_openapi import JOB_COMPLETE, PNG, TOKEN, ApiUnderTest, Reply, check_reply, strict_json
 
 ROOT = Path(__file__).resolve().parents[2]
 UPDATE_WORKER = "/multigpu/config/update_worker"
@@ -242,3 +243,21 @@ async def test_readers_never_see_a_partial_config_while_writers_run(tmp_path):
                 assert len(reply.data["workers"]) == count
         assert watcher.problems == [], watcher.problems[:3]
         assert_clean(api)
+
+
+async def test_concurrent_results_for_one_share_the_first_wins(tmp_path):
+    """Forty posts of one share's results at once (a worker retrying, or someone who read its token):
+    exactly one is taken, every other is told the unit has ended, and the unit holds the winner's images."""
+    async with ApiUnderTest(tmp_path, share=True, connector=aiohttp.TCPConnector(limit=CONNECTIONS)) as api:
+        await api.open_share()
+        job = api.started_jobs[-1]
+        bodies = [{"outputs": {"3": [base64.b64encode(PNG + bytes([n])).decode()]}} for n in range(40)]
+        replies = await asyncio.gather(*(api.call("POST", JOB_COMPLETE, body) for body in bodies))
+        for reply in replies:
+            check_reply(reply, api, api.original)
+        statuses = sorted(reply.status for reply in replies)
+        assert statuses == [200] + [409] * 39, statuses
+        winner = next(n for n, reply in enumerate(replies) if reply.status == 200)
+        unit = next(u for u in job.units.values() if u.worker is not None and str(u.worker.id) == "stub")
+        assert unit.state == "done" and unit.images == {"3": [PNG + bytes([winner])]}
+        assert api.path.read_bytes() == api.original

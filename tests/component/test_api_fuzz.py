@@ -11,10 +11,12 @@ not edit it, with no temporary file left beside it.
 The bodies come in three families: (a) arbitrary bytes, malformed and non-object JSON;
 (b) objects shaped by the documented request schema with wrong types, missing and extra
 fields, huge and nested values, path- and URL-like strings, unicode, control characters,
-NaN-like tokens and very large ints; (c) bodies over the size limit. Each runs without a
-token and with one (sent in one of several right or wrong ways).
+NaN-like tokens and very large ints; (c) bodies over the size limit. Each runs on a
+private master without a token and with one, and on a public master with one; the token
+is sent in one of several right or wrong ways, the Host header names this master or
+another one (``check_access``), and job_complete's identity headers are right or wrong.
 
-``MULTIGPU_FUZZ_EXAMPLES`` sets the examples per test (default 40: about 20 s in all).
+``MULTIGPU_FUZZ_EXAMPLES`` sets the examples per test (default 40: about 30 s in all).
 """
 
 from __future__ import annotations
@@ -36,20 +38,24 @@ from comfy_distributed.api import MAX_BODY, TOKEN_ENV
 from comfy_distributed.config import public_view
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 from tests.component.test_openapi import (
+    ALLOWED_HOST,
     CONFIG_PATHS,
+    JOB_HEADER,
     PNG,
     PNG_B64,
+    SHARE_HEADER,
     TOKEN,
+    WORKER_HEADER,
     ApiUnderTest,
     Reply,
     body_limit,
     check_reply,
+    needs_token,
     operation,
     operations,
     oversize_body,
     request_schema,
     resolve,
-    secured,
     strict_json,
     workflow,
 )
@@ -66,7 +72,14 @@ FUZZ = settings(
 JOB_COMPLETE = "/multigpu/job_complete"
 ENDPOINTS = [(method, path) for method, path, _op in operations()]
 POSTS = [(method, path) for method, path, op in operations() if "requestBody" in op]
-MODES = ("open", "token")
+MODES = ("open", "token", "public")
+"""A private master without a token, one with a token, and a public master (with a token: it has to)."""
+SETTINGS = {"allowed_hosts": [ALLOWED_HOST]}
+
+
+def fuzzed_api(tmp_path: Path, mode: str, **kwargs: Any) -> ApiUnderTest:
+    return ApiUnderTest(fresh_directory(tmp_path), token=None if mode == "open" else TOKEN, public=mode == "public",
+                        settings=SETTINGS, **kwargs)
 
 
 def endpoint_id(endpoint: tuple[str, str]) -> str:
@@ -325,10 +338,10 @@ class Context:
             return st.fixed_dictionaries({}, optional={"worker_ids": st.lists(ids, max_size=3)})
         if path == "/multigpu/workers/restart":
             return st.fixed_dictionaries({"worker_id": ids})
-        if path == JOB_COMPLETE:
+        if path == JOB_COMPLETE:  # who posts is in the headers; the body may repeat it
             assert self.share is not None
-            share = {key: self.share[key] for key in ("job_id", "worker_id", "share_token")}
-            return st.just({**share, "outputs": {"3": [PNG_B64]}})
+            share = {key: st.just(self.share[key]) for key in ("job_id", "worker_id", "share_token")}
+            return st.fixed_dictionaries({"outputs": st.just({"3": [PNG_B64]})}, optional=share)
         raise AssertionError(f"no valid bodies known for {path}")
 
     def body(self, method: str, path: str) -> st.SearchStrategy[dict[str, Any]]:
@@ -403,15 +416,67 @@ AUTH_BAD = {
 }
 auth_variants = st.sampled_from(["bearer"] * 8 + [v for v in AUTH_OK if v != "bearer"] + list(AUTH_BAD))
 
+# --- the Host header, naming this master or another ---------------------------------------------
 
-def check_auth(reply: Reply, mode: str, variant: str) -> None:
-    """401 exactly when a secured route is called without the configured token."""
-    needs = mode == "token" and secured(reply.method, reply.path) and variant in AUTH_BAD
-    if needs:
-        assert reply.status == 401, f"a secured route answered without the token: {reply}"
+OUR_HOSTS = {"default": None, "localhost": "localhost:8188", "ipv6": "[::1]:8188", "loopback": "127.3.2.1",
+             "upper": "LOCALHOST", "allowed": f"{ALLOWED_HOST}:8188"}
+"""None: what the client sends by itself (127.0.0.1:port)."""
+FOREIGN_HOSTS = {"foreign": "attacker.example", "foreign-port": "attacker.example:8188",
+                 "rebinding": "127.0.0.1.attacker.example", "lan": "10.0.0.7", "empty": ""}
+host_variants = st.sampled_from(["default"] * 20 + [v for v in OUR_HOSTS if v != "default"] + list(FOREIGN_HOSTS))
+
+
+def host_headers(variant: str) -> dict[str, str]:
+    host = OUR_HOSTS.get(variant) if variant in OUR_HOSTS else FOREIGN_HOSTS[variant]
+    return {} if host is None else {"Host": host, "Origin": f"http://{host}"}
+
+
+# --- job_complete's identity headers, right and wrong -------------------------------------------
+
+IDENTITY_REFUSALS = {"none": 400, "no-share-token": 400, "blank-worker": 400, "too-long-job": 400,
+                     "guessed-share-token": 403, "other-worker": 403, "unknown-job": 404}
+identity_variants = st.sampled_from(["right"] * 8 + list(IDENTITY_REFUSALS))
+
+
+def identity_headers(api: ApiUnderTest, variant: str) -> dict[str, str]:
+    if api.share is None:
+        return {}
+    headers = api.identity_headers()
+    if variant == "none":
+        return {}
+    if variant == "no-share-token":
+        del headers[SHARE_HEADER]
+    elif variant == "blank-worker":
+        headers[WORKER_HEADER] = " "
+    elif variant == "too-long-job":
+        headers[JOB_HEADER] = "a" * 257
+    elif variant == "guessed-share-token":
+        headers[SHARE_HEADER] += "x"
+    elif variant == "other-worker":
+        headers[WORKER_HEADER] = "1"
+    elif variant == "unknown-job":
+        headers[JOB_HEADER] = "0" * 32
+    return headers
+
+
+def check_access(reply: Reply, mode: str, auth: str, host: str, identity: str = "right") -> bool:
+    """The guard's and job_complete's identity answers, exactly when they are due; True when the
+    request got past them (its body was then judged)."""
+    public, configured = mode == "public", mode != "open"
+    if not public and host in FOREIGN_HOSTS:
+        assert reply.status == 403, f"a private master served a request for another Host: {reply}"
+        assert reply.data.get("host") == (FOREIGN_HOSTS[host] or "(none)"), str(reply)
+        return False
+    assert not (reply.status == 403 and "host" in reply.data), f"refused for its Host: {reply}"
+    if needs_token(reply.method, reply.path, public=public, configured=configured) and auth in AUTH_BAD:
+        assert reply.status == 401, f"a guarded route answered without the token: {reply}"
         assert reply.headers.get("WWW-Authenticate", "").startswith("Bearer"), f"no WWW-Authenticate: {reply}"
-    else:
-        assert reply.status != 401, f"refused although no token was needed or the right one was sent: {reply}"
+        return False
+    assert reply.status != 401, f"refused although no token was needed or the right one was sent: {reply}"
+    if reply.path == JOB_COMPLETE and identity != "right":
+        assert reply.status == IDENTITY_REFUSALS[identity], f"identity {identity}: {reply}"
+        return False
+    return True
 
 
 def fresh_directory(tmp_path: Path) -> Path:
@@ -448,6 +513,9 @@ async def check_config_change(api: ApiUnderTest, reply: Reply, body: Any) -> Non
     before = api.path.read_bytes()
     view = await api.call("GET", "/multigpu/config")
     check_reply(view, api, before)
+    if api.public and api.token is None:  # the token was removed: a public master now refuses everything
+        assert view.status == 401 and "settings.api_token" in view.error, str(view)
+        return
     assert view.status == 200 and view.data["workers"] == stored["workers"], str(view)
     if only_our_loopback(api):
         event("probed the changed config")
@@ -467,18 +535,24 @@ async def check_config_change(api: ApiUnderTest, reply: Reply, body: Any) -> Non
 @given(data=st.data())
 async def test_malformed_bodies_are_refused_cleanly(tmp_path, endpoint, mode, data):
     method, path = endpoint
-    async with ApiUnderTest(fresh_directory(tmp_path), token=TOKEN if mode == "token" else None) as api:
+    async with fuzzed_api(tmp_path, mode, share=path == JOB_COMPLETE) as api:
+        if path == JOB_COMPLETE:
+            await api.open_share()
         raw = data.draw(malformed_bodies, label="body")
         content_type = data.draw(content_types, label="content type")
         variant = data.draw(auth_variants, label="auth")
+        host = data.draw(host_variants, label="host")
+        identity = data.draw(identity_variants, label="identity") if path == JOB_COMPLETE else "right"
         params = data.draw(st.dictionaries(st.text(max_size=5), st.text(max_size=10), max_size=2), label="query")
-        headers = dict(AUTH_OK.get(variant) or AUTH_BAD[variant])
+        headers = {**(AUTH_OK.get(variant) or AUTH_BAD[variant]), **host_headers(host),
+                   **identity_headers(api, identity)}
         if content_type:
             headers["Content-Type"] = content_type
         before = api.path.read_bytes()
-        reply = await api.call(method, path, raw=raw, headers=headers, auth=False, params=params)
+        reply = await api.call(method, path, raw=raw, headers=headers, auth=False, identity=False, params=params)
         check_reply(reply, api, before)
-        check_auth(reply, mode, variant)
+        if not check_access(reply, mode, variant, host, identity):
+            return
         if method == "GET":
             assert reply.status == 200, str(reply)
         elif raw == b"" and not operation(method, path)["requestBody"].get("required", False):
@@ -506,20 +580,24 @@ def is_json_object(raw: bytes) -> bool:
 @given(data=st.data())
 async def test_schema_shaped_bodies_keep_the_rules(tmp_path, endpoint, mode, data):
     method, path = endpoint
-    token = TOKEN if mode == "token" else None
-    async with ApiUnderTest(fresh_directory(tmp_path), token=token, stub=True, share=path == JOB_COMPLETE) as api:
+    async with fuzzed_api(tmp_path, mode, stub=True, share=path == JOB_COMPLETE) as api:
         share = await api.open_share() if path == JOB_COMPLETE else None
         body = data.draw(Context(api, share).body(method, path), label="body")
         variant = data.draw(auth_variants, label="auth")
+        host = data.draw(host_variants, label="host")
+        identity = data.draw(identity_variants, label="identity") if path == JOB_COMPLETE else "right"
         raw = encode(body).encode("utf-8", "surrogatepass")
-        headers = {"Content-Type": "application/json", **(AUTH_OK.get(variant) or AUTH_BAD[variant])}
+        headers = {"Content-Type": "application/json", **(AUTH_OK.get(variant) or AUTH_BAD[variant]),
+                   **host_headers(host), **identity_headers(api, identity)}
+        limit = body_limit(path, api)
         before = api.path.read_bytes()
-        reply = await api.call(method, path, raw=raw, headers=headers, auth=False,
-                               describe=f"auth={variant} body={raw[:800]!r}")
+        reply = await api.call(method, path, raw=raw, headers=headers, auth=False, identity=False,
+                               describe=f"auth={variant} host={host} identity={identity} body={raw[:800]!r}")
         check_reply(reply, api, before)
-        check_auth(reply, mode, variant)
         event(f"status {reply.status}")
-        if len(raw) > body_limit(path) and reply.status != 401:
+        if not check_access(reply, mode, variant, host, identity):
+            return
+        if len(raw) > limit:
             assert reply.status == 413, str(reply)
         if reply.status < 300 and path in CONFIG_PATHS:
             await check_config_change(api, reply, body)
@@ -527,7 +605,8 @@ async def test_schema_shaped_bodies_keep_the_rules(tmp_path, endpoint, mode, dat
 
 # --- (c) bodies over the limit ----------------------------------------------------------------
 
-LIMITED = [endpoint for endpoint in POSTS if body_limit(endpoint[1]) == MAX_BODY]
+LIMITED = [endpoint for endpoint in POSTS if endpoint[1] != JOB_COMPLETE and body_limit(endpoint[1]) == MAX_BODY]
+"""job_complete's limit is its share's: test_openapi's test_job_complete_reads_what_the_share_may_carry_and_no_more."""
 
 
 @pytest.mark.parametrize("mode", MODES)
@@ -537,7 +616,7 @@ LIMITED = [endpoint for endpoint in POSTS if body_limit(endpoint[1]) == MAX_BODY
        declared=st.booleans())
 async def test_oversize_bodies_are_refused_with_413(tmp_path, endpoint, mode, size, declared):
     method, path = endpoint
-    async with ApiUnderTest(fresh_directory(tmp_path), token=TOKEN if mode == "token" else None) as api:
+    async with fuzzed_api(tmp_path, mode) as api:
         headers = {"Content-Type": "application/json"}
         if declared:
             headers["Content-Length"] = str(size)  # else the body goes chunked, its size unknown until read
@@ -585,37 +664,42 @@ def _refusal_of_the_token(reply: Reply) -> None:
     assert "token" in reply.error.lower(), str(reply)
 
 
+@pytest.mark.parametrize("public", [False, True], ids=["private", "public"])
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=endpoint_id)
-async def test_configured_token_guards_exactly_the_secured_routes(tmp_path, endpoint):
+async def test_a_configured_token_guards_what_x_token_required_says(tmp_path, endpoint, public):
+    """A private master: the control routes (every POST, job_complete included); a public one: every
+    route but the OpenAPI document, reads included."""
     method, path = endpoint
     body = {} if "requestBody" in operation(method, path) else None
-    async with ApiUnderTest(tmp_path, token=TOKEN) as api:
+    needed = needs_token(method, path, public=public, configured=True)
+    assert needed == (path != "/multigpu/openapi.json" and (public or method == "POST")), "the rules changed?"
+    async with ApiUnderTest(tmp_path, token=TOKEN, public=public) as api:
         refused = await _call_each_way(api, method, path, AUTH_BAD, body)
-        allowed = await _call_each_way(api, method, path, AUTH_OK, body)
         for reply in refused.values():
-            if secured(method, path):
+            if needed:
                 _refusal_of_the_token(reply)
-                assert api.path.read_bytes() == api.original
             else:
                 assert reply.status != 401, str(reply)
+        if needed:
+            assert api.path.read_bytes() == api.original and api.launches == []
+        allowed = await _call_each_way(api, method, path, AUTH_OK, body)
         for reply in allowed.values():
             assert reply.status != 401, str(reply)
 
 
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=endpoint_id)
-async def test_public_master_without_a_token_refuses_the_secured_routes(tmp_path, endpoint):
+async def test_public_master_without_a_token_refuses_every_route_but_the_document(tmp_path, endpoint):
     method, path = endpoint
     body = {} if "requestBody" in operation(method, path) else None
     async with ApiUnderTest(tmp_path, public=True) as api:
         replies = await _call_each_way(api, method, path, {**AUTH_OK, **AUTH_BAD}, body)
         for reply in replies.values():
-            if secured(method, path):
+            if needs_token(method, path, public=True, configured=False):
                 _refusal_of_the_token(reply)
+                assert "settings.api_token" in reply.error and TOKEN_ENV in reply.error, "say how to set one"
             else:
-                assert reply.status != 401, str(reply)
-        assert api.path.read_bytes() == api.original
-        view = await api.call("GET", "/multigpu/config")
-        assert view.data["auth"] == {"token_configured": False, "token_required": True}
+                assert reply.status == 200, str(reply)
+        assert api.path.read_bytes() == api.original and api.launches == []
 
 
 @pytest.mark.parametrize("public", [False, True])
@@ -627,12 +711,31 @@ async def test_token_from_the_environment_is_required(tmp_path, monkeypatch, pub
             refused = await _call_each_way(api, method, path, {"none": {}, "wrong": AUTH_BAD["wrong"]}, body)
             allowed = await _call_each_way(api, method, path, {"bearer": AUTH_OK["bearer"]}, body)
             for reply in refused.values():
-                if secured(method, path):
+                if needs_token(method, path, public=public, configured=True):
                     _refusal_of_the_token(reply)
+                else:
+                    assert reply.status != 401, str(reply)
             assert allowed["bearer"].status != 401, str(allowed["bearer"])
-        view = await api.call("GET", "/multigpu/config")
-        assert view.data["auth"] == {"token_configured": True, "token_required": True}
+        view = await api.call("GET", "/multigpu/config", headers=AUTH_OK["bearer"])
+        assert view.data["auth"] == {"token_configured": True, "token_required": True, "public": public}
         assert TOKEN not in view.body.decode()
+
+
+@pytest.mark.parametrize("public", [False, True], ids=["private", "public"])
+@pytest.mark.parametrize("token", [None, TOKEN], ids=["no-token", "token"])
+async def test_the_auth_block_says_who_needs_the_token(tmp_path, public, token):
+    async with ApiUnderTest(tmp_path, token=token, public=public) as api:
+        config = await api.call("GET", "/multigpu/config")
+        status = await api.call("GET", "/multigpu/status")
+        for reply in (config, status):
+            check_reply(reply, api, api.original)
+        if public and token is None:  # nobody may read it: the answer says how to set a token
+            assert config.status == status.status == 401, (str(config), str(status))
+            return
+        auth = {"token_configured": token is not None, "token_required": token is not None or public,
+                "public": public}
+        assert config.data["auth"] == auth, str(config)
+        assert status.data["master"] == {"status": "online", **auth}, str(status)
 
 
 # --- regressions: inputs that broke the API ------------------------------------------------

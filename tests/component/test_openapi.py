@@ -2,13 +2,15 @@
 
 The document must be structurally valid OpenAPI 3.1, list exactly the routes that
 ``MultiGPUApi.add_routes`` registers, be served unchanged at ``GET /multigpu/openapi.json``,
-and describe what the handlers really do: the request properties they accept, the ones they
-require, the types they enforce, and every error status they answer.
+and describe what the handlers really do: who may call them (the Host check of a private
+master, the token), the request headers and properties they accept, the ones they require,
+the types they enforce, and every error status they answer.
 
 This module also holds what the other API tests share: ``ApiUnderTest`` (the real aiohttp
 app on port 0 over a temporary gpu_config.json whose workers point at loopback ports that
 nothing listens on, plus, on request, a local stub worker), a JSON Schema checker for the
-subset the document uses, and ``check_reply`` (the invariants every answer keeps).
+subset the document uses, ``needs_token`` (what an operation's ``x-token-required`` says), and
+``check_reply`` (the invariants every answer keeps).
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from comfy_distributed.access import FORBIDDEN_FLAGS
 from comfy_distributed.api_launch import add_launch_routes
 from tests.launcher.helpers import RecordingLauncher
 from comfy_distributed.api import MAX_BODY, MAX_PROMPT_BODY, MAX_RESULT_BODY, OPENAPI_PATH, TOKEN_ENV, MultiGPUApi
-from comfy_distributed.config import ConfigStore, GpuConfig, load_config, public_view
+from comfy_distributed.api_results import JOB_HEADER, MAX_IMAGE_BODY, SHARE_HEADER, WORKER_HEADER
+from comfy_distributed.config import (
+    SECRET_SETTINGS, ConfigStore, GpuConfig, MasterConfig, Settings, WorkerConfig, load_config, public_view,
+)
 from comfy_distributed.orchestrator import EXTRA_DATA_KEY, Job, Orchestrator
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 
@@ -38,7 +44,14 @@ OPENAPI: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
 CONFIG_NAME = "gpu_config.json"
 TOKEN = "test-token-0123456789abcdef"
 HTTP_METHODS = ("get", "put", "post", "delete", "options", "head", "patch", "trace")
-BODY_LIMITS = {"/multigpu/prepare_job": MAX_PROMPT_BODY, "/multigpu/job_complete": MAX_RESULT_BODY}
+JOB_COMPLETE = "/multigpu/job_complete"
+BODY_LIMITS = {"/multigpu/prepare_job": MAX_PROMPT_BODY}
+"""Body limits other than MAX_BODY; job_complete's depends on the share (``result_body_limit``)."""
+IDENTITY_HEADERS = {"job_id": JOB_HEADER, "worker_id": WORKER_HEADER, "share_token": SHARE_HEADER}
+"""job_complete: who posts, as the worker's prompt names it (extra_data.multigpu) -> the header it comes in."""
+FOREIGN_HOST = "attacker.example"
+"""A name that, in a DNS rebinding attack, resolves to 127.0.0.1: Host and Origin both carry it."""
+TOKEN_RULES = ("configured-or-public", "public")
 CONFIG_PATHS = frozenset({"/multigpu/config/update_worker", "/multigpu/config/add_worker",
                           "/multigpu/config/remove_worker", "/multigpu/config/update_setting"})
 """The only routes allowed to change gpu_config.json."""
@@ -83,12 +96,44 @@ def request_schema(method: str, path: str) -> dict[str, Any] | None:
     return resolve(schema["$ref"]) if "$ref" in schema else schema
 
 
-def body_limit(path: str) -> int:
+def response_of(method: str, path: str, status: int | str) -> dict[str, Any]:
+    """The documented response, a ``$ref`` to components/responses followed."""
+    documented = operation(method, path)["responses"][str(status)]
+    return resolve(documented["$ref"]) if "$ref" in documented else documented
+
+
+def body_limit(path: str, api: "ApiUnderTest | None" = None) -> int:
+    if path == JOB_COMPLETE:
+        assert api is not None, "job_complete's limit is its share's: give the API with an open share"
+        return result_body_limit(api)
     return BODY_LIMITS.get(path, MAX_BODY)
 
 
-def secured(method: str, path: str) -> bool:
-    return bool(operation(method, path).get("security", OPENAPI.get("security")))
+def result_body_limit(api: "ApiUnderTest") -> int:
+    """What the document says job_complete reads of the open share: min(100 MiB, 64 KiB + 48 MiB per image
+    of the unit per Collector)."""
+    assert api.share is not None, "no open share"
+    limits = api.orchestrator.check_share(api.share["job_id"], api.share["worker_id"], api.share["share_token"])
+    return min(MAX_RESULT_BODY, 64 * 1024 + limits.images * limits.collectors * MAX_IMAGE_BODY)
+
+
+def token_rule(method: str, path: str) -> str | None:
+    """The operation's ``x-token-required``: when it needs the token (None: never)."""
+    return operation(method, path).get("x-token-required")
+
+
+def needs_token(method: str, path: str, *, public: bool, configured: bool) -> bool:
+    """Whether the document says the operation refuses a request without the token (401) on a master that
+    is public or not, with a token configured or not."""
+    rule = token_rule(method, path)
+    if rule is None:
+        return False
+    assert rule in TOKEN_RULES, f"{method} {path}: unknown x-token-required {rule!r}"
+    return public or (configured and rule == "configured-or-public")
+
+
+def header_parameters(method: str, path: str) -> list[dict[str, Any]]:
+    return [p for p in operation(method, path).get("parameters", []) if p["in"] == "header"]
 
 
 # --- a checker for the JSON Schema subset the document uses ----------------------------------
@@ -211,8 +256,13 @@ def schemas_in_document() -> list[tuple[str, dict[str, Any]]]:
 
     for name, schema in OPENAPI.get("components", {}).get("schemas", {}).items():
         visit(schema, f"#/components/schemas/{name}")
+    for name, response in OPENAPI.get("components", {}).get("responses", {}).items():
+        for media, content in response.get("content", {}).items():
+            visit(content.get("schema"), f"#/components/responses/{name}/{media}")
     for method, path, op in operations():
         where = f"#/paths/{path}/{method.lower()}"
+        for index, parameter in enumerate(op.get("parameters", [])):
+            visit(parameter.get("schema"), f"{where}/parameters/{index}")
         for media, content in op.get("requestBody", {}).get("content", {}).items():
             visit(content.get("schema"), f"{where}/requestBody/{media}")
         for status, response in op["responses"].items():
@@ -275,16 +325,20 @@ class ApiUnderTest:
     answers like an idle ComfyUI whose prompts never finish; with ``share=True`` it is the
     only enabled worker, so that ``open_share`` can start a job whose unit waits there for
     its results (as a worker running this extension would post them to job_complete).
-    ``config_text`` replaces the baseline file verbatim.
+    ``config_text`` replaces the baseline file verbatim; ``settings`` are added to its settings.
+    ``call`` sends the token, and to job_complete the open share's identity headers, unless told not to.
     """
 
     def __init__(self, directory: Path, *, token: str | None = None, public: bool = False,
                  workers: int = 3, stub: bool = False, share: bool = False, config_text: str | None = None,
-                 free_master: Callable[[], None] | None = None, **client_kwargs: Any) -> None:
+                 settings: dict[str, Any] | None = None, free_master: Callable[[], None] | None = None,
+                 **client_kwargs: Any) -> None:
         self.directory = directory
         self.path = directory / CONFIG_NAME
         self.token = token
         self.public = public
+        self.settings = settings or {}
+        self.share: dict[str, Any] | None = None
         self.worker_count = workers
         self.want_stub = stub or share
         self.share_mode = share
@@ -318,7 +372,7 @@ class ApiUnderTest:
         if self.stub is not None:
             workers.append({"id": "stub", "name": "Stub", "host": f"http://127.0.0.1:{self.stub.port}",
                             "port": self.stub.port, "enabled": True})
-        settings: dict[str, Any] = {"worker_timeout": 60, "connect_timeout": 2, "request_timeout": 5}
+        settings: dict[str, Any] = {"worker_timeout": 60, "connect_timeout": 2, "request_timeout": 5, **self.settings}
         if self.token:
             settings["api_token"] = self.token
         return {"master": {"port": 8188, "cuda_device": 0, "extra_args": ""}, "workers": workers,
@@ -389,7 +443,7 @@ class ApiUnderTest:
 
     async def open_share(self, timeout: float = 10.0) -> dict[str, Any]:
         """Start a job; return what the stub worker received in ``extra_data.multigpu``
-        (job_id, worker_id, share_token), once it has."""
+        (job_id, worker_id, share_token), once it has. It is then the share ``call`` names."""
         assert self.share_mode, "open_share needs ApiUnderTest(share=True)"
         seen = len(self.stub_prompts)
         _prompt, job = self.orchestrator.prepare(workflow())
@@ -405,6 +459,7 @@ class ApiUnderTest:
             await asyncio.sleep(0.01)
         share = self.stub_prompts[seen].get("extra_data", {}).get(EXTRA_DATA_KEY)
         assert isinstance(share, dict) and share.get("job_id") == job.job_id, self.stub_prompts[seen]
+        self.share = dict(share)
         return dict(share)
 
     async def _end_jobs(self, timeout: float = 10.0) -> None:
@@ -427,12 +482,20 @@ class ApiUnderTest:
     def auth_headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.token}"} if self.token else {}
 
+    def identity_headers(self) -> dict[str, str]:
+        """job_complete's headers for the open share."""
+        assert self.share is not None, "no open share"
+        return {header: str(self.share[key]) for key, header in IDENTITY_HEADERS.items()}
+
     async def call(self, method: str, path: str, body: Any = None, *, raw: bytes | str | Any = None,
-                   headers: dict[str, str] | None = None, auth: bool = True, params: Any = None,
-                   describe: str | None = None) -> Reply:
-        """Send ``body`` as JSON, or ``raw`` as the body itself; ``auth`` adds the token."""
+                   headers: dict[str, str] | None = None, auth: bool = True, identity: bool = True,
+                   params: Any = None, describe: str | None = None) -> Reply:
+        """Send ``body`` as JSON, or ``raw`` as the body itself; ``auth`` adds the token, ``identity`` the
+        open share's headers to a job_complete (``headers`` may replace either)."""
         assert self.client is not None
         sent = dict(self.auth_headers() if auth else {})
+        if identity and path == JOB_COMPLETE and self.share is not None:
+            sent.update(self.identity_headers())
         sent.update(headers or {})
         if raw is None and body is not None:
             raw = json.dumps(body)
@@ -474,6 +537,9 @@ def check_reply(reply: Reply, api: ApiUnderTest, before: bytes | None) -> None:
     if reply.status >= 400:
         assert isinstance(data, dict) and isinstance(data.get("error"), str) and data["error"].strip(), (
             f"a refusal without an 'error' string: {reply}")
+        problems = schema_errors(data, response_of(reply.method, reply.path, reply.status)
+                                 ["content"]["application/json"]["schema"])
+        assert not problems, f"the refusal does not match its documented schema: {problems[:5]}: {reply}"
     else:
         schema = op["responses"][str(reply.status)]["content"]["application/json"]["schema"]
         problems = schema_errors(data, schema)
@@ -490,9 +556,9 @@ def check_reply(reply: Reply, api: ApiUnderTest, before: bytes | None) -> None:
     assert api.leftovers() == [], f"files left beside the config: {api.leftovers()} after {reply}"
 
 
-async def oversize_body(size: int, chunk: int = 1 << 20) -> AsyncIterator[bytes]:
+async def oversize_body(size: int, chunk: int = 1 << 20, head: bytes = b'{"name": "',
+                        tail: bytes = b'"}') -> AsyncIterator[bytes]:
     """``size`` bytes of a JSON object that is only too large (a long string)."""
-    head, tail = b'{"name": "', b'"}'
     yield head
     remaining = size - len(head) - len(tail)
     while remaining > 0:
@@ -529,7 +595,19 @@ def test_document_is_structurally_valid_openapi_3_1():
         for method in methods:
             op = item[method]
             where = f"{method.upper()} {path}"
+            fields = {key for key in op if not key.startswith("x-")}
+            assert fields <= OPERATION_FIELDS, f"{where}: unknown fields {sorted(fields - OPERATION_FIELDS)}"
             operation_ids.append(op.get("operationId"))
+            named = set()
+            for parameter in op.get("parameters", []):
+                assert isinstance(parameter.get("name"), str) and parameter["name"], where
+                assert parameter.get("in") in {"query", "header", "path", "cookie"}, f"{where}: {parameter}"
+                assert isinstance(parameter.get("required", False), bool), f"{where}: {parameter}"
+                assert parameter["in"] != "path", f"{where}: path parameters are not expected here"
+                assert "schema" in parameter, f"{where}: parameter {parameter['name']} without a schema"
+                key = (parameter["in"], parameter["name"].lower() if parameter["in"] == "header" else parameter["name"])
+                assert key not in named, f"{where}: parameter {parameter['name']} twice"
+                named.add(key)
             assert isinstance(op.get("operationId"), str), f"{where}: no operationId"
             assert op.get("responses"), f"{where}: no responses"
             for status, response in op["responses"].items():
@@ -552,6 +630,10 @@ def test_document_is_structurally_valid_openapi_3_1():
     assert len(operation_ids) == len(set(operation_ids)), "operationIds must be unique"
 
 
+OPERATION_FIELDS = frozenset({"tags", "summary", "description", "externalDocs", "operationId", "parameters",
+                              "requestBody", "responses", "callbacks", "deprecated", "security", "servers"})
+
+
 def test_every_ref_resolves():
     refs = [(where, node["$ref"]) for where, node in walk(OPENAPI) if isinstance(node, dict) and "$ref" in node]
     assert refs, "the document is expected to use components"
@@ -560,8 +642,9 @@ def test_every_ref_resolves():
         target = resolve(ref)
         assert isinstance(target, dict), f"{where}: $ref {ref} resolves to {type(target).__name__}"
     referenced = {ref for _where, ref in refs}
-    for name in OPENAPI.get("components", {}).get("schemas", {}):
-        assert f"#/components/schemas/{name}" in referenced, f"components/schemas/{name} is never used"
+    for kind in ("schemas", "responses"):
+        for name in OPENAPI.get("components", {}).get(kind, {}):
+            assert f"#/components/{kind}/{name}" in referenced, f"components/{kind}/{name} is never used"
 
 
 def test_every_schema_uses_only_understood_keywords_and_valid_types():
@@ -824,47 +907,56 @@ INVALID_CONFIG = json.dumps({"workers": [{"id": 1, "name": "no port"}]})
 async def trigger(tmp_path: Path, method: str, path: str, status: int) -> Reply:
     """Make ``method path`` answer ``status`` the way a client would."""
     op = operation(method, path)
-    if status == 409 and path != "/multigpu/job_complete":
+    if status == 409 and path != JOB_COMPLETE:
         async with ApiUnderTest(tmp_path, config_text=INVALID_CONFIG) as api:
             body = await valid_body(api, path) if "requestBody" in op else None
             reply = await api.call(method, path, body)
             check_reply(reply, api, api.original)
             assert "gpu_config.json" in reply.error and "port" in reply.error, str(reply)
             return reply
-    async with harness(tmp_path, path, token=TOKEN) as api:
+    public = status == 401 and token_rule(method, path) == "public"  # a private master serves reads without it
+    async with harness(tmp_path, path, token=TOKEN, public=public) as api:
+        body = await valid_body(api, path) if "requestBody" in op else None
         before = api.path.read_bytes()
         if status == 400:
             reply = await api.call(method, path, raw=b'{"truncated": ', headers={"Content-Type": "application/json"})
         elif status == 401:
-            reply = await api.call(method, path, await valid_body(api, path), auth=False)
+            reply = await api.call(method, path, body, auth=False)
             assert reply.headers.get("WWW-Authenticate", "").startswith("Bearer"), str(reply)
         elif status == 403:
-            body = await valid_body(api, path)
-            reply = await api.call(method, path, {**body, "share_token": "not-the-token"})
+            reply = await api.call(method, path, body, headers=foreign(FOREIGN_HOST))
+            assert reply.data.get("host") == FOREIGN_HOST and "allowed_hosts" in reply.error, str(reply)
         elif status == 404:
-            body = await valid_body(api, path)
-            if path == "/multigpu/job_complete":
-                body["job_id"] = "0" * 32
+            headers = None
+            if path == JOB_COMPLETE:
+                headers = {JOB_HEADER: "0" * 32}
+                del body["job_id"]
             elif path in ("/multigpu/clear_memory", "/multigpu/workers/launch"):
                 body["worker_ids"] = [1, 404]
             else:
                 body["worker_id"] = 404
-            reply = await api.call(method, path, body)
+            reply = await api.call(method, path, body, headers=headers)
             assert "404" in reply.error or "0" * 32 in reply.error, str(reply)
         elif status == 409:  # job_complete: the share has already ended
-            body = await valid_body(api, path)
             first = await api.call(method, path, body)
             assert first.status == 200, str(first)
             reply = await api.call(method, path, body)
         elif status == 413:
-            limit = body_limit(path)
-            headers = {**api.auth_headers(), "Content-Type": "application/json", "Content-Length": str(limit + 1)}
+            limit = body_limit(path, api)
+            headers = {"Content-Type": "application/json", "Content-Length": str(limit + 1)}
             reply = await api.call(method, path, raw=oversize_body(limit + 1), headers=headers,
                                    describe=f"{limit + 1} bytes")
+            assert str(limit) in reply.error, str(reply)
         else:
             raise AssertionError(f"{method} {path} documents {status}: teach trigger() how to cause it")
         check_reply(reply, api, before)
+        assert api.launches == [], f"a refused request started something: {api.launches}"
         return reply
+
+
+def foreign(host: str) -> dict[str, str]:
+    """The headers of a page that a DNS rebinding attack serves from ``host``: Host and Origin agree."""
+    return {"Host": host, "Origin": f"http://{host}"}
 
 
 def error_status_cases() -> list[tuple[str, str, int]]:
@@ -890,11 +982,352 @@ async def test_documented_success_status_occurs(tmp_path, endpoint):
         assert reply.status == success_status(method, path), str(reply)
 
 
-def test_every_secured_operation_is_a_post():
-    """GETs are open (the UI reads them); every state-changing route documents the token but job_complete,
-    which the share's own token authenticates."""
+def test_every_operation_documents_who_may_call_it():
+    """The Host check of a private master refuses every route (403); every route but this document needs
+    the token on a public master, the control routes (every POST) whenever one is configured."""
     for method, path, op in operations():
-        if method == "GET":
-            assert "security" not in op, path
-        elif path != "/multigpu/job_complete":
-            assert op.get("security"), f"{method} {path} changes state but documents no security"
+        assert "403" in op["responses"], f"{method} {path}: the Host check's 403 is not documented"
+        if path == "/multigpu/openapi.json":
+            assert "security" not in op and token_rule(method, path) is None and "401" not in op["responses"]
+            continue
+        assert op.get("security") == [{"bearerAuth": []}, {"tokenHeader": []}], f"{method} {path}"
+        assert token_rule(method, path) == ("public" if method == "GET" else "configured-or-public"), path
+        assert "401" in op["responses"], f"{method} {path} needs the token but documents no 401"
+
+
+# --- the Host check of a private master ------------------------------------------------------
+
+FOREIGN_HOSTS = [FOREIGN_HOST, f"{FOREIGN_HOST}:8188", "127.0.0.1.attacker.example", "localhost.attacker.example",
+                 "10.0.0.7:8188", "0.0.0.0:8188", "[fd00::1]:8188", "gpu-box.lan.attacker.example", ""]
+LOOPBACK_HOSTS = ["localhost", "localhost:8188", "LOCALHOST:1", "localhost.", "127.0.0.1", "127.9.8.7:80",
+                  "[::1]:8188", "[::1]", "::1"]
+ALLOWED_HOST = "gpu-box.lan"
+
+
+@pytest.mark.parametrize("endpoint", [(m, p) for m, p, _op in operations()], ids=op_id)
+async def test_a_foreign_host_is_refused_on_every_operation(tmp_path, endpoint):
+    """DNS rebinding: a page from a name that resolves to 127.0.0.1 sends Host and Origin with that name,
+    and the right token would not help it; nothing is read, changed or started."""
+    method, path = endpoint
+    async with harness(tmp_path, path, token=TOKEN, settings={"allowed_hosts": [ALLOWED_HOST]}) as api:
+        body = await valid_body(api, path) if "requestBody" in operation(method, path) else None
+        for host in FOREIGN_HOSTS:
+            before = api.path.read_bytes()
+            reply = await api.call(method, path, body, headers=foreign(host))
+            check_reply(reply, api, before)
+            assert reply.status == 403, str(reply)
+            assert reply.data["host"] == (host or "(none)") and "allowed_hosts" in reply.error, str(reply)
+        assert api.launches == [] and api.path.read_bytes() == api.original
+        reply = await api.call(method, path, body)  # the share, the worker ids: all still there
+        check_reply(reply, api, api.original)
+        assert reply.status == success_status(method, path), str(reply)
+
+
+@pytest.mark.parametrize("endpoint", [(m, p) for m, p, _op in operations()], ids=op_id)
+async def test_loopback_names_and_allowed_hosts_pass_the_host_check(tmp_path, endpoint):
+    method, path = endpoint
+    async with harness(tmp_path, path, token=TOKEN, settings={"allowed_hosts": [ALLOWED_HOST]}) as api:
+        body = await valid_body(api, path) if "requestBody" in operation(method, path) else None
+        before = api.path.read_bytes()
+        reply = await api.call(method, path, body, headers=foreign(f"{ALLOWED_HOST}:8188"))
+        check_reply(reply, api, before)
+        assert reply.status == success_status(method, path), str(reply)
+        for host in [*LOOPBACK_HOSTS, ALLOWED_HOST.upper()]:  # the same body again: maybe refused, never for Host
+            before = api.path.read_bytes()
+            reply = await api.call(method, path, body, headers=foreign(host))
+            check_reply(reply, api, before)
+            assert reply.status != 401 and "host" not in reply.data, str(reply)
+
+
+async def test_allowed_hosts_set_through_the_api_apply_at_once(tmp_path):
+    async with ApiUnderTest(tmp_path) as api:
+        refused = await api.call("GET", "/multigpu/config", headers=foreign(ALLOWED_HOST))
+        check_reply(refused, api, api.original)
+        assert refused.status == 403, str(refused)
+        reply = await api.call("POST", "/multigpu/config/update_setting",
+                               {"key": "allowed_hosts", "value": ["GPU-Box.lan", "10.0.0.7"]})
+        check_reply(reply, api, api.original)
+        assert reply.status == 200 and reply.data["settings"]["allowed_hosts"] == [ALLOWED_HOST, "10.0.0.7"], str(reply)
+        for host in (ALLOWED_HOST, f"{ALLOWED_HOST}:8188", "10.0.0.7:8188"):
+            served = await api.call("GET", "/multigpu/config", headers=foreign(host))
+            assert served.status == 200 and served.data["settings"]["allowed_hosts"] == [ALLOWED_HOST, "10.0.0.7"]
+        for value in (["gpu-box.lan:8188"], ["http://gpu-box.lan"], [""], ["a b"], ["x"] * 33):
+            before = api.path.read_bytes()
+            reply = await api.call("POST", "/multigpu/config/update_setting", {"key": "allowed_hosts", "value": value})
+            check_reply(reply, api, before)
+            assert reply.status == 400 and "allowed_hosts" in reply.error, str(reply)
+
+
+@pytest.mark.parametrize("endpoint", [(m, p) for m, p, _op in operations()], ids=op_id)
+async def test_a_public_master_has_no_host_check(tmp_path, endpoint):
+    """It is reached under any name; the token guards it instead."""
+    method, path = endpoint
+    async with harness(tmp_path, path, token=TOKEN, public=True) as api:
+        body = await valid_body(api, path) if "requestBody" in operation(method, path) else None
+        before = api.path.read_bytes()
+        reply = await api.call(method, path, body, headers=foreign(FOREIGN_HOST))
+        check_reply(reply, api, before)
+        assert reply.status == success_status(method, path), str(reply)
+
+
+# --- job_complete: who posts comes in headers, checked before the body is read -----------------
+
+
+def header_cases() -> list[tuple[str, str, str]]:
+    return [(method, path, parameter["name"]) for method, path, _op in operations()
+            for parameter in header_parameters(method, path)]
+
+
+def test_job_complete_documents_its_identity_headers():
+    documented = {p["name"]: p for p in header_parameters("POST", JOB_COMPLETE)}
+    assert sorted(documented) == sorted(IDENTITY_HEADERS.values())
+    assert all(p["required"] is True and p["schema"]["maxLength"] == 256 for p in documented.values())
+    body = request_schema("POST", JOB_COMPLETE)
+    assert body["required"] == ["outputs"], "the identity is in the headers: the body's copy is optional"
+    assert set(IDENTITY_HEADERS) < set(body["properties"])
+
+
+class StalledBody:
+    """A request body that sends its first bytes and then nothing until released: a route that answers
+    while it is stalled has not read it."""
+
+    def __init__(self, head: bytes = b'{"outputs": ') -> None:
+        self.head = head
+        self.released = asyncio.Event()
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        yield self.head
+        await self.released.wait()
+        yield b"{}}"
+
+
+async def stalled_call(api: ApiUnderTest, headers: dict[str, str], **kwargs: Any) -> Reply:
+    body = StalledBody()
+    try:
+        return await asyncio.wait_for(api.call("POST", JOB_COMPLETE, raw=body.__aiter__(), headers=headers,
+                                               describe="a stalled body", **kwargs), timeout=10)
+    finally:
+        body.released.set()
+
+
+@pytest.mark.parametrize("case", header_cases(), ids=op_id)
+async def test_header_parameters_are_required_and_bounded(tmp_path, case):
+    method, path, name = case
+    assert path == JOB_COMPLETE, f"{method} {path}: teach this test the header {name}"
+    async with harness(tmp_path, path, token=TOKEN) as api:
+        body = await valid_body(api, path)
+        for value in (None, "", "   "):
+            headers = {**api.auth_headers(), **api.identity_headers()}
+            if value is None:
+                del headers[name]
+            else:
+                headers[name] = value
+            reply = await stalled_call(api, headers, auth=False, identity=False)
+            check_reply(reply, api, api.original)
+            assert reply.status == 400 and name in reply.error, f"{name}={value!r}: {reply}"
+        reply = await api.call(method, path, body, headers={name: "a" * 257})
+        check_reply(reply, api, api.original)
+        assert reply.status == 400 and "256" in reply.error, str(reply)
+        reply = await api.call(method, path, body, headers={name: "a" * 256})  # long enough: judged, not matched
+        check_reply(reply, api, api.original)
+        assert reply.status in (403, 404) and "host" not in reply.data, str(reply)
+        reply = await api.call(method, path, body)
+        assert reply.status == 200, f"a refusal used up the share: {reply}"
+
+
+async def test_job_complete_checks_who_posts_before_reading_the_body(tmp_path):
+    """Guard (403 Host, 401 token), identity headers (400), the share (404, 403, 409), size (413), body (400),
+    in that order; every refusal before the body's size comes while the body is stalled, unread."""
+    async with harness(tmp_path, JOB_COMPLETE, token=TOKEN) as api:
+        await valid_body(api, JOB_COMPLETE)
+        good = {**api.auth_headers(), **api.identity_headers(), "Content-Type": "application/json"}
+        oversize = {"Content-Length": str(result_body_limit(api) + 1)}
+        without = {name: value for name, value in good.items() if name != WORKER_HEADER}
+        cases = [
+            ("host", {**good, **foreign(FOREIGN_HOST)}, 403),
+            ("token", {**good, "Authorization": "Bearer wrong-token-0123456789"}, 401),
+            ("host before token", {**good, **foreign(FOREIGN_HOST), "Authorization": "Bearer x"}, 403),
+            ("no worker header", without, 400),
+            ("token before headers", {**without, "Authorization": "Bearer wrong-token-0123456789"}, 401),
+            ("unknown job", {**good, JOB_HEADER: "0" * 32}, 404),
+            ("guessed share token", {**good, SHARE_HEADER: "guess"}, 403),
+            ("another worker", {**good, WORKER_HEADER: "1"}, 403),
+        ]
+        for label, headers, status in cases:
+            for extra in ({}, oversize):
+                reply = await stalled_call(api, {**headers, **extra}, auth=False, identity=False)
+                check_reply(reply, api, api.original)
+                assert reply.status == status, f"{label} {extra}: {reply}"
+                assert ("host" in reply.data) == (label.startswith("host")), f"{label}: {reply}"
+        reply = await stalled_call(api, {**good, **oversize}, auth=False, identity=False)
+        assert reply.status == 413, str(reply)
+        reply = await api.call("POST", JOB_COMPLETE, {"outputs": {"3": [PNG_B64]}})
+        assert reply.status == 200 and reply.data == {"accepted": 1}, str(reply)
+        for extra in ({}, oversize):  # the unit has ended: its token is worth nothing now
+            reply = await stalled_call(api, {**good, **extra}, auth=False, identity=False)
+            check_reply(reply, api, api.original)
+            assert reply.status == 409, str(reply)
+
+
+async def test_job_complete_needs_the_configured_token_like_every_control_route(tmp_path):
+    async with harness(tmp_path, JOB_COMPLETE, token=TOKEN) as api:
+        body = await valid_body(api, JOB_COMPLETE)
+        for headers in ({}, {"Authorization": "Bearer wrong-token-0123456789"}, {"X-MultiGPU-Token": "x"}):
+            reply = await api.call("POST", JOB_COMPLETE, body, auth=False, headers=headers)
+            check_reply(reply, api, api.original)
+            assert reply.status == 401 and "token" in reply.error.lower(), str(reply)
+        reply = await api.call("POST", JOB_COMPLETE, body, auth=False, headers={"X-MultiGPU-Token": TOKEN})
+        assert reply.status == 200, str(reply)
+
+
+async def test_job_complete_reads_what_the_share_may_carry_and_no_more(tmp_path):
+    async with harness(tmp_path, JOB_COMPLETE) as api:
+        share = await api.open_share()
+        job = api.started_jobs[-1]
+        unit = next(u for u in job.units.values() if u.worker is not None and str(u.worker.id) == str(share["worker_id"]))
+        images = unit.batch or job.batch  # static mode: every share is the workflow's own batch
+        assert images == 2, (unit.batch, job.batch)
+        limit = result_body_limit(api)
+        assert limit == 64 * 1024 + images * len(job.collectors) * MAX_IMAGE_BODY < MAX_RESULT_BODY, limit
+        for declared in (True, False):
+            headers = {"Content-Type": "application/json"}
+            if declared:
+                headers["Content-Length"] = str(limit + 1)
+            reply = await api.call("POST", JOB_COMPLETE, raw=oversize_body(limit + 1), headers=headers,
+                                   describe=f"{limit + 1} bytes, declared={declared}")
+            check_reply(reply, api, api.original)
+            assert reply.status == 413 and str(limit) in reply.error, str(reply)
+            # read to the end and judged: brackets beyond 2 + 2 per Collector (the cheapest refusal to reach)
+            reply = await api.call("POST", JOB_COMPLETE, raw=oversize_body(limit, head=b"[" * 5, tail=b"]" * 5),
+                                   headers={**headers, **({"Content-Length": str(limit)} if declared else {})},
+                                   describe=f"{limit} bytes")
+            check_reply(reply, api, api.original)
+            assert reply.status == 400 and "outputs" in reply.error and "larger than" not in reply.error, str(reply)
+        reply = await api.call("POST", JOB_COMPLETE, {"outputs": {"3": [PNG_B64] * (images + 1)}})
+        check_reply(reply, api, api.original)
+        assert reply.status == 400 and f"{images} image" in reply.error, str(reply)
+        reply = await api.call("POST", JOB_COMPLETE, {"outputs": {"3": [PNG_B64] * images}})
+        assert reply.status == 200 and reply.data == {"accepted": images}, str(reply)
+
+
+async def test_job_complete_body_identity_must_match_its_headers(tmp_path):
+    async with harness(tmp_path, JOB_COMPLETE) as api:
+        share = await api.open_share()
+        for key in IDENTITY_HEADERS:
+            for wrong in (str(share[key]) + "x", "", None, 1):
+                reply = await api.call("POST", JOB_COMPLETE, {"outputs": {"3": [PNG_B64]}, key: wrong})
+                check_reply(reply, api, api.original)
+                assert reply.status == 400 and key in reply.error and "header" in reply.error, str(reply)
+        reply = await api.call("POST", JOB_COMPLETE, {"outputs": {"3": [PNG_B64]}})  # the body's copy is optional
+        assert reply.status == 200, str(reply)
+
+
+async def test_job_complete_counts_brackets_before_parsing(tmp_path):
+    """Base64 has no brackets: a body of one Collector may have 2 + 2 of them, and one more is refused
+    before json.loads builds anything (the unknown field is then not even seen)."""
+    async with harness(tmp_path, JOB_COMPLETE) as api:
+        await api.open_share()
+        reply = await api.call("POST", JOB_COMPLETE, {"outputs": {"3": [PNG_B64]}, "zz_field": []})  # 4
+        assert reply.status == 400 and "zz_field" in reply.error, str(reply)
+        for raw in (json.dumps({"outputs": {"3": [PNG_B64]}, "zz_field": [[]]}).encode(),  # 5
+                    b"[" * 100_000, b'{"outputs": {"3": [' + b"{}," * 50_000 + b"{}]}}"):
+            reply = await api.call("POST", JOB_COMPLETE, raw=raw, headers={"Content-Type": "application/json"},
+                                   describe=f"{raw[:60]!r}...")
+            check_reply(reply, api, api.original)
+            assert reply.status == 400 and "outputs" in reply.error and "zz_field" not in reply.error, str(reply)
+        reply = await api.call("POST", JOB_COMPLETE, {"outputs": {"3": [PNG_B64]}})
+        assert reply.status == 200, str(reply)
+
+
+# --- what the API may write, and what it shows --------------------------------------------------
+
+FLAG_CASES = [*(f"{flag} /srv/x" for flag in FORBIDDEN_FLAGS), "--models-directory /srv/x", "--base-dir /srv/x",
+              "--output-directory=/srv/x", "--lowvram --temp-directory /tmp/x", "--FRONT-END-ROOT /srv/x",
+              "--front-end /srv/x", "--extra-model-paths /srv/x.yaml"]
+
+
+@pytest.mark.parametrize("path", ["/multigpu/config/update_worker", "/multigpu/config/add_worker"])
+async def test_extra_args_that_move_comfyui_folders_are_refused(tmp_path, path):
+    documented = request_schema("POST", path)["properties"]["extra_args"]["description"]
+    assert all(flag in documented for flag in FORBIDDEN_FLAGS), "the document must name every refused flag"
+    async with ApiUnderTest(tmp_path, token=TOKEN) as api:
+        base = {"worker_id": 1} if path.endswith("update_worker") else {"id": "new", "port": 8190}
+        for extra_args in FLAG_CASES:
+            reply = await api.call("POST", path, {**base, "extra_args": extra_args})
+            check_reply(reply, api, api.original)
+            flag = next(word for word in extra_args.split() if word.lower().split("=")[0] not in ("--lowvram",))
+            flag = flag.split("=")[0].lower()
+            assert reply.status == 400 and flag in reply.error and reply.data["flags"] == [flag], str(reply)
+        reply = await api.call("POST", path, {**base, "extra_args": 'a "b'})
+        check_reply(reply, api, api.original)
+        assert reply.status == 400 and "extra_args" in reply.error, str(reply)
+        reply = await api.call("POST", path, {**base, "extra_args": "--lowvram --preview-method auto -- --x"})
+        check_reply(reply, api, api.original)
+        assert reply.status == success_status("POST", path), str(reply)
+
+
+async def test_stored_headers_never_follow_a_worker_to_a_new_address(tmp_path):
+    """gpu-c keeps a bearer token for its proxy: sent back masked, it is kept; moved, it is dropped unless
+    sent again, and a masked value with a new address is refused."""
+    path = "/multigpu/config/update_worker"
+    async with ApiUnderTest(tmp_path) as api:
+        for move in ({"port": 1}, {"host": "localhost"}, {"host": "127.0.0.1", "port": 2}):
+            reply = await api.call("POST", path, {"worker_id": "gpu-c", **move, "headers": {"Authorization": "***"}})
+            check_reply(reply, api, api.original)
+            assert reply.status == 400 and "***" in reply.error, str(reply)
+        same = {"host": "127.0.0.1", "port": api.ports[2]}  # no move: the masked value keeps the secret
+        reply = await api.call("POST", path, {"worker_id": "gpu-c", "name": "x", **same,
+                                              "headers": {"Authorization": "***", "X-New": "1"}})
+        check_reply(reply, api, api.original)
+        assert reply.status == 200 and reply.data["worker"]["headers"] == {"Authorization": "***", "X-New": "***"}
+        assert api.config().find_worker("gpu-c").headers == {"Authorization": "Bearer worker-secret", "X-New": "1"}
+        before = api.path.read_bytes()
+        reply = await api.call("POST", path, {"worker_id": "gpu-c", "port": 1})
+        check_reply(reply, api, before)
+        assert reply.status == 200 and reply.data["worker"]["headers"] == {}, str(reply)
+        assert api.config().find_worker("gpu-c").headers == {}
+        reply = await api.call("POST", path, {"worker_id": "gpu-c", "port": 2, "headers": {"Authorization": "Bearer n"}})
+        assert reply.status == 200 and api.config().find_worker("gpu-c").headers == {"Authorization": "Bearer n"}
+
+
+async def test_the_config_shows_only_known_fields_and_the_ssh_host(tmp_path):
+    notes = {"note": "private-note-1", "password": "private-note-2"}
+    text = json.dumps({
+        "master": {"port": 8188, **notes},
+        "workers": [{"id": 1, "port": 20_001, **notes, "ssh": {"host": "gpu-box.lan", "user": "privateuser", "port": 2222,
+                                                             "key_file": "/home/me/.ssh/private-key-path",
+                                                             "comfyui_path": "/opt/private-comfy", **notes}}],
+        "settings": {"api_token": TOKEN, **notes},
+    })
+    async with ApiUnderTest(tmp_path, config_text=text, token=TOKEN) as api:
+        for reply in (await api.call("GET", "/multigpu/config"),
+                      await api.call("POST", "/multigpu/config/update_worker", {"worker_id": 1, "name": "renamed"}),
+                      await api.call("POST", "/multigpu/config/update_setting", {"key": "max_file_mb", "value": 64})):
+            check_reply(reply, api, None)  # the schema has additionalProperties: false throughout
+            assert reply.status == 200, str(reply)
+            shown = reply.body.decode()
+            assert not any(word in shown for word in ("private", '"note"', '"password"', "2222", TOKEN)), str(reply)
+        assert reply.data["settings"]["max_file_mb"] == 64
+        view = (await api.call("GET", "/multigpu/config")).data
+        assert view["workers"][0]["ssh"] == {"host": "gpu-box.lan"} and view["workers"][0]["name"] == "renamed"
+        assert set(view["master"]) == set(MasterConfig.model_fields)
+        stored = json.loads(api.path.read_text())  # what the user wrote is kept in the file
+        assert stored["master"]["note"] == stored["settings"]["note"] == stored["workers"][0]["note"] == notes["note"]
+        assert stored["workers"][0]["ssh"]["key_file"] == "/home/me/.ssh/private-key-path"
+
+
+def test_the_shown_fields_are_the_models_fields():
+    """The document's Settings, Worker and master are the config models' fields (generated copies drift)."""
+    schemas = OPENAPI["components"]["schemas"]
+    master = schemas["PublicConfig"]["properties"]["master"]
+    assert set(master["properties"]) == set(master["required"]) == set(MasterConfig.model_fields)
+    assert set(schemas["Worker"]["properties"]) == set(schemas["Worker"]["required"]) == set(WorkerConfig.model_fields)
+    shown = set(Settings.model_fields) - SECRET_SETTINGS
+    assert set(schemas["Settings"]["properties"]) == set(schemas["Settings"]["required"]) == shown
+    generated = Settings.model_json_schema()["properties"]
+    keywords = ("type", "enum", "minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum", "maxItems", "items")
+    for name in sorted(shown):
+        model = {key: generated[name][key] for key in keywords if key in generated[name]}
+        documented = {key: schemas["Settings"]["properties"][name][key] for key in keywords
+                      if key in schemas["Settings"]["properties"][name]}
+        assert documented == model, f"settings.{name}: the document says {documented}, the model {model}"

@@ -104,7 +104,7 @@ def test_all_slow_then_no_duplicates_status_stop_restart(site):
     down = site.cli("status")
     assert down.returncode == 1, explain(down)
     assert " down " in table_row(down.stdout, "GPU 2") + " "
-    assert "GPU 2 (worker 2) is down: start it with 'comfy-distributed workers'" in down.stderr
+    assert "GPU 2 (worker 2) is down: start it with 'python -m comfy_distributed workers'" in down.stderr
 
     restarted = site.cli("restart", "GPU 2")
     assert restarted.returncode == 0, explain(restarted)

@@ -48,11 +48,24 @@ def test_root_is_found_from_the_folder_or_below_it(tmp_path):
 
 def test_root_not_found_says_what_to_do(tmp_path):
     with pytest.raises(LaunchError) as caught:
-        find_comfyui_root(None, tmp_path)
+        find_comfyui_root(None, tmp_path, extension=None)  # wherever this clone sits, a ComfyUI tree included
     message = str(caught.value)
     assert "main.py" in message and "--comfyui" in message and "Desktop" in message
     with pytest.raises(LaunchError, match="has no main.py"):
         find_comfyui_root(str(tmp_path))
+
+
+def test_root_falls_back_to_the_comfyui_the_extension_is_installed_in(tmp_path):
+    comfyui = tmp_path / "ComfyUI"
+    extension = comfyui / "custom_nodes" / "ComfyUI-Distributed"
+    extension.mkdir(parents=True)
+    (comfyui / "main.py").write_text("")
+    (comfyui / "folder_paths.py").write_text("")
+    elsewhere = tmp_path / "a" / "b" / "c" / "d" / "e"
+    elsewhere.mkdir(parents=True)
+    assert find_comfyui_root(None, elsewhere, extension=extension) == comfyui.resolve()
+    with pytest.raises(LaunchError):
+        find_comfyui_root(None, elsewhere, extension=tmp_path / "plugins" / "ComfyUI-Distributed")
 
 
 @pytest.mark.parametrize("venv", ["venv", ".venv"])

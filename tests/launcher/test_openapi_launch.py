@@ -48,11 +48,19 @@ def test_documented_paths_are_the_registered_routes():
 
 
 def test_the_document_uses_its_style_and_resolvable_refs():
+    """The launch routes are control routes: the same guard (Host check, token) as clear_memory."""
+    control = OPENAPI["paths"]["/multigpu/clear_memory"]["post"]
     for path, item in PATHS.items():
         op = item["post"]
-        assert op["security"] == OPENAPI["paths"]["/multigpu/clear_memory"]["post"]["security"], path
+        assert op["security"] == control["security"], path
+        assert op["x-token-required"] == control["x-token-required"], path
+        for status in ("401", "403"):
+            assert op["responses"][status] == control["responses"][status], f"{path} {status}"
         assert op["requestBody"]["content"]["application/json"]["schema"]["additionalProperties"] is False
         for response in op["responses"].values():
+            if "$ref" in response:
+                assert response["$ref"].removeprefix("#/components/responses/") in OPENAPI["components"]["responses"]
+                continue
             ref = response["content"]["application/json"]["schema"].get("$ref")
             if ref:
                 assert ref.removeprefix("#/components/schemas/") in OPENAPI["components"]["schemas"], ref
@@ -80,8 +88,9 @@ class DocApi:
         app.add_routes(routes)
         self.client = TestClient(TestServer(app))
 
-    async def post(self, path: str, body: Any = None, raw: bytes | None = None, auth: bool = True):
-        headers = {"Authorization": f"Bearer {TOKEN}"} if auth else {}
+    async def post(self, path: str, body: Any = None, raw: bytes | None = None, auth: bool = True,
+                   headers: dict[str, str] | None = None):
+        headers = {**({"Authorization": f"Bearer {TOKEN}"} if auth else {}), **(headers or {})}
         kwargs = {"data": raw, "headers": {**headers, "Content-Type": "application/json"}} if raw is not None \
             else {"json": body, "headers": headers}
         async with self.client:
@@ -97,6 +106,11 @@ async def trigger(tmp_path: Path, path: str, status: int) -> tuple[int, Any]:
         return await api.post(path, raw=b'{"truncated": ')
     if status == 401:
         return await api.post(path, VALID[path], auth=False)
+    if status == 403:  # DNS rebinding: Host and Origin name the attacker's page; the token does not help it
+        got, answer = await api.post(path, VALID[path], headers={"Host": "attacker.example",
+                                                                 "Origin": "http://attacker.example"})
+        assert answer.get("host") == "attacker.example" and api.calls == [], answer
+        return got, answer
     if status == 404:
         return await api.post(path, {LAUNCH_PATH: {"worker_ids": [404]}, RESTART_PATH: {"worker_id": 404}}[path])
     if status == 413:

@@ -83,7 +83,7 @@ def test_run_failures_say_what_happened(master, tmp_path):
     assert result.returncode == 1 and "Export (API)" in result.stderr
 
     result = run_cli("run", str(missing), "--master", f"http://127.0.0.1:{free_port()}")
-    assert result.returncode == 1 and "does not answer" in result.stderr and "comfy-distributed master" in result.stderr
+    assert result.returncode == 1 and "does not answer" in result.stderr and "'python -m comfy_distributed master'" in result.stderr
     assert "Traceback" not in result.stderr
 
 
@@ -118,8 +118,8 @@ class ScriptedMaster:
 
     async def prepare_job(self, request: web.Request) -> web.Response:
         self.authorization.append(request.headers.get("Authorization"))
-        if not self.prepare:
-            return web.json_response({"error": "nothing to distribute"}, status=400)
+        if not self.prepare:  # an older master: ComfyUI's own 404, not JSON
+            return web.Response(status=404, text="404: Not Found")
         return web.json_response({"job_id": "J", "expires_in": 60})
 
     async def status(self, request: web.Request) -> web.Response:

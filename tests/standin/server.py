@@ -11,6 +11,7 @@ nodes, and has fault-injection knobs for component tests. See ``tests/standin/RE
 from __future__ import annotations
 
 import asyncio
+import collections
 import concurrent.futures
 import copy
 import hashlib
@@ -24,7 +25,7 @@ import sys
 import uuid
 from io import BytesIO
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
@@ -69,6 +70,10 @@ class StandinComfy:
         self.received: list[dict] = []
         self.free_calls: list[dict] = []
         self.interrupt_calls: list[dict] = []
+        self.request_counts: collections.Counter[str] = collections.Counter()
+        """Requests per route (template, without /api), counted before any fault is injected."""
+        self.huge_sent: dict[str, int] = {}
+        self.huge_aborted: set[str] = set()
 
         # fault injection, all off by default
         self.fail_routes: dict[str, int] = {}
@@ -77,6 +82,12 @@ class StandinComfy:
         self.view_delay: float = 0.0
         self.drop_ws_after_start: bool = False
         self.execution_delay_scale: float = 1.0
+        self.fail_text: str | None = None
+        self.tamper_json: dict[str, Callable[[Any], Any]] = {}
+        self.redirect_routes: dict[str, str] = {}
+        self.hang_ws: bool = False
+        self.huge_routes: dict[str, int] = {}
+        self.huge_declared: bool = False
 
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
@@ -266,24 +277,37 @@ class StandinComfy:
 
     # ------------------------------------------------------------------ HTTP
 
+    @staticmethod
+    def _route_of(request: web.Request) -> str:
+        """The route's template without the /api prefix ("/history/{prompt_id}"), else the path."""
+        resource = getattr(request.match_info.route, "resource", None)
+        route = resource.canonical if resource is not None else request.path
+        return route[4:] if route.startswith("/api/") else route
+
+    def _fault(self, table: dict[str, Any], request: web.Request) -> Any:
+        """The entry of a fault table for this request: by path, /api twin, or route template."""
+        path = request.path
+        for key in (path, path[4:] if path.startswith("/api/") else None, self._route_of(request)):
+            if key is not None and key in table:
+                return table[key]
+        return None
+
     @web.middleware
     async def _fault_middleware(self, request: web.Request, handler):
-        path = request.path
-        status = self.fail_routes.get(path)
-        if status is None and path.startswith("/api/"):
-            status = self.fail_routes.get(path[4:])
-        if status is None:
-            route = request.match_info.route
-            resource = getattr(route, "resource", None)
-            if resource is not None:
-                canonical = resource.canonical
-                status = self.fail_routes.get(canonical)
-                if status is None and canonical.startswith("/api/"):
-                    status = self.fail_routes.get(canonical[4:])
+        self.request_counts[self._route_of(request)] += 1
+        status = self._fault(self.fail_routes, request)
         if status is not None:
-            return web.Response(status=status, text=f"{status}: injected by the stand-in")
+            return web.Response(status=status, text=self.fail_text or f"{status}: injected by the stand-in")
+        location = self._fault(self.redirect_routes, request)
+        if location is not None:
+            raise web.HTTPFound(location)
+        size = self._fault(self.huge_routes, request)
+        if size is not None:
+            return await self._huge_answer(request, size)
+        if self.hang_ws and self._route_of(request) == "/ws":
+            await asyncio.Event().wait()  # the connection is accepted, the upgrade never answered
         try:
-            return await handler(request)
+            response = await handler(request)
         except json.JSONDecodeError:
             # ComfyUI lets the exception escape and aiohttp answers this; no traceback in our logs
             return web.Response(status=500, text=AIOHTTP_500_TEXT)
@@ -291,6 +315,28 @@ class StandinComfy:
             # malformed requests (e.g. a JSON list where ComfyUI calls .get) fail the same way
             log.warning("stand-in %s: %s %s failed", self.name, request.method, request.path, exc_info=True)
             return web.Response(status=500, text=AIOHTTP_500_TEXT)
+        tamper = self._fault(self.tamper_json, request)
+        if tamper is not None and isinstance(response, web.Response) and response.content_type == "application/json":
+            return web.json_response(tamper(json.loads(response.body)), status=response.status)
+        return response
+
+    async def _huge_answer(self, request: web.Request, size: int) -> web.StreamResponse:
+        """``size`` zero bytes, written until the client stops reading; records how far it got."""
+        route = self._route_of(request)
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        if self.huge_declared:
+            response.content_length = size
+        await response.prepare(request)
+        chunk, sent = bytes(65536), 0
+        try:
+            while sent < size:
+                await response.write(chunk[: size - sent])
+                sent += min(len(chunk), size - sent)
+                self.huge_sent[route] = sent
+            await response.write_eof()
+        except (ConnectionError, RuntimeError):
+            self.huge_aborted.add(route)
+        return response
 
     def _routes(self) -> list[web.RouteDef]:
         table = [

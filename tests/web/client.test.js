@@ -6,7 +6,7 @@ import { createActions } from "../../web/multigpu_actions.js";
 import {
   ApiRequestError, TOKEN_STORAGE_KEY, createClient, describeClearMemory, describeLaunch,
 } from "../../web/multigpu_client.js";
-import { createStore, initialState, reduce } from "../../web/multigpu_state.js";
+import { createStore, initialState, reduce, tokenPrompt } from "../../web/multigpu_state.js";
 
 function memoryStorage(initial = {}) {
   const items = new Map(Object.entries(initial));
@@ -78,6 +78,15 @@ test("refusals become ApiRequestError with the master's message; a missing route
   await assert.rejects(client.updateSetting("worker_timeout", 5), { status: 401, message: "missing or wrong token" });
 });
 
+test("a 401 keeps whether the master has a token at all", async () => {
+  const answer = (body) => createClient(fakeFetch({ "GET /multigpu/config": [401, body] }).fetchApi, memoryStorage())
+    .getConfig().catch((error) => error);
+  assert.equal((await answer({ error: "none yet", token_configured: false })).tokenConfigured, false);
+  assert.equal((await answer({ error: "wrong", token_configured: true })).tokenConfigured, true);
+  assert.equal((await answer({ error: "refused" })).tokenConfigured, null);
+  assert.equal((await answer("401: Unauthorized")).tokenConfigured, null);
+});
+
 test("a network failure is an ApiRequestError with status 0", async () => {
   const { fetchApi } = fakeFetch({ "GET /multigpu/config": new TypeError("Failed to fetch") });
   await assert.rejects(createClient(fetchApi, memoryStorage()).getConfig(),
@@ -121,6 +130,49 @@ test("an unreachable master shows in the banner, not as a toast", async () => {
   await actions.refresh();
   assert.equal(store.state.error, "Multi-GPU configuration: the configuration file is invalid");
   assert.deepEqual(toasts, []);
+});
+
+test("a public master that refuses reads asks for the token, and the saved token reloads the panel", async () => {
+  const { actions, store, calls } = setup({ "GET /multigpu/config": [401, { error: "the /multigpu routes need a token" }] });
+  await actions.refresh();
+  assert.equal(store.state.auth.rejected, "the /multigpu routes need a token");
+  const before = calls.length;
+  await actions.saveToken("token-0123456789abcdef");
+  assert.equal(store.state.auth.rejected, "the /multigpu routes need a token");  // refused again by the fake
+  assert.ok(calls.length > before, "saving the token asks the master again");
+});
+
+test("a 401's token_configured reaches the token prompt, from reads and from changes", async () => {
+  const none = setup({ "GET /multigpu/config": [401, { error: "none configured yet", token_configured: false }] });
+  await none.actions.refresh();
+  assert.equal(none.store.state.auth.configured, false);
+  assert.match(tokenPrompt(none.store.state.auth, none.client.hasToken()), /^No API token is configured/);
+
+  const wrong = setup({ "POST /multigpu/config/update_setting": [401, { error: "wrong", token_configured: true }] });
+  assert.deepEqual(await wrong.actions.saveSetting("health_ttl", 5), { ok: false, error: "wrong" });
+  assert.equal(wrong.store.state.auth.configured, true);
+  assert.match(tokenPrompt(wrong.store.state.auth, true), /missing or wrong/);
+});
+
+test("where GET /multigpu/config is ComfyUI's own 404 the panel turns passive and asks nothing more", async () => {
+  const routes = { "GET /multigpu/config": [404, "404: Not Found"] };
+  const { actions, store, calls, toasts } = setup(routes);
+  await actions.refresh();
+  assert.equal(store.state.passive, true);
+  assert.equal(store.state.error, null);
+  await actions.refreshStatus();  // the panel's poll
+  assert.deepEqual(calls.map((c) => c.path), ["/multigpu/config"]);
+  assert.deepEqual(toasts, []);
+
+  routes["GET /multigpu/config"] = [200, CONFIG];  // restarted as a master: a reconnect refreshes
+  routes["GET /multigpu/status"] = [200, { workers: [], jobs: [] }];
+  await actions.refresh();
+  assert.equal(store.state.passive, false);
+  assert.ok(calls.some((c) => c.path === "/multigpu/status"));
+
+  const unknownWorker = setup({ "GET /multigpu/config": [404, { error: "not found" }] });
+  await unknownWorker.actions.refresh();
+  assert.equal(unknownWorker.store.state.passive, false, "a JSON 404 is the extension's own refusal");
 });
 
 test("toggling a worker updates the config; a 401 asks for the token", async () => {

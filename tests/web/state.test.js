@@ -1,10 +1,12 @@
 // The panel's state: events and API answers in, view models out.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import {
-  activeJobs, createStore, formatAddress, formatBytes, initialState, launchableIds, masterCard, pollIntervalMs,
-  reduce, summary, vramUsage, workerAddress, workerCards, workerProgress,
+  PASSIVE_MESSAGE, TOKEN_COMMAND, TOKEN_COMMAND_WINDOWS, activeJobs, createStore, formatAddress, formatBytes,
+  initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, reduce, summary, tokenPrompt, vramUsage,
+  workerAddress, workerCards, workerProgress,
 } from "../../web/multigpu_state.js";
 
 const GIB = 1024 ** 3;
@@ -175,6 +177,76 @@ test("auth: a refused token is remembered until a new one is saved", () => {
   assert.equal(state.auth.rejected, "missing or wrong token");
   state = reduce(state, { type: "token_saved" });
   assert.equal(state.auth.rejected, null);
+});
+
+test("the token prompt tells how to create a token where there is none, and that it is wrong where there is", () => {
+  const refused = (configured) => run({ type: "auth_rejected", message: "the master's words", configured }).auth;
+  const none = tokenPrompt(refused(false), false);
+  assert.match(none, /^No API token is configured on this master yet/);
+  assert.ok(none.includes(`in ComfyUI's folder run ${TOKEN_COMMAND} (Windows: ${TOKEN_COMMAND_WINDOWS})`));
+  assert.match(none, /paste the token it prints/);
+  const wrong = tokenPrompt(refused(true), true);
+  assert.match(wrong, /^This master has an API token, and the one this browser has is missing or wrong/);
+  assert.ok(wrong.includes(TOKEN_COMMAND));
+  assert.equal(tokenPrompt(refused(undefined), true), "The master refused the token: the master's words",
+               "a 401 that does not say keeps the neutral text");
+  assert.equal(tokenPrompt(initialState().auth, false), null);
+  assert.equal(tokenPrompt({ required: true, configured: null, rejected: null }, false),
+               "This master needs its API token for changes. It is kept in this browser only.");
+  assert.equal(tokenPrompt({ required: true, configured: true, rejected: null }, true), null, "a token is stored");
+  assert.match(tokenPrompt({ required: true, configured: true, rejected: null }, false), /missing or wrong/);
+});
+
+test("what the master says about its token is kept: config, status, then a 401 that says, and one that does not", () => {
+  let state = run({ type: "config", data: { ...CONFIG, auth: { token_required: true, token_configured: true } } });
+  assert.equal(state.auth.configured, true);
+  state = reduce(state, { type: "auth_rejected", message: "no token yet", configured: false });
+  assert.equal(state.auth.configured, false);
+  state = reduce(state, { type: "auth_rejected", message: "refused", configured: null });
+  assert.equal(state.auth.configured, false, "a 401 without token_configured changes nothing");
+  state = reduce(state, { type: "status", data: { master: { token_required: true, token_configured: true } } });
+  assert.equal(state.auth.configured, true);
+  assert.equal(run({ type: "config", data: { ...CONFIG, auth: undefined } }).auth.configured, null,
+               "a master that does not say leaves it unknown");
+});
+
+test("the token command shown is the master's own (comfy_distributed/access.py), and its Windows twin", () => {
+  const access = readFileSync(new URL("../../comfy_distributed/access.py", import.meta.url), "utf8");
+  assert.match(access, /^TOKEN_COMMAND = "(.*)"$/m);
+  assert.equal(TOKEN_COMMAND, access.match(/^TOKEN_COMMAND = "(.*)"$/m)[1]);
+  assert.equal(TOKEN_COMMAND_WINDOWS, TOKEN_COMMAND.replaceAll("/", "\\").replace(".sh ", ".bat "));
+});
+
+test("a CPU instance's memory meter says RAM, a GPU's says VRAM", () => {
+  for (const [name, type] of [["cpu", "cpu"], ["CPU", undefined], ["cpu (12 threads)", null], [null, "cpu"]]) {
+    assert.equal(memoryLabel(name, type), "RAM", `${name} / ${type}`);
+  }
+  for (const [name, type] of [["cuda:0 NVIDIA H200 : cudaMallocAsync", "cuda"], ["mps", "mps"], [null, null],
+                              ["xpu:0 Intel Arc", "xpu"], [{ name: "cpu" }, 3]]) {
+    assert.equal(memoryLabel(name, type), "VRAM", `${name} / ${type}`);
+  }
+  const state = run(
+    { type: "config", data: CONFIG },
+    { type: "status", data: { workers: [{ id: 1, status: "idle", device: "cpu", vram_total: 8 * GIB, vram_free: GIB },
+                                        { id: "box", status: "idle", device: "cuda:0 RTX" }], jobs: [] } },
+    { type: "master_stats", data: { devices: [{ name: "CPU", type: "cpu", vram_total: GIB, vram_free: GIB }] } },
+  );
+  assert.deepEqual(workerCards(state).map((card) => card.vramLabel), ["RAM", "VRAM"]);
+  assert.equal(masterCard(state).vramLabel, "RAM");
+  const gpu = reduce(state, { type: "master_stats", data: { devices: [{ name: "cuda:0 RTX", type: "cuda" }] } });
+  assert.equal(masterCard(gpu).vramLabel, "VRAM");
+  assert.equal(masterCard(initialState()).vramLabel, "VRAM", "before the master's stats arrive");
+});
+
+test("an instance without the /multigpu routes is passive until a master's config arrives", () => {
+  let state = run({ type: "error", message: "down" }, { type: "passive" });
+  assert.equal(state.passive, true);
+  assert.equal(state.error, null, "no error banner: the message says what this instance is");
+  assert.match(PASSIVE_MESSAGE, /^This ComfyUI is not a Multi-GPU master: the extension is passive here/);
+  assert.equal(reduce(state, { type: "passive" }).passive, true);
+  state = reduce(state, { type: "config", data: CONFIG });
+  assert.equal(state.passive, false);
+  assert.equal(initialState().passive, false);
 });
 
 test("unknown actions and events without ids leave the state unchanged", () => {

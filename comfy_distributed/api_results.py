@@ -1,0 +1,120 @@
+"""``POST /multigpu/job_complete``: results a worker that runs this extension posts itself.
+
+The master normally pulls results; this route feeds the same job tracker. Because a body can be
+large, who is posting is checked *before* the body is read: the job id, worker id and the share's
+own token come in headers, and a request that does not match a running unit is refused without
+reading a byte of it. The body is then capped by what that unit may carry, parsed and decoded
+off the event loop, and only a few are read at once, so nobody can stall or bloat the master.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import json
+from typing import Any
+
+from aiohttp import web
+
+from .access import ApiError
+from .errors import JobError, ResultRejected, UnknownJob
+from .http_json import parse_json_object, read_body
+from .orchestrator import Orchestrator
+
+JOB_HEADER = "X-MultiGPU-Job"
+WORKER_HEADER = "X-MultiGPU-Worker"
+SHARE_HEADER = "X-MultiGPU-Share-Token"
+MAX_RESULT_BODY = 100 * 1024 * 1024
+"""ComfyUI's own default upload limit: no share is read past it."""
+MAX_IMAGE_BODY = 48 * 1024 * 1024
+"""Base64 bytes one image of a share may take (a 4096x4096 PNG of noise fits)."""
+RESULTS_AT_ONCE = 2
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+BODY_FIELDS = frozenset({"job_id", "worker_id", "share_token", "outputs"})
+
+
+class ResultIntake:
+    """The route's handler; holds the bound on concurrent reads."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+        self._reading: asyncio.Semaphore | None = None
+
+    async def job_complete(self, request: web.Request) -> web.Response:
+        job_id, worker_id, token = _identity(request)
+        try:
+            limits = self.orchestrator.check_share(job_id, worker_id, token)
+        except (UnknownJob, ResultRejected) as exc:
+            raise _refusal(exc) from None
+        limit = min(MAX_RESULT_BODY, 64 * 1024 + limits.images * limits.collectors * MAX_IMAGE_BODY)
+        if self._reading is None:
+            self._reading = asyncio.Semaphore(RESULTS_AT_ONCE)
+        async with self._reading:
+            body = await read_body(request, limit)
+            decoded = await asyncio.to_thread(parse_results, body, (job_id, worker_id, token), limits.collectors)
+        try:
+            self.orchestrator.accept_results(job_id, worker_id, token, decoded)
+        except (UnknownJob, ResultRejected, JobError) as exc:
+            raise _refusal(exc) from None
+        return web.json_response({"accepted": sum(len(v) for v in decoded.values())})
+
+
+def _identity(request: web.Request) -> tuple[str, str, str]:
+    values = [request.headers.get(name, "").strip() for name in (JOB_HEADER, WORKER_HEADER, SHARE_HEADER)]
+    if not all(values):
+        raise ApiError(400, f"the {JOB_HEADER}, {WORKER_HEADER} and {SHARE_HEADER} headers are required: who "
+                            "posts is checked before the body is read")
+    if any(len(value) > 256 for value in values):
+        raise ApiError(400, "an identity header is longer than 256 characters")
+    return values[0], values[1], values[2]
+
+
+def _refusal(exc: Exception) -> ApiError:
+    if isinstance(exc, UnknownJob):
+        return ApiError(404, str(exc))
+    if isinstance(exc, ResultRejected):
+        return ApiError(exc.status, str(exc))
+    return ApiError(409, str(exc))
+
+
+def parse_results(body: bytes, identity: tuple[str, str, str], collectors: int) -> dict[str, list[bytes]]:
+    """The body's ``outputs`` as PNG bytes per Collector (runs in a thread: it can be large).
+
+    Base64 has no brackets, so a body of the expected shape has few of them: counting them first
+    refuses a body of millions of tiny objects before ``json.loads`` builds them.
+    """
+    if body.count(b"{") + body.count(b"[") > 2 + 2 * collectors:
+        raise ApiError(400, "'outputs' must map each Collector's node id to a list of base64 PNG images")
+    data = parse_json_object(body)
+    unknown = sorted(set(data) - BODY_FIELDS)
+    if unknown:
+        raise ApiError(400, f"unknown field(s) {unknown}; allowed: {sorted(BODY_FIELDS)}")
+    for key, value in zip(("job_id", "worker_id", "share_token"), identity):
+        if key in data and not _same_identity(key, data[key], value):
+            raise ApiError(400, f"'{key}' in the body differs from its header")
+    outputs = data.get("outputs")
+    if not isinstance(outputs, dict) or not all(isinstance(v, list) for v in outputs.values()):
+        raise ApiError(400, "'outputs' must map each Collector's node id to a list of base64 PNG images")
+    return {collector: [_png(collector, index, image) for index, image in enumerate(images)]
+            for collector, images in outputs.items()}
+
+
+def _same_identity(key: str, sent: Any, header: str) -> bool:
+    """A body's copy of an identity header: a string equal to it (a worker id may also be an integer)."""
+    if isinstance(sent, str):
+        return sent == header
+    return key == "worker_id" and type(sent) is int and str(sent) == header
+
+
+def _png(collector: str, index: int, image: Any) -> bytes:
+    where = f"outputs[{json.dumps(collector)[:80]}][{index}]"
+    if not isinstance(image, str):
+        raise ApiError(400, f"{where} must be a base64 string")
+    try:
+        blob = base64.b64decode(image, validate=True)
+    except (binascii.Error, ValueError):
+        raise ApiError(400, f"{where} is not valid base64") from None
+    if not blob.startswith(PNG_SIGNATURE):
+        raise ApiError(400, f"{where} is not a PNG image")
+    return blob
