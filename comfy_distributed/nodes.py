@@ -165,8 +165,7 @@ def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int,
     return {"result": tuple([assemble_id, index] for index in range(len(COLLECTOR_KINDS))), "expand": graph}
 
 
-INTERNAL_NOTE = ("Internal to ComfyUI-Distributed: the Collector adds it to a running prompt itself. Do not place it "
-                 "in a workflow (ComfyUI 0.3.64 has no way to hide a node from the library).")
+INTERNAL_NOTE = "Internal to ComfyUI-Distributed: the Collector adds it to a running prompt itself. Do not place it."
 
 
 class MultiGPUUnitPart:
@@ -174,6 +173,7 @@ class MultiGPUUnitPart:
 
     CATEGORY = "multigpu/internal"
     DESCRIPTION = INTERNAL_NOTE
+    DEPRECATED = True  # ComfyUI's only way to hide a node: the frontend leaves deprecated nodes out of the library
     RETURN_TYPES = (PARTS_TYPE,)
     FUNCTION = "add"
 
@@ -197,6 +197,7 @@ class MultiGPUAssemble:
 
     CATEGORY = "multigpu/internal"
     DESCRIPTION = INTERNAL_NOTE
+    DEPRECATED = True  # ComfyUI's only way to hide a node: the frontend leaves deprecated nodes out of the library
     RETURN_TYPES = tuple(spec[0] for spec in COLLECTOR_KINDS.values())
     FUNCTION = "assemble"
 
@@ -221,6 +222,7 @@ class MultiGPURemoteOutput:
 
     CATEGORY = "multigpu/internal"
     DESCRIPTION = INTERNAL_NOTE
+    DEPRECATED = True  # ComfyUI's only way to hide a node: the frontend leaves deprecated nodes out of the library
     RETURN_TYPES = ()
     OUTPUT_NODE = True
     FUNCTION = "deliver"

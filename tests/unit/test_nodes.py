@@ -41,6 +41,15 @@ def test_display_names_are_the_seeds():
     assert set(NODE_CLASS_MAPPINGS) == set(NODE_DISPLAY_NAME_MAPPINGS)
 
 
+def test_only_the_two_announced_nodes_show_in_the_node_library():
+    # the frontend leaves nodes whose /object_info says "deprecated" out of the library and the search
+    shown = {name for name, cls in NODE_CLASS_MAPPINGS.items() if not getattr(cls, "DEPRECATED", False)}
+    hidden = set(NODE_CLASS_MAPPINGS) - shown
+    assert {NODE_DISPLAY_NAME_MAPPINGS[name] for name in shown} == {"Multi-GPU Collector", "Multi-GPU Distributor"}
+    assert len(hidden) == 3
+    assert all(NODE_CLASS_MAPPINGS[name].CATEGORY == "multigpu/internal" for name in hidden)
+
+
 def test_distributor_passes_the_seed_on_the_master():
     assert MultiGPUSeedDistributor().distribute(123) == (123,)
 
