@@ -260,7 +260,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
 
 def format_status(statuses: list[InstanceStatus], seen_by_master: dict[str, str]) -> str:
-    headers = ["instance", "pid", "port", "state", "VRAM free/total", "master sees", "where", "note"]
+    headers = ["instance", "pid", "port", "state", "(V)RAM free/total", "master sees", "where", "note"]
     rows = []
     for status in statuses:
         instance = status.instance

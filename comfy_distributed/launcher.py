@@ -381,7 +381,9 @@ def vram_text(stats: dict[str, Any] | None) -> str | None:
     try:
         device = (stats or {}).get("devices", [])[0]
         free, total = device["vram_free"], device["vram_total"]
-        return f"{free / 2**30:.1f}/{total / 2**30:.1f} GiB {str(device.get('name', ''))[:24]}".strip()
+        name = str(device.get("name", ""))[:24]
+        memory = "RAM " if device.get("type") == "cpu" or name == "cpu" else ""  # a --cpu instance reports system RAM
+        return f"{memory}{free / 2**30:.1f}/{total / 2**30:.1f} GiB {name}".strip()
     except (IndexError, KeyError, TypeError, AttributeError, ZeroDivisionError):
         return None
 
@@ -968,6 +970,8 @@ class Launcher:
         return [self._status_of(instance) for instance in self.instances()]
 
     def _status_of(self, instance: Instance) -> InstanceStatus:
+        if instance.kind == "external" and not instance.enabled:
+            return InstanceStatus(instance, "disabled")  # another machine's address, maybe only an example: not probed
         found = probe(instance.url)
         record = None
         if instance.kind != "external":

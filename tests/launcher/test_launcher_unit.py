@@ -209,6 +209,8 @@ def test_vram_text():
                           "vram_total": 24 * 2**30}]}
     assert vram_text(stats).startswith("12.0/24.0 GiB cuda:0")
     assert vram_text({"devices": []}) is None and vram_text(None) is None
+    cpu = {"devices": [{"name": "cpu", "type": "cpu", "vram_free": 14 * 2**30, "vram_total": 23 * 2**30}]}
+    assert vram_text(cpu) == "RAM 14.0/23.0 GiB cpu", "a --cpu instance reports system RAM, not VRAM"
 
 
 @pytest.mark.parametrize("stderr, expected", [

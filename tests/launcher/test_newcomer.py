@@ -230,3 +230,16 @@ def test_the_wrapper_names_itself_in_hints(comfy_root, tmp_path):
                             env={**os.environ, "COMFY_DISTRIBUTED_PYTHON": sys.executable})
     assert result.returncode == 1, result.stderr
     assert f"start it with '{wrapper} master'" in result.stderr
+
+
+def test_status_leaves_a_disabled_worker_on_another_machine_unprobed(monkeypatch, tmp_path, comfy_root, state_dir):
+    # the example config's remote worker (192.168.1.100) is switched off; on a LAN without that host a probe
+    # would wait for its connect timeout, and whatever answers there is not the user's worker
+    config = parse_config({"master": {"port": 8188},
+                           "workers": [{"id": 3, "host": "192.168.1.100", "port": 8188, "enabled": False}]})
+    probed: list[str] = []
+    real_probe = launcher.probe
+    monkeypatch.setattr(launcher, "probe", lambda url, *a, **k: probed.append(url) or real_probe(url, *a, **k))
+    master, remote = launcher.Launcher(config, launcher.LaunchContext(comfy_root, tmp_path / "c.json", state_dir)).status()
+    assert remote.state == "disabled" and remote.pid is None
+    assert probed == [master.instance.url]
