@@ -104,7 +104,8 @@ class Setup:
 
 
 def find_config(root: Path | None, explicit: str | None) -> tuple[Path, bool]:
-    """``--config``, else ``COMFY_DISTRIBUTED_CONFIG``, else the installed extension's, else this checkout's."""
+    """``--config``, else ``COMFY_DISTRIBUTED_CONFIG``, else that of the extension installed in ``root`` (even when
+    it has none yet: ``token`` creates it there), else this checkout's."""
     if explicit:
         path = Path(explicit).expanduser().resolve()
         if not path.is_file():
@@ -117,7 +118,8 @@ def find_config(root: Path | None, explicit: str | None) -> tuple[Path, bool]:
     if root is not None and (root / "custom_nodes").is_dir():
         candidates = [folder / "gpu_config.json" for folder in sorted((root / "custom_nodes").iterdir())
                       if (folder / "comfy_distributed" / "__init__.py").is_file()]
-    candidates.append(DEFAULT_CONFIG_PATH)
+    if not candidates:  # the extension is not installed in that ComfyUI: the config of the running copy
+        candidates = [DEFAULT_CONFIG_PATH]
     found = next((c for c in candidates if c.is_file()), None)
     return (found or candidates[0]).resolve(), found is not None
 

@@ -237,6 +237,10 @@ def test_config_is_found_in_the_installed_extension(tmp_path, monkeypatch):
     (extension / "comfy_distributed" / "__init__.py").write_text("")
     (extension / "gpu_config.json").write_text("{}")
     assert cli.find_config(tmp_path, None) == ((extension / "gpu_config.json").resolve(), True)
+    (extension / "gpu_config.json").unlink()  # not there yet: still that one, never the running copy's own
+    (tmp_path / "running_copy.json").write_text("{}")
+    monkeypatch.setattr(cli, "DEFAULT_CONFIG_PATH", tmp_path / "running_copy.json")
+    assert cli.find_config(tmp_path, None) == ((extension / "gpu_config.json").resolve(), False)
     monkeypatch.setenv("COMFY_DISTRIBUTED_CONFIG", str(tmp_path / "elsewhere.json"))
     assert cli.find_config(tmp_path, None) == ((tmp_path / "elsewhere.json").resolve(), False)
     with pytest.raises(LaunchError, match="does not exist"):
