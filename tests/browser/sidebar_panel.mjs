@@ -78,7 +78,8 @@ const card = (id) => page.locator(`.mgpu-card[data-worker-id="${id}"]`);
 const cardStatus = (id) => card(id).getAttribute("data-status");
 const waitStatus = (id, status, timeoutMs) =>
   until(`worker ${id} ${status}`, timeoutMs, async () => (await cardStatus(id)) === status);
-const toast = (text) => page.locator(".p-toast-message", { hasText: text });
+// PrimeVue's toast up to frontend 1.2x, reka-ui's (an <li data-testid="toast">) in newer ones
+const toast = (text) => page.locator('.p-toast-message, [data-testid="toast"]', { hasText: text });
 const setting = (key) => page.locator(`.mgpu-setting[data-setting="${key}"]`);
 // the sidebar button, by the name it is announced with (its tooltip), on every frontend: older ones give it the class
 // multigpu-tab-button, newer ones (1.3x+) a data-testid instead
@@ -283,7 +284,8 @@ async function run() {
   await step("remove the added worker after confirming", async () => {
     const id = report.added_worker_id;
     await card(id).locator('[data-action="remove"]').click();
-    await page.locator(".p-dialog button", { hasText: "Delete" }).click();
+    // PrimeVue's dialog up to frontend 1.2x, a role="dialog" element in newer ones
+    await page.locator('.p-dialog button, [role="dialog"] button', { hasText: "Delete" }).first().click();
     await until("the worker gone from the file", 5000, () => !configWorker(id));
     await card(id).waitFor({ state: "detached", timeout: 5000 });
   });
