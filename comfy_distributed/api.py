@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -22,10 +21,20 @@ from aiohttp import web
 from .access import TOKEN_ENV, Access, ApiError, Guard, check_launch_flags, listens_beyond_loopback
 from .api_results import MAX_RESULT_BODY, ResultIntake
 from .http_json import Handler, json_errors, read_json_object
-from .config import REDACTED, SECRET_SETTINGS, ConfigStore, GpuConfig, Settings, WorkerConfig, public_view
+from .config import (
+    REDACTED,
+    SECRET_SETTINGS,
+    ConfigStore,
+    GpuConfig,
+    Settings,
+    WorkerConfig,
+    public_view,
+    settings_form,
+)
 from .errors import ConfigError, WorkerError, WorkflowError
 from .health import HealthMonitor
-from .orchestrator import RESERVATION_TTL, Orchestrator
+from .jobs import RESERVATION_TTL
+from .orchestrator import Orchestrator
 from .plan import describe
 from .worker_client import WorkerClient
 
@@ -34,6 +43,8 @@ log = logging.getLogger("comfy_distributed")
 __all__ = ["ApiError", "MAX_RESULT_BODY", "MultiGPUApi", "TOKEN_ENV", "json_errors", "listens_beyond_loopback", "read_json_object"]
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
+SETTINGS_FORM = settings_form()
+"""How the panel draws the settings: derived from the Settings model, the one place they are described."""
 MAX_BODY = 64 * 1024
 MAX_PROMPT_BODY = 16 * 1024 * 1024
 WORKER_FIELDS = frozenset({"name", "enabled", "host", "port", "cuda_device", "extra_args", "headers"})
@@ -82,8 +93,11 @@ class MultiGPUApi:
     """The /multigpu routes of one master. ``add_routes`` registers them on ComfyUI's table."""
 
     def __init__(self, store: ConfigStore, orchestrator: Orchestrator, *, public: bool = False,
-                 free_master: Callable[[], None] | None = None, health: HealthMonitor | None = None) -> None:
+                 free_master: Callable[[], None] | None = None, health: HealthMonitor | None = None,
+                 env_token: str | None = None) -> None:
         self.health = health
+        self.env_token = env_token
+        """``COMFY_DISTRIBUTED_TOKEN`` as the master read it at start; it wins over ``settings.api_token``."""
         self.store = store
         self.orchestrator = orchestrator
         self.public = public
@@ -125,10 +139,7 @@ class MultiGPUApi:
         return json_errors(handler, lambda request: self.guard.check(request, access))
 
     def token(self) -> str | None:
-        env = os.environ.get(TOKEN_ENV)
-        if env:
-            return env
-        return self._config().settings.api_token
+        return self.env_token or self._config().settings.api_token
 
     def _allowed_hosts(self) -> list[str]:
         try:
@@ -172,10 +183,11 @@ class MultiGPUApi:
 
     async def get_config(self, request: web.Request) -> web.Response:
         config = self._config()
-        return web.json_response({**public_view(config), "auth": self._auth_info(config)})
+        return web.json_response({**public_view(config), "auth": self._auth_info(config),
+                                  "settings_form": SETTINGS_FORM})
 
     def _auth_info(self, config: GpuConfig) -> dict[str, bool]:
-        configured = bool(os.environ.get(TOKEN_ENV) or config.settings.api_token)
+        configured = bool(self.env_token or config.settings.api_token)
         return {"token_configured": configured, "token_required": configured or self.public, "public": self.public}
 
     async def update_worker(self, request: web.Request) -> web.Response:
@@ -262,7 +274,8 @@ class MultiGPUApi:
         if not isinstance(prompt, dict):
             raise ApiError(400, "'prompt' must be an API-format workflow (an object of nodes)")
         try:
-            plan = describe(prompt, self._config())
+            config = self._config()
+            plan = describe(prompt, config, self.orchestrator.speeds.weights(config))
         except WorkflowError as exc:
             raise ApiError(400, str(exc)) from None
         if not plan["collectors"]:

@@ -73,9 +73,9 @@ def write_new_file(root: str, worker_tag: str, subfolder: str, name: str, data: 
     raise ValueError(f"no free name for {name!r} after {MAX_NAME_TRIES} tries")
 
 
-def startup_warnings(config: GpuConfig, public: bool) -> list[str]:
+def startup_warnings(config: GpuConfig, public: bool, env_token: str | None = None) -> list[str]:
     """What a master says at start that a newcomer would otherwise find out from a 401."""
-    if public and not (os.environ.get(TOKEN_ENV) or config.settings.api_token):
+    if public and not (env_token or config.settings.api_token):
         return ["this master listens beyond loopback (--listen) or sends CORS headers (--enable-cors-header), "
                 "and no API token is configured: every /multigpu route (the sidebar panel's too) answers 401 "
                 "until one is. Create one with 'launch_distributed.sh token' (or 'python -m comfy_distributed "
@@ -122,10 +122,11 @@ def install() -> bool:
         log.info("%s", passive_line(role, store.path, port))
         return False
     public = is_public(getattr(cli_args.args, "listen", None), getattr(cli_args.args, "enable_cors_header", None))
+    env_token = os.environ.get(TOKEN_ENV) or None  # the process's environment does not change after start
     if config is not None:
         log.info("Multi-GPU: %s: %d worker(s), %d enabled", store.path, len(config.workers),
                  len(config.enabled_workers()))
-        for warning in startup_warnings(config, public):
+        for warning in startup_warnings(config, public, env_token):
             log.warning("Multi-GPU: %s", warning)
 
     def notify(event: str, data: dict[str, Any]) -> None:
@@ -166,9 +167,9 @@ def install() -> bool:
     runtime.notify = notify
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
     server.app.middlewares.append(make_prompt_middleware(orchestrator, running_prompts, pending_prompts))
-    api = MultiGPUApi(store, orchestrator, public=public, free_master=free_master, health=health)
+    api = MultiGPUApi(store, orchestrator, public=public, free_master=free_master, health=health, env_token=env_token)
     api.add_routes(server.routes)
-    comfyui_root = Path(sys.modules[PromptServer.__module__].__file__).resolve().parent  # main.py's folder
+    comfyui_root = Path(sys.modules[PromptServer.__module__].__file__ or ".").resolve().parent  # main.py's folder
     add_launch_routes(server.routes, store, health, master_launcher_factory(store, comfyui_root), api.authorize)
 
     def start_background() -> None:

@@ -12,6 +12,7 @@
     │   ├── WorkerExecutionFailed   the prompt ran and ended in execution_error / interrupted
     │   └── WorkerProtocolError     the worker answered something that is not ComfyUI's API
     ├── LaunchError                 an instance could not be started, found or stopped
+    ├── RunError                    the CLI's ``run``: a workflow file, an ``--set``, or the master's answer
     └── JobError                    a distributed job as a whole (unknown job, cancelled)
         ├── UnknownJob              no such job (expired, finished, or never planned)
         └── ResultRejected          a worker's callback that does not match its job
@@ -72,6 +73,10 @@ class WorkerProtocolError(WorkerError):
 
 class LaunchError(DistributedError):
     """An instance could not be started, found or stopped; the message says what to do."""
+
+
+class RunError(DistributedError):
+    """The CLI's ``run`` could not queue, follow or save a workflow; the message says what to do."""
 
 
 class JobError(DistributedError):

@@ -16,6 +16,7 @@ from typing import Any, Callable
 
 import aiohttp
 
+from . import events
 from .config import ConfigError, ConfigStore, Settings, WorkerConfig
 from .errors import WorkerError, WorkerUnreachable
 from .worker_client import WorkerClient, clip_text
@@ -169,7 +170,7 @@ class HealthMonitor:
             routine = {previous, health.status} <= {"idle", "busy"}  # every job does this: keep the log quiet
             log.log(logging.DEBUG if routine else logging.INFO, "Multi-GPU: worker %s is %s%s", health.name,
                     health.status, f" ({health.error})" if health.error else "")
-            self.notify("multigpu.worker_status", {**health.as_json(time.monotonic()), "previous": previous})
+            self.notify(*events.worker_status(health.as_json(time.monotonic()), previous))
 
     async def _probe(self, worker: WorkerConfig, settings: Settings, health: WorkerHealth) -> None:
         beat_timeout = min(settings.health_ttl, settings.request_timeout)

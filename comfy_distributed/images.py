@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
+from typing import Any
 
 import numpy as np
 import torch
@@ -109,7 +110,7 @@ def decode_audio(data: bytes, max_samples: int | None = None) -> dict:
     return {"waveform": waveform.float()[None], "sample_rate": rate}
 
 
-def decode_kind(kind: str, blobs: list[bytes], reference: object) -> object:
+def decode_kind(kind: str, blobs: list[bytes], reference: Any) -> Any:
     """Worker files of one kind as the value the master's Collector holds for that kind."""
     if kind == "images":
         unlike = _unlike_reference(blobs, reference)
@@ -122,13 +123,13 @@ def decode_kind(kind: str, blobs: list[bytes], reference: object) -> object:
     length = reference["waveform"].shape[-1]  # no clip of the master's length needs more decoding
     audio = [decode_audio(blob, max_samples=length) for blob in blobs]
     wanted = (tuple(reference["waveform"].shape[1:]), reference["sample_rate"])
-    unlike = next((a for a in audio if (tuple(a["waveform"].shape[1:]), a["sample_rate"]) != wanted), None)
-    if unlike is not None:
-        return unlike  # refused by fits (and clips of other lengths could not be joined)
+    odd = next((a for a in audio if (tuple(a["waveform"].shape[1:]), a["sample_rate"]) != wanted), None)
+    if odd is not None:
+        return odd  # refused by fits (and clips of other lengths could not be joined)
     return {"waveform": torch.cat([a["waveform"] for a in audio], dim=0), "sample_rate": audio[0]["sample_rate"]}
 
 
-def fits(kind: str, reference: object, value: object) -> str | None:
+def fits(kind: str, reference: Any, value: Any) -> str | None:
     """Why ``value`` cannot join ``reference`` (None when it can)."""
     if kind == "images":
         if not same_frame(reference, value):
@@ -144,7 +145,7 @@ def fits(kind: str, reference: object, value: object) -> str | None:
     return None
 
 
-def join_kind(kind: str, values: list) -> object:
+def join_kind(kind: str, values: list[Any]) -> Any:
     """One value from the values of all positions, in order."""
     if kind == "images":
         return torch.cat(values, dim=0)

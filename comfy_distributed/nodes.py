@@ -13,6 +13,7 @@ import logging
 from typing import Any, Callable
 
 from . import runtime
+from . import events
 from .errors import JobError
 from .workflow import (
     COLLECTOR_CLASS,
@@ -96,6 +97,8 @@ def as_outputs(values: dict[str, Any]) -> tuple:
 def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dict[str, Any]]) -> Any:
     """Ask the orchestrator what the master does next: run units here, or assemble the output."""
     orchestrator = runtime.orchestrator
+    if orchestrator is None:
+        raise RuntimeError("Multi-GPU: this prompt carries a distributed job, but the extension is not running here")
     try:
         step = orchestrator.master_step(job_id, collector_id, set(parts), runtime.interrupted)
     except JobError as exc:
@@ -119,9 +122,8 @@ def decode_parts(reference: dict[str, Any], result: Any, collector_id: str,
                         if fits(kind, reference[kind], value)), None)
         if problem:
             message = f"{problem}; left out"
-            notify("multigpu.worker_failed", {"worker_id": unit.worker.id, "worker": unit.name, "unit": unit.position,
-                                              "reason": "size_mismatch", "rerun": False,
-                                              "message": f"Worker {unit.name}: {message}"})
+            notify(*events.worker_failed(unit.worker.id, unit.name, "size_mismatch", message, rerun=False,
+                                         unit=unit.position))
             log.warning("Multi-GPU Collector %s: worker %s: %s", collector_id, unit.name, message)
             continue
         parts[unit.position] = decoded

@@ -18,15 +18,16 @@ import secrets
 import threading
 import time
 import uuid
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 
+from . import events
 from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
 from .errors import ConfigError, JobError, ResultRejected, UnknownJob, WorkerError, WorkerProtocolError, WorkflowError
 from .plan import literal_batch, scheduling_mode, unit_sizes, weighted_plan
+from .speeds import Speeds
 from .scheduler import (
     MASTER,
     Action,
@@ -50,6 +51,21 @@ from .workflow import (
     mark_master_prompt,
     validate_prompt_shape,
 )
+from .jobs import (
+    COLLECT_POLL,
+    EXTRA_DATA_KEY,
+    PROGRESS_INTERVAL,
+    RESERVATION_TTL,
+    UNCLAIMED_JOB_TTL,
+    UNKNOWN_BATCH_IMAGES,
+    CollectorResult,
+    Job,
+    Notify,
+    ShareLimits,
+    UnitRun,
+    UnitState,
+    FINISHED,
+)
 from .worker_client import WorkerClient
 from .worker_prep import MediaFile, MediaUploads, ObjectInfoCache, check_media_paths, find_media, preflight_problems, with_media
 
@@ -57,116 +73,6 @@ if TYPE_CHECKING:
     from .health import HealthMonitor
 
 log = logging.getLogger("comfy_distributed")
-
-Notify = Callable[[str, dict[str, Any]], None]
-"""Sends an event to the master's UI clients: (event name, JSON-able data)."""
-
-COLLECT_POLL = 0.1
-"""Seconds between interrupt checks while a Collector waits."""
-
-UNCLAIMED_JOB_TTL = 3600.0
-"""Seconds a settled job waits for its Collectors (the master may be busy) before it is dropped."""
-
-RESERVATION_TTL = 600.0
-"""Seconds a job id from ``prepare_job`` stays valid for the prompt that is queued with it."""
-
-SPEED_SMOOTHING = 0.3
-"""Weight of the newest measurement in a participant's moving-average speed."""
-
-PROGRESS_INTERVAL = 0.25
-"""Seconds between two ``multigpu.job_progress`` events of one job."""
-
-UNKNOWN_BATCH_IMAGES = 64
-"""Images a share may post per Collector when the workflow's batch size is not a literal."""
-
-EXTRA_DATA_KEY = "multigpu"
-"""Key in a worker prompt's ``extra_data`` with what a worker running this extension needs
-to post its results back (job id, worker id, the share's own token)."""
-
-
-@dataclass(slots=True)
-class UnitRun:
-    """One unit of a job: where it runs, and its images or what went wrong."""
-
-    position: int
-    seed_offset: int
-    prompt: Prompt
-    batch: int | None = None
-    """Images in this unit; None: the workflow's own batch size (static mode)."""
-    state: str = "pending"  # pending, running, done, master, given_up, skipped
-    started: float = 0.0
-    worker: WorkerConfig | None = None
-    images: dict[str, list[bytes]] = field(default_factory=dict)
-    token: str = ""
-    task: asyncio.Task | None = None
-    progress: float = 0.0
-    causes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.worker.display_name if self.worker else f"unit {self.position}"
-
-    @property
-    def error(self) -> str | None:
-        return "; ".join(self.causes) or None
-
-
-@dataclass(slots=True)
-class Job:
-    job_id: str
-    collectors: list[str]
-    units: dict[int, UnitRun]
-    workers: dict[str, WorkerConfig]
-    settings: Settings
-    created: float
-    error: str | None = None
-    prompt_id: str | None = None
-    scheduler: JobScheduler | None = None
-    settled: threading.Event = field(default_factory=threading.Event)
-    claimed: set[str] = field(default_factory=set)
-    master_free_sent: bool = False
-    cancelled: bool = False
-    loop: asyncio.AbstractEventLoop | None = None
-    session: aiohttp.ClientSession | None = None
-    last_progress: float = 0.0
-    ended: bool = False
-    mode: str = "static"
-    plan: dict[str, list[int]] | None = None
-    master_positions: list[int] = field(default_factory=list)
-    changed: threading.Event = field(default_factory=threading.Event)
-    master_asked: bool = False
-    master_started: float = 0.0
-    kinds: dict[str, list[str]] = field(default_factory=dict)
-    """Per Collector: what it collects (images, latent, audio)."""
-    batch: int | None = None
-    """The workflow's literal batch size, when it has one (for speed measurements)."""
-    media_names: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Per worker: an input file's value in the prompt -> its name on that worker."""
-
-    def unit_list(self) -> list[UnitRun]:
-        return [self.units[p] for p in sorted(self.units)]
-
-
-@dataclass(slots=True, frozen=True)
-class ShareLimits:
-    """What one worker's share of a job may carry back: Collectors, and images per Collector."""
-
-    collectors: int
-    images: int
-
-
-@dataclass(slots=True)
-class CollectorResult:
-    """What a Collector needs: each worker unit's files by kind, units the master ran, what failed."""
-
-    outputs: list[tuple[UnitRun, dict[str, list[bytes]]]]
-    master_units: list[UnitRun]
-    failures: list[UnitRun]
-
-    @property
-    def images(self) -> list[tuple[UnitRun, list[bytes]]]:
-        return [(unit, files["images"]) for unit, files in self.outputs if "images" in files]
-
 
 def _log_notify(event: str, data: dict[str, Any]) -> None:
     log.debug("event %s %s", event, data)
@@ -187,9 +93,7 @@ class Orchestrator:
         self._jobs: dict[str, Job] = {}
         self._reserved: dict[str, float] = {}
         self._stash: dict[tuple[str, str], Any] = {}
-        self.speeds: dict[str, float] = {}
-        self._seconds_per_image: dict[str, float] = {}
-        """Images per second of each participant (worker id, or "master"), a moving average kept across jobs."""
+        self.speeds = Speeds()
         self._lock = threading.Lock()
 
     # --- planning (server loop, inside the prompt hook) ----------------------------------
@@ -228,7 +132,7 @@ class Orchestrator:
         workers = config.enabled_workers()
         if not workers:
             return prompt, None  # exactly as without our nodes
-        mode = self._mode(prompt, collectors, config)
+        mode = self._mode(prompt, collectors, config, job_id)
         try:
             kinds = {c: list(collector_links(prompt, c)) for c in collectors}
             if mode == "static":
@@ -241,7 +145,11 @@ class Orchestrator:
                 master_batch = sizes[0]
                 units = {p: UnitRun(p, p, build_worker_prompt(prompt, collectors, p, size), batch=size)
                          for p, size in enumerate(sizes) if p > 0}
-                plan = weighted_plan(len(sizes), self._weights(config)) if mode == "weighted" else None
+                plan = None
+                if mode == "weighted":  # participant k of the weighted plan -> its name (master or a worker id)
+                    names = [MASTER, *(str(w.id) for w in workers)]
+                    plan = {names[k]: [p for p in positions if p > 0]
+                            for k, positions in weighted_plan(len(sizes), self.speeds.weights(config)).items()}
             marked = mark_master_prompt(prompt, collectors, job_id, master_batch)
             input_dir = self.input_dir()
             if input_dir is not None:
@@ -258,17 +166,12 @@ class Orchestrator:
             self._jobs[job_id] = job
         return marked, job
 
-    def _mode(self, prompt: Prompt, collectors: list[str], config: GpuConfig) -> str:
+    def _mode(self, prompt: Prompt, collectors: list[str], config: GpuConfig, job_id: str) -> str:
         mode, why_not = scheduling_mode(prompt, collectors, config.settings)
         if why_not:
             log.warning("Multi-GPU: %s", why_not)
-            self.notify("multigpu.notice", {"message": f"Multi-GPU: {why_not}"})
+            self.notify(*events.notice(f"Multi-GPU: {why_not}", job_id))
         return mode
-
-    def _weights(self, config: GpuConfig) -> list[float]:
-        """Master first, then enabled workers: configured weight, else measured speed, else 1."""
-        master_weight = config.master.weight or self.speeds.get(MASTER) or 1.0
-        return [master_weight] + [w.weight or self.speeds.get(str(w.id)) or 1.0 for w in config.enabled_workers()]
 
     def _failed_job(self, prompt: Prompt, collectors: list[str], job_id: str, error: str) -> tuple[Prompt, Job]:
         log.error("%s", error)
@@ -306,14 +209,10 @@ class Orchestrator:
         for worker_id, (reason, message) in lacking.items():
             self._tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], reason, message,
                                rerun=not job.settings.skip_offline_workers or reason == "preflight")
-        plan = job.plan
-        if plan is not None and job.mode == "weighted":  # participant k of the plan -> its worker id
-            names = [MASTER, *job.workers]
-            plan = {names[k]: [p for p in positions if p > 0] for k, positions in plan.items()}
         job.scheduler = JobScheduler(
             units=[Unit(p, u.seed_offset) for p, u in sorted(job.units.items())],
             workers=list(job.workers),
-            plan=plan,
+            plan=job.plan,
             unavailable={**unavailable, **{w: message for w, (_, message) in lacking.items()}},
             max_retries=job.settings.max_retries,
             skip_unavailable=job.settings.skip_offline_workers,
@@ -356,11 +255,7 @@ class Orchestrator:
     def _own_unit(job: Job, worker_id: str) -> UnitRun | None:
         if job.plan is None:
             return None
-        if job.mode == "weighted":
-            index = list(job.workers).index(worker_id) + 1
-            positions = [p for p in job.plan.get(index, []) if p in job.units]
-        else:
-            positions = job.plan.get(worker_id, [])
+        positions = [p for p in job.plan.get(worker_id, []) if p in job.units]
         return job.units[positions[0]] if positions else None
 
     def _abort(self, job: Job, error: str) -> None:
@@ -386,12 +281,13 @@ class Orchestrator:
         for action in actions:
             if isinstance(action, Dispatch):
                 unit, worker = job.units[action.position], job.workers[action.worker]
-                unit.state, unit.worker, unit.token, unit.progress = "running", worker, secrets.token_urlsafe(24), 0.0
+                unit.state, unit.worker, unit.token = UnitState.RUNNING, worker, secrets.token_urlsafe(24)
+                unit.progress = 0.0
                 unit.started = time.monotonic()
                 unit.task = asyncio.get_running_loop().create_task(self._run_unit(job, unit, worker))
             elif isinstance(action, RunOnMaster):
                 for position in action.positions:
-                    job.units[position].state = "master"
+                    job.units[position].state = UnitState.MASTER
                 with self._lock:
                     job.master_positions.extend(action.positions)
                     job.master_asked = False
@@ -399,10 +295,10 @@ class Orchestrator:
                 log.debug("Multi-GPU: job %s: the master runs unit(s) %s", job.job_id, list(action.positions))
             elif isinstance(action, GiveUp):
                 unit = job.units[action.position]
-                unit.state = "given_up"
+                unit.state = UnitState.GIVEN_UP
             elif isinstance(action, Skip):
                 unit = job.units[action.position]
-                unit.state, unit.worker = "skipped", job.workers[action.worker]
+                unit.state, unit.worker = UnitState.SKIPPED, job.workers[action.worker]
                 unit.causes.append(action.cause)
                 self._tell_failure(job, unit, job.workers[action.worker], "offline",
                                    f"offline at dispatch; its images are left out (skip_offline_workers): "
@@ -434,7 +330,7 @@ class Orchestrator:
                                                   f"returned no {kind} for Multi-GPU Collector {collector}")
                     images[key] = await client.fetch_files(files, deadline, expected=unit.batch or job.batch)
         except asyncio.CancelledError:
-            if unit.state == "done":
+            if unit.state == UnitState.DONE:
                 return  # the worker posted its results itself (job_complete)
             raise
         except WorkerError as exc:
@@ -444,18 +340,18 @@ class Orchestrator:
             log.exception("Multi-GPU: unexpected error while running unit %s on %s", unit.position, worker.display_name)
             self._unit_failed(job, unit, worker, "internal_error", f"internal error: {exc!r}")
             return
-        if unit.state == "running" and unit.worker is worker:
-            unit.images, unit.state, unit.progress = images, "done", 1.0
+        if unit.state == UnitState.RUNNING and unit.worker is worker:
+            unit.images, unit.state, unit.progress = images, UnitState.DONE, 1.0
             took = time.monotonic() - unit.started
-            self._learn_speed(str(worker.id), float(unit.batch or job.batch or 1), took)
+            self.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), took)
             self._job_unit_time(job, str(worker.id), took)
             self._handle(job, UnitDone(unit.position, str(worker.id)))
 
     def _unit_failed(self, job: Job, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
-        if unit.state != "running" or unit.worker is not worker:
+        if unit.state != UnitState.RUNNING or unit.worker is not worker:
             return
         unit.causes.append(f"{worker.display_name}: {message}")
-        unit.state = "pending"
+        unit.state = UnitState.PENDING
         scheduler = job.scheduler
         rerun = scheduler is not None and scheduler.attempts.get(unit.position, 0) <= scheduler.max_retries
         self._tell_failure(job, unit, worker, reason, message, rerun=rerun)
@@ -470,11 +366,8 @@ class Orchestrator:
             then = "its unit runs elsewhere" if rerun else "its unit is left out"
         log.warning("Multi-GPU: job %s: worker %s (id %s)%s: %s; %s", job.job_id, worker.display_name, worker.id,
                     f" failed unit {unit.position}" if unit else "", message, then)
-        self.notify("multigpu.worker_failed", {
-            "job_id": job.job_id, "worker_id": worker.id, "worker": worker.display_name, "reason": reason,
-            "unit": unit.position if unit else None, "rerun": rerun,
-            "message": f"Worker {worker.display_name}: {message}",
-        })
+        self.notify(*events.worker_failed(worker.id, worker.display_name, reason, message, rerun, job.job_id,
+                                          unit.position if unit else None))
 
     def _progress(self, job: Job, force: bool = False) -> None:
         now = time.monotonic()
@@ -482,15 +375,11 @@ class Orchestrator:
             return
         job.last_progress = now
         units = job.unit_list()
-        finished = {"done": 1.0, "skipped": 1.0, "given_up": 1.0}
-        total = sum(finished.get(u.state, u.progress) for u in units)
-        self.notify("multigpu.job_progress", {
-            "job_id": job.job_id,
-            "progress": round(total / len(units), 4) if units else 1.0,
-            "units": [{"position": u.position, "state": u.state, "worker": u.name if u.worker else None,
-                       "worker_id": u.worker.id if u.worker else None,
-                       "progress": round(finished.get(u.state, u.progress), 4)} for u in units],
-        })
+        done = {u.position: 1.0 if u.state in FINISHED else u.progress for u in units}
+        self.notify(*events.job_progress(job.job_id, round(sum(done.values()) / len(units), 4) if units else 1.0, [
+            events.UnitProgress(position=u.position, state=u.state.value, worker=u.name if u.worker else None,
+                                worker_id=u.worker.id if u.worker else None, progress=round(done[u.position], 4))
+            for u in units]))
 
     def _finish(self, job: Job) -> None:
         """Report the job's outcome once, then release its connections (server loop)."""
@@ -498,14 +387,11 @@ class Orchestrator:
             return
         job.ended = True
         units = job.unit_list()
-        self.notify("multigpu.job_done", {
-            "job_id": job.job_id,
-            "cancelled": job.cancelled,
-            "workers_done": sorted({u.name for u in units if u.state == "done"}),
-            "master_units": [u.position for u in units if u.state == "master"],
-            "units_missing": [{"unit": u.position, "worker": u.name, "state": u.state, "message": u.error}
-                              for u in units if u.state in ("given_up", "skipped")],
-        })
+        self.notify(*events.job_done(
+            job.job_id, job.cancelled, sorted({u.name for u in units if u.state == UnitState.DONE}),
+            [u.position for u in units if u.state == UnitState.MASTER],
+            [events.MissingUnit(unit=u.position, worker=u.name, state=u.state.value, message=u.error)
+             for u in units if u.state in (UnitState.GIVEN_UP, UnitState.SKIPPED)]))
         asyncio.get_running_loop().create_task(self._release(job))
 
     @staticmethod
@@ -515,16 +401,6 @@ class Orchestrator:
         if job.session is not None:
             await job.session.close()
             job.session = None
-
-    def _learn_speed(self, participant: str, images: float, seconds: float) -> None:
-        """Moving average of seconds per image (robust to a quick unit), exposed as images per second."""
-        if images <= 0 or seconds <= 0:
-            return
-        per_image = seconds / images
-        previous = self._seconds_per_image.get(participant)
-        smoothed = per_image if previous is None else (1 - SPEED_SMOOTHING) * previous + SPEED_SMOOTHING * per_image
-        self._seconds_per_image[participant] = smoothed
-        self.speeds[participant] = 1.0 / smoothed
 
     # --- results posted by workers (server loop) -----------------------------------------
 
@@ -542,7 +418,7 @@ class Orchestrator:
                      and u.token and hmac.compare_digest(u.token.encode(), str(token).encode())), None)
         if unit is None:
             raise ResultRejected("worker_id and share_token do not match a unit of this job", status=403)
-        if unit.state != "running":
+        if unit.state != UnitState.RUNNING:
             raise ResultRejected(f"unit {unit.position} of worker {worker_id} has already ended ({unit.state})",
                                  status=409)
         if any(kinds != ["images"] for kinds in job.kinds.values()):
@@ -565,7 +441,7 @@ class Orchestrator:
         if any(not images for images in outputs.values()):
             raise ResultRejected("every Collector needs at least one image")
         unit.images = {collector: list(images) for collector, images in outputs.items()}
-        unit.state, unit.progress = "done", 1.0
+        unit.state, unit.progress = UnitState.DONE, 1.0
         if unit.task is not None and not unit.task.done():
             unit.task.cancel()
         self._handle(job, UnitDone(unit.position, str(worker_id)))
@@ -612,7 +488,7 @@ class Orchestrator:
         if job.cancelled:
             raise JobError(f"Multi-GPU job {job_id} was cancelled")
         units = job.unit_list()
-        given_up = [u for u in units if u.state == "given_up"]
+        given_up = [u for u in units if u.state == UnitState.GIVEN_UP]
         self._claim(job, collector_id)
         if given_up:
             raise JobError("Multi-GPU: " + "; ".join(
@@ -620,9 +496,9 @@ class Orchestrator:
         kinds = job.kinds.get(collector_id, ["images"])
         return CollectorResult(
             outputs=[(u, {kind: u.images[output_key(collector_id, kind)] for kind in kinds}) for u in units
-                     if u.state == "done" and all(output_key(collector_id, kind) in u.images for kind in kinds)],
-            master_units=[u for u in units if u.state == "master"],
-            failures=[u for u in units if u.state == "skipped"],
+                     if u.state == UnitState.DONE and all(output_key(collector_id, kind) in u.images for kind in kinds)],
+            master_units=[u for u in units if u.state == UnitState.MASTER],
+            failures=[u for u in units if u.state == UnitState.SKIPPED],
         )
 
     def _measure_master(self, job: Job, have: set[int]) -> None:
@@ -630,7 +506,7 @@ class Orchestrator:
         ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
         if started and ran:
             took = time.monotonic() - started
-            self._learn_speed(MASTER, float(ran[-1].batch or 0), took)
+            self.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
             if job.loop is not None:
                 job.loop.call_soon_threadsafe(self._job_unit_time, job, MASTER, took)
 
@@ -741,7 +617,7 @@ class Orchestrator:
             {
                 "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(),
                 "error": job.error,
-                "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": u.state,
+                "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": u.state.value,
                            "worker_id": u.worker.id if u.worker else None, "progress": round(u.progress, 4),
                            "errors": list(u.causes)} for u in job.unit_list()],
             }

@@ -55,8 +55,11 @@ def literal_batch_size(prompt: Prompt, collector: str) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def describe(prompt: Prompt, config: GpuConfig) -> dict[str, Any]:
+def describe(prompt: Prompt, config: GpuConfig, weights: list[float] | None = None) -> dict[str, Any]:
     """The plan as JSON: participants, each Distributor's seed per participant, output ranges.
+
+    ``weights`` (master first, then the enabled workers) are those the job will be planned with:
+    the orchestrator's :meth:`~.speeds.Speeds.weights`, so that what is reported is what runs.
 
     Raises WorkflowError for a prompt that cannot be distributed.
     """
@@ -78,7 +81,8 @@ def describe(prompt: Prompt, config: GpuConfig) -> dict[str, Any]:
     units = None
     if mode != "static":
         sizes = unit_sizes(literal_batch(prompt, collectors) * len(people), config.settings.unit_size)
-        weights = [config.master.weight or 1.0] + [w.weight or 1.0 for w in config.enabled_workers()]
+        if weights is None:
+            weights = [config.master.weight or 1.0] + [w.weight or 1.0 for w in config.enabled_workers()]
         owner = {p: people[k].name for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
         units = [{"position": p, "seed_offset": p, "batch": size,
                   "planned": (owner[p] if mode == "weighted" else ("master" if p == 0 else None))}

@@ -10,6 +10,7 @@ linked by a context variable, since the handler runs inside the request's task.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import logging
 from contextvars import ContextVar
@@ -57,14 +58,19 @@ def make_prompt_handler(orchestrator: Orchestrator, balancer: "QueueBalancer | N
         if balancer is not None:
             routed, forward = balancer.route(prompt)
             if forward is not None:
-                plan(_Pending(lambda _pid, f=forward: balancer.start(f), lambda f=forward: balancer.discard(f)))
+                router, chosen = balancer, forward
+
+                def start_forward(_prompt_id: str | None) -> None:
+                    router.start(chosen)
+
+                plan(_Pending(start_forward, functools.partial(router.discard, chosen)))
                 return {**json_data, "prompt": routed}
         extra_data = json_data.get("extra_data")
         requested = extra_data.get(JOB_ID_EXTRA_DATA) if isinstance(extra_data, dict) else None
         prompt, job = orchestrator.prepare(prompt, requested)
         if job is None:
             return json_data
-        plan(_Pending(lambda pid, j=job: orchestrator.start(j, pid), lambda j=job: orchestrator.discard(j)))
+        plan(_Pending(functools.partial(orchestrator.start, job), functools.partial(orchestrator.discard, job)))
         return {**json_data, "prompt": prompt}
 
     return on_prompt

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 
+from . import events
 from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
 from .errors import JobError, WorkerError
 from .workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
@@ -160,9 +161,7 @@ class QueueBalancer:
     def _failed(self, worker: WorkerConfig, forward: Forward, reason: str, message: str) -> None:
         forward.causes.append(f"{worker.display_name}: {message}")
         log.warning("Multi-GPU queue: worker %s failed a forwarded prompt: %s", worker.display_name, message)
-        self.notify("multigpu.worker_failed", {"worker_id": worker.id, "worker": worker.display_name,
-                                               "reason": reason, "rerun": True,
-                                               "message": f"Worker {worker.display_name}: {message}"})
+        self.notify(*events.worker_failed(worker.id, worker.display_name, reason, message, rerun=True))
 
     async def _run_on(self, worker: WorkerConfig, forward: Forward,
                       session: aiohttp.ClientSession) -> dict[str, list[tuple[OutputFile, bytes]]]:

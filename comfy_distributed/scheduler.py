@@ -124,7 +124,7 @@ class JobScheduler:
 
     @classmethod
     def static(cls, workers: list[WorkerId], **kwargs) -> "JobScheduler":
-        """The seed's plan: worker k runs unit k + 1 (its own batch with seed + k + 1)."""
+        """The original README's plan: worker k runs unit k + 1 (its own batch with seed + k + 1)."""
         units = [Unit(k + 1, k + 1) for k in range(len(workers))]
         return cls(units, list(workers), plan={w: [k + 1] for k, w in enumerate(workers)}, **kwargs)
 

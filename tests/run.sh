@@ -14,4 +14,6 @@ if ! "$VENV_PY" -c "import torch" 2>/dev/null; then
     "$VENV_PY" -m pip install --quiet "torch==2.13.0"
 fi
 "$VENV_PY" -m pip install --quiet -e ".[test]"
+# type check the package first (settings in pyproject.toml, [tool.mypy]); a type error fails the run
+"$VENV_PY" -m mypy -p comfy_distributed
 exec "$VENV_PY" -m pytest "$@"

@@ -1,5 +1,5 @@
 // The panel's two editors: the worker form (add or edit, checked field by field before it is sent)
-// and the settings table (drawn from GET /multigpu/config's settings plus SETTINGS_SCHEMA, so a
+// and the settings table (drawn from GET /multigpu/config's settings plus its settings_form, so a
 // setting the master adds later shows up without a change here).
 
 import { button, h } from "./multigpu_dom.js";
@@ -156,7 +156,8 @@ export function createSettings({ client, actions }) {
   function update(state) {
     if (!state.config) return;
     const stored = client.hasToken();
-    const rows = settingRows(state.config.settings, { token_configured: state.auth.configured });
+    const rows = settingRows(state.config.settings, { token_configured: state.auth.configured },
+                             state.config.settings_form);
     const next = JSON.stringify([rows.map((r) => [r.key, r.kind, r.configured]), stored]);
     if (next === shape) {
       rows.forEach(refreshValue);

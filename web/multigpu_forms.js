@@ -140,33 +140,6 @@ export function workerForm(worker) {
 
 // --- settings ------------------------------------------------------------------------------
 
-const seconds = (label, min, max, help, minInclusive = false) =>
-  ({ label, kind: "number", min, max, minInclusive, unit: "s", help });
-
-/** What the panel knows about each setting. Keys it does not know are still shown, typed by their value. */
-export const SETTINGS_SCHEMA = {
-  scheduling_mode: {
-    label: "Scheduling mode", kind: "enum", options: ["static", "weighted", "dynamic"],
-    help: "static: one unit per participant; weighted: shares by speed; dynamic: small units handed out as GPUs free up",
-  },
-  unit_size: { label: "Unit size", kind: "integer", min: 1, max: 4096, unit: "images",
-               help: "images per unit in weighted and dynamic modes" },
-  worker_timeout: seconds("Worker timeout", 0, 86400, "how long a worker may take for its share, queue wait included"),
-  connect_timeout: seconds("Connect timeout", 0, 600, "to open a connection to a worker"),
-  request_timeout: seconds("Request timeout", 0, 3600, "for one HTTP request to a worker"),
-  heartbeat_interval: seconds("Heartbeat interval", 0.1, 3600, "time between two health checks of a worker", true),
-  health_ttl: seconds("Health TTL", 0.5, 86400, "a worker with no answer for this long is offline", true),
-  max_retries: { label: "Max retries", kind: "integer", min: 0, max: 10,
-                 help: "how many times a failed unit is re-run on another participant" },
-  skip_offline_workers: { label: "Skip offline workers", kind: "bool",
-                          help: "leave out the images of a worker that is offline when a job starts" },
-  launch_timeout: seconds("Launch timeout", 0, 3600, "how long a launched instance has to answer"),
-  stop_workers_on_exit: { label: "Stop workers on exit", kind: "bool",
-                          help: "the launcher stops the workers it started when the master exits" },
-  api_token: { label: "API token", kind: "secret",
-               help: "required by the control endpoints; 16-256 printable characters; never shown" },
-};
-
 function inferred(key, value) {
   const label = key.replace(/_/g, " ").replace(/^./, (c) => c.toUpperCase());
   if (typeof value === "boolean") return { label, kind: "bool" };
@@ -175,16 +148,21 @@ function inferred(key, value) {
   return { label, kind: "json", readOnly: true };
 }
 
-/** Rows for the settings table: known keys in schema order, then the others as the config lists them. */
-export function settingRows(settings, auth = {}) {
+/**
+ * Rows for the settings table: the settings the master's form describes (GET /multigpu/config's settings_form,
+ * derived from its settings model: no copy of it here), in its order, then any others, typed by their value.
+ */
+export function settingRows(settings, auth = {}, form = []) {
   const rows = [];
   const present = settings || {};
-  for (const [name, schema] of Object.entries(SETTINGS_SCHEMA)) {
-    if (schema.kind === "secret") rows.push({ key: name, ...schema, value: null, configured: !!auth.token_configured });
-    else if (name in present) rows.push({ key: name, ...schema, value: present[name] });
+  const described = new Set();
+  for (const field of form || []) {
+    described.add(field.key);
+    if (field.kind === "secret") rows.push({ ...field, value: null, configured: !!auth.token_configured });
+    else if (field.key in present) rows.push({ ...field, value: present[field.key] });
   }
   for (const [name, value] of Object.entries(present)) {
-    if (!(name in SETTINGS_SCHEMA)) rows.push({ key: name, ...inferred(name, value), value });
+    if (!described.has(name)) rows.push({ key: name, ...inferred(name, value), value });
   }
   return rows;
 }
@@ -202,10 +180,14 @@ export function parseSetting(row, raw) {
       const pattern = row.kind === "integer" ? INTEGER : NUMBER;
       if (!pattern.test(textValue)) return { error: `${row.label}: a ${row.kind === "integer" ? "whole " : ""}number` };
       const value = Number(textValue);
-      const tooLow = row.min !== undefined && (row.kind === "number" && !row.minInclusive ? value <= row.min : value < row.min);
-      if (tooLow || (row.max !== undefined && value > row.max)) {
-        const low = row.kind === "number" && !row.minInclusive ? `more than ${row.min}` : `at least ${row.min}`;
-        return { error: `${row.label}: ${low} and at most ${row.max}` };
+      const hasMin = row.min !== undefined && row.min !== null;
+      const hasMax = row.max !== undefined && row.max !== null;
+      const exclusive = row.min_inclusive === false;
+      const tooLow = hasMin && (exclusive ? value <= row.min : value < row.min);
+      if (tooLow || (hasMax && value > row.max)) {
+        const low = hasMin ? (exclusive ? `more than ${row.min}` : `at least ${row.min}`) : "";
+        const high = hasMax ? `at most ${row.max}` : "";
+        return { error: `${row.label}: ${[low, high].filter(Boolean).join(" and ")}` };
       }
       return { value };
     }

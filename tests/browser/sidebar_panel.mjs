@@ -304,6 +304,9 @@ async function run() {
     const keys = await page.locator(".mgpu-setting").evaluateAll((rows) => rows.map((r) => r.dataset.setting));
     const missing = Object.keys(readConfig().settings).filter((k) => k !== "api_token" && !keys.includes(k));
     if (missing.length) throw new Error(`settings not shown: ${missing}`);
+    for (const choice of ["scheduling_mode", "queue_mode"]) {  // drawn from the master's settings_form
+      if (await setting(choice).locator("select").count() !== 1) throw new Error(`${choice} is not a choice list`);
+    }
     const tokenValue = await setting("api_token").locator("input").inputValue();
     if (tokenValue) throw new Error("the token field is not empty");
     await input.fill("120");

@@ -24,8 +24,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.real.cluster import Cluster, image_workflow, poll
-from tests.real.harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance, free_port
+from tests.real.cluster import Cluster, image_workflow
+from tests.real.harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance
+from tests.waiting import free_port, poll
 
 ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
@@ -106,7 +107,8 @@ def test_sidebar_panel_in_chromium(tmp_path: Path) -> None:
     try:
         cluster.use_workers(cluster.w1, cluster.w2, heartbeat_interval=0.5, health_ttl=HEALTH_TTL)
         _launchable(cluster.config_path, 1, cluster.w2.base_dir)
-        poll(lambda: [w["status"] for w in cluster.status()["workers"]] == ["idle", "idle"], 30, "both workers idle")
+        poll(lambda: [w["status"] for w in cluster.status()["workers"]] == ["idle", "idle"], 30, "both workers idle",
+             interval=0.05)
         shutil.rmtree(ARTIFACTS, ignore_errors=True)
         logs = {w.name: tmp_path / f"{w.name}-requests.log" for w in (cluster.w1, cluster.w2)}
         plan = {

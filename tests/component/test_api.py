@@ -4,69 +4,19 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
-import socket
-import time
-from pathlib import Path
 
 import pytest
-from aiohttp.test_utils import TestClient, TestServer
 
-from comfy_distributed.api import TOKEN_ENV, MultiGPUApi, listens_beyond_loopback
-from comfy_distributed.config import ConfigStore, load_config
-from comfy_distributed.orchestrator import Orchestrator
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from comfy_distributed.api import listens_beyond_loopback
+from comfy_distributed.config import load_config
+from tests.component.api_support import TOKEN, Master, first_prompt, png_bytes, workflow, write_config
 from tests.standin import StandinComfy
-
-TOKEN = "correct-horse-battery-staple"
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def workflow(seed: int = 5) -> dict:
-    return {
-        "1": {"class_type": "DistributedTestImage",
-              "inputs": {"seed": ["2", 0], "batch_size": 2, "width": 16, "height": 16, "delay": 0.0}},
-        "2": {"class_type": DISTRIBUTOR_CLASS, "inputs": {"seed": seed}},
-        "3": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "x"}},
-    }
-
-
-class Master:
-    def __init__(self, path: Path, public: bool = False) -> None:
-        self.path = path
-        self.store = ConfigStore(path)
-        self.events: list[tuple[str, dict]] = []
-        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)))
-        self.freed = 0
-        self.api = MultiGPUApi(self.store, self.orchestrator, public=public, free_master=self._free)
-        self.client = TestClient(TestServer(self.api.make_app()))
-
-    def _free(self) -> None:
-        self.freed += 1
-
-    async def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None,
-                   headers: dict | None = None):
-        headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
-        kwargs = {"data": io.BytesIO(raw)} if raw is not None else ({"json": body} if body is not None else {})
-        response = await self.client.request(method, path, headers=headers, **kwargs)
-        return response.status, await response.json()
-
-
-def write_config(path: Path, workers: list[dict], **settings) -> Path:
-    path.write_text(json.dumps({"master": {"port": 8188}, "workers": workers, "settings": settings}))
-    return path
+from tests.waiting import closed_port
 
 
 @pytest.fixture
 async def master(tmp_path, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
     write_config(tmp_path / "gpu_config.json", [
         {"id": 1, "name": "GPU 1", "port": closed_port(), "enabled": True,
          "headers": {"Authorization": "Bearer worker-secret"}},
@@ -77,15 +27,6 @@ async def master(tmp_path, monkeypatch):
     yield made
     await made.client.close()
 
-
-
-async def first_prompt(standin: StandinComfy, timeout: float = 10) -> dict:
-    """The first prompt a stand-in worker received, waited for up to ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while not standin.received:
-        assert time.monotonic() < deadline, f"{standin.name} received no prompt within {timeout} s"
-        await asyncio.sleep(0.02)
-    return standin.received[0]
 
 async def test_get_config_hides_secrets(master):
     master.store.update_data(lambda c: c["settings"].update(api_token=TOKEN))
@@ -164,8 +105,8 @@ async def test_malformed_and_oversize_bodies(master):
         assert got == status and isinstance(body["error"], str)
 
 
-async def test_token_is_required_once_configured(master, monkeypatch):
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+async def test_token_is_required_once_configured(master):
+    master.api.env_token = TOKEN  # as COMFY_DISTRIBUTED_TOKEN read at start
     status, body = await master.call("POST", "/multigpu/config/update_worker", {"worker_id": 1, "enabled": False})
     assert status == 401 and "token" in body["error"]
     status, body = await master.call("POST", "/multigpu/config/update_worker", {"worker_id": 1, "enabled": False},
@@ -182,7 +123,6 @@ async def test_token_is_required_once_configured(master, monkeypatch):
 
 
 async def test_public_master_without_token_refuses_changes(tmp_path, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
     write_config(tmp_path / "gpu_config.json", [])
     made = Master(tmp_path / "gpu_config.json", public=True)
     await made.client.start_server()
@@ -238,7 +178,6 @@ async def test_prepare_job_refusals(master, body, words):
 
 
 async def test_clear_memory_reaches_workers_and_master(tmp_path, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
     async with StandinComfy(tmp_path / "w1", name="w1") as w1:
         write_config(tmp_path / "gpu_config.json", [
             {"id": 1, "name": "GPU 1", "port": w1.port},
@@ -263,7 +202,6 @@ async def test_clear_memory_reaches_workers_and_master(tmp_path, monkeypatch):
 
 
 async def test_status_reports_each_worker(tmp_path, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
     async with StandinComfy(tmp_path / "w1", name="w1") as w1:
         write_config(tmp_path / "gpu_config.json", [
             {"id": 1, "port": w1.port}, {"id": 2, "port": closed_port()}, {"id": 3, "port": 9, "enabled": False},
@@ -280,7 +218,6 @@ async def test_status_reports_each_worker(tmp_path, monkeypatch):
 
 
 async def test_job_complete_accepts_only_the_share_owner(tmp_path, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
     async with StandinComfy(tmp_path / "w1", name="w1") as w1:
         w1.gate = asyncio.Event()  # the worker never finishes by itself: only its callback completes the share
         write_config(tmp_path / "gpu_config.json", [{"id": 1, "name": "GPU 1", "port": w1.port}])
@@ -291,7 +228,7 @@ async def test_job_complete_accepts_only_the_share_owner(tmp_path, monkeypatch):
             made.orchestrator.start(job)
             sent = (await first_prompt(w1))["extra_data"]["multigpu"]
             assert sent["job_id"] == job.job_id and sent["worker_id"] == 1
-            png = base64.b64encode(_png()).decode()
+            png = base64.b64encode(png_bytes()).decode()
             who = {"X-MultiGPU-Job": job.job_id, "X-MultiGPU-Worker": "1", "X-MultiGPU-Share-Token": sent["share_token"]}
             good = {"outputs": {"3": [png]}}
             for header, body_change, status in (
@@ -312,13 +249,3 @@ async def test_job_complete_accepts_only_the_share_owner(tmp_path, monkeypatch):
             w1.gate.set()
         finally:
             await made.client.close()
-
-
-def _png() -> bytes:
-    import io
-
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    Image.new("RGB", (16, 16), (1, 2, 3)).save(buffer, format="PNG")
-    return buffer.getvalue()

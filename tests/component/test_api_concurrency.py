@@ -17,11 +17,9 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
-from comfy_distributed.api import TOKEN_ENV
 from comfy_distributed.config import load_config, public_view
-from tests.component.test_openapi import JOB_COMPLETE, PNG, TOKEN, ApiUnderTest, Reply, check_reply, strict_json
+from tests.component.openapi_support import JOB_COMPLETE, PNG, TOKEN, ApiUnderTest, Reply, check_reply, strict_json
 
 ROOT = Path(__file__).resolve().parents[2]
 UPDATE_WORKER = "/multigpu/config/update_worker"
@@ -29,10 +27,6 @@ ADD_WORKER = "/multigpu/config/add_worker"
 REMOVE_WORKER = "/multigpu/config/remove_worker"
 UPDATE_SETTING = "/multigpu/config/update_setting"
 
-
-@pytest.fixture(autouse=True)
-def _no_token_from_environment(monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
 
 
 def cluster(count: int, first_port: int = 20_000) -> str:

@@ -35,17 +35,15 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from comfy_distributed.api import MAX_BODY, TOKEN_ENV
+from comfy_distributed.api_results import JOB_HEADER, SHARE_HEADER, WORKER_HEADER
 from comfy_distributed.config import public_view
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
-from tests.component.test_openapi import (
+from tests.component.openapi_support import (
     ALLOWED_HOST,
     CONFIG_PATHS,
-    JOB_HEADER,
     PNG,
     PNG_B64,
-    SHARE_HEADER,
     TOKEN,
-    WORKER_HEADER,
     ApiUnderTest,
     Reply,
     body_limit,
@@ -85,10 +83,6 @@ def fuzzed_api(tmp_path: Path, mode: str, **kwargs: Any) -> ApiUnderTest:
 def endpoint_id(endpoint: tuple[str, str]) -> str:
     return f"{endpoint[0]}-{endpoint[1].removeprefix('/multigpu/').replace('/', '.')}"
 
-
-@pytest.fixture(autouse=True)
-def _no_token_from_environment(monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
 
 
 # --- values ---------------------------------------------------------------------------------
@@ -703,9 +697,9 @@ async def test_public_master_without_a_token_refuses_every_route_but_the_documen
 
 
 @pytest.mark.parametrize("public", [False, True])
-async def test_token_from_the_environment_is_required(tmp_path, monkeypatch, public):
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+async def test_token_from_the_environment_is_required(tmp_path, public):
     async with ApiUnderTest(tmp_path, public=public) as api:
+        api.api.env_token = TOKEN  # as COMFY_DISTRIBUTED_TOKEN read at start
         for method, path in ENDPOINTS:
             body = {} if "requestBody" in operation(method, path) else None
             refused = await _call_each_way(api, method, path, {"none": {}, "wrong": AUTH_BAD["wrong"]}, body)

@@ -4,32 +4,18 @@ from __future__ import annotations
 
 import asyncio
 import json
-import socket
-import time
 
 import aiohttp
 
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.health import HealthMonitor
 from tests.standin import StandinComfy
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.waiting import closed_port, until
 
 
 def write(path, workers, **settings):
     path.write_text(json.dumps({"workers": workers, "settings": settings}))
     path.touch()
-
-
-async def until(condition, timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.02)
 
 
 async def test_statuses_follow_the_workers(tmp_path):
@@ -40,7 +26,7 @@ async def test_statuses_follow_the_workers(tmp_path):
         events: list[tuple[str, dict]] = []
         monitor = HealthMonitor(ConfigStore(path), lambda e, d: events.append((e, d)))
         async with monitor:
-            await until(lambda: monitor.status(1) == "idle" and monitor.status(2) == "offline")
+            await until(lambda: monitor.status(1) == "idle" and monitor.status(2) == "offline", timeout=10.0)
             assert monitor.status(3) == "disabled"
             assert monitor.unavailable().keys() == {"2"}
             snapshot = {w["id"]: w for w in monitor.snapshot(ConfigStore(path).get().workers)}
@@ -54,9 +40,9 @@ async def test_statuses_follow_the_workers(tmp_path):
                           "2": {"class_type": "PreviewImage", "inputs": {"images": ["1", 0]}}}
                 async with session.post(f"{w1.url}/prompt", json={"prompt": prompt}) as response:
                     assert response.status == 200
-            await until(lambda: monitor.status(1) == "busy")
+            await until(lambda: monitor.status(1) == "busy", timeout=10.0)
             w1.gate.set()
-            await until(lambda: monitor.status(1) == "idle")
+            await until(lambda: monitor.status(1) == "idle", timeout=10.0)
 
             await w1.stop()  # refused connections: offline at once
             await until(lambda: monitor.status(1) == "offline", timeout=3)
@@ -74,9 +60,9 @@ async def test_launching_until_it_answers(tmp_path):
     monitor = HealthMonitor(ConfigStore(path))
     async with monitor:
         monitor.mark_launching(1, seconds=30)
-        await until(lambda: monitor.status(1) == "launching")
+        await until(lambda: monitor.status(1) == "launching", timeout=10.0)
         async with StandinComfy(tmp_path / "w1", name="w1", port=port):
-            await until(lambda: monitor.status(1) == "idle")
+            await until(lambda: monitor.status(1) == "idle", timeout=10.0)
 
 
 async def test_a_server_that_is_not_comfyui_is_an_error(tmp_path):
@@ -99,6 +85,6 @@ async def test_a_server_that_is_not_comfyui_is_an_error(tmp_path):
         write(path, [{"id": 1, "port": server.port}], heartbeat_interval=0.1)
         monitor = HealthMonitor(ConfigStore(path))
         async with monitor:
-            await until(lambda: monitor.status(1) == "error")
+            await until(lambda: monitor.status(1) == "error", timeout=10.0)
     finally:
         await server.close()

@@ -3,92 +3,24 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
-import socket
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
 
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.errors import JobError
 from comfy_distributed.health import HealthMonitor
-from comfy_distributed.orchestrator import CollectorResult, Job, Orchestrator
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT
-from tests.comfy_test_nodes import seeded_images
+from comfy_distributed.orchestrator import CollectorResult, Orchestrator
+from tests.component.cluster import Cluster, assert_unit_images, by_position, expected_pixels, pixels, workflow
 from tests.standin import StandinComfy
-
-
-def workflow(seed: int = 42, batch: int = 2, delay: float = 0.0) -> dict:
-    return {
-        "1": {"class_type": "DistributedTestImage",
-              "inputs": {"seed": ["2", 0], "batch_size": batch, "width": 32, "height": 24, "delay": delay}},
-        "2": {"class_type": DISTRIBUTOR_CLASS, "inputs": {"seed": seed}},
-        "3": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
-        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "out"}},
-    }
-
-
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+from tests.waiting import closed_port, until
 
 
 def port_of(url: str) -> int:
     return int(url.rsplit(":", 1)[1])
-
-
-class Cluster:
-    """An orchestrator whose config lists the given worker ports, recording its UI events."""
-
-    def __init__(self, tmp_path: Path, ports: list[int], health: HealthMonitor | None = None, **settings) -> None:
-        self.path = tmp_path / "gpu_config.json"
-        workers = [{"id": i + 1, "name": f"GPU {i + 1}", "port": p, "enabled": True} for i, p in enumerate(ports)]
-        self.path.write_text(json.dumps({"workers": workers, "settings": settings}))
-        self.events: list[tuple[str, dict]] = []
-        self.store = ConfigStore(self.path)
-        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)), health)
-
-    def start(self, prompt: dict) -> Job:
-        marked, job = self.orchestrator.prepare(prompt)
-        assert job is not None
-        assert marked["3"]["inputs"][JOB_INPUT] == job.job_id
-        self.orchestrator.start(job)
-        return job
-
-    async def collect(self, job: Job, collector: str = "3", interrupted=lambda: False) -> CollectorResult:
-        """What the master's Collector does when it runs: free the master, wait, take the images."""
-        return await asyncio.to_thread(self.orchestrator.collect, job.job_id, collector, interrupted)
-
-    async def run(self, prompt: dict, **kwargs) -> CollectorResult:
-        return await self.collect(self.start(prompt), **kwargs)
-
-    def failure_messages(self) -> list[str]:
-        return [d["message"] for e, d in self.events if e == "multigpu.worker_failed"]
-
-
-async def until(condition, timeout: float = 20.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met before the deadline"
-        await asyncio.sleep(0.02)
-
-
-def by_position(result: CollectorResult) -> dict[int, tuple[str, list[bytes]]]:
-    return {unit.position: (unit.name, blobs) for unit, blobs in result.images}
-
-
-def pixels(blob: bytes) -> np.ndarray:
-    return np.array(Image.open(io.BytesIO(blob)).convert("RGB"))
-
-
-def expected_pixels(seed: int, batch: int) -> list[np.ndarray]:
-    images = seeded_images(seed, batch, 32, 24).numpy()
-    return [np.clip(255.0 * image, 0, 255).astype(np.uint8) for image in images]
 
 
 @pytest.fixture
@@ -111,11 +43,6 @@ async def test_workers_run_plain_copies_with_offset_seeds_in_order(tmp_path, two
         assert body["client_id"]
         assert {n["class_type"] for n in prompt.values()} == {"DistributedTestImage", "PreviewImage"}
         assert prompt["1"]["inputs"]["seed"] == seed
-
-
-def assert_unit_images(result: CollectorResult, position: int, seed: int) -> None:
-    _, blobs = by_position(result)[position]
-    assert [pixels(b).tolist() for b in blobs] == [p.tolist() for p in expected_pixels(seed, 2)]
 
 
 FAULTS = {
@@ -296,12 +223,7 @@ async def test_bad_config_fails_the_collector_with_the_reason(tmp_path):
 def master_unit_pixels(unit) -> list[np.ndarray]:
     """What the master computes for a unit it runs itself (the test node's images, 8-bit)."""
     seed = 42 + unit.seed_offset
-    return expected_pixels_batch(seed, unit.batch)
-
-
-def expected_pixels_batch(seed: int, batch: int) -> list[np.ndarray]:
-    images = seeded_images(seed, batch, 32, 24).numpy()
-    return [np.clip(255.0 * image, 0, 255).astype(np.uint8) for image in images]
+    return expected_pixels(seed, unit.batch)
 
 
 async def run_dynamic(tmp_path: Path, w1, w2, mode: str, **settings) -> tuple[list, CollectorResult]:
@@ -315,7 +237,7 @@ async def run_dynamic(tmp_path: Path, w1, w2, mode: str, **settings) -> tuple[li
     result = await asyncio.to_thread(
         cluster.orchestrator.collect, job.job_id, "3", lambda: False,
         lambda unit: ran_on_master.__setitem__(unit.position, master_unit_pixels(unit)))
-    images = {0: expected_pixels_batch(42, 1)}  # the master's unit 0: seed + 0, one image
+    images = {0: expected_pixels(42, 1)}  # the master's unit 0: seed + 0, one image
     images.update(ran_on_master)
     for unit, blobs in result.images:
         images[unit.position] = [pixels(b) for b in blobs]
@@ -327,7 +249,7 @@ async def test_unit_plans_give_the_same_images_whatever_the_speeds_and_failures(
     w1, w2 = two_workers
     reference, result = await run_dynamic(tmp_path / "equal", w1, w2, mode)
     assert len(reference) == 6  # batch 2 x 3 participants, in units of 1
-    expected = [p for offset in range(6) for p in expected_pixels_batch(42 + offset, 1)]
+    expected = [p for offset in range(6) for p in expected_pixels(42 + offset, 1)]
     assert all(np.array_equal(a, b) for a, b in zip(reference, expected))
 
     w2.execution_delay_scale = 8.0  # worker 2 is now 8 times slower

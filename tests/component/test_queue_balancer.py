@@ -3,23 +3,11 @@
 from __future__ import annotations
 
 import asyncio
-import json
 
-from comfy_distributed.config import ConfigStore
-from comfy_distributed.queue_balancer import REMOTE_OUTPUT_CLASS, QueueBalancer
+from comfy_distributed.queue_balancer import REMOTE_OUTPUT_CLASS
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from tests.component.cluster import balancer, plain
 from tests.standin import StandinComfy
-
-OUTPUT_CLASSES = {"SaveImage", "PreviewImage"}
-
-
-def plain(seed: int = 3) -> dict:
-    return {
-        "1": {"class_type": "DistributedTestImage",
-              "inputs": {"seed": seed, "batch_size": 1, "width": 8, "height": 8, "delay": 0.0}},
-        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "q"}},
-    }
-
 
 def with_collector() -> dict:
     prompt = plain()
@@ -28,14 +16,6 @@ def with_collector() -> dict:
     prompt["6"] = {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}}
     prompt["2"]["inputs"]["images"] = ["6", 0]
     return prompt
-
-
-def balancer(tmp_path, ports, master_load=1, **settings) -> QueueBalancer:
-    path = tmp_path / "gpu_config.json"
-    path.write_text(json.dumps({"workers": [{"id": i + 1, "name": f"GPU {i + 1}", "port": p}
-                                            for i, p in enumerate(ports)], "settings": settings}))
-    return QueueBalancer(ConfigStore(path), master_load=lambda: master_load,
-                         is_output_node=lambda class_type: class_type in OUTPUT_CLASSES)
 
 
 async def test_routing_rules(tmp_path):

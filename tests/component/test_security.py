@@ -13,11 +13,11 @@ import tracemalloc
 
 import pytest
 
-from comfy_distributed.api import TOKEN_ENV
 from comfy_distributed.config import ConfigStore, load_config
 from comfy_distributed.errors import ConfigError
-from tests.component.test_api import TOKEN, Master, _png, closed_port, first_prompt, workflow, write_config
+from tests.component.api_support import TOKEN, Master, first_prompt, png_bytes, workflow, write_config
 from tests.standin import StandinComfy
+from tests.waiting import closed_port
 
 ROUTES = [("GET", "/multigpu/config"), ("GET", "/multigpu/status"), ("GET", "/multigpu/openapi.json"),
           ("POST", "/multigpu/config/update_worker"), ("POST", "/multigpu/config/add_worker"),
@@ -29,7 +29,6 @@ REBINDING = {"Host": "attacker.example:8188", "Origin": "http://attacker.example
 
 @pytest.fixture
 async def make_master(tmp_path, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
     made: list[Master] = []
 
     async def factory(workers: list[dict] | None = None, public: bool = False, **settings) -> Master:
@@ -112,7 +111,7 @@ async def test_public_master_needs_the_token_for_reads(make_master, monkeypatch)
     for path in ("/multigpu/config", "/multigpu/status"):
         status, body = await master.call("GET", path, headers=REBINDING)
         assert status == 401 and "api_token" in body["error"]
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    master.api.env_token = TOKEN  # as COMFY_DISTRIBUTED_TOKEN read at start
     status, body = await master.call("GET", "/multigpu/config")
     assert status == 401
     status, body = await master.call("GET", "/multigpu/config", token=TOKEN, headers={"Host": "192.168.1.5:8188"})
@@ -230,7 +229,6 @@ async def test_junk_callback_is_refused_before_its_body_is_read(make_master):
 
 
 async def test_a_share_owner_cannot_bloat_the_master_either(tmp_path, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
     async with StandinComfy(tmp_path / "w1", name="w1") as w1:
         w1.gate = asyncio.Event()
         path = write_config(tmp_path / "gpu_config.json", [{"id": 1, "port": w1.port}])
@@ -248,7 +246,7 @@ async def test_a_share_owner_cannot_bloat_the_master_either(tmp_path, monkeypatc
             big = b'{"outputs": {"3": ["' + b"A" * (100 * 1024 * 1024) + b'"]}}'
             status, body = await master.call("POST", "/multigpu/job_complete", raw=big, headers=who)
             assert status == 413
-            png = base64.b64encode(_png()).decode()
+            png = base64.b64encode(png_bytes()).decode()
             status, body = await master.call("POST", "/multigpu/job_complete", {"outputs": {"3": [png]}}, headers=who)
             assert status == 200
             result = await asyncio.to_thread(master.orchestrator.collect, job.job_id, "3", lambda: False)
@@ -282,7 +280,7 @@ def test_nesting_depth_skips_strings_with_escapes_and_brackets():
 
 async def test_job_complete_needs_the_token_when_one_is_configured(make_master, monkeypatch):
     master = await make_master(workers=[])
-    monkeypatch.setenv(TOKEN_ENV, TOKEN)
+    master.api.env_token = TOKEN
     who = {"X-MultiGPU-Job": "j", "X-MultiGPU-Worker": "1", "X-MultiGPU-Share-Token": "s"}
     status, _ = await master.call("POST", "/multigpu/job_complete", {"outputs": {}}, headers=who)
     assert status == 401
@@ -343,7 +341,6 @@ async def test_file_holding_the_token_is_owner_only(make_master):
 # --- 12. the Collector's stash is freed when its job ends --------------------------------------------
 
 async def test_stash_is_freed_when_a_master_rerun_is_cancelled(tmp_path, monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
     async with StandinComfy(tmp_path / "w1", name="w1") as w1:
         w1.gate = asyncio.Event()
         path = write_config(tmp_path / "gpu_config.json", [{"id": 1, "port": w1.port}])

@@ -26,6 +26,7 @@ from tests.standin.parity import (
     save,
     image_node,
 )
+from tests.waiting import until
 
 pytestmark = [pytest.mark.asyncio, pytest.mark.timeout(120)]
 
@@ -42,20 +43,6 @@ async def worker(tmp_path):
 async def session():
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=DEADLINE)) as s:
         yield s
-
-
-async def poll(check, timeout: float = DEADLINE, interval: float = 0.02):
-    """Call ``check()`` (awaiting it if needed) until it is truthy; fail after ``timeout`` seconds."""
-    deadline = time.monotonic() + timeout
-    while True:
-        result = check()
-        if asyncio.iscoroutine(result):
-            result = await result
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(interval)
 
 
 def simple_prompt(seed: int = 1, delay: float = 0.0, batch_size: int = 1, prefix: str = "w") -> dict:
@@ -148,7 +135,7 @@ async def test_extra_node_classes_run_in_a_thread_and_the_loop_stays_responsive(
     d = Driver(session, worker.url)
     client = await Client(d).connect()
     prompt_id = await d.queue({"1": {"class_type": "Blocking", "inputs": {"seconds": 1.0}}, "2": save("1", "blocking")}, client)
-    await poll(lambda: started)
+    await until(lambda: started, timeout=DEADLINE)
     before = time.monotonic()
     status, _ = await d.request("GET", "/system_stats")
     assert status == 200 and time.monotonic() - before < 0.5
@@ -320,7 +307,7 @@ async def test_drop_ws_after_start(worker, session):
     worker.drop_ws_after_start = True
     client = await Client(d).connect()
     prompt_id = await d.queue(simple_prompt(seed=7, delay=0.3), client)
-    await poll(lambda: client.closed)
+    await until(lambda: client.closed, timeout=DEADLINE)
     assert [e["type"] for e in client.events][-1] == "execution_start"
     entry = await d.history(prompt_id)  # the job itself carries on
     assert entry["status"]["status_str"] == "success"
@@ -360,7 +347,7 @@ async def test_stop_and_start_on_the_same_port(worker, session):
     port = worker.port
 
     await worker.stop()
-    await poll(lambda: client.closed)
+    await until(lambda: client.closed, timeout=DEADLINE)
     with pytest.raises(aiohttp.ClientConnectionError):
         await d.request("GET", "/system_stats")
     await worker.start()

@@ -17,9 +17,9 @@ from comfy_distributed.health import HealthMonitor
 from comfy_distributed.queue_balancer import QueueBalancer
 from comfy_distributed.worker_client import OutputFile, WorkerClient, summarize_rejection
 from comfy_distributed.worker_prep import preflight_problems
-from tests.component.test_orchestrator import Cluster, assert_unit_images, by_position, until, workflow
-from tests.component.test_queue_balancer import balancer, plain
+from tests.component.cluster import Cluster, assert_unit_images, balancer, by_position, plain, workflow
 from tests.standin import StandinComfy
+from tests.waiting import until
 
 
 @pytest.fixture

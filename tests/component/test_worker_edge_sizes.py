@@ -16,9 +16,10 @@ from comfy_distributed.config import Settings, WorkerConfig
 from comfy_distributed.errors import WorkerProtocolError
 from comfy_distributed.images import PNG_SIGNATURE, decode_kind, fits
 from comfy_distributed.worker_client import MAX_FILES_PER_OUTPUT, MIB, OutputFile, WorkerClient
-from tests.component.test_orchestrator import Cluster, assert_unit_images, by_position, until, workflow
+from tests.audio_support import flac_like_comfyui
+from tests.component.cluster import Cluster, assert_unit_images, by_position, workflow
 from tests.standin import StandinComfy
-from tests.unit.test_audio import flac_like_comfyui
+from tests.waiting import until
 
 
 def client_for(worker: StandinComfy, **settings) -> WorkerClient:

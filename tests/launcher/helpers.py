@@ -10,23 +10,15 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import sys
-import time
 import urllib.request
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_MAIN = Path(__file__).resolve().parent / "fake_comfyui" / "main.py"
 CLI_TIMEOUT = 120.0
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def make_comfyui(folder: Path) -> Path:
@@ -90,13 +82,6 @@ def pid_alive(pid: int) -> bool:
 
 def read_pid(state: Path, key: str) -> int:
     return int(json.loads((state / f"{key}.pid").read_text())["pid"])
-
-
-def poll(condition: Callable[[], bool], timeout: float, what: str, interval: float = 0.1) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"{what}: not within {timeout} s"
-        time.sleep(interval)
 
 
 def pids_in(folder: Path) -> list[int]:

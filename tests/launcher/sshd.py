@@ -18,6 +18,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests.waiting import free_port
+
 SSHD_CANDIDATES = ("/usr/sbin/sshd", "/usr/local/sbin/sshd", "/sbin/sshd")
 INSTALL_HINT = "sshd is not installed: apt-get install -y openssh-server openssh-client (Debian) to run the SSH tests"
 
@@ -30,12 +32,6 @@ def sshd_binary() -> str | None:
 def _keygen(path: Path) -> None:
     subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-C", "comfy-distributed-test", "-f", str(path)],
                    check=True, capture_output=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 @dataclass
@@ -77,7 +73,7 @@ class LocalSshd:
         for name in ("host_key", "user_key", "stranger_key", "other_host_key"):
             _keygen(self.folder / name)
         (self.folder / "authorized_keys").write_text((self.folder / "user_key.pub").read_text())
-        self.port = self.port or _free_port()
+        self.port = self.port or free_port()
         host_line = (self.folder / "host_key.pub").read_text().split()[:2]
         other_line = (self.folder / "other_host_key.pub").read_text().split()[:2]
         self.known_hosts.write_text(f"[127.0.0.1]:{self.port} {' '.join(host_line)}\n")

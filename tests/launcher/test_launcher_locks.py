@@ -22,8 +22,9 @@ import pytest
 from comfy_distributed import launcher
 from comfy_distributed.config import load_config
 from comfy_distributed.launcher import LaunchContext, Launcher, LocalProcesses, Outcome, Record
+from tests.waiting import free_port, poll
 
-from .helpers import REPO, answers, free_port, pid_alive, poll, read_pid, write_config
+from .helpers import REPO, answers, pid_alive, read_pid, write_config
 
 RENDEZVOUS_S = 3.0
 """How long a start waits at spawn for the other one before it goes on alone."""
@@ -141,7 +142,7 @@ def test_a_start_behind_a_held_lock_fails_clearly_instead_of_hanging(site, monke
     import fcntl
 
     root, config, state, port = site
-    monkeypatch.setattr(launcher, "LOCK_TIMEOUT", 0.5, raising=False)  # absent before the fix
+    monkeypatch.setattr(launcher.locks, "LOCK_TIMEOUT", 0.5)
     one = make_launcher(root, config, state)
     master = one.find("master")
     with open(state / "master.lock", "a+b") as held:  # another process's launcher, mid-start

@@ -18,14 +18,14 @@ from pathlib import Path
 
 import pytest
 
+from tests.waiting import free_port, poll
+
 from .helpers import (
     REPO,
     answers,
     explain,
-    free_port,
     make_comfyui,
     pid_alive,
-    poll,
     read_pid,
     run_cli,
     worker,

@@ -11,6 +11,7 @@ import pytest
 
 from comfy_distributed import cli, launcher
 from comfy_distributed.config import parse_config
+from comfy_distributed.errors import RunError
 from comfy_distributed.launcher import (
     Instance,
     LaunchError,
@@ -25,7 +26,7 @@ from comfy_distributed.launcher import (
     split_args,
     vram_text,
 )
-from comfy_distributed.ssh import explain_ssh_failure
+from comfy_distributed.launcher.ssh import explain_ssh_failure
 from comfy_distributed.config import SshConfig
 
 
@@ -239,7 +240,7 @@ def test_config_is_found_in_the_installed_extension(tmp_path, monkeypatch):
     assert cli.find_config(tmp_path, None) == ((extension / "gpu_config.json").resolve(), True)
     (extension / "gpu_config.json").unlink()  # not there yet: still that one, never the running copy's own
     (tmp_path / "running_copy.json").write_text("{}")
-    monkeypatch.setattr(cli, "DEFAULT_CONFIG_PATH", tmp_path / "running_copy.json")
+    monkeypatch.setattr(cli.site, "DEFAULT_CONFIG_PATH", tmp_path / "running_copy.json")
     assert cli.find_config(tmp_path, None) == ((extension / "gpu_config.json").resolve(), False)
     monkeypatch.setenv("COMFY_DISTRIBUTED_CONFIG", str(tmp_path / "elsewhere.json"))
     assert cli.find_config(tmp_path, None) == ((tmp_path / "elsewhere.json").resolve(), False)
@@ -272,15 +273,15 @@ def test_workflow_files(tmp_path, content, expected):
         assert prompt == {"1": {"class_type": "A", "inputs": {}}}
         assert extra == content.get("extra_data", {})
     else:
-        with pytest.raises(LaunchError, match=expected.replace("(", r"\(").replace(")", r"\)")):
+        with pytest.raises(RunError, match=expected.replace("(", r"\(").replace(")", r"\)")):
             cli.load_workflow(path)
 
 
 def test_workflow_file_missing_or_broken(tmp_path):
-    with pytest.raises(LaunchError, match="does not exist"):
+    with pytest.raises(RunError, match="does not exist"):
         cli.load_workflow(tmp_path / "nope.json")
     (tmp_path / "bad.json").write_text("{")
-    with pytest.raises(LaunchError, match="JSON"):
+    with pytest.raises(RunError, match="JSON"):
         cli.load_workflow(tmp_path / "bad.json")
 
 
@@ -288,21 +289,21 @@ def test_progress_model():
     prompt = {"1": {"class_type": "Load"}, "2": {"class_type": "KSampler"}, "3": {"class_type": "Save"}, "4": {}}
     progress = cli.Progress(prompt)
     display = cli.ProgressDisplay(io.StringIO())
-    assert not cli._apply("execution_cached", {"nodes": ["1"], "prompt_id": "p"}, "p", None, progress, display)
-    cli._apply("executing", {"node": "2", "prompt_id": "p"}, "p", None, progress, display)
-    cli._apply("progress", {"value": 5, "max": 10, "node": "2", "prompt_id": "p"}, "p", None, progress, display)
+    assert not cli.apply_event("execution_cached", {"nodes": ["1"], "prompt_id": "p"}, "p", None, progress, display)
+    cli.apply_event("executing", {"node": "2", "prompt_id": "p"}, "p", None, progress, display)
+    cli.apply_event("progress", {"value": 5, "max": 10, "node": "2", "prompt_id": "p"}, "p", None, progress, display)
     assert progress.fraction() == pytest.approx(1.5 / 4)
     assert "KSampler 5/10" in progress.line() and " 37%" in progress.line()
-    cli._apply("multigpu.job_progress", {"job_id": "other", "progress": 1.0, "units": []}, "p", "j", progress, display)
+    cli.apply_event("multigpu.job_progress", {"job_id": "other", "progress": 1.0, "units": []}, "p", "j", progress, display)
     assert progress.cluster is None
     units = [{"state": "done"}, {"state": "running"}]
-    cli._apply("multigpu.job_progress", {"job_id": "j", "progress": 0.5, "units": units}, "p", "j", progress, display)
+    cli.apply_event("multigpu.job_progress", {"job_id": "j", "progress": 0.5, "units": units}, "p", "j", progress, display)
     assert progress.units == (1, 2) and progress.fraction() == pytest.approx((1.5 / 4 + 0.5) / 2)
     assert "cluster: 1/2 units done" in progress.line()
-    assert not cli._apply("executing", {"node": None, "prompt_id": "someone-else"}, "p", "j", progress, display)
-    assert cli._apply("executing", {"node": None, "prompt_id": "p"}, "p", "j", progress, display)
-    with pytest.raises(LaunchError, match=r"node 9 \(Boom\): kaput"):
-        cli._apply("execution_error", {"prompt_id": "p", "node_id": "9", "node_type": "Boom",
+    assert not cli.apply_event("executing", {"node": None, "prompt_id": "someone-else"}, "p", "j", progress, display)
+    assert cli.apply_event("executing", {"node": None, "prompt_id": "p"}, "p", "j", progress, display)
+    with pytest.raises(RunError, match=r"node 9 \(Boom\): kaput"):
+        cli.apply_event("execution_error", {"prompt_id": "p", "node_id": "9", "node_type": "Boom",
                                        "exception_message": "kaput\n"}, "p", "j", progress, display)
 
 
@@ -349,3 +350,26 @@ def test_progress_bar_never_moves_back():
     progress.cluster, progress.units = 0.0, (0, 2)  # the workers' share becomes known: (1 + 0) / 2
     display.show(progress)
     assert [line.split("%")[0][-3:] for line in stream.getvalue().splitlines()] == [" 66", " 66"]
+
+
+def test_help_menu_and_dispatch_come_from_one_table(capsys, monkeypatch):
+    from comfy_distributed.cli import modes
+
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    listed = " ".join(capsys.readouterr().out.split())  # argparse wraps long lines
+    shown = [mode for mode in modes.MODES if mode.help]
+    assert all(mode.name in listed and mode.help in listed for mode in shown)
+    assert "watch" not in listed, "the internal mode stays out of the help"
+    assert [m.name for m in modes.MENU] == [m.name for m in shown if m.in_menu]
+    assert {"restart", "run"}.isdisjoint(m.name for m in modes.MENU), "modes that need an argument are not offered"
+
+    ran: list[tuple[str, list[str]]] = []
+    chosen = modes.MENU.index(modes.BY_NAME["stop"]) + 1
+    monkeypatch.setattr(modes, "MENU", [m if m.name != "stop" else modes.Mode(
+        "stop", m.help, lambda args: ran.append((args.mode, args.names)) or 7, m.arguments) for m in modes.MENU])
+    monkeypatch.setattr(sys.stdin, "isatty", lambda: True)
+    monkeypatch.setattr("builtins.input", lambda prompt: str(chosen))
+    assert cli.main([]) == 7 and ran == [("stop", [])], "the menu runs the chosen mode with its defaults"
+    menu_text = capsys.readouterr().out
+    assert all(f"{n}) {m.name}" in menu_text for n, m in enumerate(modes.MENU, 1))

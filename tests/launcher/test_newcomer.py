@@ -16,11 +16,14 @@ from aiohttp import web
 from comfy_distributed import cli, launcher
 from comfy_distributed.comfy_adapter import startup_warnings
 from comfy_distributed.config import load_config, parse_config
-from comfy_distributed.launcher import LaunchError, command_name, cpu_hints
+from comfy_distributed.launcher import command_name, cpu_hints
+from comfy_distributed.errors import RunError
 from comfy_distributed.role import ROLE_ENV, decide_role
 
-from .helpers import free_port, run_cli, write_config
-from .test_run import ScriptedMaster, image_workflow
+from tests.waiting import free_port
+
+from .helpers import run_cli, write_config
+from .scripted_master import ScriptedMaster, image_workflow
 
 
 # --- the token command -------------------------------------------------------------------------
@@ -86,7 +89,7 @@ class RefusingMaster(ScriptedMaster):
 async def test_every_refusal_of_prepare_job_is_reported(tmp_path, status, body, words):
     master = RefusingMaster(status, body)
     async with master.server:
-        with pytest.raises(LaunchError) as caught:
+        with pytest.raises(RunError) as caught:
             await cli.run_workflow(master.url, image_workflow(), {}, tmp_path / "out", 30, io.StringIO())
     assert all(word in str(caught.value) for word in words), str(caught.value)
     assert master.queued == [], "nothing is queued after a refusal"
@@ -138,7 +141,7 @@ def test_set_changes_one_input_with_its_type():
 def test_set_refuses_with_what_is_wrong(override, words):
     prompt = {"5": {"class_type": "EmptyLatentImage", "inputs": {"width": 512}},
               "6": {"class_type": "KSampler", "inputs": {"seed": ["8", 0], "add_noise": True}}}
-    with pytest.raises(LaunchError, match=words):
+    with pytest.raises(RunError, match=words):
         cli.apply_override(prompt, override)
 
 
@@ -185,25 +188,23 @@ def test_the_launcher_tells_each_instance_its_role(tmp_path, comfy_root, state_d
 
 # --- start-up warnings and hints ------------------------------------------------------------------
 
-def test_public_master_without_token_warns_at_start(monkeypatch):
-    monkeypatch.delenv("COMFY_DISTRIBUTED_TOKEN", raising=False)
+def test_public_master_without_token_warns_at_start():
     plain = parse_config({})
     (warning,) = startup_warnings(plain, public=True)
     assert "--listen" in warning and "launch_distributed.sh token" in warning
     assert startup_warnings(plain, public=False) == []
     assert startup_warnings(parse_config({"settings": {"api_token": "x" * 20}}), public=True) == []
-    monkeypatch.setenv("COMFY_DISTRIBUTED_TOKEN", "y" * 20)
-    assert startup_warnings(plain, public=True) == []
+    assert startup_warnings(plain, public=True, env_token="y" * 20) == [], "COMFY_DISTRIBUTED_TOKEN counts too"
 
 
 def test_cpu_hint_without_a_gpu(monkeypatch, tmp_path, comfy_root, state_dir):
     config = parse_config({"master": {"port": 8188, "extra_args": "--cpu"},
                            "workers": [{"id": 1, "port": 8189}, {"id": 2, "port": 8190, "host": "10.0.0.2"}]})
     instances = launcher.Launcher(config, launcher.LaunchContext(comfy_root, tmp_path / "c.json", state_dir)).instances()
-    monkeypatch.setattr(launcher, "gpu_seen", lambda: False)
+    monkeypatch.setattr(launcher.discovery, "gpu_seen", lambda: False)
     (hint,) = cpu_hints(instances)
     assert "workers[0].extra_args" in hint and "master" not in hint and "--cpu" in hint
-    monkeypatch.setattr(launcher, "gpu_seen", lambda: True)
+    monkeypatch.setattr(launcher.discovery, "gpu_seen", lambda: True)
     assert cpu_hints(instances) == []
 
 
@@ -239,7 +240,7 @@ def test_status_leaves_a_disabled_worker_on_another_machine_unprobed(monkeypatch
                            "workers": [{"id": 3, "host": "192.168.1.100", "port": 8188, "enabled": False}]})
     probed: list[str] = []
     real_probe = launcher.probe
-    monkeypatch.setattr(launcher, "probe", lambda url, *a, **k: probed.append(url) or real_probe(url, *a, **k))
+    monkeypatch.setattr(launcher.core, "probe", lambda url, *a, **k: probed.append(url) or real_probe(url, *a, **k))
     master, remote = launcher.Launcher(config, launcher.LaunchContext(comfy_root, tmp_path / "c.json", state_dir)).status()
     assert remote.state == "disabled" and remote.pid is None
     assert probed == [master.instance.url]

@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from comfy_distributed.api import MAX_BODY, OPENAPI_PATH, TOKEN_ENV, MultiGPUApi
+from comfy_distributed.api import MAX_BODY, OPENAPI_PATH, MultiGPUApi
 from comfy_distributed.api_launch import LAUNCH_PATH, RESTART_PATH, add_launch_routes
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.orchestrator import Orchestrator
@@ -26,10 +26,6 @@ OPENAPI: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
 TOKEN = "openapi-launch-token-0123"
 VALID = {LAUNCH_PATH: {"worker_ids": [1, "gpu-b"]}, RESTART_PATH: {"worker_id": "gpu-b"}}
 
-
-@pytest.fixture(autouse=True)
-def _no_token_from_environment(monkeypatch):
-    monkeypatch.delenv(TOKEN_ENV, raising=False)
 
 
 def operation(path: str) -> dict[str, Any]:

@@ -1,6 +1,6 @@
 """``run --output DIR`` against a hostile or broken master (finding 7): files stay in DIR, nothing is overwritten.
 
-The master is :class:`~.test_run.ScriptedMaster` (an aiohttp server on port 0) with its ``/history``
+The master is :class:`~.scripted_master.ScriptedMaster` (an aiohttp server on port 0) with its ``/history``
 and ``/view`` answers replaced.
 """
 
@@ -15,9 +15,9 @@ import pytest
 from aiohttp import web
 
 from comfy_distributed import cli
-from comfy_distributed.launcher import LaunchError
+from comfy_distributed.errors import RunError
 
-from .test_run import PNG, ScriptedMaster, image_workflow, write
+from .scripted_master import PNG, ScriptedMaster, image_workflow, write
 
 HOSTILE_NAMES = ["../evil.png", "", ".", "..", "a/b.png", "..\\win.png", "nul\x00.png", "keep.png"]
 
@@ -97,7 +97,7 @@ async def test_an_existing_name_gets_a_new_one_each_time(tmp_path):
 async def test_a_history_of_the_wrong_shape_is_a_clear_error(tmp_path, outputs, named):
     master = HostileMaster(outputs)
     async with master.server:
-        with pytest.raises(LaunchError) as caught:
+        with pytest.raises(RunError) as caught:
             await cli.run_workflow(master.url, image_workflow(), {}, tmp_path / "out", 30, io.StringIO())
     message = str(caught.value)
     assert "the master's answer to GET" in message and "/history/P is not ComfyUI's" in message and named in message
@@ -106,10 +106,10 @@ async def test_a_history_of_the_wrong_shape_is_a_clear_error(tmp_path, outputs, 
 
 @pytest.mark.parametrize("chunked", [False, True])
 async def test_an_image_past_the_size_cap_is_refused(tmp_path, monkeypatch, chunked):
-    monkeypatch.setattr(cli, "MAX_IMAGE_BYTES", 4096, raising=False)  # absent before the fix
+    monkeypatch.setattr(cli.results, "MAX_IMAGE_BYTES", 4096)
     master = HostileMaster({"2": {"images": images("big.png")}}, body=PNG + b"\x00" * 10_000, chunked=chunked)
     async with master.server:
-        with pytest.raises(LaunchError, match=r"'big.png' .*more than 4096 bytes"):
+        with pytest.raises(RunError, match=r"'big.png' .*more than 4096 bytes"):
             await cli.run_workflow(master.url, image_workflow(), {}, tmp_path / "out", 30, io.StringIO())
     assert not (tmp_path / "out" / "big.png").exists(), "no partial file is left"
 

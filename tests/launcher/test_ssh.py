@@ -16,10 +16,11 @@ import pytest
 
 from comfy_distributed.api_launch import RESTART_PATH
 
-from .helpers import answers, explain, free_port, make_comfyui, pid_alive, poll, read_pid, run_cli, worker, \
-    write_config
+from tests.waiting import free_port, poll
+
+from .helpers import answers, explain, make_comfyui, pid_alive, read_pid, run_cli, worker, write_config
+from .launch_api import LaunchApi
 from .sshd import INSTALL_HINT, LocalSshd, sshd_binary
-from .test_api_launch import LaunchApi
 
 pytestmark = pytest.mark.skipif(sshd_binary() is None or os.name == "nt", reason=INSTALL_HINT)
 

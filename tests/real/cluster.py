@@ -134,12 +134,3 @@ def worker_failures(events: list[dict]) -> list[str]:
 def queue_empty(instance: ComfyInstance) -> bool:
     queue = http_json("GET", f"{instance.url}/queue", timeout=5)
     return not queue["queue_running"] and not queue["queue_pending"]
-
-
-def poll(condition, timeout: float, what: str, interval: float = 0.05) -> float:
-    """Wait for ``condition`` with a deadline; returns the seconds it took."""
-    started = time.monotonic()
-    while not condition():
-        assert time.monotonic() - started < timeout, f"{what}: not within {timeout}s"
-        time.sleep(interval)
-    return time.monotonic() - started

@@ -1,4 +1,4 @@
-"""Fixtures for tier-3 tests: real ComfyUI processes and a random-weight SD1.5 checkpoint.
+"""Fixtures for tier-3 tests: real ComfyUI processes, a launcher-run site and a random-weight SD1.5 checkpoint.
 
 Every test collected from this folder is skipped with ``SKIP_REASON`` when ``COMFYUI_PATH``
 is unset, so the rest of the suite runs anywhere.
@@ -15,7 +15,10 @@ from pathlib import Path
 
 import pytest
 
+from tests.launcher.helpers import kill_recorded
+
 from .harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance, comfyui_python, start_comfyui
+from .launched_site import RealSite
 
 HERE = Path(__file__).resolve().parent
 CHECKPOINT_NAME = "sd15-random-v1.safetensors"
@@ -64,6 +67,17 @@ def comfy_factory(tmp_path: Path) -> Iterator[Callable[..., ComfyInstance]]:
                 errors.append(f"{instance.name}: {exc!r}")
         if errors:
             raise RuntimeError("could not stop: " + "; ".join(errors))
+
+
+@pytest.fixture
+def site(tmp_path) -> Iterator[RealSite]:
+    """A RealSite under tmp_path; after the test its instances are stopped and every recorded process killed."""
+    real = RealSite(tmp_path)
+    try:
+        yield real
+    finally:
+        real.cli("stop")
+        kill_recorded(tmp_path)
 
 
 def _cache_dir() -> Path:

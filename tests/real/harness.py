@@ -34,6 +34,8 @@ from typing import Any
 
 import pytest
 
+from tests.waiting import free_port
+
 COMFYUI_PATH: str | None = os.environ.get("COMFYUI_PATH") or None
 SKIP_REASON = "COMFYUI_PATH is not set: tier-3 tests need a real ComfyUI checkout (see README, Testing)"
 requires_comfyui = pytest.mark.skipif(not COMFYUI_PATH, reason=SKIP_REASON)
@@ -53,13 +55,6 @@ def comfyui_python() -> str:
             if path.exists():
                 return str(path)
     return sys.executable
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def _tail(path: Path, lines: int) -> str:

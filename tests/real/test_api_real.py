@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from comfy_distributed.api import TOKEN_ENV
-from tests.real.cluster import poll
 from tests.real.harness import ComfyInstance, requires_comfyui, start_comfyui, submit_prompt, wait_for_history
+from tests.waiting import poll
 
 ROOT = Path(__file__).resolve().parents[2]
 TEST_NODES = ROOT / "tests" / "comfy_test_nodes"
@@ -100,7 +100,7 @@ def test_status_sees_real_workers(cluster):
         return [(w["id"], w["status"]) for w in body["workers"]]
 
     # the heartbeat (every 2 s by default) catches up with the re-enabled worker of the test before
-    poll(lambda: statuses() == [(1, "idle"), (2, "idle")], 10, "both workers idle")
+    poll(lambda: statuses() == [(1, "idle"), (2, "idle")], 10, "both workers idle", interval=0.05)
 
 
 def cached_nodes(url: str, prompt: dict) -> list[str]:

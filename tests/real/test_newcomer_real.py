@@ -6,15 +6,15 @@ from __future__ import annotations
 import json
 import urllib.error
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from comfy_distributed.access import TOKEN_ENV
-from tests.launcher.helpers import explain, poll
+from tests.launcher.helpers import explain
 from tests.real.cluster import image_workflow
 from tests.real.harness import requires_comfyui, start_comfyui
-from tests.real.test_launcher_real import ENV, REPO, TEST_NODES, site  # noqa: F401 (the fixture)
+from tests.real.launched_site import ENV, REPO, TEST_NODES
+from tests.waiting import poll
 
 pytestmark = [requires_comfyui, pytest.mark.timeout(900)]
 

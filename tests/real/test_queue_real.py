@@ -9,8 +9,9 @@ import pytest
 from PIL import Image
 
 from tests.comfy_test_nodes import seeded_images
-from tests.real.cluster import Cluster, poll
+from tests.real.cluster import Cluster
 from tests.real.harness import http_json, output_images, requires_comfyui, submit_prompt
+from tests.waiting import poll
 
 pytestmark = [requires_comfyui, pytest.mark.timeout(600)]
 
@@ -43,10 +44,11 @@ def finished(url: str, prompt_id: str) -> dict | None:
 
 
 def test_a_queue_of_prompts_spreads_over_every_gpu(cluster):
-    poll(lambda: all(w["status"] == "idle" for w in cluster.status()["workers"]), 30, "workers idle")
+    poll(lambda: all(w["status"] == "idle" for w in cluster.status()["workers"]), 30, "workers idle", interval=0.05)
     seeds = list(range(600, 606))
     prompt_ids = [submit_prompt(cluster.master.url, plain(seed)) for seed in seeds]
-    poll(lambda: all(finished(cluster.master.url, p) for p in prompt_ids), 60, "every prompt done on the master")
+    poll(lambda: all(finished(cluster.master.url, p) for p in prompt_ids), 60, "every prompt done on the master",
+         interval=0.05)
     for seed, prompt_id in zip(seeds, prompt_ids):
         entry = finished(cluster.master.url, prompt_id)
         assert entry["status"]["status_str"] == "success", entry["status"]

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 
 from comfy_distributed.api import TOKEN_ENV
-from tests.real.cluster import Cluster, decoded, image_workflow, poll, queue_empty, worker_failures
+from tests.real.cluster import Cluster, decoded, image_workflow, queue_empty, worker_failures
 from tests.real.harness import http_json, output_images, requires_comfyui
+from tests.waiting import poll
 
 pytestmark = [requires_comfyui, pytest.mark.timeout(900)]
 
@@ -45,15 +46,15 @@ def images_of(cluster: Cluster, entry: dict) -> list[np.ndarray]:
 
 
 def test_killed_worker_loses_no_image(cluster):
-    poll(lambda: worker_status(cluster, 2) == "idle", 30, "worker 2 idle at the start")
+    poll(lambda: worker_status(cluster, 2) == "idle", 30, "worker 2 idle at the start", interval=0.05)
     _, _, fault_free_time = cluster.run(image_workflow(seed=100, delay=WORK))  # the reference time
 
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(cluster.run, image_workflow(seed=200, delay=WORK))
-        poll(lambda: running_prompt(cluster.w2), 20, "worker 2 running its unit")
+        poll(lambda: running_prompt(cluster.w2), 20, "worker 2 running its unit", interval=0.05)
         time.sleep(1.0)  # the scenario: killed 1 s into its work
         cluster.w2.kill()
-        offline_after = poll(lambda: worker_status(cluster, 2) == "offline", TTL + 2, "worker 2 offline")
+        offline_after = poll(lambda: worker_status(cluster, 2) == "offline", TTL + 2, "worker 2 offline", interval=0.05)
         entry, events, elapsed = job.result()
     assert offline_after <= TTL + 1, f"status showed offline only after {offline_after:.1f}s"
     faulty = images_of(cluster, entry)
@@ -63,7 +64,7 @@ def test_killed_worker_loses_no_image(cluster):
     assert "GPU 2 (w2)" in message
 
     cluster.w2.restart()
-    poll(lambda: worker_status(cluster, 2) == "idle", TTL + 5, "worker 2 idle again after its restart")
+    poll(lambda: worker_status(cluster, 2) == "idle", TTL + 5, "worker 2 idle again after its restart", interval=0.05)
     entry, events, _ = cluster.run(image_workflow(seed=200, delay=WORK))  # the same job, fault-free
     assert worker_failures(events) == []
     reference = images_of(cluster, entry)
@@ -74,7 +75,7 @@ def test_killed_worker_loses_no_image(cluster):
 
 def test_worker_down_before_dispatch(cluster):
     cluster.w2.kill()
-    poll(lambda: worker_status(cluster, 2) == "offline", TTL + 2, "worker 2 offline")
+    poll(lambda: worker_status(cluster, 2) == "offline", TTL + 2, "worker 2 offline", interval=0.05)
     entry, events, _ = cluster.run(image_workflow(seed=300, delay=0.5))
     assert len(images_of(cluster, entry)) == 6
     (message,) = worker_failures(events)
@@ -92,17 +93,17 @@ def test_worker_down_before_dispatch(cluster):
         http_json("POST", f"{cluster.master.url}/multigpu/config/update_setting",
                   {"key": "skip_offline_workers", "value": False})
         cluster.w2.restart()
-        poll(lambda: worker_status(cluster, 2) == "idle", TTL + 5, "worker 2 idle again")
+        poll(lambda: worker_status(cluster, 2) == "idle", TTL + 5, "worker 2 idle again", interval=0.05)
 
 
 def test_interrupt_on_the_master_stops_every_instance(cluster):
     with ThreadPoolExecutor(1) as pool:
         job = pool.submit(cluster.run, image_workflow(seed=400, delay=8.0))
         poll(lambda: all(running_prompt(i) for i in (cluster.master, cluster.w1, cluster.w2)), 20,
-             "all three instances running")
+             "all three instances running", interval=0.05)
         http_json("POST", f"{cluster.master.url}/interrupt", {})
         took = poll(lambda: all(queue_empty(i) for i in (cluster.master, cluster.w1, cluster.w2)), 2.0,
-                    "every instance idle after the interrupt")
+                    "every instance idle after the interrupt", interval=0.05)
         entry, events, _ = job.result()
     assert entry["status"]["status_str"] == "error"  # interrupted, as ComfyUI reports it
     assert took <= 2.0

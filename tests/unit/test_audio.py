@@ -1,28 +1,10 @@
 """Audio travels as the FLAC that ComfyUI's Preview/Save Audio write; decoded as its LoadAudio reads it."""
 
-import io
-
-import av
 import numpy as np
 import torch
 
 from comfy_distributed.images import decode_audio, decode_kind, fits, join_kind
-
-
-def flac_like_comfyui(waveform: torch.Tensor, rate: int) -> bytes:
-    """What comfy_extras.nodes_audio.save_audio does for one clip: float samples into a FLAC stream."""
-    buffer = io.BytesIO()
-    container = av.open(buffer, mode="w", format="flac")
-    layout = "mono" if waveform.shape[0] == 1 else "stereo"
-    stream = container.add_stream("flac", rate=rate, layout=layout)
-    frame = av.AudioFrame.from_ndarray(waveform.movedim(0, 1).reshape(1, -1).float().numpy(), format="flt",
-                                       layout=layout)
-    frame.sample_rate = rate
-    frame.pts = 0
-    container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
-    container.close()
-    return buffer.getvalue()
+from tests.audio_support import flac_like_comfyui
 
 
 def test_16_bit_audio_survives_the_trip_exactly():

@@ -34,7 +34,7 @@ def unit(position: int, name: str, error: str | None = None):
     return SimpleNamespace(position=position, name=name, error=error, worker=SimpleNamespace(id=name))
 
 
-def test_display_names_are_the_seeds():
+def test_display_names_are_the_original_readmes():
     names = set(NODE_DISPLAY_NAME_MAPPINGS.values())
     assert {"Multi-GPU Collector", "Multi-GPU Distributor"} <= names
     assert all(n.endswith("(internal)") for n in names - {"Multi-GPU Collector", "Multi-GPU Distributor"})

@@ -1,8 +1,13 @@
 // The worker form and the settings table: the same rules as gpu_config.json, checked before sending.
 import assert from "node:assert/strict";
+import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
 import { hostError, parseSetting, settingRows, validateWorker, workerForm } from "../../web/multigpu_forms.js";
+
+// the master's settings_form (GET /multigpu/config), as comfy_distributed.config.settings_form() makes it; a Python
+// test (tests/unit/test_settings_form.py) keeps this copy equal to it
+const FORM = JSON.parse(readFileSync(new URL("./settings_form.json", import.meta.url), "utf-8"));
 
 const WORKERS = [
   { id: 1, name: "GPU 1", port: 8189, host: null, cuda_device: 1, extra_args: "--listen", enabled: true },
@@ -65,23 +70,25 @@ test("editing sends only what changed, and refuses an empty change", () => {
   assert.deepEqual(cleared.payload, { worker_id: 2, host: null });
 });
 
-test("settings rows: known keys in schema order, the token always, unknown keys typed by value", () => {
+test("settings rows: described keys in the form's order, the token always, unknown keys typed by value", () => {
   const rows = settingRows({ worker_timeout: 600, heartbeat_interval: 2, future_flag: true, mystery: { a: 1 },
-                             scheduling_mode: "static", note: "x", ratio: 0.5, count: 3 },
-                           { token_configured: true });
+                             scheduling_mode: "static", queue_mode: "off", note: "x", ratio: 0.5, count: 3 },
+                           { token_configured: true }, FORM);
   assert.deepEqual(rows.map((r) => [r.key, r.kind]), [
-    ["scheduling_mode", "enum"], ["worker_timeout", "number"], ["heartbeat_interval", "number"],
-    ["api_token", "secret"], ["future_flag", "bool"], ["mystery", "json"], ["note", "text"], ["ratio", "number"],
-    ["count", "integer"],
+    ["worker_timeout", "number"], ["api_token", "secret"], ["heartbeat_interval", "number"],
+    ["scheduling_mode", "enum"], ["queue_mode", "enum"], ["future_flag", "bool"], ["mystery", "json"],
+    ["note", "text"], ["ratio", "number"], ["count", "integer"],
   ]);
+  assert.deepEqual(rows.find((r) => r.key === "queue_mode").options, ["off", "no_collector", "all"],
+                   "queue_mode is a choice, not free text");
   assert.equal(rows.find((r) => r.key === "api_token").configured, true);
   assert.equal(rows.find((r) => r.key === "api_token").value, null, "the token is never shown");
   assert.equal(rows.find((r) => r.key === "future_flag").label, "Future flag");
 });
 
-test("setting values are checked against the schema's bounds", () => {
+test("setting values are checked against the model's bounds", () => {
   const rows = Object.fromEntries(settingRows({ worker_timeout: 1, heartbeat_interval: 1, max_retries: 1,
-                                                scheduling_mode: "static", skip_offline_workers: false })
+                                                scheduling_mode: "static", skip_offline_workers: false }, {}, FORM)
     .map((r) => [r.key, r]));
   assert.deepEqual(parseSetting(rows.worker_timeout, " 300 "), { value: 300 });
   assert.match(parseSetting(rows.worker_timeout, "0").error, /more than 0/);

@@ -13,6 +13,7 @@ by ``ssh.known_hosts_file``. ``BatchMode`` keeps ssh from ever waiting for a pas
 question; every failure becomes a :class:`~.launcher.LaunchError` saying what to fix.
 """
 
+
 from __future__ import annotations
 
 import shlex
@@ -21,8 +22,13 @@ import subprocess
 import time
 from pathlib import Path
 
-from .config import Settings, SshConfig
-from .launcher import Instance, LaunchContext, LaunchError, LocalProcesses, Record, since_last_start, split_args
+from ..config import Settings, SshConfig
+from ..errors import LaunchError
+from .model import Instance, LaunchContext, Record
+from .discovery import split_args
+from .processes import since_last_start
+from .local import LocalProcesses
+
 
 REMOTE_STATE = "user/comfy-distributed"
 EXTRA_TIMEOUT = 45.0

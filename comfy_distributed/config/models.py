@@ -1,30 +1,19 @@
-"""Typed model of ``gpu_config.json``: validation that names the bad field, atomic saves.
-
-The schema is the seed's (master, workers, settings) with ``host`` optional per worker.
-Keys we do not know are kept (``extra="allow"``) so a round trip never loses what a user
-or another tool wrote. A file that does not validate is reported and never replaced by
-defaults.
-"""
+"""The typed model of ``gpu_config.json``: every field checked, with a message naming it."""
 
 from __future__ import annotations
 
 import ipaddress
-import json
-import os
 import re
-import tempfile
-import threading
 from pathlib import Path
-from typing import Any, Callable, Literal
+from typing import Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .errors import ConfigError
-from .json_limits import MAX_DEPTH, nesting_depth
 
 CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
-PACKAGE_ROOT = Path(__file__).resolve().parent.parent
+PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
+"""The extension's folder (the git clone in ``custom_nodes``)."""
 DEFAULT_CONFIG_PATH = PACKAGE_ROOT / "gpu_config.json"
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
@@ -200,16 +189,22 @@ def _is_ip(value: str) -> bool:
     return True
 
 
+SECONDS: dict[str, Any] = {"unit": "s"}
+"""Shown next to a setting's field in the panel (``settings_form``)."""
+
+
 class Settings(_Model):
     """Known settings; unknown keys are kept as they are."""
 
-    worker_timeout: float = Field(600.0, gt=0, le=86400,
+    worker_timeout: float = Field(600.0, gt=0, le=86400, json_schema_extra=SECONDS,
                                   description="seconds a worker may take for its share, queue wait included")
-    connect_timeout: float = Field(10.0, gt=0, le=600, description="seconds to open a connection to a worker")
-    request_timeout: float = Field(60.0, gt=0, le=3600, description="seconds for one HTTP request to a worker")
-    api_token: str | None = Field(None, description="token required by the /multigpu control endpoints")
-    heartbeat_interval: float = Field(2.0, ge=0.1, le=3600, description="seconds between health checks of a worker")
-    health_ttl: float = Field(6.0, ge=0.5, le=86400,
+    connect_timeout: float = Field(10.0, gt=0, le=600, json_schema_extra=SECONDS, description="seconds to open a connection to a worker")
+    request_timeout: float = Field(60.0, gt=0, le=3600, json_schema_extra=SECONDS, description="seconds for one HTTP request to a worker")
+    api_token: str | None = Field(None, json_schema_extra={"label": "API token"},
+                                  description="token required by the /multigpu control endpoints (16-256 printable "
+                                              "characters; never shown)")
+    heartbeat_interval: float = Field(2.0, ge=0.1, le=3600, json_schema_extra=SECONDS, description="seconds between health checks of a worker")
+    health_ttl: float = Field(6.0, ge=0.5, le=86400, json_schema_extra={**SECONDS, "label": "Health TTL"},
                               description="seconds without an answer after which a worker counts as offline")
     max_retries: int = Field(2, ge=0, le=10, description="times a failed unit is re-run on another participant")
     skip_offline_workers: bool = Field(False, description="leave out the share of a worker that is offline at "
@@ -217,17 +212,17 @@ class Settings(_Model):
     scheduling_mode: Literal["static", "weighted", "dynamic"] = Field(
         "static", description="static: one unit per participant; weighted: shares by weight or measured speed; "
                               "dynamic: small units handed out as participants become free")
-    unit_size: int = Field(1, ge=1, le=4096, description="images per unit in weighted and dynamic modes")
+    unit_size: int = Field(1, ge=1, le=4096, json_schema_extra={"unit": "images"}, description="images per unit in weighted and dynamic modes")
     queue_mode: Literal["off", "no_collector", "all"] = Field(
         "off", description="send whole prompts to the least busy participant: off; no_collector (prompts without a "
                            "Multi-GPU Collector); all (every prompt, undistributed)")
-    launch_timeout: float = Field(180.0, gt=0, le=3600, description="seconds a launched instance has to answer")
+    launch_timeout: float = Field(180.0, gt=0, le=3600, json_schema_extra=SECONDS, description="seconds a launched instance has to answer")
     stop_workers_on_exit: bool = Field(False, description="the launcher stops the workers it started when the "
                                                           "master exits")
     allowed_hosts: list[str] = Field(default_factory=list, max_length=32, description=(
         "host names besides localhost and loopback addresses under which a master that listens on loopback "
         "only accepts /multigpu requests (the Host header); e.g. a name in /etc/hosts that points at 127.0.0.1"))
-    max_file_mb: int = Field(256, ge=1, le=65536, description="largest file, in MiB, read from a worker "
+    max_file_mb: int = Field(256, ge=1, le=65536, json_schema_extra={"unit": "MiB", "label": "Largest worker file"}, description="largest file, in MiB, read from a worker "
                                                               "(an image, latent or audio file of one unit)")
 
     @field_validator("allowed_hosts")
@@ -247,6 +242,32 @@ class Settings(_Model):
 
 SECRET_SETTINGS = frozenset({"api_token"})
 REDACTED = "***"
+
+
+def settings_form() -> list[dict[str, Any]]:
+    """How the panel draws each setting, from the model itself (served with ``GET /multigpu/config``).
+
+    One row per field, in the model's order: ``key``, ``label``, ``help`` (the field's description),
+    ``kind`` (``number``, ``integer``, ``bool``, ``enum`` with ``options``, ``secret``, or ``json``
+    for values edited in the file), bounds ``min``/``max`` with ``min_inclusive``, and ``unit``.
+    """
+    rows = []
+    for key, field in Settings.model_json_schema()["properties"].items():
+        row: dict[str, Any] = {"key": key, "label": field.get("label") or key.replace("_", " ").capitalize(),
+                               "help": field.get("description", ""), "unit": field.get("unit")}
+        if key in SECRET_SETTINGS:
+            row["kind"] = "secret"
+        elif "enum" in field:
+            row.update(kind="enum", options=list(field["enum"]))
+        elif field.get("type") in ("number", "integer"):
+            low = field.get("minimum", field.get("exclusiveMinimum"))
+            row.update(kind=field["type"], min=low, max=field.get("maximum"), min_inclusive="minimum" in field)
+        elif field.get("type") == "boolean":
+            row["kind"] = "bool"
+        else:
+            row["kind"] = "json"
+        rows.append(row)
+    return rows
 
 
 def _known(model: _Model) -> dict[str, Any]:
@@ -296,165 +317,3 @@ class GpuConfig(_Model):
 
     def find_worker(self, worker_id: int | str) -> WorkerConfig | None:
         return next((w for w in self.workers if str(w.id) == str(worker_id)), None)
-
-
-def format_validation_error(source: str, exc: ValidationError) -> str:
-    """One line per problem: ``gpu_config.json: workers[1].port: must be a port ...``."""
-    lines = []
-    for error in exc.errors():
-        location = ""
-        for part in error["loc"]:
-            location += f"[{part}]" if isinstance(part, int) else (f".{part}" if location else str(part))
-        message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"{source}: {location or '(top level)'}: {message}")
-    return "\n".join(lines)
-
-
-def parse_config(data: Any, source: str = "gpu_config.json", strict: bool = False) -> GpuConfig:
-    """Validate ``data``; ``strict`` refuses conversions ("1" for a number, 1 for true), for API writes."""
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: the top level must be a JSON object")
-    try:
-        return GpuConfig.model_validate(data, strict=strict)
-    except ValidationError as exc:
-        raise ConfigError(format_validation_error(source, exc)) from exc
-
-
-def config_path() -> Path:
-    override = os.environ.get(CONFIG_ENV)
-    return Path(override).expanduser() if override else DEFAULT_CONFIG_PATH
-
-
-def load_config(path: Path) -> GpuConfig:
-    """Read and validate ``path``. A missing file is an empty cluster (master only)."""
-    try:
-        raw = path.read_bytes()
-    except FileNotFoundError:
-        return GpuConfig()
-    except OSError as exc:  # a folder, a parent that is a file, no permission
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
-    if len(raw) > MAX_CONFIG_BYTES:
-        raise ConfigError(f"{path}: larger than {MAX_CONFIG_BYTES} bytes; is this the right file?")
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from exc
-    if nesting_depth(raw) > MAX_DEPTH:
-        raise ConfigError(f"{path}: nested too deeply to be a configuration")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise ConfigError(f"{path}: not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from exc
-    except RecursionError as exc:
-        raise ConfigError(f"{path}: nested too deeply to be a configuration") from exc
-    return parse_config(data, str(path))
-
-
-def save_config(path: Path, config: GpuConfig, data: dict[str, Any] | None = None) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one.
-
-    ``data``, when given, is what is written (the file's own keys, already validated as ``config``).
-    """
-    text = json.dumps(config.model_dump(mode="json") if data is None else data, indent=2) + "\n"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    except OSError as exc:  # the parent is a file, read-only, ...
-        raise ConfigError(f"{path}: cannot be saved: {exc.strerror or exc}") from exc
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp_name, _file_mode(path, config))
-        os.replace(tmp_name, path)
-    except OSError as exc:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise ConfigError(f"{path}: cannot be saved: {exc.strerror or exc}") from exc
-
-
-def set_api_token(path: Path, token: str | None) -> GpuConfig:
-    """Set (or with None remove) ``settings.api_token`` in the file, keeping everything else as written.
-
-    A missing file is created with just the token. The result is validated before it is saved.
-    """
-    load_config(path)  # a broken file is reported, never replaced
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        data = {}
-    except OSError as exc:
-        raise ConfigError(f"{path}: cannot be read: {exc.strerror or exc}") from exc
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: must be a JSON object")
-    settings = data.setdefault("settings", {})
-    if not isinstance(settings, dict):
-        raise ConfigError(f"{path}: settings must be an object")
-    if token is None:
-        settings.pop("api_token", None)
-    else:
-        settings["api_token"] = token
-    config = parse_config(data, str(path))
-    save_config(path, config, data)
-    return config
-
-
-def _file_mode(path: Path, config: GpuConfig) -> int:
-    """The file keeps its mode, but a file that holds the token is readable by its owner only."""
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o600  # a new file: as mkstemp made it
-    return mode & 0o600 if config.settings.api_token else mode
-
-
-class ConfigStore:
-    """The live configuration: re-read when the file changes, updated under a lock.
-
-    Edits made by hand while ComfyUI runs apply to the next job. A file that stops
-    validating is reported by :meth:`get` and left untouched.
-    """
-
-    def __init__(self, path: Path | None = None) -> None:
-        self.path = path or config_path()
-        self._lock = threading.RLock()
-        self._cached: GpuConfig | None = None
-        self._stamp: tuple[int, int] | None = None
-
-    def _file_stamp(self) -> tuple[int, int] | None:
-        try:
-            stat = self.path.stat()
-        except OSError:  # missing, or a parent is not a folder: load_config says which
-            return None
-        return (stat.st_mtime_ns, stat.st_size)
-
-    def get(self) -> GpuConfig:
-        """The current config; raises ConfigError naming the file and field when it is bad."""
-        with self._lock:
-            stamp = self._file_stamp()
-            if self._cached is None or stamp != self._stamp:
-                self._cached = load_config(self.path)
-                self._stamp = stamp
-            return self._cached.model_copy(deep=True)
-
-    def update_data(self, change: Callable[[dict[str, Any]], None], strict: bool = False) -> GpuConfig:
-        """Like :meth:`update`, on the JSON form: errors then name the field as the file does."""
-        with self._lock:
-            data = self.get().model_dump(mode="json")
-            change(data)
-            validated = parse_config(data, self.path.name, strict=strict)
-            save_config(self.path, validated)
-            self._cached = validated
-            self._stamp = self._file_stamp()
-            return validated.model_copy(deep=True)
-
-    def update(self, change: Callable[[GpuConfig], None]) -> GpuConfig:
-        """Apply ``change`` to a copy, validate the result, save it atomically, return it."""
-        with self._lock:
-            config = self.get()
-            change(config)
-            validated = parse_config(config.model_dump(mode="json"), str(self.path))
-            save_config(self.path, validated)
-            self._cached = validated
-            self._stamp = self._file_stamp()
-            return validated.model_copy(deep=True)

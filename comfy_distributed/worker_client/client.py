@@ -1,30 +1,19 @@
-"""One remote ComfyUI, reached only through its native HTTP + websocket API.
-
-Every aiohttp error, timeout and unexpected answer is converted here, at the edge, into
-the :mod:`errors` hierarchy, so callers handle one kind of failure per cause. A worker is
-untrusted: answers are read up to a size cap, their shapes are checked before use, no
-redirect is followed (per-worker headers would travel to the other address), and a
-worker's own text reaches our messages only parsed and shortened.
-"""
+"""The client of one worker: every request bounded in time and size, a prompt run to its end."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
-from dataclasses import dataclass, field
-from http import HTTPStatus
 from pathlib import Path
-from typing import Any, AsyncIterator, Callable, NoReturn
+from typing import TYPE_CHECKING, Any, AsyncIterator, Callable, NoReturn
 
 import aiohttp
-from yarl import URL
 
-from .config import Settings, WorkerConfig
-from .errors import (
+from ..config import Settings, WorkerConfig
+from ..errors import (
     WorkerError,
     WorkerExecutionFailed,
     WorkerProtocolError,
@@ -32,160 +21,63 @@ from .errors import (
     WorkerTimeout,
     WorkerUnreachable,
 )
+from .answers import (
+    MIB,
+    OutputFile,
+    PromptResult,
+    clip_text,
+    execution_error_text,
+    history_error,
+    history_problem,
+    json_or_none,
+    node_errors,
+    size_text,
+    summarize_rejection,
+)
+from .transport import Redirected, client_error_text, redirect_target, refuse_redirects, status_text
+
+
+if TYPE_CHECKING:
+    from .transport import WebSocket
 
 log = logging.getLogger("comfy_distributed")
 
-MIB = 1024 * 1024
+
+
 MAX_JSON_BYTES = 4 * MIB
 """Largest JSON answer read from a worker (queue, history, stats, a prompt's answer)."""
+
+
 
 MAX_OBJECT_INFO_BYTES = 32 * MIB
 """``/object_info`` of a large install (thousands of node classes, long model lists) is the largest JSON."""
 
+
+
 DEFAULT_MAX_FILE_BYTES = 256 * MIB
 """Largest output file read with ``/view`` when ``settings.max_file_mb`` is not set."""
+
+
 
 MAX_FILES_PER_OUTPUT = 4096
 """Files one output node of one unit may list (frames of a long video included)."""
 
-MAX_TEXT = 300
-"""Characters kept of each piece of a worker's own text (error messages) that goes into ours."""
+
 
 ERROR_BODY_LOGGED = 1024
 """Bytes of a worker's error answer written to the debug log (never into an error message)."""
 
+
+
 HISTORY_POLL_INTERVAL = (0.05, 0.5)
 """First and longest pause between ``/history`` polls (the pause doubles in between)."""
+
+
 
 FINISH_GRACE = 2.0
 """Seconds to wait, after ``execution_success``, for the final ``executing`` event that
 ComfyUI sends once the history entry is written."""
 
-
-@dataclass(slots=True, frozen=True)
-class OutputFile:
-    """A file a worker wrote, as ComfyUI names it in ``executed`` events and history."""
-
-    filename: str
-    subfolder: str
-    type: str
-
-
-@dataclass(slots=True)
-class PromptResult:
-    prompt_id: str
-    outputs: dict[str, dict[str, Any]] = field(default_factory=dict)
-    """Per output node, what it reported (checked to be objects by :meth:`WorkerClient.history`)."""
-    worker: str = "worker"
-
-    def images(self, node_id: str) -> list[OutputFile]:
-        return self.files(node_id, "images")
-
-    def files(self, node_id: str, key: str) -> list[OutputFile]:
-        """The files an output node reported under ``key`` (images, latents, audio)."""
-        node = self.outputs.get(node_id, {})
-        entries = node.get(key, []) if isinstance(node, dict) else None
-        if not isinstance(entries, list):
-            raise WorkerProtocolError(self.worker, f"history: node {clip_text(node_id, 64)} {key} is not a list")
-        return [_output_file(self.worker, node_id, key, entry) for entry in entries]
-
-
-def _output_file(worker: str, node_id: str, key: str, entry: Any) -> OutputFile:
-    """One file entry of the history, as ComfyUI writes it: strings for filename, subfolder and type."""
-    if isinstance(entry, dict):
-        filename, subfolder, kind = entry.get("filename"), entry.get("subfolder", ""), entry.get("type", "output")
-        if all(isinstance(v, str) and len(v) <= 1024 for v in (filename, subfolder, kind)) and filename:
-            return OutputFile(filename, subfolder, kind)
-    raise WorkerProtocolError(worker, f"history: node {clip_text(node_id, 64)} {key}: an entry is not a file "
-                                      "(filename, subfolder and type as strings)")
-
-
-def clip_text(text: Any, limit: int = MAX_TEXT) -> str:
-    """A worker's text, on one line and at most ``limit`` characters."""
-    flat = " ".join(str(text).split())
-    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
-
-def summarize_rejection(body: Any) -> str:
-    """A readable sentence from ComfyUI's 400 body: the error, then each node's errors (each part shortened)."""
-    if not isinstance(body, dict):
-        return "the prompt was rejected"
-    parts = []
-    error = body.get("error")
-    if isinstance(error, dict):
-        parts.append(str(error.get("message") or error.get("type") or "rejected").rstrip("."))
-        if error.get("details"):
-            parts.append(str(error["details"]))
-    elif error:
-        parts.append(str(error))
-    node_errors = body.get("node_errors") or {}
-    if isinstance(node_errors, dict):
-        for node_id, info in list(node_errors.items())[:10]:
-            if not isinstance(info, dict) or not isinstance(info.get("errors", []), list):
-                continue
-            messages = "; ".join(
-                f"{e.get('message', '')}: {e.get('details', '')}".strip(": ")
-                for e in info.get("errors", [])
-                if isinstance(e, dict)
-            )
-            parts.append(f"node {node_id} ({info.get('class_type', '?')}): {messages}")
-        if len(node_errors) > 10:
-            parts.append(f"and {len(node_errors) - 10} more node(s)")
-    return " - ".join(clip_text(p) for p in parts if p) or "the prompt was rejected"
-
-
-def json_kind(value: Any) -> str:
-    """How a JSON value of the wrong shape is named in an error ("a list", "null")."""
-    kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
-             float: "a number", type(None): "null"}
-    return kinds.get(type(value), "something else")
-
-
-def _status_text(status: int) -> str:
-    """``HTTP 502 Bad Gateway``: the standard phrase, not the worker's own reason text."""
-    try:
-        return f"HTTP {status} {HTTPStatus(status).phrase}"
-    except ValueError:
-        return f"HTTP {status}"
-
-
-def _redirect_target(base_url: str, location: str | None) -> str:
-    """Where a redirect pointed, without query or credentials (they may be anything the worker chose)."""
-    if not location:
-        return "no address"
-    try:
-        target = URL(base_url).join(URL(location))
-        return clip_text(str(target.with_user(None).with_query(None).with_fragment(None)), 120)
-    except (ValueError, TypeError):
-        return "an address that is not a URL"
-
-
-class _Redirected(Exception):
-    """Raised from the websocket session's trace hook: the handshake was answered with a redirect."""
-
-    def __init__(self, location: str | None) -> None:
-        super().__init__(location)
-        self.location = location
-
-
-def _refuse_redirects() -> aiohttp.TraceConfig:
-    """ws_connect has no allow_redirects: this hook stops a redirect before aiohttp follows it."""
-    async def refuse(session: aiohttp.ClientSession, context: Any,
-                     params: aiohttp.TraceRequestRedirectParams) -> None:
-        location = params.response.headers.get("Location")
-        params.response.close()
-        raise _Redirected(location)
-
-    config = aiohttp.TraceConfig()
-    config.on_request_redirect.append(refuse)
-    return config
-
-
-def _client_error_text(exc: aiohttp.ClientError) -> str:
-    """Our words for a failed exchange: a parse error's text may quote the worker's bytes."""
-    if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
-        return clip_text(exc, 200)
-    return type(exc).__name__
 
 
 class WorkerClient:
@@ -241,10 +133,10 @@ class WorkerClient:
         if isinstance(exc, aiohttp.ClientConnectorError):
             return WorkerUnreachable(self.name, f"{what}: cannot connect to {self.base_url} ({exc.os_error or exc})")
         if isinstance(exc, aiohttp.ClientResponseError):
-            return WorkerProtocolError(self.name, f"{what}: {_status_text(exc.status)}")
+            return WorkerProtocolError(self.name, f"{what}: {status_text(exc.status)}")
         if isinstance(exc, aiohttp.ClientError):
             return WorkerUnreachable(self.name, f"{what}: connection to {self.base_url} failed "
-                                                f"({_client_error_text(exc)})")
+                                                f"({client_error_text(exc)})")
         return WorkerProtocolError(self.name, f"{what}: {clip_text(exc, 200)}")
 
     async def _request(self, method: str, path: str, *, json_body: Any = None, params: dict | None = None,
@@ -264,7 +156,7 @@ class WorkerClient:
             raise self._convert(exc, what) from exc
         if not expect_json:
             return body
-        parsed = _json_or_none(body)
+        parsed = json_or_none(body)
         if parsed is None:
             raise WorkerProtocolError(self.name, f"{what}: the answer is not JSON; is this a ComfyUI server?")
         return parsed
@@ -272,14 +164,14 @@ class WorkerClient:
     async def _answer(self, response: aiohttp.ClientResponse, what: str, path: str, limit: int) -> bytes:
         """The body of a successful answer; a redirect, a rejection or an error status raised as ours."""
         if 300 <= response.status < 400:
-            target = _redirect_target(self.base_url + path, response.headers.get("Location"))
+            target = redirect_target(self.base_url + path, response.headers.get("Location"))
             raise WorkerProtocolError(self.name, f"{what}: redirected to {target}, not followed")
         if response.status == 400 and path == "/prompt":
-            parsed = _json_or_none(await self._read_capped(response, what, MAX_JSON_BYTES))
-            raise WorkerRejected(self.name, summarize_rejection(parsed), _node_errors(parsed))
+            parsed = json_or_none(await self._read_capped(response, what, MAX_JSON_BYTES))
+            raise WorkerRejected(self.name, summarize_rejection(parsed), node_errors(parsed))
         if response.status >= 400:
             await self._log_error_body(response, what)
-            raise WorkerProtocolError(self.name, f"{what}: {_status_text(response.status)}")
+            raise WorkerProtocolError(self.name, f"{what}: {status_text(response.status)}")
         return await self._read_capped(response, what, limit)
 
     async def _read_capped(self, response: aiohttp.ClientResponse, what: str, limit: int) -> bytes:
@@ -295,7 +187,7 @@ class WorkerClient:
 
     def _too_large(self, response: aiohttp.ClientResponse, what: str, limit: int) -> NoReturn:
         response.close()  # drop the connection: nothing more is read from it
-        raise WorkerProtocolError(self.name, f"{what}: the answer is larger than the cap of {_size(limit)}; "
+        raise WorkerProtocolError(self.name, f"{what}: the answer is larger than the cap of {size_text(limit)}; "
                                              "refused, not read further")
 
     async def _log_error_body(self, response: aiohttp.ClientResponse, what: str) -> None:
@@ -325,7 +217,7 @@ class WorkerClient:
         if prompt_id not in body:
             return None
         entry = body[prompt_id]
-        problem = _history_problem(entry)
+        problem = history_problem(entry)
         if problem:
             raise WorkerProtocolError(self.name, f"GET /history: the entry of prompt {prompt_id} {problem}")
         return entry
@@ -352,7 +244,7 @@ class WorkerClient:
             blobs.append(await self.view(file, timeout=max(deadline - time.monotonic(), 0.001)))
             total += len(blobs[-1])
             if budget is not None and total > budget:
-                raise WorkerProtocolError(self.name, f"GET /view: the files of one output pass {_size(budget)} "
+                raise WorkerProtocolError(self.name, f"GET /view: the files of one output pass {size_text(budget)} "
                                                      f"({expected} x the file cap); the rest is not fetched")
         return blobs
 
@@ -419,14 +311,14 @@ class WorkerClient:
                 raise
 
     @contextlib.asynccontextmanager
-    async def _events(self, client_id: str, deadline: float) -> AsyncIterator[aiohttp.ClientWebSocketResponse | None]:
+    async def _events(self, client_id: str, deadline: float) -> AsyncIterator[WebSocket | None]:
         """The worker's ``/ws`` for ``client_id`` (None: follow ``/history`` instead).
 
         It has a session of its own: ws_connect cannot be told not to follow redirects, but a
         session's trace hook can stop one, and its handshake is bounded by the deadline here.
         """
         timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.settings.connect_timeout)
-        async with aiohttp.ClientSession(timeout=timeout, trace_configs=[_refuse_redirects()]) as session:
+        async with aiohttp.ClientSession(timeout=timeout, trace_configs=[refuse_redirects()]) as session:
             websocket = await self._open_websocket(session, client_id, deadline)
             try:
                 yield websocket
@@ -435,7 +327,7 @@ class WorkerClient:
                     await websocket.close()
 
     async def _open_websocket(self, session: aiohttp.ClientSession, client_id: str,
-                              deadline: float) -> aiohttp.ClientWebSocketResponse | None:
+                              deadline: float) -> WebSocket | None:
         what, url = "GET /ws", self.base_url + "/ws"
         # aiohttp's handshake waits up to the session's total (300 s by default): ours ends with the job's time
         bound = max(min(self.settings.connect_timeout, deadline - time.monotonic()), 0.001)
@@ -444,8 +336,8 @@ class WorkerClient:
                 url, params={"clientId": client_id}, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
                 heartbeat=30.0, autoping=True, headers=self.worker.headers,
             ), timeout=bound)
-        except _Redirected as exc:
-            target = _redirect_target(url, exc.location)
+        except Redirected as exc:
+            target = redirect_target(url, exc.location)
             raise WorkerProtocolError(self.name, f"{what}: redirected to {target}, not followed") from exc
         except aiohttp.ClientConnectorError as exc:
             raise self._convert(exc, what) from exc
@@ -457,7 +349,7 @@ class WorkerClient:
         except aiohttp.ClientError:
             return None  # e.g. a proxy without websocket support: fall back to polling history
 
-    async def _follow_websocket(self, websocket: aiohttp.ClientWebSocketResponse, prompt_id: str,
+    async def _follow_websocket(self, websocket: WebSocket, prompt_id: str,
                                 deadline: float, on_progress: Callable[[float, float], None] | None = None) -> None:
         """Return when the prompt has ended (or the socket closed); raise on error or deadline."""
         wait_until = deadline
@@ -473,7 +365,7 @@ class WorkerClient:
             if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
                 continue
             if kind == "execution_error":
-                raise WorkerExecutionFailed(self.name, _execution_error_text(data))
+                raise WorkerExecutionFailed(self.name, execution_error_text(data))
             if kind == "execution_interrupted":
                 raise WorkerExecutionFailed(self.name, f"the prompt was interrupted at node "
                                                        f"{clip_text(data.get('node_id'), 64)}")
@@ -494,7 +386,7 @@ class WorkerClient:
             if entry is not None:
                 status = entry.get("status") or {}
                 if status.get("status_str") == "error":
-                    raise WorkerExecutionFailed(self.name, _history_error(status))
+                    raise WorkerExecutionFailed(self.name, history_error(status))
                 return PromptResult(prompt_id, entry.get("outputs") or {}, self.name)
             if time.monotonic() + pause > deadline:
                 raise WorkerTimeout(self.name, "the prompt did not finish before the worker timeout")
@@ -513,7 +405,8 @@ class WorkerClient:
         await self.interrupt(prompt_id)
 
 
-async def _next_event(websocket: aiohttp.ClientWebSocketResponse, until: float) -> dict | None:
+
+async def _next_event(websocket: WebSocket, until: float) -> dict | None:
     """The next JSON event, or None when the socket closed or ``until`` passed."""
     while True:
         remaining = until - time.monotonic()
@@ -524,59 +417,9 @@ async def _next_event(websocket: aiohttp.ClientWebSocketResponse, until: float) 
         except asyncio.TimeoutError:
             return None
         if message.type == aiohttp.WSMsgType.TEXT:
-            parsed = _json_or_none(message.data)
+            parsed = json_or_none(message.data)
             if isinstance(parsed, dict):
                 return parsed
         elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                               aiohttp.WSMsgType.ERROR):
             return None
-        # binary frames are previews and progress text: not needed here
-
-
-def _history_problem(entry: Any) -> str | None:
-    """What is wrong with the shape of a history entry (None when it is ComfyUI's)."""
-    if not isinstance(entry, dict):
-        return f"is {json_kind(entry)}, not an object"
-    status, outputs = entry.get("status") or {}, entry.get("outputs") or {}
-    if not isinstance(status, dict):
-        return f"has a status that is {json_kind(status)}, not an object"
-    if not isinstance(status.get("messages", []), list):
-        return "has status messages that are not a list"
-    if not isinstance(outputs, dict):
-        return f"has outputs that are {json_kind(outputs)}, not an object"
-    odd = next((node_id for node_id, value in outputs.items() if not isinstance(value, dict)), None)
-    return None if odd is None else f"has an output of node {clip_text(odd, 64)} that is not an object"
-
-
-def _execution_error_text(data: dict) -> str:
-    """An ``execution_error``'s node and exception, each shortened (they are the worker's text)."""
-    return (f"node {clip_text(data.get('node_id'), 64)} ({clip_text(data.get('node_type'), 100)}) failed: "
-            f"{clip_text(data.get('exception_type', 'Error'), 100)}: {clip_text(data.get('exception_message', ''))}")
-
-
-def _history_error(status: dict) -> str:
-    for message in status.get("messages", []):
-        if not (isinstance(message, list) and len(message) == 2):
-            continue
-        if message[0] == "execution_error":
-            return _execution_error_text(message[1] if isinstance(message[1], dict) else {})
-        if message[0] == "execution_interrupted":
-            return "the prompt was interrupted"
-    return "the prompt ended with an error"
-
-
-def _json_or_none(body: bytes | str) -> Any:
-    try:
-        return json.loads(body)
-    except (ValueError, TypeError, RecursionError):  # RecursionError: JSON nested too deep to parse
-        return None
-
-
-def _node_errors(parsed: Any) -> dict:
-    if isinstance(parsed, dict) and isinstance(parsed.get("node_errors"), dict):
-        return parsed["node_errors"]
-    return {}
-
-
-def _size(limit: int) -> str:
-    return f"{limit // MIB} MiB" if limit % MIB == 0 else f"{limit} bytes"

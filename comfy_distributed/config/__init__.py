@@ -1,0 +1,42 @@
+"""Typed model of ``gpu_config.json``: validation that names the bad field, atomic saves.
+
+The schema is the original README's (master, workers, settings) with ``host`` optional per worker.
+Keys we do not know are kept (``extra="allow"``) so a round trip never loses what a user
+or another tool wrote. A file that does not validate is reported and never replaced by
+defaults.
+
+:mod:`.models` holds the model, :mod:`.files` reading, saving and the shared :class:`ConfigStore`.
+"""
+
+from ..errors import ConfigError
+from .files import (
+    ConfigStore,
+    config_path,
+    format_validation_error,
+    load_config,
+    parse_config,
+    save_config,
+    set_api_token,
+)
+from .models import (
+    CONFIG_ENV,
+    DEFAULT_CONFIG_PATH,
+    MAX_CONFIG_BYTES,
+    PACKAGE_ROOT,
+    REDACTED,
+    SECRET_SETTINGS,
+    GpuConfig,
+    MasterConfig,
+    Settings,
+    SshConfig,
+    WorkerConfig,
+    public_view,
+    settings_form,
+)
+
+__all__ = [
+    "CONFIG_ENV", "DEFAULT_CONFIG_PATH", "MAX_CONFIG_BYTES", "PACKAGE_ROOT", "REDACTED", "SECRET_SETTINGS",
+    "ConfigError", "ConfigStore", "GpuConfig", "MasterConfig", "Settings", "SshConfig", "WorkerConfig", "config_path",
+    "format_validation_error", "load_config", "parse_config", "public_view", "save_config", "set_api_token",
+    "settings_form",
+]

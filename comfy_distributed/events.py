@@ -1,0 +1,79 @@
+"""Every ``multigpu.*`` event the master sends to its UI clients, each built by one function here.
+
+An event is ``(name, payload)``, sent with ComfyUI's ``send_sync``. The panel listens to the names
+listed in ``web/multigpu_events.js``, generated from :data:`NAMES` (a test fails when the two
+differ, and a JS test checks that the panel handles every one). Payload keys are always present,
+``None`` where a value does not apply, so the panel and the CLI never guess.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypedDict
+
+WORKER_STATUS = "multigpu.worker_status"
+JOB_PROGRESS = "multigpu.job_progress"
+JOB_DONE = "multigpu.job_done"
+WORKER_FAILED = "multigpu.worker_failed"
+NOTICE = "multigpu.notice"
+NAMES = (WORKER_STATUS, JOB_PROGRESS, JOB_DONE, WORKER_FAILED, NOTICE)
+
+Event = tuple[str, dict[str, Any]]
+
+
+class UnitProgress(TypedDict):
+    position: int
+    state: str
+    worker: str | None
+    worker_id: int | str | None
+    progress: float
+
+
+class MissingUnit(TypedDict):
+    unit: int
+    worker: str
+    state: str
+    message: str | None
+
+
+def worker_status(health: dict[str, Any], previous: str) -> Event:
+    """A worker's health changed: its ``WorkerHealth.as_json()`` and the status it had before."""
+    return WORKER_STATUS, {**health, "previous": previous}
+
+
+def worker_failed(worker_id: int | str, worker: str, reason: str, message: str, rerun: bool, job_id: str | None = None,
+                  unit: int | None = None) -> Event:
+    """A worker failed a unit (or a forwarded prompt): ``rerun`` says whether another participant takes it over."""
+    return WORKER_FAILED, {"job_id": job_id, "worker_id": worker_id, "worker": worker, "reason": reason, "unit": unit,
+                           "rerun": rerun, "message": f"Worker {worker}: {message}"}
+
+
+def job_progress(job_id: str, progress: float, units: list[UnitProgress]) -> Event:
+    return JOB_PROGRESS, {"job_id": job_id, "progress": progress, "units": units}
+
+
+def job_done(job_id: str, cancelled: bool, workers_done: list[str], master_units: list[int],
+             units_missing: list[MissingUnit]) -> Event:
+    return JOB_DONE, {"job_id": job_id, "cancelled": cancelled, "workers_done": workers_done,
+                      "master_units": master_units, "units_missing": units_missing}
+
+
+def notice(message: str, job_id: str | None = None) -> Event:
+    """Something the user should know that is not a failure (a job runs static, and why)."""
+    return NOTICE, {"job_id": job_id, "message": message}
+
+
+def panel_module() -> str:
+    """The text of ``web/multigpu_events.js``: the event names for the panel (``python -m comfy_distributed.events``
+    rewrites the file)."""
+    names = "".join(f'  {name.split(".", 1)[1].upper()}: "{name}",\n' for name in NAMES)
+    return ("// The master's multigpu.* events, generated from comfy_distributed/events.py (NAMES) by\n"
+            "// `python -m comfy_distributed.events`; a test fails when this file and NAMES differ.\n"
+            f"export const EVENTS = Object.freeze({{\n{names}}});\n")
+
+
+if __name__ == "__main__":
+    from pathlib import Path
+
+    target = Path(__file__).resolve().parent.parent / "web" / "multigpu_events.js"
+    target.write_text(panel_module(), encoding="utf-8")
+    print(f"wrote {target}")

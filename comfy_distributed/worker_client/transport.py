@@ -1,0 +1,67 @@
+"""The HTTP edge to a worker: no redirect followed, aiohttp's errors in words."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+from yarl import URL
+
+from .answers import clip_text
+
+
+if TYPE_CHECKING:  # aiohttp 3.12+ types a websocket by whether it decodes text; ComfyUI's older pin does not
+    WebSocket = aiohttp.ClientWebSocketResponse[bool]
+
+
+
+def status_text(status: int) -> str:
+    """``HTTP 502 Bad Gateway``: the standard phrase, not the worker's own reason text."""
+    try:
+        return f"HTTP {status} {HTTPStatus(status).phrase}"
+    except ValueError:
+        return f"HTTP {status}"
+
+
+
+def redirect_target(base_url: str, location: str | None) -> str:
+    """Where a redirect pointed, without query or credentials (they may be anything the worker chose)."""
+    if not location:
+        return "no address"
+    try:
+        target = URL(base_url).join(URL(location))
+        return clip_text(str(target.with_user(None).with_query(None).with_fragment(None)), 120)
+    except (ValueError, TypeError):
+        return "an address that is not a URL"
+
+
+
+class Redirected(Exception):
+    """Raised from the websocket session's trace hook: the handshake was answered with a redirect."""
+
+    def __init__(self, location: str | None) -> None:
+        super().__init__(location)
+        self.location = location
+
+
+
+def refuse_redirects() -> aiohttp.TraceConfig:
+    """ws_connect has no allow_redirects: this hook stops a redirect before aiohttp follows it."""
+    async def refuse(session: aiohttp.ClientSession, context: Any,
+                     params: aiohttp.TraceRequestRedirectParams) -> None:
+        location = params.response.headers.get("Location")
+        params.response.close()
+        raise Redirected(location)
+
+    config = aiohttp.TraceConfig()
+    config.on_request_redirect.append(refuse)
+    return config
+
+
+
+def client_error_text(exc: aiohttp.ClientError) -> str:
+    """Our words for a failed exchange: a parse error's text may quote the worker's bytes."""
+    if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
+        return clip_text(exc, 200)
+    return type(exc).__name__

@@ -1,0 +1,96 @@
+"""What the component tests of the orchestrator and the queue balancer share: an orchestrator over a
+config of stand-in workers (``Cluster``), its test workflow, the images each unit must give back, and a
+queue balancer over such a config."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from comfy_distributed.config import ConfigStore
+from comfy_distributed.health import HealthMonitor
+from comfy_distributed.orchestrator import CollectorResult, Job, Orchestrator
+from comfy_distributed.queue_balancer import QueueBalancer
+from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT
+from tests.comfy_test_nodes import seeded_images
+
+OUTPUT_CLASSES = {"SaveImage", "PreviewImage"}
+
+
+def workflow(seed: int = 42, batch: int = 2, delay: float = 0.0) -> dict:
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": ["2", 0], "batch_size": batch, "width": 32, "height": 24, "delay": delay}},
+        "2": {"class_type": DISTRIBUTOR_CLASS, "inputs": {"seed": seed}},
+        "3": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
+        "4": {"class_type": "SaveImage", "inputs": {"images": ["3", 0], "filename_prefix": "out"}},
+    }
+
+
+class Cluster:
+    """An orchestrator whose config lists the given worker ports, recording its UI events."""
+
+    def __init__(self, tmp_path: Path, ports: list[int], health: HealthMonitor | None = None, **settings) -> None:
+        self.path = tmp_path / "gpu_config.json"
+        workers = [{"id": i + 1, "name": f"GPU {i + 1}", "port": p, "enabled": True} for i, p in enumerate(ports)]
+        self.path.write_text(json.dumps({"workers": workers, "settings": settings}))
+        self.events: list[tuple[str, dict]] = []
+        self.store = ConfigStore(self.path)
+        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)), health)
+
+    def start(self, prompt: dict) -> Job:
+        marked, job = self.orchestrator.prepare(prompt)
+        assert job is not None
+        assert marked["3"]["inputs"][JOB_INPUT] == job.job_id
+        self.orchestrator.start(job)
+        return job
+
+    async def collect(self, job: Job, collector: str = "3", interrupted=lambda: False) -> CollectorResult:
+        """What the master's Collector does when it runs: free the master, wait, take the images."""
+        return await asyncio.to_thread(self.orchestrator.collect, job.job_id, collector, interrupted)
+
+    async def run(self, prompt: dict, **kwargs) -> CollectorResult:
+        return await self.collect(self.start(prompt), **kwargs)
+
+    def failure_messages(self) -> list[str]:
+        return [d["message"] for e, d in self.events if e == "multigpu.worker_failed"]
+
+
+def by_position(result: CollectorResult) -> dict[int, tuple[str, list[bytes]]]:
+    return {unit.position: (unit.name, blobs) for unit, blobs in result.images}
+
+
+def pixels(blob: bytes) -> np.ndarray:
+    return np.array(Image.open(io.BytesIO(blob)).convert("RGB"))
+
+
+def expected_pixels(seed: int, batch: int) -> list[np.ndarray]:
+    images = seeded_images(seed, batch, 32, 24).numpy()
+    return [np.clip(255.0 * image, 0, 255).astype(np.uint8) for image in images]
+
+
+def assert_unit_images(result: CollectorResult, position: int, seed: int) -> None:
+    _, blobs = by_position(result)[position]
+    assert [pixels(b).tolist() for b in blobs] == [p.tolist() for p in expected_pixels(seed, 2)]
+
+
+def plain(seed: int = 3) -> dict:
+    """A queue-mode prompt without a Collector: one test image, saved."""
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": seed, "batch_size": 1, "width": 8, "height": 8, "delay": 0.0}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": "q"}},
+    }
+
+
+def balancer(tmp_path, ports, master_load=1, **settings) -> QueueBalancer:
+    path = tmp_path / "gpu_config.json"
+    path.write_text(json.dumps({"workers": [{"id": i + 1, "name": f"GPU {i + 1}", "port": p}
+                                            for i, p in enumerate(ports)], "settings": settings}))
+    return QueueBalancer(ConfigStore(path), master_load=lambda: master_load,
+                         is_output_node=lambda class_type: class_type in OUTPUT_CLASSES)

@@ -1,0 +1,39 @@
+"""One module defines every multigpu.* event; the panel's copy of the names is generated from it."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+from comfy_distributed import events
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_the_panels_event_names_are_generated_from_the_module():
+    committed = (ROOT / "web" / "multigpu_events.js").read_text(encoding="utf-8")
+    assert committed == events.panel_module(), "run `python -m comfy_distributed.events` and commit web/"
+
+
+def test_no_event_is_named_outside_the_events_module():
+    literal = re.compile(r"""["']multigpu\.[a-z_]+["']""")
+    offenders = [f"{path.relative_to(ROOT)}:{number}" for path in (ROOT / "comfy_distributed").rglob("*.py")
+                 if path.name != "events.py"
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if literal.search(line)]
+    assert offenders == []
+
+
+def test_every_builder_names_a_known_event_and_fills_every_key():
+    built = [
+        events.worker_status({"id": 1, "status": "idle"}, "offline"),
+        events.job_progress("j", 0.5, []),
+        events.job_done("j", False, ["GPU 1"], [0], []),
+        events.worker_failed(1, "GPU 1", "offline", "connection refused", rerun=True),
+        events.notice("Multi-GPU: runs static"),
+    ]
+    assert [name for name, _ in built] == list(events.NAMES)
+    name, failed = built[3]
+    assert failed == {"job_id": None, "worker_id": 1, "worker": "GPU 1", "reason": "offline", "unit": None,
+                      "rerun": True, "message": "Worker GPU 1: connection refused"}
+    assert built[4][1] == {"job_id": None, "message": "Multi-GPU: runs static"}

@@ -1,0 +1,53 @@
+// The panel handles every multigpu.* event the master sends (names from web/multigpu_events.js, which a Python
+// test keeps equal to comfy_distributed/events.py), and a notice reaches the user as a toast.
+import { test } from "node:test";
+import assert from "node:assert/strict";
+
+import { EVENTS } from "../../web/multigpu_events.js";
+import { listen } from "../../web/multigpu_listen.js";
+
+function fakeApi() {
+  const handlers = new Map();
+  return {
+    handlers,
+    addEventListener(name, handler) {
+      if (!handlers.has(name)) handlers.set(name, []);
+      handlers.get(name).push(handler);
+    },
+    emit(name, detail) {
+      for (const handler of handlers.get(name) || []) handler({ detail });
+    },
+  };
+}
+
+function setUp() {
+  const api = fakeApi();
+  const dispatched = [];
+  const toasts = [];
+  const store = { state: { config: null }, dispatch: (action) => dispatched.push(action) };
+  const actions = { refresh() {}, refreshConfig() {} };
+  const names = listen(api, store, actions, (severity, summary, detail) => toasts.push({ severity, summary, detail }));
+  return { api, dispatched, toasts, names };
+}
+
+test("every event the master sends has a listener, and only known multigpu names are heard", () => {
+  const { names } = setUp();
+  for (const name of Object.values(EVENTS)) assert.ok(names.has(name), `no listener for ${name}`);
+  const ours = [...names].filter((name) => name.startsWith("multigpu."));
+  assert.deepEqual(ours.filter((name) => !Object.values(EVENTS).includes(name)), []);
+});
+
+test("a notice becomes an info toast with the master's message", () => {
+  const { api, toasts } = setUp();
+  api.emit(EVENTS.NOTICE, { job_id: null, message: "Multi-GPU: the Collector's batch is not a literal: runs static" });
+  assert.deepEqual(toasts, [{ severity: "info", summary: "Multi-GPU",
+                              detail: "Multi-GPU: the Collector's batch is not a literal: runs static" }]);
+});
+
+test("a failure toast says whether the unit is re-run", () => {
+  const { api, toasts, dispatched } = setUp();
+  api.emit(EVENTS.WORKER_FAILED, { worker_id: 2, message: "Worker GPU 2: offline", rerun: true });
+  api.emit(EVENTS.WORKER_FAILED, { worker_id: 2, message: "Worker GPU 2: no retry left", rerun: false });
+  assert.deepEqual(toasts.map((t) => t.severity), ["warn", "error"]);
+  assert.equal(dispatched.filter((a) => a.type === "worker_failed").length, 2);
+});

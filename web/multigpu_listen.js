@@ -1,0 +1,39 @@
+// What the panel does with the master's events: the multigpu.* ones (names from multigpu_events.js) and
+// ComfyUI's own. Kept apart from multigpu.js (which needs the frontend's app) so that a Node test can check it.
+
+import { EVENTS } from "./multigpu_events.js";
+
+/** Subscribe the store, the actions and the toasts to `api`'s events; returns the names listened to. */
+export function listen(api, store, actions, notify) {
+  const names = new Set();
+  const on = (name, handler) => {
+    names.add(name);
+    api.addEventListener(name, handler);
+  };
+  const forward = (name, type) => on(name, (e) => store.dispatch({ type, data: e.detail }));
+  forward(EVENTS.WORKER_STATUS, "worker_status");
+  forward(EVENTS.JOB_PROGRESS, "job_progress");
+  forward(EVENTS.JOB_DONE, "job_done");
+  forward(EVENTS.WORKER_FAILED, "worker_failed");
+  forward("status", "master_queue");
+  forward("progress", "master_progress");
+  on("executing", (e) => store.dispatch({ type: "master_executing", node: e.detail }));
+  on("reconnected", () => actions.refresh());
+
+  on(EVENTS.WORKER_STATUS, (e) => {
+    const known = store.state.config && store.state.config.workers.some((w) => String(w.id) === String(e.detail.id));
+    if (store.state.config && !known) actions.refreshConfig();  // a worker added elsewhere (file, script)
+  });
+  on(EVENTS.WORKER_FAILED, (e) => {
+    const { message, rerun } = e.detail;
+    notify(rerun ? "warn" : "error", "Multi-GPU worker failed", message, 10000);
+  });
+  on(EVENTS.JOB_DONE, (e) => {
+    const missing = e.detail.units_missing || [];
+    if (missing.length) {
+      notify("error", "Multi-GPU job", `Left out: ${missing.map((u) => `${u.worker} (${u.message || u.state})`).join("; ")}`);
+    }
+  });
+  on(EVENTS.NOTICE, (e) => notify("info", "Multi-GPU", String(e.detail.message || ""), 8000));
+  return names;
+}
