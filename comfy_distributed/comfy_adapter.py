@@ -16,6 +16,7 @@ from .config import ConfigStore, GpuConfig
 from .errors import ConfigError
 from .orchestrator import Orchestrator
 from .health import HealthMonitor
+from .host import Host
 from .launcher import master_launcher_factory
 from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
 from .queue_balancer import QueueBalancer
@@ -83,22 +84,31 @@ def startup_warnings(config: GpuConfig, public: bool, env_token: str | None = No
     return []
 
 
-def install() -> bool:
-    """Hook into the running PromptServer; returns False when there is none (not in ComfyUI)."""
-    try:
-        import comfy.cli_args as cli_args
+class ComfyHost:
+    """The :class:`~.host.Host` of a running ComfyUI: its server, queue, folders and interrupt flag."""
+
+    def __init__(self, server: Any) -> None:
         import comfy.model_management as model_management
         import folder_paths
         import nodes as comfy_nodes
-        from server import PromptServer
-    except ImportError:
-        return False
 
-    def save_output(file: OutputFile, data: bytes, worker_tag: str) -> dict[str, str]:
+        self._server, self._queue = server, server.prompt_queue
+        self._management, self._folders, self._nodes = model_management, folder_paths, comfy_nodes
+
+    def notify(self, event: str, data: dict[str, Any]) -> None:
+        self._server.send_sync(event, data)
+
+    def interrupted(self) -> bool:
+        return bool(self._management.processing_interrupted())
+
+    def raise_if_interrupted(self) -> None:
+        self._management.throw_exception_if_processing_interrupted()
+
+    def save_output(self, file: OutputFile, data: bytes, worker_tag: str) -> dict[str, str]:
         """Save a worker's file under the master's output (or temp) folder, in the worker's own folder."""
         kind = "temp" if file.type == "temp" else "output"  # it is saved in one of these two, whatever it says
-        root = os.path.realpath(folder_paths.get_temp_directory() if kind == "temp"
-                                else folder_paths.get_output_directory())
+        root = os.path.realpath(self._folders.get_temp_directory() if kind == "temp"
+                                else self._folders.get_output_directory())
         try:
             subfolder, name = confined_output_path(worker_tag, file.subfolder, file.filename)
             name = write_new_file(root, worker_tag, subfolder, name, data)
@@ -106,10 +116,42 @@ def install() -> bool:
             raise RuntimeError(f"Multi-GPU: refused a file of {worker_tag}: {exc}") from None
         return {"filename": name, "subfolder": subfolder, "type": kind}
 
+    def running_prompts(self) -> set[str]:
+        running, _ = self._queue.get_current_queue_volatile()
+        return {str(item[1]) for item in running}
+
+    def pending_prompts(self) -> set[str]:
+        _, pending = self._queue.get_current_queue_volatile()
+        return {str(item[1]) for item in pending}
+
+    def finished_prompts(self, prompt_ids: set[str]) -> set[str]:
+        return {p for p in prompt_ids if self._queue.get_history(prompt_id=p)}
+
+    def free_memory(self) -> None:  # what ComfyUI's own POST /free does
+        self._queue.set_flag("unload_models", True)
+        self._queue.set_flag("free_memory", True)
+
+    def queue_load(self) -> int:
+        running, pending = self._queue.get_current_queue_volatile()
+        return len(running) + len(pending)
+
+    def is_output_node(self, class_type: str) -> bool:
+        return bool(getattr(self._nodes.NODE_CLASS_MAPPINGS.get(class_type), "OUTPUT_NODE", False))
+
+    def input_dir(self) -> Path | None:
+        return Path(self._folders.get_input_directory())
+
+
+def install() -> bool:
+    """Hook into the running PromptServer; returns False when there is none (not in ComfyUI)."""
+    try:
+        import comfy.cli_args as cli_args
+        from server import PromptServer
+    except ImportError:
+        return False
     server = getattr(PromptServer, "instance", None)
     if server is None:
         return False
-
     store = ConfigStore()
     port = getattr(cli_args.args, "port", None)
     try:
@@ -128,53 +170,27 @@ def install() -> bool:
                  len(config.enabled_workers()))
         for warning in startup_warnings(config, public, env_token):
             log.warning("Multi-GPU: %s", warning)
-
-    def notify(event: str, data: dict[str, Any]) -> None:
-        server.send_sync(event, data)
-
-    queue = server.prompt_queue
-
-    def running_prompts() -> set[str]:
-        running, _ = queue.get_current_queue_volatile()
-        return {str(item[1]) for item in running}
-
-    def pending_prompts() -> set[str]:
-        _, pending = queue.get_current_queue_volatile()
-        return {str(item[1]) for item in pending}
-
-    def finished_prompts(prompt_ids: set[str]) -> set[str]:
-        return {p for p in prompt_ids if queue.get_history(prompt_id=p)}
-
-    def free_master() -> None:  # what ComfyUI's own POST /free does
-        queue.set_flag("unload_models", True)
-        queue.set_flag("free_memory", True)
-
-    def master_load() -> int:
-        running, pending = queue.get_current_queue_volatile()
-        return len(running) + len(pending)
-
-    def is_output_node(class_type: str) -> bool:
-        return bool(getattr(comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type), "OUTPUT_NODE", False))
-
-    health = HealthMonitor(store, notify)
-    orchestrator = Orchestrator(store, notify, health, input_dir=lambda: Path(folder_paths.get_input_directory()))
-    balancer = QueueBalancer(store, health, notify, master_load, is_output_node)
-    runtime.orchestrator = orchestrator
-    runtime.balancer = balancer
-    runtime.save_output = save_output
-    runtime.interrupted = model_management.processing_interrupted
-    runtime.raise_if_interrupted = model_management.throw_exception_if_processing_interrupted
-    runtime.notify = notify
-    server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
-    server.app.middlewares.append(make_prompt_middleware(orchestrator, running_prompts, pending_prompts))
-    api = MultiGPUApi(store, orchestrator, public=public, free_master=free_master, health=health, env_token=env_token)
-    api.add_routes(server.routes)
     comfyui_root = Path(sys.modules[PromptServer.__module__].__file__ or ".").resolve().parent  # main.py's folder
+    _wire(server, ComfyHost(server), store, public, env_token, comfyui_root)
+    return True
+
+
+def _wire(server: Any, host: Host, store: ConfigStore, public: bool, env_token: str | None,
+          comfyui_root: Path) -> None:
+    """The extension's parts on ComfyUI's server: the prompt hook, the routes, the background tasks."""
+    health = HealthMonitor(store, host.notify)
+    orchestrator = Orchestrator(store, host.notify, health, input_dir=host.input_dir)
+    balancer = QueueBalancer(store, health, host.notify, host.queue_load, host.is_output_node)
+    runtime.current = runtime.Extension(host, orchestrator, balancer)
+    server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
+    server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts))
+    api = MultiGPUApi(store, orchestrator, public=public, free_master=host.free_memory, health=health,
+                      env_token=env_token)
+    api.add_routes(server.routes)
     add_launch_routes(server.routes, store, health, master_launcher_factory(store, comfyui_root), api.authorize)
 
     def start_background() -> None:
         health.start()
-        server.loop.create_task(reap_finished_prompts(orchestrator, finished_prompts), name="multigpu-reaper")
+        server.loop.create_task(reap_finished_prompts(orchestrator, host.finished_prompts), name="multigpu-reaper")
 
     server.loop.call_soon_threadsafe(start_background)  # runs once ComfyUI's loop runs
-    return True

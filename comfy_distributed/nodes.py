@@ -84,9 +84,15 @@ class MultiGPUCollector:
         if not own:
             raise RuntimeError(f"Multi-GPU Collector {collector_id}: connect images, a latent or audio")
         job_id = ((prompt or {}).get(collector_id) or {}).get("inputs", {}).get(JOB_INPUT)
-        if not job_id or runtime.orchestrator is None:
+        if not job_id or runtime.current is None:
             return as_outputs(own)  # no enabled workers: exactly as without this node
         return next_step(prompt or {}, job_id, collector_id, {0: own})
+
+
+def _running() -> runtime.Extension:
+    if runtime.current is None:
+        raise RuntimeError("Multi-GPU: this prompt carries a distributed job, but the extension is not running here")
+    return runtime.current
 
 
 def as_outputs(values: dict[str, Any]) -> tuple:
@@ -96,17 +102,16 @@ def as_outputs(values: dict[str, Any]) -> tuple:
 
 def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dict[str, Any]]) -> Any:
     """Ask the orchestrator what the master does next: run units here, or assemble the output."""
-    orchestrator = runtime.orchestrator
-    if orchestrator is None:
-        raise RuntimeError("Multi-GPU: this prompt carries a distributed job, but the extension is not running here")
+    extension = _running()
+    orchestrator, host = extension.orchestrator, extension.host
     try:
-        step = orchestrator.master_step(job_id, collector_id, set(parts), runtime.interrupted)
+        step = orchestrator.master_step(job_id, collector_id, set(parts), host.interrupted)
     except JobError as exc:
-        runtime.raise_if_interrupted()
+        host.raise_if_interrupted()
         raise RuntimeError(str(exc)) from None
     if isinstance(step, list):
         return run_on_master(prompt, job_id, collector_id, parts, step, orchestrator)
-    parts = {**parts, **decode_parts(parts[0], step, collector_id, runtime.notify)}
+    parts = {**parts, **decode_parts(parts[0], step, collector_id, host.notify)}
     return as_outputs(assemble(parts, collector_id))
 
 
@@ -210,10 +215,7 @@ class MultiGPUAssemble:
                 "hidden": {"prompt": "PROMPT"}}
 
     def assemble(self, parts: tuple, job_id: str, collector: str, prompt: dict | None = None) -> Any:
-        orchestrator = runtime.orchestrator
-        if orchestrator is None:
-            raise RuntimeError("Multi-GPU: the extension is not running")
-        collected = dict(orchestrator.take_stash(job_id, collector))
+        collected = dict(_running().orchestrator.take_stash(job_id, collector))
         for position, values in parts:
             collected[position] = values
         return next_step(prompt or {}, job_id, collector, collected)
@@ -234,13 +236,12 @@ class MultiGPURemoteOutput:
         return {"required": {"forward_id": ("STRING", {"default": ""}), "node": ("STRING", {"default": ""})}}
 
     def deliver(self, forward_id: str, node: str) -> dict[str, Any]:
-        balancer = runtime.balancer
-        if balancer is None:
-            raise RuntimeError("Multi-GPU: the extension is not running")
+        extension = _running()
+        host = extension.host
         try:
-            forward = balancer.wait(forward_id, node, runtime.interrupted)
+            forward = extension.balancer.wait(forward_id, node, host.interrupted)
         except JobError as exc:
-            runtime.raise_if_interrupted()
+            host.raise_if_interrupted()
             raise RuntimeError(str(exc)) from None
         if forward.state == "master":  # no worker could run it: the master runs the original prompt
             if forward.expanded:
@@ -249,7 +250,7 @@ class MultiGPURemoteOutput:
             log.warning("Multi-GPU queue: running the prompt on the master: %s", "; ".join(forward.causes))
             return {"ui": {}, "result": (), "expand": prefixed(forward.original, f"{node}.multigpu.")}
         tag = f"worker-{forward.worker.id}" if forward.worker is not None else "worker"
-        images = [runtime.save_output(file, data, tag) for file, data in forward.outputs.get(node, [])]
+        images = [host.save_output(file, data, tag) for file, data in forward.outputs.get(node, [])]
         return {"ui": {"images": images}}
 
 

@@ -7,12 +7,17 @@ A job is planned as units (see :mod:`scheduler`); when a worker fails, its unit 
 on another worker or on the master with the same seed and position. Every unit run is
 bounded by the worker timeout, so nothing waits forever, and the server's event loop is
 never blocked by a Collector.
+
+Where each part runs, in one place: this module (planning in the prompt hook, starting,
+carrying out the scheduler's actions, running units) runs on the server loop;
+:mod:`.collector_bridge` (``master_step``, ``collect``) on ComfyUI's execution thread;
+:mod:`.job_book` (lookups, reservations, the stash, workers' posted results, cancelling) on
+either, under the orchestrator's lock.
 """
 
 from __future__ import annotations
 
 import asyncio
-import hmac
 import logging
 import secrets
 import threading
@@ -25,7 +30,7 @@ import aiohttp
 
 from . import events
 from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
-from .errors import ConfigError, JobError, ResultRejected, UnknownJob, WorkerError, WorkerProtocolError, WorkflowError
+from .errors import ConfigError, WorkerError, WorkerProtocolError, WorkflowError
 from .plan import literal_batch, scheduling_mode, unit_sizes, weighted_plan
 from .speeds import Speeds
 from .scheduler import (
@@ -51,23 +56,19 @@ from .workflow import (
     mark_master_prompt,
     validate_prompt_shape,
 )
-from .jobs import (
-    COLLECT_POLL,
-    EXTRA_DATA_KEY,
-    PROGRESS_INTERVAL,
-    RESERVATION_TTL,
-    UNCLAIMED_JOB_TTL,
-    UNKNOWN_BATCH_IMAGES,
-    CollectorResult,
-    Job,
-    Notify,
-    ShareLimits,
-    UnitRun,
-    UnitState,
-    FINISHED,
-)
+from .collector_bridge import CollectorBridge
+from .job_book import JobBook
+from .jobs import EXTRA_DATA_KEY, PROGRESS_INTERVAL, Job, Notify, UnitRun, UnitState, FINISHED
 from .worker_client import WorkerClient
-from .worker_prep import MediaFile, MediaUploads, ObjectInfoCache, check_media_paths, find_media, preflight_problems, with_media
+from .worker_prep import (
+    MediaFile,
+    MediaUploads,
+    ObjectInfoCache,
+    check_media_paths,
+    find_media,
+    preflight_problems,
+    with_media,
+)
 
 if TYPE_CHECKING:
     from .health import HealthMonitor
@@ -78,7 +79,7 @@ def _log_notify(event: str, data: dict[str, Any]) -> None:
     log.debug("event %s %s", event, data)
 
 
-class Orchestrator:
+class Orchestrator(JobBook, CollectorBridge):
     """Owns the distributed jobs of one master."""
 
     def __init__(self, store: ConfigStore, notify: Notify = _log_notify, health: "HealthMonitor | None" = None,
@@ -97,18 +98,6 @@ class Orchestrator:
         self._lock = threading.Lock()
 
     # --- planning (server loop, inside the prompt hook) ----------------------------------
-
-    def reserve(self) -> str:
-        """A job id for ``prepare_job``; a prompt queued with it in ``extra_data`` uses it."""
-        job_id = uuid.uuid4().hex
-        with self._lock:
-            self._reserved[job_id] = time.monotonic() + RESERVATION_TTL
-        return job_id
-
-    def _take_reservation(self, job_id: Any) -> str | None:
-        with self._lock:
-            expires = self._reserved.pop(job_id, None) if isinstance(job_id, str) else None
-        return job_id if expires is not None and expires > time.monotonic() else None
 
     def prepare(self, prompt: Prompt, requested_job_id: Any = None) -> tuple[Prompt, Job | None]:
         """Plan a job for ``prompt`` if it has Collectors and there are enabled workers.
@@ -135,21 +124,7 @@ class Orchestrator:
         mode = self._mode(prompt, collectors, config, job_id)
         try:
             kinds = {c: list(collector_links(prompt, c)) for c in collectors}
-            if mode == "static":
-                units = {k + 1: UnitRun(k + 1, k + 1, build_worker_prompt(prompt, collectors, k + 1))
-                         for k in range(len(workers))}
-                plan: dict[str, list[int]] | None = {str(w.id): [k + 1] for k, w in enumerate(workers)}
-                master_batch = None
-            else:
-                sizes = unit_sizes(literal_batch(prompt, collectors) * (1 + len(workers)), config.settings.unit_size)
-                master_batch = sizes[0]
-                units = {p: UnitRun(p, p, build_worker_prompt(prompt, collectors, p, size), batch=size)
-                         for p, size in enumerate(sizes) if p > 0}
-                plan = None
-                if mode == "weighted":  # participant k of the weighted plan -> its name (master or a worker id)
-                    names = [MASTER, *(str(w.id) for w in workers)]
-                    plan = {names[k]: [p for p in positions if p > 0]
-                            for k, positions in weighted_plan(len(sizes), self.speeds.weights(config)).items()}
+            units, plan, master_batch = self._plan_units(prompt, collectors, config, mode)
             marked = mark_master_prompt(prompt, collectors, job_id, master_batch)
             input_dir = self.input_dir()
             if input_dir is not None:
@@ -165,6 +140,24 @@ class Orchestrator:
         with self._lock:
             self._jobs[job_id] = job
         return marked, job
+
+    def _plan_units(self, prompt: Prompt, collectors: list[str], config: GpuConfig,
+                    mode: str) -> tuple[dict[int, UnitRun], dict[str, list[int]] | None, int | None]:
+        """The worker units (position -> its run), who runs which first, and the master's own batch size."""
+        workers = config.enabled_workers()
+        if mode == "static":
+            units = {k + 1: UnitRun(k + 1, k + 1, build_worker_prompt(prompt, collectors, k + 1))
+                     for k in range(len(workers))}
+            return units, {str(w.id): [k + 1] for k, w in enumerate(workers)}, None
+        sizes = unit_sizes(literal_batch(prompt, collectors) * (1 + len(workers)), config.settings.unit_size)
+        units = {p: UnitRun(p, p, build_worker_prompt(prompt, collectors, p, size), batch=size)
+                 for p, size in enumerate(sizes) if p > 0}
+        plan = None
+        if mode == "weighted":  # participant k of the weighted plan -> its name (master or a worker id)
+            names = [MASTER, *(str(w.id) for w in workers)]
+            plan = {names[k]: [p for p in positions if p > 0]
+                    for k, positions in weighted_plan(len(sizes), self.speeds.weights(config)).items()}
+        return units, plan, sizes[0]
 
     def _mode(self, prompt: Prompt, collectors: list[str], config: GpuConfig, job_id: str) -> str:
         mode, why_not = scheduling_mode(prompt, collectors, config.settings)
@@ -402,224 +395,13 @@ class Orchestrator:
             await job.session.close()
             job.session = None
 
-    # --- results posted by workers (server loop) -----------------------------------------
-
-    def _share(self, job_id: str, worker_id: Any, token: str) -> tuple[Job, UnitRun]:
-        """The running unit this (job, worker, share token) names; refused otherwise.
-
-        Only the worker the unit was sent to knows its token, so nobody else can put images
-        into a job; a unit that already ended takes nothing more, so a token read later from
-        the worker's history is worth nothing.
-        """
-        job = self.job(job_id)
-        if job is None or job.error:
-            raise UnknownJob(f"no job {str(job_id)[:64]} is waiting for results")
-        unit = next((u for u in job.units.values() if u.worker is not None and str(u.worker.id) == str(worker_id)
-                     and u.token and hmac.compare_digest(u.token.encode(), str(token).encode())), None)
-        if unit is None:
-            raise ResultRejected("worker_id and share_token do not match a unit of this job", status=403)
-        if unit.state != UnitState.RUNNING:
-            raise ResultRejected(f"unit {unit.position} of worker {worker_id} has already ended ({unit.state})",
-                                 status=409)
-        if any(kinds != ["images"] for kinds in job.kinds.values()):
-            raise ResultRejected("this job collects latents or audio: job_complete carries images only")
-        return job, unit
-
-    def check_share(self, job_id: str, worker_id: Any, token: str) -> ShareLimits:
-        """What the named share may carry, checked before its body is read (see ``accept_results``)."""
-        job, unit = self._share(job_id, worker_id, token)
-        return ShareLimits(collectors=len(job.collectors), images=unit.batch or job.batch or UNKNOWN_BATCH_IMAGES)
-
-    def accept_results(self, job_id: str, worker_id: Any, token: str, outputs: dict[str, list[bytes]]) -> None:
-        """Results a worker posted itself; they complete its unit like pulled results."""
-        job, unit = self._share(job_id, worker_id, token)
-        limits = self.check_share(job_id, worker_id, token)
-        if any(len(images) > limits.images for images in outputs.values()):
-            raise ResultRejected(f"a Collector got more than the {limits.images} image(s) of unit {unit.position}")
-        if set(outputs) != set(job.collectors):
-            raise ResultRejected(f"outputs must have exactly the Collectors {job.collectors}, got {sorted(outputs)}")
-        if any(not images for images in outputs.values()):
-            raise ResultRejected("every Collector needs at least one image")
-        unit.images = {collector: list(images) for collector, images in outputs.items()}
-        unit.state, unit.progress = UnitState.DONE, 1.0
-        if unit.task is not None and not unit.task.done():
-            unit.task.cancel()
-        self._handle(job, UnitDone(unit.position, str(worker_id)))
-
-    # --- on ComfyUI's execution thread ----------------------------------------------------
-
-    def master_step(self, job_id: str, collector_id: str, have: set[int],
-                    interrupted: Callable[[], bool]) -> "list[UnitRun] | CollectorResult":
-        """What the master does next for this Collector: run units (a list), or finish (the result).
-
-        ``have`` are the positions this Collector already holds. While units wait for a
-        participant, the master offers itself and takes one unit at a time. ``interrupted``
-        is polled so that a Cancel on the master cancels the workers at once.
-        """
-        job = self.job(job_id)
-        if job is None:
-            raise JobError(f"Multi-GPU job {job_id} is unknown: it expired or the master restarted; queue it again")
-        if job.error:
-            raise JobError(job.error)
-        bound = job.created + job.settings.worker_timeout * (2 + job.settings.max_retries) + 30.0
-        self._measure_master(job, have)
-        while True:
-            with self._lock:
-                todo = [job.units[p] for p in job.master_positions if p not in have]
-                if not todo and not job.settled.is_set() and not job.master_asked and job.loop is not None:
-                    job.master_asked = True
-                    job.changed.clear()
-                    job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
-            if todo:
-                job.master_started = time.monotonic()
-                return todo
-            if job.settled.is_set():
-                break
-            job.changed.wait(COLLECT_POLL)
-            if interrupted():
-                self.cancel(job)
-                raise JobError("Multi-GPU: interrupted while waiting for the workers")
-            if time.monotonic() > bound:  # every unit run has its own deadline: this only guards against a bug
-                self.cancel(job)
-                raise JobError(f"Multi-GPU job {job_id}: the workers did not settle in time")
-        if job.error:
-            self._claim(job, collector_id)
-            raise JobError(job.error)
-        if job.cancelled:
-            raise JobError(f"Multi-GPU job {job_id} was cancelled")
-        units = job.unit_list()
-        given_up = [u for u in units if u.state == UnitState.GIVEN_UP]
-        self._claim(job, collector_id)
-        if given_up:
-            raise JobError("Multi-GPU: " + "; ".join(
-                f"unit {u.position} (seed offset {u.seed_offset}) could not be run: {u.error}" for u in given_up))
-        kinds = job.kinds.get(collector_id, ["images"])
-        return CollectorResult(
-            outputs=[(u, {kind: u.images[output_key(collector_id, kind)] for kind in kinds}) for u in units
-                     if u.state == UnitState.DONE and all(output_key(collector_id, kind) in u.images for kind in kinds)],
-            master_units=[u for u in units if u.state == UnitState.MASTER],
-            failures=[u for u in units if u.state == UnitState.SKIPPED],
-        )
-
-    def _measure_master(self, job: Job, have: set[int]) -> None:
-        started, job.master_started = job.master_started, 0.0
-        ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
-        if started and ran:
-            took = time.monotonic() - started
-            self.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
-            if job.loop is not None:
-                job.loop.call_soon_threadsafe(self._job_unit_time, job, MASTER, took)
-
-    @staticmethod
-    def _job_unit_time(job: Job, participant: str, seconds: float) -> None:
-        """In dynamic mode, what a unit took ``participant`` in this job (a moving average)."""
-        if job.mode != "dynamic" or job.scheduler is None or seconds <= 0:
-            return
-        previous = job.scheduler.unit_seconds.get(participant)
-        job.scheduler.unit_seconds[participant] = seconds if previous is None else (previous + seconds) / 2
-
-    def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool],
-                run_on_master: Callable[[UnitRun], None] = lambda unit: None) -> CollectorResult:
-        """The whole Collector loop, with ``run_on_master`` doing the master's units (tests, benchmarks)."""
-        have: set[int] = set()
-        while True:
-            step = self.master_step(job_id, collector_id, have, interrupted)
-            if isinstance(step, CollectorResult):
-                return step
-            for unit in step:
-                run_on_master(unit)
-                have.add(unit.position)
-
-    def _claim(self, job: Job, collector_id: str) -> None:
-        with self._lock:
-            job.claimed.add(collector_id)
-            last = job.claimed >= set(job.collectors)
-            if last:
-                self._jobs.pop(job.job_id, None)
-        if last and job.loop is not None and not job.loop.is_closed():
-            job.loop.call_soon_threadsafe(self._finish, job)
-
-    def stash(self, job_id: str, collector_id: str, parts: Any) -> None:
-        """Keep a Collector's partial output until its re-run units, run on the master, join it."""
-        with self._lock:
-            self._stash[(job_id, collector_id)] = parts
-
-    def take_stash(self, job_id: str, collector_id: str) -> Any:
-        with self._lock:
-            parts = self._stash.pop((job_id, collector_id), None)
-        if parts is None:
-            raise JobError(f"Multi-GPU job {job_id}: nothing to assemble for Collector {collector_id}")
-        return parts
-
-    def _drop_stash(self, job_id: str) -> None:
-        """A job that ends (a re-run on the master failed, or was interrupted) frees the tensors it kept."""
-        with self._lock:
-            for key in [key for key in self._stash if key[0] == job_id]:
-                del self._stash[key]
-
-    def stashed(self) -> int:
-        """How many Collector outputs are kept for re-runs (tests, leak checks)."""
-        with self._lock:
-            return len(self._stash)
-
-    # --- cancellation and clean-up (any thread) ------------------------------------------
-
-    def cancel(self, job: Job) -> None:
-        """Stop every unit of ``job``; each one removes and interrupts its prompt on its worker."""
-        job.cancelled = True
-        job.settled.set()
-        self._drop_stash(job.job_id)
-        if job.loop is not None and not job.loop.is_closed():
-            job.loop.call_soon_threadsafe(self._cancel_tasks, job)
-
     def _cancel_tasks(self, job: Job) -> None:
         for unit in job.units.values():
             if unit.task is not None and not unit.task.done():
                 unit.task.cancel()
         self._finish(job)
 
-    def cancel_prompts(self, prompt_ids: set[str], reason: str) -> int:
-        """Cancel the jobs of these master prompts (deleted from the queue, interrupted, ended)."""
-        with self._lock:
-            jobs = [j for j in self._jobs.values() if j.prompt_id in prompt_ids and not j.cancelled]
-            for job in jobs:
-                self._jobs.pop(job.job_id, None)
-        for job in jobs:
-            log.info("Multi-GPU: job %s cancelled: %s", job.job_id, reason)
-            self.cancel(job)
-        return len(jobs)
 
-    def prompt_ids(self) -> set[str]:
-        with self._lock:
-            return {j.prompt_id for j in self._jobs.values() if j.prompt_id}
 
-    def job(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._jobs.get(job_id)
 
-    def _sweep(self) -> None:
-        now = time.monotonic()
-        with self._lock:
-            for job_id in [j for j, expires in self._reserved.items() if expires < now]:
-                del self._reserved[job_id]
-            stale = [j for j in self._jobs.values()
-                     if now > j.created + j.settings.worker_timeout * (2 + j.settings.max_retries) + UNCLAIMED_JOB_TTL]
-            for job in stale:
-                self._jobs.pop(job.job_id, None)
-        for job in stale:
-            self.cancel(job)
 
-    def jobs_summary(self) -> list[dict[str, Any]]:
-        """Jobs that are running or waiting for their Collectors, for the status endpoint."""
-        with self._lock:
-            jobs = list(self._jobs.values())
-        return [
-            {
-                "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(),
-                "error": job.error,
-                "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": u.state.value,
-                           "worker_id": u.worker.id if u.worker else None, "progress": round(u.progress, 4),
-                           "errors": list(u.causes)} for u in job.unit_list()],
-            }
-            for job in jobs
-        ]

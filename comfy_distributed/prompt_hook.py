@@ -108,46 +108,58 @@ def make_prompt_middleware(orchestrator: Orchestrator, running_prompts: Callable
         if request.path in PROMPT_PATHS:
             return await _queue_prompt(request, handler)
         if request.path in INTERRUPT_PATHS:
-            target = (await _json_body(request)).get("prompt_id")
-            response = await handler(request)
-            running = running_prompts()
-            stopped = ({str(target)} & running) if target else running
-            if stopped:
-                orchestrator.cancel_prompts(stopped, "the prompt was interrupted on the master")
-            return response
+            return await _interrupt(request, handler, orchestrator, running_prompts)
         if request.path in QUEUE_PATHS:
-            data = await _json_body(request)
-            pending = pending_prompts()
-            response = await handler(request)
-            removed: set[str] = set()
-            if data.get("clear"):
-                removed |= pending
-            if isinstance(data.get("delete"), list):
-                removed |= {str(p) for p in data["delete"]} & pending
-            if removed:
-                orchestrator.cancel_prompts(removed, "the prompt was removed from the master's queue")
-            return response
+            return await _edit_queue(request, handler, orchestrator, pending_prompts)
         return await handler(request)
 
-    async def _queue_prompt(request: web.Request, handler: Callable) -> web.StreamResponse:
-        pending: list[_Pending] = []
-        token = _pending_jobs.set(pending)
-        try:
-            response = await handler(request)
-        except BaseException:
-            for item in pending:
-                item.discard()
-            raise
-        finally:
-            _pending_jobs.reset(token)
-        for item in pending:
-            if response.status == 200:
-                item.start(_prompt_id_of(response))
-            else:
-                item.discard()
-        return response
-
     return multigpu_prompt_middleware
+
+
+async def _queue_prompt(request: web.Request, handler: Callable) -> web.StreamResponse:
+    """ComfyUI's own /prompt, with the jobs its prompt hook planned started once it accepted the prompt."""
+    pending: list[_Pending] = []
+    token = _pending_jobs.set(pending)
+    try:
+        response = await handler(request)
+    except BaseException:
+        for item in pending:
+            item.discard()
+        raise
+    finally:
+        _pending_jobs.reset(token)
+    for item in pending:
+        if response.status == 200:
+            item.start(_prompt_id_of(response))
+        else:
+            item.discard()
+    return response
+
+
+async def _interrupt(request: web.Request, handler: Callable, orchestrator: Orchestrator,
+                     running_prompts: Callable[[], set[str]]) -> web.StreamResponse:
+    target = (await _json_body(request)).get("prompt_id")
+    response = await handler(request)
+    running = running_prompts()
+    stopped = ({str(target)} & running) if target else running
+    if stopped:
+        orchestrator.cancel_prompts(stopped, "the prompt was interrupted on the master")
+    return response
+
+
+async def _edit_queue(request: web.Request, handler: Callable, orchestrator: Orchestrator,
+                      pending_prompts: Callable[[], set[str]]) -> web.StreamResponse:
+    data = await _json_body(request)
+    pending = pending_prompts()
+    response = await handler(request)
+    removed: set[str] = set()
+    if data.get("clear"):
+        removed |= pending
+    if isinstance(data.get("delete"), list):
+        removed |= {str(p) for p in data["delete"]} & pending
+    if removed:
+        orchestrator.cancel_prompts(removed, "the prompt was removed from the master's queue")
+    return response
 
 
 async def reap_finished_prompts(orchestrator: Orchestrator, finished: Callable[[set[str]], set[str]],

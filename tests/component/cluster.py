@@ -14,7 +14,8 @@ from PIL import Image
 
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.health import HealthMonitor
-from comfy_distributed.orchestrator import CollectorResult, Job, Orchestrator
+from comfy_distributed.jobs import CollectorResult, Job
+from comfy_distributed.orchestrator import Orchestrator
 from comfy_distributed.queue_balancer import QueueBalancer
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT
 from tests.comfy_test_nodes import seeded_images

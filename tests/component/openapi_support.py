@@ -26,7 +26,8 @@ from comfy_distributed.api import MAX_BODY, MAX_PROMPT_BODY, MAX_RESULT_BODY, OP
 from comfy_distributed.api_launch import add_launch_routes
 from comfy_distributed.api_results import JOB_HEADER, MAX_IMAGE_BODY, SHARE_HEADER, WORKER_HEADER
 from comfy_distributed.config import ConfigStore, GpuConfig, load_config
-from comfy_distributed.orchestrator import EXTRA_DATA_KEY, Job, Orchestrator
+from comfy_distributed.jobs import EXTRA_DATA_KEY, Job
+from comfy_distributed.orchestrator import Orchestrator
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 from tests.launcher.helpers import RecordingLauncher
 

@@ -19,7 +19,7 @@ from comfy_distributed.nodes import (
     assemble,
     decode_parts,
 )
-from comfy_distributed.orchestrator import CollectorResult
+from comfy_distributed.jobs import CollectorResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -129,3 +129,19 @@ def test_root_package_loads_like_comfyui_loads_custom_nodes():
     finally:
         for key in [k for k in sys.modules if k == name or k.startswith(name + ".")]:
             del sys.modules[key]
+
+
+def test_outside_comfyui_the_host_is_detached_and_internal_nodes_say_so():
+    from comfy_distributed import runtime
+    from comfy_distributed.host import DetachedHost
+    from comfy_distributed.nodes import MultiGPURemoteOutput
+
+    assert runtime.current is None and isinstance(runtime.host(), DetachedHost)
+    host = runtime.host()
+    assert not host.interrupted() and host.running_prompts() == set() and host.queue_load() == 0
+    try:
+        MultiGPURemoteOutput().deliver("f", "9")
+    except RuntimeError as exc:
+        assert "not running here" in str(exc)
+    else:
+        raise AssertionError("an internal node outside a running master must refuse, not guess")

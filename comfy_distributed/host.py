@@ -1,0 +1,89 @@
+"""What the extension needs from the ComfyUI it runs in, as one interface.
+
+:class:`~.comfy_adapter.ComfyHost` implements it over ComfyUI's modules (the only code that imports
+them); :class:`DetachedHost` is what the package has outside ComfyUI (tests, scripts, the CLI):
+nothing is running, nothing is interrupted, nothing can be saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from .worker_client import OutputFile
+
+log = logging.getLogger("comfy_distributed")
+
+
+class Host(Protocol):
+    def notify(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to the master's UI clients (any thread)."""
+
+    def interrupted(self) -> bool:
+        """Whether the user cancelled the prompt running on the master."""
+
+    def raise_if_interrupted(self) -> None:
+        """Raise ComfyUI's own interrupt exception, so that a cancel shows as a cancel, not an error."""
+
+    def save_output(self, file: OutputFile, data: bytes, worker_tag: str) -> dict[str, str]:
+        """Save a worker's file into the master's output (or temp) folder; its /view reference."""
+
+    def running_prompts(self) -> set[str]:
+        """Prompt ids the master is running now."""
+
+    def pending_prompts(self) -> set[str]:
+        """Prompt ids waiting in the master's queue."""
+
+    def finished_prompts(self, prompt_ids: set[str]) -> set[str]:
+        """Those of ``prompt_ids`` that are in the master's history."""
+
+    def free_memory(self) -> None:
+        """What ComfyUI's own ``POST /free`` does: unload models and free memory when the queue allows."""
+
+    def queue_load(self) -> int:
+        """Prompts running or waiting on the master."""
+
+    def is_output_node(self, class_type: str) -> bool:
+        """Whether ComfyUI knows ``class_type`` as an output node."""
+
+    def input_dir(self) -> Path | None:
+        """The master's input folder (files a workflow loads), None when there is none."""
+
+
+class DetachedHost:
+    """The host outside ComfyUI: events are logged, no prompt runs, and nothing can be saved."""
+
+    def notify(self, event: str, data: dict[str, Any]) -> None:
+        log.debug("event %s %s", event, data)
+
+    def interrupted(self) -> bool:
+        return False
+
+    def raise_if_interrupted(self) -> None:
+        return None
+
+    def save_output(self, file: OutputFile, data: bytes, worker_tag: str) -> dict[str, str]:
+        raise RuntimeError("Multi-GPU: saving files needs a running ComfyUI")
+
+    def running_prompts(self) -> set[str]:
+        return set()
+
+    def pending_prompts(self) -> set[str]:
+        return set()
+
+    def finished_prompts(self, prompt_ids: set[str]) -> set[str]:
+        return set()
+
+    def free_memory(self) -> None:
+        return None
+
+    def queue_load(self) -> int:
+        return 0
+
+    def is_output_node(self, class_type: str) -> bool:
+        return False
+
+    def input_dir(self) -> Path | None:
+        return None
