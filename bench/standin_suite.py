@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from comfy_distributed.config import ConfigStore, Settings, WorkerConfig
-from comfy_distributed.images import decode_batch
+from comfy_distributed.media_codecs import decode_batch
 from comfy_distributed.jobs import Job, UnitRun
 from comfy_distributed.orchestrator import Orchestrator
 from comfy_distributed.worker_client import WorkerClient

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 from .errors import JobError
 from .jobs import COLLECT_POLL, CollectorResult, Job, UnitRun, UnitState
-from .scheduler import MASTER, MasterFree, UnitDone, UnitFailed
+from .scheduler import MASTER, Event, MasterFree, MasterRan
 from .speeds import Speeds
 from .workflow import output_key
 
@@ -27,7 +27,7 @@ class CollectorBridge:
 
         def job(self, job_id: str) -> Job | None: ...
         def cancel(self, job: Job) -> None: ...
-        def _handle(self, job: Job, event: UnitDone | UnitFailed | MasterFree) -> None: ...
+        def _handle(self, job: Job, event: Event) -> None: ...
         def _finish(self, job: Job) -> None: ...
 
     def master_step(self, job_id: str, collector_id: str, have: set[int],
@@ -94,15 +94,7 @@ class CollectorBridge:
             took = time.monotonic() - started
             self.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
             if job.loop is not None:
-                job.loop.call_soon_threadsafe(self._job_unit_time, job, MASTER, took)
-
-    @staticmethod
-    def _job_unit_time(job: Job, participant: str, seconds: float) -> None:
-        """In dynamic mode, what a unit took ``participant`` in this job (a moving average)."""
-        if job.mode != "dynamic" or job.scheduler is None or seconds <= 0:
-            return
-        previous = job.scheduler.unit_seconds.get(participant)
-        job.scheduler.unit_seconds[participant] = seconds if previous is None else (previous + seconds) / 2
+                job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))
 
     def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool],
                 run_on_master: Callable[[UnitRun], None] = lambda unit: None) -> CollectorResult:

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from .errors import JobError, ResultRejected, UnknownJob
 from .jobs import RESERVATION_TTL, UNCLAIMED_JOB_TTL, UNKNOWN_BATCH_IMAGES, Job, ShareLimits, UnitRun, UnitState
-from .scheduler import MasterFree, UnitDone, UnitFailed
+from .scheduler import Event, UnitDone
 
 log = logging.getLogger("comfy_distributed")
 
@@ -29,7 +29,7 @@ class JobBook:
         _reserved: dict[str, float]
         _stash: dict[tuple[str, str], Any]
 
-        def _handle(self, job: Job, event: UnitDone | UnitFailed | MasterFree) -> None: ...
+        def _handle(self, job: Job, event: Event) -> None: ...
         def _cancel_tasks(self, job: Job) -> None: ...
 
     def reserve(self) -> str:

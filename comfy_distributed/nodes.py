@@ -12,12 +12,10 @@ from __future__ import annotations
 import logging
 from typing import Any, Callable
 
-from . import runtime
-from . import events
+from . import events, media, runtime
 from .errors import JobError
 from .workflow import (
     COLLECTOR_CLASS,
-    COLLECTOR_KINDS,
     DISTRIBUTOR_CLASS,
     JOB_INPUT,
     SCHEDULING_INPUT,
@@ -64,13 +62,13 @@ class MultiGPUCollector:
         "the master's batch first, then each worker's in config order. Connect images, a latent or audio "
         "(or several); each output carries what came in on the input of the same kind."
     )
-    RETURN_TYPES = tuple(spec[0] for spec in COLLECTOR_KINDS.values())
-    RETURN_NAMES = tuple(COLLECTOR_KINDS)
+    RETURN_TYPES = tuple(kind.comfy_type for kind in media.KINDS)
+    RETURN_NAMES = media.NAMES
     FUNCTION = "collect"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        optional: dict[str, Any] = {kind: (spec[0],) for kind, spec in COLLECTOR_KINDS.items() if kind != "images"}
+        optional: dict[str, Any] = {kind.name: (kind.comfy_type,) for kind in media.KINDS if kind.name != "images"}
         optional[SCHEDULING_INPUT] = (["default", *SCHEDULING_MODES], {
             "default": "default", "tooltip": "how the work is shared out; default follows settings.scheduling_mode"})
         return {"required": {}, "optional": {"images": ("IMAGE",), **optional},
@@ -96,8 +94,8 @@ def _running() -> runtime.Extension:
 
 
 def as_outputs(values: dict[str, Any]) -> tuple:
-    """The Collector's outputs in COLLECTOR_KINDS order; a kind not collected is None."""
-    return tuple(values.get(kind) for kind in COLLECTOR_KINDS)
+    """The Collector's outputs in the media registry's order; a kind not collected is None."""
+    return tuple(values.get(kind) for kind in media.NAMES)
 
 
 def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dict[str, Any]]) -> Any:
@@ -118,13 +116,12 @@ def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dic
 def decode_parts(reference: dict[str, Any], result: Any, collector_id: str,
                  notify: Callable[[str, dict], None]) -> dict[int, dict[str, Any]]:
     """Position -> {kind: value} for each worker unit, decoded like ComfyUI's loaders."""
-    from .images import decode_kind, fits
-
     parts = {}
     for unit, files in result.outputs:
-        decoded = {kind: decode_kind(kind, blobs, reference[kind]) for kind, blobs in files.items() if kind in reference}
-        problem = next((fits(kind, reference[kind], value) for kind, value in decoded.items()
-                        if fits(kind, reference[kind], value)), None)
+        decoded = {kind: media.BY_NAME[kind].codec.decode(blobs, reference[kind]) for kind, blobs in files.items()
+                   if kind in reference}
+        problem = next((why for kind, value in decoded.items()
+                        if (why := media.BY_NAME[kind].codec.fits(reference[kind], value))), None)
         if problem:
             message = f"{problem}; left out"
             notify(*events.worker_failed(unit.worker.id, unit.name, "size_mismatch", message, rerun=False,
@@ -139,9 +136,7 @@ def decode_parts(reference: dict[str, Any], result: Any, collector_id: str,
 
 def assemble(parts: dict[int, dict[str, Any]], collector_id: str) -> dict[str, Any]:
     """Every kind, all positions in order."""
-    from .images import join_kind
-
-    joined = {kind: join_kind(kind, [parts[p][kind] for p in sorted(parts) if kind in parts[p]])
+    joined = {kind: media.BY_NAME[kind].codec.join([parts[p][kind] for p in sorted(parts) if kind in parts[p]])
               for kind in parts[0]}
     log.info("Multi-GPU Collector %s: %s from %d units", collector_id,
              ", ".join(f"{kind}" for kind in joined), len(parts))
@@ -169,7 +164,7 @@ def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int,
                           "inputs": {"parts": previous, "job_id": job_id, "collector": collector_id},
                           "override_display_id": collector_id}
     log.debug("Multi-GPU Collector %s: running unit(s) %s on the master", collector_id, [u.position for u in units])
-    return {"result": tuple([assemble_id, index] for index in range(len(COLLECTOR_KINDS))), "expand": graph}
+    return {"result": tuple([assemble_id, index] for index in range(len(media.KINDS))), "expand": graph}
 
 
 INTERNAL_NOTE = "Internal to ComfyUI-Distributed: the Collector adds it to a running prompt itself. Do not place it."
@@ -186,12 +181,12 @@ class MultiGPUUnitPart:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        optional: dict[str, Any] = {kind: (spec[0],) for kind, spec in COLLECTOR_KINDS.items()}
+        optional: dict[str, Any] = {kind.name: (kind.comfy_type,) for kind in media.KINDS}
         return {"required": {"position": ("INT", {"default": 1, "min": 1, "max": 1 << 20})},
                 "optional": {**optional, "parts": (PARTS_TYPE,)}}
 
     def add(self, position: int, parts: tuple | None = None, **values: Any) -> tuple[tuple]:
-        from .images import quantize_like_png
+        from .media_codecs import quantize_like_png
 
         own = {kind: value for kind, value in values.items() if value is not None}
         if "images" in own:  # as if it had travelled as a worker's PNG
@@ -205,7 +200,7 @@ class MultiGPUAssemble:
     CATEGORY = "multigpu/internal"
     DESCRIPTION = INTERNAL_NOTE
     DEPRECATED = True  # ComfyUI's only way to hide a node: the frontend leaves deprecated nodes out of the library
-    RETURN_TYPES = tuple(spec[0] for spec in COLLECTOR_KINDS.values())
+    RETURN_TYPES = tuple(kind.comfy_type for kind in media.KINDS)
     FUNCTION = "assemble"
 
     @classmethod

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 
-from . import events
+from . import events, media
 from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
 from .errors import ConfigError, WorkerError, WorkerProtocolError, WorkflowError
 from .plan import literal_batch, scheduling_mode, unit_sizes, weighted_plan
@@ -39,6 +39,7 @@ from .scheduler import (
     Dispatch,
     GiveUp,
     JobScheduler,
+    Event as SchedulerEvent,
     MasterFree,
     RunOnMaster,
     Skip,
@@ -47,7 +48,6 @@ from .scheduler import (
     UnitFailed,
 )
 from .workflow import (
-    COLLECTOR_KINDS,
     collector_links,
     output_key,
     Prompt,
@@ -209,6 +209,7 @@ class Orchestrator(JobBook, CollectorBridge):
             unavailable={**unavailable, **{w: message for w, (_, message) in lacking.items()}},
             max_retries=job.settings.max_retries,
             skip_unavailable=job.settings.skip_offline_workers,
+            learns_unit_times=job.mode == "dynamic",
         )
         if not job.settings.skip_offline_workers:
             for worker_id, why in unavailable.items():
@@ -265,7 +266,7 @@ class Orchestrator(JobBook, CollectorBridge):
 
     # --- carrying out the scheduler's actions (server loop) ------------------------------
 
-    def _handle(self, job: Job, event: UnitDone | UnitFailed | MasterFree) -> None:
+    def _handle(self, job: Job, event: SchedulerEvent) -> None:
         if job.scheduler is None or job.cancelled:
             return  # a MasterFree before the scheduler exists is replayed by _begin (master_asked)
         self._carry_out(job, job.scheduler.handle(event))
@@ -317,7 +318,7 @@ class Orchestrator(JobBook, CollectorBridge):
             for collector, kinds in job.kinds.items():
                 for kind in kinds:
                     key = output_key(collector, kind)
-                    files = result.files(key, COLLECTOR_KINDS[kind][3])
+                    files = result.files(key, media.BY_NAME[kind].history_key)
                     if not files:
                         raise WorkerProtocolError(worker.display_name,
                                                   f"returned no {kind} for Multi-GPU Collector {collector}")
@@ -337,8 +338,7 @@ class Orchestrator(JobBook, CollectorBridge):
             unit.images, unit.state, unit.progress = images, UnitState.DONE, 1.0
             took = time.monotonic() - unit.started
             self.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), took)
-            self._job_unit_time(job, str(worker.id), took)
-            self._handle(job, UnitDone(unit.position, str(worker.id)))
+            self._handle(job, UnitDone(unit.position, str(worker.id), took))
 
     def _unit_failed(self, job: Job, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
         if unit.state != UnitState.RUNNING or unit.worker is not worker:

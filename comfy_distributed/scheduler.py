@@ -30,6 +30,8 @@ class Unit:
 class UnitDone:
     position: int
     worker: WorkerId
+    seconds: float | None = None
+    """How long the unit took on that worker (None: not measured, e.g. results the worker posted itself)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -45,7 +47,14 @@ class MasterFree:
     """The master finished its own unit and waits in its Collector: it can run units now."""
 
 
-Event = Union[UnitDone, UnitFailed, MasterFree]
+@dataclass(slots=True, frozen=True)
+class MasterRan:
+    """The master finished the units it was given; ``seconds`` is how long the last one took."""
+
+    seconds: float
+
+
+Event = Union[UnitDone, UnitFailed, MasterFree, MasterRan]
 
 
 # --- actions --------------------------------------------------------------------------
@@ -116,8 +125,11 @@ class JobScheduler:
     causes: dict[int, list[str]] = field(default_factory=dict)
     excluded: set[WorkerId] = field(default_factory=set)
     master_free: bool = False
+    learns_unit_times: bool = False
+    """Dynamic mode: place shared units by how long a unit took each participant in this job."""
     unit_seconds: dict[str, float] = field(default_factory=dict)
-    """Seconds a unit took each participant in this job (set by the orchestrator as units finish)."""
+    """Seconds a unit took each participant in this job (a moving average), learnt from ``UnitDone.seconds``
+    and ``MasterRan``."""
     clock: Callable[[], float] = time.monotonic
     started: dict[int, float] = field(default_factory=dict)
     master_busy_until: float = 0.0
@@ -156,10 +168,15 @@ class JobScheduler:
         return self._assign() + actions
 
     def handle(self, event: Event) -> list[Action]:
+        if isinstance(event, MasterRan):
+            self._learn(MASTER, event.seconds)
+            return []
         if isinstance(event, UnitDone):
             if self.running.get(event.position) == event.worker:
                 del self.running[event.position]
                 self.done.add(event.position)
+                if event.seconds is not None:
+                    self._learn(event.worker, event.seconds)
         elif isinstance(event, UnitFailed):
             if self.running.get(event.position) != event.worker:
                 return []  # stale: the unit was already finished or moved
@@ -177,6 +194,12 @@ class JobScheduler:
         elif isinstance(event, MasterFree):
             self.master_free = True
         return self._assign()
+
+    def _learn(self, participant: str, seconds: float) -> None:
+        if not self.learns_unit_times or seconds <= 0:
+            return
+        previous = self.unit_seconds.get(participant)
+        self.unit_seconds[participant] = seconds if previous is None else (previous + seconds) / 2
 
     def settled(self) -> bool:
         """No unit waits for a participant or runs on a worker: the Collector can finish."""

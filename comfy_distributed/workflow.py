@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable
 
+from . import media
 from .errors import WorkflowError
 
 COLLECTOR_CLASS = "MultiGPUCollector"
@@ -23,19 +24,12 @@ JOB_INPUT = "multigpu_job_id"
 
 WORKER_OUTPUT_CLASS = "PreviewImage"
 
-COLLECTOR_KINDS: dict[str, tuple[str, str, str, str]] = {
-    "images": ("IMAGE", "PreviewImage", "images", "images"),
-    "latent": ("LATENT", "SaveLatent", "samples", "latents"),
-    "audio": ("AUDIO", "PreviewAudio", "audio", "audio"),
-}
-"""What a Collector collects: input -> (type, core output node on workers, its input, history key).
-The order is the Collector's output order."""
 
 
 def collector_links(prompt: Prompt, collector: str) -> dict[str, list]:
     """The Collector's connected inputs, by kind."""
     inputs = prompt[collector].get("inputs", {})
-    links = {kind: list(inputs[kind]) for kind in COLLECTOR_KINDS if is_link(inputs.get(kind))}
+    links = {kind: list(inputs[kind]) for kind in media.NAMES if is_link(inputs.get(kind))}
     if not links:
         raise WorkflowError(f"Multi-GPU Collector {collector}: connect images, a latent or audio")
     return links
@@ -49,12 +43,10 @@ def output_key(collector: str, kind: str) -> str:
 def _worker_output_nodes(collector: str, links: dict[str, list]) -> Prompt:
     nodes: Prompt = {}
     for kind, link in links.items():
-        _, class_type, input_name, _ = COLLECTOR_KINDS[kind]
-        inputs: dict[str, Any] = {input_name: link}
-        if class_type == "SaveLatent":
-            inputs["filename_prefix"] = "multigpu/latent"
+        spec = media.BY_NAME[kind]
+        inputs: dict[str, Any] = {spec.worker_input: link, **dict(spec.worker_literals)}
         nodes[output_key(collector, kind)] = {
-            "class_type": class_type, "inputs": inputs,
+            "class_type": spec.worker_node, "inputs": inputs,
             "_meta": {"title": f"Multi-GPU Collector {collector} {kind} (worker share)"},
         }
     return nodes
@@ -287,7 +279,7 @@ def flatten_for_single(prompt: Prompt) -> Prompt:
     Used when a whole prompt runs on one worker (queue mode): there it is not distributed.
     """
     distributors = {n: distributor_seed(prompt, n) for n in nodes_of_class(prompt, DISTRIBUTOR_CLASS)}
-    kinds = list(COLLECTOR_KINDS)
+    kinds = list(media.NAMES)  # a link to a Collector's output k is a link to its input of kind k
     collectors = {n: prompt[n].get("inputs", {}) for n in nodes_of_class(prompt, COLLECTOR_CLASS)}
 
     def resolve(value: Any) -> Any:

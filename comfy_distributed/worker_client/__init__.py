@@ -6,7 +6,8 @@ untrusted: answers are read up to a size cap, their shapes are checked before us
 redirect is followed (per-worker headers would travel to the other address), and a
 worker's own text reaches our messages only parsed and shortened.
 
-:mod:`.answers` checks what a worker says, :mod:`.transport` is the HTTP edge, :mod:`.client`
+:mod:`.answers` checks what a worker says, :mod:`.transport` is the HTTP edge, :mod:`.following`
+reads a prompt's events on ``/ws``, :mod:`.client`
 the :class:`WorkerClient` itself.
 """
 

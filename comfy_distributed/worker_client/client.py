@@ -26,7 +26,6 @@ from .answers import (
     OutputFile,
     PromptResult,
     clip_text,
-    execution_error_text,
     history_error,
     history_problem,
     json_or_none,
@@ -34,6 +33,7 @@ from .answers import (
     size_text,
     summarize_rejection,
 )
+from .following import follow_websocket
 from .transport import Redirected, client_error_text, redirect_target, refuse_redirects, status_text
 
 
@@ -74,9 +74,6 @@ HISTORY_POLL_INTERVAL = (0.05, 0.5)
 
 
 
-FINISH_GRACE = 2.0
-"""Seconds to wait, after ``execution_success``, for the final ``executing`` event that
-ComfyUI sends once the history entry is written."""
 
 
 
@@ -304,7 +301,7 @@ class WorkerClient:
                 # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
                 prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
                 if websocket is not None:
-                    await self._follow_websocket(websocket, prompt_id, deadline, on_progress)
+                    await follow_websocket(websocket, self.name, prompt_id, deadline, on_progress)
                 return await self._poll_history(prompt_id, deadline)
             except (asyncio.CancelledError, WorkerTimeout):
                 await self._cancel_quietly(prompt_id)
@@ -349,36 +346,6 @@ class WorkerClient:
         except aiohttp.ClientError:
             return None  # e.g. a proxy without websocket support: fall back to polling history
 
-    async def _follow_websocket(self, websocket: WebSocket, prompt_id: str,
-                                deadline: float, on_progress: Callable[[float, float], None] | None = None) -> None:
-        """Return when the prompt has ended (or the socket closed); raise on error or deadline."""
-        wait_until = deadline
-        while True:
-            event = await _next_event(websocket, wait_until)
-            if event is None:  # socket closed, or the grace after success ran out
-                if wait_until < deadline:
-                    return
-                if time.monotonic() >= deadline:
-                    raise WorkerTimeout(self.name, "the prompt did not finish before the worker timeout")
-                return
-            kind, data = event.get("type"), event.get("data") or {}
-            if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
-                continue
-            if kind == "execution_error":
-                raise WorkerExecutionFailed(self.name, execution_error_text(data))
-            if kind == "execution_interrupted":
-                raise WorkerExecutionFailed(self.name, f"the prompt was interrupted at node "
-                                                       f"{clip_text(data.get('node_id'), 64)}")
-            if kind == "progress" and on_progress is not None:
-                value, maximum = data.get("value"), data.get("max")
-                if isinstance(value, (int, float)) and isinstance(maximum, (int, float)):
-                    on_progress(float(value), float(maximum))
-                continue
-            if kind == "executing" and data.get("node") is None:
-                return  # sent after the history entry is written
-            if kind == "execution_success":
-                wait_until = min(deadline, time.monotonic() + FINISH_GRACE)
-
     async def _poll_history(self, prompt_id: str, deadline: float) -> PromptResult:
         pause = HISTORY_POLL_INTERVAL[0]
         while True:
@@ -403,23 +370,3 @@ class WorkerClient:
     async def _cancel(self, prompt_id: str) -> None:
         await self.delete_queued([prompt_id])
         await self.interrupt(prompt_id)
-
-
-
-async def _next_event(websocket: WebSocket, until: float) -> dict | None:
-    """The next JSON event, or None when the socket closed or ``until`` passed."""
-    while True:
-        remaining = until - time.monotonic()
-        if remaining <= 0:
-            return None
-        try:
-            message = await websocket.receive(timeout=remaining)
-        except asyncio.TimeoutError:
-            return None
-        if message.type == aiohttp.WSMsgType.TEXT:
-            parsed = json_or_none(message.data)
-            if isinstance(parsed, dict):
-                return parsed
-        elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
-                              aiohttp.WSMsgType.ERROR):
-            return None

@@ -14,7 +14,7 @@ from PIL import Image
 
 from comfy_distributed.config import Settings, WorkerConfig
 from comfy_distributed.errors import WorkerProtocolError
-from comfy_distributed.images import PNG_SIGNATURE, decode_kind, fits
+from comfy_distributed.media_codecs import PNG_SIGNATURE, decode_kind, fits
 from comfy_distributed.worker_client import MAX_FILES_PER_OUTPUT, MIB, OutputFile, WorkerClient
 from tests.audio_support import flac_like_comfyui
 from tests.component.cluster import Cluster, assert_unit_images, by_position, workflow

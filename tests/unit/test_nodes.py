@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from comfy_distributed.images import decode_png
-from comfy_distributed.images import quantize_like_png
+from comfy_distributed.media_codecs import decode_png
+from comfy_distributed.media_codecs import quantize_like_png
 from comfy_distributed.nodes import (
     NODE_CLASS_MAPPINGS,
     NODE_DISPLAY_NAME_MAPPINGS,
@@ -93,7 +93,7 @@ def test_parts_are_ordered_by_position_and_a_mismatched_size_is_left_out():
 def test_latents_travel_exactly_like_save_latent_writes_them():
     from safetensors.torch import save
 
-    from comfy_distributed.images import decode_kind, join_kind
+    from comfy_distributed.media_codecs import decode_kind, join_kind
 
     samples = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     blob = save({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])})

@@ -151,3 +151,21 @@ def test_slow_worker_still_takes_work_that_would_otherwise_wait():
     now[0] = 2.0
     # 5 units wait: the fast worker alone would end them at 7, the slow one finishes one by 4
     assert s.handle(UnitDone(2, "slow")) == [Dispatch(3, "slow")]
+
+
+def test_unit_times_are_learnt_from_the_events_in_dynamic_mode_only():
+    from comfy_distributed.scheduler import MASTER, MasterRan, Unit
+
+    s = JobScheduler(units=[Unit(p, p) for p in range(1, 4)], workers=["1"], learns_unit_times=True)
+    s.start()
+    s.handle(UnitDone(1, "1", seconds=4.0))
+    s.handle(UnitDone(2, "1", seconds=2.0))
+    assert s.unit_seconds == {"1": 3.0}, "a moving average of what a unit took worker 1 in this job"
+    assert s.handle(MasterRan(5.0)) == [] and s.unit_seconds[MASTER] == 5.0
+    s.handle(UnitDone(3, "1"))  # results the worker posted itself: no duration
+    assert s.unit_seconds["1"] == 3.0
+    plain = JobScheduler(units=[Unit(1, 1)], workers=["1"])
+    plain.start()
+    plain.handle(UnitDone(1, "1", seconds=4.0))
+    plain.handle(MasterRan(5.0))
+    assert plain.unit_seconds == {}, "static and weighted jobs place nothing by unit time"

@@ -1,4 +1,4 @@
-"""Worker results to ComfyUI tensors, decoded exactly as ComfyUI's LoadImage does.
+"""Worker results (images, latents, audio) as ComfyUI values, decoded as its loaders do: one codec per kind.
 
 PNG bytes travel as the worker wrote them; this runs on the Collector's thread, never on
 the server's event loop, because decoding a large batch takes a while. A worker's file is
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import io
 import struct
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
@@ -110,45 +110,80 @@ def decode_audio(data: bytes, max_samples: int | None = None) -> dict:
     return {"waveform": waveform.float()[None], "sample_rate": rate}
 
 
-def decode_kind(kind: str, blobs: list[bytes], reference: Any) -> Any:
-    """Worker files of one kind as the value the master's Collector holds for that kind."""
-    if kind == "images":
+class Codec(Protocol):
+    """How one media kind's worker files become the value the master's Collector holds, and join it."""
+
+    def decode(self, blobs: list[bytes], reference: Any) -> Any:
+        """The worker's files as one value, on the device and in the dtype of the master's ``reference``."""
+
+    def fits(self, reference: Any, value: Any) -> str | None:
+        """Why ``value`` cannot join ``reference`` (None when it can)."""
+
+    def join(self, values: list[Any]) -> Any:
+        """One value from the values of every position, in order."""
+
+
+class ImageCodec:
+    def decode(self, blobs: list[bytes], reference: torch.Tensor) -> torch.Tensor:
         unlike = _unlike_reference(blobs, reference)
         if unlike is not None:
             return unlike
         return decode_batch(blobs).to(device=reference.device, dtype=reference.dtype)
-    if kind == "latent":
+
+    def fits(self, reference: torch.Tensor, value: torch.Tensor) -> str | None:
+        if same_frame(reference, value):
+            return None
+        return f"images are {tuple(value.shape[1:3])} (height, width), the master's {tuple(reference.shape[1:3])}"
+
+    def join(self, values: list[torch.Tensor]) -> torch.Tensor:
+        return torch.cat(values, dim=0)
+
+
+class LatentCodec:
+    def decode(self, blobs: list[bytes], reference: dict[str, Any]) -> dict[str, Any]:
         samples = torch.cat([decode_latent(blob) for blob in blobs], dim=0)
         return {"samples": samples.to(device=reference["samples"].device, dtype=reference["samples"].dtype)}
-    length = reference["waveform"].shape[-1]  # no clip of the master's length needs more decoding
-    audio = [decode_audio(blob, max_samples=length) for blob in blobs]
-    wanted = (tuple(reference["waveform"].shape[1:]), reference["sample_rate"])
-    odd = next((a for a in audio if (tuple(a["waveform"].shape[1:]), a["sample_rate"]) != wanted), None)
-    if odd is not None:
-        return odd  # refused by fits (and clips of other lengths could not be joined)
-    return {"waveform": torch.cat([a["waveform"] for a in audio], dim=0), "sample_rate": audio[0]["sample_rate"]}
+
+    def fits(self, reference: dict[str, Any], value: dict[str, Any]) -> str | None:
+        ours, theirs = tuple(reference["samples"].shape[1:]), tuple(value["samples"].shape[1:])
+        return None if ours == theirs else f"latents are {theirs}, the master's {ours}"
+
+    def join(self, values: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"samples": torch.cat([v["samples"] for v in values], dim=0)}
+
+
+class AudioCodec:
+    def decode(self, blobs: list[bytes], reference: dict[str, Any]) -> dict[str, Any]:
+        length = reference["waveform"].shape[-1]  # no clip of the master's length needs more decoding
+        audio = [decode_audio(blob, max_samples=length) for blob in blobs]
+        wanted = (tuple(reference["waveform"].shape[1:]), reference["sample_rate"])
+        odd = next((a for a in audio if (tuple(a["waveform"].shape[1:]), a["sample_rate"]) != wanted), None)
+        if odd is not None:
+            return odd  # refused by fits (and clips of other lengths could not be joined)
+        return self.join(audio)
+
+    def fits(self, reference: dict[str, Any], value: dict[str, Any]) -> str | None:
+        ours, theirs = reference["waveform"], value["waveform"]
+        if reference["sample_rate"] == value["sample_rate"] and tuple(ours.shape[1:]) == tuple(theirs.shape[1:]):
+            return None
+        return (f"audio is {tuple(theirs.shape[1:])} at {value['sample_rate']} Hz, the master's "
+                f"{tuple(ours.shape[1:])} at {reference['sample_rate']} Hz")
+
+    def join(self, values: list[dict[str, Any]]) -> dict[str, Any]:
+        return {"waveform": torch.cat([v["waveform"] for v in values], dim=0), "sample_rate": values[0]["sample_rate"]}
+
+
+CODECS: dict[str, Codec] = {"images": ImageCodec(), "latent": LatentCodec(), "audio": AudioCodec()}
+"""The codec of each kind of :data:`.media.KINDS`."""
+
+
+def decode_kind(kind: str, blobs: list[bytes], reference: Any) -> Any:
+    return CODECS[kind].decode(blobs, reference)
 
 
 def fits(kind: str, reference: Any, value: Any) -> str | None:
-    """Why ``value`` cannot join ``reference`` (None when it can)."""
-    if kind == "images":
-        if not same_frame(reference, value):
-            return f"images are {tuple(value.shape[1:3])} (height, width), the master's {tuple(reference.shape[1:3])}"
-    elif kind == "latent":
-        if tuple(reference["samples"].shape[1:]) != tuple(value["samples"].shape[1:]):
-            return f"latents are {tuple(value['samples'].shape[1:])}, the master's {tuple(reference['samples'].shape[1:])}"
-    else:
-        ours, theirs = reference["waveform"], value["waveform"]
-        if reference["sample_rate"] != value["sample_rate"] or tuple(ours.shape[1:]) != tuple(theirs.shape[1:]):
-            return (f"audio is {tuple(theirs.shape[1:])} at {value['sample_rate']} Hz, the master's "
-                    f"{tuple(ours.shape[1:])} at {reference['sample_rate']} Hz")
-    return None
+    return CODECS[kind].fits(reference, value)
 
 
 def join_kind(kind: str, values: list[Any]) -> Any:
-    """One value from the values of all positions, in order."""
-    if kind == "images":
-        return torch.cat(values, dim=0)
-    if kind == "latent":
-        return {"samples": torch.cat([v["samples"] for v in values], dim=0)}
-    return {"waveform": torch.cat([v["waveform"] for v in values], dim=0), "sample_rate": values[0]["sample_rate"]}
+    return CODECS[kind].join(values)
