@@ -41,6 +41,7 @@ from .scheduler import (
     JobScheduler,
     Event as SchedulerEvent,
     MasterFree,
+    MasterRan,
     RunOnMaster,
     Skip,
     Unit,
@@ -269,7 +270,9 @@ class Orchestrator(JobBook, CollectorBridge):
     def _handle(self, job: Job, event: SchedulerEvent) -> None:
         if job.scheduler is None or job.cancelled:
             return  # a MasterFree before the scheduler exists is replayed by _begin (master_asked)
-        self._carry_out(job, job.scheduler.handle(event))
+        actions = job.scheduler.handle(event)
+        if not isinstance(event, MasterRan):  # a measurement: it changes no unit, so there is nothing to report
+            self._carry_out(job, actions)
 
     def _carry_out(self, job: Job, actions: list[Action]) -> None:
         for action in actions:
