@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import GpuConfig, Settings
 from .errors import WorkflowError
+from .speeds import Speeds
 from .workflow import (
     SCHEDULING_INPUT,
     SCHEDULING_MODES,
@@ -82,7 +83,7 @@ def describe(prompt: Prompt, config: GpuConfig, weights: list[float] | None = No
     if mode != "static":
         sizes = unit_sizes(literal_batch(prompt, collectors) * len(people), config.settings.unit_size)
         if weights is None:
-            weights = [config.master.weight or 1.0] + [w.weight or 1.0 for w in config.enabled_workers()]
+            weights = Speeds().weights(config)  # nothing learnt: the configured weights, else 1
         owner = {p: people[k].name for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
         units = [{"position": p, "seed_offset": p, "batch": size,
                   "planned": (owner[p] if mode == "weighted" else ("master" if p == 0 else None))}
