@@ -74,7 +74,8 @@ class CollectorBridge:
         if job.cancelled:
             raise JobError(f"Multi-GPU job {job.job_id} was cancelled")
         units = job.unit_list()
-        given_up = [u for u in units if u.state == UnitState.GIVEN_UP]
+        states = {u.position: job.state_of(u.position) for u in units}
+        given_up = [u for u in units if states[u.position] == UnitState.GIVEN_UP]
         self._claim(job, collector_id)
         if given_up:
             raise JobError("Multi-GPU: " + "; ".join(
@@ -82,9 +83,10 @@ class CollectorBridge:
         kinds = job.kinds.get(collector_id, ["images"])
         return CollectorResult(
             outputs=[(u, {kind: u.images[output_key(collector_id, kind)] for kind in kinds}) for u in units
-                     if u.state == UnitState.DONE and all(output_key(collector_id, kind) in u.images for kind in kinds)],
-            master_units=[u for u in units if u.state == UnitState.MASTER],
-            failures=[u for u in units if u.state == UnitState.SKIPPED],
+                     if states[u.position] == UnitState.DONE
+                     and all(output_key(collector_id, kind) in u.images for kind in kinds)],
+            master_units=[u for u in units if states[u.position] == UnitState.MASTER],
+            failures=[u for u in units if states[u.position] == UnitState.SKIPPED],
         )
 
     def _measure_master(self, job: Job, have: set[int]) -> None:

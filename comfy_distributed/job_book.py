@@ -58,8 +58,9 @@ class JobBook:
                      and u.token and hmac.compare_digest(u.token.encode(), str(token).encode())), None)
         if unit is None:
             raise ResultRejected("worker_id and share_token do not match a unit of this job", status=403)
-        if unit.state != UnitState.RUNNING:
-            raise ResultRejected(f"unit {unit.position} of worker {worker_id} has already ended ({unit.state})",
+        state = job.state_of(unit.position)
+        if state != UnitState.RUNNING:
+            raise ResultRejected(f"unit {unit.position} of worker {worker_id} has already ended ({state})",
                                  status=409)
         if any(kinds != ["images"] for kinds in job.kinds.values()):
             raise ResultRejected("this job collects latents or audio: job_complete carries images only")
@@ -81,10 +82,10 @@ class JobBook:
         if any(not images for images in outputs.values()):
             raise ResultRejected("every Collector needs at least one image")
         unit.images = {collector: list(images) for collector, images in outputs.items()}
-        unit.state, unit.progress = UnitState.DONE, 1.0
-        if unit.task is not None and not unit.task.done():
-            unit.task.cancel()
+        unit.progress = 1.0
         self._handle(job, UnitDone(unit.position, str(worker_id)))
+        if unit.task is not None and not unit.task.done():
+            unit.task.cancel()  # the pulling task sees the unit done and stops quietly
 
     def stash(self, job_id: str, collector_id: str, parts: Any) -> None:
         """Keep a Collector's partial output until its re-run units, run on the master, join it."""
@@ -156,7 +157,7 @@ class JobBook:
             {
                 "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(),
                 "error": job.error,
-                "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": u.state.value,
+                "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": job.state_of(u.position).value,
                            "worker_id": u.worker.id if u.worker else None, "progress": round(u.progress, 4),
                            "errors": list(u.causes)} for u in job.unit_list()],
             }

@@ -1,21 +1,23 @@
 """A distributed job's data: its units, where each runs and what it brought back, and the job around them.
 
-Plain records, changed only by :class:`~.orchestrator.Orchestrator` (on the server loop, under
-its lock where the execution thread reads them too).
+Plain records, changed only on the server loop by the runner and the job's owner
+(:class:`~.orchestrator.Orchestrator`, :class:`~.queue_balancer.QueueBalancer`), under the owner's
+lock where the execution thread reads them too. ``UnitState`` and ``FINISHED`` live in
+:mod:`.scheduler`, the one owner of where a unit stands, and are re-exported here.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from dataclasses import dataclass, field
-from enum import Enum
 from typing import Any, Callable
 
 import aiohttp
 
 from .config import Settings, WorkerConfig
-from .scheduler import JobScheduler
+from .scheduler import FINISHED, JobScheduler, UnitState
 from .workflow import Prompt
 
 
@@ -42,43 +44,22 @@ EXTRA_DATA_KEY = "multigpu"
 to post its results back (job id, worker id, the share's own token)."""
 
 
-class UnitState(str, Enum):
-    """Where a unit stands; sent as its value (``"done"``), in events and in ``GET /multigpu/status``."""
-
-    PENDING = "pending"
-    """Waiting for a participant."""
-    RUNNING = "running"
-    """Sent to a worker, which has not finished it."""
-    DONE = "done"
-    """A worker's results are here."""
-    MASTER = "master"
-    """Run by the master itself, in the Collector's prompt."""
-    GIVEN_UP = "given_up"
-    """Failed more often than ``settings.max_retries`` allows: left out."""
-    SKIPPED = "skipped"
-    """Its worker was unavailable and ``settings.skip_offline_workers`` says to leave it out."""
-
-    def __str__(self) -> str:
-        return self.value
-
-
-FINISHED = frozenset({UnitState.DONE, UnitState.SKIPPED, UnitState.GIVEN_UP})
-"""States after which a unit changes no more (a unit the master runs ends with the Collector's prompt)."""
-
-
 @dataclass(slots=True)
 class UnitRun:
-    """One unit of a job: where it runs, and its images or what went wrong."""
+    """One unit of a job: what it runs, where it was last sent, and what it brought back.
+
+    Where it stands is not kept here: :meth:`UnitJob.state_of` asks the job's scheduler.
+    """
 
     position: int
     seed_offset: int
     prompt: Prompt
     batch: int | None = None
     """Images in this unit; None: the workflow's own batch size (static mode)."""
-    state: UnitState = UnitState.PENDING
     started: float = 0.0
     worker: WorkerConfig | None = None
-    images: dict[str, list[bytes]] = field(default_factory=dict)
+    images: dict[str, Any] = field(default_factory=dict)
+    """What the unit brought back, by output key (a Collector's files by kind; a forwarded prompt's files)."""
     token: str = ""
     task: asyncio.Task | None = None
     progress: float = 0.0
@@ -93,41 +74,60 @@ class UnitRun:
         return "; ".join(self.causes) or None
 
 
-@dataclass(slots=True)
-class Job:
+@dataclass(slots=True, kw_only=True)
+class UnitJob:
+    """What every kind of job has for the runner: units, the workers that may run them, the scheduler
+    that owns where each unit stands, and the connections of the job while it runs (server loop)."""
+
     job_id: str
-    collectors: list[str]
     units: dict[int, UnitRun]
     workers: dict[str, WorkerConfig]
     settings: Settings
-    created: float
-    error: str | None = None
-    prompt_id: str | None = None
-    scheduler: JobScheduler | None = None
+    scheduler: JobScheduler
+    created: float = field(default_factory=time.monotonic)
     settled: threading.Event = field(default_factory=threading.Event)
-    claimed: set[str] = field(default_factory=set)
-    master_free_sent: bool = False
+    """Set once no unit waits for a participant or runs on a worker (or the job ended early)."""
+    changed: threading.Event = field(default_factory=threading.Event)
+    begun: bool = False
+    """The scheduler has been started (for a Collector job, after the workers' preflight)."""
     cancelled: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     session: aiohttp.ClientSession | None = None
+    released: bool = False
+    media_names: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per worker: an input file's value in the prompt -> its name on that worker."""
+
+    def state_of(self, position: int) -> UnitState:
+        return self.scheduler.state_of(position)
+
+    def unit_list(self) -> list[UnitRun]:
+        return [self.units[p] for p in sorted(self.units)]
+
+    def running_on(self, worker_id: str) -> int:
+        """How many of this job's units run on ``worker_id`` now."""
+        return sum(1 for worker in self.scheduler.running.values() if worker == worker_id)
+
+
+@dataclass(slots=True, kw_only=True)
+class Job(UnitJob):
+    """A Collector job: the units of one prompt's batch spread over the master and the workers."""
+
+    collectors: list[str]
+    error: str | None = None
+    prompt_id: str | None = None
+    claimed: set[str] = field(default_factory=set)
     last_progress: float = 0.0
     ended: bool = False
     mode: str = "static"
     plan: dict[str, list[int]] | None = None
     """Participant (``master`` or a worker id) -> the positions it runs first; None in dynamic mode."""
     master_positions: list[int] = field(default_factory=list)
-    changed: threading.Event = field(default_factory=threading.Event)
     master_asked: bool = False
     master_started: float = 0.0
     kinds: dict[str, list[str]] = field(default_factory=dict)
     """Per Collector: what it collects (images, latent, audio)."""
     batch: int | None = None
     """The workflow's literal batch size, when it has one (for speed measurements)."""
-    media_names: dict[str, dict[str, str]] = field(default_factory=dict)
-    """Per worker: an input file's value in the prompt -> its name on that worker."""
-
-    def unit_list(self) -> list[UnitRun]:
-        return [self.units[p] for p in sorted(self.units)]
 
 
 @dataclass(slots=True, frozen=True)
@@ -142,10 +142,11 @@ class ShareLimits:
 class CollectorResult:
     """What a Collector needs: each worker unit's files by kind, units the master ran, what failed."""
 
-    outputs: list[tuple[UnitRun, dict[str, list[bytes]]]]
+    outputs: list[tuple[UnitRun, dict[str, Any]]]
     master_units: list[UnitRun]
     failures: list[UnitRun]
 
     @property
     def images(self) -> list[tuple[UnitRun, list[bytes]]]:
         return [(unit, files["images"]) for unit, files in self.outputs if "images" in files]
+

@@ -1,7 +1,7 @@
 """Who takes part in a job, with which seed, and where their images land in the output.
 
-Pure functions of the prompt and the config, shared by the orchestrator (when it plans a
-job) and ``POST /multigpu/prepare_job`` (when a client asks what would run).
+Pure functions of the prompt and the config. One :func:`plan_job` serves the orchestrator (when it
+plans a job) and ``POST /multigpu/prepare_job`` (when a client asks what would run, :func:`describe`).
 """
 
 from __future__ import annotations
@@ -11,6 +11,7 @@ from typing import Any
 
 from .config import GpuConfig, Settings
 from .errors import WorkflowError
+from .scheduler import MASTER
 from .speeds import Speeds
 from .workflow import (
     SCHEDULING_INPUT,
@@ -56,49 +57,105 @@ def literal_batch_size(prompt: Prompt, collector: str) -> int | None:
     return sizes.pop() if len(sizes) == 1 else None
 
 
-def describe(prompt: Prompt, config: GpuConfig, weights: list[float] | None = None) -> dict[str, Any]:
-    """The plan as JSON: participants, each Distributor's seed per participant, output ranges.
+@dataclass(slots=True)
+class JobPlan:
+    """Everything decided about a job before it runs: used to run it (the orchestrator) and to show it
+    (``POST /multigpu/prepare_job``), so that what is reported is what runs."""
 
-    ``weights`` (master first, then the enabled workers) are those the job will be planned with:
-    the orchestrator's :meth:`~.speeds.Speeds.weights`, so that what is reported is what runs.
+    mode: str
+    """static, weighted or dynamic."""
+    why_static: str | None
+    """Why a job asked to be weighted or dynamic runs static, if it does."""
+    collectors: list[str]
+    participants: list[Participant]
+    batch: int | None
+    """The workflow's literal batch size, when one decides every Collector."""
+    sizes: list[int] | None
+    """Static: None (each participant runs the workflow's own batch). Else each unit's batch, unit 0 the master's."""
+    owners: dict[int, str]
+    """Position -> the participant (``master`` or a worker id) that runs it first; no entry: shared (dynamic)."""
 
+    @property
+    def master_batch(self) -> int | None:
+        return self.sizes[0] if self.sizes else None
+
+    def first_runs(self) -> dict[str, list[int]] | None:
+        """Participant -> the worker units (position > 0) it runs first; None when they are all shared."""
+        if self.mode == "dynamic":
+            return None
+        plan: dict[str, list[int]] = {}
+        for position, owner in sorted(self.owners.items()):
+            if position > 0:
+                plan.setdefault(owner, []).append(position)
+        return plan
+
+    def worker_units(self) -> list[tuple[int, int | None]]:
+        """(position, batch) of every unit that is not the master's own graph run."""
+        if self.sizes is None:
+            return [(p.position, None) for p in self.participants[1:]]
+        return [(position, size) for position, size in enumerate(self.sizes) if position > 0]
+
+
+def plan_job(prompt: Prompt, config: GpuConfig, weights: list[float] | None = None) -> JobPlan:
+    """Plan ``prompt`` over the master and the enabled workers of ``config``.
+
+    ``weights`` (master first, then the enabled workers) place the units of a weighted job: the
+    orchestrator's :meth:`~.speeds.Speeds.weights`; None: the configured weights, else 1.
     Raises WorkflowError for a prompt that cannot be distributed.
     """
     validate_prompt_shape(prompt)
     collectors = distributed_collectors(prompt)
     people = participants(config)
-    seeds = {}
-    for node_id in nodes_of_class(prompt, DISTRIBUTOR_CLASS):
-        master_seed = distributor_seed(prompt, node_id)
-        seeds[node_id] = [offset_seed(master_seed, p.position) for p in people]
+    mode, why_static = scheduling_mode(prompt, collectors, config.settings) if collectors else ("static", None)
+    try:
+        batch: int | None = literal_batch(prompt, collectors) if collectors else None
+    except WorkflowError:
+        batch = None
+    names = [MASTER, *(str(p.worker_id) for p in people[1:])]
+    if mode == "static":
+        return JobPlan(mode, why_static, collectors, people, batch, None,
+                       {p.position: names[p.position] for p in people})
+    assert batch is not None  # scheduling_mode falls back to static without one
+    sizes = unit_sizes(batch * len(people), config.settings.unit_size)
+    if weights is None:
+        weights = Speeds().weights(config)  # nothing learnt: the configured weights, else 1
+    owners = {p: names[k] for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
+    if mode == "dynamic":
+        owners = {0: MASTER}
+    return JobPlan(mode, why_static, collectors, people, batch, sizes, owners)
+
+
+def describe(prompt: Prompt, config: GpuConfig, weights: list[float] | None = None) -> dict[str, Any]:
+    """The plan as JSON: participants, each Distributor's seed per participant, output ranges, units.
+
+    Raises WorkflowError for a prompt that cannot be distributed.
+    """
+    job = plan_job(prompt, config, weights)
+    seeds = {node_id: distributor_seed(prompt, node_id) for node_id in nodes_of_class(prompt, DISTRIBUTOR_CLASS)}
     outputs = {}
-    for collector in collectors:
+    for collector in job.collectors:
         batch = literal_batch_size(prompt, collector)
         outputs[collector] = {
             "batch_size": batch,
-            "ranges": [[p.position * batch, (p.position + 1) * batch] if batch else None for p in people],
+            "ranges": [[p.position * batch, (p.position + 1) * batch] if batch else None for p in job.participants],
         }
-    mode = scheduling_mode(prompt, collectors, config.settings)[0] if collectors else config.settings.scheduling_mode
+    display = {MASTER: "master", **{str(p.worker_id): p.name for p in job.participants[1:]}}
     units = None
-    if mode != "static":
-        sizes = unit_sizes(literal_batch(prompt, collectors) * len(people), config.settings.unit_size)
-        if weights is None:
-            weights = Speeds().weights(config)  # nothing learnt: the configured weights, else 1
-        owner = {p: people[k].name for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
+    if job.sizes is not None:
         units = [{"position": p, "seed_offset": p, "batch": size,
-                  "planned": (owner[p] if mode == "weighted" else ("master" if p == 0 else None))}
-                 for p, size in enumerate(sizes)]
+                  "planned": display[job.owners[p]] if p in job.owners else None}
+                 for p, size in enumerate(job.sizes)]
     return {
-        "mode": mode,
+        "mode": job.mode,
         "units": units,
-        "collectors": collectors,
+        "collectors": job.collectors,
         "participants": [
             {
                 "role": p.role, "worker_id": p.worker_id, "name": p.name, "address": p.address,
                 "position": p.position,
-                "seeds": {node_id: values[p.position] for node_id, values in seeds.items()},
+                "seeds": {node_id: offset_seed(seed, p.position) for node_id, seed in seeds.items()},
             }
-            for p in people
+            for p in job.participants
         ],
         "outputs": outputs,
     }

@@ -11,7 +11,6 @@ the master runs the prompt itself (the stand-in expands into the original graph)
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import threading
 import time
@@ -19,13 +18,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-import aiohttp
-
-from . import events
-from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
-from .errors import JobError, WorkerError
+from .config import ConfigStore, GpuConfig, WorkerConfig
+from .errors import JobError
+from .jobs import UnitJob, UnitRun
+from .runner import JobKind, Runner
+from .scheduler import JobScheduler, Unit, UnitState
 from .workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
-from .worker_client import OutputFile, WorkerClient
+from .worker_client import OutputFile, PromptResult, WorkerClient
 
 if TYPE_CHECKING:
     from .health import HealthMonitor
@@ -34,27 +33,74 @@ log = logging.getLogger("comfy_distributed")
 
 REMOTE_OUTPUT_CLASS = "MultiGPURemoteOutput"
 WAIT_POLL = 0.1
+FORWARD_POSITION = 1
+"""A forwarded prompt is a job of one unit, at this position (its seed is the prompt's own)."""
 
 
-@dataclass(slots=True)
-class Forward:
-    """A whole prompt sent to a worker, and what it produced."""
+@dataclass(slots=True, kw_only=True)
+class Forward(UnitJob):
+    """A whole prompt sent to a worker: a job of one unit, which the candidates try in turn."""
 
-    forward_id: str
-    prompt: Prompt
-    """The prompt as the worker runs it (our nodes flattened away)."""
     original: Prompt
     output_nodes: list[str]
-    settings: Settings
-    candidates: list[WorkerConfig]
-    worker: WorkerConfig | None = None
-    outputs: dict[str, list[tuple[OutputFile, bytes]]] = field(default_factory=dict)
-    causes: list[str] = field(default_factory=list)
-    state: str = "pending"  # pending, running, done, master (no worker could run it)
-    finished: threading.Event = field(default_factory=threading.Event)
     claimed: set[str] = field(default_factory=set)
-    task: asyncio.Task | None = None
     expanded: bool = False
+
+    @property
+    def forward_id(self) -> str:
+        return self.job_id
+
+    @property
+    def unit(self) -> UnitRun:
+        return self.units[FORWARD_POSITION]
+
+    @property
+    def prompt(self) -> Prompt:
+        """The prompt as the worker runs it (our nodes flattened away)."""
+        return self.unit.prompt
+
+    @property
+    def candidates(self) -> list[WorkerConfig]:
+        return list(self.workers.values())
+
+    @property
+    def state(self) -> str:
+        """pending, running, done, or master (no worker could run it: the master runs it itself)."""
+        state = self.state_of(FORWARD_POSITION)
+        return "master" if state == UnitState.GIVEN_UP else state.value
+
+    @property
+    def worker(self) -> WorkerConfig | None:
+        return self.unit.worker
+
+    @property
+    def outputs(self) -> dict[str, list[tuple[OutputFile, bytes]]]:
+        return self.unit.images if self.state_of(FORWARD_POSITION) == UnitState.DONE else {}
+
+    @property
+    def causes(self) -> list[str]:
+        return self.unit.causes
+
+    @property
+    def finished(self) -> threading.Event:
+        return self.settled
+
+
+class ForwardedPrompt(JobKind[Forward]):
+    """A forwarded prompt's one unit brings back the files of every output node of the prompt."""
+
+    master_runs_given_up = True
+
+    async def fetch(self, job: Forward, unit: UnitRun, client: WorkerClient, result: PromptResult,
+                    deadline: float) -> dict[str, Any]:
+        outputs: dict[str, Any] = {}
+        for node_id in job.output_nodes:
+            files = result.images(node_id)
+            outputs[node_id] = list(zip(files, await client.fetch_files(files, deadline)))
+        return outputs
+
+    def failure_job_id(self, job: Forward) -> str | None:
+        return None  # the UI knows no job for a forwarded prompt
 
 
 class QueueBalancer:
@@ -70,8 +116,9 @@ class QueueBalancer:
         self.master_load = master_load
         self.is_output_node = is_output_node
         self._forwards: dict[str, Forward] = {}
-        self._inflight: dict[str, int] = {}
         self._lock = threading.Lock()
+        self.runner: Runner[Forward] = Runner(ForwardedPrompt(), lambda *event: self.notify(*event),
+                                              lambda: self.health)
 
     # --- routing (server loop, in the prompt hook) ----------------------------------------
 
@@ -92,8 +139,7 @@ class QueueBalancer:
         candidates = self._ranked_workers(config)
         if not candidates or self._load_of_master() <= self._load_of(candidates[0]):
             return prompt, None  # the master is (one of) the least busy: run it here
-        forward = Forward(uuid.uuid4().hex, flatten_for_single(prompt), prompt, output_nodes, config.settings,
-                          candidates)
+        forward = self._forward(prompt, output_nodes, config, candidates)
         stand_in = {node_id: {"class_type": REMOTE_OUTPUT_CLASS,
                               "inputs": {"forward_id": forward.forward_id, "node": node_id},
                               "_meta": {"title": f"{prompt[node_id].get('class_type')} (on a worker)"}}
@@ -102,13 +148,26 @@ class QueueBalancer:
             self._forwards[forward.forward_id] = forward
         return stand_in, forward
 
+    @staticmethod
+    def _forward(prompt: Prompt, output_nodes: list[str], config: GpuConfig,
+                 candidates: list[WorkerConfig]) -> Forward:
+        """One unit that the candidates take in their order, each once, until one delivers (or none is left)."""
+        workers = {str(w.id): w for w in candidates}
+        scheduler = JobScheduler(units=[Unit(FORWARD_POSITION, 0)], workers=list(workers),
+                                 max_retries=config.settings.max_retries, master_takes_units=False)
+        unit = UnitRun(FORWARD_POSITION, 0, flatten_for_single(prompt))
+        return Forward(job_id=uuid.uuid4().hex, units={FORWARD_POSITION: unit}, workers=workers,
+                       settings=config.settings, scheduler=scheduler, original=prompt, output_nodes=output_nodes)
+
     def _ranked_workers(self, config: GpuConfig) -> list[WorkerConfig]:
         unavailable = self.health.unavailable() if self.health is not None else {}
         workers = [w for w in config.enabled_workers() if str(w.id) not in unavailable]
         return sorted(workers, key=self._load_of)  # stable: ties keep config order
 
     def _load_of(self, worker: WorkerConfig) -> int:
-        inflight = self._inflight.get(str(worker.id), 0)
+        key = str(worker.id)
+        with self._lock:
+            inflight = sum(forward.running_on(key) for forward in self._forwards.values())
         queued = None
         if self.health is not None:
             for entry in self.health.snapshot([worker]):
@@ -123,56 +182,12 @@ class QueueBalancer:
     # --- running forwards (server loop) --------------------------------------------------
 
     def start(self, forward: Forward) -> None:
-        forward.task = asyncio.get_running_loop().create_task(self._run(forward))
+        self.runner.open(forward)
+        self.runner.begin(forward)
 
     def discard(self, forward: Forward) -> None:
         with self._lock:
             self._forwards.pop(forward.forward_id, None)
-
-    async def _run(self, forward: Forward) -> None:
-        try:
-            async with aiohttp.ClientSession() as session:
-                for worker in forward.candidates[: 1 + forward.settings.max_retries]:
-                    if await self._try_worker(worker, forward, session):
-                        break
-                else:
-                    forward.state = "master"  # nobody else could: the master runs it itself
-        finally:  # whatever happened, the stand-in node waiting on ComfyUI's thread must not wait on
-            forward.finished.set()
-
-    async def _try_worker(self, worker: WorkerConfig, forward: Forward, session: aiohttp.ClientSession) -> bool:
-        """Run the forward on ``worker``; False (the failure told) when it did not deliver."""
-        forward.worker, forward.state = worker, "running"
-        key = str(worker.id)
-        self._inflight[key] = self._inflight.get(key, 0) + 1
-        try:
-            forward.outputs = await self._run_on(worker, forward, session)
-            forward.state = "done"
-            return True
-        except WorkerError as exc:
-            self._failed(worker, forward, exc.reason, exc.message)
-        except Exception as exc:  # a bug of ours (or an answer we did not foresee) counts as that worker failing
-            log.exception("Multi-GPU queue: unexpected error on worker %s", worker.display_name)
-            self._failed(worker, forward, "internal_error", f"internal error: {exc!r}")
-        finally:
-            self._inflight[key] -= 1
-        return False
-
-    def _failed(self, worker: WorkerConfig, forward: Forward, reason: str, message: str) -> None:
-        forward.causes.append(f"{worker.display_name}: {message}")
-        log.warning("Multi-GPU queue: worker %s failed a forwarded prompt: %s", worker.display_name, message)
-        self.notify(*events.worker_failed(worker.id, worker.display_name, reason, message, rerun=True))
-
-    async def _run_on(self, worker: WorkerConfig, forward: Forward,
-                      session: aiohttp.ClientSession) -> dict[str, list[tuple[OutputFile, bytes]]]:
-        client = WorkerClient(worker, forward.settings, session)
-        deadline = time.monotonic() + forward.settings.worker_timeout
-        result = await client.run_prompt(forward.prompt, deadline)
-        outputs: dict[str, list[tuple[OutputFile, bytes]]] = {}
-        for node_id in forward.output_nodes:
-            files = result.images(node_id)
-            outputs[node_id] = list(zip(files, await client.fetch_files(files, deadline)))
-        return outputs
 
     # --- the stand-in nodes (ComfyUI's execution thread) ---------------------------------
 
@@ -183,10 +198,10 @@ class QueueBalancer:
         if forward is None:
             raise JobError(f"Multi-GPU queue: forwarded prompt {forward_id} is unknown (the master restarted?)")
         bound = time.monotonic() + forward.settings.worker_timeout * (2 + forward.settings.max_retries) + 30
-        while not forward.finished.wait(WAIT_POLL):
+        while not forward.settled.wait(WAIT_POLL):
             if interrupted():
-                if forward.task is not None:
-                    forward.task.get_loop().call_soon_threadsafe(forward.task.cancel)
+                if forward.loop is not None and not forward.loop.is_closed():
+                    forward.loop.call_soon_threadsafe(self.runner.cancel, forward)
                 raise JobError("Multi-GPU queue: interrupted")
             if time.monotonic() > bound:
                 raise JobError("Multi-GPU queue: the forwarded prompt did not end in time")

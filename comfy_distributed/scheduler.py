@@ -1,20 +1,46 @@
-"""Which participant runs which unit of a job: a pure state machine, no I/O.
+"""Which participant runs which unit of a job: a pure state machine, no I/O, the one owner of unit state.
 
 A unit is (position, seed offset): position 0 is the master's own batch, position k + 1
 is worker k's share, and its seed offset equals its position, so a unit gives the same
 images wherever it runs. Events go in (a unit finished or failed, the master became free),
 actions come out (dispatch a unit to a worker, run units on the master, give a unit up).
-The orchestrator carries the actions out; tests feed events and read actions.
+The runner (:mod:`.runner`) carries the actions out; tests feed events and read actions.
+Where a unit stands (:class:`UnitState`) is asked of the scheduler, never kept elsewhere.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Callable, Union
 
 WorkerId = str
 """Worker ids as strings, so that 1 and "1" are the same worker."""
+
+
+class UnitState(str, Enum):
+    """Where a unit stands; sent as its value (``"done"``), in events and in ``GET /multigpu/status``."""
+
+    PENDING = "pending"
+    """Waiting for a participant."""
+    RUNNING = "running"
+    """Sent to a worker, which has not finished it."""
+    DONE = "done"
+    """A worker's results are here."""
+    MASTER = "master"
+    """Run by the master itself, in the Collector's prompt."""
+    GIVEN_UP = "given_up"
+    """Failed more often than ``max_retries`` allows (or no participant is left to run it): left out."""
+    SKIPPED = "skipped"
+    """Its worker was unavailable and the job says to leave its units out."""
+
+    def __str__(self) -> str:
+        return self.value
+
+
+FINISHED = frozenset({UnitState.DONE, UnitState.SKIPPED, UnitState.GIVEN_UP})
+"""States after which a unit changes no more (a unit the master runs ends with the Collector's prompt)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -113,6 +139,9 @@ class JobScheduler:
     """Workers known to be down at dispatch, with why."""
     max_retries: int = 2
     skip_unavailable: bool = False
+    master_takes_units: bool = True
+    """Whether the master can run a unit no worker can (Collector jobs); without it (a prompt forwarded
+    whole), a unit that no worker is left to run is given up at once, so the job settles."""
 
     queues: dict[str, list[int]] = field(default_factory=dict)
     shared: list[int] = field(default_factory=list)
@@ -144,6 +173,24 @@ class JobScheduler:
     def pending(self) -> list[int]:
         """Units waiting for a participant, planned or shared."""
         return [p for queue in self.queues.values() for p in queue] + list(self.shared)
+
+    def state_of(self, position: int) -> UnitState:
+        """Where the unit at ``position`` stands now."""
+        if position in self.done:
+            return UnitState.DONE
+        if position in self.given_up:
+            return UnitState.GIVEN_UP
+        if position in self.skipped:
+            return UnitState.SKIPPED
+        if position in self.running:
+            return UnitState.RUNNING
+        if position in self.on_master:
+            return UnitState.MASTER
+        return UnitState.PENDING
+
+    def will_rerun(self, actions: list[Action], position: int) -> bool:
+        """Whether the unit at ``position`` runs again after the ``actions`` a failure of it returned."""
+        return not any(isinstance(a, GiveUp) and a.position == position for a in actions)
 
     def start(self) -> list[Action]:
         planned = set()
@@ -185,15 +232,18 @@ class JobScheduler:
             self.shared.extend(self.queues.pop(event.worker, []))
             self.causes.setdefault(event.position, []).append(f"{event.worker}: {event.message}")
             if self.attempts.get(event.position, 0) > self.max_retries:
-                causes = tuple(self.causes[event.position])
-                self.given_up[event.position] = causes
                 self.shared.sort()
-                return [GiveUp(event.position, causes)] + self._assign()
+                return [self._give_up(event.position)] + self._assign()
             self.shared.append(event.position)
             self.shared.sort()
         elif isinstance(event, MasterFree):
             self.master_free = True
         return self._assign()
+
+    def _give_up(self, position: int) -> GiveUp:
+        causes = tuple(self.causes.get(position, ()))
+        self.given_up[position] = causes
+        return GiveUp(position, causes)
 
     def _learn(self, participant: str, seconds: float) -> None:
         if not self.learns_unit_times or seconds <= 0:
@@ -263,4 +313,7 @@ class JobScheduler:
                 self.attempts[position] = self.attempts.get(position, 0) + 1
                 self.on_master.append(position)
                 actions.append(RunOnMaster((position,)))
+        if not self.master_takes_units and self.shared and set(self.workers) <= self.excluded:
+            actions += [self._give_up(position) for position in self.shared]  # nobody is left to run them
+            self.shared.clear()
         return actions

@@ -89,9 +89,9 @@ async def test_unit_goes_to_the_master_when_no_worker_is_free(tmp_path, two_work
     w2.execution_error = "boom"
     cluster = Cluster(tmp_path, [w1.port, w2.port])
     job = cluster.start(workflow())
-    await until(lambda: job.units[2].state == "pending")
+    await until(lambda: job.state_of(2) == "pending")
     collecting = asyncio.ensure_future(cluster.collect(job))  # the master reaches its Collector
-    await until(lambda: job.units[2].state == "master")
+    await until(lambda: job.state_of(2) == "master")
     w1.gate.set()
     result = await collecting
     assert [u.position for u in result.master_units] == [2]

@@ -14,7 +14,7 @@ from aiohttp import web
 from comfy_distributed.config import ConfigStore, Settings, WorkerConfig
 from comfy_distributed.errors import WorkerProtocolError
 from comfy_distributed.health import HealthMonitor
-from comfy_distributed.queue_balancer import QueueBalancer
+from comfy_distributed.queue_balancer import ForwardedPrompt, QueueBalancer
 from comfy_distributed.worker_client import OutputFile, WorkerClient, summarize_rejection
 from comfy_distributed.worker_prep import preflight_problems
 from tests.component.cluster import Cluster, assert_unit_images, balancer, by_position, plain, workflow
@@ -117,15 +117,15 @@ async def test_a_malformed_history_entry_ends_a_forward_at_once_and_the_master_r
 
 
 async def test_an_unexpected_error_in_a_forward_still_releases_the_waiting_node(tmp_path, monkeypatch):
-    async def broken(self, worker, forward, session):
+    def broken(self, job, unit, worker):
         raise KeyError("something we did not foresee")
 
-    monkeypatch.setattr(QueueBalancer, "_run_on", broken)
+    monkeypatch.setattr(ForwardedPrompt, "extra_data", broken)
     b = balancer(tmp_path, [9], queue_mode="no_collector", max_retries=0)
     done = await _forward_and_wait(b, seconds=10)
     assert done.state == "master"
     assert done.causes == ["GPU 1: internal error: KeyError('something we did not foresee')"]
-    assert b._inflight == {"1": 0}
+    assert done.running_on("1") == 0  # the worker counts no load from it any more
 
 
 class Recorder:

@@ -169,3 +169,37 @@ def test_unit_times_are_learnt_from_the_events_in_dynamic_mode_only():
     plain.handle(UnitDone(1, "1", seconds=4.0))
     plain.handle(MasterRan(5.0))
     assert plain.unit_seconds == {}, "static and weighted jobs place nothing by unit time"
+
+
+def test_the_scheduler_alone_says_where_each_unit_stands():
+    from comfy_distributed.scheduler import UnitState
+
+    s = scheduler(workers=("1", "2", "3"), unavailable={"3": "offline"}, skip_unavailable=True, max_retries=0)
+    assert [s.state_of(p) for p in (1, 2, 3)] == [UnitState.PENDING] * 3  # before start
+    s.start()
+    assert [s.state_of(p) for p in (1, 2, 3)] == [UnitState.RUNNING, UnitState.RUNNING, UnitState.SKIPPED]
+    s.handle(UnitDone(1, "1"))
+    actions = s.handle(UnitFailed(2, "2", "timeout", "slow"))
+    assert not s.will_rerun(actions, 2) and s.state_of(2) == UnitState.GIVEN_UP
+    assert s.state_of(1) == UnitState.DONE and s.state_of(1) == "done"
+
+
+def test_a_failed_unit_says_whether_it_runs_again():
+    s = scheduler(workers=("1", "2"), max_retries=1)
+    s.start()
+    actions = s.handle(UnitFailed(1, "1", "timeout", "slow"))
+    assert s.will_rerun(actions, 1) and s.state_of(1) == "pending"
+    s.handle(MasterFree())
+    assert s.state_of(1) == "master"
+
+
+def test_without_the_master_a_unit_nobody_can_run_is_given_up():
+    """A prompt forwarded whole: its candidates try it in their order, each once, then the job settles."""
+    from comfy_distributed.scheduler import Unit
+
+    s = JobScheduler(units=[Unit(1, 0)], workers=["b", "a"], max_retries=5, master_takes_units=False)
+    assert s.start() == [Dispatch(1, "b")]
+    assert s.handle(UnitFailed(1, "b", "unreachable", "gone")) == [Dispatch(1, "a")]
+    assert s.handle(UnitFailed(1, "a", "timeout", "slow")) == [GiveUp(1, ("b: gone", "a: slow"))]
+    assert s.settled() and s.state_of(1) == "given_up"
+    assert s.handle(MasterFree()) == []  # the master is no participant here
