@@ -3,6 +3,7 @@
 ``until`` is for async tests (the condition may be a plain function or a coroutine function);
 ``poll`` is for code that blocks (subprocesses, real ComfyUI instances). Both fail with an
 ``AssertionError`` that names what was awaited once ``timeout`` seconds have passed.
+``until_empty`` is for checks that list what is wrong (the leak check): it returns the last list.
 """
 
 from __future__ import annotations
@@ -30,6 +31,22 @@ async def until(condition: Callable[[], Any], timeout: float = 20.0, what: str =
         if time.monotonic() >= deadline:
             raise AssertionError(f"{what} not met before the deadline")
         await asyncio.sleep(interval)
+
+
+async def until_empty(look: Callable[[], list], timeout: float, interval: float = 0.02) -> list:
+    """Call ``look()`` until it finds nothing or ``timeout`` seconds have passed; return what it found last,
+    so that the caller can report every problem at once."""
+    found: list = []
+
+    def clean() -> bool:
+        found[:] = look()
+        return not found
+
+    try:
+        await until(clean, timeout, "nothing found", interval)
+    except AssertionError:
+        pass
+    return found
 
 
 def poll(condition: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> float:

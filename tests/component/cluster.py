@@ -1,12 +1,15 @@
 """What the component tests of the orchestrator and the queue balancer share: an orchestrator over a
-config of stand-in workers (``Cluster``), its test workflow, the images each unit must give back, and a
-queue balancer over such a config."""
+config of stand-in workers (``Cluster``), the same with stand-ins it starts and a leak check when it
+stops (``standin_clusters``, the ``standin_cluster`` fixture), its test workflow, the images each unit
+must give back, and a queue balancer over such a config."""
 
 from __future__ import annotations
 
 import asyncio
 import io
 import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,9 @@ from comfy_distributed.orchestrator import Orchestrator
 from comfy_distributed.queue_balancer import QueueBalancer
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT
 from tests.comfy_test_nodes import seeded_images
+from tests.component.leaks import SETTLE, LeakCheck, sockets_to, stash_kept
+from tests.standin import StandinComfy
+from tests.waiting import closed_port, until_empty
 
 OUTPUT_CLASSES = {"SaveImage", "PreviewImage"}
 
@@ -36,13 +42,15 @@ def workflow(seed: int = 42, batch: int = 2, delay: float = 0.0) -> dict:
 class Cluster:
     """An orchestrator whose config lists the given worker ports, recording its UI events."""
 
-    def __init__(self, tmp_path: Path, ports: list[int], health: HealthMonitor | None = None, **settings) -> None:
+    def __init__(self, tmp_path: Path, ports: list[int], health: HealthMonitor | None = None,
+                 input_dir: Path | None = None, **settings) -> None:
         self.path = tmp_path / "gpu_config.json"
         workers = [{"id": i + 1, "name": f"GPU {i + 1}", "port": p, "enabled": True} for i, p in enumerate(ports)]
         self.path.write_text(json.dumps({"workers": workers, "settings": settings}))
         self.events: list[tuple[str, dict]] = []
         self.store = ConfigStore(self.path)
-        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)), health)
+        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)), health,
+                                         input_dir=lambda: input_dir)
 
     def start(self, prompt: dict) -> Job:
         marked, job = self.orchestrator.prepare(prompt)
@@ -59,7 +67,60 @@ class Cluster:
         return await self.collect(self.start(prompt), **kwargs)
 
     def failure_messages(self) -> list[str]:
-        return [d["message"] for e, d in self.events if e == "multigpu.worker_failed"]
+        return [d["message"] for d in self.events_named("multigpu.worker_failed")]
+
+    def events_named(self, name: str) -> list[dict]:
+        return [d for e, d in self.events if e == name]
+
+
+class StandinCluster(Cluster):
+    """A ``Cluster`` over stand-in workers of its own (``workers[i]`` is "GPU i+1"), then ``offline``
+    workers whose port refuses connections."""
+
+    def __init__(self, tmp_path: Path, workers: list[StandinComfy], offline: int = 0, **kwargs) -> None:
+        self.workers = workers
+        super().__init__(tmp_path, [w.port for w in workers] + [closed_port() for _ in range(offline)], **kwargs)
+
+
+StartCluster = Callable[..., Awaitable[StandinCluster]]
+
+
+@asynccontextmanager
+async def standin_clusters(tmp_path: Path, settle: float = SETTLE) -> AsyncIterator[StartCluster]:
+    """Yield ``start(workers=2, offline=0, health=None, input_dir=None, **settings)``, which starts a
+    ``StandinCluster``; at the end stop them all and fail if the block leaked anything (see ``leaks``).
+
+    Sessions, sockets and stashes are looked at while the stand-ins still run (a stopped server would
+    close the sockets for us), tasks once they are stopped (a stand-in's own tasks end with it).
+    """
+    clusters: list[StandinCluster] = []
+    standins: list[StandinComfy] = []
+    with LeakCheck.watching() as check:
+        async def start(workers: int = 2, offline: int = 0, **kwargs) -> StandinCluster:
+            folder = tmp_path / f"cluster{len(clusters) + 1}"
+            folder.mkdir()
+            new = [StandinComfy(folder / f"w{i + 1}", name=f"w{i + 1}") for i in range(workers)]
+            standins.extend(new)  # stopped at the end even when a start fails
+            for standin in new:
+                await standin.start()
+            clusters.append(StandinCluster(folder, new, offline, **kwargs))
+            return clusters[-1]
+
+        def look() -> list[str]:
+            return (check.open_sessions() + sockets_to({w.port for w in standins})
+                    + stash_kept(c.orchestrator for c in clusters))
+
+        try:
+            yield start
+        finally:
+            try:
+                problems = await until_empty(look, settle)
+            finally:
+                for standin in standins:
+                    await standin.stop()
+            problems += await until_empty(check.tasks, settle)
+            await check.release()
+        assert not problems, "the test leaked:\n" + "\n".join(problems)
 
 
 def by_position(result: CollectorResult) -> dict[int, tuple[str, list[bytes]]]:

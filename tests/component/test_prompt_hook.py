@@ -58,13 +58,13 @@ class RecordingOrchestrator(Orchestrator):
     def __init__(self, store: ConfigStore) -> None:
         super().__init__(store)
         self.started: list[str] = []
-        self.prompt_ids: list[str | None] = []
+        self.master_prompt_ids: list[str | None] = []  # not prompt_ids: that is a method of JobBook
         self.discarded: list[str] = []
         self.cancelled: list[tuple[list[str], str]] = []
 
     def start(self, job, prompt_id=None) -> None:
         self.started.append(job.job_id)
-        self.prompt_ids.append(prompt_id)
+        self.master_prompt_ids.append(prompt_id)
 
     def cancel_prompts(self, prompt_ids, reason) -> int:
         self.cancelled.append((sorted(prompt_ids), reason))
@@ -92,7 +92,7 @@ async def test_accepted_prompt_starts_its_job(tmp_path):
             response = await client.post(path, json={"prompt": prompt(), "client_id": "ui"})
             assert response.status == 200
         assert len(orchestrator.started) == 2 and orchestrator.discarded == []
-        assert orchestrator.prompt_ids == ["p1", "p1"]  # the master's prompt id, read from its answer
+        assert orchestrator.master_prompt_ids == ["p1", "p1"]  # the master's prompt id, read from its answer
         assert [p["3"]["inputs"][JOB_INPUT] for p in master.accepted] == orchestrator.started
     finally:
         await client.close()
@@ -131,3 +131,22 @@ async def test_interrupt_and_queue_removal_cancel_the_matching_jobs(tmp_path):
             ["running-1"], ["pending-2"], ["pending-1", "pending-2"]]
     finally:
         await client.close()
+
+
+async def test_an_accepted_prompt_runs_on_stand_in_workers_and_a_rejected_one_reaches_none(standin_cluster):
+    """The hook over a real orchestrator: only the accepted prompt's job runs, and nothing is left behind."""
+    cluster = await standin_cluster(workers=2)
+    master = FakeMaster(cluster.orchestrator)
+    client = TestClient(TestServer(master.app))
+    await client.start_server()
+    try:
+        assert (await client.post("/prompt", json={"prompt": prompt(invalid=True)})).status == 400
+        assert (await client.post("/prompt", json={"prompt": prompt(), "client_id": "ui"})).status == 200
+    finally:
+        await client.close()
+    (accepted,) = master.accepted
+    job = cluster.orchestrator.job(accepted["3"]["inputs"][JOB_INPUT])
+    assert job is not None
+    result = await cluster.collect(job)
+    assert [unit.name for unit, _ in result.images] == ["GPU 1", "GPU 2"]
+    assert [len(w.received) for w in cluster.workers] == [1, 1]

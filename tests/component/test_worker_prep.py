@@ -2,43 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
 import io
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_distributed.config import ConfigStore
 from comfy_distributed.errors import JobError
-from comfy_distributed.orchestrator import Orchestrator
 from comfy_distributed.worker_prep import preflight_problems
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
-from tests.standin import StandinComfy
-
-
-def orchestrator(tmp_path: Path, ports: list[int], input_dir: Path) -> tuple[Orchestrator, list]:
-    path = tmp_path / "gpu_config.json"
-    path.write_text(json.dumps({"workers": [{"id": i + 1, "name": f"GPU {i + 1}", "port": p}
-                                            for i, p in enumerate(ports)]}))
-    events: list = []
-    return Orchestrator(ConfigStore(path), lambda e, d: events.append((e, d)), input_dir=lambda: input_dir), events
 
 
 def load_image_prompt(name: str) -> dict:
     return {
         "1": {"class_type": "LoadImage", "inputs": {"image": name}},
-        "2": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
+        "3": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
     }
-
-
-async def run(orch: Orchestrator, prompt: dict, collector: str = "2"):
-    _, job = orch.prepare(prompt)
-    assert job is not None
-    orch.start(job)
-    return await asyncio.to_thread(orch.collect, job.job_id, collector, lambda: False)
 
 
 @pytest.fixture
@@ -49,46 +29,45 @@ def input_dir(tmp_path) -> Path:
     return folder
 
 
-async def test_input_files_are_uploaded_and_renamed_when_the_worker_has_another(tmp_path, input_dir):
-    async with StandinComfy(tmp_path / "w1", name="w1") as w1, StandinComfy(tmp_path / "w2", name="w2") as w2:
-        clash = w2.base_dir / "input" / "sub"
-        clash.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(np.zeros((6, 5, 3), dtype=np.uint8)).save(clash / "pic.png")  # same name, other picture
-        orch, events = orchestrator(tmp_path, [w1.port, w2.port], input_dir)
-        result = await run(orch, load_image_prompt("sub/pic.png"))
-        assert result.failures == [] and len(result.images) == 2
-        assert (w1.base_dir / "input" / "sub" / "pic.png").read_bytes() == (input_dir / "sub" / "pic.png").read_bytes()
-        assert w1.received[0]["prompt"]["1"]["inputs"]["image"] == "sub/pic.png"
-        assert w2.received[0]["prompt"]["1"]["inputs"]["image"] == "sub/pic (1).png"  # its own file is kept
-        for _, blobs in result.images:
-            assert np.array(Image.open(io.BytesIO(blobs[0]))).max() == 77
+async def test_input_files_are_uploaded_and_renamed_when_the_worker_has_another(standin_cluster, input_dir):
+    cluster = await standin_cluster(workers=2, input_dir=input_dir)
+    w1, w2 = cluster.workers
+    clash = w2.base_dir / "input" / "sub"
+    clash.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.zeros((6, 5, 3), dtype=np.uint8)).save(clash / "pic.png")  # same name, other picture
+    result = await cluster.run(load_image_prompt("sub/pic.png"))
+    assert result.failures == [] and len(result.images) == 2
+    assert (w1.base_dir / "input" / "sub" / "pic.png").read_bytes() == (input_dir / "sub" / "pic.png").read_bytes()
+    assert w1.received[0]["prompt"]["1"]["inputs"]["image"] == "sub/pic.png"
+    assert w2.received[0]["prompt"]["1"]["inputs"]["image"] == "sub/pic (1).png"  # its own file is kept
+    for _, blobs in result.images:
+        assert np.array(Image.open(io.BytesIO(blobs[0]))).max() == 77
 
 
-async def test_a_worker_missing_a_node_class_is_skipped_before_dispatch(tmp_path, input_dir):
-    async with StandinComfy(tmp_path / "w1", name="w1") as w1, StandinComfy(tmp_path / "w2", name="w2") as w2:
-        del w2.node_classes["DistributedTestImage"]
-        orch, events = orchestrator(tmp_path, [w1.port, w2.port], input_dir)
-        prompt = {
-            "1": {"class_type": "DistributedTestImage",
-                  "inputs": {"seed": ["2", 0], "batch_size": 1, "width": 8, "height": 8, "delay": 0.0}},
-            "2": {"class_type": DISTRIBUTOR_CLASS, "inputs": {"seed": 5}},
-            "3": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
-        }
-        result = await run(orch, prompt, collector="3")
-        assert w2.received == []  # never asked to run it
-        ran = [u.position for u, _ in result.images] + [u.position for u in result.master_units]
-        assert sorted(ran) == [1, 2]  # worker 2's unit ran elsewhere (worker 1 or the master)
-        (failure,) = [d for e, d in events if e == "multigpu.worker_failed"]
-        assert failure["reason"] == "preflight" and failure["worker"] == "GPU 2"
-        assert "node class DistributedTestImage" in failure["message"]
+async def test_a_worker_missing_a_node_class_is_skipped_before_dispatch(standin_cluster, input_dir):
+    cluster = await standin_cluster(workers=2, input_dir=input_dir)
+    w1, w2 = cluster.workers
+    del w2.node_classes["DistributedTestImage"]
+    prompt = {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": ["2", 0], "batch_size": 1, "width": 8, "height": 8, "delay": 0.0}},
+        "2": {"class_type": DISTRIBUTOR_CLASS, "inputs": {"seed": 5}},
+        "3": {"class_type": COLLECTOR_CLASS, "inputs": {"images": ["1", 0]}},
+    }
+    result = await cluster.run(prompt)
+    assert w2.received == []  # never asked to run it
+    ran = [u.position for u, _ in result.images] + [u.position for u in result.master_units]
+    assert sorted(ran) == [1, 2]  # worker 2's unit ran elsewhere (worker 1 or the master)
+    (failure,) = cluster.events_named("multigpu.worker_failed")
+    assert failure["reason"] == "preflight" and failure["worker"] == "GPU 2"
+    assert "node class DistributedTestImage" in failure["message"]
 
 
-async def test_a_path_out_of_the_input_folder_is_refused(tmp_path, input_dir):
-    async with StandinComfy(tmp_path / "w1", name="w1") as w1:
-        orch, _ = orchestrator(tmp_path, [w1.port], input_dir)
-        with pytest.raises(JobError, match="outside the master's input folder"):
-            await run(orch, load_image_prompt("../../../etc/passwd.png"))
-        assert w1.received == []
+async def test_a_path_out_of_the_input_folder_is_refused(standin_cluster, input_dir):
+    cluster = await standin_cluster(workers=1, input_dir=input_dir)
+    with pytest.raises(JobError, match="outside the master's input folder"):
+        await cluster.run(load_image_prompt("../../../etc/passwd.png"))
+    assert cluster.workers[0].received == []
 
 
 def test_preflight_reads_both_combo_forms():

@@ -92,6 +92,8 @@ class StandinComfy:
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
         self._closing: set[asyncio.Task] = set()
+        self._handlers: set[asyncio.Task] = set()
+        """Requests being answered: ended by stop(), even those whose client left (aiohttp would let them run)."""
         self._executor: concurrent.futures.ThreadPoolExecutor | None = None
         self._reset_state()
 
@@ -166,7 +168,8 @@ class StandinComfy:
         By default this is the death of the ComfyUI process: websockets are closed, the running
         prompt is abandoned, queue, history and caches are lost (files on disk stay). With
         ``keep_state=True`` only the network goes away: execution carries on and queue/history are
-        kept, events for the disconnected clients are dropped.
+        kept, events for the disconnected clients are dropped. Either way the requests still being
+        answered are dropped, so that nothing of the server runs on after it (a leak check can count on it).
         """
         sockets = list(self._sockets.values())
         self._sockets.clear()
@@ -179,7 +182,8 @@ class StandinComfy:
         if self._runner is not None:
             runner, self._runner = self._runner, None
             await runner.cleanup()
-        closing, self._closing = list(self._closing), set()
+        closing, self._closing = [*self._closing, *self._handlers], set()
+        closing = [task for task in closing if task is not asyncio.current_task()]
         for task in closing:
             task.cancel()
         await asyncio.gather(*closing, return_exceptions=True)
@@ -294,6 +298,15 @@ class StandinComfy:
 
     @web.middleware
     async def _fault_middleware(self, request: web.Request, handler):
+        task = asyncio.current_task()
+        assert task is not None  # aiohttp answers every request inside a task
+        self._handlers.add(task)
+        try:
+            return await self._answer(request, handler)
+        finally:
+            self._handlers.discard(task)
+
+    async def _answer(self, request: web.Request, handler):
         self.request_counts[self._route_of(request)] += 1
         status = self._fault(self.fail_routes, request)
         if status is not None:
