@@ -17,14 +17,12 @@ import os
 import random
 import tempfile
 import time
-import urllib.parse
-import urllib.request
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
+from comfy_distributed.errors import WorkerError, WorkerTimeout
+from comfy_distributed.worker_client import ComfyClient, PromptResult
 
 from .figures import Figure, Target, median, spread
 from .workload import (
@@ -188,30 +186,14 @@ def transfer(bench: RealBench, params: Params) -> list[Figure]:
 
 async def follow(url: str, prompt: dict, timeout: float = 300) -> tuple[float, str, list[dict]]:
     """Queue ``prompt`` like a UI does (its websocket open first) and wait until it has finished."""
-    client_id = uuid.uuid4().hex
-    events: list[dict] = []
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{url}/ws", params={"clientId": client_id}) as ws:
-            started = time.monotonic()
-            async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as response:
-                body = await response.json()
-                if response.status != 200:
-                    raise BenchError(f"POST /prompt: {response.status} {body}")
-            prompt_id = body["prompt_id"]
-            while True:
-                remaining = started + timeout - time.monotonic()
-                if remaining <= 0:
-                    raise BenchError(f"the prompt did not finish in {timeout:.0f} s")
-                message = await ws.receive(timeout=remaining)
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                        raise BenchError("the master closed its websocket")
-                    continue
-                event = {**json.loads(message.data), "t": time.monotonic() - started}
-                events.append(event)
-                data = event.get("data") or {}
-                if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                    return event["t"], prompt_id, events
+    try:
+        async with ComfyClient(url, name="the master") as client:
+            followed = await client.queue_and_follow(prompt, time.monotonic() + timeout)
+    except WorkerTimeout:
+        raise BenchError(f"the prompt did not finish in {timeout:.0f} s") from None
+    except WorkerError as exc:
+        raise BenchError(exc.message) from None
+    return followed.seconds, followed.prompt_id, [{**event, "t": t} for t, event in followed.events]
 
 
 def at(events: list[dict], kind: str, node: str | None = None) -> float:
@@ -224,14 +206,19 @@ def at(events: list[dict], kind: str, node: str | None = None) -> float:
 
 def fetch_last_outputs(url: str) -> tuple[int, float]:
     """Bytes and seconds of fetching, one by one like the master, the images of the worker's last prompt."""
-    with urllib.request.urlopen(f"{url}/history?max_items=1", timeout=30) as response:
-        (entry,) = json.loads(response.read()).values()
-    files = [image for output in entry["outputs"].values() for image in output.get("images", [])]
-    started, moved = time.perf_counter(), 0
-    for image in files:
-        query = urllib.parse.urlencode({k: image.get(k, "") for k in ("filename", "subfolder", "type")})
-        with urllib.request.urlopen(f"{url}/view?{query}", timeout=30) as response:
-            moved += len(response.read())
+    return asyncio.run(_fetch_last_outputs(url))
+
+
+async def _fetch_last_outputs(url: str) -> tuple[int, float]:
+    """The master's own way: ``GET /view`` through the one ComfyUI client, each file in turn."""
+    async with ComfyClient(url, name="the worker") as client:
+        history = await client.get_json("/history", params={"max_items": 1})
+        (entry,) = history.values()
+        result = PromptResult("last", entry["outputs"])
+        files = [file for node_id in result.outputs for file in result.images(node_id)]
+        started, moved = time.perf_counter(), 0
+        for file in files:
+            moved += len(await client.view(file, timeout=30))
     return moved, time.perf_counter() - started
 
 

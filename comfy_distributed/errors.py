@@ -7,10 +7,12 @@
     ├── WorkflowError               a prompt we cannot distribute (bad graph, bad seed input)
     ├── WorkerError                 one worker failed its share; carries the worker's name
     │   ├── WorkerUnreachable       connection refused, DNS, TLS, dropped connection
+    │   │   └── WorkerRefused       nothing listens at the address (connection refused)
     │   ├── WorkerTimeout           no answer or no result before the deadline
     │   ├── WorkerRejected          POST /prompt answered 4xx (node_errors: missing node, bad input)
     │   ├── WorkerExecutionFailed   the prompt ran and ended in execution_error / interrupted
     │   └── WorkerProtocolError     the worker answered something that is not ComfyUI's API
+    │       └── WorkerAnswerTooLarge  an answer past its size cap (refused, not read further)
     ├── LaunchError                 an instance could not be started, found or stopped
     ├── RunError                    the CLI's ``run``: a workflow file, an ``--set``, or the master's answer
     └── JobError                    a distributed job as a whole (unknown job, cancelled)
@@ -18,7 +20,10 @@
         └── ResultRejected          a worker's callback that does not match its job
 
 Third-party exceptions (aiohttp, asyncio timeouts, JSON) are converted at the edge, in
-``worker_client``, with ``raise ... from exc``.
+``worker_client``, with ``raise ... from exc``. The ``Worker*`` errors also come from a
+``ComfyClient`` that talks to an instance that is not a configured worker (the CLI's master,
+a URL the launcher probes): it names that instance, and its caller turns them into its own
+(``RunError``, a probe's result).
 """
 
 from __future__ import annotations
@@ -51,6 +56,10 @@ class WorkerUnreachable(WorkerError):
     reason = "unreachable"
 
 
+class WorkerRefused(WorkerUnreachable):
+    """Nothing accepts connections at the address: a stopped instance, not a broken network."""
+
+
 class WorkerTimeout(WorkerError):
     reason = "timeout"
 
@@ -69,6 +78,14 @@ class WorkerExecutionFailed(WorkerError):
 
 class WorkerProtocolError(WorkerError):
     reason = "protocol_error"
+
+
+class WorkerAnswerTooLarge(WorkerProtocolError):
+    """An answer longer than its cap: refused as soon as that was known, so a caller can say which cap."""
+
+    def __init__(self, worker: str, message: str, limit: int) -> None:
+        super().__init__(worker, message)
+        self.limit = limit
 
 
 class LaunchError(DistributedError):

@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
-import urllib.error
-import urllib.request
 
 
+from ..errors import WorkerError
 from ..launcher import InstanceStatus, Launcher, Outcome, command_name, cpu_hints
+from ..worker_client import Limits, run_blocking
 from .site import Setup, auth_headers, say, setup
 
 
@@ -139,10 +138,9 @@ def format_status(statuses: list[InstanceStatus], seen_by_master: dict[str, str]
 
 def master_view(url: str) -> dict[str, str]:
     """Worker id -> the status the master's health checks see, when the master runs this extension."""
-    request = urllib.request.Request(f"{url}/multigpu/status", headers=auth_headers())
     try:
-        with urllib.request.build_opener(urllib.request.ProxyHandler({})).open(request, timeout=3) as response:
-            data = json.loads(response.read())
+        data = run_blocking(url, lambda client: client.get_json("/multigpu/status"), headers=auth_headers(),
+                            limits=Limits(connect_timeout=3.0, request_timeout=3.0))
         return {str(w["id"]): str(w["status"]) for w in data.get("workers", [])}
-    except (urllib.error.URLError, OSError, ValueError, KeyError, TypeError, AttributeError):
+    except (WorkerError, KeyError, TypeError, AttributeError):
         return {}

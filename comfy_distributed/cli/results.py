@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import json
 import os
@@ -11,10 +10,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-import aiohttp
-
-from ..errors import RunError
+from ..errors import RunError, WorkerAnswerTooLarge, WorkerError
 from ..launcher import make_folder
+from ..worker_client import ComfyClient, OutputFile
 
 
 MAX_IMAGE_BYTES = 256 * 2**20
@@ -32,8 +30,8 @@ class ImageRef:
     kind: str
     """``type`` on the wire: output, temp or input."""
 
-    def params(self) -> dict[str, str]:
-        return {"filename": self.filename, "subfolder": self.subfolder, "type": self.kind}
+    def output_file(self) -> OutputFile:
+        return OutputFile(self.filename, self.subfolder, self.kind)
 
 
 
@@ -117,12 +115,12 @@ def _file_names(ref: ImageRef, index: int, name: str) -> Iterator[str]:
 
 
 
-async def save_images(session: aiohttp.ClientSession, url: str, refs: list[ImageRef], output: Path,
-                       note: Callable[[str], None]) -> list[Path]:
+async def save_images(client: ComfyClient, refs: list[ImageRef], output: Path,
+                      note: Callable[[str], None]) -> list[Path]:
     """Fetch every image through GET /view and write it as a new file directly inside ``output``."""
     saved: list[Path] = []
     for ref in refs:
-        blob = await _fetch_image(session, url, ref)
+        blob = await _fetch_image(client, ref)
         name = safe_name(ref.filename) or "image.png"
         target = _write_new(_output_folder(output), _file_names(ref, len(saved), name), blob)
         if name != ref.filename:
@@ -162,25 +160,14 @@ def _write_new(folder: Path, names: Iterator[str], blob: bytes) -> Path:
 
 
 
-async def _fetch_image(session: aiohttp.ClientSession, url: str, ref: ImageRef) -> bytes:
-    """One image from GET /view, read in chunks and refused past MAX_IMAGE_BYTES (a server could send forever)."""
-    limit = MAX_IMAGE_BYTES
-    chunks: list[bytes] = []
+async def _fetch_image(client: ComfyClient, ref: ImageRef) -> bytes:
+    """One image from GET /view, refused past MAX_IMAGE_BYTES (a server could send forever)."""
     try:
-        async with session.get(f"{url}/view", params=ref.params(),
-                               timeout=aiohttp.ClientTimeout(total=120)) as response:
-            response.raise_for_status()
-            if (response.content_length or 0) > limit:
-                raise _too_big(ref, limit)
-            size = 0
-            async for chunk in response.content.iter_chunked(1 << 16):
-                size += len(chunk)
-                if size > limit:  # chunked answers say no length: count what arrives
-                    raise _too_big(ref, limit)
-                chunks.append(chunk)
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise RunError(f"fetching {ref.filename!r} from the master failed: {exc}") from None
-    return b"".join(chunks)
+        return await client.view(ref.output_file(), timeout=120, limit=MAX_IMAGE_BYTES)
+    except WorkerAnswerTooLarge as exc:
+        raise _too_big(ref, exc.limit) from None
+    except WorkerError as exc:
+        raise RunError(f"fetching {ref.filename!r} from the master failed: {exc.message}") from None
 
 
 

@@ -1,30 +1,29 @@
-"""``run``: queue a workflow on the master, follow it on the websocket, save its images."""
+"""``run``: queue a workflow on the master, follow it on the websocket, save its images.
+
+The master is reached through the package's one ComfyUI client (:class:`ComfyClient`); its
+errors become :class:`RunError` here, each with what to do next.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
+import contextlib
 import os
 import sys
 import time
 import uuid
 from pathlib import Path
-from typing import IO, TYPE_CHECKING, Any, Callable
+from typing import IO, Any, Callable
 
-import aiohttp
-
-from ..errors import RunError
-from ..prompt_hook import JOB_ID_EXTRA_DATA
-from ..worker_client import summarize_rejection
-
-if TYPE_CHECKING:
-    from ..worker_client.transport import WebSocket
+from ..errors import RunError, WorkerError, WorkerTimeout
 from ..launcher import command_name
-from .site import TOKEN_ENV, auth_headers, say, setup
-from .workflow_file import apply_override, load_workflow
+from ..prompt_hook import JOB_ID_EXTRA_DATA
+from ..worker_client import ComfyClient, EventStream, Reply, summarize_rejection
 from .progress import Progress, ProgressDisplay, apply_event
 from .results import history_images, save_images
+from .site import TOKEN_ENV, auth_headers, say, setup
+from .workflow_file import apply_override, load_workflow
 
 
 DEFAULT_OUTPUT = "comfy-distributed-output"
@@ -32,6 +31,11 @@ DEFAULT_OUTPUT = "comfy-distributed-output"
 
 
 DEFAULT_TIMEOUT = 3600.0
+
+
+
+MASTER = "the master"
+"""How the master is named in the client's errors (they become RunError here)."""
 
 
 
@@ -62,39 +66,38 @@ async def run_workflow(url: str, prompt: dict[str, Any], extra_data: dict[str, A
     client_id = uuid.uuid4().hex
     display = ProgressDisplay(stream)
     deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession(headers=auth_headers()) as session:
+    async with ComfyClient(url, name=MASTER, headers=auth_headers()) as client, contextlib.AsyncExitStack() as stack:
         try:
-            ws = await session.ws_connect(f"{url}/ws", params={"clientId": client_id}, heartbeat=30,
-                                          timeout=aiohttp.ClientWSTimeout(ws_close=10))
-        except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
-            raise RunError(f"the master at {url} does not answer ({exc}): start it with '{command_name()} "
+            events = await stack.enter_async_context(client.listen(client_id, deadline))
+        except WorkerError as exc:
+            raise RunError(f"the master at {url} does not answer ({exc.message}): start it with '{command_name()} "
                               "master', or pass --master URL") from None
-        async with ws:
-            job_id = await _prepare_job(session, url, prompt, display.note)
-            extra = {**extra_data, **({JOB_ID_EXTRA_DATA: job_id} if job_id else {})}
-            prompt_id = await _queue(session, url, {"prompt": prompt, "client_id": client_id, "extra_data": extra})
-            display.note(f"Queued prompt {prompt_id} on {url}")
-            progress = Progress(prompt)
-            await _follow(ws, session, url, prompt_id, job_id, progress, display, deadline, timeout)
+        job_id = await _prepare_job(client, prompt, display.note)
+        extra = {**extra_data, **({JOB_ID_EXTRA_DATA: job_id} if job_id else {})}
+        prompt_id = await _queue(client, {"prompt": prompt, "client_id": client_id, "extra_data": extra})
+        display.note(f"Queued prompt {prompt_id} on {url}")
+        progress = Progress(prompt)
+        await _follow(events, client, prompt_id, job_id, progress, display, deadline, timeout)
+        await stack.aclose()  # the websocket: nothing more is read from it
         if progress.cached >= set(prompt):
             display.note("note: the master answered from its cache: this exact workflow ran before, so these are the "
                          "earlier images. Change a seed (--set NODE.seed=N) for new ones")
-        history = await get_json(session, f"{url}/history/{prompt_id}")
+        history = await get_json(client, f"/history/{prompt_id}")
         refs = history_images(history, prompt_id, f"GET {url}/history/{prompt_id}")
-        return await save_images(session, url, refs, output, display.note)
+        return await save_images(client, refs, output, display.note)
 
 
 
-async def _prepare_job(session: aiohttp.ClientSession, url: str, prompt: dict[str, Any],
-                       note: Callable[[str], None]) -> str | None:
+async def _prepare_job(client: ComfyClient, prompt: dict[str, Any], note: Callable[[str], None]) -> str | None:
     """A job id from a master that runs this extension, so that its cluster events can be told apart.
 
     A refusal (no token, a wrong one, a Host check, a bad config, a Distributor it cannot plan) ends
     the run with the master's message; a master without the extension and a prompt without a
     Collector run as plain ComfyUI would.
     """
-    status, text, answer = await _post_json(session, f"{url}/multigpu/prepare_job", {"prompt": prompt}, 30,
-                                            f"POST {url}/multigpu/prepare_job failed")
+    reply = await _post(client, "/multigpu/prepare_job", {"prompt": prompt}, 30,
+                        f"POST {client.base_url}/multigpu/prepare_job failed")
+    status, text, answer = reply.status, reply.text(), reply.json()
     error = answer.get("error") if isinstance(answer, dict) and isinstance(answer.get("error"), str) else None
     if status == 200 and isinstance(answer, dict):
         return str(answer.get("job_id") or "") or None
@@ -113,71 +116,57 @@ async def _prepare_job(session: aiohttp.ClientSession, url: str, prompt: dict[st
 
 
 
-async def _post_json(session: aiohttp.ClientSession, url: str, body: dict[str, Any], timeout: float,
-                     failure: str) -> tuple[int, str, Any]:
-    """POST ``body``; the status, the text and its JSON (None when it is not JSON). ``failure`` starts the error."""
+async def _post(client: ComfyClient, path: str, body: dict[str, Any], timeout: float, failure: str) -> Reply:
+    """The master's answer to a POST, whatever its status; ``failure`` starts the error when there is none."""
     try:
-        async with session.post(url, json=body, timeout=aiohttp.ClientTimeout(total=timeout)) as response:
-            text = await response.text()
-            status = response.status
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
-        raise RunError(f"{failure}: {exc}") from None
-    try:
-        return status, text, json.loads(text)
-    except ValueError:
-        return status, text, None
+        return await client.reply("POST", path, json_body=body, timeout=timeout)
+    except WorkerError as exc:
+        raise RunError(f"{failure}: {exc.message}") from None
 
 
 
-async def _queue(session: aiohttp.ClientSession, url: str, body: dict[str, Any]) -> str:
-    status, text, answer = await _post_json(session, f"{url}/prompt", body, 60, f"queueing on {url} failed")
-    if status == 200 and isinstance(answer, dict) and "prompt_id" in answer:
+async def _queue(client: ComfyClient, body: dict[str, Any]) -> str:
+    """The master's id for the prompt in ``body``, queued with ComfyUI's own ``POST /prompt``."""
+    reply = await _post(client, "/prompt", body, 60, f"queueing on {client.base_url} failed")
+    answer = reply.json()
+    if reply.status == 200 and isinstance(answer, dict) and "prompt_id" in answer:
         return str(answer["prompt_id"])
-    if status == 400:
+    if reply.status == 400:
         raise RunError(f"the master refused the workflow: {summarize_rejection(answer)}")
-    raise RunError(f"the master answered POST /prompt with HTTP {status}: {text[:300]}")
+    raise RunError(f"the master answered POST /prompt with HTTP {reply.status}: {reply.text()[:300]}")
 
 
 
-async def get_json(session: aiohttp.ClientSession, url: str) -> Any:
+async def get_json(client: ComfyClient, path: str) -> Any:
     try:
-        async with session.get(url, timeout=aiohttp.ClientTimeout(total=60)) as response:
-            response.raise_for_status()
-            return await response.json()
-    except (aiohttp.ClientError, asyncio.TimeoutError, ValueError) as exc:
-        raise RunError(f"GET {url} failed: {exc}") from None
+        return await client.get_json(path)
+    except WorkerError as exc:
+        raise RunError(f"GET {client.base_url}{path} failed: {exc.message}") from None
 
 
 
-async def _follow(ws: WebSocket, session: aiohttp.ClientSession, url: str, prompt_id: str,
-                  job_id: str | None, progress: Progress, display: ProgressDisplay, deadline: float,
-                  timeout: float) -> None:
+async def _follow(events: EventStream, client: ComfyClient, prompt_id: str, job_id: str | None,
+                  progress: Progress, display: ProgressDisplay, deadline: float, timeout: float) -> None:
     """Read the master's events until our prompt has finished; errors end it with a message."""
     looked_up: set[str] = set()
     while True:
-        remaining = deadline - time.monotonic()
         try:
-            if remaining <= 0:
-                raise asyncio.TimeoutError
-            message = await ws.receive(timeout=remaining)
-        except asyncio.TimeoutError:
+            event = await events.next(deadline)
+        except WorkerTimeout:
             display.end()
             raise RunError(f"the workflow did not finish within {timeout:.0f} s (--timeout); it may still run "
                               f"on the master (prompt {prompt_id})") from None
-        if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
+        except WorkerError:
             display.end()
-            raise RunError(f"the master at {url} closed the connection before the workflow finished: did it "
-                              f"crash or restart? Its log says why ({command_name()} status shows where it is)")
-        if message.type != aiohttp.WSMsgType.TEXT:
-            continue  # previews
-        try:
-            event = json.loads(message.data)
-            kind, data = event["type"], event.get("data") or {}
-        except (ValueError, KeyError, TypeError):
+            raise RunError(f"the master at {client.base_url} closed the connection before the workflow finished: "
+                           f"did it crash or restart? Its log says why ({command_name()} status shows where it is)"
+                           ) from None
+        kind, data = event.get("type"), event.get("data") or {}
+        if not isinstance(kind, str) or not isinstance(data, dict):
             continue
         if kind.startswith("multigpu.") and job_id is None and str(data.get("job_id")) not in looked_up:
             looked_up.add(str(data.get("job_id")))
-            job_id = await _job_of(session, url, prompt_id)
+            job_id = await _job_of(client, prompt_id)
         if apply_event(kind, data, prompt_id, job_id, progress, display):
             display.show(progress)
             display.end()
@@ -186,9 +175,9 @@ async def _follow(ws: WebSocket, session: aiohttp.ClientSession, url: str, promp
 
 
 
-async def _job_of(session: aiohttp.ClientSession, url: str, prompt_id: str) -> str | None:
+async def _job_of(client: ComfyClient, prompt_id: str) -> str | None:
     try:
-        status = await get_json(session, f"{url}/multigpu/status")
+        status = await get_json(client, "/multigpu/status")
         return next((j["job_id"] for j in status.get("jobs", []) if j.get("prompt_id") == prompt_id), None)
     except (RunError, AttributeError, KeyError, TypeError):
         return None

@@ -1,18 +1,24 @@
-"""Is an instance running? ``GET /system_stats`` tells ComfyUI from another program on its port."""
+"""Is an instance running? ``GET /system_stats`` tells ComfyUI from another program on its port.
+
+Asked through the package's one ComfyUI client (:func:`~comfy_distributed.worker_client.run_blocking`:
+the launcher runs no event loop), so the probe follows no redirect, reads a capped answer and
+uses no proxy from the environment (these are direct addresses).
+"""
 
 from __future__ import annotations
 
 import json
 import socket
-import urllib.error
-import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import WorkerAnswerTooLarge, WorkerError, WorkerRefused, WorkerTimeout
+from ..worker_client import Limits, Reply, run_blocking
 from .model import PROBE_TIMEOUT, WINDOWS
 
 
-_NO_PROXY = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+PROBE_BYTES = 1_000_000
+"""Most bytes of a ``GET /system_stats`` answer read (ComfyUI's is a few hundred)."""
 
 
 @dataclass(slots=True)
@@ -24,23 +30,29 @@ class Probe:
 
 
 def probe(url: str, timeout: float = PROBE_TIMEOUT) -> Probe:
-    """Ask ``url``'s ``GET /system_stats`` (no proxy: these are direct addresses)."""
+    """Ask ``url``'s ``GET /system_stats`` what listens there."""
+    limits = Limits(connect_timeout=timeout, request_timeout=timeout)
     try:
-        with _NO_PROXY.open(f"{url.rstrip('/')}/system_stats", timeout=timeout) as response:
-            body = response.read(1_000_000)
-    except urllib.error.HTTPError as exc:
-        exc.close()
-        return Probe("foreign", detail=f"it answers HTTP {exc.code} to GET /system_stats")
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        reason = getattr(exc, "reason", exc)
-        if isinstance(reason, (ConnectionRefusedError, FileNotFoundError)) or "refused" in str(reason).lower():
-            return Probe("closed")
-        if isinstance(reason, (TimeoutError, socket.timeout)) or "timed out" in str(reason).lower():
-            return Probe("foreign", detail="it accepts connections but does not answer HTTP")
-        return Probe("closed", detail=str(reason))
+        reply = run_blocking(url, lambda client: client.reply("GET", "/system_stats", limit=PROBE_BYTES),
+                             limits=limits)
+    except WorkerRefused:
+        return Probe("closed")
+    except WorkerTimeout:
+        return Probe("foreign", detail="it accepts connections but does not answer HTTP")
+    except WorkerAnswerTooLarge:
+        return Probe("foreign", detail="its GET /system_stats is not JSON")
+    except WorkerError as exc:  # no such host, no route, a dropped connection
+        return Probe("closed", detail=exc.message)
+    return judge(reply)
+
+
+def judge(reply: Reply) -> Probe:
+    """Whether an answer to ``GET /system_stats`` is ComfyUI's (its system and its devices)."""
+    if not 200 <= reply.status < 300:
+        return Probe("foreign", detail=f"it answers HTTP {reply.status} to GET /system_stats")
     try:
-        stats = json.loads(body)
-    except ValueError:
+        stats = json.loads(reply.body)
+    except (ValueError, RecursionError):
         return Probe("foreign", detail="its GET /system_stats is not JSON")
     if isinstance(stats, dict) and isinstance(stats.get("system"), dict) and isinstance(stats.get("devices"), list):
         return Probe("comfyui", stats)

@@ -1,20 +1,26 @@
-"""One remote ComfyUI, reached only through its native HTTP + websocket API.
+"""A ComfyUI instance, reached only through its native HTTP + websocket API: the package's one client of it.
 
 Every aiohttp error, timeout and unexpected answer is converted here, at the edge, into
-the :mod:`errors` hierarchy, so callers handle one kind of failure per cause. A worker is
+the :mod:`errors` hierarchy, so callers handle one kind of failure per cause. An instance is
 untrusted: answers are read up to a size cap, their shapes are checked before use, no
-redirect is followed (per-worker headers would travel to the other address), and a
-worker's own text reaches our messages only parsed and shortened.
+redirect is followed (per-worker headers would travel to the other address), and an
+instance's own text reaches our messages only parsed and shortened.
 
-:mod:`.answers` checks what a worker says, :mod:`.transport` is the HTTP edge, :mod:`.following`
-reads a prompt's events on ``/ws``, :mod:`.client`
-the :class:`WorkerClient` itself.
+:mod:`.answers` checks what an instance says, :mod:`.transport` is the HTTP edge (where
+aiohttp's errors become ours), :mod:`.following` reads a prompt's events on ``/ws``,
+:mod:`.comfy` the :class:`ComfyClient` of any instance by its URL (the CLI's master, a
+probed address), :mod:`.client` the :class:`WorkerClient` of a configured worker, and
+:mod:`.blocking` the same client for code that runs no event loop (the launcher).
 """
 
 from .answers import MIB, MAX_TEXT, OutputFile, PromptResult, clip_text, json_kind, summarize_rejection
-from .client import DEFAULT_MAX_FILE_BYTES, MAX_FILES_PER_OUTPUT, MAX_JSON_BYTES, MAX_OBJECT_INFO_BYTES, WorkerClient
+from .blocking import run_blocking
+from .client import MAX_FILES_PER_OUTPUT, WorkerClient
+from .comfy import DEFAULT_MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_OBJECT_INFO_BYTES, ComfyClient, Limits, Reply
+from .following import EventStream, Followed, finished
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES", "MAX_FILES_PER_OUTPUT", "MAX_JSON_BYTES", "MAX_OBJECT_INFO_BYTES", "MAX_TEXT", "MIB",
-    "OutputFile", "PromptResult", "WorkerClient", "clip_text", "json_kind", "summarize_rejection",
+    "ComfyClient", "EventStream", "Followed", "Limits", "OutputFile", "PromptResult", "Reply", "WorkerClient",
+    "clip_text", "finished", "json_kind", "run_blocking", "summarize_rejection",
 ]

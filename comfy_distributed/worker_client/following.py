@@ -1,14 +1,15 @@
-"""Following a prompt on a worker's ``/ws``: which events end it, fail it or report its progress."""
+"""Following a prompt on an instance's ``/ws``: which events end it, fail it or report its progress."""
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import TYPE_CHECKING, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 
-from ..errors import WorkerExecutionFailed, WorkerTimeout
+from ..errors import WorkerExecutionFailed, WorkerTimeout, WorkerUnreachable
 from .answers import clip_text, execution_error_text, json_or_none
 
 if TYPE_CHECKING:
@@ -67,3 +68,42 @@ async def next_event(websocket: WebSocket, until: float) -> dict | None:
         elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                               aiohttp.WSMsgType.ERROR):
             return None
+
+
+def finished(event: dict[str, Any], prompt_id: str) -> bool:
+    """ComfyUI's last word on a prompt: ``executing`` with no node, sent once its history entry is written."""
+    data = event.get("data")
+    return (event.get("type") == "executing" and isinstance(data, dict) and data.get("node") is None
+            and data.get("prompt_id") == prompt_id)
+
+
+class EventStream:
+    """An instance's ``/ws`` read as JSON events, for callers that show or record every one (the CLI, tests).
+
+    The socket's end and the deadline are raised as ours, told apart: a caller says "it closed"
+    and "it took too long" in its own words.
+    """
+
+    def __init__(self, websocket: WebSocket, name: str) -> None:
+        self.websocket = websocket
+        self.name = name
+
+    async def next(self, deadline: float) -> dict[str, Any]:
+        """The next event; WorkerTimeout once ``deadline`` passes, WorkerUnreachable when the socket closes."""
+        event = await next_event(self.websocket, deadline)
+        if event is not None:
+            return event
+        if time.monotonic() >= deadline:
+            raise WorkerTimeout(self.name, "GET /ws: no end of the prompt before the deadline")
+        raise WorkerUnreachable(self.name, "GET /ws: the connection closed before the prompt ended")
+
+
+@dataclass(slots=True)
+class Followed:
+    """A prompt queued and followed to its end: what a benchmark times and a test inspects."""
+
+    prompt_id: str
+    seconds: float = 0.0
+    """From just before ``POST /prompt`` to the event that ended the prompt."""
+    events: list[tuple[float, dict[str, Any]]] = field(default_factory=list)
+    """Every event read, with its arrival in seconds after the POST (some may predate it)."""

@@ -1,13 +1,16 @@
-"""The HTTP edge to a worker: no redirect followed, aiohttp's errors in words."""
+"""The HTTP edge to an instance: no redirect followed, aiohttp's errors turned into ours in one place."""
 
 from __future__ import annotations
 
+import asyncio
+import errno
 from http import HTTPStatus
 from typing import TYPE_CHECKING, Any
 
 import aiohttp
 from yarl import URL
 
+from ..errors import WorkerError, WorkerProtocolError, WorkerRefused, WorkerTimeout, WorkerUnreachable
 from .answers import clip_text
 
 
@@ -65,3 +68,19 @@ def client_error_text(exc: aiohttp.ClientError) -> str:
     if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
         return clip_text(exc, 200)
     return type(exc).__name__
+
+
+
+def convert(exc: BaseException, name: str, base_url: str, what: str) -> WorkerError:
+    """The one place where aiohttp's errors, timeouts and odd answers become ours (raised ``from exc``)."""
+    if isinstance(exc, asyncio.TimeoutError):
+        return WorkerTimeout(name, f"{what}: no answer from {base_url} in time")
+    if isinstance(exc, aiohttp.ClientConnectorError):
+        refused = isinstance(exc.os_error, ConnectionRefusedError) or exc.os_error.errno == errno.ECONNREFUSED
+        return (WorkerRefused if refused else WorkerUnreachable)(
+            name, f"{what}: cannot connect to {base_url} ({exc.os_error or exc})")
+    if isinstance(exc, aiohttp.ClientResponseError):
+        return WorkerProtocolError(name, f"{what}: {status_text(exc.status)}")
+    if isinstance(exc, aiohttp.ClientError):
+        return WorkerUnreachable(name, f"{what}: connection to {base_url} failed ({client_error_text(exc)})")
+    return WorkerProtocolError(name, f"{what}: {clip_text(exc, 200)}")

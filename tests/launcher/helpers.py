@@ -12,9 +12,11 @@ import os
 import signal
 import subprocess
 import sys
-import urllib.request
 from pathlib import Path
 from typing import Any
+
+from comfy_distributed.errors import WorkerError
+from comfy_distributed.worker_client import Limits, run_blocking
 
 REPO = Path(__file__).resolve().parents[2]
 FAKE_MAIN = Path(__file__).resolve().parent / "fake_comfyui" / "main.py"
@@ -58,13 +60,12 @@ def explain(result: subprocess.CompletedProcess) -> str:
 
 
 def answers(port: int, host: str = "127.0.0.1") -> bool:
-    """Whether ``GET /system_stats`` answers on the port."""
-    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    """Whether ``GET /system_stats`` answers on the port (asked with the package's one ComfyUI client)."""
     try:
-        with opener.open(f"http://{host}:{port}/system_stats", timeout=2) as response:
-            return response.status == 200
-    except OSError:
+        run_blocking(f"http://{host}:{port}", lambda client: client.system_stats(), limits=Limits(2.0, 2.0))
+    except WorkerError:
         return False
+    return True
 
 
 def pid_alive(pid: int) -> bool:

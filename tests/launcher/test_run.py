@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 
 import pytest
+from aiohttp import web
 
 from comfy_distributed import cli
 from comfy_distributed.errors import RunError
@@ -104,3 +105,18 @@ async def test_master_going_away_or_too_slow(tmp_path):
 
 async def _never() -> None:
     return None
+
+
+class FailingMaster(ScriptedMaster):
+    """A master that cannot queue: POST /prompt answers 500 with its own text."""
+
+    async def prompt(self, request: web.Request) -> web.Response:
+        return web.Response(status=500, text="<b>trouble</b>")
+
+
+async def test_a_master_that_cannot_queue_says_so(tmp_path):
+    master = FailingMaster(prepare=False)
+    async with master.server:
+        with pytest.raises(RunError) as caught:
+            await cli.run_workflow(master.url, image_workflow(), {}, tmp_path / "out", 30, io.StringIO())
+    assert str(caught.value) == "the master answered POST /prompt with HTTP 500: <b>trouble</b>"

@@ -6,13 +6,13 @@ import asyncio
 import io
 import json
 import time
-import uuid
 from pathlib import Path
 
-import aiohttp
 import numpy as np
 from PIL import Image
 
+from comfy_distributed.errors import WorkerError
+from comfy_distributed.worker_client import ComfyClient
 from tests.real.harness import ComfyInstance, http_json, start_comfyui
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,31 +74,13 @@ class Cluster:
 async def run_on_master(master: ComfyInstance, prompt: dict, timeout: float = 600,
                         path: str = "/prompt") -> tuple[dict, list[dict], float]:
     """Queue with a plain POST /prompt while listening on the master's websocket like the UI does."""
-    url = master.url
-    client_id = uuid.uuid4().hex
-    events: list[dict] = []
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{url}/ws", params={"clientId": client_id}) as ws:
-            started = time.monotonic()
-            async with session.post(f"{url}{path}", json={"prompt": prompt, "client_id": client_id}) as response:
-                body = await response.json()
-                assert response.status == 200, body
-            prompt_id = body["prompt_id"]
-            deadline = started + timeout
-            while True:
-                message = await ws.receive(timeout=max(deadline - time.monotonic(), 0.1))
-                if message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.ERROR):
-                    raise AssertionError(f"the master closed its websocket (crashed?)\n{master.log_tail()}")
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    continue
-                event = json.loads(message.data)
-                events.append(event)
-                data = event.get("data") or {}
-                if event["type"] == "executing" and data.get("node") is None and data.get("prompt_id") == prompt_id:
-                    break
-            elapsed = time.monotonic() - started
-    entry = history_entry(url, prompt_id)
-    return entry, events, elapsed
+    try:
+        async with ComfyClient(master.url, name=master.name) as client:
+            followed = await client.queue_and_follow(prompt, time.monotonic() + timeout, path=path)
+    except WorkerError as exc:
+        raise AssertionError(f"{master.name}: {exc.message} (did it crash?)\n{master.log_tail()}") from exc
+    entry = history_entry(master.url, followed.prompt_id)
+    return entry, [event for _, event in followed.events], followed.seconds
 
 
 def history_entry(url: str, prompt_id: str) -> dict:

@@ -12,7 +12,8 @@ Configuration comes from the environment:
 * ``COMFYUI_PYTHON``: its interpreter. Default: ``COMFYUI_PATH/venv/bin/python`` or
   ``COMFYUI_PATH/.venv/bin/python`` when present, else the running interpreter.
 
-Only the standard library and pytest are used here, so the harness imports anywhere.
+Besides the standard library and pytest, only the package's own ComfyUI client is used here (to ask
+whether an instance is ready), so the harness imports wherever the package does.
 """
 
 from __future__ import annotations
@@ -34,6 +35,8 @@ from typing import Any
 
 import pytest
 
+from comfy_distributed.errors import WorkerError
+from comfy_distributed.worker_client import Limits, run_blocking
 from tests.waiting import free_port
 
 COMFYUI_PATH: str | None = os.environ.get("COMFYUI_PATH") or None
@@ -66,11 +69,12 @@ def _tail(path: Path, lines: int) -> str:
 
 
 def _is_ready(url: str) -> bool:
+    """Whether ``GET /system_stats`` answers, asked with the package's one ComfyUI client."""
     try:
-        with urllib.request.urlopen(f"{url}/system_stats", timeout=2.0) as response:
-            return response.status == 200
-    except (urllib.error.URLError, OSError, ValueError):
+        run_blocking(url, lambda client: client.system_stats(), limits=Limits(2.0, 2.0))
+    except WorkerError:
         return False
+    return True
 
 
 def wait_ready(url: str, timeout: float, *, process: subprocess.Popen | None = None) -> None:
