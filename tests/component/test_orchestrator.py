@@ -16,7 +16,6 @@ from comfy_distributed.health import HealthMonitor
 from comfy_distributed.jobs import CollectorResult
 from comfy_distributed.orchestrator import Orchestrator
 from tests.component.cluster import Cluster, assert_unit_images, by_position, expected_pixels, pixels, workflow
-from tests.standin import StandinComfy
 from tests.waiting import closed_port, until
 
 
@@ -25,9 +24,9 @@ def port_of(url: str) -> int:
 
 
 @pytest.fixture
-async def two_workers(tmp_path):
-    async with StandinComfy(tmp_path / "w1", name="w1") as w1, StandinComfy(tmp_path / "w2", name="w2") as w2:
-        yield w1, w2
+async def two_workers(standin_cluster):
+    """Two stand-in workers; at teardown the test fails if it leaked a task, a session or a socket."""
+    return tuple((await standin_cluster(workers=2)).workers)
 
 
 async def test_workers_run_plain_copies_with_offset_seeds_in_order(tmp_path, two_workers):

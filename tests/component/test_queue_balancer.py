@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 
 from comfy_distributed.queue_balancer import REMOTE_OUTPUT_CLASS
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 from tests.component.cluster import balancer, plain
 from tests.standin import StandinComfy
+
+
+@pytest.fixture(autouse=True)
+async def nothing_leaks(standin_cluster):
+    """Every test here fails at teardown if it leaked a task or an unclosed client session (see conftest)."""
+    yield
 
 def with_collector() -> dict:
     prompt = plain()

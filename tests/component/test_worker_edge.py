@@ -22,6 +22,12 @@ from tests.standin import StandinComfy
 from tests.waiting import until
 
 
+@pytest.fixture(autouse=True)
+async def nothing_leaks(standin_cluster):
+    """Every test here fails at teardown if it leaked a task or an unclosed client session (see conftest)."""
+    yield
+
+
 @pytest.fixture
 async def three_workers(tmp_path):
     async with StandinComfy(tmp_path / "w1", name="w1") as w1, StandinComfy(tmp_path / "w2", name="w2") as w2, \
