@@ -1,9 +1,10 @@
 """The HTTP API under ``/multigpu/``: config, settings, job plans, VRAM, worker callback, status.
 
-Every handler validates its input and answers JSON; a bad request gets a 4xx whose
-``error`` names the problem. State-changing endpoints require the API token whenever one is
-configured, and always when the master listens beyond loopback. The routes are described
-by ``openapi.json`` beside this module, served at ``GET /multigpu/openapi.json``.
+Every handler reads its body as the route's request model (:mod:`.api_models`) and answers JSON; a
+bad request gets a 4xx whose ``error`` names the problem. State-changing endpoints require the API
+token whenever one is configured, and always when the master listens beyond loopback. Which route
+needs what is the route table's (:mod:`.api_routes`), from which ``python -m comfy_distributed.openapi``
+also writes ``openapi.json`` beside this module, served at ``GET /multigpu/openapi.json``.
 """
 
 from __future__ import annotations
@@ -12,15 +13,23 @@ import asyncio
 import json
 import logging
 import time
-from pathlib import Path
 from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
 
 from .access import TOKEN_ENV, Access, ApiError, Guard, check_launch_flags, listens_beyond_loopback
+from .api_models import (
+    AddWorkerRequest,
+    ClearMemoryRequest,
+    PrepareJobRequest,
+    RemoveWorkerRequest,
+    UpdateSettingRequest,
+    UpdateWorkerRequest,
+)
 from .api_results import MAX_RESULT_BODY, ResultIntake
-from .http_json import Handler, json_errors, read_json_object
+from .api_routes import MASTER_ROUTES
+from .http_json import Handler, json_errors, read_json_object, read_model
 from .config import (
     REDACTED,
     SECRET_SETTINGS,
@@ -34,32 +43,22 @@ from .config import (
 from .errors import ConfigError, WorkerError, WorkflowError
 from .health import HealthMonitor
 from .jobs import RESERVATION_TTL
+from .openapi import OPENAPI_PATH
 from .orchestrator import Orchestrator
 from .plan import describe
 from .worker_client import WorkerClient
 
 log = logging.getLogger("comfy_distributed")
 
-__all__ = ["ApiError", "MAX_RESULT_BODY", "MultiGPUApi", "TOKEN_ENV", "json_errors", "listens_beyond_loopback", "read_json_object"]
+__all__ = ["ApiError", "MAX_RESULT_BODY", "OPENAPI_PATH", "MultiGPUApi", "TOKEN_ENV", "json_errors",
+           "listens_beyond_loopback", "read_json_object"]
 
-OPENAPI_PATH = Path(__file__).with_name("openapi.json")
 SETTINGS_FORM = settings_form()
 """How the panel draws the settings: derived from the Settings model, the one place they are described."""
 MAX_BODY = 64 * 1024
 MAX_PROMPT_BODY = 16 * 1024 * 1024
-WORKER_FIELDS = frozenset({"name", "enabled", "host", "port", "cuda_device", "extra_args", "headers"})
 STATUS_CACHE_SECONDS = 1.0
 PROBE_TIMEOUT = 3.0
-
-
-
-def _worker_id(data: dict[str, Any], key: str = "worker_id") -> int | str:
-    if key not in data:
-        raise ApiError(400, f"missing field '{key}'")
-    value = data[key]
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ApiError(400, f"'{key}' must be a number or a string")
-    return value
 
 
 def _worker_changes(worker: dict[str, Any], fields: dict[str, Any]) -> dict[str, Any]:
@@ -81,14 +80,6 @@ def _worker_changes(worker: dict[str, Any], fields: dict[str, Any]) -> dict[str,
     return changes
 
 
-def _check_fields(data: dict[str, Any], allowed: frozenset[str], ignore: tuple[str, ...] = ()) -> dict[str, Any]:
-    fields = {k: v for k, v in data.items() if k not in ignore}
-    unknown = sorted(set(fields) - allowed)
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-    return fields
-
-
 class MultiGPUApi:
     """The /multigpu routes of one master. ``add_routes`` registers them on ComfyUI's table."""
 
@@ -108,16 +99,15 @@ class MultiGPUApi:
         self._results = ResultIntake(orchestrator)
 
     def add_routes(self, routes: web.RouteTableDef) -> None:
-        routes.get("/multigpu/config")(self._wrap(self.get_config, Access.READ))
-        routes.post("/multigpu/config/update_worker")(self._wrap(self.update_worker))
-        routes.post("/multigpu/config/add_worker")(self._wrap(self.add_worker))
-        routes.post("/multigpu/config/remove_worker")(self._wrap(self.remove_worker))
-        routes.post("/multigpu/config/update_setting")(self._wrap(self.update_setting))
-        routes.post("/multigpu/prepare_job")(self._wrap(self.prepare_job))
-        routes.post("/multigpu/clear_memory")(self._wrap(self.clear_memory))
-        routes.post("/multigpu/job_complete")(self._wrap(self._results.job_complete))
-        routes.get("/multigpu/status")(self._wrap(self.status, Access.READ))
-        routes.get("/multigpu/openapi.json")(self._wrap(self.openapi, Access.OPEN))
+        """Every route of ``api_routes.MASTER_ROUTES``, behind the guard with the access the table gives it."""
+        handlers: dict[str, Handler] = {
+            "getConfig": self.get_config, "updateWorker": self.update_worker, "addWorker": self.add_worker,
+            "removeWorker": self.remove_worker, "updateSetting": self.update_setting,
+            "prepareJob": self.prepare_job, "clearMemory": self.clear_memory,
+            "jobComplete": self._results.job_complete, "getStatus": self.status, "getOpenApi": self.openapi,
+        }
+        for route in MASTER_ROUTES:
+            routes.route(route.method, route.path)(self._wrap(handlers[route.operation_id], route.access))
 
     def make_app(self) -> web.Application:
         """A standalone app with these routes (tests, tools)."""
@@ -135,7 +125,7 @@ class MultiGPUApi:
 
     # --- plumbing -----------------------------------------------------------------------
 
-    def _wrap(self, handler: Handler, access: Access = Access.CONTROL) -> Handler:
+    def _wrap(self, handler: Handler, access: Access) -> Handler:
         return json_errors(handler, lambda request: self.guard.check(request, access))
 
     def token(self) -> str | None:
@@ -191,11 +181,9 @@ class MultiGPUApi:
         return {"token_configured": configured, "token_required": configured or self.public, "public": self.public}
 
     async def update_worker(self, request: web.Request) -> web.Response:
-        data = await read_json_object(request, MAX_BODY)
-        worker_id = _worker_id(data)
-        fields = _check_fields(data, WORKER_FIELDS, ignore=("worker_id",))
-        if not fields:
-            raise ApiError(400, f"nothing to change: give one or more of {sorted(WORKER_FIELDS)}")
+        body = await read_model(request, UpdateWorkerRequest, MAX_BODY)
+        worker_id = body.worker_id
+        fields = body.sent("worker_id")
         check_launch_flags(fields.get("extra_args"), "extra_args")
         index = self._worker_index(self._config(), worker_id)
 
@@ -211,12 +199,7 @@ class MultiGPUApi:
         return web.json_response({"worker": public_view(config)["workers"][config.workers.index(worker)]})
 
     async def add_worker(self, request: web.Request) -> web.Response:
-        data = await read_json_object(request, MAX_BODY)
-        fields = _check_fields(data, WORKER_FIELDS | {"id"})
-        if "port" not in fields:
-            raise ApiError(400, "missing field 'port'")
-        if "id" in fields:
-            _worker_id(fields, "id")
+        fields = (await read_model(request, AddWorkerRequest, MAX_BODY)).sent()
         check_launch_flags(fields.get("extra_args"), "extra_args")
         added: dict[str, Any] = {}
 
@@ -232,9 +215,7 @@ class MultiGPUApi:
         return web.json_response({"worker": public_view(config)["workers"][index]}, status=201)
 
     async def remove_worker(self, request: web.Request) -> web.Response:
-        data = await read_json_object(request, MAX_BODY)
-        worker_id = _worker_id(data)
-        _check_fields(data, frozenset({"worker_id"}))
+        worker_id = (await read_model(request, RemoveWorkerRequest, MAX_BODY)).worker_id
         self._worker_index(self._config(), worker_id)
 
         def change(config: dict[str, Any]) -> None:
@@ -247,19 +228,10 @@ class MultiGPUApi:
         return web.json_response({"removed": worker_id})
 
     async def update_setting(self, request: web.Request) -> web.Response:
-        data = await read_json_object(request, MAX_BODY)
-        _check_fields(data, frozenset({"key", "value"}))
-        key = data.get("key")
-        if not isinstance(key, str):
-            raise ApiError(400, "'key' must be the name of a setting")
-        known = sorted(Settings.model_fields)
-        if key not in known:
-            raise ApiError(400, f"unknown setting {key[:100]!r}", known=known)
-        if "value" not in data:
-            raise ApiError(400, "missing field 'value'")
+        body = await read_model(request, UpdateSettingRequest, MAX_BODY)
 
         def change(config: dict[str, Any]) -> None:
-            config["settings"][key] = data["value"]
+            config["settings"][body.key] = body.value
 
         config = self._update(change)
         settings = {k: v for k, v in public_view(config)["settings"].items() if k not in SECRET_SETTINGS}
@@ -268,14 +240,10 @@ class MultiGPUApi:
     # --- jobs ---------------------------------------------------------------------------
 
     async def prepare_job(self, request: web.Request) -> web.Response:
-        data = await read_json_object(request, MAX_PROMPT_BODY)
-        _check_fields(data, frozenset({"prompt"}))
-        prompt = data.get("prompt")
-        if not isinstance(prompt, dict):
-            raise ApiError(400, "'prompt' must be an API-format workflow (an object of nodes)")
+        prompt = (await read_model(request, PrepareJobRequest, MAX_PROMPT_BODY)).prompt
         try:
             config = self._config()
-            plan = describe(prompt, config, self.orchestrator.speeds.weights(config))
+            plan = describe(prompt, self.orchestrator.plan(prompt, config))  # the plan a job would run with now
         except WorkflowError as exc:
             raise ApiError(400, str(exc)) from None
         if not plan["collectors"]:
@@ -286,18 +254,13 @@ class MultiGPUApi:
     # --- memory and status ----------------------------------------------------------------
 
     async def clear_memory(self, request: web.Request) -> web.Response:
-        data = await read_json_object(request, MAX_BODY, empty_ok=True)
-        _check_fields(data, frozenset({"worker_ids", "master"}))
+        body = await read_model(request, ClearMemoryRequest, MAX_BODY, empty_ok=True)
         config = self._config()
-        include_master = data.get("master", True)
-        if not isinstance(include_master, bool):
-            raise ApiError(400, "'master' must be true or false")
-        ids = data.get("worker_ids")
+        include_master = body.master
+        ids = body.worker_ids
         if ids is None:
             workers = config.enabled_workers()
         else:
-            if not isinstance(ids, list) or any(isinstance(i, bool) or not isinstance(i, (int, str)) for i in ids):
-                raise ApiError(400, "'worker_ids' must be a list of worker ids")
             unknown = [i for i in ids if config.find_worker(i) is None]
             if unknown:
                 raise ApiError(404, f"no worker with id(s) {unknown}")

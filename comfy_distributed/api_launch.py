@@ -17,31 +17,29 @@ from typing import Any, Awaitable, Callable
 
 from aiohttp import web
 
-from .api import MAX_BODY, ApiError, json_errors, read_json_object
+from .api import MAX_BODY, ApiError, json_errors
+from .api_models import LaunchWorkersRequest, RestartWorkerRequest
+from .api_routes import LAUNCH_PATH, LAUNCH_ROUTES, RESTART_PATH
 from .config import ConfigStore, GpuConfig, WorkerConfig
 from .errors import ConfigError
 from .health import HealthMonitor
+from .http_json import read_model
 from .launcher import Launcher, LaunchError, Outcome
 
 log = logging.getLogger("comfy_distributed")
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
-LAUNCH_PATH = "/multigpu/workers/launch"
-RESTART_PATH = "/multigpu/workers/restart"
+__all__ = ["LAUNCH_PATH", "RESTART_PATH", "LaunchHandlers", "add_launch_routes"]
 
 
 def add_launch_routes(routes: web.RouteTableDef, store: ConfigStore, health: HealthMonitor | None,
                       launcher_factory: Callable[[], Launcher], authorize: Callable[[web.Request], None]) -> None:
-    """Register the two routes on ``routes`` (ComfyUI's table or a test app's)."""
+    """Register ``api_routes.LAUNCH_ROUTES`` on ``routes`` (ComfyUI's table or a test app's); both are control
+    routes, guarded by ``authorize``."""
     handlers = LaunchHandlers(store, health, launcher_factory)
-    routes.post(LAUNCH_PATH)(json_errors(handlers.launch, authorize))
-    routes.post(RESTART_PATH)(json_errors(handlers.restart, authorize))
-
-
-def _worker_id(value: Any, where: str) -> int | str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise ApiError(400, f"'{where}' must be a number or a string")
-    return int(value) if isinstance(value, int) else str(value)
+    served = {LAUNCH_PATH: handlers.launch, RESTART_PATH: handlers.restart}
+    for route in LAUNCH_ROUTES:
+        routes.route(route.method, route.path)(json_errors(served[route.path], authorize))
 
 
 class LaunchHandlers:
@@ -57,29 +55,18 @@ class LaunchHandlers:
         except ConfigError as exc:
             raise ApiError(409, f"the configuration file is invalid, fix it first: {exc}") from None
 
-    @staticmethod
-    async def _body(request: web.Request, allowed: frozenset[str]) -> dict[str, Any]:
-        data = await read_json_object(request, MAX_BODY) if request.body_exists else {}
-        unknown = sorted(set(data) - allowed)
-        if unknown:
-            raise ApiError(400, f"unknown field(s) {unknown}; allowed: {sorted(allowed)}")
-        return data
-
     def _launched(self, outcome: Outcome, config: GpuConfig) -> dict[str, Any]:
         if outcome.action == "started" and self.health is not None and outcome.instance.worker is not None:
             self.health.mark_launching(outcome.instance.worker.id, config.settings.launch_timeout)
         return outcome.as_json()
 
     async def launch(self, request: web.Request) -> web.Response:
-        data = await self._body(request, frozenset({"worker_ids"}))
+        body = await read_model(request, LaunchWorkersRequest, MAX_BODY, empty_ok=not request.body_exists)
         config = self._config()
-        if "worker_ids" not in data:
+        if "worker_ids" not in body.model_fields_set:
             workers = config.enabled_workers()
         else:
-            ids = data["worker_ids"]
-            if not isinstance(ids, list):
-                raise ApiError(400, "'worker_ids' must be a list of worker ids")
-            ids = [_worker_id(value, "worker_ids") for value in ids]
+            ids = body.worker_ids
             unknown = [value for value in ids if config.find_worker(value) is None]
             if unknown:
                 raise ApiError(404, f"no worker with id(s) {unknown}")
@@ -92,10 +79,8 @@ class LaunchHandlers:
         return [launcher.start(launcher.find(str(worker.id)), wait=False) for worker in workers]
 
     async def restart(self, request: web.Request) -> web.Response:
-        data = await self._body(request, frozenset({"worker_id"}))
-        if "worker_id" not in data:
-            raise ApiError(400, "missing field 'worker_id'")
-        worker_id = _worker_id(data["worker_id"], "worker_id")
+        body = await read_model(request, RestartWorkerRequest, MAX_BODY, empty_ok=not request.body_exists)
+        worker_id = body.worker_id
         config = self._config()
         if config.find_worker(worker_id) is None:
             raise ApiError(404, f"no worker with id {worker_id!r}")

@@ -13,25 +13,23 @@ import asyncio
 import base64
 import binascii
 import json
-from typing import Any
 
 from aiohttp import web
 
 from .access import ApiError
+from .api_models import JOB_HEADER, MAX_IDENTITY, SHARE_HEADER, WORKER_HEADER, JobCompleteRequest, parse_body
 from .errors import JobError, ResultRejected, UnknownJob
 from .http_json import parse_json_object, read_body
 from .orchestrator import Orchestrator
 
-JOB_HEADER = "X-MultiGPU-Job"
-WORKER_HEADER = "X-MultiGPU-Worker"
-SHARE_HEADER = "X-MultiGPU-Share-Token"
+__all__ = ["JOB_HEADER", "MAX_IMAGE_BODY", "MAX_RESULT_BODY", "SHARE_HEADER", "WORKER_HEADER", "ResultIntake",
+           "parse_results"]
 MAX_RESULT_BODY = 100 * 1024 * 1024
 """ComfyUI's own default upload limit: no share is read past it."""
 MAX_IMAGE_BODY = 48 * 1024 * 1024
 """Base64 bytes one image of a share may take (a 4096x4096 PNG of noise fits)."""
 RESULTS_AT_ONCE = 2
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-BODY_FIELDS = frozenset({"job_id", "worker_id", "share_token", "outputs"})
 
 
 class ResultIntake:
@@ -65,8 +63,8 @@ def _identity(request: web.Request) -> tuple[str, str, str]:
     if not all(values):
         raise ApiError(400, f"the {JOB_HEADER}, {WORKER_HEADER} and {SHARE_HEADER} headers are required: who "
                             "posts is checked before the body is read")
-    if any(len(value) > 256 for value in values):
-        raise ApiError(400, "an identity header is longer than 256 characters")
+    if any(len(value) > MAX_IDENTITY for value in values):
+        raise ApiError(400, f"an identity header is longer than {MAX_IDENTITY} characters")
     return values[0], values[1], values[2]
 
 
@@ -86,31 +84,16 @@ def parse_results(body: bytes, identity: tuple[str, str, str], collectors: int) 
     """
     if body.count(b"{") + body.count(b"[") > 2 + 2 * collectors:
         raise ApiError(400, "'outputs' must map each Collector's node id to a list of base64 PNG images")
-    data = parse_json_object(body)
-    unknown = sorted(set(data) - BODY_FIELDS)
-    if unknown:
-        raise ApiError(400, f"unknown field(s) {unknown}; allowed: {sorted(BODY_FIELDS)}")
-    for key, value in zip(("job_id", "worker_id", "share_token"), identity):
-        if key in data and not _same_identity(key, data[key], value):
+    sent = parse_body(JobCompleteRequest, parse_json_object(body))
+    for key, header in zip(("job_id", "worker_id", "share_token"), identity):
+        if key in sent.model_fields_set and str(getattr(sent, key)) != header:
             raise ApiError(400, f"'{key}' in the body differs from its header")
-    outputs = data.get("outputs")
-    if not isinstance(outputs, dict) or not all(isinstance(v, list) for v in outputs.values()):
-        raise ApiError(400, "'outputs' must map each Collector's node id to a list of base64 PNG images")
     return {collector: [_png(collector, index, image) for index, image in enumerate(images)]
-            for collector, images in outputs.items()}
+            for collector, images in sent.outputs.items()}
 
 
-def _same_identity(key: str, sent: Any, header: str) -> bool:
-    """A body's copy of an identity header: a string equal to it (a worker id may also be an integer)."""
-    if isinstance(sent, str):
-        return sent == header
-    return key == "worker_id" and type(sent) is int and str(sent) == header
-
-
-def _png(collector: str, index: int, image: Any) -> bytes:
+def _png(collector: str, index: int, image: str) -> bytes:
     where = f"outputs[{json.dumps(collector)[:80]}][{index}]"
-    if not isinstance(image, str):
-        raise ApiError(400, f"{where} must be a base64 string")
     try:
         blob = base64.b64decode(image, validate=True)
     except (binascii.Error, ValueError):

@@ -1,4 +1,5 @@
-"""JSON over HTTP at the edge of our routes: bounded body reads, and every refusal answered as JSON."""
+"""JSON over HTTP at the edge of our routes: bounded body reads, bodies read as their request models,
+and every refusal answered as JSON."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from .access import ApiError
+from .api_models import Body, parse_body
 from .json_limits import loads_bounded
 
 log = logging.getLogger("comfy_distributed")
@@ -44,6 +46,11 @@ def parse_json_object(body: bytes, empty_ok: bool = False) -> dict[str, Any]:
 async def read_json_object(request: web.Request, limit: int, empty_ok: bool = False) -> dict[str, Any]:
     """The body as a JSON object, read up to ``limit`` bytes; an empty body is ``{}`` when ``empty_ok``."""
     return parse_json_object(await read_body(request, limit), empty_ok)
+
+
+async def read_model(request: web.Request, model: type[Body], limit: int, empty_ok: bool = False) -> Body:
+    """The body read as ``model`` (bounded like :func:`read_json_object`); a 400 naming each bad field otherwise."""
+    return parse_body(model, await read_json_object(request, limit, empty_ok))
 
 
 def json_errors(handler: Handler, authorize: Callable[[web.Request], None] | None = None) -> Handler:

@@ -317,3 +317,29 @@ class GpuConfig(_Model):
 
     def find_worker(self, worker_id: int | str) -> WorkerConfig | None:
         return next((w for w in self.workers if str(w.id) == str(worker_id)), None)
+
+
+PANEL_HINTS = frozenset({"unit", "label"})
+"""Keys a field's ``json_schema_extra`` adds for the panel (``settings_form``); not JSON Schema."""
+
+
+def public_view_schemas() -> dict[str, dict[str, Any]]:
+    """The JSON schemas of what :func:`public_view` shows, for the API's OpenAPI document.
+
+    ``master``, ``worker`` and ``settings``, each closed and with every known field always there,
+    as ``public_view`` makes them: no secret settings, and a worker's ``ssh`` block reduced to its host.
+    """
+
+    def shown(model: type[_Model], hidden: frozenset[str] = frozenset()) -> dict[str, Any]:
+        fields = model.model_json_schema()["properties"]
+        properties = {name: {key: value for key, value in field.items() if key not in PANEL_HINTS}
+                      for name, field in fields.items() if name not in hidden}
+        return {"type": "object", "properties": properties, "required": list(properties),
+                "additionalProperties": False}
+
+    worker = shown(WorkerConfig)
+    worker["properties"]["ssh"] = {
+        "anyOf": [{"type": "object", "properties": {"host": {"type": "string"}}, "required": ["host"],
+                   "additionalProperties": False}, {"type": "null"}],
+        "description": "set for a worker the launcher starts over SSH; only its host is shown"}
+    return {"master": shown(MasterConfig), "worker": worker, "settings": shown(Settings, SECRET_SETTINGS)}

@@ -98,6 +98,32 @@ async def test_update_setting(master):
     assert status == 400 and "value" in body["error"]
 
 
+@pytest.mark.parametrize("path, body, words", [
+    ("/multigpu/clear_memory", {"master": "yes"}, "'master' must be true or false"),
+    ("/multigpu/clear_memory", {"worker_ids": "1"}, "'worker_ids' must be a list of worker ids"),
+    ("/multigpu/clear_memory", {"worker_ids": [1, True]}, "'worker_ids[1]' must be a worker id"),
+    ("/multigpu/clear_memory", {"worker_ids": ["a b"]}, "'worker_ids[0]' must be a worker id"),
+    ("/multigpu/config/update_setting", {"key": 5, "value": 1}, "'key' must be the name of a setting"),
+    ("/multigpu/config/update_setting", {"value": 1}, "'key' must be the name of a setting"),
+    ("/multigpu/config/add_worker", {"port": 9001, "id": "a/b"}, "'id' must be a worker id"),
+    ("/multigpu/config/remove_worker", {"worker_id": 1.5}, "'worker_id' must be a worker id"),
+    ("/multigpu/config/update_worker", {"worker_id": 1, "python": "/bin/sh"}, "unknown field(s) ['python']"),
+    ("/multigpu/config/add_worker", {"port": 9001, "ssh": {"host": "x"}}, "unknown field(s) ['ssh']"),
+])
+async def test_request_model_refusals_name_the_field(master, path, body, words):
+    """Every body is read as its pydantic model: a refusal names the field and what it must be, and no
+    request sets a path or a program to run (python, ssh)."""
+    before = master.path.read_bytes()
+    status, answer = await master.call("POST", path, body)
+    assert status == 400 and words in answer["error"], answer
+    assert master.path.read_bytes() == before
+
+
+async def test_every_problem_of_a_body_is_named_at_once(master):
+    status, answer = await master.call("POST", "/multigpu/clear_memory", {"worker_ids": [True], "master": 0})
+    assert status == 400 and "'worker_ids[0]'" in answer["error"] and "'master'" in answer["error"], answer
+
+
 async def test_malformed_and_oversize_bodies(master):
     for raw, status in ((b"{not json", 400), (b"[1, 2]", 400), (b"", 400), (b'{"a": NaN}', 400),
                         (b"[" * 5000, 400), (b'{"x": "' + b"a" * 70000 + b'"}', 413)):

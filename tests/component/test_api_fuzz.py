@@ -145,8 +145,11 @@ def from_schema(schema: dict[str, Any]) -> st.SearchStrategy[Any]:
         return from_schema(resolve(schema["$ref"]))
     if "enum" in schema:
         return st.sampled_from(schema["enum"])
-    if "oneOf" in schema:
-        return st.one_of([from_schema(sub) for sub in schema["oneOf"]])
+    if "const" in schema:
+        return st.just(schema["const"])
+    for alternatives in ("oneOf", "anyOf"):
+        if alternatives in schema:
+            return st.one_of([from_schema(sub) for sub in schema[alternatives]])
     declared = schema.get("type")
     types = [declared] if isinstance(declared, str) else list(declared or [])
     options: list[st.SearchStrategy[Any]] = []

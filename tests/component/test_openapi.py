@@ -1,7 +1,8 @@
 """The OpenAPI document against the real /multigpu routes.
 
-The document must be structurally valid OpenAPI 3.1, list exactly the routes that
-``MultiGPUApi.add_routes`` registers, be served unchanged at ``GET /multigpu/openapi.json``,
+The document must be what ``python -m comfy_distributed.openapi`` generates from the code (the route
+table, the request and answer models, the config models), structurally valid OpenAPI 3.1, list exactly
+the routes that ``MultiGPUApi.add_routes`` registers, be served unchanged at ``GET /multigpu/openapi.json``,
 and describe what the handlers really do: who may call them (the Host check of a private
 master, the token), the request headers and properties they accept, the ones they require,
 the types they enforce, and every error status they answer.
@@ -28,6 +29,7 @@ from comfy_distributed.api_results import JOB_HEADER, MAX_IMAGE_BODY, SHARE_HEAD
 from comfy_distributed.config import (
     SECRET_SETTINGS, ConfigStore, MasterConfig, Settings, WorkerConfig, public_view,
 )
+from comfy_distributed.openapi import REGENERATE, render
 from comfy_distributed.orchestrator import Orchestrator
 from tests.component.openapi_support import (
     ALLOWED_HOST,
@@ -59,7 +61,13 @@ from tests.component.openapi_support import (
 
 
 
-# --- the document is valid OpenAPI 3.1 -------------------------------------------------------
+# --- the document is generated, and valid OpenAPI 3.1 -----------------------------------------
+
+
+def test_the_committed_document_is_what_the_generator_writes():
+    """Routes, models and the config are the one source; the file is their generated copy."""
+    assert OPENAPI_PATH.read_text(encoding="utf-8") == render(), (
+        f"{OPENAPI_PATH.name} is out of date: run `{REGENERATE}` and commit the result")
 
 
 def test_document_is_structurally_valid_openapi_3_1():
@@ -119,6 +127,16 @@ def test_document_is_structurally_valid_openapi_3_1():
                     assert name in schemes, f"{where}: unknown security scheme {name}"
                     assert scopes == []
     assert len(operation_ids) == len(set(operation_ids)), "operationIds must be unique"
+
+
+def test_the_generator_checks_and_rewrites_the_file(tmp_path, monkeypatch, capsys):
+    import comfy_distributed.openapi as generator
+
+    target = tmp_path / "openapi.json"
+    monkeypatch.setattr(generator, "OPENAPI_PATH", target)
+    assert generator.main(["--check"]) == 1 and REGENERATE in capsys.readouterr().err
+    assert generator.main([]) == 0 and target.read_text(encoding="utf-8") == render()
+    assert generator.main(["--check"]) == 0
 
 
 OPERATION_FIELDS = frozenset({"tags", "summary", "description", "externalDocs", "operationId", "parameters",
@@ -324,7 +342,7 @@ def wrong_values(schema: dict[str, Any]) -> list[Any]:
 def typed_property_cases() -> list[tuple[str, str, str]]:
     return [(method, path, name) for method, path in post_operations()
             for name, schema in request_schema(method, path)["properties"].items()
-            if "type" in schema or "oneOf" in schema or "$ref" in schema]
+            if {"type", "oneOf", "anyOf", "$ref"} & set(schema)]
 
 
 @pytest.mark.parametrize("case", typed_property_cases(), ids=op_id)
@@ -809,7 +827,7 @@ async def test_the_config_shows_only_known_fields_and_the_ssh_host(tmp_path):
 def test_the_shown_fields_are_the_models_fields():
     """The document's Settings, Worker and master are the config models' fields (generated copies drift)."""
     schemas = OPENAPI["components"]["schemas"]
-    master = schemas["PublicConfig"]["properties"]["master"]
+    master = resolve(schemas["PublicConfig"]["properties"]["master"]["$ref"])
     assert set(master["properties"]) == set(master["required"]) == set(MasterConfig.model_fields)
     assert set(schemas["Worker"]["properties"]) == set(schemas["Worker"]["required"]) == set(WorkerConfig.model_fields)
     shown = set(Settings.model_fields) - SECRET_SETTINGS
