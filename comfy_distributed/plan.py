@@ -125,12 +125,9 @@ def plan_job(prompt: Prompt, config: GpuConfig, weights: list[float] | None = No
     return JobPlan(mode, why_static, collectors, people, batch, sizes, owners)
 
 
-def describe(prompt: Prompt, config: GpuConfig, weights: list[float] | None = None) -> dict[str, Any]:
-    """The plan as JSON: participants, each Distributor's seed per participant, output ranges, units.
-
-    Raises WorkflowError for a prompt that cannot be distributed.
-    """
-    job = plan_job(prompt, config, weights)
+def describe(prompt: Prompt, job: JobPlan) -> dict[str, Any]:
+    """``job`` (planned for ``prompt`` by :func:`plan_job`) as JSON: participants, each Distributor's seed
+    per participant, output ranges, units and who runs them first."""
     seeds = {node_id: distributor_seed(prompt, node_id) for node_id in nodes_of_class(prompt, DISTRIBUTOR_CLASS)}
     outputs = {}
     for collector in job.collectors:

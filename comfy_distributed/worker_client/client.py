@@ -16,15 +16,12 @@ from .comfy import ComfyClient, Limits
 from .following import follow_websocket
 
 
-
 MAX_FILES_PER_OUTPUT = 4096
 """Files one output node of one unit may list (frames of a long video included)."""
 
 
-
 HISTORY_POLL_INTERVAL = (0.05, 0.5)
 """First and longest pause between ``/history`` polls (the pause doubles in between)."""
-
 
 
 class WorkerClient(ComfyClient):
