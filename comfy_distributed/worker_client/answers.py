@@ -6,17 +6,14 @@ import json
 from dataclasses import dataclass, field
 from typing import Any
 
-
 from ..errors import WorkerProtocolError
 
 
 MIB = 1024 * 1024
 
 
-
 MAX_TEXT = 300
 """Characters kept of each piece of a worker's own text (error messages) that goes into ours."""
-
 
 
 @dataclass(slots=True, frozen=True)
@@ -26,7 +23,6 @@ class OutputFile:
     filename: str
     subfolder: str
     type: str
-
 
 
 @dataclass(slots=True)
@@ -48,7 +44,6 @@ class PromptResult:
         return [output_file(self.worker, node_id, key, entry) for entry in entries]
 
 
-
 def output_file(worker: str, node_id: str, key: str, entry: Any) -> OutputFile:
     """One file entry of the history, as ComfyUI writes it: strings for filename, subfolder and type."""
     if isinstance(entry, dict):
@@ -59,12 +54,10 @@ def output_file(worker: str, node_id: str, key: str, entry: Any) -> OutputFile:
                                       "(filename, subfolder and type as strings)")
 
 
-
 def clip_text(text: Any, limit: int = MAX_TEXT) -> str:
     """A worker's text, on one line and at most ``limit`` characters."""
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
-
 
 
 def summarize_rejection(body: Any) -> str:
@@ -95,13 +88,11 @@ def summarize_rejection(body: Any) -> str:
     return " - ".join(clip_text(p) for p in parts if p) or "the prompt was rejected"
 
 
-
 def json_kind(value: Any) -> str:
     """How a JSON value of the wrong shape is named in an error ("a list", "null")."""
     kinds = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "a number",
              float: "a number", type(None): "null"}
     return kinds.get(type(value), "something else")
-
 
 
 def history_problem(entry: Any) -> str | None:
@@ -119,12 +110,10 @@ def history_problem(entry: Any) -> str | None:
     return None if odd is None else f"has an output of node {clip_text(odd, 64)} that is not an object"
 
 
-
 def execution_error_text(data: dict) -> str:
     """An ``execution_error``'s node and exception, each shortened (they are the worker's text)."""
     return (f"node {clip_text(data.get('node_id'), 64)} ({clip_text(data.get('node_type'), 100)}) failed: "
             f"{clip_text(data.get('exception_type', 'Error'), 100)}: {clip_text(data.get('exception_message', ''))}")
-
 
 
 def history_error(status: dict) -> str:
@@ -138,7 +127,6 @@ def history_error(status: dict) -> str:
     return "the prompt ended with an error"
 
 
-
 def json_or_none(body: bytes | str) -> Any:
     try:
         return json.loads(body)
@@ -146,12 +134,10 @@ def json_or_none(body: bytes | str) -> Any:
         return None
 
 
-
 def node_errors(parsed: Any) -> dict:
     if isinstance(parsed, dict) and isinstance(parsed.get("node_errors"), dict):
         return parsed["node_errors"]
     return {}
-
 
 
 def size_text(limit: int) -> str:

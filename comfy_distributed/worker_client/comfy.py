@@ -33,25 +33,20 @@ T = TypeVar("T")
 Client = TypeVar("Client", bound="ComfyClient")
 
 
-
 MAX_JSON_BYTES = 4 * MIB
 """Largest JSON answer read from an instance (queue, history, stats, a prompt's answer)."""
-
 
 
 MAX_OBJECT_INFO_BYTES = 32 * MIB
 """``/object_info`` of a large install (thousands of node classes, long model lists) is the largest JSON."""
 
 
-
 DEFAULT_MAX_FILE_BYTES = 256 * MIB
 """Largest output file read with ``/view`` when ``settings.max_file_mb`` is not set."""
 
 
-
 ERROR_BODY_LOGGED = 1024
 """Bytes of an instance's error answer written to the debug log (never into an error message)."""
-
 
 
 @dataclass(slots=True, frozen=True)
@@ -71,7 +66,6 @@ class Limits:
         return cls(settings.connect_timeout, settings.request_timeout, max_file)
 
 
-
 @dataclass(slots=True, frozen=True)
 class Reply:
     """An answer whatever its status, for a caller that tells statuses apart itself (the CLI, the probe)."""
@@ -86,7 +80,6 @@ class Reply:
     def json(self) -> Any:
         """The body as JSON; None when it is not JSON."""
         return json_or_none(self.body)
-
 
 
 class ComfyClient:

@@ -18,14 +18,12 @@ if TYPE_CHECKING:  # aiohttp 3.12+ types a websocket by whether it decodes text;
     WebSocket = aiohttp.ClientWebSocketResponse[bool]
 
 
-
 def status_text(status: int) -> str:
     """``HTTP 502 Bad Gateway``: the standard phrase, not the worker's own reason text."""
     try:
         return f"HTTP {status} {HTTPStatus(status).phrase}"
     except ValueError:
         return f"HTTP {status}"
-
 
 
 def redirect_target(base_url: str, location: str | None) -> str:
@@ -39,14 +37,12 @@ def redirect_target(base_url: str, location: str | None) -> str:
         return "an address that is not a URL"
 
 
-
 class Redirected(Exception):
     """Raised from the websocket session's trace hook: the handshake was answered with a redirect."""
 
     def __init__(self, location: str | None) -> None:
         super().__init__(location)
         self.location = location
-
 
 
 def refuse_redirects() -> aiohttp.TraceConfig:
@@ -62,13 +58,11 @@ def refuse_redirects() -> aiohttp.TraceConfig:
     return config
 
 
-
 def client_error_text(exc: aiohttp.ClientError) -> str:
     """Our words for a failed exchange: a parse error's text may quote the worker's bytes."""
     if isinstance(exc, (aiohttp.ClientOSError, aiohttp.ServerDisconnectedError)):
         return clip_text(exc, 200)
     return type(exc).__name__
-
 
 
 def convert(exc: BaseException, name: str, base_url: str, what: str) -> WorkerError:
