@@ -9,6 +9,7 @@ succeeded within ``settings.health_ttl`` seconds. A status change is pushed to t
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
 from dataclasses import asdict, dataclass
@@ -57,6 +58,8 @@ class HealthMonitor:
         self._epochs: dict[str, int] = {}
         self._launching_until: dict[str, float] = {}
         self._task: asyncio.Task | None = None
+        self._checks: dict[str, asyncio.Task] = {}
+        self._online_listeners: list[Callable[[str], None]] = []
         self._session: aiohttp.ClientSession | None = None
         self._wake: asyncio.Event | None = None  # made in start(), on the running loop
 
@@ -73,6 +76,9 @@ class HealthMonitor:
             self._task = asyncio.get_running_loop().create_task(self._run(), name="multigpu-health")
 
     async def close(self) -> None:
+        for check in list(self._checks.values()):
+            check.cancel()
+        await asyncio.gather(*self._checks.values(), return_exceptions=True)
         if self._task is not None:
             self._task.cancel()
             try:
@@ -92,6 +98,31 @@ class HealthMonitor:
         """Beat now (after a config change or a failure seen during a job)."""
         if self._wake is not None:
             self._wake.set()
+
+    def on_online(self, listener: Callable[[str], None]) -> None:
+        """Call ``listener(worker_id)`` each time a worker comes (back) online (on the server loop)."""
+        self._online_listeners.append(listener)
+
+    def check(self, worker_ids: "set[str] | list[str]") -> None:
+        """Ask these workers now, without waiting for the next beat (a job found them unavailable: its
+        answer may predate their start). Bounded like a beat; one check per worker at a time."""
+        for key in worker_ids:
+            if key not in self._checks:
+                task = asyncio.get_running_loop().create_task(self._check_one(key), name=f"multigpu-check-{key}")
+                self._checks[key] = task
+                task.add_done_callback(functools.partial(self._check_done, key))
+
+    def _check_done(self, key: str, _task: asyncio.Task) -> None:
+        self._checks.pop(key, None)
+
+    async def _check_one(self, key: str) -> None:
+        try:
+            config = self.store.get()
+        except ConfigError:
+            return
+        for worker in config.workers:
+            if str(worker.id) == key:
+                await self._beat_one(worker, config.settings)
 
     def mark_launching(self, worker_id: int | str, seconds: float) -> None:
         """A launcher started this worker: show it as launching until it answers or time runs out."""
@@ -144,8 +175,6 @@ class HealthMonitor:
             config = self.store.get()
         except ConfigError:
             return Settings()  # reported elsewhere; keep the last known state
-        if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
         known = {str(w.id) for w in config.workers}
         for key in [k for k in self._health if k not in known]:
             del self._health[key]
@@ -164,18 +193,24 @@ class HealthMonitor:
             health.status, health.error = "disabled", None
         else:
             await self._probe(worker, settings, health)
-        if health.status in ("idle", "busy") and previous not in ("idle", "busy"):
+        came_online = health.status in ("idle", "busy") and previous not in ("idle", "busy")
+        if came_online:
             self._epochs[key] = self._epochs.get(key, 0) + 1  # (re)connected: cached facts may be stale
         if health.status != previous:
             routine = {previous, health.status} <= {"idle", "busy"}  # every job does this: keep the log quiet
             log.log(logging.DEBUG if routine else logging.INFO, "Multi-GPU: worker %s is %s%s", health.name,
                     health.status, f" ({health.error})" if health.error else "")
             self.notify(*events.worker_status(health.as_json(time.monotonic()), previous))
+        if came_online:
+            for listener in self._online_listeners:
+                listener(key)
 
     async def _probe(self, worker: WorkerConfig, settings: Settings, health: WorkerHealth) -> None:
         beat_timeout = min(settings.health_ttl, settings.request_timeout)
         quick = settings.model_copy(update={"connect_timeout": min(settings.connect_timeout, beat_timeout),
                                             "request_timeout": beat_timeout})
+        if self._session is None or self._session.closed:
+            self._session = aiohttp.ClientSession()
         client = WorkerClient(worker, quick, self._session)
         key = str(worker.id)
         now = time.monotonic()

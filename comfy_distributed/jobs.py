@@ -60,6 +60,8 @@ class UnitRun:
     worker: WorkerConfig | None = None
     images: dict[str, Any] = field(default_factory=dict)
     """What the unit brought back, by output key (a Collector's files by kind; a forwarded prompt's files)."""
+    decoded: dict[str, Any] = field(default_factory=dict)
+    """Files already decoded as they arrived, by output key (the Collector then only joins them)."""
     token: str = ""
     task: asyncio.Task | None = None
     progress: float = 0.0
@@ -96,6 +98,10 @@ class UnitJob:
     released: bool = False
     media_names: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per worker: an input file's value in the prompt -> its name on that worker."""
+    media: list[Any] = field(default_factory=list)
+    """The master's input files the prompt loads (``worker_prep.MediaFile``), for a worker that joins late."""
+    joining: set[str] = field(default_factory=set)
+    """Workers being prepared to join the job after its start."""
 
     def state_of(self, position: int) -> UnitState:
         return self.scheduler.state_of(position)

@@ -1,9 +1,11 @@
 """Worker results (images, latents, audio) as ComfyUI values, decoded as its loaders do: one codec per kind.
 
-PNG bytes travel as the worker wrote them; this runs on the Collector's thread, never on
-the server's event loop, because decoding a large batch takes a while. A worker's file is
-measured before it is decoded: an image whose header says it is not the master's size, or
-audio longer than the master's, is not decoded in full (a small file can unpack to gigabytes).
+PNG bytes travel as the worker wrote them; decoding runs on a worker thread as each unit's files
+arrive (:meth:`ImageCodec.early`, so the Collector only joins) or on the Collector's thread, never
+on the server's event loop, because decoding a large batch takes a while. A worker's file is
+measured before it is decoded: an image whose header says it is not the master's size (or, before
+the master's size is known, larger than :data:`EARLY_PIXELS`), or audio longer than the master's,
+is not decoded in full (a small file can unpack to gigabytes).
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def _unlike_reference(blobs: list[bytes], reference: torch.Tensor) -> torch.Tens
             nothing = torch.zeros((1, 1, 1, 1), device=reference.device, dtype=reference.dtype)
             return nothing.expand(len(blobs), size[0], size[1], reference.shape[3])
     return None
+
+
+EARLY_PIXELS = 4096 * 4096
+"""Largest frame decoded as it arrives, before the master's own frame says what size is right."""
 
 
 def decode_batch(blobs: list[bytes]) -> torch.Tensor:
@@ -122,6 +128,12 @@ class Codec(Protocol):
     def join(self, values: list[Any]) -> Any:
         """One value from the values of every position, in order."""
 
+    def early(self, blobs: list[bytes]) -> Any | None:
+        """The decoded value, made as the files arrive (None: decode later, against the master's value)."""
+
+    def adopt(self, value: Any, reference: Any) -> Any:
+        """An ``early`` value made like ``reference`` (device, type), as ``decode`` would have made it."""
+
 
 class ImageCodec:
     def decode(self, blobs: list[bytes], reference: torch.Tensor) -> torch.Tensor:
@@ -138,6 +150,15 @@ class ImageCodec:
     def join(self, values: list[torch.Tensor]) -> torch.Tensor:
         return torch.cat(values, dim=0)
 
+    def early(self, blobs: list[bytes]) -> torch.Tensor | None:
+        sizes = [frame_size(blob) for blob in blobs]
+        if not blobs or any(size is None or size[0] * size[1] > EARLY_PIXELS for size in sizes):
+            return None
+        return decode_batch(blobs)
+
+    def adopt(self, value: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+        return value.to(device=reference.device, dtype=reference.dtype) if same_frame(reference, value) else value
+
 
 class LatentCodec:
     def decode(self, blobs: list[bytes], reference: dict[str, Any]) -> dict[str, Any]:
@@ -150,6 +171,12 @@ class LatentCodec:
 
     def join(self, values: list[dict[str, Any]]) -> dict[str, Any]:
         return {"samples": torch.cat([v["samples"] for v in values], dim=0)}
+
+    def early(self, blobs: list[bytes]) -> None:
+        return None  # small, and decoded against the master's latent
+
+    def adopt(self, value: Any, reference: Any) -> Any:
+        return value
 
 
 class AudioCodec:
@@ -171,6 +198,12 @@ class AudioCodec:
 
     def join(self, values: list[dict[str, Any]]) -> dict[str, Any]:
         return {"waveform": torch.cat([v["waveform"] for v in values], dim=0), "sample_rate": values[0]["sample_rate"]}
+
+    def early(self, blobs: list[bytes]) -> None:
+        return None  # its length is bounded by the master's clip, known only then
+
+    def adopt(self, value: Any, reference: Any) -> Any:
+        return value
 
 
 CODECS: dict[str, Codec] = {"images": ImageCodec(), "latent": LatentCodec(), "audio": AudioCodec()}

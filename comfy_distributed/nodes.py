@@ -22,6 +22,7 @@ from .workflow import (
     SCHEDULING_MODES,
     SEED_MODULUS,
     build_master_rerun,
+    output_key,
 )
 
 log = logging.getLogger("comfy_distributed")
@@ -118,7 +119,7 @@ def decode_parts(reference: dict[str, Any], result: Any, collector_id: str,
     """Position -> {kind: value} for each worker unit, decoded like ComfyUI's loaders."""
     parts = {}
     for unit, files in result.outputs:
-        decoded = {kind: media.BY_NAME[kind].codec.decode(blobs, reference[kind]) for kind, blobs in files.items()
+        decoded = {kind: _decoded(unit, collector_id, kind, blobs, reference[kind]) for kind, blobs in files.items()
                    if kind in reference}
         problem = next((why for kind, value in decoded.items()
                         if (why := media.BY_NAME[kind].codec.fits(reference[kind], value))), None)
@@ -132,6 +133,13 @@ def decode_parts(reference: dict[str, Any], result: Any, collector_id: str,
     for unit in result.failures:
         log.warning("Multi-GPU Collector %s: unit %s left out: %s", collector_id, unit.position, unit.error)
     return parts
+
+
+def _decoded(unit: Any, collector_id: str, kind: str, blobs: list[bytes], reference: Any) -> Any:
+    """A unit's value of ``kind``: decoded as its files arrived when it could be, else now."""
+    codec = media.BY_NAME[kind].codec
+    early = unit.decoded.get(output_key(collector_id, kind))
+    return codec.decode(blobs, reference) if early is None else codec.adopt(early, reference)
 
 
 def assemble(parts: dict[int, dict[str, Any]], collector_id: str) -> dict[str, Any]:

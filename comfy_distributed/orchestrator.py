@@ -34,7 +34,7 @@ from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
 from .errors import ConfigError, WorkerError, WorkerProtocolError, WorkflowError
 from .plan import JobPlan, plan_job
 from .speeds import Speeds
-from .scheduler import Action, Event as SchedulerEvent, JobScheduler, MasterFree, RunOnMaster, Unit
+from .scheduler import Action, Event as SchedulerEvent, JobScheduler, MasterFree, RunOnMaster, Unit, WorkerJoined
 from .workflow import (
     collector_links,
     output_key,
@@ -74,6 +74,7 @@ class Orchestrator(JobBook, CollectorBridge):
                  input_dir: Callable[[], Path | None] = lambda: None) -> None:
         self.store = store
         self.notify = notify
+        self._health: "HealthMonitor | None" = None
         self.health = health
         self.input_dir = input_dir
         """The master's input folder, whose files the workers receive when a prompt loads them."""
@@ -85,6 +86,17 @@ class Orchestrator(JobBook, CollectorBridge):
         self.speeds = Speeds()
         self._lock = threading.Lock()
         self.runner: Runner[Job] = Runner(CollectorUnits(self), lambda *event: self.notify(*event), lambda: self.health)
+
+    @property
+    def health(self) -> "HealthMonitor | None":
+        return self._health
+
+    @health.setter
+    def health(self, monitor: "HealthMonitor | None") -> None:
+        """The worker health this orchestrator dispatches by; it hears from it when a worker comes online."""
+        self._health = monitor
+        if monitor is not None:
+            monitor.on_online(self._worker_online)
 
     # --- planning (server loop, inside the prompt hook) ----------------------------------
 
@@ -169,9 +181,9 @@ class Orchestrator(JobBook, CollectorBridge):
         ready = [w for key, w in job.workers.items() if key not in unavailable]
         try:
             input_dir = self.input_dir()
-            media = await asyncio.to_thread(find_media, job.units[min(job.units)].prompt, input_dir) \
+            job.media = await asyncio.to_thread(find_media, job.units[min(job.units)].prompt, input_dir) \
                 if input_dir is not None else []
-            problems = await asyncio.gather(*(self._prepare_worker(job, worker, media) for worker in ready))
+            problems = await asyncio.gather(*(self._prepare_worker(job, worker, job.media) for worker in ready))
         except (WorkflowError, OSError) as exc:
             self._abort(job, f"Multi-GPU: {exc}")
             return
@@ -189,6 +201,45 @@ class Orchestrator(JobBook, CollectorBridge):
         self.runner.begin(job)
         if job.master_asked:  # the Collector got there first
             self.runner.handle(job, MasterFree())
+        self._recheck_absent(job)
+
+    # --- workers that come online during a job (server loop) -------------------------------
+
+    def _recheck_absent(self, job: Job) -> None:
+        """Workers left out at the start may have started since the last answer about them: those that
+        answer now join (one already seen online during the preflight at once, the others once asked)."""
+        absent = set(job.scheduler.absent)
+        if not absent or self.health is None:
+            return
+        for worker_id in absent:
+            if self.health.status(worker_id) in ("idle", "busy"):
+                self._worker_online(worker_id)
+        self.health.check(absent)
+
+    def _worker_online(self, worker_id: str) -> None:
+        """A worker came (back) online: every running job that started without it may now use it."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.begun and not j.settled.is_set() and not j.cancelled
+                    and worker_id in j.scheduler.absent and worker_id not in j.joining]
+        for job in jobs:
+            job.joining.add(worker_id)
+            asyncio.get_running_loop().create_task(self._join(job, job.workers[worker_id]),
+                                                   name=f"multigpu-join-{job.job_id}-{worker_id}")
+
+    async def _join(self, job: Job, worker: WorkerConfig) -> None:
+        """Preflight ``worker`` for ``job``, then let the scheduler give it pending and re-run units."""
+        try:
+            problem = await self._prepare_worker(job, worker, job.media)
+        except RuntimeError:  # the job settled meanwhile and closed its session: nothing left to join
+            return
+        finally:
+            job.joining.discard(str(worker.id))
+        if problem is None and not job.settled.is_set():
+            log.info("Multi-GPU: job %s: worker %s answers now and joins", job.job_id, worker.display_name)
+            self.runner.handle(job, WorkerJoined(str(worker.id)))
+        elif problem is not None:
+            log.info("Multi-GPU: job %s: worker %s answers but cannot join: %s", job.job_id, worker.display_name,
+                     problem[1])
 
     async def _prepare_worker(self, job: Job, worker: WorkerConfig,
                               media: list[MediaFile]) -> tuple[str, str] | None:
@@ -289,6 +340,9 @@ class CollectorUnits(JobKind[Job]):
         """What a worker running this extension needs to post its results back itself (job_complete)."""
         return {EXTRA_DATA_KEY: {"job_id": job.job_id, "worker_id": worker.id, "share_token": unit.token}}
 
+    def wanted(self, job: Job, unit: UnitRun) -> frozenset[str]:
+        return frozenset(output_key(collector, kind) for collector, kinds in job.kinds.items() for kind in kinds)
+
     async def fetch(self, job: Job, unit: UnitRun, client: WorkerClient, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         files_by_key: dict[str, Any] = {}
@@ -299,6 +353,10 @@ class CollectorUnits(JobKind[Job]):
                 if not files:
                     raise WorkerProtocolError(client.name, f"returned no {kind} for Multi-GPU Collector {collector}")
                 files_by_key[key] = await client.fetch_files(files, deadline, expected=unit.batch or job.batch)
+                # decoded now, on a worker thread, while other units still run: the Collector only joins
+                early = await asyncio.to_thread(media.BY_NAME[kind].codec.early, files_by_key[key])
+                if early is not None:
+                    unit.decoded[key] = early
         return files_by_key
 
     def unit_done(self, job: Job, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:

@@ -91,6 +91,9 @@ class ForwardedPrompt(JobKind[Forward]):
 
     master_runs_given_up = True
 
+    def wanted(self, job: Forward, unit: UnitRun) -> frozenset[str]:
+        return frozenset(job.output_nodes)
+
     async def fetch(self, job: Forward, unit: UnitRun, client: WorkerClient, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         outputs: dict[str, Any] = {}

@@ -47,6 +47,11 @@ class JobKind(Generic[J]):
         """The ``extra_data`` the unit's prompt is queued with on the worker."""
         return None
 
+    def wanted(self, job: J, unit: UnitRun) -> frozenset[str]:
+        """The output nodes whose files make the unit's result: once they all reported them on the
+        worker's websocket, the files are fetched without waiting for the prompt's end."""
+        return frozenset()
+
     async def fetch(self, job: J, unit: UnitRun, client: WorkerClient, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         """What the finished prompt brought back, by output key (kept in ``unit.images``)."""
@@ -148,7 +153,7 @@ class Runner(Generic[J]):
         try:
             prompt = with_media(unit.prompt, job.media_names.get(str(worker.id), {}))
             result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
-                                             on_progress=on_progress)
+                                             on_progress=on_progress, wanted=self.kind.wanted(job, unit))
             images = await self.kind.fetch(job, unit, client, result, deadline)
         except asyncio.CancelledError:
             if job.state_of(unit.position) == UnitState.DONE:

@@ -80,7 +80,14 @@ class MasterRan:
     seconds: float
 
 
-Event = Union[UnitDone, UnitFailed, MasterFree, MasterRan]
+@dataclass(slots=True, frozen=True)
+class WorkerJoined:
+    """A worker that was unavailable when the job started answers now (and passed its preflight)."""
+
+    worker: WorkerId
+
+
+Event = Union[UnitDone, UnitFailed, MasterFree, MasterRan, WorkerJoined]
 
 
 # --- actions --------------------------------------------------------------------------
@@ -153,6 +160,8 @@ class JobScheduler:
     attempts: dict[int, int] = field(default_factory=dict)
     causes: dict[int, list[str]] = field(default_factory=dict)
     excluded: set[WorkerId] = field(default_factory=set)
+    absent: set[WorkerId] = field(default_factory=set)
+    """Excluded because unavailable at the start, not for failing a unit: they may still join."""
     master_free: bool = False
     learns_unit_times: bool = False
     """Dynamic mode: place shared units by how long a unit took each participant in this job."""
@@ -203,6 +212,7 @@ class JobScheduler:
             if worker not in self.unavailable:
                 continue
             self.excluded.add(worker)
+            self.absent.add(worker)
             cause = f"{worker}: {self.unavailable[worker]}"
             for position in self.queues.pop(worker, []):
                 if self.skip_unavailable:
@@ -238,6 +248,9 @@ class JobScheduler:
             self.shared.sort()
         elif isinstance(event, MasterFree):
             self.master_free = True
+        elif isinstance(event, WorkerJoined) and event.worker in self.absent:
+            self.absent.discard(event.worker)
+            self.excluded.discard(event.worker)  # it takes pending and re-run units from now on
         return self._assign()
 
     def _give_up(self, position: int) -> GiveUp:

@@ -63,12 +63,14 @@ class WorkerClient(ComfyClient):
         return blobs
 
     async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None,
-                         on_progress: Callable[[float, float], None] | None = None) -> PromptResult:
-        """Submit ``prompt``, follow it until it ends, and return its outputs.
+                         on_progress: Callable[[float, float], None] | None = None,
+                         wanted: frozenset[str] = frozenset()) -> PromptResult:
+        """Submit ``prompt``, follow it until its ``wanted`` output nodes have reported (else until it
+        ends), and return its outputs.
 
         ``deadline`` is a ``time.monotonic()`` instant covering queue wait and execution.
-        The worker's ``/ws`` events say when the prompt ends; when the websocket cannot be
-        opened or drops, ``/history`` is polled instead, so either way the wait is bounded.
+        The worker's ``/ws`` events say when the outputs are written; when the websocket cannot
+        be opened or drops, ``/history`` is polled instead, so either way the wait is bounded.
         """
         client_id = f"multigpu-{uuid.uuid4().hex}"
         prompt_id = str(uuid.uuid4())
@@ -77,7 +79,9 @@ class WorkerClient(ComfyClient):
                 # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
                 prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
                 if websocket is not None:
-                    await follow_websocket(websocket, self.name, prompt_id, deadline, on_progress)
+                    outputs = await follow_websocket(websocket, self.name, prompt_id, deadline, on_progress, wanted)
+                    if outputs is not None:
+                        return PromptResult(prompt_id, outputs, self.name)
                 return await self._poll_history(prompt_id, deadline)
             except (asyncio.CancelledError, WorkerTimeout):
                 await self._cancel_quietly(prompt_id)

@@ -21,17 +21,24 @@ ComfyUI sends once the history entry is written."""
 
 
 async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, deadline: float,
-                           on_progress: Callable[[float, float], None] | None = None) -> None:
-    """Return when the prompt has ended (or the socket closed); raise on error or deadline."""
+                           on_progress: Callable[[float, float], None] | None = None,
+                           wanted: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]] | None:
+    """Follow the prompt until its ``wanted`` output nodes have reported their files, or until it ended.
+
+    Returns those nodes' outputs (as ``executed`` events give them, the shape of ``/history``'s
+    outputs) as soon as the last of them reports: the files are on the worker's disk then, while
+    the worker still finishes the prompt (its history, and a garbage collection that can hold it
+    for a fraction of a second). Returns None when the prompt ended (or the socket closed) first:
+    ``/history`` tells the rest. Raises on an execution error or at the deadline.
+    """
     wait_until = deadline
+    outputs: dict[str, dict[str, Any]] = {}
     while True:
         event = await next_event(websocket, wait_until)
         if event is None:  # socket closed, or the grace after success ran out
-            if wait_until < deadline:
-                return
-            if time.monotonic() >= deadline:
+            if wait_until >= deadline and time.monotonic() >= deadline:
                 raise WorkerTimeout(name, "the prompt did not finish before the worker timeout")
-            return
+            return None
         kind, data = event.get("type"), event.get("data") or {}
         if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
             continue
@@ -44,10 +51,13 @@ async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, dead
             value, maximum = data.get("value"), data.get("max")
             if isinstance(value, (int, float)) and isinstance(maximum, (int, float)):
                 on_progress(float(value), float(maximum))
-            continue
-        if kind == "executing" and data.get("node") is None:
-            return  # sent after the history entry is written
-        if kind == "execution_success":
+        elif kind == "executed" and data.get("node") in wanted and isinstance(data.get("output"), dict):
+            outputs[str(data["node"])] = data["output"]
+            if len(outputs) == len(wanted):
+                return outputs
+        elif kind == "executing" and data.get("node") is None:
+            return None  # sent after the history entry is written
+        elif kind == "execution_success":
             wait_until = min(deadline, time.monotonic() + FINISH_GRACE)
 
 

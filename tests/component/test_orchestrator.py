@@ -16,7 +16,8 @@ from comfy_distributed.health import HealthMonitor
 from comfy_distributed.jobs import CollectorResult
 from comfy_distributed.orchestrator import Orchestrator
 from tests.component.cluster import Cluster, assert_unit_images, by_position, expected_pixels, pixels, workflow
-from tests.waiting import closed_port, until
+from tests.waiting import closed_port, free_port, until
+from tests.standin import StandinComfy
 
 
 def port_of(url: str) -> int:
@@ -37,6 +38,8 @@ async def test_workers_run_plain_copies_with_offset_seeds_in_order(tmp_path, two
     assert [unit.name for unit, _ in result.images] == ["GPU 1", "GPU 2"]
     for (unit, blobs), seed in zip(result.images, (43, 44)):
         assert [pixels(b).tolist() for b in blobs] == [p.tolist() for p in expected_pixels(seed, 2)]
+        decoded = (unit.decoded["3"].numpy() * 255).round().astype(np.uint8)  # decoded as they arrived
+        assert [d.tolist() for d in decoded] == [p.tolist() for p in expected_pixels(seed, 2)]
     for worker, seed in ((w1, 43), (w2, 44)):
         (body,) = worker.received
         prompt = body["prompt"]
@@ -278,3 +281,77 @@ async def test_dynamic_mode_gives_more_units_to_the_faster_worker(tmp_path, two_
     assert ran.get("GPU 1", 0) > ran.get("GPU 2", 0)
     assert sum(ran.values()) + len(result.master_units) == 11
     assert cluster.orchestrator.speeds["1"] > cluster.orchestrator.speeds["2"]  # learned, kept for the next job
+
+
+async def test_a_unit_completes_when_its_files_are_reported_not_when_the_prompt_ends(tmp_path, two_workers):
+    """A worker whose prompt ends late (ComfyUI's garbage collection after a prompt) does not hold up its unit:
+    the files are fetched once the output node's ``executed`` event names them."""
+    w1, w2 = two_workers
+    w2.finish_delay = 5.0  # history entry and final event come 5 s after the images are written
+    cluster = Cluster(tmp_path, [w1.port, w2.port], worker_timeout=30)
+    job = cluster.start(workflow(seed=42))
+    await until(lambda: job.settled.is_set())
+    assert w2.received and not w2.finished_prompts(), "the unit completed before the worker's final event"
+    result = await cluster.collect(job)
+    assert_unit_images(result, 2, 44)
+    await until(lambda: w2.finished_prompts(), timeout=10)  # let the stand-in finish before teardown
+
+
+async def test_without_a_websocket_the_history_still_delivers_a_late_ending_prompt(tmp_path, two_workers):
+    w1, w2 = two_workers
+    w2.finish_delay = 0.5
+    w2.drop_ws_after_start = True
+    cluster = Cluster(tmp_path, [w1.port, w2.port], worker_timeout=30)
+    result = await cluster.run(workflow(seed=42))
+    assert_unit_images(result, 2, 44)
+    assert w2.finished_prompts()
+
+
+async def _late_worker_cluster(tmp_path, w1, port):
+    """Worker 2 does not listen yet when the health monitor last asked: it is offline at dispatch."""
+    cluster = Cluster(tmp_path, [w1.port, port], connect_timeout=1)
+    health = HealthMonitor(cluster.store)
+    await health.beat()
+    assert health.status(2) == "offline"
+    cluster.orchestrator.health = health
+    return cluster, health
+
+
+async def test_a_worker_that_starts_before_dispatch_is_asked_again_and_gets_its_unit(tmp_path, two_workers):
+    """The start-up race: the last beat predates the worker's start; the job asks it afresh instead of
+    leaving it out (no further beat runs here)."""
+    w1, _ = two_workers
+    w1.gate = asyncio.Event()  # worker 1 stays busy, so only worker 2 can take unit 2 before the master
+    port = free_port()
+    cluster, health = await _late_worker_cluster(tmp_path, w1, port)
+    try:
+        async with StandinComfy(tmp_path / "late", name="late", port=port) as late:
+            job = cluster.start(workflow(seed=42))
+            await until(lambda: late.received)
+            w1.gate.set()
+            result = await cluster.collect(job)
+            assert by_position(result)[2][0] == "GPU 2" and result.master_units == []
+            assert_unit_images(result, 2, 44)
+    finally:
+        await health.close()
+
+
+async def test_a_worker_that_comes_online_during_a_job_takes_its_pending_unit(tmp_path, two_workers):
+    w1, _ = two_workers
+    w1.gate = asyncio.Event()
+    port = free_port()
+    cluster, health = await _late_worker_cluster(tmp_path, w1, port)
+    try:
+        job = cluster.start(workflow(seed=42))
+        await until(lambda: w1.received)  # dispatched without worker 2
+        await until(lambda: not health._checks)  # the job's own check found nobody listening
+        assert job.state_of(2) == "pending"
+        async with StandinComfy(tmp_path / "late", name="late", port=port) as late:
+            await health.beat()  # the next heartbeat sees it online
+            await until(lambda: late.received)
+            w1.gate.set()
+            result = await cluster.collect(job)
+            assert by_position(result)[2][0] == "GPU 2"
+            assert_unit_images(result, 2, 44)
+    finally:
+        await health.close()

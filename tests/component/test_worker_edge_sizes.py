@@ -75,6 +75,7 @@ def repeat_images(times: int):
 async def test_a_unit_bringing_back_more_than_its_batch_is_refused_and_rerun(tmp_path):
     async with StandinComfy(tmp_path / "w1", name="w1") as w1, StandinComfy(tmp_path / "w2", name="w2") as w2:
         w2.tamper_json = {"/history/{prompt_id}": repeat_images(5)}
+        w2.drop_ws_after_start = True  # its files come from the (tampered) history
         w2.huge_routes = {"/view": 900 * 1024}  # each "file" just under the cap; 2 of them are the budget
         cluster = Cluster(tmp_path, [w1.port, w2.port], max_file_mb=1, worker_timeout=20)
         job = cluster.start(workflow(seed=42, batch=2))
@@ -111,6 +112,9 @@ def test_a_png_bomb_is_refused_from_its_header_without_decoding():
     assert value.untyped_storage().nbytes() <= 16  # no pixels were made
     same = decode_kind("images", [good, good], reference)
     assert fits("images", reference, same) is None and same.shape == (2, 24, 32, 3)
+    from comfy_distributed.media_codecs import CODECS
+
+    assert CODECS["images"].early([good, png_header_only(30000, 30000)]) is None  # left to the master's check
 
 
 def test_audio_longer_than_the_masters_is_not_decoded_in_full():

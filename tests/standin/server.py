@@ -80,6 +80,9 @@ class StandinComfy:
         self.execution_error: str | None = None
         self.gate: asyncio.Event | None = None
         self.view_delay: float = 0.0
+        self.finish_delay: float = 0.0
+        """Seconds between a prompt's last node and its history entry and final ``executing`` event, as
+        ComfyUI's garbage collection after a prompt can hold a real worker."""
         self.drop_ws_after_start: bool = False
         self.execution_delay_scale: float = 1.0
         self.fail_text: str | None = None
@@ -235,6 +238,10 @@ class StandinComfy:
             event, data, sid = await self._outbox.get()
             await self._send_now(event, data, sid)
 
+    def finished_prompts(self) -> list[str]:
+        """The prompts whose history entry is written (a test's view, not a route)."""
+        return list(self._history)
+
     def _queue_info(self) -> dict:
         return {"exec_info": {"queue_remaining": len(self._queue) + len(self._running)}}
 
@@ -256,6 +263,8 @@ class StandinComfy:
             number, prompt_id, prompt, extra_data, outputs = item
             execution = PromptExecution(self, prompt, prompt_id, extra_data, outputs)
             result = await execution.run()
+            if self.finish_delay:
+                await asyncio.sleep(self.finish_delay)
             self._task_done(item_id, result, {
                 "status_str": "success" if execution.success else "error",
                 "completed": execution.success,

@@ -30,8 +30,9 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def unit(position: int, name: str, error: str | None = None):
-    return SimpleNamespace(position=position, name=name, error=error, worker=SimpleNamespace(id=name))
+def unit(position: int, name: str, error: str | None = None, decoded: dict | None = None):
+    return SimpleNamespace(position=position, name=name, error=error, worker=SimpleNamespace(id=name),
+                           decoded=decoded or {})
 
 
 def test_display_names_are_the_original_readmes():
@@ -145,3 +146,21 @@ def test_outside_comfyui_the_host_is_detached_and_internal_nodes_say_so():
         assert "not running here" in str(exc)
     else:
         raise AssertionError("an internal node outside a running master must refuse, not guess")
+
+
+def test_units_decoded_as_they_arrived_are_only_joined_and_still_checked():
+    from comfy_distributed.media_codecs import CODECS
+
+    master = torch.zeros(1, 4, 4, 3, dtype=torch.float16)
+    one, wrong = png(np.full((4, 4, 3), 10, dtype=np.uint8)), png(np.full((6, 4, 3), 30, dtype=np.uint8))
+    early_one, early_wrong = CODECS["images"].early([one]), CODECS["images"].early([wrong])
+    assert torch.equal(early_one, decode_png(one))  # the same decoding, done sooner
+    events = []
+    result = CollectorResult(
+        outputs=[(unit(1, "GPU 1", decoded={"3": early_one}), {"images": [b"not read: decoded already"]}),
+                 (unit(2, "GPU 2", decoded={"3": early_wrong}), {"images": [wrong]})],
+        master_units=[], failures=[])
+    parts = decode_parts({"images": master}, result, "3", lambda e, d: events.append((e, d)))
+    assert list(parts) == [1] and parts[1]["images"].dtype == torch.float16  # made like the master's
+    assert round(float(parts[1]["images"][0, 0, 0, 0]) * 255) == 10
+    assert "GPU 2" in events[0][1]["message"]  # a wrong size is refused however early it was decoded

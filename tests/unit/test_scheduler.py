@@ -203,3 +203,29 @@ def test_without_the_master_a_unit_nobody_can_run_is_given_up():
     assert s.handle(UnitFailed(1, "a", "timeout", "slow")) == [GiveUp(1, ("b: gone", "a: slow"))]
     assert s.settled() and s.state_of(1) == "given_up"
     assert s.handle(MasterFree()) == []  # the master is no participant here
+
+
+def test_a_worker_absent_at_the_start_joins_and_takes_pending_units():
+    from comfy_distributed.scheduler import WorkerJoined
+
+    s = scheduler(workers=("1", "2"), unavailable={"2": "offline"})
+    assert s.start() == [Dispatch(1, "1")] and s.absent == {"2"} and s.pending == [2]
+    assert s.handle(WorkerJoined("2")) == [Dispatch(2, "2")]
+    assert s.absent == set() and s.state_of(2) == "running"
+
+
+def test_a_worker_that_failed_a_unit_does_not_join_again():
+    from comfy_distributed.scheduler import WorkerJoined
+
+    s = scheduler(workers=("1", "2"))
+    s.start()
+    s.handle(UnitFailed(2, "2", "unreachable", "gone"))
+    assert s.handle(WorkerJoined("2")) == [] and "2" in s.excluded
+
+
+def test_a_skipped_unit_stays_skipped_when_its_worker_joins():
+    from comfy_distributed.scheduler import WorkerJoined
+
+    s = scheduler(workers=("1", "2"), unavailable={"2": "offline"}, skip_unavailable=True)
+    s.start()
+    assert s.handle(WorkerJoined("2")) == [] and s.state_of(2) == "skipped"
