@@ -18,6 +18,7 @@ import aiohttp
 
 from .config import Settings, WorkerConfig
 from .scheduler import FINISHED, JobScheduler, UnitState
+from .worker_client import Channel
 from .workflow import Prompt
 
 
@@ -95,7 +96,13 @@ class UnitJob:
     cancelled: bool = False
     loop: asyncio.AbstractEventLoop | None = None
     session: aiohttp.ClientSession | None = None
+    """The job's connections to its workers (``worker_client.job_session``), closed once it settled."""
+    channels: dict[str, Channel] = field(default_factory=dict)
+    """Per worker: the websocket its units of this job follow."""
     released: bool = False
+    """Its connections are being released (the job settled)."""
+    closed: bool = False
+    """Its unit tasks have ended and its websockets are closed."""
     media_names: dict[str, dict[str, str]] = field(default_factory=dict)
     """Per worker: an input file's value in the prompt -> its name on that worker."""
     media: list[Any] = field(default_factory=list)

@@ -230,8 +230,6 @@ class Orchestrator(JobBook, CollectorBridge):
         """Preflight ``worker`` for ``job``, then let the scheduler give it pending and re-run units."""
         try:
             problem = await self._prepare_worker(job, worker, job.media)
-        except RuntimeError:  # the job settled meanwhile and closed its session: nothing left to join
-            return
         finally:
             job.joining.discard(str(worker.id))
         if problem is None and not job.settled.is_set():
@@ -244,8 +242,7 @@ class Orchestrator(JobBook, CollectorBridge):
     async def _prepare_worker(self, job: Job, worker: WorkerConfig,
                               media: list[MediaFile]) -> tuple[str, str] | None:
         """(reason, message) when ``worker`` cannot take part, else None; syncs the job's input files to it."""
-        assert job.session is not None
-        client = WorkerClient(worker, job.settings, job.session)
+        client = self.runner.client(job, worker)
         try:
             info = await self._object_info.get(worker, client.object_info)
         except WorkerError as exc:

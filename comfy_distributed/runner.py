@@ -19,14 +19,12 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
-import aiohttp
-
 from . import events
 from .config import WorkerConfig
 from .errors import WorkerError
 from .jobs import Notify, UnitJob, UnitRun
 from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
-from .worker_client import PromptResult, WorkerClient
+from .worker_client import Channel, PromptResult, WorkerClient, job_session
 from .worker_prep import with_media
 
 if TYPE_CHECKING:
@@ -80,9 +78,14 @@ class Runner(Generic[J]):
         self.health = health
 
     def open(self, job: J) -> None:
-        """Bind ``job`` to the running loop and give it its HTTP session (before its first unit runs)."""
+        """Bind ``job`` to the running loop and give it its connections (before its first unit runs)."""
         job.loop = asyncio.get_running_loop()
-        job.session = aiohttp.ClientSession()
+        job.session = job_session()
+
+    def client(self, job: J, worker: WorkerConfig) -> WorkerClient:
+        """A client of ``worker`` on the job's session: its connections serve every unit of the job there."""
+        assert job.session is not None, "the job was not opened"
+        return WorkerClient(worker, job.settings, job.session)
 
     def begin(self, job: J) -> None:
         """Start the job's scheduler and carry out its first actions."""
@@ -142,19 +145,8 @@ class Runner(Generic[J]):
         return job.scheduler.running.get(unit.position) == str(worker.id) and unit.worker is worker
 
     async def _run_unit(self, job: J, unit: UnitRun, worker: WorkerConfig) -> None:
-        assert job.session is not None
-        client = WorkerClient(worker, job.settings, job.session)
-        deadline = time.monotonic() + job.settings.worker_timeout
-
-        def on_progress(value: float, maximum: float) -> None:
-            unit.progress = max(0.0, min(1.0, value / maximum)) if maximum else 0.0
-            self.kind.changed(job, False)
-
         try:
-            prompt = with_media(unit.prompt, job.media_names.get(str(worker.id), {}))
-            result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
-                                             on_progress=on_progress, wanted=self.kind.wanted(job, unit))
-            images = await self.kind.fetch(job, unit, client, result, deadline)
+            images = await self._run_on(job, unit, worker)
         except asyncio.CancelledError:
             if job.state_of(unit.position) == UnitState.DONE:
                 return  # the worker posted its results itself (job_complete)
@@ -171,6 +163,21 @@ class Runner(Generic[J]):
             took = time.monotonic() - unit.started
             self.kind.unit_done(job, unit, worker, took)
             self.handle(job, UnitDone(unit.position, str(worker.id), took))
+
+    async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict[str, Any]:
+        """The unit's prompt run on ``worker`` (its websocket shared with the job's other units there)."""
+        deadline = time.monotonic() + job.settings.worker_timeout
+
+        def on_progress(value: float, maximum: float) -> None:
+            unit.progress = max(0.0, min(1.0, value / maximum)) if maximum else 0.0
+            self.kind.changed(job, False)
+
+        client = self.client(job, worker)
+        prompt = with_media(unit.prompt, job.media_names.get(str(worker.id), {}))
+        result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
+                                         on_progress=on_progress, wanted=self.kind.wanted(job, unit),
+                                         channel=job.channels.setdefault(str(worker.id), Channel()))
+        return await self.kind.fetch(job, unit, client, result, deadline)
 
     def _unit_failed(self, job: J, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
         if not self._still_running(job, unit, worker) or job.cancelled:
@@ -197,9 +204,16 @@ class Runner(Generic[J]):
 
     @staticmethod
     async def _release(job: UnitJob) -> None:
+        """Close the job's connections once its unit tasks ended (cancelled ones clean up on their workers
+        first); closed even when this is cancelled (the loop shuts down), and never held up by a worker."""
         tasks = [u.task for u in job.units.values() if u.task is not None]
-        await asyncio.gather(*tasks, return_exceptions=True)  # cancelled units clean up on their workers first
-        if job.session is not None:
-            await job.session.close()
-            job.session = None
-
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            channels, job.channels = list(job.channels.values()), {}
+            for channel in channels:
+                await channel.close()
+            if job.session is not None:
+                await job.session.close()
+                job.session = None
+            job.closed = True

@@ -10,7 +10,8 @@ instance's own text reaches our messages only parsed and shortened.
 aiohttp's errors become ours), :mod:`.following` reads a prompt's events on ``/ws``,
 :mod:`.comfy` the :class:`ComfyClient` of any instance by its URL (the CLI's master, a
 probed address), :mod:`.client` the :class:`WorkerClient` of a configured worker, and
-:mod:`.blocking` the same client for code that runs no event loop (the launcher).
+:mod:`.blocking` the same client for code that runs no event loop (the launcher), and
+:mod:`.sessions` the connections kept between the units of a job.
 """
 
 from .answers import MIB, MAX_TEXT, OutputFile, PromptResult, clip_text, json_kind, summarize_rejection
@@ -18,9 +19,10 @@ from .blocking import run_blocking
 from .client import MAX_FILES_PER_OUTPUT, WorkerClient
 from .comfy import DEFAULT_MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_OBJECT_INFO_BYTES, ComfyClient, Limits, Reply
 from .following import EventStream, Followed, finished
+from .sessions import Channel, job_session
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES", "MAX_FILES_PER_OUTPUT", "MAX_JSON_BYTES", "MAX_OBJECT_INFO_BYTES", "MAX_TEXT", "MIB",
-    "ComfyClient", "EventStream", "Followed", "Limits", "OutputFile", "PromptResult", "Reply", "WorkerClient",
-    "clip_text", "finished", "json_kind", "run_blocking", "summarize_rejection",
+    "Channel", "ComfyClient", "EventStream", "Followed", "Limits", "OutputFile", "PromptResult", "Reply", "WorkerClient",
+    "clip_text", "finished", "job_session", "json_kind", "run_blocking", "summarize_rejection",
 ]

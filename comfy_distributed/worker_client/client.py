@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import aiohttp
 
@@ -14,6 +14,10 @@ from ..errors import WorkerError, WorkerExecutionFailed, WorkerProtocolError, Wo
 from .answers import OutputFile, PromptResult, history_error, size_text
 from .comfy import ComfyClient, Limits
 from .following import follow_websocket
+from .sessions import Channel
+
+if TYPE_CHECKING:
+    from .transport import WebSocket
 
 
 MAX_FILES_PER_OUTPUT = 4096
@@ -64,28 +68,41 @@ class WorkerClient(ComfyClient):
 
     async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None,
                          on_progress: Callable[[float, float], None] | None = None,
-                         wanted: frozenset[str] = frozenset()) -> PromptResult:
+                         wanted: frozenset[str] = frozenset(), channel: Channel | None = None) -> PromptResult:
         """Submit ``prompt``, follow it until its ``wanted`` output nodes have reported (else until it
         ends), and return its outputs.
 
         ``deadline`` is a ``time.monotonic()`` instant covering queue wait and execution.
         The worker's ``/ws`` events say when the outputs are written; when the websocket cannot
         be opened or drops, ``/history`` is polled instead, so either way the wait is bounded.
+        With a ``channel`` (and this client's session from :func:`.job_session`, which refuses
+        redirects), the job's websocket to this worker is reused rather than opened for this prompt.
         """
-        client_id = f"multigpu-{uuid.uuid4().hex}"
+        if channel is None:
+            client_id = f"multigpu-{uuid.uuid4().hex}"
+            async with self._websocket(client_id, deadline, required=False) as websocket:
+                return await self._submit_and_follow(prompt, deadline, extra_data, on_progress, wanted, websocket,
+                                                     client_id)
+        if channel.usable() is None:
+            channel.websocket = await self._open_websocket(self.session, channel.client_id, deadline, required=False)
+        return await self._submit_and_follow(prompt, deadline, extra_data, on_progress, wanted, channel.usable(),
+                                             channel.client_id)
+
+    async def _submit_and_follow(self, prompt: dict, deadline: float, extra_data: dict | None,
+                                 on_progress: Callable[[float, float], None] | None, wanted: frozenset[str],
+                                 websocket: WebSocket | None, client_id: str) -> PromptResult:
         prompt_id = str(uuid.uuid4())
-        async with self._websocket(client_id, deadline, required=False) as websocket:
-            try:
-                # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
-                prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
-                if websocket is not None:
-                    outputs = await follow_websocket(websocket, self.name, prompt_id, deadline, on_progress, wanted)
-                    if outputs is not None:
-                        return PromptResult(prompt_id, outputs, self.name)
-                return await self._poll_history(prompt_id, deadline)
-            except (asyncio.CancelledError, WorkerTimeout):
-                await self._cancel_quietly(prompt_id)
-                raise
+        try:
+            # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
+            prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
+            if websocket is not None:
+                outputs = await follow_websocket(websocket, self.name, prompt_id, deadline, on_progress, wanted)
+                if outputs is not None:
+                    return PromptResult(prompt_id, outputs, self.name)
+            return await self._poll_history(prompt_id, deadline)
+        except (asyncio.CancelledError, WorkerTimeout):
+            await self._cancel_quietly(prompt_id)
+            raise
 
     async def _poll_history(self, prompt_id: str, deadline: float) -> PromptResult:
         pause = HISTORY_POLL_INTERVAL[0]

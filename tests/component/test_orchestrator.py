@@ -355,3 +355,17 @@ async def test_a_worker_that_comes_online_during_a_job_takes_its_pending_unit(tm
             assert_unit_images(result, 2, 44)
     finally:
         await health.close()
+
+
+async def test_a_job_follows_all_its_units_on_a_worker_over_one_websocket(tmp_path, two_workers):
+    """Each worker runs several units of a dynamic job; it is asked for one websocket per job, not one per unit."""
+    w1, w2 = two_workers
+    cluster = Cluster(tmp_path, [w1.port, w2.port], scheduling_mode="dynamic", unit_size=1)
+    marked, job = cluster.orchestrator.prepare(workflow(seed=42, batch=4, delay=0.1))  # 12 units, 11 shared
+    cluster.orchestrator.start(job)
+    result = await asyncio.to_thread(cluster.orchestrator.collect, job.job_id, "3", lambda: False,
+                                     lambda unit: time.sleep(0.5))  # a slow master leaves most to the workers
+    assert len(result.images) + len(result.master_units) == 11
+    assert len(w1.received) + len(w2.received) == len(result.images) > 2
+    assert w1.request_counts["/ws"] == 1 and w2.request_counts["/ws"] == 1
+    await until(lambda: job.closed)  # and it closes them when the job has settled

@@ -355,6 +355,6 @@ async def test_stash_is_freed_when_a_master_rerun_is_cancelled(tmp_path, monkeyp
         assert master.orchestrator.stashed() == 0
         w1.gate.set()
         deadline = time.monotonic() + 10
-        while job.session is not None and time.monotonic() < deadline:  # the job releases its connections
+        while not job.closed and time.monotonic() < deadline:  # the job releases its connections
             await asyncio.sleep(0.02)
-        assert job.session is None
+        assert job.closed
