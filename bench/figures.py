@@ -1,7 +1,9 @@
 """What a benchmark reports, printed as a table and kept in ``bench/RESULTS.md``.
 
-A figure is one number with what it is compared to. Targets are the issue's goals for
-benchmarks, not pass/fail tests: a missed target is reported, never raised.
+A figure is the value of every run of one benchmark (in the order they ran), with its median
+and its worst run, and the goal for each. Every run is printed because a user waits for the
+run they get, not for the median. Targets are the issue's goals for benchmarks, not
+pass/fail tests: a missed target is reported, never raised.
 """
 
 from __future__ import annotations
@@ -18,20 +20,15 @@ from pathlib import Path
 from typing import Iterable
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
+DECIMALS = {"ratio": 3, "ms": 1, "MB/s": 0, "s": 2}
 
 
 @dataclass(slots=True, frozen=True)
 class Target:
-    """``value <op> bound``; ``op`` is ">=" or "<="."""
+    """The goal for the median run and, where one is set, for the worst run."""
 
-    op: str
     bound: float
-
-    def met(self, value: float) -> bool:
-        return value >= self.bound if self.op == ">=" else value <= self.bound
-
-    def __str__(self) -> str:
-        return f"{self.op} {self.bound:g}"
+    worst: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -39,29 +36,59 @@ class Figure:
     suite: str
     benchmark: str
     mode: str
-    value: float
-    unit: str  # "ratio", "ms", "MB/s", "s"
+    runs: tuple[float, ...]
+    """The figure of each measured run, in the order they ran (empty: nothing valid was measured)."""
+    unit: str  # a key of DECIMALS
     target: Target | None = None
     detail: str = ""
+    lower_is_better: bool = False
+
+    @property
+    def value(self) -> float:
+        """The median run."""
+        return statistics.median(self.runs) if self.runs else math.nan
+
+    @property
+    def worst(self) -> float:
+        if not self.runs:
+            return math.nan
+        return max(self.runs) if self.lower_is_better else min(self.runs)
+
+    @property
+    def op(self) -> str:
+        return "<=" if self.lower_is_better else ">="
+
+    def _met(self, value: float, bound: float) -> bool:
+        return value <= bound if self.lower_is_better else value >= bound
 
     @property
     def verdict(self) -> str:
         if self.target is None:
             return "-"
-        if not math.isfinite(self.value):
+        if not self.runs or not all(map(math.isfinite, self.runs)):
             return "no value"
-        return "met" if self.target.met(self.value) else "MISSED"
+        if not self._met(self.value, self.target.bound):
+            return "MISSED"
+        if self.target.worst is not None and not self._met(self.worst, self.target.worst):
+            return "MISSED (worst)"
+        return "met"
 
-    def shown(self) -> str:
-        if not math.isfinite(self.value):
+    def target_text(self) -> str:
+        if self.target is None:
+            return "-"
+        unit = "" if self.unit == "ratio" else f" {self.unit}"
+        text = f"{self.op} {self.target.bound:g}{unit}"
+        return text + (f", worst {self.op} {self.target.worst:g}{unit}" if self.target.worst is not None else "")
+
+    def shown(self, value: float) -> str:
+        if not math.isfinite(value):
             return "n/a"
-        if self.unit == "ratio":
-            return f"{self.value:.3f}"
-        if self.unit == "MB/s":
-            return f"{self.value:.0f} MB/s"
-        if self.unit == "ms":
-            return f"{self.value:.1f} ms"
-        return f"{self.value:.2f} {self.unit}"
+        number = f"{value:.{DECIMALS.get(self.unit, 3)}f}"
+        return number if self.unit == "ratio" else f"{number} {self.unit}"
+
+    def runs_text(self) -> str:
+        digits = DECIMALS.get(self.unit, 3)
+        return " ".join(f"{run:.{digits}f}" for run in self.runs) or "-"
 
 
 def median(values: Iterable[float]) -> float:
@@ -74,10 +101,16 @@ def spread(values: Iterable[float]) -> str:
     return f"{min(items):.3f}-{max(items):.3f}" if len(items) > 1 else f"{items[0]:.3f}"
 
 
+def seconds_list(values: Iterable[float]) -> str:
+    """Every run's seconds, in the order they ran."""
+    return " ".join(f"{value:.2f}" for value in values) + " s"
+
+
 def table(figures: list[Figure]) -> str:
     """A Markdown table, readable in a terminal too."""
-    rows = [("suite", "benchmark", "mode", "value", "target", "verdict", "detail")]
-    rows += [(f.suite, f.benchmark, f.mode, f.shown(), str(f.target or "-"), f.verdict, f.detail) for f in figures]
+    rows = [("suite", "benchmark", "mode", "median", "worst", "target", "verdict", "every run", "detail")]
+    rows += [(f.suite, f.benchmark, f.mode, f.shown(f.value), f.shown(f.worst), f.target_text(), f.verdict,
+              f.runs_text(), f.detail) for f in figures]
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]) - 1)]
     lines = []
     for index, row in enumerate(rows):
@@ -111,12 +144,13 @@ HEADER = """# Benchmark results
 
 Written by `python -m bench.run --write` (see README, Benchmarks). Each suite's section is
 replaced when that suite runs; definitions and targets are in the README's Benchmarks
-section. Targets are goals for benchmarks, not pass/fail tests.
+section. Targets are goals for benchmarks, not pass/fail tests. Every run is listed, in
+the order it ran, besides the median and the worst run.
 """
 
 
 def write_results(suite: str, figures: list[Figure], notes: list[str], command: str, load_before: str,
-                  path: Path = RESULTS_PATH) -> None:
+                  seconds: float, path: Path = RESULTS_PATH) -> None:
     """Replace the section of ``suite`` in RESULTS.md (other suites' sections are kept)."""
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER
     info = machine()
@@ -124,7 +158,7 @@ def write_results(suite: str, figures: list[Figure], notes: list[str], command: 
         f"<!-- suite:{suite} -->",
         f"## {suite} suite",
         "",
-        f"- date: {info['date']}",
+        f"- date: {info['date']}; the suite took {seconds:.0f} s",
         f"- machine: `{info['machine']}`",
         f"- CPUs: {info['cpus']}; Python {info['python']}; load average (1, 5, 15 min) before {load_before}, "
         f"after {info['load']}",

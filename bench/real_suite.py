@@ -1,52 +1,46 @@
-"""Real ComfyUI on loopback: a master with this extension and two plain workers (``--cpu``).
+"""Real ComfyUI on loopback: a master with this extension and two workers, all ``--cpu``.
 
-Started with ``tests/real/cluster.Cluster`` (its own base directory per instance, every process
-stopped at the end). Jobs are queued on the master with a plain ``POST /prompt`` and timed until
-the master reports the prompt finished (``executing`` null, sent after its history entry is
-written). Work is DistributedTestImage's delay, slept, so it uses no CPU. Heterogeneous speeds
-are not measured here: plain workers all run the same prompt at the same speed, and a worker
-cannot be slowed without changing it, so that benchmark is in the stand-in suite.
+The instances start together (``bench.real_cluster``); jobs are queued and timed as a user's UI
+does (``bench.real_jobs``). Work is DistributedTestImage's delay, slept, so it uses no CPU; what
+costs CPU is what a user's cluster does besides the work: making, saving, moving and decoding
+images, dispatch and events. So every ideal here adds what one instance must do anyway to give
+the user the whole job's images with zero work (its floor), measured on the master alone.
+A slower GPU is a worker started with ``DISTRIBUTED_TEST_DELAY_SCALE=3`` (tests/comfy_test_nodes).
 """
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import json
 import os
-import random
 import tempfile
-import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Callable
 
-from comfy_distributed.errors import WorkerError, WorkerTimeout
-from comfy_distributed.worker_client import ComfyClient, PromptResult
+from tests.comfy_test_nodes import DELAY_SCALE_ENV
 
-from .figures import Figure, Target, median, spread
-from .workload import (
-    COLLECTOR, SEED_STEP, TOO_FAST, Workload, available_modes,
-    config, plain_workflow, workflow,
-)
+from .figures import Figure, Target, median, seconds_list
+from .real_cluster import BenchCluster
+from .real_jobs import BenchError, RealBench, RealRun, breakdown, fetch_last_outputs
+from .workload import MIXED, SLOW_SCALE, Workload, available_modes
 
 SUITE = "real"
 MB = 1e6
-
-
-class BenchError(RuntimeError):
-    """A job failed or did not run as the benchmark asked: its time would mean nothing."""
+WORKERS = ("w1", "w2")
+FIRST_JOB = Workload((1.0, 1.0, 1.0), images=2, work_per_image=0.5, width=64, height=48)
+"""The first job after start: 1 s of work per participant, small images (start-up, not transfer)."""
 
 
 @dataclass(slots=True, frozen=True)
 class Params:
     repeats: int
+    first_jobs: int
+    """First jobs measured: one after the cluster's start, each other one after a restart of all instances."""
     overhead_jobs: int
-    transfer_repeats: int
 
 
-FULL = Params(repeats=5, overhead_jobs=10, transfer_repeats=3)
-QUICK = Params(repeats=1, overhead_jobs=3, transfer_repeats=1)
+FULL = Params(repeats=3, first_jobs=3, overhead_jobs=10)
+QUICK = Params(repeats=1, first_jobs=1, overhead_jobs=3)
 
 
 def unavailable() -> str | None:
@@ -60,166 +54,138 @@ def unavailable() -> str | None:
     return None
 
 
-@dataclass(slots=True, frozen=True)
-class RealRun:
-    """A distributed job's time, its worker units, and when the master reached, heard and left its Collector."""
-
-    seconds: float
-    worker_units: int
-    collector: float
-    results: float
-    collector_done: float
+def first_job(bench: RealBench) -> RealRun:
+    """The first job, queued the moment every instance answers (the config was written before they started)."""
+    return bench.distributed(FIRST_JOB, "static", worker_failures_allowed=True)
 
 
-def breakdown(runs: list[RealRun]) -> str:
-    return (f"master at its Collector {median(r.collector for r in runs):.2f} s, workers' results in "
-            f"{median(r.results for r in runs):.2f} s, Collector done {median(r.collector_done for r in runs):.2f} s")
+def first_job_figure(runs: list[RealRun], startups: list[float]) -> Figure:
+    work = FIRST_JOB.delay("static")
+    failures = sorted({message[:160] for run in runs for message in run.failures})
+    return Figure(
+        SUITE, "first job right after start", "static", tuple(r.seconds for r in runs), "s",
+        Target(work + 0.5, worst=work + 0.5), lower_is_better=True,
+        detail=f"{work:.1f} s of work per participant, 64x48 images; per run, units the master took over "
+               f"{[r.master_units for r in runs]} and workers' failures {[len(r.failures) for r in runs]}"
+               f"{': ' + ' / '.join(failures) if failures else ''}; the instances started together and all answered "
+               f"after {seconds_list(startups)}; {breakdown(runs)}")
 
 
-class RealBench:
-    """Jobs on a running cluster; every config change is a rewrite of the master's gpu_config.json."""
+@dataclass(slots=True)
+class Measured:
+    """Each mode's runs, and the floor measured between them."""
 
-    def __init__(self, cluster: Any) -> None:
-        self.cluster = cluster
-        self.seeds = itertools.count(random.randrange(1, 1 << 40) * SEED_STEP, SEED_STEP)
+    floors: list[float]
+    runs: dict[str, list[RealRun]]
 
-    def use(self, workers: list[Any], mode: str, workload: Workload) -> None:
-        data = config([w.port for w in workers], mode, workload)
-        data.setdefault("master", {})["port"] = self.cluster.master.port
-        self.cluster.config_path.write_text(json.dumps(data))
-
-    def timed(self, prompt: dict) -> tuple[float, dict, list[dict]]:
-        """Seconds from POST /prompt until the master has finished it; fails on any error.
-
-        Events carry ``t``, their arrival in seconds after the POST, for breakdowns.
-        """
-        from tests.real.cluster import history_entry
-
-        seconds, prompt_id, events = asyncio.run(follow(self.cluster.master.url, prompt))
-        entry = history_entry(self.cluster.master.url, prompt_id)
-        status = entry.get("status") or {}
-        if status.get("status_str") != "success":
-            raise BenchError(f"the prompt failed: {json.dumps(status.get('messages'))[-2000:]}")
-        failures = [e["data"].get("message") for e in events if e["type"] == "multigpu.worker_failed"]
-        if failures:
-            raise BenchError(f"worker failures: {failures}")
-        return seconds, entry, events
-
-    def distributed(self, workload: Workload, mode: str, output: str = "SaveImage") -> RealRun:
-        """One job, checked: every image there, no worker failure."""
-        seconds, entry, events = self.timed(workflow(next(self.seeds), workload, mode, output))
-        if output == "SaveImage":
-            images = len(entry.get("outputs", {}).get("4", {}).get("images", []))
-            if images != workload.total_images:
-                raise BenchError(f"{images} images, expected {workload.total_images}")
-        if seconds < TOO_FAST * workload.policy_makespan(mode):
-            raise BenchError(f"{seconds:.3f} s is less than the work itself: some was skipped (cached?)")
-        progress = [e["data"] for e in events if e["type"] == "multigpu.job_progress"]
-        units = len(progress[-1]["units"]) if progress else -1
-        return RealRun(seconds, units, at(events, "executing", COLLECTOR), at(events, "multigpu.job_done"),
-                       at(events, "executing", "4"))
-
-    def single(self, workload: Workload, delay: float, output: str = "SaveImage") -> float:
-        """The same work as one participant's, on the master alone without our nodes."""
-        return self.timed(plain_workflow(next(self.seeds), workload, delay, output))[0]
+    @property
+    def floor(self) -> float:
+        return median(self.floors)
 
 
-def efficiency(bench: RealBench, params: Params, modes: list[str]) -> list[Figure]:
-    """3 equal instances, 2 images each at 1 s per image (static units of 2 s)."""
-    cluster = bench.cluster
-    workload = Workload((1.0, 1.0, 1.0), images=2, work_per_image=1.0, width=64, height=48)
-    bench.single(workload, 0.0)
-    alone = median(bench.single(workload, workload.delay("static")) for _ in range(params.repeats))
-    figures = []
+def alternating(bench: RealBench, params: Params, modes: list[str], workload: Workload) -> Measured:
+    """Per mode a warm-up job with no work, then ``repeats`` x (the floor on the master alone, the job).
+
+    Floor = the master alone making and saving all the job's images with zero work. Taking it between
+    the jobs, rather than before them, lets a change of load on the machine touch both alike.
+    """
+    bench.single(workload, workload.total_images, 0.0)
+    measured = Measured([], {})
     for mode in modes:
-        bench.use([cluster.w1, cluster.w2], mode, workload)
-        bench.distributed(Workload(workload.speeds, workload.images, 0.0, width=64, height=48), mode)
-        runs = [bench.distributed(workload, mode) for _ in range(params.repeats)]
-        units = {r.worker_units for r in runs}
-        if units != {workload.worker_units(mode)}:
-            figures.append(Figure(SUITE, "efficiency, 3 equal", mode, float("nan"), "ratio",
-                                  detail=f"{sorted(units)} worker units: the mode was not in effect"))
-            continue
-        wall = median(r.seconds for r in runs)
-        figures.append(Figure(
-            SUITE, "efficiency, 3 equal", mode, workload.ideal / wall, "ratio", Target(">=", 0.95),
-            f"ideal {workload.ideal:.2f} s / measured {wall:.3f} s (median of {len(runs)}: "
-            f"{spread(r.seconds for r in runs)}); units of "
-            f"{workload.delay(mode):.1f} s; {breakdown(runs)}; the same 2 s prompt on the master alone "
-            f"{alone:.3f} s"))
-    return figures
+        bench.use(WORKERS, mode, workload)
+        bench.distributed(workload.without_work(), mode)
+        runs = measured.runs[mode] = []
+        for _ in range(params.repeats):
+            measured.floors.append(bench.single(workload, workload.total_images, 0.0))
+            runs.append(bench.distributed(workload, mode))
+    return measured
+
+
+def not_in_effect(name: str, mode: str, runs: list[RealRun], workload: Workload) -> Figure | None:
+    """A figure without a value when the jobs did not run as ``mode`` plans them (None: they did)."""
+    units = {r.worker_units for r in runs}
+    if units == {workload.worker_units(mode)}:
+        return None
+    return Figure(SUITE, name, mode, (), "ratio", detail=f"{sorted(units)} worker units: the mode was not in effect")
+
+
+def against_floor(bench: RealBench, params: Params, modes: list[str], workload: Workload, name: str,
+                  target: Target | None) -> list[Figure]:
+    """Efficiency = (work / 3 + floor) / measured, each run; with zero work it is one instance / distributed."""
+    measured = alternating(bench, params, modes, workload)
+    ideal = workload.ideal + measured.floor
+    return [not_in_effect(name, mode, runs, workload) or Figure(
+        SUITE, name, mode, tuple(ideal / r.seconds for r in runs), "ratio", target,
+        f"ideal {ideal:.2f} s = work / 3 {workload.ideal:.2f} s + floor {measured.floor:.2f} s (one instance "
+        f"making and saving all {workload.total_images} images with zero work: {seconds_list(measured.floors)}); "
+        f"measured {seconds_list(r.seconds for r in runs)}; units of {workload.delay(mode):.1f} s; {breakdown(runs)}")
+        for mode, runs in measured.runs.items()]
+
+
+def guarded(name: str, measure: Callable[[], list[Figure]]) -> list[Figure]:
+    """The benchmark's figures, or one without a value that says why a job failed (the others still run)."""
+    try:
+        return measure()
+    except BenchError as exc:
+        return [Figure(SUITE, name, "-", (), "ratio", detail=f"failed: {exc}")]
+
+
+def sizes(bench: RealBench, params: Params, modes: list[str]) -> list[Figure]:
+    """3 equal participants x batch 2 x 2 s of work per batch, at 512x512 and 1024x1024; then image-heavy."""
+    figures = []
+    for side, target in ((512, Target(0.97, worst=0.93)), (1024, None)):
+        workload = Workload((1.0, 1.0, 1.0), images=2, work_per_image=1.0, width=side, height=side)
+        name = f"efficiency {side}x{side}"
+        figures += guarded(name, partial(against_floor, bench, params, modes, workload, name, target))
+    heavy = Workload((1.0, 1.0, 1.0), images=4, work_per_image=0.0, width=1024, height=1024)
+    name = "image-heavy 1024x1024, no work"
+    return figures + guarded(name, partial(against_floor, bench, params, modes, heavy, name, Target(0.75)))
+
+
+def mixed(bench: RealBench, cluster: BenchCluster, params: Params) -> list[Figure]:
+    """Speeds 1 : 1 : 1/3 in dynamic mode: w2 restarted 3 x slower; measured / the best whole-unit assignment."""
+    cluster.restart(("w2",), env={DELAY_SCALE_ENV: str(SLOW_SCALE)})
+    bench.use(WORKERS, "dynamic", MIXED)
+    cluster.wait_online(WORKERS)
+    measured = alternating(bench, params, ["dynamic"], MIXED)
+    runs = measured.runs["dynamic"]
+    best, fluid = MIXED.best_whole_units() + measured.floor, MIXED.ideal + measured.floor
+    return [not_in_effect("mixed speeds 1:1:1/3", "dynamic", runs, MIXED) or Figure(
+        SUITE, "mixed speeds 1:1:1/3", "dynamic", tuple(r.seconds / best for r in runs), "ratio",
+        Target(1.05, worst=1.2), lower_is_better=True,
+        detail=f"measured {seconds_list(r.seconds for r in runs)} / best whole-unit assignment {best:.2f} s "
+               f"({MIXED.best_whole_units():.2f} s + floor {measured.floor:.2f} s); against the fluid ideal "
+               f"{fluid:.2f} s: {' '.join(f'{r.seconds / fluid:.3f}' for r in runs)}; "
+               f"{MIXED.total_images} units of {MIXED.work_per_image:.1f} s; {breakdown(runs)}")]
 
 
 def overhead(bench: RealBench, params: Params) -> list[Figure]:
     """Zero work, 1 image of 64x48 per instance; net = distributed - the same prompt on the master alone."""
-    cluster = bench.cluster
     workload = Workload((1.0, 1.0, 1.0), images=1, work_per_image=0.0, width=64, height=48)
-    bench.use([cluster.w1, cluster.w2], "static", workload)
+    bench.use(WORKERS, "static", workload)
     bench.distributed(workload, "static")
-    jobs = sorted(bench.distributed(workload, "static").seconds * 1000 for _ in range(params.overhead_jobs))
-    alone = median(bench.single(workload, 0.0) * 1000 for _ in range(params.overhead_jobs))
-    return [
-        Figure(SUITE, "overhead per job, zero work", "static", median(jobs) - alone, "ms", Target("<=", 50),
-               f"master + 2 workers {median(jobs):.1f} ms (median of {len(jobs)}) - the master alone "
-               f"{alone:.1f} ms"),
-    ]
+    jobs = [bench.distributed(workload, "static").seconds * 1000 for _ in range(params.overhead_jobs)]
+    alone = median(bench.single(workload, 1, 0.0) * 1000 for _ in range(params.overhead_jobs))
+    return [Figure(SUITE, "overhead per job, zero work", "static", tuple(job - alone for job in jobs), "ms",
+                   Target(50), lower_is_better=True,
+                   detail=f"master + 2 workers {median(jobs):.1f} ms (median) - the master alone {alone:.1f} ms")]
 
 
 def transfer(bench: RealBench, params: Params) -> list[Figure]:
     """One worker, 8 images of 1024x1024 each side; output PreviewAny so the master encodes nothing."""
-    cluster = bench.cluster
     workload = Workload((1.0, 1.0), images=8, work_per_image=0.0, width=1024, height=1024)
-    bench.use([cluster.w1], "static", workload)
+    bench.use(WORKERS[:1], "static", workload)
     bench.distributed(workload, "static", "PreviewAny")
-    runs = [bench.distributed(workload, "static", "PreviewAny") for _ in range(params.transfer_repeats)]
-    jobs = median(r.seconds for r in runs)
-    alone = median(bench.single(workload, 0.0, "PreviewAny") for _ in range(params.transfer_repeats))
-    moved, seconds = fetch_last_outputs(cluster.w1.url)
+    runs = [bench.distributed(workload, "static", "PreviewAny") for _ in range(params.repeats)]
+    alone = median(bench.single(workload, 8, 0.0, "PreviewAny") for _ in range(params.repeats))
+    moved, seconds = fetch_last_outputs(bench.cluster.instances["w1"].url)
     return [
-        Figure(SUITE, "transfer 8x1024x1024, GET /view only", "static", moved / seconds / MB, "MB/s",
-               Target(">=", 100), f"{moved / MB:.1f} MB in {seconds:.3f} s (the worker's last files, fetched again)"),
-        Figure(SUITE, "transfer 8x1024x1024, end to end", "static", moved / max(jobs - alone, 1e-6) / MB, "MB/s",
-               None, f"job {jobs:.3f} s - the master alone {alone:.3f} s, which includes the workers' own PNG "
-                     f"encoding; {breakdown(runs)}"),
+        Figure(SUITE, "transfer 8x1024x1024, GET /view only", "static", (moved / seconds / MB,), "MB/s", Target(100),
+               f"{moved / MB:.1f} MB in {seconds:.3f} s (the worker's last files, fetched again)"),
+        Figure(SUITE, "transfer 8x1024x1024, end to end", "static",
+               tuple(moved / max(r.seconds - alone, 1e-6) / MB for r in runs), "MB/s", None,
+               f"jobs {seconds_list(r.seconds for r in runs)} - the master alone {alone:.3f} s; {breakdown(runs)}"),
     ]
-
-
-async def follow(url: str, prompt: dict, timeout: float = 300) -> tuple[float, str, list[dict]]:
-    """Queue ``prompt`` like a UI does (its websocket open first) and wait until it has finished."""
-    try:
-        async with ComfyClient(url, name="the master") as client:
-            followed = await client.queue_and_follow(prompt, time.monotonic() + timeout)
-    except WorkerTimeout:
-        raise BenchError(f"the prompt did not finish in {timeout:.0f} s") from None
-    except WorkerError as exc:
-        raise BenchError(exc.message) from None
-    return followed.seconds, followed.prompt_id, [{**event, "t": t} for t, event in followed.events]
-
-
-def at(events: list[dict], kind: str, node: str | None = None) -> float:
-    """When the first event of this kind (for this node) arrived; NaN if none did."""
-    for event in events:
-        if event["type"] == kind and (node is None or (event.get("data") or {}).get("node") == node):
-            return float(event["t"])
-    return float("nan")
-
-
-def fetch_last_outputs(url: str) -> tuple[int, float]:
-    """Bytes and seconds of fetching, one by one like the master, the images of the worker's last prompt."""
-    return asyncio.run(_fetch_last_outputs(url))
-
-
-async def _fetch_last_outputs(url: str) -> tuple[int, float]:
-    """The master's own way: ``GET /view`` through the one ComfyUI client, each file in turn."""
-    async with ComfyClient(url, name="the worker") as client:
-        history = await client.get_json("/history", params={"max_items": 1})
-        (entry,) = history.values()
-        result = PromptResult("last", entry["outputs"])
-        files = [file for node_id in result.outputs for file in result.images(node_id)]
-        started, moved = time.perf_counter(), 0
-        for file in files:
-            moved += len(await client.view(file, timeout=30))
-    return moved, time.perf_counter() - started
 
 
 def comfyui_version() -> str:
@@ -230,33 +196,51 @@ def comfyui_version() -> str:
         return "unknown"
 
 
+def measure(cluster: BenchCluster, params: Params, modes: list[str]) -> tuple[list[Figure], float]:
+    """Every benchmark on a cluster not yet started; the first job first, the slowed worker last."""
+    bench = RealBench(cluster)
+    bench.use(WORKERS, "static", FIRST_JOB)
+    startups = [cluster.start()]
+    firsts = [first_job(bench)]
+    headline = sizes(bench, params, modes)
+    others = guarded("overhead", partial(overhead, bench, params))
+    others += guarded("transfer", partial(transfer, bench, params))
+    for _ in range(params.first_jobs - 1):
+        bench.use(WORKERS, "static", FIRST_JOB)
+        startups.append(cluster.restart())
+        firsts.append(first_job(bench))
+    headline += guarded("mixed speeds 1:1:1/3", partial(mixed, bench, cluster, params))
+    return [first_job_figure(firsts, startups), *headline, *others], startups[0]
+
+
 def run(quick: bool = False) -> tuple[list[Figure], list[str]]:
     """Start the cluster, run every real benchmark, stop every process."""
-    from tests.real.cluster import Cluster
-
-    params = QUICK if quick else FULL
     modes = available_modes()
     with tempfile.TemporaryDirectory(prefix="bench-real-") as tmp:
-        started = time.monotonic()
-        cluster = Cluster(Path(tmp), workers=("w1", "w2"))
-        try:
-            startup = time.monotonic() - started
-            bench = RealBench(cluster)
-            figures = efficiency(bench, params, modes)
-            figures += overhead(bench, params)
-            figures += transfer(bench, params)
-        finally:
-            cluster.stop()
-    notes = [
-        f"ComfyUI {comfyui_version()} with --cpu: a master (this extension + tests/comfy_test_nodes) and 2 plain "
-        f"workers on loopback, started in {startup:.0f} s; scheduling modes found: {', '.join(modes)}.",
+        with BenchCluster(Path(tmp), WORKERS) as cluster:
+            figures, startup = measure(cluster, QUICK if quick else FULL, modes)
+    return figures, notes(startup, modes)
+
+
+def notes(startup: float, modes: list[str]) -> list[str]:
+    return [
+        f"ComfyUI {comfyui_version()} with --cpu: a master (this extension + tests/comfy_test_nodes) and 2 workers "
+        f"(tests/comfy_test_nodes) on loopback, started together (all answered after {startup:.0f} s); "
+        f"scheduling modes found: {', '.join(modes)}.",
         f"This machine has {os.cpu_count()} CPUs for 3 ComfyUI processes and the benchmark: the work is slept, but "
-        "dispatch, events, PNG encoding and decoding of all instances compete for the cores, which lowers "
-        "these figures compared with one GPU machine per instance.",
-        "Measured = POST /prompt on the master until it reports the prompt finished; ideal = total work / 3.",
-        "Overhead = median distributed job - median of the same prompt on the master alone (both zero work).",
+        "dispatch, events, PNG encoding and decoding of all instances compete for the cores.",
+        "Measured = POST /prompt on the master (its websocket open, as a UI) until it reports the prompt finished.",
+        "Floor = the master alone (plain ComfyUI graph: the test image node and SaveImage) making and saving all "
+        "of the job's images with zero work, median of the runs after a warm-up: what one instance must do "
+        "anyway to give the user those images. Efficiency = (total work / 3 + floor) / measured, per run; "
+        "with zero work (image-heavy) that is one instance making every image / distributed.",
+        "First job: gpu_config.json written, then the master and both workers started at the same time; the job "
+        "is queued as soon as all three answer GET /system_stats. The first run follows the suite's start, each "
+        "other one a restart of all three instances. Target: work per participant + 0.5 s, every run.",
+        f"Mixed speeds: w2 restarted with {DELAY_SCALE_ENV}={SLOW_SCALE:g} (its delays last 3 x as "
+        "long); ratio = measured / (best assignment of whole units with zero overhead + floor), lower is better; "
+        "whole images cannot reach the fluid ideal (total work / total speed), which the detail gives too.",
+        "Overhead = each distributed job - median of the same prompt on the master alone (both zero work).",
         "Transfer: random pixels (about 3.1 MB per PNG); 'end to end' = worker bytes / (distributed job - the "
         "same prompt on the master alone), so it counts the worker's PNG encoding and the master's decoding.",
-        "Heterogeneous speeds are measured in the stand-in suite only (plain workers cannot be slowed).",
     ]
-    return figures, notes

@@ -3,7 +3,7 @@
     python -m bench.run                        # stand-in suite (about a minute, no ComfyUI needed)
     python -m bench.run --suite all --write    # and real ComfyUI when COMFYUI_PATH is set
     python -m bench.run --quick                # the stand-in suite in seconds (CI smoke)
-    python -m bench.run --profile              # where the master spends its CPU with 32 workers
+    python -m bench.run --profile              # where the master spends its CPU with 64 workers
 """
 
 from __future__ import annotations
@@ -53,11 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         if outcome is None:
             continue
         figures, notes = outcome
-        print(f"\n{suite} suite ({time.monotonic() - started:.0f} s, {os.cpu_count()} CPUs, "
+        seconds = time.monotonic() - started
+        print(f"\n{suite} suite ({seconds:.0f} s, {os.cpu_count()} CPUs, "
               f"load average {load} before, {machine()['load']} after)\n")
         print(table(figures))
         if args.write:
-            write_results(suite, figures, notes, command.strip(), load)
+            write_results(suite, figures, notes, command.strip(), load, seconds)
     return 0
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import heapq
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +43,10 @@ class Workload:
     unit_size: int = 1
     width: int = 32
     height: int = 24
+
+    def without_work(self) -> "Workload":
+        """The same jobs with zero work: a warm-up (first connections, first node calls) that measures nothing."""
+        return replace(self, work_per_image=0.0)
 
     @property
     def workers(self) -> int:
@@ -83,6 +87,19 @@ class Workload:
         # finish first. The zero-overhead makespan lies between those two placements.
         return min(_greedy(units, unit, self.speeds), self.earliest_finish_makespan())
 
+    def best_whole_units(self) -> float:
+        """The shortest makespan of any assignment of whole units to the participants, with zero overhead.
+
+        Images cannot be split, so a 1 : 1 : 1/3 cluster cannot reach the fluid ideal (``ideal``): this
+        is what the best scheduler can reach, the fair yardstick for a scheduling mode.
+        """
+        units = self.total_images // self.unit_size
+        unit = self.delay("dynamic")
+        for makespan in sorted({count * unit / speed for speed in self.speeds for count in range(1, units + 1)}):
+            if sum(int(makespan * speed / unit + 1e-9) for speed in self.speeds) >= units:
+                return makespan
+        return units * unit / max(self.speeds)
+
     def earliest_finish_makespan(self) -> float:
         """Dynamic units given to whoever would finish each one first (speed-aware), with zero overhead."""
         unit = self.delay("dynamic")
@@ -91,6 +108,14 @@ class Workload:
             best = min(range(len(free)), key=lambda k: free[k] + unit / self.speeds[k])
             free[best] += unit / self.speeds[best]
         return max(free)
+
+
+SLOW_SCALE = 3.0
+"""The slow participant of the mixed-speed cluster takes 3 x as long as the others (speed 1/3)."""
+
+MIXED = Workload((1.0, 1.0, 1.0 / SLOW_SCALE), images=4, work_per_image=0.5, width=64, height=48)
+"""Mixed speeds 1 : 1 : 1/3, 12 images of 0.5 s (1.5 s on the slow one): the best assignment of whole
+units takes 3.0 s, the fluid ideal 2.57 s. The same jobs in both suites."""
 
 
 def _greedy(units: int, unit: float, speeds: tuple[float, ...]) -> float:

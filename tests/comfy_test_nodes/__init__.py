@@ -3,13 +3,22 @@
 Loaded by real ComfyUI (tier 3) as a custom node folder, and imported by the stand-in
 ComfyUI server (tier 2) so that both produce the very same pixels for a seed.
 Nothing here imports ComfyUI at module level.
+
+``DISTRIBUTED_TEST_DELAY_SCALE`` (environment, read when a node runs; default 1) multiplies
+DistributedTestImage's ``delay`` on this instance: started with 3, an instance stands for a GPU
+three times slower (the benchmarks' mixed-speed cluster, ``bench/real_suite.py``). Unset, the
+delay is slept as given. The stand-in server scales the delay itself (``execution_delay_scale``)
+and calls the node with a delay of 0, so the variable never applies twice.
 """
 
 from __future__ import annotations
 
+import os
 import time
 
 import torch
+
+DELAY_SCALE_ENV = "DISTRIBUTED_TEST_DELAY_SCALE"
 
 
 def seeded_images(seed: int, batch_size: int, width: int, height: int) -> torch.Tensor:
@@ -31,6 +40,20 @@ def _interrupted() -> bool:
     except ImportError:
         return False
     return bool(mm.processing_interrupted())
+
+
+def delay_scale() -> float:
+    """This instance's slowness: ``DISTRIBUTED_TEST_DELAY_SCALE``, 1 when unset."""
+    text = os.environ.get(DELAY_SCALE_ENV, "").strip()
+    if not text:
+        return 1.0
+    try:
+        scale = float(text)
+    except ValueError:
+        scale = -1.0
+    if not 0 < scale < float("inf"):
+        raise ValueError(f"{DELAY_SCALE_ENV}={text!r}: expected a positive number (3 = three times slower)")
+    return scale
 
 
 def simulate_work(delay: float, steps: int = 10) -> None:
@@ -73,7 +96,7 @@ class DistributedTestImage:
 
     def generate(self, seed: int, batch_size: int, width: int, height: int, delay: float):
         if delay > 0:
-            simulate_work(delay)
+            simulate_work(delay * delay_scale())
         return (seeded_images(seed, batch_size, width, height),)
 
 
