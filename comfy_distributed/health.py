@@ -103,14 +103,16 @@ class HealthMonitor:
         """Call ``listener(worker_id)`` each time a worker comes (back) online (on the server loop)."""
         self._online_listeners.append(listener)
 
-    def check(self, worker_ids: "set[str] | list[str]") -> None:
+    def check(self, worker_ids: "set[str] | list[str]") -> list[asyncio.Task]:
         """Ask these workers now, without waiting for the next beat (a job found them unavailable: its
-        answer may predate their start). Bounded like a beat; one check per worker at a time."""
+        answer may predate their start). Bounded like a beat; one check per worker at a time. The tasks
+        end once the answers are in (a worker that came online has been announced by then)."""
         for key in worker_ids:
             if key not in self._checks:
                 task = asyncio.get_running_loop().create_task(self._check_one(key), name=f"multigpu-check-{key}")
                 self._checks[key] = task
                 task.add_done_callback(functools.partial(self._check_done, key))
+        return [self._checks[key] for key in worker_ids if key in self._checks]
 
     def _check_done(self, key: str, _task: asyncio.Task) -> None:
         self._checks.pop(key, None)

@@ -35,7 +35,10 @@ RESERVATION_TTL = 600.0
 """Seconds a job id from ``prepare_job`` stays valid for the prompt that is queued with it."""
 
 PROGRESS_INTERVAL = 0.25
-"""Seconds between two ``multigpu.job_progress`` events of one job."""
+"""Seconds between two ``multigpu.job_progress`` events of one job that only report units' progress."""
+
+STATE_INTERVAL = 0.05
+"""Seconds between two ``multigpu.job_progress`` events of one job that report units changing state."""
 
 UNKNOWN_BATCH_IMAGES = 64
 """Images a share may post per Collector when the workflow's batch size is not a literal."""
@@ -130,6 +133,8 @@ class Job(UnitJob):
     prompt_id: str | None = None
     claimed: set[str] = field(default_factory=set)
     last_progress: float = 0.0
+    progress_due: bool = False
+    """A change of state waits to be reported (at most STATE_INTERVAL after the last report)."""
     ended: bool = False
     mode: str = "static"
     plan: dict[str, list[int]] | None = None

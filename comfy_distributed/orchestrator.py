@@ -46,7 +46,7 @@ from .workflow import (
 )
 from .collector_bridge import CollectorBridge
 from .job_book import JobBook
-from .jobs import EXTRA_DATA_KEY, PROGRESS_INTERVAL, FINISHED, Job, Notify, UnitRun, UnitState
+from .jobs import EXTRA_DATA_KEY, PROGRESS_INTERVAL, STATE_INTERVAL, FINISHED, Job, Notify, UnitRun, UnitState
 from .runner import JobKind, Runner
 from .worker_client import PromptResult, WorkerClient
 from .worker_prep import (
@@ -194,27 +194,29 @@ class Orchestrator(JobBook, CollectorBridge):
             self.runner.tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], reason, message,
                                      rerun=not job.settings.skip_offline_workers or reason == "preflight")
         job.scheduler.unavailable = {**unavailable, **{w: message for w, (_, message) in lacking.items()}}
-        if not job.settings.skip_offline_workers:
-            for worker_id, why in unavailable.items():
-                self.runner.tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], "offline",
-                                         f"offline at dispatch ({why})", rerun=True)
         self.runner.begin(job)
         if job.master_asked:  # the Collector got there first
             self.runner.handle(job, MasterFree())
-        self._recheck_absent(job)
+        if unavailable:
+            await self._recheck_absent(job, unavailable)
 
     # --- workers that come online during a job (server loop) -------------------------------
 
-    def _recheck_absent(self, job: Job) -> None:
-        """Workers left out at the start may have started since the last answer about them: those that
-        answer now join (one already seen online during the preflight at once, the others once asked)."""
-        absent = set(job.scheduler.absent)
-        if not absent or self.health is None:
-            return
-        for worker_id in absent:
-            if self.health.status(worker_id) in ("idle", "busy"):
-                self._worker_online(worker_id)
-        self.health.check(absent)
+    async def _recheck_absent(self, job: Job, why: dict[str, str]) -> None:
+        """Workers the health monitor saw offline may have started since its last answer: each is asked now
+        and joins if it answers (one seen online during the preflight joins at once). Only those still
+        absent then are reported as offline, so a worker that was merely starting raises no alarm."""
+        if self.health is not None:
+            for worker_id in why:
+                if self.health.status(worker_id) in ("idle", "busy"):
+                    self._worker_online(worker_id)
+            await asyncio.gather(*self.health.check(set(why)), return_exceptions=True)
+        if job.settings.skip_offline_workers or job.cancelled:
+            return  # its units were skipped, and said so, when the job began
+        for worker_id, reason in why.items():
+            if worker_id in job.scheduler.absent and worker_id not in job.joining:
+                self.runner.tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], "offline",
+                                         f"offline at dispatch ({reason})", rerun=True)
 
     def _worker_online(self, worker_id: str) -> None:
         """A worker came (back) online: every running job that started without it may now use it."""
@@ -288,10 +290,22 @@ class Orchestrator(JobBook, CollectorBridge):
         self.runner.handle(job, event)
 
     def _progress(self, job: Job, force: bool = False) -> None:
-        now = time.monotonic()
-        if not force and now - job.last_progress < PROGRESS_INTERVAL:
-            return
-        job.last_progress = now
+        """Report the job's progress: a unit's own progress at most every PROGRESS_INTERVAL, a change of
+        state at most every STATE_INTERVAL (the last one surely, a moment later): a report lists every
+        unit, so one per change would cost the master work that grows with the square of the workers."""
+        wait = (STATE_INTERVAL if force else PROGRESS_INTERVAL) - (time.monotonic() - job.last_progress)
+        if wait <= 0:
+            self._send_progress(job)
+        elif force and not job.progress_due and job.loop is not None:
+            job.progress_due = True
+            job.loop.call_later(wait, self._flush_progress, job)
+
+    def _flush_progress(self, job: Job) -> None:
+        if job.progress_due and not job.ended:
+            self._send_progress(job)
+
+    def _send_progress(self, job: Job) -> None:
+        job.last_progress, job.progress_due = time.monotonic(), False
         units = job.unit_list()
         states = {u.position: job.state_of(u.position) for u in units}
         done = {u.position: 1.0 if states[u.position] in FINISHED else u.progress for u in units}
@@ -305,6 +319,8 @@ class Orchestrator(JobBook, CollectorBridge):
         """Report the job's outcome once (server loop)."""
         if job.ended:
             return
+        if job.progress_due:
+            self._send_progress(job)  # the last state before the outcome
         job.ended = True
         units = job.unit_list()
         states = {u.position: job.state_of(u.position) for u in units}
