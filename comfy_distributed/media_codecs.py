@@ -4,8 +4,8 @@ PNG bytes travel as the worker wrote them; decoding runs on a worker thread as e
 arrive (:meth:`ImageCodec.early`, so the Collector only joins) or on the Collector's thread, never
 on the server's event loop, because decoding a large batch takes a while. A worker's file is
 measured before it is decoded: an image whose header says it is not the master's size (or, before
-the master's size is known, larger than :data:`EARLY_PIXELS`), or audio longer than the master's,
-is not decoded in full (a small file can unpack to gigabytes).
+the master's size is known, larger than :data:`EARLY_PIXELS`, or one of more files than the unit's
+batch), or audio longer than the master's, is not decoded in full (a small file can unpack to gigabytes).
 """
 
 from __future__ import annotations

@@ -365,11 +365,13 @@ class CollectorUnits(JobKind[Job]):
                 files = result.files(key, media.BY_NAME[kind].history_key)
                 if not files:
                     raise WorkerProtocolError(client.name, f"returned no {kind} for Multi-GPU Collector {collector}")
-                files_by_key[key] = await client.fetch_files(files, deadline, expected=unit.batch or job.batch)
-                # decoded now, on a worker thread, while other units still run: the Collector only joins
-                early = await asyncio.to_thread(media.BY_NAME[kind].codec.early, files_by_key[key])
-                if early is not None:
-                    unit.decoded[key] = early
+                expected = unit.batch or job.batch
+                files_by_key[key] = await client.fetch_files(files, deadline, expected=expected)
+                if expected and len(files) <= expected:  # more than the batch: left to the Collector's checks
+                    # decoded now, on a worker thread, while other units still run: the Collector only joins
+                    early = await asyncio.to_thread(media.BY_NAME[kind].codec.early, files_by_key[key])
+                    if early is not None:
+                        unit.decoded[key] = early
         return files_by_key
 
     def unit_done(self, job: Job, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
