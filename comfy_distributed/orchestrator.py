@@ -231,7 +231,11 @@ class Orchestrator(JobBook, CollectorBridge):
     async def _join(self, job: Job, worker: WorkerConfig) -> None:
         """Preflight ``worker`` for ``job``, then let the scheduler give it pending and re-run units."""
         try:
+            if job.session is None or job.session.closed:
+                return  # the job settled meanwhile and released its connections: nothing left to join
             problem = await self._prepare_worker(job, worker, job.media)
+        except RuntimeError:  # its session closed while the preflight ran (the job settled): likewise
+            return
         finally:
             job.joining.discard(str(worker.id))
         if problem is None and not job.settled.is_set():
