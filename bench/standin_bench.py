@@ -146,15 +146,19 @@ class Bench:
         heap (torch included) pauses the event loop for about 0.1 s, which would land in a random job.
         """
         orchestrator = self.orchestrator(ports, mode, workload)
-        await self.job(orchestrator, workload.without_work(), mode, decode)
-        gc.collect()
-        return [await self.job(orchestrator, workload, mode, decode) for _ in range(repeats)]
+        try:
+            await self.job(orchestrator, workload.without_work(), mode, decode)
+            gc.collect()
+            return [await self.job(orchestrator, workload, mode, decode) for _ in range(repeats)]
+        finally:
+            await orchestrator.close()
 
 
 async def released(job: Job, timeout: float = 10.0) -> None:
-    """Wait until the job closed its connections (so the next job starts from the same state)."""
+    """Wait until the job closed its websockets (so the next job starts from the same state; the workers'
+    HTTP sessions stay open between jobs, as on a running master)."""
     deadline = time.monotonic() + timeout
-    while getattr(job, "session", None) is not None and time.monotonic() < deadline:
+    while not job.closed and time.monotonic() < deadline:
         await asyncio.sleep(0.002)
 
 

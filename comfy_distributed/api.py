@@ -110,12 +110,14 @@ class MultiGPUApi:
             routes.route(route.method, route.path)(self._wrap(handlers[route.operation_id], route.access))
 
     def make_app(self) -> web.Application:
-        """A standalone app with these routes (tests, tools)."""
+        """A standalone app with these routes (tests, tools); its clean-up also closes the orchestrator's
+        connections to workers, as the master's does when it stops."""
         routes = web.RouteTableDef()
         self.add_routes(routes)
         app = web.Application(client_max_size=MAX_RESULT_BODY)
         app.add_routes(routes)
         app.on_cleanup.append(lambda _app: self.close())
+        app.on_cleanup.append(lambda _app: self.orchestrator.close())
         return app
 
     async def close(self) -> None:

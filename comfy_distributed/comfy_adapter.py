@@ -194,3 +194,9 @@ def _wire(server: Any, host: Host, store: ConfigStore, public: bool, env_token: 
         server.loop.create_task(reap_finished_prompts(orchestrator, host.finished_prompts), name="multigpu-reaper")
 
     server.loop.call_soon_threadsafe(start_background)  # runs once ComfyUI's loop runs
+
+    async def close_connections(_app: Any) -> None:
+        for part in (orchestrator, balancer, health, api):
+            await part.close()
+
+    server.app.on_cleanup.append(close_connections)

@@ -14,7 +14,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-import aiohttp
 
 from .config import Settings, WorkerConfig
 from .scheduler import FINISHED, JobScheduler, UnitState
@@ -98,8 +97,6 @@ class UnitJob:
     """The scheduler has been started (for a Collector job, after the workers' preflight)."""
     cancelled: bool = False
     loop: asyncio.AbstractEventLoop | None = None
-    session: aiohttp.ClientSession | None = None
-    """The job's connections to its workers (``worker_client.job_session``), closed once it settled."""
     channels: dict[str, Channel] = field(default_factory=dict)
     """Per worker: the websocket its units of this job follow."""
     released: bool = False

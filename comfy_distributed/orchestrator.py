@@ -86,6 +86,7 @@ class Orchestrator(JobBook, CollectorBridge):
         self.speeds = Speeds()
         self._lock = threading.Lock()
         self.runner: Runner[Job] = Runner(CollectorUnits(self), lambda *event: self.notify(*event), lambda: self.health)
+        self._warming: set[asyncio.Task] = set()
 
     @property
     def health(self) -> "HealthMonitor | None":
@@ -97,6 +98,13 @@ class Orchestrator(JobBook, CollectorBridge):
         self._health = monitor
         if monitor is not None:
             monitor.on_online(self._worker_online)
+
+    async def close(self) -> None:
+        """Close the connections kept to workers (the master shuts down)."""
+        for task in list(self._warming):
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
+        await self.runner.close()
 
     # --- planning (server loop, inside the prompt hook) ----------------------------------
 
@@ -227,14 +235,38 @@ class Orchestrator(JobBook, CollectorBridge):
             job.joining.add(worker_id)
             asyncio.get_running_loop().create_task(self._join(job, job.workers[worker_id]),
                                                    name=f"multigpu-join-{job.job_id}-{worker_id}")
+        if not jobs:
+            self._warm(worker_id)
+
+    def _warm(self, worker_id: str) -> None:
+        """Ask a worker that came online for its node classes now, so that the next job's preflight finds
+        them cached and its connection open (a first job after start-up otherwise waits for both)."""
+        try:
+            config = self.store.get()
+        except ConfigError:
+            return
+        worker = next((w for w in config.workers if str(w.id) == worker_id and w.enabled), None)
+        if worker is None:
+            return
+        client = WorkerClient(worker, config.settings, self.runner.sessions.get(worker_id, worker.base_url))
+
+        async def warm() -> None:
+            try:
+                await self._object_info.get(worker, client.object_info)
+            except (WorkerError, RuntimeError) as exc:  # the next job asks again and reports it
+                log.debug("Multi-GPU: worker %s: early GET /object_info failed: %s", worker.display_name, exc)
+
+        task = asyncio.get_running_loop().create_task(warm(), name=f"multigpu-warm-{worker_id}")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
 
     async def _join(self, job: Job, worker: WorkerConfig) -> None:
         """Preflight ``worker`` for ``job``, then let the scheduler give it pending and re-run units."""
         try:
-            if job.session is None or job.session.closed:
-                return  # the job settled meanwhile and released its connections: nothing left to join
+            if job.released:
+                return  # the job settled meanwhile: nothing left to join
             problem = await self._prepare_worker(job, worker, job.media)
-        except RuntimeError:  # its session closed while the preflight ran (the job settled): likewise
+        except RuntimeError:  # the master shut down while the preflight ran (its sessions closed)
             return
         finally:
             job.joining.discard(str(worker.id))

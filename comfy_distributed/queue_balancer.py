@@ -123,6 +123,10 @@ class QueueBalancer:
         self.runner: Runner[Forward] = Runner(ForwardedPrompt(), lambda *event: self.notify(*event),
                                               lambda: self.health)
 
+    async def close(self) -> None:
+        """Close the connections kept to workers (the master shuts down)."""
+        await self.runner.close()
+
     # --- routing (server loop, in the prompt hook) ----------------------------------------
 
     def route(self, prompt: Prompt) -> tuple[Prompt, Forward | None]:

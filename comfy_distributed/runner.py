@@ -24,7 +24,7 @@ from .config import WorkerConfig
 from .errors import WorkerError
 from .jobs import Notify, UnitJob, UnitRun
 from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
-from .worker_client import Channel, PromptResult, WorkerClient, job_session
+from .worker_client import Channel, PromptResult, SessionPool, WorkerClient
 from .worker_prep import with_media
 
 if TYPE_CHECKING:
@@ -76,16 +76,23 @@ class Runner(Generic[J]):
         self.kind = kind
         self.notify = notify
         self.health = health
+        self.sessions = SessionPool()
+        """One HTTP session per worker, kept across units and jobs until :meth:`close`."""
+        self.unreleased: dict[int, J] = {}
+        """Jobs opened whose websockets are not closed yet (leak checks read it)."""
 
     def open(self, job: J) -> None:
-        """Bind ``job`` to the running loop and give it its connections (before its first unit runs)."""
+        """Bind ``job`` to the running loop (before its first unit runs)."""
         job.loop = asyncio.get_running_loop()
-        job.session = job_session()
+        self.unreleased[id(job)] = job
 
     def client(self, job: J, worker: WorkerConfig) -> WorkerClient:
-        """A client of ``worker`` on the job's session: its connections serve every unit of the job there."""
-        assert job.session is not None, "the job was not opened"
-        return WorkerClient(worker, job.settings, job.session)
+        """A client of ``worker`` on its kept session: its connections serve every unit of every job there."""
+        return WorkerClient(worker, job.settings, self.sessions.get(str(worker.id), worker.base_url))
+
+    async def close(self) -> None:
+        """Close the workers' sessions (the master shuts down); a job still running loses its connections."""
+        await self.sessions.close()
 
     def begin(self, job: J) -> None:
         """Start the job's scheduler and carry out its first actions."""
@@ -118,7 +125,7 @@ class Runner(Generic[J]):
         job.changed.set()
         if job.loop is not None and not job.released:
             job.released = True
-            job.loop.create_task(self._release(job))
+            job.loop.create_task(self._release(job, self.unreleased))
 
     def cancel(self, job: J) -> None:
         """Stop every unit of ``job`` (server loop); each one removes and interrupts its prompt on its worker."""
@@ -203,9 +210,10 @@ class Runner(Generic[J]):
                                           self.kind.failure_job_id(job), unit.position if unit else None))
 
     @staticmethod
-    async def _release(job: UnitJob) -> None:
-        """Close the job's connections once its unit tasks ended (cancelled ones clean up on their workers
-        first); closed even when this is cancelled (the loop shuts down), and never held up by a worker."""
+    async def _release(job: J, unreleased: dict[int, J]) -> None:
+        """Close the job's websockets once its unit tasks ended (cancelled ones clean up on their workers
+        first); closed even when this is cancelled (the loop shuts down), and never held up by a worker.
+        The HTTP sessions stay: they are the workers', kept for the next job."""
         tasks = [u.task for u in job.units.values() if u.task is not None]
         try:
             await asyncio.gather(*tasks, return_exceptions=True)
@@ -213,7 +221,5 @@ class Runner(Generic[J]):
             channels, job.channels = list(job.channels.values()), {}
             for channel in channels:
                 await channel.close()
-            if job.session is not None:
-                await job.session.close()
-                job.session = None
             job.closed = True
+            unreleased.pop(id(job), None)

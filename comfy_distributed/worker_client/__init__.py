@@ -19,10 +19,10 @@ from .blocking import run_blocking
 from .client import MAX_FILES_PER_OUTPUT, WorkerClient
 from .comfy import DEFAULT_MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_OBJECT_INFO_BYTES, ComfyClient, Limits, Reply
 from .following import EventStream, Followed, finished
-from .sessions import Channel, job_session
+from .sessions import Channel, SessionPool, worker_session
 
 __all__ = [
     "DEFAULT_MAX_FILE_BYTES", "MAX_FILES_PER_OUTPUT", "MAX_JSON_BYTES", "MAX_OBJECT_INFO_BYTES", "MAX_TEXT", "MIB",
-    "Channel", "ComfyClient", "EventStream", "Followed", "Limits", "OutputFile", "PromptResult", "Reply", "WorkerClient",
-    "clip_text", "finished", "job_session", "json_kind", "run_blocking", "summarize_rejection",
+    "Channel", "ComfyClient", "EventStream", "Followed", "Limits", "OutputFile", "PromptResult", "Reply", "SessionPool",
+    "WorkerClient", "clip_text", "finished", "json_kind", "run_blocking", "summarize_rejection", "worker_session",
 ]

@@ -75,7 +75,7 @@ class WorkerClient(ComfyClient):
         ``deadline`` is a ``time.monotonic()`` instant covering queue wait and execution.
         The worker's ``/ws`` events say when the outputs are written; when the websocket cannot
         be opened or drops, ``/history`` is polled instead, so either way the wait is bounded.
-        With a ``channel`` (and this client's session from :func:`.job_session`, which refuses
+        With a ``channel`` (and this client's session from :func:`.worker_session`, which refuses
         redirects), the job's websocket to this worker is reused rather than opened for this prompt.
         """
         if channel is None:

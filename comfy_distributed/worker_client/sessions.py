@@ -1,10 +1,12 @@
-"""Connections kept between the units of a job: one HTTP session per job, one websocket per worker and job.
+"""Connections kept between units and jobs: one HTTP session per worker, one websocket per worker and job.
 
 Opening a connection costs a round trip and, on the master, CPU; a job of many units on the same
-workers opened several per unit. A job's session (:func:`job_session`) keeps its connections for
-all its units, and a :class:`Channel` is one ``/ws`` to a worker that every unit the job runs there
-follows in turn (a worker runs one unit of a job at a time), each picking out its own prompt's
-events by prompt id.
+workers opened several per unit. A :class:`SessionPool` holds one session per worker for as long as
+its owner (the orchestrator, the queue balancer) lives, so every unit of every job reuses the
+worker's kept-alive connections; a :class:`Channel` is one ``/ws`` to a worker that every unit a job
+runs there follows in turn (a worker runs one unit of a job at a time), each picking out its own
+prompt's events by prompt id. A websocket is not kept across jobs: two jobs on one worker at once
+(queue mode beside a Collector job) would each need to see the other's events.
 """
 
 from __future__ import annotations
@@ -21,8 +23,8 @@ from .transport import refuse_redirects
 if TYPE_CHECKING:
     from .transport import WebSocket
 
-def job_session() -> aiohttp.ClientSession:
-    """The session a job reaches its workers with: kept for the whole job, so its units reuse connections.
+def worker_session() -> aiohttp.ClientSession:
+    """A session to reach a worker with, kept across its units and jobs (see :class:`SessionPool`).
 
     It refuses redirects also where aiohttp would follow one (ws_connect), keeps no cookies (nothing
     one answer sets travels with the next request), takes no proxy from the environment, and leaves
@@ -30,6 +32,46 @@ def job_session() -> aiohttp.ClientSession:
     """
     return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), trace_configs=[refuse_redirects()],
                                  cookie_jar=aiohttp.DummyCookieJar())
+
+
+class SessionPool:
+    """One session per worker (by id), made on first use on the running loop and kept until :meth:`close`.
+
+    A worker whose address changed in the config gets a new session; the old one may still carry a
+    running unit, so it is kept open until :meth:`close` (config changes are rare). A worker asked
+    from another event loop than its session's (a test's loop, say), which a session cannot serve,
+    gets a new one too.
+    """
+
+    def __init__(self) -> None:
+        self._sessions: dict[str, tuple[str, asyncio.AbstractEventLoop, aiohttp.ClientSession]] = {}
+        self._retired: list[tuple[asyncio.AbstractEventLoop, aiohttp.ClientSession]] = []
+
+    def get(self, worker_id: str, base_url: str) -> aiohttp.ClientSession:
+        loop = asyncio.get_running_loop()
+        held = self._sessions.get(worker_id)
+        if held is not None:
+            url, held_loop, session = held
+            if url == base_url and held_loop is loop and not session.closed:
+                return session
+            if not session.closed:
+                self._retired.append((held_loop, session))
+        session = worker_session()
+        self._sessions[worker_id] = (base_url, loop, session)
+        return session
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    async def close(self) -> None:
+        """Close every session made on the running loop (the others belong to loops that ended)."""
+        loop = asyncio.get_running_loop()
+        held, self._sessions = self._sessions, {}
+        every = [(session_loop, session) for _, session_loop, session in held.values()] + self._retired
+        self._retired = [(session_loop, session) for session_loop, session in every if session_loop is not loop]
+        for session_loop, session in every:
+            if session_loop is loop:
+                await session.close()
 
 
 CLOSE_WAIT = 1.0

@@ -52,6 +52,16 @@ class Cluster:
         self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)), health,
                                          input_dir=lambda: input_dir)
 
+    async def __aenter__(self) -> "Cluster":
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    async def close(self) -> None:
+        """Close the orchestrator's kept sessions to the workers (the standin_cluster fixture does it itself)."""
+        await self.orchestrator.close()
+
     def start(self, prompt: dict) -> Job:
         marked, job = self.orchestrator.prepare(prompt)
         assert job is not None
@@ -114,7 +124,11 @@ async def standin_clusters(tmp_path: Path, settle: float = SETTLE) -> AsyncItera
             yield start
         finally:
             try:
-                problems = await until_empty(look, settle)
+                # Each job closes its websockets once settled; the workers' HTTP sessions are the
+                # orchestrator's, kept across jobs, and closed with it (as when the master stops).
+                problems = await until_empty(check.unreleased_jobs, settle)
+                await check.close_runners()
+                problems += await until_empty(look, settle)
             finally:
                 for standin in standins:
                     await standin.stop()

@@ -19,6 +19,8 @@ from typing import Any, Protocol
 
 import aiohttp
 
+from comfy_distributed.runner import Runner
+
 SETTLE = 5.0
 """Seconds a job gets, after the test's last step, to close what it is closing (a session is released
 after the Collector took its result, a cancelled unit interrupts its worker first)."""
@@ -35,6 +37,9 @@ class LeakCheck:
         self.tasks_before = set(asyncio.all_tasks())
         self.sessions: list[aiohttp.ClientSession] = []
         """Held until the check ends, so that a session dropped unclosed is still found (not collected)."""
+        self.runners: list[Runner] = []
+        """Every job runner made in the block (orchestrators, queue balancers): their jobs must release
+        their websockets; their workers' sessions, kept across jobs, are closed by :meth:`close_runners`."""
 
     @classmethod
     @contextmanager
@@ -42,17 +47,35 @@ class LeakCheck:
         """Record each ``aiohttp.ClientSession`` created inside the block (the class's ``__init__`` is wrapped)."""
         check = cls()
         original = aiohttp.ClientSession.__init__
+        original_runner = Runner.__init__
 
         @functools.wraps(original)
         def recording_init(session: aiohttp.ClientSession, *args: Any, **kwargs: Any) -> None:
             check.sessions.append(session)
             original(session, *args, **kwargs)
 
+        @functools.wraps(original_runner)
+        def recording_runner(runner: Runner, *args: Any, **kwargs: Any) -> None:
+            check.runners.append(runner)
+            original_runner(runner, *args, **kwargs)
+
         setattr(aiohttp.ClientSession, "__init__", recording_init)
+        setattr(Runner, "__init__", recording_runner)
         try:
             yield check
         finally:
             setattr(aiohttp.ClientSession, "__init__", original)
+            setattr(Runner, "__init__", original_runner)
+
+    def unreleased_jobs(self) -> list[str]:
+        """Jobs that settled long ago but still hold a websocket (or never settled)."""
+        return [f"job {getattr(job, 'job_id', None) or getattr(job, 'forward_id', '?')} did not release "
+                "its websockets" for runner in self.runners for job in runner.unreleased.values()]
+
+    async def close_runners(self) -> None:
+        """Close the workers' sessions each runner keeps across jobs, as a master does when it stops."""
+        for runner in self.runners:
+            await runner.close()
 
     def pending_tasks(self) -> list[asyncio.Task]:
         """Tasks created since the check began that have not finished (the caller's own task excepted)."""

@@ -370,3 +370,38 @@ async def test_a_job_follows_all_its_units_on_a_worker_over_one_websocket(tmp_pa
     assert len(w1.received) + len(w2.received) == len(result.images) > 2
     assert w1.request_counts["/ws"] == 1 and w2.request_counts["/ws"] == 1
     await until(lambda: job.closed)  # and it closes them when the job has settled
+
+
+async def test_the_next_job_reuses_the_connections_of_the_last(tmp_path, two_workers):
+    """A worker's HTTP session is kept across jobs. The job's websocket takes one kept connection (an
+    upgraded connection leaves the pool), so the next job opens one connection, where a session of its
+    own opened two (its websocket's and its requests')."""
+    w1, w2 = two_workers
+    cluster = Cluster(tmp_path, [w1.port, w2.port])
+    await cluster.run(workflow(seed=1))
+    first = {w.name: set(w.http_client_ports) for w in (w1, w2)}
+    assert all(first.values())
+    result = await cluster.run(workflow(seed=2))
+    assert result.failures == [] and len(result.images) == 2
+    for worker in (w1, w2):
+        assert len(worker.http_client_ports - first[worker.name]) <= 1, worker.name
+
+
+async def test_a_worker_coming_online_is_asked_for_its_nodes_before_the_first_job(tmp_path, two_workers):
+    """The first job after start-up finds each worker's /object_info cached and its connection open."""
+    w1, w2 = two_workers
+    cluster = Cluster(tmp_path, [w1.port, w2.port])
+    health = HealthMonitor(cluster.store)
+    cluster.orchestrator.health = health
+    try:
+        await health.beat()  # both come online: each is asked at once, with no job running
+        await until(lambda: w1.request_counts["/object_info"] == 1 and w2.request_counts["/object_info"] == 1)
+        await until(lambda: not cluster.orchestrator._warming)
+        ports = {w.name: set(w.http_client_ports) for w in (w1, w2)}
+        result = await cluster.run(workflow(seed=42))
+        assert result.failures == [] and result.master_units == [] and len(result.images) == 2
+        assert w1.request_counts["/object_info"] == 1 and w2.request_counts["/object_info"] == 1
+        for worker in (w1, w2):  # the warm connection served the job: only one more (see the test above)
+            assert len(worker.http_client_ports - ports[worker.name]) <= 1, worker.name
+    finally:
+        await health.close()

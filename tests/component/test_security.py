@@ -358,3 +358,4 @@ async def test_stash_is_freed_when_a_master_rerun_is_cancelled(tmp_path, monkeyp
         while not job.closed and time.monotonic() < deadline:  # the job releases its connections
             await asyncio.sleep(0.02)
         assert job.closed
+        await master.orchestrator.close()  # the workers' sessions, kept across jobs, close with the master

@@ -240,18 +240,18 @@ async def test_a_websocket_that_never_upgrades_does_not_hold_the_job(tmp_path, l
         settings: dict[str, Any] = {"worker_timeout": 3}
         if limit == "connect_timeout":
             settings["connect_timeout"] = 1
-        cluster = Cluster(tmp_path, [w1.port, w2.port], **settings)
-        started = time.monotonic()
-        job = cluster.start(workflow(seed=42))
-        await until(lambda: job.settled.is_set(), timeout=10)
-        assert time.monotonic() - started < 7
-        result = await cluster.collect(job)
-        assert sorted(by_position(result)) == [1, 2]
-        assert_unit_images(result, 1, 43)
-        assert_unit_images(result, 2, 44)
-        if limit == "worker_timeout":
-            assert by_position(result)[2][0] == "GPU 1" and w2.received == []
-            (event,) = [d for e, d in cluster.events if e == "multigpu.worker_failed"]
-            assert event["reason"] == "timeout" and "GET /ws" in event["message"]
-        else:
-            assert by_position(result)[2][0] == "GPU 2"  # it ran there, followed through /history
+        async with Cluster(tmp_path, [w1.port, w2.port], **settings) as cluster:
+            started = time.monotonic()
+            job = cluster.start(workflow(seed=42))
+            await until(lambda: job.settled.is_set(), timeout=10)
+            assert time.monotonic() - started < 7
+            result = await cluster.collect(job)
+            assert sorted(by_position(result)) == [1, 2]
+            assert_unit_images(result, 1, 43)
+            assert_unit_images(result, 2, 44)
+            if limit == "worker_timeout":
+                assert by_position(result)[2][0] == "GPU 1" and w2.received == []
+                (event,) = [d for e, d in cluster.events if e == "multigpu.worker_failed"]
+                assert event["reason"] == "timeout" and "GET /ws" in event["message"]
+            else:
+                assert by_position(result)[2][0] == "GPU 2"  # it ran there, followed through /history

@@ -77,16 +77,16 @@ async def test_a_unit_bringing_back_more_than_its_batch_is_refused_and_rerun(tmp
         w2.tamper_json = {"/history/{prompt_id}": repeat_images(5)}
         w2.drop_ws_after_start = True  # its files come from the (tampered) history
         w2.huge_routes = {"/view": 900 * 1024}  # each "file" just under the cap; 2 of them are the budget
-        cluster = Cluster(tmp_path, [w1.port, w2.port], max_file_mb=1, worker_timeout=20)
-        job = cluster.start(workflow(seed=42, batch=2))
-        await until(lambda: job.settled.is_set())
-        result = await cluster.collect(job)
-        assert by_position(result)[2][0] == "GPU 1"
-        assert_unit_images(result, 1, 43)
-        assert_unit_images(result, 2, 44)
-        assert w2.request_counts["/view"] == 3  # stopped at the file that passed the budget
-        (event,) = [d for e, d in cluster.events if e == "multigpu.worker_failed"]
-        assert event["reason"] == "protocol_error" and "2 MiB" in event["message"]
+        async with Cluster(tmp_path, [w1.port, w2.port], max_file_mb=1, worker_timeout=20) as cluster:
+            job = cluster.start(workflow(seed=42, batch=2))
+            await until(lambda: job.settled.is_set())
+            result = await cluster.collect(job)
+            assert by_position(result)[2][0] == "GPU 1"
+            assert_unit_images(result, 1, 43)
+            assert_unit_images(result, 2, 44)
+            assert w2.request_counts["/view"] == 3  # stopped at the file that passed the budget
+            (event,) = [d for e, d in cluster.events if e == "multigpu.worker_failed"]
+            assert event["reason"] == "protocol_error" and "2 MiB" in event["message"]
 
 
 def png_header_only(width: int, height: int) -> bytes:

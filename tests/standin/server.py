@@ -71,6 +71,9 @@ class StandinComfy:
         self.free_calls: list[dict] = []
         self.interrupt_calls: list[dict] = []
         self.request_counts: collections.Counter[str] = collections.Counter()
+        self.http_client_ports: set[int] = set()
+        """The client ports requests came from (one per TCP connection the master opened; a /ws upgrade
+        counts the connection it was sent on)."""
         """Requests per route (template, without /api), counted before any fault is injected."""
         self.huge_sent: dict[str, int] = {}
         self.huge_aborted: set[str] = set()
@@ -317,6 +320,9 @@ class StandinComfy:
 
     async def _answer(self, request: web.Request, handler):
         self.request_counts[self._route_of(request)] += 1
+        peer = request.transport.get_extra_info("peername") if request.transport is not None else None
+        if peer:
+            self.http_client_ports.add(peer[1])
         status = self._fault(self.fail_routes, request)
         if status is not None:
             return web.Response(status=status, text=self.fail_text or f"{status}: injected by the stand-in")
