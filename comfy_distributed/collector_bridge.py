@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from .errors import JobError
-from .jobs import COLLECT_POLL, CollectorResult, Job, UnitRun, UnitState
+from .jobs import COLLECT_POLL, CollectorResult, Job, TileJob, UnitRun, UnitState
 from .scheduler import MASTER, Event, MasterFree, MasterRan
 from .speeds import Speeds
 from .workflow import output_key
@@ -43,7 +43,8 @@ class CollectorBridge:
             raise JobError(f"Multi-GPU job {job_id} is unknown: it expired or the master restarted; queue it again")
         if job.error:
             raise JobError(job.error)
-        bound = job.created + job.settings.worker_timeout * (2 + job.settings.max_retries) + 30.0
+        rounds = max(1.0, len(job.units) / (len(job.workers) + 1))  # units per participant (many tiles)
+        bound = job.created + job.settings.worker_timeout * (2 + job.settings.max_retries) * rounds + 30.0
         self._measure_master(job, have)
         while True:
             with self._lock:
@@ -94,7 +95,8 @@ class CollectorBridge:
         ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
         if started and ran:
             took = time.monotonic() - started
-            self.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
+            if not isinstance(job, TileJob):  # a tile's time says nothing of the master's time per image
+                self.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
             if job.loop is not None:
                 job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))
 

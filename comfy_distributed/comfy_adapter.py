@@ -179,7 +179,7 @@ def _wire(server: Any, host: Host, store: ConfigStore, public: bool, env_token: 
           comfyui_root: Path) -> None:
     """The extension's parts on ComfyUI's server: the prompt hook, the routes, the background tasks."""
     health = HealthMonitor(store, host.notify)
-    orchestrator = Orchestrator(store, host.notify, health, input_dir=host.input_dir)
+    orchestrator = Orchestrator(store, host.notify, health, input_dir=host.input_dir, loop=server.loop)
     balancer = QueueBalancer(store, health, host.notify, host.queue_load, host.is_output_node)
     runtime.current = runtime.Extension(host, orchestrator, balancer)
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))

@@ -145,6 +145,17 @@ class Job(UnitJob):
     """The workflow's literal batch size, when it has one (for speed measurements)."""
 
 
+@dataclass(slots=True, kw_only=True)
+class TileJob(Job):
+    """A tile job: the tiles of one image (every frame of a batch) between a Tile Split and its Merge, each a
+    unit that a worker or the master runs through the per-tile pipeline. Its one "Collector" is the Merge."""
+
+    crops: dict[int, bytes] = field(default_factory=dict)
+    """Per position: the tile's crop as the worker receives it (a PNG, every frame in one animated PNG)."""
+    crop_names: dict[int, str] = field(default_factory=dict)
+    """Per position: the crop's file name in a worker's temp folder."""
+
+
 @dataclass(slots=True, frozen=True)
 class ShareLimits:
     """What one worker's share of a job may carry back: Collectors, and images per Collector."""

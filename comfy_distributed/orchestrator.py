@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from . import events, media
 from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
-from .errors import ConfigError, WorkerError, WorkerProtocolError, WorkflowError
+from .errors import ConfigError, JobError, WorkerError, WorkerProtocolError, WorkflowError
 from .plan import JobPlan, plan_job
 from .speeds import Speeds
 from .scheduler import Action, Event as SchedulerEvent, JobScheduler, MasterFree, RunOnMaster, Unit, WorkerJoined
@@ -46,7 +46,9 @@ from .workflow import (
 )
 from .collector_bridge import CollectorBridge
 from .job_book import JobBook
-from .jobs import EXTRA_DATA_KEY, PROGRESS_INTERVAL, STATE_INTERVAL, FINISHED, Job, Notify, UnitRun, UnitState
+from .jobs import (EXTRA_DATA_KEY, PROGRESS_INTERVAL, STATE_INTERVAL, FINISHED, Job, Notify, TileJob, UnitRun,
+                   UnitState)
+from .tile_graph import TEMP_SUFFIX, TilePair, build_tile_prompt
 from .runner import JobKind, Runner
 from .worker_client import PromptResult, WorkerClient
 from .worker_prep import (
@@ -71,8 +73,11 @@ class Orchestrator(JobBook, CollectorBridge):
     """Owns the distributed jobs of one master."""
 
     def __init__(self, store: ConfigStore, notify: Notify = _log_notify, health: "HealthMonitor | None" = None,
-                 input_dir: Callable[[], Path | None] = lambda: None) -> None:
+                 input_dir: Callable[[], Path | None] = lambda: None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
         self.store = store
+        self.loop = loop
+        """The server loop: where a job begun on the execution thread (a tile job) is started."""
         self.notify = notify
         self._health: "HealthMonitor | None" = None
         self.health = health
@@ -163,6 +168,31 @@ class Orchestrator(JobBook, CollectorBridge):
         return Job(job_id=job_id, collectors=planned.collectors, units=units, workers=workers,
                    settings=config.settings, scheduler=scheduler, mode=planned.mode, plan=first_runs,
                    kinds={c: list(collector_links(prompt, c)) for c in planned.collectors}, batch=planned.batch)
+
+    def start_tiles(self, prompt: Prompt, pair: TilePair, crops: list[bytes], frames: int) -> TileJob | None:
+        """Share the tiles of one image with the enabled workers (execution thread, as the Merge runs): a job
+        whose unit at position i + 1 is tile i, begun on the server loop. None when no worker is enabled:
+        the master runs every tile itself. Tiles are handed out one at a time to whoever is free, the
+        master included, and a tile is never left out (a failed one runs elsewhere, at worst on the master)."""
+        config = self.store.get()
+        if not config.enabled_workers() or not crops:
+            return None
+        if self.loop is None:
+            raise JobError("Multi-GPU Tile Merge: the extension's server loop is not known; restart ComfyUI")
+        job_id = uuid.uuid4().hex
+        names = {i + 1: f"multigpu-tile-{job_id}-{i + 1}.png" for i in range(len(crops))}
+        units = {p: UnitRun(p, 0, build_tile_prompt(prompt, pair, name), batch=frames) for p, name in names.items()}
+        workers = {str(w.id): w for w in config.enabled_workers()}
+        scheduler = JobScheduler(units=[Unit(p, 0) for p in sorted(units)], workers=list(workers), plan=None,
+                                 max_retries=config.settings.max_retries, skip_unavailable=False,
+                                 learns_unit_times=True)
+        job = TileJob(job_id=job_id, collectors=[pair.merge], units=units, workers=workers, settings=config.settings,
+                      scheduler=scheduler, mode="dynamic", kinds={pair.merge: ["images"]}, batch=frames,
+                      crops={i + 1: data for i, data in enumerate(crops)}, crop_names=names)
+        with self._lock:
+            self._jobs[job_id] = job
+        self.loop.call_soon_threadsafe(self.start, job)
+        return job
 
     def _failed_job(self, prompt: Prompt, collectors: list[str], job_id: str, error: str) -> tuple[Prompt, Job]:
         log.error("%s", error)
@@ -286,6 +316,8 @@ class Orchestrator(JobBook, CollectorBridge):
         except WorkerError as exc:
             return exc.reason, exc.message
         synced = {m.value for m in media}
+        if isinstance(job, TileJob):  # uploaded as each tile is dispatched
+            synced |= {name + TEMP_SUFFIX for name in job.crop_names.values()}
         lacks = preflight_problems(job.units[min(job.units)].prompt, info, synced)
         if lacks:  # the cached answer may predate a model or node added since: ask once more
             try:
@@ -410,8 +442,22 @@ class CollectorUnits(JobKind[Job]):
                         unit.decoded[key] = early
         return files_by_key
 
+    async def unit_prompt(self, job: Job, unit: UnitRun, client: WorkerClient) -> Prompt:
+        """A tile's crop goes to the worker's temp folder just before the tile's prompt."""
+        if not isinstance(job, TileJob):
+            return unit.prompt
+        answer = await client.upload_bytes(job.crops[unit.position], job.crop_names[unit.position], folder="temp",
+                                           overwrite=True)
+        name, subfolder = str(answer["name"]), str(answer.get("subfolder") or "")
+        value = (f"{subfolder}/{name}" if subfolder else name) + TEMP_SUFFIX
+        return {node_id: {**node, "inputs": {**node["inputs"], "image": value}}
+                if node.get("class_type") == "LoadImage" and node.get("inputs", {}).get("image")
+                == job.crop_names[unit.position] + TEMP_SUFFIX else node
+                for node_id, node in unit.prompt.items()}
+
     def unit_done(self, job: Job, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
-        self.orchestrator.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), seconds)
+        if not isinstance(job, TileJob):  # a tile's time says nothing of a worker's time per image
+            self.orchestrator.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), seconds)
 
     def carry_out(self, job: Job, action: Action) -> None:
         if isinstance(action, RunOnMaster):

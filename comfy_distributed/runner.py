@@ -45,6 +45,10 @@ class JobKind(Generic[J]):
         """The ``extra_data`` the unit's prompt is queued with on the worker."""
         return None
 
+    async def unit_prompt(self, job: J, unit: UnitRun, client: WorkerClient) -> dict:
+        """The unit's prompt as ``client``'s worker runs it (a kind may first put a file there)."""
+        return unit.prompt
+
     def wanted(self, job: J, unit: UnitRun) -> frozenset[str]:
         """The output nodes whose files make the unit's result: once they all reported them on the
         worker's websocket, the files are fetched without waiting for the prompt's end."""
@@ -180,7 +184,7 @@ class Runner(Generic[J]):
             self.kind.changed(job, False)
 
         client = self.client(job, worker)
-        prompt = with_media(unit.prompt, job.media_names.get(str(worker.id), {}))
+        prompt = with_media(await self.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
         result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
                                          on_progress=on_progress, wanted=self.kind.wanted(job, unit),
                                          channel=job.channels.setdefault(str(worker.id), Channel()))

@@ -285,11 +285,17 @@ class ComfyClient:
         Without overwrite, ComfyUI keeps an identical file as it is and gives a file of the same
         name but other content a new name, which it returns.
         """
+        return await self.upload_bytes(path.read_bytes(), name, subfolder)
+
+    async def upload_bytes(self, data: bytes, name: str, subfolder: str = "", folder: str = "input",
+                           overwrite: bool = False) -> dict:
+        """Put ``data`` into the instance's ``folder`` (``input``, or ``temp``: emptied when it starts) as
+        ``name``; the answer names the file as the instance keeps it (see :meth:`upload_input`)."""
         form = aiohttp.FormData()
-        form.add_field("image", path.read_bytes(), filename=name, content_type="application/octet-stream")
-        form.add_field("type", "input")
+        form.add_field("image", data, filename=name, content_type="application/octet-stream")
+        form.add_field("type", folder)
         form.add_field("subfolder", subfolder)
-        form.add_field("overwrite", "false")
+        form.add_field("overwrite", "true" if overwrite else "false")
         answer = await self._request("POST", "/upload/image", data=form)
         if not isinstance(answer, dict) or not isinstance(answer.get("name"), str) or not answer["name"] \
                 or not isinstance(answer.get("subfolder", ""), (str, type(None))):

@@ -127,6 +127,37 @@ class DistributedTestLatent:
         return ({"samples": torch.stack(latents)},)
 
 
+class DistributedTestTileWork:
+    """A per-tile pipeline for tests: a 3x3 box blur (so a pixel depends on its neighbours, as a sampler's
+    does), brightened by ``gain``, then upscaled ``scale`` times (nearest), after ``delay`` of simulated work."""
+
+    CATEGORY = "testing/distributed"
+    RETURN_TYPES = ("IMAGE",)
+    FUNCTION = "work"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "image": ("IMAGE",),
+                "gain": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.01}),
+                "scale": ("INT", {"default": 1, "min": 1, "max": 8}),
+                "delay": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 600.0, "step": 0.01}),
+            }
+        }
+
+    def work(self, image, gain: float, scale: int, delay: float):
+        if delay > 0:
+            simulate_work(delay * delay_scale())
+        channels_first = image.movedim(-1, 1)
+        padded = torch.nn.functional.pad(channels_first, (1, 1, 1, 1), mode="replicate")
+        blurred = torch.nn.functional.avg_pool2d(padded, 3, stride=1)
+        out = (blurred * gain).clamp(0, 1)
+        if scale > 1:
+            out = torch.nn.functional.interpolate(out, scale_factor=scale, mode="nearest")
+        return (out.movedim(1, -1).contiguous(),)
+
+
 class DistributedTestFail:
     """Raises during execution, to test how an execution error on a worker is reported."""
 
@@ -146,9 +177,11 @@ NODE_CLASS_MAPPINGS = {
     "DistributedTestImage": DistributedTestImage,
     "DistributedTestFail": DistributedTestFail,
     "DistributedTestLatent": DistributedTestLatent,
+    "DistributedTestTileWork": DistributedTestTileWork,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "DistributedTestImage": "Distributed Test Image",
     "DistributedTestFail": "Distributed Test Fail",
     "DistributedTestLatent": "Distributed Test Latent",
+    "DistributedTestTileWork": "Distributed Test Tile Work",
 }

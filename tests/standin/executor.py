@@ -25,7 +25,7 @@ if TYPE_CHECKING:  # pragma: no cover
 # holds the number of seconds. The node function is then called with that input set to 0, and
 # the stand-in sleeps (scaled by ``execution_delay_scale``) in the same number of steps as the
 # node pack's ``simulate_work``, reporting progress and honouring interrupts between steps.
-SIMULATED_WORK_INPUTS = {"DistributedTestImage": "delay"}
+SIMULATED_WORK_INPUTS = {"DistributedTestImage": "delay", "DistributedTestTileWork": "delay"}
 
 
 def _work_steps(class_def: type) -> int:

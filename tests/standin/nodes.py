@@ -210,7 +210,13 @@ def make_core_nodes(dirs: Dirs) -> tuple[dict[str, type], dict[str, str], dict[s
         def load_image(self, image):
             import torch
 
-            source = Image.open(self._path(image))
+            with Image.open(self._path(image)) as source:  # ComfyUI leaves an animated PNG's file to the collector
+                return self._frames(source)
+
+        @staticmethod
+        def _frames(source):
+            import torch
+
             frames, masks = [], []
             size = None
             for frame in ImageSequence.Iterator(source):

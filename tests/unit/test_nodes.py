@@ -10,9 +10,8 @@ from PIL import Image
 
 from comfy_distributed.media_codecs import decode_png
 from comfy_distributed.media_codecs import quantize_like_png
+from comfy_distributed.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 from comfy_distributed.nodes import (
-    NODE_CLASS_MAPPINGS,
-    NODE_DISPLAY_NAME_MAPPINGS,
     MultiGPUCollector,
     MultiGPUSeedDistributor,
     MultiGPUUnitPart,
@@ -35,19 +34,23 @@ def unit(position: int, name: str, error: str | None = None, decoded: dict | Non
                            decoded=decoded or {})
 
 
+SHOWN = {"Multi-GPU Collector", "Multi-GPU Distributor", "Multi-GPU Tile Split", "Multi-GPU Tile Merge",
+         "Multi-GPU Tiled Upscale"}
+
+
 def test_display_names_are_the_original_readmes():
     names = set(NODE_DISPLAY_NAME_MAPPINGS.values())
-    assert {"Multi-GPU Collector", "Multi-GPU Distributor"} <= names
-    assert all(n.endswith("(internal)") for n in names - {"Multi-GPU Collector", "Multi-GPU Distributor"})
+    assert SHOWN <= names
+    assert all(n.endswith("(internal)") for n in names - SHOWN)
     assert set(NODE_CLASS_MAPPINGS) == set(NODE_DISPLAY_NAME_MAPPINGS)
 
 
-def test_only_the_two_announced_nodes_show_in_the_node_library():
+def test_only_the_announced_nodes_show_in_the_node_library():
     # the frontend leaves nodes whose /object_info says "deprecated" out of the library and the search
     shown = {name for name, cls in NODE_CLASS_MAPPINGS.items() if not getattr(cls, "DEPRECATED", False)}
     hidden = set(NODE_CLASS_MAPPINGS) - shown
-    assert {NODE_DISPLAY_NAME_MAPPINGS[name] for name in shown} == {"Multi-GPU Collector", "Multi-GPU Distributor"}
-    assert len(hidden) == 3
+    assert {NODE_DISPLAY_NAME_MAPPINGS[name] for name in shown} == SHOWN
+    assert len(hidden) == 6
     assert all(NODE_CLASS_MAPPINGS[name].CATEGORY == "multigpu/internal" for name in hidden)
 
 

@@ -1,0 +1,106 @@
+"""The tile nodes' graph expansions, run by hand as ComfyUI would run them (no worker: every tile on the master)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from comfy_distributed.media_codecs import quantize_like_png
+from comfy_distributed.nodes import MultiGPUUnitPart
+from comfy_distributed.tile_nodes import (
+    MultiGPUTileMerge,
+    MultiGPUTileSource,
+    MultiGPUTileSplit,
+    MultiGPUTileStart,
+    MultiGPUTileStep,
+    encode_crop,
+)
+from comfy_distributed.tiles import crop, merge, plan_tiles
+
+
+class FakeDynamicPrompt:
+    """The two methods of ComfyUI's DynamicPrompt the nodes use."""
+
+    def __init__(self, prompt: dict) -> None:
+        self.nodes = dict(prompt)
+
+    def get_node(self, node_id: str) -> dict:
+        return self.nodes[node_id]
+
+    def all_node_ids(self) -> set[str]:
+        return set(self.nodes)
+
+
+def workflow() -> dict:
+    return {
+        "1": {"class_type": "LoadImage", "inputs": {"image": "photo.png"}},
+        "2": {"class_type": "MultiGPUTileSplit", "inputs": {"image": ["1", 0], "tile_width": 64, "tile_height": 64,
+                                                           "padding": 16, "feather": 8}},
+        "3": {"class_type": "ImageInvert", "inputs": {"image": ["2", 0]}},
+        "4": {"class_type": "MultiGPUTileMerge", "inputs": {"tile": ["3", 0]}},
+    }
+
+
+def test_the_merge_never_asks_for_its_tile_and_expands_into_start_and_step():
+    merge_node = MultiGPUTileMerge()
+    dyn = FakeDynamicPrompt(workflow())
+    assert merge_node.check_lazy_status(None, "4", dyn) == []
+    expansion = merge_node.merge(None, "4", dyn)
+    graph = expansion["expand"]
+    start = graph["4.multigpu.tiles.start"]
+    assert start["class_type"] == "MultiGPUTileStart"
+    assert start["inputs"] == {"image": ["1", 0], "tile_width": 64, "tile_height": 64, "padding": 16, "feather": 8,
+                               "merge": "4"}  # the Split's own inputs: its image source runs, the Split does not
+    assert expansion["result"] == (["4.multigpu.tiles.step", 0],)
+
+
+def test_with_no_worker_the_master_runs_every_tile_and_blends_them():
+    """The expansion chain played by hand: Start, Step (expands every tile), the copies, Step again."""
+    dyn = FakeDynamicPrompt(workflow())
+    dyn.nodes.update(MultiGPUTileMerge().merge(None, "4", dyn)["expand"])
+    image = torch.rand(2, 100, 150, 3)
+    (run,) = MultiGPUTileStart().start(image, 64, 64, 16, 8, "4", dyn)
+    assert run.job_id is None and len(run.grid.tiles) == 6
+    expansion = MultiGPUTileStep().step(run, None, "4.multigpu.tiles.step", dyn)
+    graph = expansion["expand"]
+    dyn.nodes.update(graph)
+    parts = None
+    for position in range(1, 7):
+        prefix = f"4.multigpu.tile.{position}."
+        assert graph[prefix + "source"]["inputs"] == {"tiles": ["4.multigpu.tiles.start", 0], "position": position}
+        assert graph[prefix + "3"] == {"class_type": "ImageInvert", "inputs": {"image": [prefix + "source", 0]}}
+        (tile,) = MultiGPUTileSource().source(run, position)
+        (parts,) = MultiGPUUnitPart().add(position, parts, images=1.0 - tile)  # ImageInvert, as ComfyUI runs it
+    (next_step,) = expansion["result"]
+    assert graph[next_step[0]]["inputs"]["parts"] == ["4.multigpu.tile.6.part", 0]
+    (merged,) = MultiGPUTileStep().step(run, parts, next_step[0], dyn)
+    grid = plan_tiles(150, 100, 64, 64, 16, 8)
+    expected = merge(grid, [quantize_like_png(1.0 - quantize_like_png(crop(image, t))) for t in grid.tiles])
+    assert torch.equal(merged, expected)
+    assert float((merged - (1.0 - image)).abs().max()) <= 2 / 255
+
+
+def test_a_split_alone_shows_its_first_tile():
+    image = torch.rand(1, 100, 150, 3)
+    (tile,) = MultiGPUTileSplit().split(image, 64, 64, 16, 16)
+    assert tile.shape == (1, 88, 88, 3)  # cores of about 50 px (150 / 3, 100 / 2), + 2 x 16, on multiples of 8
+
+
+def test_a_bad_tile_size_is_refused_by_name():
+    with pytest.raises(RuntimeError, match="Multi-GPU Tile Split: tile_width must be a multiple of 8"):
+        MultiGPUTileSplit().split(torch.rand(1, 64, 64, 3), 60, 64, 16, 16)
+
+
+def test_a_crop_of_several_frames_travels_as_one_png_that_loads_as_a_batch():
+    import io
+
+    import numpy as np
+    from PIL import Image, ImageSequence
+
+    frames = quantize_like_png(torch.rand(3, 24, 40, 3))
+    frames[1] = frames[0]  # identical neighbours must stay two frames
+    with Image.open(io.BytesIO(encode_crop(frames))) as png:
+        loaded = [np.array(f.convert("RGB")) for f in ImageSequence.Iterator(png)]
+    assert len(loaded) == 3
+    back = torch.from_numpy(np.stack(loaded).astype(np.float32) / 255.0)
+    assert torch.equal(back, frames)
