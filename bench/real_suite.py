@@ -19,6 +19,7 @@ from typing import Callable
 
 from tests.comfy_test_nodes import DELAY_SCALE_ENV
 
+from . import real_tiles
 from .figures import Figure, Target, median, seconds_list
 from .real_cluster import BenchCluster
 from .real_jobs import BenchError, RealBench, RealRun, breakdown, fetch_last_outputs
@@ -205,12 +206,15 @@ def measure(cluster: BenchCluster, params: Params, modes: list[str]) -> tuple[li
     headline = sizes(bench, params, modes)
     others = guarded("overhead", partial(overhead, bench, params))
     others += guarded("transfer", partial(transfer, bench, params))
+    tiles = guarded("tiles: speed-up", partial(real_tiles.speed_up, bench, WORKERS, params.repeats))
+    tiles += guarded("tiles: overhead", partial(real_tiles.overhead, bench, WORKERS, params.repeats))
     for _ in range(params.first_jobs - 1):
         bench.use(WORKERS, "static", FIRST_JOB)
         startups.append(cluster.restart())
         firsts.append(first_job(bench))
     headline += guarded("mixed speeds 1:1:1/3", partial(mixed, bench, cluster, params))
-    return [first_job_figure(firsts, startups), *headline, *others], startups[0]
+    tiles += guarded("tiles: mixed speeds", partial(real_tiles.mixed, bench, WORKERS, params.repeats))  # w2 slow
+    return [first_job_figure(firsts, startups), *headline, *tiles, *others], startups[0]
 
 
 def run(quick: bool = False) -> tuple[list[Figure], list[str]]:
@@ -241,6 +245,11 @@ def notes(startup: float, modes: list[str]) -> list[str]:
         "long); ratio = measured / (best assignment of whole units with zero overhead + floor), lower is better; "
         "whole images cannot reach the fluid ideal (total work / total speed), which the detail gives too.",
         "Overhead = each distributed job - median of the same prompt on the master alone (both zero work).",
+        f"Tiles: a 512x384 test image in {real_tiles.TILES} tiles of 128x128 (padding 16), each tile "
+        f"{real_tiles.TILE_WORK:.0f} s of slept work in DistributedTestTileWork; speed-up = the master alone / master "
+        "+ 2 workers (ideal 3); mixed speeds against the best assignment of whole tiles plus the master alone with "
+        "zero work; overhead per tile = (a 2048x2048 image in four 1024x1024 tiles, zero work - the same image "
+        "made and saved without tiles) / 4.",
         "Transfer: random pixels (about 3.1 MB per PNG); 'end to end' = worker bytes / (distributed job - the "
         "same prompt on the master alone), so it counts the worker's PNG encoding and the master's decoding.",
     ]

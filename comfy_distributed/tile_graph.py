@@ -15,9 +15,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import WorkflowError
-from .workflow import (
+from .workflow import (  # the tile class names are re-exported for tile_nodes
     COLLECTOR_CLASS,
     DISTRIBUTOR_CLASS,
+    TILE_MERGE_CLASS,
+    TILE_SPLIT_CLASS,
     Prompt,
     _node_sort_key,
     distributor_seed,
@@ -26,8 +28,6 @@ from .workflow import (
     upstream,
 )
 
-TILE_SPLIT_CLASS = "MultiGPUTileSplit"
-TILE_MERGE_CLASS = "MultiGPUTileMerge"
 TILE_INPUT = "tile"
 """The Merge's input that receives the processed tile."""
 TEMP_SUFFIX = " [temp]"

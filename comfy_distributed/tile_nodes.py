@@ -25,6 +25,7 @@ from .errors import JobError, WorkflowError
 from .nodes import INTERNAL_NOTE, PART_CLASS, PARTS_TYPE
 from .tile_graph import TILE_MERGE_CLASS, TILE_SPLIT_CLASS, TilePair, build_master_tile, tile_pairs
 from .tiles import ALIGN, TileGrid, crop, merge, plan_tiles
+from .workflow import TILED_UPSCALE_CLASS
 
 log = logging.getLogger("comfy_distributed")
 
@@ -62,10 +63,17 @@ class MultiGPUTileSplit:
             "padding": _size(32, 1024, "pixels of context added on every side of a tile", minimum=0),
             "feather": _size(32, 1024, "pixels over which neighbouring tiles fade into each other (at most the "
                                        "padding)", minimum=0),
-        }}
+        }, "hidden": {"dynprompt": "DYNPROMPT"}}
 
-    def split(self, image: Any, tile_width: int, tile_height: int, padding: int, feather: int) -> tuple:
-        """Run on its own (nothing below it is a Merge's pipeline): the first tile, as a preview of the cut."""
+    def split(self, image: Any, tile_width: int, tile_height: int, padding: int, feather: int,
+              dynprompt: Any = None) -> tuple:
+        """The Merge never runs its Split: this runs only when a node outside the pipeline takes the tile output
+        (it gets the first tile, a preview of the cut), or when the Split has no Merge (refused, saying so)."""
+        if dynprompt is not None:
+            try:
+                tile_pairs(whole_prompt(dynprompt))
+            except WorkflowError as exc:
+                raise RuntimeError(str(exc)) from None
         grid = _grid(image, tile_width, tile_height, padding, feather, "Multi-GPU Tile Split")
         return (_quantized_crops(image, grid)[0],)
 
@@ -187,7 +195,7 @@ class MultiGPUTileStart:
         return float("nan")  # never from ComfyUI's cache: each run is a new job (an old job's id is gone)
 
     def start(self, image: Any, tile_width: int, tile_height: int, padding: int, feather: int, merge: str,
-              dynprompt: Any = None) -> tuple[TileRun]:
+              dynprompt: Any = None, **_more: Any) -> tuple[TileRun]:
         who = f"Multi-GPU Tile Merge {merge}"
         prompt = whole_prompt(dynprompt)
         pair = _pair(prompt, merge)
@@ -306,7 +314,6 @@ def _blend(tiles: TileRun, have: dict[int, Any]) -> Any:
         raise RuntimeError(f"Multi-GPU Tile Merge {tiles.merge}: {exc}") from None
 
 
-TILED_UPSCALE_CLASS = "MultiGPUTiledUpscale"
 SAMPLERS_FALLBACK = ["euler"]
 SCHEDULERS_FALLBACK = ["normal"]
 

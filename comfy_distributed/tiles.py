@@ -107,9 +107,14 @@ def plan_tiles(width: int, height: int, tile_width: int, tile_height: int, paddi
 
 
 def crop(images: "torch.Tensor", tile: Tile) -> "torch.Tensor":
-    """The tile's crop of every frame of an IMAGE batch (a copy, not a view into the source)."""
+    """The tile's crop of every frame of an IMAGE batch: a contiguous copy, laid out in memory as ComfyUI's
+    LoadImage lays out what a worker loads. The layout matters: an image made by a node that works channels
+    first (ImageScale) is a view with channels-first strides, and convolutions on the two layouts differ in the
+    last bit, so the master's tiles would differ from the workers' by a level here and there."""
+    import torch
+
     left, top, width, height = tile.box
-    return images[:, top:top + height, left:left + width, :].clone()
+    return images[:, top:top + height, left:left + width, :].clone(memory_format=torch.contiguous_format)
 
 
 def output_scale(grid: TileGrid, processed: "torch.Tensor") -> Fraction:

@@ -23,6 +23,11 @@ JOB_INPUT = "multigpu_job_id"
 """Input added to the master's Collector nodes so that they find their job when they run."""
 
 WORKER_OUTPUT_CLASS = "PreviewImage"
+TILE_SPLIT_CLASS = "MultiGPUTileSplit"
+TILE_MERGE_CLASS = "MultiGPUTileMerge"
+TILED_UPSCALE_CLASS = "MultiGPUTiledUpscale"
+TILE_CLASSES = (TILE_SPLIT_CLASS, TILE_MERGE_CLASS, TILED_UPSCALE_CLASS)
+"""The tile nodes (``tile_nodes``): they never run on a worker."""
 
 
 
@@ -197,6 +202,11 @@ def _batch_sources(prompt: Prompt, collectors: Iterable[str]) -> set[tuple[str, 
 def build_worker_prompt(prompt: Prompt, collectors: list[str], seed_offset: int, batch: int | None = None) -> Prompt:
     """The copy a worker runs for one unit: pruned, seeds offset, batch resized, core output nodes only."""
     keep = upstream(prompt, collectors) | set(collectors)
+    tiled = sorted(n for n in keep if prompt[n].get("class_type") in TILE_CLASSES)
+    if tiled:
+        raise WorkflowError(f"Multi-GPU Collector {', '.join(collectors)}: tile node(s) {', '.join(tiled)} lie above "
+                            "it; a worker runs a plain copy of what a Collector collects, so put the Collector "
+                            "before the Tile Split (the tiles then share out the collected batch's frames)")
     seeds = {
         node_id: offset_seed(distributor_seed(prompt, node_id), seed_offset)
         for node_id in keep

@@ -47,3 +47,13 @@ def test_a_figure_keeps_every_run_and_judges_the_worst():
                     lower_is_better=True)
     assert (slower.worst, slower.verdict, slower.target_text()) == (1.1, "met", "<= 1.05, worst <= 1.2")
     assert "0.980 0.920 0.990" in table([figure])
+
+
+def test_the_best_assignment_of_whole_tiles():
+    """12 tiles of 1 s: 3 equal participants need 4 s; at 1 : 1 : 1/3, 6 s (the slow one finishes 2 in 6 s)."""
+    from bench.real_tiles import best_whole_tiles
+
+    assert best_whole_tiles(12, (1.0, 1.0, 1.0), 1.0) == pytest.approx(4.0)
+    assert best_whole_tiles(12, (1.0, 1.0, 1 / 3), 1.0) == pytest.approx(6.0)
+    assert best_whole_tiles(13, (1.0, 1.0, 1.0), 0.5) == pytest.approx(2.5)
+    assert best_whole_tiles(1, (1.0, 1 / 3), 2.0) == pytest.approx(2.0)

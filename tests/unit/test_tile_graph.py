@@ -95,3 +95,26 @@ def test_a_nested_pair_is_refused():
     prompt["10"]["inputs"]["tile"] = ["21", 0]
     with pytest.raises(WorkflowError, match=r"Split 4 / Merge 10: node\(s\) 20, 21 of another tile pair .* cannot be nested"):
         tile_pairs(prompt)
+
+
+def test_a_collector_below_a_tile_pair_is_refused_for_its_workers():
+    from comfy_distributed.workflow import build_worker_prompt
+
+    prompt = img2img()
+    prompt["12"] = {"class_type": "MultiGPUCollector", "inputs": {"images": ["10", 0]}}
+    prompt["11"]["inputs"]["images"] = ["12", 0]
+    with pytest.raises(WorkflowError, match=r"Collector 12: tile node\(s\) 10, 4 lie above it.*before the Tile Split"):
+        build_worker_prompt(prompt, ["12"], 1)
+
+
+def test_a_collector_above_the_split_is_fine():
+    """Each GPU makes its images, the Collector gathers them, the tiles then share out every frame."""
+    from comfy_distributed.workflow import build_worker_prompt
+
+    prompt = img2img()
+    prompt["12"] = {"class_type": "MultiGPUCollector", "inputs": {"images": ["3", 0]}}
+    prompt["4"]["inputs"]["image"] = ["12", 0]
+    worker = build_worker_prompt(prompt, ["12"], 1)
+    assert {n["class_type"] for n in worker.values()} == {"LoadImage", "ImageScaleBy", "PreviewImage"}
+    (pair,) = tile_pairs(prompt)
+    assert pair.split == "4"

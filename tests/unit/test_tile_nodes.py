@@ -104,3 +104,10 @@ def test_a_crop_of_several_frames_travels_as_one_png_that_loads_as_a_batch():
     assert len(loaded) == 3
     back = torch.from_numpy(np.stack(loaded).astype(np.float32) / 255.0)
     assert torch.equal(back, frames)
+
+
+def test_a_split_without_its_merge_is_refused_when_it_runs():
+    prompt = workflow()
+    del prompt["4"]
+    with pytest.raises(RuntimeError, match="Multi-GPU Tile Split 2: no Multi-GPU Tile Merge below it"):
+        MultiGPUTileSplit().split(torch.rand(1, 64, 64, 3), 64, 64, 16, 16, FakeDynamicPrompt(prompt))

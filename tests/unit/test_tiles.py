@@ -102,3 +102,16 @@ def test_settings_that_cannot_work_are_refused_by_name(kwargs, message):
     args = {"width": 512, "height": 512, "tile_width": 128, "tile_height": 128, "padding": 32, **kwargs}
     with pytest.raises(WorkflowError, match=message):
         plan_tiles(**args)
+
+
+def test_a_crop_is_laid_out_as_loadimage_lays_out_what_a_worker_loads():
+    """ImageScale's output is a channels-first tensor seen channels last: its crops must still be contiguous."""
+    channels_first = torch.rand(1, 3, 96, 128)
+    image = channels_first.movedim(1, -1)
+    assert not image.is_contiguous()
+    grid = plan_tiles(128, 96, 64, 64, 8)
+    for tile in grid.tiles:
+        piece = crop(image, tile)
+        assert piece.is_contiguous() and quantize_like_png(piece).is_contiguous()
+        left, top, width, height = tile.box
+        assert torch.equal(piece, image[:, top:top + height, left:left + width, :])
