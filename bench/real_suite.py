@@ -245,7 +245,7 @@ def notes(startup: float, modes: list[str]) -> list[str]:
         "long); ratio = measured / (best assignment of whole units with zero overhead + floor), lower is better; "
         "whole images cannot reach the fluid ideal (total work / total speed), which the detail gives too.",
         "Overhead = each distributed job - median of the same prompt on the master alone (both zero work).",
-        f"Tiles: a 512x384 test image in {real_tiles.TILES} tiles of 128x128 (padding 16), each tile "
+        f"Tiles: a 1024x768 test image in {real_tiles.TILES} tiles of 256x256 (padding 16), each tile "
         f"{real_tiles.TILE_WORK:.0f} s of slept work in DistributedTestTileWork; speed-up = the master alone / master "
         "+ 2 workers (ideal 3); mixed speeds against the best assignment of whole tiles plus the master alone with "
         "zero work; overhead per tile = (a 2048x2048 image in four 1024x1024 tiles, zero work - the same image "

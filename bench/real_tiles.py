@@ -16,7 +16,9 @@ from .workload import SLOW_SCALE, Workload
 
 SUITE = "real"
 TILES = 12
-"""A 512x384 image in 128x128 tiles (4 x 3)."""
+"""A 1024x768 image in 256x256 tiles (4 x 3)."""
+IMAGE = (1024, 768)
+TILE = 256
 TILE_WORK = 1.0
 """Seconds of simulated work per tile (speed-up and mixed speeds)."""
 ANY = Workload((1.0, 1.0, 1.0), images=1, work_per_image=0.0)
@@ -62,11 +64,11 @@ def timed_tiles(bench: RealBench, width: int, height: int, tile: int, delay: flo
 def speed_up(bench: RealBench, workers: tuple[str, ...], repeats: int) -> list[Figure]:
     """12 tiles of 1 s on 3 equal participants against the master alone; ideal 3x."""
     bench.use((), "dynamic", ANY)
-    timed_tiles(bench, 512, 384, 128, 0.0, False)  # warm-up
-    alone = [timed_tiles(bench, 512, 384, 128, TILE_WORK, False)[0] for _ in range(repeats)]
+    timed_tiles(bench, *IMAGE, TILE, 0.0, False)  # warm-up
+    alone = [timed_tiles(bench, *IMAGE, TILE, TILE_WORK, False)[0] for _ in range(repeats)]
     bench.use(workers, "dynamic", ANY)
-    timed_tiles(bench, 512, 384, 128, 0.0, True)
-    runs = [timed_tiles(bench, 512, 384, 128, TILE_WORK, True) for _ in range(repeats)]
+    timed_tiles(bench, *IMAGE, TILE, 0.0, True)
+    runs = [timed_tiles(bench, *IMAGE, TILE, TILE_WORK, True) for _ in range(repeats)]
     reference = median(alone)
     return [Figure(SUITE, f"tiles: speed-up, {TILES} tiles, 3 equal", "dynamic",
                    tuple(reference / seconds for seconds, _, _ in runs), "ratio", Target(2.7),
@@ -86,10 +88,10 @@ def best_whole_tiles(tiles: int, speeds: tuple[float, ...], work: float) -> floa
 def mixed(bench: RealBench, workers: tuple[str, ...], repeats: int) -> list[Figure]:
     """The same job with w2 three times slower (restarted so by the caller): against the best assignment."""
     bench.use((), "dynamic", ANY)
-    floor = median(timed_tiles(bench, 512, 384, 128, 0.0, False)[0] for _ in range(repeats))
+    floor = median(timed_tiles(bench, *IMAGE, TILE, 0.0, False)[0] for _ in range(repeats))
     bench.use(workers, "dynamic", ANY)
-    timed_tiles(bench, 512, 384, 128, 0.0, True)
-    runs = [timed_tiles(bench, 512, 384, 128, TILE_WORK, True)[0] for _ in range(repeats)]
+    timed_tiles(bench, *IMAGE, TILE, 0.0, True)
+    runs = [timed_tiles(bench, *IMAGE, TILE, TILE_WORK, True)[0] for _ in range(repeats)]
     best = best_whole_tiles(TILES, (1.0, 1.0, 1.0 / SLOW_SCALE), TILE_WORK) + floor
     return [Figure(SUITE, f"tiles: mixed speeds 1:1:1/3, {TILES} tiles", "dynamic",
                    tuple(seconds / best for seconds in runs), "ratio", Target(1.15), lower_is_better=True,

@@ -60,12 +60,18 @@ class CollectorBridge:
                 break
             job.changed.wait(COLLECT_POLL)
             if interrupted():
-                self.cancel(job)
+                self._drop(job)
                 raise JobError("Multi-GPU: interrupted while waiting for the workers")
             if time.monotonic() > bound:  # every unit run has its own deadline: this only guards against a bug
-                self.cancel(job)
+                self._drop(job)
                 raise JobError(f"Multi-GPU job {job_id}: the workers did not settle in time")
         return self._settled_result(job, collector_id)
+
+    def _drop(self, job: Job) -> None:
+        """Cancel the job and forget it at once (its files and crops are not kept until the sweep)."""
+        self.cancel(job)
+        with self._lock:
+            self._jobs.pop(job.job_id, None)
 
     def _settled_result(self, job: Job, collector_id: str) -> CollectorResult:
         """What the Collector gets once no unit waits any more; the job's error or lost units raise."""

@@ -150,10 +150,9 @@ class TileJob(Job):
     """A tile job: the tiles of one image (every frame of a batch) between a Tile Split and its Merge, each a
     unit that a worker or the master runs through the per-tile pipeline. Its one "Collector" is the Merge."""
 
-    crops: dict[int, bytes] = field(default_factory=dict)
-    """Per position: the tile's crop as the worker receives it (a PNG, every frame in one animated PNG)."""
-    crop_names: dict[int, str] = field(default_factory=dict)
-    """Per position: the crop's file name in a worker's temp folder."""
+    uploads: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    """Per position, by file name in a worker's temp folder: the tile's crop as the worker receives it (a PNG,
+    every frame in one animated PNG), then its crops of the other images cropped per tile."""
 
 
 @dataclass(slots=True, frozen=True)

@@ -169,26 +169,35 @@ class Orchestrator(JobBook, CollectorBridge):
                    settings=config.settings, scheduler=scheduler, mode=planned.mode, plan=first_runs,
                    kinds={c: list(collector_links(prompt, c)) for c in planned.collectors}, batch=planned.batch)
 
-    def start_tiles(self, prompt: Prompt, pair: TilePair, crops: list[bytes], frames: int) -> TileJob | None:
+    def start_tiles(self, prompt: Prompt, pair: TilePair, files: list[list[bytes]], frames: int,
+                    hints: dict[tuple[str, int], int] | None = None) -> TileJob | None:
         """Share the tiles of one image with the enabled workers (execution thread, as the Merge runs): a job
         whose unit at position i + 1 is tile i, begun on the server loop. None when no worker is enabled:
         the master runs every tile itself. Tiles are handed out one at a time to whoever is free, the
-        master included, and a tile is never left out (a failed one runs elsewhere, at worst on the master)."""
+        master included, and a tile is never left out (a failed one runs elsewhere, at worst on the master).
+
+        ``files[i]``: tile i's PNGs, its crop first, then its crops of the images cropped per tile; ``hints``
+        says which of them each such image's output (node, slot) is taken from (0: the tile itself)."""
         config = self.store.get()
-        if not config.enabled_workers() or not crops:
+        if not config.enabled_workers() or not files:
             return None
         if self.loop is None:
             raise JobError("Multi-GPU Tile Merge: the extension's server loop is not known; restart ComfyUI")
         job_id = uuid.uuid4().hex
-        names = {i + 1: f"multigpu-tile-{job_id}-{i + 1}.png" for i in range(len(crops))}
-        units = {p: UnitRun(p, 0, build_tile_prompt(prompt, pair, name), batch=frames) for p, name in names.items()}
+        uploads = {i + 1: {(f"multigpu-tile-{job_id}-{i + 1}-{j}.png" if j else f"multigpu-tile-{job_id}-{i + 1}.png"):
+                           data for j, data in enumerate(tile)} for i, tile in enumerate(files)}
+        units = {}
+        for position, named in uploads.items():
+            names = list(named)
+            units[position] = UnitRun(position, 0, build_tile_prompt(
+                prompt, pair, names[0], {key: names[j] for key, j in (hints or {}).items()}), batch=frames)
         workers = {str(w.id): w for w in config.enabled_workers()}
         scheduler = JobScheduler(units=[Unit(p, 0) for p in sorted(units)], workers=list(workers), plan=None,
                                  max_retries=config.settings.max_retries, skip_unavailable=False,
                                  learns_unit_times=True)
         job = TileJob(job_id=job_id, collectors=[pair.merge], units=units, workers=workers, settings=config.settings,
                       scheduler=scheduler, mode="dynamic", kinds={pair.merge: ["images"]}, batch=frames,
-                      crops={i + 1: data for i, data in enumerate(crops)}, crop_names=names)
+                      uploads=uploads)
         with self._lock:
             self._jobs[job_id] = job
         self.loop.call_soon_threadsafe(self.start, job)
@@ -317,7 +326,7 @@ class Orchestrator(JobBook, CollectorBridge):
             return exc.reason, exc.message
         synced = {m.value for m in media}
         if isinstance(job, TileJob):  # uploaded as each tile is dispatched
-            synced |= {name + TEMP_SUFFIX for name in job.crop_names.values()}
+            synced |= {name + TEMP_SUFFIX for named in job.uploads.values() for name in named}
         lacks = preflight_problems(job.units[min(job.units)].prompt, info, synced)
         if lacks:  # the cached answer may predate a model or node added since: ask once more
             try:
@@ -443,16 +452,19 @@ class CollectorUnits(JobKind[Job]):
         return files_by_key
 
     async def unit_prompt(self, job: Job, unit: UnitRun, client: WorkerClient) -> Prompt:
-        """A tile's crop goes to the worker's temp folder just before the tile's prompt."""
+        """A tile's crops go to the worker's temp folder just before the tile's prompt, which loads them under the
+        names the worker gave them."""
         if not isinstance(job, TileJob):
             return unit.prompt
-        answer = await client.upload_bytes(job.crops[unit.position], job.crop_names[unit.position], folder="temp",
-                                           overwrite=True)
-        name, subfolder = str(answer["name"]), str(answer.get("subfolder") or "")
-        value = (f"{subfolder}/{name}" if subfolder else name) + TEMP_SUFFIX
-        return {node_id: {**node, "inputs": {**node["inputs"], "image": value}}
-                if node.get("class_type") == "LoadImage" and node.get("inputs", {}).get("image")
-                == job.crop_names[unit.position] + TEMP_SUFFIX else node
+        named = job.uploads[unit.position]
+        answers = await asyncio.gather(*(client.upload_bytes(data, name, folder="temp", overwrite=True)
+                                         for name, data in named.items()))
+        stored = {}
+        for name, answer in zip(named, answers):
+            given, subfolder = str(answer["name"]), str(answer.get("subfolder") or "")
+            stored[name + TEMP_SUFFIX] = (f"{subfolder}/{given}" if subfolder else given) + TEMP_SUFFIX
+        return {node_id: {**node, "inputs": {**node["inputs"], "image": stored[node["inputs"]["image"]]}}
+                if node.get("class_type") == "LoadImage" and node.get("inputs", {}).get("image") in stored else node
                 for node_id, node in unit.prompt.items()}
 
     def unit_done(self, job: Job, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:

@@ -4,14 +4,18 @@ Whatever lies between a Split and its Merge is the *per-tile pipeline*. A worker
 as a plain prompt: the Split becomes a core ``LoadImage`` of the tile's crop (uploaded to the
 worker's temp folder), the Merge a core ``PreviewImage`` under the Merge's id, Distributors their
 literal seed (every tile gets the same seed: tiles are parts of one image); nodes that only fed the
-Split are left out. The master runs its own tiles as a graph expansion in which only the nodes that
-depend on the Split are copied, so a loaded model is not loaded again.
+Split are left out. An image from outside the pipeline that has the size of the Split's image (the hint of a
+tile ControlNet fed the same upscaled image) is cropped per tile the same way, each tile's crop uploaded next
+to the tile's; everything else from outside (models, conditionings, other images) is shared. The master
+runs its own tiles as a graph expansion in which only the nodes that depend on the Split are copied, so a
+loaded model is not loaded again.
 """
 
 from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
+from collections.abc import Iterable
 from typing import Any
 
 from .errors import WorkflowError
@@ -42,16 +46,18 @@ class TilePair:
     """The nodes that depend on the Split's tile and feed the Merge (the Split and Merge excluded)."""
 
 
-def _downstream(prompt: Prompt, start: str) -> set[str]:
-    """Every node that depends on ``start`` through links."""
+def _downstream(prompt: Prompt, start: str | set[str]) -> set[str]:
+    """Every node that depends on ``start`` (a node, or any of several) through links."""
+    starts = {start} if isinstance(start, str) else set(start)
     found: set[str] = set()
     changed = True
     while changed:
         changed = False
         for node_id, node in prompt.items():
-            if node_id in found or node_id == start:
+            if node_id in found or node_id in starts:
                 continue
-            if any(is_link(v) and (str(v[0]) == start or str(v[0]) in found) for v in node.get("inputs", {}).values()):
+            if any(is_link(v) and (str(v[0]) in starts or str(v[0]) in found)
+                   for v in node.get("inputs", {}).values()):
                 found.add(node_id)
                 changed = True
     return found
@@ -119,14 +125,95 @@ def _pipeline_seeds(prompt: Prompt, nodes: set[str]) -> dict[str, int]:
             if prompt[node_id].get("class_type") == DISTRIBUTOR_CLASS}
 
 
-def build_tile_prompt(prompt: Prompt, pair: TilePair, image_name: str) -> Prompt:
-    """The plain prompt a worker runs for one tile, whose crop it holds as ``image_name`` in its temp folder."""
+def _region(prompt: Prompt, pair: TilePair) -> set[str]:
+    """The nodes the Merge's tile is made from, the Split and what only feeds the Split left out."""
+    source = str(tile_link(prompt, pair.merge)[0])
+    return (_upstream_until(prompt, source, pair.split) | {source}) - {pair.split}
+
+
+def outside_inputs(prompt: Prompt, pair: TilePair) -> list[tuple[str, int]]:
+    """The outputs, as (node, output) in node order, of nodes that do not depend on the tile and that are used on
+    the way to the Merge (a model, a conditioning, a ControlNet's hint image): the candidates for cropping per
+    tile. The Split's tile and Distributors (made literal seeds) are not among them."""
+    found: set[tuple[str, int]] = set()
+    for node_id in _region(prompt, pair) | {pair.merge}:
+        for value in prompt[node_id].get("inputs", {}).values():
+            if not is_link(value):
+                continue
+            source = str(value[0])
+            if source in pair.pipeline or source == pair.split or source not in prompt:
+                continue
+            if prompt[source].get("class_type") == DISTRIBUTOR_CLASS:
+                continue
+            found.add((source, int(value[1])))
+    return sorted(found, key=lambda key: (_node_sort_key(key[0]), key[1]))
+
+
+def hint_node(pair: TilePair, index: int) -> str:
+    """The id of the node that gives a tile's crop of cropped image ``index`` (1-based) in a worker's copy."""
+    return f"{pair.split}.multigpu.hint.{index}"
+
+
+def _relinked(prompt: Prompt, pair: TilePair, targets: dict[tuple[str, int], list]) -> Prompt:
+    """The prompt with the links from the outputs in ``targets`` to the nodes the tile is made from moved to
+    their new source."""
+    result = dict(prompt)
+    for node_id in _region(prompt, pair) | {pair.merge}:
+        node = prompt[node_id]
+        inputs = {name: list(targets[(str(value[0]), int(value[1]))])
+                  if is_link(value) and (str(value[0]), int(value[1])) in targets else value
+                  for name, value in node.get("inputs", {}).items()}
+        result[node_id] = {**node, "inputs": inputs}
+    return result
+
+
+def tile_pipeline(prompt: Prompt, pair: TilePair,
+                  cropped: Iterable[tuple[str, int]] = ()) -> tuple[frozenset[str], list[tuple[str, int]]]:
+    """What runs per tile when the outputs ``cropped`` are cropped per tile: the nodes that depend on the tile or
+    on a crop (a ControlNet apply fed a cropped hint joins the pipeline), and those of ``cropped`` that are
+    used (not one whose every use is made from another crop), in node order."""
+    keys = sorted(set(cropped), key=lambda key: (_node_sort_key(key[0]), key[1]))
+    if not keys:
+        return pair.pipeline, []
+    marks = {key: f"\x00crop.{index}" for index, key in enumerate(keys)}
+    relinked = _relinked(prompt, pair, {key: [mark, 0] for key, mark in marks.items()})
+    relinked.update({mark: {"class_type": "", "inputs": {}} for mark in marks.values()})
+    source = str(tile_link(relinked, pair.merge)[0])
+    reach = _upstream_until(relinked, source, pair.split) | {source}
+    used = [key for key in keys if marks[key] in reach]
+    depends = _downstream(relinked, {pair.split, *(marks[key] for key in used)})
+    return frozenset((depends & reach) - set(marks.values())), used
+
+
+def build_tile_prompt(prompt: Prompt, pair: TilePair, image_name: str,
+                      hints: dict[tuple[str, int], str] | None = None) -> Prompt:
+    """The plain prompt a worker runs for one tile, whose crop it holds as ``image_name`` in its temp folder.
+
+    ``hints``: outputs outside the pipeline that are cropped per tile (an image of the Split's size, such as a
+    tile ControlNet's hint), each with the file name of this tile's crop of it; the pipeline takes them from a
+    ``LoadImage`` of that file, and the name ``image_name`` stands for the tile itself."""
+    hints = hints or {}
+    targets: dict[tuple[str, int], list] = {}
+    hint_nodes: Prompt = {}
+    for index, (key, name) in enumerate(sorted(hints.items(), key=lambda item: (_node_sort_key(item[0][0]),
+                                                                                item[0][1])), start=1):
+        if name == image_name:
+            targets[key] = [pair.split, 0]
+            continue
+        targets[key] = [hint_node(pair, index), 0]
+        hint_nodes[hint_node(pair, index)] = {
+            "class_type": "LoadImage", "inputs": {"image": name + TEMP_SUFFIX},
+            "_meta": {"title": f"Multi-GPU Tile Split {pair.split}: this tile's crop of node {key[0]}'s image"}}
+    prompt = {**_relinked(prompt, pair, targets), **hint_nodes}
     source = tile_link(prompt, pair.merge)
     keep = _upstream_until(prompt, str(source[0]), pair.split) | {str(source[0])}
-    seeds = _pipeline_seeds(prompt, keep)
+    seeds = _pipeline_seeds(prompt, keep - set(hint_nodes))
     result: Prompt = {}
     for node_id in sorted(keep, key=_node_sort_key):
         if node_id in seeds:
+            continue
+        if node_id in hint_nodes:
+            result[node_id] = hint_nodes[node_id]
             continue
         if node_id == pair.split:
             result[node_id] = {"class_type": "LoadImage", "inputs": {"image": image_name + TEMP_SUFFIX},
@@ -149,18 +236,23 @@ def _upstream_until(prompt: Prompt, start: str, stop: str) -> set[str]:
         node_id = stack.pop()
         if node_id == stop:
             continue
-        for value in prompt.get(node_id, {}).get("inputs", {}).values():
+        node = prompt.get(node_id) or {}
+        for value in node.get("inputs", {}).values():
             if is_link(value) and str(value[0]) in prompt and str(value[0]) not in seen:
                 seen.add(str(value[0]))
                 stack.append(str(value[0]))
     return seen
 
 
-def build_master_tile(prompt: Prompt, pair: TilePair, prefix: str, source: list) -> tuple[Prompt, list]:
+def build_master_tile(prompt: Prompt, pair: TilePair, prefix: str, source: list,
+                      hints: dict[tuple[str, int], list] | None = None) -> tuple[Prompt, list]:
     """Nodes that run one tile on the master, as a graph expansion: the pipeline's nodes under ``prefix``,
-    the Split's tile taken from ``source`` (a link), everything else linked to the nodes the master ran.
-    Returns the nodes and the link to the processed tile."""
-    seeds = _pipeline_seeds(prompt, set(upstream(prompt, pair.pipeline)))
+    the Split's tile taken from ``source`` (a link), the outputs in ``hints`` (images cropped per tile) from
+    the links given there, everything else linked to the nodes the master ran. Returns the nodes and the
+    link to the processed tile."""
+    hints = hints or {}
+    pipeline, _ = tile_pipeline(prompt, pair, hints)
+    seeds = _pipeline_seeds(prompt, set(upstream(prompt, pipeline)))
 
     def relink(value: Any) -> Any:
         if not is_link(value):
@@ -168,12 +260,14 @@ def build_master_tile(prompt: Prompt, pair: TilePair, prefix: str, source: list)
         node_id = str(value[0])
         if node_id == pair.split:  # its tile output (tile_pairs refuses the others)
             return list(source)
+        if (node_id, int(value[1])) in hints:
+            return list(hints[(node_id, int(value[1]))])
         if node_id in seeds:
             return seeds[node_id]
-        return [prefix + node_id, value[1]] if node_id in pair.pipeline else list(value)
+        return [prefix + node_id, value[1]] if node_id in pipeline else list(value)
 
     nodes: Prompt = {}
-    for node_id in sorted(pair.pipeline, key=_node_sort_key):
+    for node_id in sorted(pipeline, key=_node_sort_key):
         node = copy.deepcopy(prompt[node_id])
         node["inputs"] = {name: relink(value) for name, value in node.get("inputs", {}).items()}
         nodes[prefix + node_id] = node

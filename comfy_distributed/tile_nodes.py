@@ -3,8 +3,10 @@
 The Merge does the work on the master. Its ``tile`` input is lazy and never asked for, so the per-tile
 pipeline never runs on the whole image; instead the Merge expands (ComfyUI graph expansion) into:
 
-- ``MultiGPUTileStart``, fed the Split's own inputs: cuts the image into tiles (``tiles.plan_tiles``), quantizes
-  each crop as an 8-bit PNG would, and starts a tile job with the enabled workers (``Orchestrator.start_tiles``);
+- ``MultiGPUTileStart``, fed the Split's own inputs and every image from outside that the pipeline takes: cuts
+  the image into tiles (``tiles.plan_tiles``), and each of those images that has the image's size the same way
+  (a tile ControlNet's hint), quantizes each crop as an 8-bit PNG would, and starts a tile job with the enabled
+  workers (``Orchestrator.start_tiles``);
 - ``MultiGPUTileStep``: asks the job what the master does next. Tiles for the master expand into a copy of the
   pipeline per tile fed by a ``MultiGPUTileSource`` (the tile's crop), gathered by ``MultiGPUUnitPart`` nodes,
   then another Step; once every tile is in, the Step blends them (``tiles.merge``) and outputs the image.
@@ -23,7 +25,15 @@ from typing import Any
 from . import runtime
 from .errors import JobError, WorkflowError
 from .nodes import INTERNAL_NOTE, PART_CLASS, PARTS_TYPE
-from .tile_graph import TILE_MERGE_CLASS, TILE_SPLIT_CLASS, TilePair, build_master_tile, tile_pairs
+from .tile_graph import (
+    TILE_MERGE_CLASS,
+    TILE_SPLIT_CLASS,
+    TilePair,
+    build_master_tile,
+    outside_inputs,
+    tile_pairs,
+    tile_pipeline,
+)
 from .tiles import ALIGN, TileGrid, crop, merge, plan_tiles
 from .workflow import TILED_UPSCALE_CLASS
 
@@ -100,16 +110,49 @@ class MultiGPUTileMerge:
 
     def merge(self, tile: Any = None, unique_id: str | None = None, dynprompt: Any = None) -> dict[str, Any]:
         merge_id = str(unique_id)
-        pair = _pair(whole_prompt(dynprompt), merge_id)
-        split = whole_prompt(dynprompt)[pair.split].get("inputs", {})
+        prompt = whole_prompt(dynprompt)
+        pair = _pair(prompt, merge_id)
+        split = prompt[pair.split].get("inputs", {})
         prefix = f"{merge_id}.multigpu.tiles."
         start, step = prefix + "start", prefix + "step"
+        images = [key for key in outside_inputs(prompt, pair) if _output_type(prompt, key) == "IMAGE"
+                  and list(key) != _link_key(split.get("image"))]  # the Split's own image is the tile
         graph = {
             start: {"class_type": START_CLASS, "inputs": {
-                **{name: split.get(name) for name in ("image", *SPLIT_SETTINGS)}, "merge": merge_id}},
+                **{name: split.get(name) for name in ("image", *SPLIT_SETTINGS)}, "merge": merge_id,
+                **{f"{HINT_INPUT}{i}": list(key) for i, key in enumerate(images, start=1)}}},
             step: {"class_type": STEP_CLASS, "inputs": {"tiles": [start, 0]}, "override_display_id": merge_id},
         }
         return {"result": ([step, 0],), "expand": graph}
+
+
+HINT_INPUT = "image_"
+"""Start's inputs (``image_1``...) that take the images from outside the pipeline: cropped per tile when they have
+the Split's image's size, shared otherwise. Not declared (their number varies): ComfyUI passes a linked input
+whatever its name."""
+
+
+def _link_key(value: Any) -> list | None:
+    return [str(value[0]), int(value[1])] if isinstance(value, list) and len(value) == 2 else None
+
+
+def _natural(name: str) -> tuple:
+    digits = "".join(c for c in name if c.isdigit())
+    return (len(digits), digits, name)
+
+
+def _output_type(prompt: dict[str, Any], key: tuple[str, int]) -> str | None:
+    """The type of a node's output, from ComfyUI's node classes (None outside ComfyUI or when unknown)."""
+    try:
+        import nodes as comfy_nodes
+    except ImportError:
+        return None
+    node_class = comfy_nodes.NODE_CLASS_MAPPINGS.get(prompt.get(key[0], {}).get("class_type"))
+    try:
+        types = tuple(node_class.RETURN_TYPES) if node_class is not None else ()
+    except Exception:  # a node pack's class that cannot say: its outputs are shared, never cropped
+        return None
+    return str(types[key[1]]) if 0 <= key[1] < len(types) else None
 
 
 def whole_prompt(dynprompt: Any) -> dict[str, Any]:
@@ -173,6 +216,20 @@ class TileRun:
     grid: TileGrid
     crops: list[Any]
     job_id: str | None
+    hints: dict[tuple[str, int], list[Any]]
+    """Images from outside the pipeline cropped per tile, by the output they come from: each tile's crop."""
+
+    def hint_links(self, position: int, source_prefix: str, start_link: list) -> tuple[dict, dict]:
+        """For the master's copy of tile ``position``: Source nodes giving its crop of each cropped image, and the
+        links the pipeline takes them from."""
+        nodes: dict[str, Any] = {}
+        links: dict[tuple[str, int], list] = {}
+        for index, key in enumerate(self.hints, start=1):
+            node_id = f"{source_prefix}{index}"
+            nodes[node_id] = {"class_type": SOURCE_CLASS,
+                              "inputs": {"tiles": start_link, "position": position, "hint": index}}
+            links[key] = [node_id, 0]
+        return nodes, links
 
 
 class MultiGPUTileStart:
@@ -188,30 +245,51 @@ class MultiGPUTileStart:
     def INPUT_TYPES(cls) -> dict[str, Any]:
         split = MultiGPUTileSplit.INPUT_TYPES()["required"]
         return {"required": {**split, "merge": ("STRING", {"default": ""})},
-                "hidden": {"dynprompt": "DYNPROMPT"}}
+                "hidden": {"unique_id": "UNIQUE_ID", "dynprompt": "DYNPROMPT"}}
 
     @classmethod
     def IS_CHANGED(cls, **_inputs: Any) -> float:
         return float("nan")  # never from ComfyUI's cache: each run is a new job (an old job's id is gone)
 
     def start(self, image: Any, tile_width: int, tile_height: int, padding: int, feather: int, merge: str,
-              dynprompt: Any = None, **_more: Any) -> tuple[TileRun]:
+              unique_id: str | None = None, dynprompt: Any = None, **images: Any) -> tuple[TileRun]:
         who = f"Multi-GPU Tile Merge {merge}"
         prompt = whole_prompt(dynprompt)
         pair = _pair(prompt, merge)
         grid = _grid(image, tile_width, tile_height, padding, feather, who)
         crops = _quantized_crops(image, grid)
+        own = prompt.get(str(unique_id), {}).get("inputs", {})
+        same_size: dict[tuple[str, int], Any] = {}  # the outside images to crop per tile; None: the tile itself
+        tile_key = _link_key(own.get("image"))
+        if tile_key is not None and tuple(tile_key) in outside_inputs(prompt, pair):
+            same_size[(tile_key[0], tile_key[1])] = None
+        for name, value in sorted(images.items(), key=lambda item: _natural(item[0])):
+            link = _link_key(own.get(name))
+            if name.startswith(HINT_INPUT) and link is not None and getattr(value, "ndim", 0) == 4 \
+                    and tuple(value.shape[1:3]) == tuple(image.shape[1:3]):
+                same_size[(link[0], link[1])] = value
+        hints: dict[tuple[str, int], list[Any]] = {}
+        index: dict[tuple[str, int], int] = {}  # which of a tile's files holds the crop: 0 is the tile
+        cropped: list[list[Any]] = [crops]
+        for key in tile_pipeline(prompt, pair, same_size)[1]:  # those not all of whose uses are made from crops
+            if same_size[key] is None:
+                hints[key], index[key] = crops, 0
+            else:
+                hints[key], index[key] = _quantized_crops(same_size[key], grid), len(cropped)
+                cropped.append(hints[key])
         job_id = None
         if runtime.current is not None:
+            files = [[encode_crop(c) for c in each] for each in cropped]
             try:
-                job = runtime.current.orchestrator.start_tiles(prompt, pair, [encode_crop(c) for c in crops],
-                                                               int(image.shape[0]))
+                job = runtime.current.orchestrator.start_tiles(prompt, pair, [list(f) for f in zip(*files)],
+                                                               int(image.shape[0]), hints=index)
             except (WorkflowError, JobError) as exc:
                 raise RuntimeError(f"{who}: {exc}") from None
             job_id = job.job_id if job is not None else None
-        log.info("%s: %d tile(s) of %dx%d%s", who, len(grid.tiles), *grid.crop_size,
+        log.info("%s: %d tile(s) of %dx%d%s%s", who, len(grid.tiles), *grid.crop_size,
+                 f", {len(cropped) - 1} more image(s) cropped per tile" if len(cropped) > 1 else "",
                  " shared with the workers" if job_id else " on the master")
-        return (TileRun(merge, pair, grid, crops, job_id),)
+        return (TileRun(merge, pair, grid, crops, job_id, hints),)
 
 
 class MultiGPUTileSource:
@@ -225,9 +303,13 @@ class MultiGPUTileSource:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"tiles": (TILES_TYPE,), "position": ("INT", {"default": 1, "min": 1, "max": 1 << 20})}}
+        return {"required": {"tiles": (TILES_TYPE,), "position": ("INT", {"default": 1, "min": 1, "max": 1 << 20})},
+                "optional": {"hint": ("INT", {"default": 0, "min": 0, "max": 1 << 10})}}
 
-    def source(self, tiles: TileRun, position: int) -> tuple:
+    def source(self, tiles: TileRun, position: int, hint: int = 0) -> tuple:
+        """The tile's crop (``hint`` 0), or its crop of the ``hint``-th image cropped per tile."""
+        if hint:
+            return (list(tiles.hints.values())[hint - 1][position - 1],)
         return (tiles.crops[position - 1],)
 
 
@@ -286,7 +368,9 @@ def _run_here(prompt: dict, tiles: TileRun, positions: list[int], step_id: str, 
         prefix = f"{tiles.merge}.multigpu.tile.{position}."
         source = prefix + "source"
         graph[source] = {"class_type": SOURCE_CLASS, "inputs": {"tiles": start_link, "position": position}}
-        nodes, link = build_master_tile(prompt, tiles.pair, prefix, [source, 0])
+        hint_nodes, hint_links = tiles.hint_links(position, prefix + "hint.", start_link)
+        graph.update(hint_nodes)
+        nodes, link = build_master_tile(prompt, tiles.pair, prefix, [source, 0], hint_links)
         graph.update(nodes)
         part_inputs: dict[str, Any] = {"position": position, "images": link}
         if previous is not None:

@@ -129,7 +129,9 @@ class DistributedTestLatent:
 
 class DistributedTestTileWork:
     """A per-tile pipeline for tests: a 3x3 box blur (so a pixel depends on its neighbours, as a sampler's
-    does), brightened by ``gain``, then upscaled ``scale`` times (nearest), after ``delay`` of simulated work."""
+    does), brightened by ``gain``, then upscaled ``scale`` times (nearest), after ``delay`` of simulated work.
+    An optional ``hint`` image is averaged in before the upscale, resized to the tile first when its size
+    differs (as a ControlNet resizes its hint): a hint cropped per tile lines up with the tile, a shared one not."""
 
     CATEGORY = "testing/distributed"
     RETURN_TYPES = ("IMAGE",)
@@ -143,16 +145,22 @@ class DistributedTestTileWork:
                 "gain": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 4.0, "step": 0.01}),
                 "scale": ("INT", {"default": 1, "min": 1, "max": 8}),
                 "delay": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 600.0, "step": 0.01}),
-            }
+            },
+            "optional": {"hint": ("IMAGE",)},
         }
 
-    def work(self, image, gain: float, scale: int, delay: float):
+    def work(self, image, gain: float, scale: int, delay: float, hint=None):
         if delay > 0:
             simulate_work(delay * delay_scale())
         channels_first = image.movedim(-1, 1)
         padded = torch.nn.functional.pad(channels_first, (1, 1, 1, 1), mode="replicate")
         blurred = torch.nn.functional.avg_pool2d(padded, 3, stride=1)
         out = (blurred * gain).clamp(0, 1)
+        if hint is not None:
+            guide = hint.movedim(-1, 1)[:, :3]
+            if guide.shape[-2:] != out.shape[-2:]:
+                guide = torch.nn.functional.interpolate(guide, size=tuple(out.shape[-2:]), mode="nearest")
+            out = (out + guide[:1].expand_as(out) if guide.shape[0] == 1 else out + guide[:out.shape[0]]) / 2
         if scale > 1:
             out = torch.nn.functional.interpolate(out, scale_factor=scale, mode="nearest")
         return (out.movedim(1, -1).contiguous(),)

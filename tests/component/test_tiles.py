@@ -13,12 +13,14 @@ import os
 import pytest
 import torch
 
+from comfy_distributed.errors import JobError
 from comfy_distributed.media_codecs import decode_batch, quantize_like_png
 from comfy_distributed.tile_graph import tile_pairs
 from comfy_distributed.tile_nodes import encode_crop
 from comfy_distributed.tiles import crop, merge, plan_tiles
 from tests.comfy_test_nodes import DistributedTestTileWork, seeded_images
 from tests.component.cluster import Cluster
+from tests.waiting import until
 
 
 def tile_workflow(width: int = 200, height: int = 136, frames: int = 1, tile: int = 64, padding: int = 16,
@@ -36,26 +38,42 @@ def tile_workflow(width: int = 200, height: int = 136, frames: int = 1, tile: in
     }
 
 
+def _image_of(prompt: dict, node_id: str) -> torch.Tensor:
+    source = prompt[node_id]["inputs"]
+    return seeded_images(source["seed"], source["batch_size"], source["width"], source["height"])
+
+
 async def run_tiles(cluster: Cluster, prompt: dict, master_delay: float = 0.0):
-    """What the master's Tile Merge does, with the test node run in-process for the master's tiles.
+    """What the master's Tile Merge does, with the test node run in-process for the master's tiles (its hint,
+    when it has one, cropped per tile when it has the image's size, as the Tile Start crops it).
     Returns the merged image, the job (None: no worker enabled) and the positions the master ran."""
     cluster.orchestrator.loop = asyncio.get_running_loop()
     (pair,) = tile_pairs(prompt)
-    source, split, work = prompt["1"]["inputs"], prompt[pair.split]["inputs"], prompt["3"]["inputs"]
-    image = seeded_images(source["seed"], source["batch_size"], source["width"], source["height"])
-    grid = plan_tiles(source["width"], source["height"], split["tile_width"], split["tile_height"], split["padding"],
+    split, work = prompt[pair.split]["inputs"], prompt["3"]["inputs"]
+    image = _image_of(prompt, split["image"][0])
+    grid = plan_tiles(image.shape[2], image.shape[1], split["tile_width"], split["tile_height"], split["padding"],
                       split["feather"])
     crops = [quantize_like_png(crop(image, t)) for t in grid.tiles]
+    files = [[encode_crop(c)] for c in crops]
+    hint_link, hints, hint_crops = work.get("hint"), {}, None
+    if hint_link is not None:
+        hint = _image_of(prompt, hint_link[0])
+        if hint_link == split["image"]:
+            hint_crops, hints = crops, {(hint_link[0], hint_link[1]): 0}
+        elif hint.shape[1:3] == image.shape[1:3]:
+            hint_crops = [quantize_like_png(crop(hint, t)) for t in grid.tiles]
+            hints = {(hint_link[0], hint_link[1]): 1}
+            files = [f + [encode_crop(h)] for f, h in zip(files, hint_crops)]
 
     def on_master(position: int) -> torch.Tensor:
         if master_delay:
             import time
             time.sleep(master_delay)
-        (out,) = DistributedTestTileWork().work(crops[position - 1], work["gain"], work["scale"], 0.0)
+        guide = None if hint_link is None else hint_crops[position - 1] if hint_crops else _image_of(prompt, hint_link[0])
+        (out,) = DistributedTestTileWork().work(crops[position - 1], work["gain"], work["scale"], 0.0, guide)
         return quantize_like_png(out)  # as MultiGPUUnitPart does
 
-    job = await asyncio.to_thread(cluster.orchestrator.start_tiles, prompt, pair, [encode_crop(c) for c in crops],
-                                  int(image.shape[0]))
+    job = await asyncio.to_thread(cluster.orchestrator.start_tiles, prompt, pair, files, int(image.shape[0]), hints)
     mine: dict[int, torch.Tensor] = {}
     if job is None:
         tiles = {p: on_master(p) for p in range(1, len(grid.tiles) + 1)}
@@ -118,3 +136,70 @@ async def test_a_worker_three_times_slower_takes_fewer_tiles(tmp_path, standin_c
     _, job, on_master = await run_tiles(cluster, prompt, master_delay=0.2)
     fast, slow = (len(w.received) for w in cluster.workers)
     assert fast > slow >= 1 and len(on_master) >= 2
+
+
+def with_hint(prompt: dict, width: int, height: int, seed: int = 9) -> dict:
+    """The workflow with a hint image of its own (seed 9) fed to the per-tile node from outside the pipeline."""
+    return {**prompt, "6": {"class_type": "DistributedTestImage", "inputs": {
+        "seed": seed, "batch_size": 1, "width": width, "height": height, "delay": 0.0}},
+        "3": {**prompt["3"], "inputs": {**prompt["3"]["inputs"], "hint": ["6", 0]}}}
+
+
+async def test_an_image_of_the_splits_size_is_cropped_per_tile_on_every_worker(tmp_path, standin_cluster, alone):
+    prompt = with_hint(tile_workflow(delay=0.02), 200, 136)
+    cluster = await standin_cluster(workers=2)
+    merged, job, _ = await run_tiles(cluster, prompt)
+    assert torch.equal(merged, await alone(prompt))
+    unit = job.units[1]
+    assert len(job.uploads[1]) == 2  # the tile and its crop of the hint
+    body = next(w for w in cluster.workers if w.received).received[0]["prompt"]
+    hint_node = body["3"]["inputs"]["hint"][0]
+    assert body[hint_node]["class_type"] == "LoadImage" and body[hint_node]["inputs"]["image"].endswith("-1.png [temp]")
+    assert "6" not in body and "6" not in unit.prompt  # the whole hint is not made on the worker
+    # each crop lines up with its tile: the merged image is the node run on the whole image and whole hint
+    image, hint = (quantize_like_png(_image_of(prompt, node)) for node in ("1", "6"))  # as the tiles travel
+    (whole,) = DistributedTestTileWork().work(image, 1.1, 1, 0.0, hint)
+    assert (merged - whole).abs().max() <= 3 / 255  # 8-bit rounding of the tiles; a hint off by a pixel is far more
+
+
+async def test_the_splits_own_image_fed_again_is_the_tile_itself(tmp_path, standin_cluster, alone):
+    base = tile_workflow(delay=0.02)
+    prompt = {**base, "3": {**base["3"], "inputs": {**base["3"]["inputs"], "hint": ["1", 0]}}}
+    cluster = await standin_cluster(workers=2)
+    merged, job, _ = await run_tiles(cluster, prompt)
+    assert torch.equal(merged, await alone(prompt))
+    assert all(len(named) == 1 for named in job.uploads.values())  # nothing more to upload
+    body = next(w for w in cluster.workers if w.received).received[0]["prompt"]
+    assert body["3"]["inputs"]["hint"] == ["2", 0] and "1" not in body
+
+
+async def test_an_image_of_another_size_is_shared_whole(tmp_path, standin_cluster, alone):
+    prompt = with_hint(tile_workflow(delay=0.02), 40, 24)
+    cluster = await standin_cluster(workers=2)
+    merged, job, _ = await run_tiles(cluster, prompt)
+    assert torch.equal(merged, await alone(prompt))
+    assert all(len(named) == 1 for named in job.uploads.values())
+    body = next(w for w in cluster.workers if w.received).received[0]["prompt"]
+    assert body["3"]["inputs"]["hint"] == ["6", 0] and body["6"]["class_type"] == "DistributedTestImage"
+
+
+async def test_interrupting_the_master_cancels_every_outstanding_tile(tmp_path, standin_cluster):
+    prompt = tile_workflow(delay=0.05)
+    cluster = await standin_cluster(workers=2)
+    for worker in cluster.workers:
+        worker.gate = asyncio.Event()  # each worker holds its first tile until the end of the test
+    cluster.orchestrator.loop = asyncio.get_running_loop()
+    (pair,) = tile_pairs(prompt)
+    image = _image_of(prompt, "1")
+    grid = plan_tiles(200, 136, 64, 64, 16, 16)
+    files = [[encode_crop(quantize_like_png(crop(image, t)))] for t in grid.tiles]
+    job = await asyncio.to_thread(cluster.orchestrator.start_tiles, prompt, pair, files, 1)
+    await until(lambda: all(w.received for w in cluster.workers))
+    with pytest.raises(JobError, match="interrupted"):
+        await asyncio.to_thread(cluster.orchestrator.collect, job.job_id, pair.merge, lambda: True, lambda unit: None)
+    await until(lambda: all(w.interrupt_calls for w in cluster.workers))
+    assert cluster.orchestrator.job(job.job_id) is None
+    for worker in cluster.workers:
+        worker.gate.set()
+    await asyncio.sleep(0.3)
+    assert [len(w.received) for w in cluster.workers] == [1, 1]  # no tile handed out after the cancel

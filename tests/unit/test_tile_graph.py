@@ -5,7 +5,13 @@ from __future__ import annotations
 import pytest
 
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.tile_graph import build_master_tile, build_tile_prompt, tile_pairs
+from comfy_distributed.tile_graph import (
+    build_master_tile,
+    build_tile_prompt,
+    outside_inputs,
+    tile_pairs,
+    tile_pipeline,
+)
 
 
 def img2img() -> dict:
@@ -118,3 +124,68 @@ def test_a_collector_above_the_split_is_fine():
     assert {n["class_type"] for n in worker.values()} == {"LoadImage", "ImageScaleBy", "PreviewImage"}
     (pair,) = tile_pairs(prompt)
     assert pair.split == "4"
+
+
+def with_controlnet() -> dict:
+    """img2img with a tile ControlNet fed the upscaled image (the Split's own) and a depth map from disk."""
+    prompt = img2img()
+    prompt["12"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tile.safetensors"}}
+    prompt["13"] = {"class_type": "LoadImage", "inputs": {"image": "depth.png"}}
+    prompt["14"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["6", 0], "control_net": ["12", 0],
+                                                                "image": ["3", 0], "strength": 1.0}}
+    prompt["15"] = {"class_type": "ControlNetApply", "inputs": {"conditioning": ["14", 0], "control_net": ["12", 0],
+                                                                "image": ["13", 0], "strength": 0.5}}
+    prompt["8"]["inputs"]["positive"] = ["15", 0]
+    return prompt
+
+
+def test_a_controlnet_fed_a_cropped_image_joins_the_pipeline():
+    prompt = with_controlnet()
+    (pair,) = tile_pairs(prompt)
+    assert pair.pipeline == {"5", "8", "9"}  # the ControlNet applies do not depend on the tile
+    assert outside_inputs(prompt, pair) == [("1", 0), ("1", 1), ("1", 2), ("2", 0), ("3", 0), ("6", 0), ("12", 0),
+                                            ("13", 0), ("14", 0), ("15", 0)]  # the seed became a literal
+    # the upscaled image is the Split's; the photo has another size; the depth map has the Split's size
+    pipeline, used = tile_pipeline(prompt, pair, [("3", 0), ("13", 0)])
+    assert used == [("3", 0), ("13", 0)]
+    assert pipeline == {"5", "8", "9", "14", "15"}  # the conditionings are made per tile, from the crops
+    worker = build_tile_prompt(prompt, pair, "t-3.png", {("3", 0): "t-3.png", ("13", 0): "t-3-1.png"})
+    assert worker["14"]["inputs"]["image"] == ["4", 0]
+    assert worker[worker["15"]["inputs"]["image"][0]]["inputs"] == {"image": "t-3-1.png [temp]"}
+    assert sorted(set(worker) - {"4.multigpu.hint.2"}, key=int) == ["1", "4", "5", "6", "8", "9", "10", "12", "14",
+                                                                    "15"]
+    nodes, _ = build_master_tile(prompt, pair, "m.", ["m.source", 0], {("3", 0): ["m.hint.1", 0],
+                                                                       ("13", 0): ["m.hint.2", 0]})
+    assert sorted(nodes) == ["m.14", "m.15", "m.5", "m.8", "m.9"]
+    assert nodes["m.14"]["inputs"] == {"conditioning": ["6", 0], "control_net": ["12", 0], "image": ["m.hint.1", 0],
+                                       "strength": 1.0}
+    assert nodes["m.15"]["inputs"]["conditioning"] == ["m.14", 0] and nodes["m.8"]["inputs"]["positive"] == ["m.15", 0]
+
+
+def test_an_image_whose_every_use_is_made_from_a_crop_is_not_cropped():
+    prompt = with_controlnet()
+    prompt["3"]["inputs"]["scale_by"] = 1.0  # the photo now has the Split's size too
+    (pair,) = tile_pairs(prompt)
+    assert tile_pipeline(prompt, pair, [("2", 0), ("3", 0)])[1] == [("3", 0)]  # ImageScaleBy need not run per tile
+
+
+def test_an_image_cropped_per_tile_is_loaded_from_its_own_crop_on_the_worker():
+    prompt = img2img()
+    prompt["13"] = {"class_type": "LoadImage", "inputs": {"image": "depth.png"}}
+    prompt["14"] = {"class_type": "ImageBlend", "inputs": {"image1": ["4", 0], "image2": ["13", 0],
+                                                           "blend_factor": 0.5, "blend_mode": "normal"}}
+    prompt["15"] = {"class_type": "ImageBlend", "inputs": {"image1": ["14", 0], "image2": ["3", 0],
+                                                           "blend_factor": 0.5, "blend_mode": "normal"}}
+    prompt["5"]["inputs"]["pixels"] = ["15", 0]
+    (pair,) = tile_pairs(prompt)
+    assert outside_inputs(prompt, pair) == [("1", 0), ("1", 1), ("1", 2), ("2", 0), ("3", 0), ("6", 0), ("13", 0)]
+    worker = build_tile_prompt(prompt, pair, "t-3.png", {("13", 0): "t-3-1.png", ("3", 0): "t-3.png"})
+    hint = worker["14"]["inputs"]["image2"][0]
+    assert worker[hint] == {"class_type": "LoadImage", "inputs": {"image": "t-3-1.png [temp]"},
+                            "_meta": {"title": "Multi-GPU Tile Split 4: this tile's crop of node 13's image"}}
+    assert worker["15"]["inputs"]["image2"] == ["4", 0]  # the Split's own image is the tile itself
+    assert not {"2", "3", "13"} & set(worker)  # neither the whole image nor the whole depth map is made there
+    nodes, _ = build_master_tile(prompt, pair, "m.", ["m.source", 0], {("13", 0): ["m.hint.1", 0],
+                                                                       ("3", 0): ["m.hint.2", 0]})
+    assert nodes["m.14"]["inputs"]["image2"] == ["m.hint.1", 0] and nodes["m.15"]["inputs"]["image2"] == ["m.hint.2", 0]
+    assert build_tile_prompt(prompt, pair, "t-3.png")["14"]["inputs"]["image2"] == ["13", 0]  # shared when not cropped

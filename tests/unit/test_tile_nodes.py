@@ -7,6 +7,7 @@ import torch
 
 from comfy_distributed.media_codecs import quantize_like_png
 from comfy_distributed.nodes import MultiGPUUnitPart
+from comfy_distributed import tile_nodes
 from comfy_distributed.tile_nodes import (
     MultiGPUTileMerge,
     MultiGPUTileSource,
@@ -59,7 +60,7 @@ def test_with_no_worker_the_master_runs_every_tile_and_blends_them():
     dyn = FakeDynamicPrompt(workflow())
     dyn.nodes.update(MultiGPUTileMerge().merge(None, "4", dyn)["expand"])
     image = torch.rand(2, 100, 150, 3)
-    (run,) = MultiGPUTileStart().start(image, 64, 64, 16, 8, "4", dyn)
+    (run,) = MultiGPUTileStart().start(image, 64, 64, 16, 8, "4", dynprompt=dyn)
     assert run.job_id is None and len(run.grid.tiles) == 6
     expansion = MultiGPUTileStep().step(run, None, "4.multigpu.tiles.step", dyn)
     graph = expansion["expand"]
@@ -111,3 +112,35 @@ def test_a_split_without_its_merge_is_refused_when_it_runs():
     del prompt["4"]
     with pytest.raises(RuntimeError, match="Multi-GPU Tile Split 2: no Multi-GPU Tile Merge below it"):
         MultiGPUTileSplit().split(torch.rand(1, 64, 64, 3), 64, 64, 16, 16, FakeDynamicPrompt(prompt))
+
+
+def test_an_image_of_the_splits_size_is_cropped_per_tile_for_the_masters_tiles(monkeypatch):
+    """A ControlNet-like node takes a hint from outside the pipeline: the Start gets every outside image, crops
+    those of the image's size with the tiles (the Split's own image is the tile), and passes the others whole."""
+    prompt = {**workflow(),
+              "5": {"class_type": "LoadImage", "inputs": {"image": "depth.png"}},
+              "6": {"class_type": "LoadImage", "inputs": {"image": "small.png"}},
+              "7": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "sd15.safetensors"}},
+              "3": {"class_type": "GuidedWork", "inputs": {"image": ["2", 0], "depth": ["5", 0], "other": ["6", 0],
+                                                           "again": ["1", 0], "vae": ["7", 2]}}}
+    types = {("1", 0): "IMAGE", ("5", 0): "IMAGE", ("6", 0): "IMAGE", ("7", 2): "VAE"}
+    monkeypatch.setattr(tile_nodes, "_output_type", lambda _prompt, key: types.get(tuple(key)))
+    dyn = FakeDynamicPrompt(prompt)
+    graph = MultiGPUTileMerge().merge(None, "4", dyn)["expand"]
+    start = graph["4.multigpu.tiles.start"]["inputs"]
+    assert {k: v for k, v in start.items() if k.startswith("image_")} == {"image_1": ["5", 0], "image_2": ["6", 0]}
+    dyn.nodes.update(graph)
+    image, depth, small = torch.rand(1, 100, 150, 3), torch.rand(1, 100, 150, 3), torch.rand(1, 30, 40, 3)
+    (run,) = MultiGPUTileStart().start(image, 64, 64, 16, 8, "4", unique_id="4.multigpu.tiles.start",
+                                       dynprompt=dyn, image_1=depth, image_2=small)
+    assert list(run.hints) == [("1", 0), ("5", 0)]  # the small image is shared, not cropped
+    assert run.hints[("1", 0)] is run.crops
+    expansion = MultiGPUTileStep().step(run, None, "4.multigpu.tiles.step", dyn)["expand"]
+    copy = expansion["4.multigpu.tile.2.3"]["inputs"]
+    assert copy["image"] == ["4.multigpu.tile.2.source", 0]
+    assert copy["other"] == ["6", 0] and copy["vae"] == ["7", 2]
+    (again,) = MultiGPUTileSource().source(**expansion[copy["again"][0]]["inputs"] | {"tiles": run})
+    (crop_of_depth,) = MultiGPUTileSource().source(**expansion[copy["depth"][0]]["inputs"] | {"tiles": run})
+    grid = plan_tiles(150, 100, 64, 64, 16, 8)
+    assert torch.equal(again, run.crops[1])
+    assert torch.equal(crop_of_depth, quantize_like_png(crop(depth, grid.tiles[1])))
