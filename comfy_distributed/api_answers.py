@@ -136,6 +136,8 @@ class Plan(BaseModel):
     expires_in: float
     mode: str = Field(json_schema_extra={"enum": list(SCHEDULING_MODES)},
                       description="the scheduling mode the job will use")
+    master_participates: bool = Field(description="false: the master only coordinates and the workers run unit 0 "
+                                                  "(its seed, its place in the output) too")
     units: Optional[list[PlanUnit]] = unset(
         description="weighted and dynamic modes: every unit with its seed offset, size and planned participant "
                     "(dynamic: null until it runs, but unit 0 is the master's)")

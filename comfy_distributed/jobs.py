@@ -59,6 +59,8 @@ class UnitRun:
     prompt: Prompt
     batch: int | None = None
     """Images in this unit; None: the workflow's own batch size (static mode)."""
+    values: dict[str, Any] = field(default_factory=dict)
+    """Multi-GPU Value node -> the literal this unit uses (its home participant's), wherever it runs."""
     started: float = 0.0
     worker: WorkerConfig | None = None
     images: dict[str, Any] = field(default_factory=dict)
@@ -150,9 +152,11 @@ class TileJob(Job):
     """A tile job: the tiles of one image (every frame of a batch) between a Tile Split and its Merge, each a
     unit that a worker or the master runs through the per-tile pipeline. Its one "Collector" is the Merge."""
 
-    uploads: dict[int, dict[str, bytes]] = field(default_factory=dict)
+    uploads: dict[int, dict[str, "bytes | Callable[[], bytes]"]] = field(default_factory=dict)
     """Per position, by file name in a worker's temp folder: the tile's crop as the worker receives it (a PNG,
-    every frame in one animated PNG), then its crops of the other images cropped per tile."""
+    every frame in one animated PNG), then its crops of the other images cropped per tile. A function makes
+    the PNG the first time the tile goes to a worker (off the loop), so the first tiles leave before the
+    others are encoded and the master's own tiles are never encoded; the PNG is kept for a re-run."""
 
 
 @dataclass(slots=True, frozen=True)

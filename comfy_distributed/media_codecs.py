@@ -210,6 +210,15 @@ CODECS: dict[str, Codec] = {"images": ImageCodec(), "latent": LatentCodec(), "au
 """The codec of each kind of :data:`.media.KINDS`."""
 
 
+def decode_alone(kind: str, blobs: list[bytes]) -> Any:
+    """A unit's files of ``kind`` decoded with nothing of the master's to compare with (float32, on the CPU)."""
+    if kind == "images":
+        return decode_batch(blobs)
+    if kind == "latent":
+        return CODECS[kind].decode(blobs, {"samples": torch.zeros(1)})
+    return CODECS[kind].join([decode_audio(blob) for blob in blobs])
+
+
 def decode_kind(kind: str, blobs: list[bytes], reference: Any) -> Any:
     return CODECS[kind].decode(blobs, reference)
 

@@ -1,8 +1,11 @@
-"""Every node class this extension gives ComfyUI: the Collector's (``nodes``) and the tiles' (``tile_nodes``)."""
+"""Every node class this extension gives ComfyUI: the Collector's (``nodes``), the Value node (``values``), the
+tiles' (``tile_nodes``) and the Clips node (``clip_nodes``)."""
 
 from __future__ import annotations
 
-from . import nodes, tile_nodes
+from . import clip_nodes, nodes, tile_nodes, values
 
-NODE_CLASS_MAPPINGS = {**nodes.NODE_CLASS_MAPPINGS, **tile_nodes.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS = {**nodes.NODE_DISPLAY_NAME_MAPPINGS, **tile_nodes.NODE_DISPLAY_NAME_MAPPINGS}
+NODE_CLASS_MAPPINGS = {**nodes.NODE_CLASS_MAPPINGS, **values.NODE_CLASS_MAPPINGS, **tile_nodes.NODE_CLASS_MAPPINGS,
+                       **clip_nodes.NODE_CLASS_MAPPINGS}
+NODE_DISPLAY_NAME_MAPPINGS = {**nodes.NODE_DISPLAY_NAME_MAPPINGS, **values.NODE_DISPLAY_NAME_MAPPINGS,
+                              **tile_nodes.NODE_DISPLAY_NAME_MAPPINGS, **clip_nodes.NODE_DISPLAY_NAME_MAPPINGS}

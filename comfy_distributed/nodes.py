@@ -18,6 +18,8 @@ from .workflow import (
     COLLECTOR_CLASS,
     DISTRIBUTOR_CLASS,
     JOB_INPUT,
+    MASTER_ROLE_INPUT,
+    MASTER_ROLES,
     SCHEDULING_INPUT,
     SCHEDULING_MODES,
     SEED_MODULUS,
@@ -72,17 +74,22 @@ class MultiGPUCollector:
         optional: dict[str, Any] = {kind.name: (kind.comfy_type,) for kind in media.KINDS if kind.name != "images"}
         optional[SCHEDULING_INPUT] = (["default", *SCHEDULING_MODES], {
             "default": "default", "tooltip": "how the work is shared out; default follows settings.scheduling_mode"})
+        optional[MASTER_ROLE_INPUT] = (["default", *MASTER_ROLES], {
+            "default": "default", "tooltip": "whether the master makes images too or only coordinates; default "
+                                             "follows master.participates"})
         return {"required": {}, "optional": {"images": ("IMAGE",), **optional},
                 "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
     def collect(self, images: Any = None, latent: Any = None, audio: Any = None, scheduling: str = "default",
-                unique_id: str | None = None, prompt: dict | None = None) -> Any:
+                master_role: str = "default", unique_id: str | None = None, prompt: dict | None = None) -> Any:
         collector_id = str(unique_id)
         own = {kind: value for kind, value in (("images", images), ("latent", latent), ("audio", audio))
                if value is not None}
-        if not own:
-            raise RuntimeError(f"Multi-GPU Collector {collector_id}: connect images, a latent or audio")
         job_id = ((prompt or {}).get(collector_id) or {}).get("inputs", {}).get(JOB_INPUT)
+        if not own:
+            if job_id and runtime.current is not None:  # a coordinator-only master: the workers make it all
+                return next_step(prompt or {}, job_id, collector_id, {})
+            raise RuntimeError(f"Multi-GPU Collector {collector_id}: connect images, a latent or audio")
         if not job_id or runtime.current is None:
             return as_outputs(own)  # no enabled workers: exactly as without this node
         return next_step(prompt or {}, job_id, collector_id, {0: own})
@@ -110,8 +117,22 @@ def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dic
         raise RuntimeError(str(exc)) from None
     if isinstance(step, list):
         return run_on_master(prompt, job_id, collector_id, parts, step, orchestrator)
-    parts = {**parts, **decode_parts(parts[0], step, collector_id, host.notify)}
+    reference = parts[min(parts)] if parts else _first_alone(step, collector_id)
+    parts = {**parts, **decode_parts(reference, step, collector_id, host.notify)}
+    if not parts:
+        raise RuntimeError(f"Multi-GPU Collector {collector_id}: no unit brought anything back")
     return as_outputs(assemble(parts, collector_id))
+
+
+def _first_alone(result: Any, collector_id: str) -> dict[str, Any]:
+    """What the first unit a worker brought back holds, decoded on its own: the reference the others must fit
+    when the master made nothing itself (coordinator only)."""
+    from .media_codecs import decode_alone
+
+    if not result.outputs:
+        return {}
+    unit, files = min(result.outputs, key=lambda item: item[0].position)
+    return {kind: decode_alone(kind, blobs) for kind, blobs in files.items()}
 
 
 def decode_parts(reference: dict[str, Any], result: Any, collector_id: str,
@@ -145,7 +166,7 @@ def _decoded(unit: Any, collector_id: str, kind: str, blobs: list[bytes], refere
 def assemble(parts: dict[int, dict[str, Any]], collector_id: str) -> dict[str, Any]:
     """Every kind, all positions in order."""
     joined = {kind: media.BY_NAME[kind].codec.join([parts[p][kind] for p in sorted(parts) if kind in parts[p]])
-              for kind in parts[0]}
+              for kind in parts[min(parts)]}
     log.info("Multi-GPU Collector %s: %s from %d units", collector_id,
              ", ".join(f"{kind}" for kind in joined), len(parts))
     return joined
@@ -160,7 +181,7 @@ def run_on_master(prompt: dict, job_id: str, collector_id: str, parts: dict[int,
     round_id = f"{collector_id}.multigpu.{min(u.position for u in units)}"
     for unit in units:
         prefix = f"{collector_id}.multigpu.{unit.position}."
-        nodes, links = build_master_rerun(prompt, collector_id, unit.seed_offset, prefix, unit.batch)
+        nodes, links = build_master_rerun(prompt, collector_id, unit.seed_offset, prefix, unit.batch, unit.values)
         graph.update(nodes)
         part_inputs: dict[str, Any] = {**links, "position": unit.position}
         if previous is not None:
@@ -190,7 +211,7 @@ class MultiGPUUnitPart:
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
         optional: dict[str, Any] = {kind.name: (kind.comfy_type,) for kind in media.KINDS}
-        return {"required": {"position": ("INT", {"default": 1, "min": 1, "max": 1 << 20})},
+        return {"required": {"position": ("INT", {"default": 1, "min": 0, "max": 1 << 20})},
                 "optional": {**optional, "parts": (PARTS_TYPE,)}}
 
     def add(self, position: int, parts: tuple | None = None, **values: Any) -> tuple[tuple]:

@@ -49,6 +49,7 @@ from .job_book import JobBook
 from .jobs import (EXTRA_DATA_KEY, PROGRESS_INTERVAL, STATE_INTERVAL, FINISHED, Job, Notify, TileJob, UnitRun,
                    UnitState)
 from .tile_graph import TEMP_SUFFIX, TilePair, build_tile_prompt
+from .values import Describe, comfy_describe, literals as value_literals
 from .runner import JobKind, Runner
 from .worker_client import PromptResult, WorkerClient
 from .worker_prep import (
@@ -78,6 +79,8 @@ class Orchestrator(JobBook, CollectorBridge):
         self.store = store
         self.loop = loop
         """The server loop: where a job begun on the execution thread (a tile job) is started."""
+        self.describe: Describe = comfy_describe
+        """Node class type -> its INPUT_TYPES(), to type Multi-GPU Values (ComfyUI's classes; tests set their own)."""
         self.notify = notify
         self._health: "HealthMonitor | None" = None
         self.health = health
@@ -143,8 +146,9 @@ class Orchestrator(JobBook, CollectorBridge):
             if planned.why_static:
                 log.warning("Multi-GPU: %s", planned.why_static)
                 self.notify(*events.notice(f"Multi-GPU: {planned.why_static}", job_id))
-            job = self._job(prompt, planned, config, job_id)
-            marked = mark_master_prompt(prompt, collectors, job_id, planned.master_batch)
+            job = self._job(prompt, planned, config, job_id, self.describe)
+            marked = mark_master_prompt(prompt, collectors, job_id, planned.master_batch,
+                                        coordinator=not planned.master_participates)
             input_dir = self.input_dir()
             if input_dir is not None:
                 check_media_paths(job.units[min(job.units)].prompt, input_dir)
@@ -155,28 +159,34 @@ class Orchestrator(JobBook, CollectorBridge):
         return marked, job
 
     @staticmethod
-    def _job(prompt: Prompt, planned: JobPlan, config: GpuConfig, job_id: str) -> Job:
+    def _job(prompt: Prompt, planned: JobPlan, config: GpuConfig, job_id: str, describe: Describe) -> Job:
         """The job ``planned`` describes: a unit (with its worker prompt) per position past the master's."""
-        units = {p: UnitRun(p, p, build_worker_prompt(prompt, planned.collectors, p, size), batch=size)
-                 for p, size in planned.worker_units()}
+        units = {}
+        for p, size in planned.worker_units():
+            values = value_literals(prompt, planned.home(p), describe)
+            units[p] = UnitRun(p, p, build_worker_prompt(prompt, planned.collectors, p, size, values), batch=size,
+                               values=values)
         first_runs = planned.first_runs()
         workers = {str(w.id): w for w in config.enabled_workers()}
         scheduler = JobScheduler(
             units=[Unit(p, u.seed_offset) for p, u in sorted(units.items())], workers=list(workers),
             plan=first_runs, max_retries=config.settings.max_retries,
-            skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=planned.mode == "dynamic")
+            skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=planned.mode == "dynamic",
+            master_participates=planned.master_participates)
         return Job(job_id=job_id, collectors=planned.collectors, units=units, workers=workers,
                    settings=config.settings, scheduler=scheduler, mode=planned.mode, plan=first_runs,
                    kinds={c: list(collector_links(prompt, c)) for c in planned.collectors}, batch=planned.batch)
 
-    def start_tiles(self, prompt: Prompt, pair: TilePair, files: list[list[bytes]], frames: int,
+    def start_tiles(self, prompt: Prompt, pair: TilePair, files: "list[list[bytes | Callable[[], bytes]]]",
+                    frames: int,
                     hints: dict[tuple[str, int], int] | None = None) -> TileJob | None:
         """Share the tiles of one image with the enabled workers (execution thread, as the Merge runs): a job
         whose unit at position i + 1 is tile i, begun on the server loop. None when no worker is enabled:
         the master runs every tile itself. Tiles are handed out one at a time to whoever is free, the
         master included, and a tile is never left out (a failed one runs elsewhere, at worst on the master).
 
-        ``files[i]``: tile i's PNGs, its crop first, then its crops of the images cropped per tile; ``hints``
+        ``files[i]``: tile i's PNGs (or functions that make them), its crop first, then its crops of the images
+        cropped per tile; ``hints``
         says which of them each such image's output (node, slot) is taken from (0: the tile itself)."""
         config = self.store.get()
         if not config.enabled_workers() or not files:
@@ -327,15 +337,19 @@ class Orchestrator(JobBook, CollectorBridge):
         synced = {m.value for m in media}
         if isinstance(job, TileJob):  # uploaded as each tile is dispatched
             synced |= {name + TEMP_SUFFIX for named in job.uploads.values() for name in named}
-        lacks = preflight_problems(job.units[min(job.units)].prompt, info, synced)
+        own = self._own_unit(job, str(worker.id)) or job.units[min(job.units)]  # its own Multi-GPU Values
+        lacks = preflight_problems(own.prompt, info, synced)
         if lacks:  # the cached answer may predate a model or node added since: ask once more
             try:
                 info = await self._object_info.get(worker, client.object_info, fresh=True)
             except WorkerError as exc:
                 return exc.reason, exc.message
-            lacks = preflight_problems(job.units[min(job.units)].prompt, info, synced)
+            lacks = preflight_problems(own.prompt, info, synced)
         if lacks:
-            return "preflight", "lacks " + "; ".join(lacks)
+            said = "; ".join(lacks)
+            given = [f"Multi-GPU Value {node_id} gives this worker {value!r}" for node_id, value in own.values.items()
+                     if isinstance(value, str) and repr(value) in said]
+            return "preflight", "lacks " + said + (f" ({'; '.join(given)})" if given else "")
         try:
             job.media_names[str(worker.id)] = await self._uploads.sync(
                 media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
@@ -409,6 +423,11 @@ class Orchestrator(JobBook, CollectorBridge):
 
     def give_master(self, job: Job, positions: tuple[int, ...]) -> None:
         """Hand units to the Collector waiting on the execution thread."""
+        if not job.scheduler.master_participates:
+            message = (f"Multi-GPU: no worker is left to run unit(s) {', '.join(map(str, positions))}: the master "
+                       "(coordinator only) runs them itself")
+            log.warning("%s", message)
+            self.notify(*events.notice(message, job.job_id))
         with self._lock:
             job.master_positions.extend(positions)
             job.master_asked = False
@@ -457,8 +476,11 @@ class CollectorUnits(JobKind[Job]):
         if not isinstance(job, TileJob):
             return unit.prompt
         named = job.uploads[unit.position]
+        for name, data in list(named.items()):
+            if callable(data):
+                named[name] = await asyncio.to_thread(data)
         answers = await asyncio.gather(*(client.upload_bytes(data, name, folder="temp", overwrite=True)
-                                         for name, data in named.items()))
+                                         for name, data in named.items() if isinstance(data, bytes)))
         stored = {}
         for name, answer in zip(named, answers):
             given, subfolder = str(answer["name"]), str(answer.get("subfolder") or "")

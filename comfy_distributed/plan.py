@@ -14,6 +14,8 @@ from .errors import WorkflowError
 from .scheduler import MASTER
 from .speeds import Speeds
 from .workflow import (
+    MASTER_ROLE_INPUT,
+    MASTER_ROLES,
     SCHEDULING_INPUT,
     SCHEDULING_MODES,
     batch_source,
@@ -74,6 +76,8 @@ class JobPlan:
     """Static: None (each participant runs the workflow's own batch). Else each unit's batch, unit 0 the master's."""
     owners: dict[int, str]
     """Position -> the participant (``master`` or a worker id) that runs it first; no entry: shared (dynamic)."""
+    master_participates: bool = True
+    """False: the master only coordinates; unit 0 (its seed, its place in the output) is a worker unit."""
 
     @property
     def master_batch(self) -> int | None:
@@ -85,15 +89,26 @@ class JobPlan:
             return None
         plan: dict[str, list[int]] = {}
         for position, owner in sorted(self.owners.items()):
-            if position > 0:
+            if position > 0 or owner != MASTER:
                 plan.setdefault(owner, []).append(position)
         return plan
 
+    def home(self, position: int) -> str:
+        """The participant (``master`` or a worker id) whose Multi-GPU Values unit ``position`` uses: the one
+        planned to run it, or in a dynamic job (units shared as they go) participant ``position`` modulo
+        their number, so that the values never depend on who ran what."""
+        if self.mode != "dynamic" and position in self.owners:
+            return self.owners[position]
+        names = [MASTER, *(str(p.worker_id) for p in self.participants[1:])]
+        return names[position % len(names)]
+
     def worker_units(self) -> list[tuple[int, int | None]]:
-        """(position, batch) of every unit that is not the master's own graph run."""
+        """(position, batch) of every unit that is not the master's own graph run (all, unit 0 included, when the
+        master only coordinates)."""
+        first = 0 if not self.master_participates else 1
         if self.sizes is None:
-            return [(p.position, None) for p in self.participants[1:]]
-        return [(position, size) for position, size in enumerate(self.sizes) if position > 0]
+            return [(p.position, None) for p in self.participants[first:]]
+        return [(position, size) for position, size in enumerate(self.sizes) if position >= first]
 
 
 def plan_job(prompt: Prompt, config: GpuConfig, weights: list[float] | None = None) -> JobPlan:
@@ -112,17 +127,33 @@ def plan_job(prompt: Prompt, config: GpuConfig, weights: list[float] | None = No
     except WorkflowError:
         batch = None
     names = [MASTER, *(str(p.worker_id) for p in people[1:])]
+    takes_part = master_participates(prompt, collectors, config) if collectors else True
     if mode == "static":
-        return JobPlan(mode, why_static, collectors, people, batch, None,
-                       {p.position: names[p.position] for p in people})
+        owners = {p.position: names[p.position] for p in people}
+        if not takes_part:
+            del owners[0]  # unit 0 goes to whichever worker is free first
+        return JobPlan(mode, why_static, collectors, people, batch, None, owners, takes_part)
     assert batch is not None  # scheduling_mode falls back to static without one
     sizes = unit_sizes(batch * len(people), config.settings.unit_size)
     if weights is None:
         weights = Speeds().weights(config)  # nothing learnt: the configured weights, else 1
-    owners = {p: names[k] for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
+    if takes_part:
+        owners = {p: names[k] for k, ps in weighted_plan(len(sizes), weights).items() for p in ps}
+    else:  # the workers share every unit by their weights
+        owners = {p: names[k + 1] for k, ps in weighted_plan(len(sizes), weights[1:], master_first=False).items()
+                  for p in ps}
     if mode == "dynamic":
-        owners = {0: MASTER}
-    return JobPlan(mode, why_static, collectors, people, batch, sizes, owners)
+        owners = {0: MASTER} if takes_part else {}
+    return JobPlan(mode, why_static, collectors, people, batch, sizes, owners, takes_part)
+
+
+def master_participates(prompt: Prompt, collectors: list[str], config: GpuConfig) -> bool:
+    """Whether the master makes images in this job: the first Collector's ``master_role``, else the config's
+    ``master.participates``."""
+    chosen = prompt[collectors[0]].get("inputs", {}).get(MASTER_ROLE_INPUT, "default")
+    if chosen in MASTER_ROLES:
+        return chosen == MASTER_ROLES[0]
+    return config.master.participates
 
 
 def describe(prompt: Prompt, job: JobPlan) -> dict[str, Any]:
@@ -144,6 +175,7 @@ def describe(prompt: Prompt, job: JobPlan) -> dict[str, Any]:
                  for p, size in enumerate(job.sizes)]
     return {
         "mode": job.mode,
+        "master_participates": job.master_participates,
         "units": units,
         "collectors": job.collectors,
         "participants": [
@@ -193,10 +225,11 @@ def unit_sizes(total: int, unit_size: int) -> list[int]:
     return [min(unit_size, total - start) for start in range(0, total, unit_size)]
 
 
-def weighted_plan(units: int, weights: list[float]) -> dict[int, list[int]]:
+def weighted_plan(units: int, weights: list[float], master_first: bool = True) -> dict[int, list[int]]:
     """Participant index (0 = master) -> consecutive unit positions, in proportion to the weights.
 
-    The master always keeps unit 0 (its own graph run); shares use the largest remainder.
+    The master always keeps unit 0 (its own graph run) unless not ``master_first`` (then index 0 is just the
+    first participant of ``weights``); shares use the largest remainder.
     """
     total = sum(weights)
     exact = [units * w / total for w in weights]
@@ -205,7 +238,7 @@ def weighted_plan(units: int, weights: list[float]) -> dict[int, list[int]]:
         if sum(counts) >= units:
             break
         counts[index] += 1
-    if counts[0] == 0:  # the master runs unit 0 whatever its weight
+    if counts[0] == 0 and master_first:  # the master runs unit 0 whatever its weight
         donor = max(range(len(counts)), key=lambda i: counts[i])
         counts[donor] -= 1
         counts[0] = 1

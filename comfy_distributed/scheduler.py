@@ -149,6 +149,8 @@ class JobScheduler:
     master_takes_units: bool = True
     """Whether the master can run a unit no worker can (Collector jobs); without it (a prompt forwarded
     whole), a unit that no worker is left to run is given up at once, so the job settles."""
+    master_participates: bool = True
+    """False (a coordinator-only master): the master takes units only once no worker is left to run them."""
 
     queues: dict[str, list[int]] = field(default_factory=dict)
     shared: list[int] = field(default_factory=list)
@@ -318,7 +320,7 @@ class JobScheduler:
             position = self._next_for(worker)
             if position is not None:
                 actions.append(self._dispatch(position, worker))
-        if self.master_free:
+        if self.master_free and (self.master_participates or set(self.workers) <= self.excluded):
             position = self._next_for(MASTER)
             if position is not None:
                 self.master_free = False

@@ -24,9 +24,10 @@ from .workflow import (  # the tile class names are re-exported for tile_nodes
     DISTRIBUTOR_CLASS,
     TILE_MERGE_CLASS,
     TILE_SPLIT_CLASS,
+    VALUE_CLASS,
     Prompt,
     _node_sort_key,
-    distributor_seed,
+    literal_sources,
     is_link,
     nodes_of_class,
     upstream,
@@ -120,9 +121,10 @@ def tile_pairs(prompt: Prompt) -> list[TilePair]:
     return pairs
 
 
-def _pipeline_seeds(prompt: Prompt, nodes: set[str]) -> dict[str, int]:
-    return {node_id: distributor_seed(prompt, node_id) for node_id in nodes
-            if prompt[node_id].get("class_type") == DISTRIBUTOR_CLASS}
+def _pipeline_seeds(prompt: Prompt, nodes: set[str]) -> dict[str, Any]:
+    """Distributors (their seed) and Value nodes (their default) among ``nodes``: literals in a tile's copy,
+    since every tile is part of one image."""
+    return literal_sources(prompt, nodes)
 
 
 def _region(prompt: Prompt, pair: TilePair) -> set[str]:
@@ -143,7 +145,7 @@ def outside_inputs(prompt: Prompt, pair: TilePair) -> list[tuple[str, int]]:
             source = str(value[0])
             if source in pair.pipeline or source == pair.split or source not in prompt:
                 continue
-            if prompt[source].get("class_type") == DISTRIBUTOR_CLASS:
+            if prompt[source].get("class_type") in (DISTRIBUTOR_CLASS, VALUE_CLASS):
                 continue
             found.add((source, int(value[1])))
     return sorted(found, key=lambda key: (_node_sort_key(key[0]), key[1]))

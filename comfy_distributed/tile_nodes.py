@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import logging
 from dataclasses import dataclass
+from functools import partial
 from typing import Any
 
 from . import runtime
@@ -279,7 +280,7 @@ class MultiGPUTileStart:
                 cropped.append(hints[key])
         job_id = None
         if runtime.current is not None:
-            files = [[encode_crop(c) for c in each] for each in cropped]
+            files = [[partial(encode_crop, c) for c in each] for each in cropped]  # encoded as each tile leaves
             try:
                 job = runtime.current.orchestrator.start_tiles(prompt, pair, [list(f) for f in zip(*files)],
                                                                int(image.shape[0]), hints=index)

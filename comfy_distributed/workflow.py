@@ -9,7 +9,7 @@ under the same node id), so any plain ComfyUI can run it.
 from __future__ import annotations
 
 import copy
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 from . import media
 from .errors import WorkflowError
@@ -19,6 +19,9 @@ DISTRIBUTOR_CLASS = "MultiGPUSeedDistributor"
 SCHEDULING_INPUT = "scheduling"
 """The Collector's own choice of scheduling mode ("default" follows the setting)."""
 SCHEDULING_MODES = ("static", "weighted", "dynamic")
+MASTER_ROLE_INPUT = "master_role"
+"""The Collector's option: whether the master makes images too (``master.participates`` by default)."""
+MASTER_ROLES = ("participates", "coordinator only")
 JOB_INPUT = "multigpu_job_id"
 """Input added to the master's Collector nodes so that they find their job when they run."""
 
@@ -28,6 +31,28 @@ TILE_MERGE_CLASS = "MultiGPUTileMerge"
 TILED_UPSCALE_CLASS = "MultiGPUTiledUpscale"
 TILE_CLASSES = (TILE_SPLIT_CLASS, TILE_MERGE_CLASS, TILED_UPSCALE_CLASS)
 """The tile nodes (``tile_nodes``): they never run on a worker."""
+VALUE_CLASS = "MultiGPUValue"
+"""The Multi-GPU Value node (``values``): a worker's copy holds its literal value instead."""
+
+
+def default_value(prompt: Prompt, node_id: str) -> Any:
+    """A Value node's default as typed into it (used where no typed value was given)."""
+    value = prompt[node_id].get("inputs", {}).get("default", "")
+    return "" if is_link(value) else value
+
+
+def literal_sources(prompt: Prompt, nodes: Iterable[str], seed_offset: int = 0,
+                    values: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The nodes among ``nodes`` that a copy replaces by a literal: each Distributor by its seed (offset),
+    each Value node by its value in ``values`` (else its default)."""
+    found: dict[str, Any] = {}
+    for node_id in nodes:
+        class_type = prompt[node_id].get("class_type")
+        if class_type == DISTRIBUTOR_CLASS:
+            found[node_id] = offset_seed(distributor_seed(prompt, node_id), seed_offset)
+        elif class_type == VALUE_CLASS:
+            found[node_id] = (values or {}).get(node_id, default_value(prompt, node_id))
+    return found
 
 
 
@@ -170,16 +195,24 @@ def distributor_seed(prompt: Prompt, node_id: str) -> int:
     return value
 
 
-def mark_master_prompt(prompt: Prompt, collectors: Iterable[str], job_id: str, batch: int | None = None) -> Prompt:
+def mark_master_prompt(prompt: Prompt, collectors: Iterable[str], job_id: str, batch: int | None = None,
+                       coordinator: bool = False) -> Prompt:
     """The master's prompt with the job id on each distributed Collector (a new dict).
 
-    With ``batch``, the master's own unit gets that batch size too (weighted and dynamic plans).
+    With ``batch``, the master's own unit gets that batch size too (weighted and dynamic plans). A
+    ``coordinator`` master makes no images: its Collectors lose their links to what they collect, so ComfyUI
+    neither checks nor runs what only feeds them (the master needs no model for it); the workers run unit 0.
     """
     marked = dict(prompt)
     for node_id in collectors:
         node = copy.deepcopy(prompt[node_id])
         node.setdefault("inputs", {})[JOB_INPUT] = job_id
+        if coordinator:
+            for kind in media.NAMES:
+                node["inputs"].pop(kind, None)
         marked[node_id] = node
+    if coordinator:
+        return marked
     if batch is not None:
         for node_id, name in _batch_sources(prompt, collectors):
             node = copy.deepcopy(marked[node_id])
@@ -199,19 +232,17 @@ def _batch_sources(prompt: Prompt, collectors: Iterable[str]) -> set[tuple[str, 
     return sources
 
 
-def build_worker_prompt(prompt: Prompt, collectors: list[str], seed_offset: int, batch: int | None = None) -> Prompt:
-    """The copy a worker runs for one unit: pruned, seeds offset, batch resized, core output nodes only."""
+def build_worker_prompt(prompt: Prompt, collectors: list[str], seed_offset: int, batch: int | None = None,
+                        values: Mapping[str, Any] | None = None) -> Prompt:
+    """The copy a worker runs for one unit: pruned, seeds offset, Value nodes made the unit's ``values``, batch
+    resized, core output nodes only."""
     keep = upstream(prompt, collectors) | set(collectors)
     tiled = sorted(n for n in keep if prompt[n].get("class_type") in TILE_CLASSES)
     if tiled:
         raise WorkflowError(f"Multi-GPU Collector {', '.join(collectors)}: tile node(s) {', '.join(tiled)} lie above "
                             "it; a worker runs a plain copy of what a Collector collects, so put the Collector "
                             "before the Tile Split (the tiles then share out the collected batch's frames)")
-    seeds = {
-        node_id: offset_seed(distributor_seed(prompt, node_id), seed_offset)
-        for node_id in keep
-        if prompt[node_id].get("class_type") == DISTRIBUTOR_CLASS
-    }
+    seeds = literal_sources(prompt, keep, seed_offset, values)
     resized = _batch_sources(prompt, collectors) if batch is not None else set()
     copy_: Prompt = {}
     for node_id in sorted(keep, key=_node_sort_key):
@@ -232,9 +263,10 @@ def build_worker_prompt(prompt: Prompt, collectors: list[str], seed_offset: int,
 
 
 def unit_dependent(prompt: Prompt, collector: str, resized: set[str]) -> set[str]:
-    """Nodes between a Distributor (or a resized batch node) and ``collector``: what differs per unit."""
+    """Nodes between a Distributor or a Value node (or a resized batch node) and ``collector``: what differs per
+    unit."""
     ancestors = upstream(prompt, [collector])
-    distributors = {n for n in ancestors if prompt[n].get("class_type") == DISTRIBUTOR_CLASS}
+    distributors = {n for n in ancestors if prompt[n].get("class_type") in (DISTRIBUTOR_CLASS, VALUE_CLASS)}
     dependent: set[str] = set(resized)
     changed = True
     while changed:
@@ -249,7 +281,8 @@ def unit_dependent(prompt: Prompt, collector: str, resized: set[str]) -> set[str
 
 
 def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix: str,
-                       batch: int | None = None) -> tuple[Prompt, dict[str, list]]:
+                       batch: int | None = None,
+                       values: Mapping[str, Any] | None = None) -> tuple[Prompt, dict[str, list]]:
     """Nodes that run one unit on the master, as a ComfyUI graph expansion.
 
     Only the nodes that depend on the unit (its seed, its batch size) are copied under
@@ -259,11 +292,7 @@ def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix:
     """
     resized = {node_id for node_id, _ in _batch_sources(prompt, [collector])} if batch is not None else set()
     dependent = unit_dependent(prompt, collector, resized)
-    seeds = {
-        node_id: offset_seed(distributor_seed(prompt, node_id), seed_offset)
-        for node_id in upstream(prompt, [collector])
-        if prompt[node_id].get("class_type") == DISTRIBUTOR_CLASS
-    }
+    seeds = literal_sources(prompt, upstream(prompt, [collector]), seed_offset, values)
 
     def relink(value: Any) -> Any:
         if not is_link(value):
@@ -283,12 +312,14 @@ def build_master_rerun(prompt: Prompt, collector: str, seed_offset: int, prefix:
     return nodes, {kind: relink(link) for kind, link in collector_links(prompt, collector).items()}
 
 
-def flatten_for_single(prompt: Prompt) -> Prompt:
-    """The prompt for one plain ComfyUI: Distributors become their seed, Collectors pass through.
+def flatten_for_single(prompt: Prompt, values: Mapping[str, Any] | None = None) -> Prompt:
+    """The prompt for one plain ComfyUI: Distributors become their seed, Value nodes their value in ``values``
+    (else their default), Collectors pass through.
 
     Used when a whole prompt runs on one worker (queue mode): there it is not distributed.
     """
-    distributors = {n: distributor_seed(prompt, n) for n in nodes_of_class(prompt, DISTRIBUTOR_CLASS)}
+    distributors = literal_sources(prompt, [*nodes_of_class(prompt, DISTRIBUTOR_CLASS),
+                                            *nodes_of_class(prompt, VALUE_CLASS)], 0, values)
     kinds = list(media.NAMES)  # a link to a Collector's output k is a link to its input of kind k
     collectors = {n: prompt[n].get("inputs", {}) for n in nodes_of_class(prompt, COLLECTOR_CLASS)}
 

@@ -9,9 +9,11 @@ import { createActions } from "./multigpu_actions.js";
 import { createClient } from "./multigpu_client.js";
 import { listen } from "./multigpu_listen.js";
 import { mountPanel } from "./multigpu_panel.js";
-import { createStore, initialState, reduce } from "./multigpu_state.js";
+import { createStore, initialState, readValueNode, reduce } from "./multigpu_state.js";
 
 const TAB_ID = "multigpu";
+const VALUE_NODE = "MultiGPUValue";
+const VALUES_EVERY_MS = 1000;
 
 function notify(severity, summary, detail, life = 6000) {
   const toast = app.extensionManager && app.extensionManager.toast;
@@ -29,10 +31,117 @@ const store = createStore(reduce, initialState());
 const client = createClient((path, options) => api.fetchApi(path, options), window.localStorage);
 const actions = createActions(store, client, notify);
 
+function graphNodes() {
+  const graph = app.graph;
+  return graph ? graph._nodes || graph.nodes || [] : [];
+}
+
+/** The name of the first input a node's output feeds (for a Value node's label), or null. */
+function fedInput(node) {
+  const graph = app.graph;
+  for (const id of (node.outputs && node.outputs[0] && node.outputs[0].links) || []) {
+    const link = graph.links && (typeof graph.links.get === "function" ? graph.links.get(id) : graph.links[id]);
+    const target = link && graph.getNodeById(link.target_id);
+    const input = target && target.inputs && target.inputs[link.target_slot];
+    if (input) return input.name;
+  }
+  return null;
+}
+
+/** The open workflow's Value nodes, for the worker cards (sent to the store, which ignores an unchanged list). */
+function shareWorkflowValues() {
+  try {
+    const values = graphNodes().filter((node) => node.type === VALUE_NODE)
+      .map((node) => readValueNode(node.id, node.title, node.widgets, fedInput(node)));
+    store.dispatch({ type: "workflowValues", values });
+  } catch (error) {
+    console.warn("[Multi-GPU] could not read the workflow's Value nodes", error);
+  }
+}
+
+/** A table in a Value node: one row per configured worker, its value (empty: the default). It writes the
+ *  node's `values` widget (JSON by worker id), which stays the one that is saved and sent. */
+function attachValueTable(node) {
+  const valuesWidget = (node.widgets || []).find((w) => w.name === "values");
+  if (!valuesWidget || typeof node.addDOMWidget !== "function") return;
+  const table = document.createElement("table");
+  table.className = "mgpu-value-table";
+  const parsed = () => {
+    try {
+      const values = JSON.parse(valuesWidget.value || "{}");
+      return values && typeof values === "object" && !Array.isArray(values) ? values : null;
+    } catch (error) {
+      return null;
+    }
+  };
+  const render = () => {
+    const workers = (store.state.config && store.state.config.workers) || [];
+    const values = parsed();
+    const rows = workers.map((worker) => {
+      const id = String(worker.id);
+      const input = document.createElement("input");
+      input.dataset.workerId = id;
+      input.placeholder = "default";
+      input.value = values && values[id] !== undefined ? String(values[id]) : "";
+      input.disabled = values === null;  // the JSON is broken: fix it in the text first
+      input.addEventListener("change", () => {
+        const next = parsed() || {};
+        if (input.value === "") delete next[id];
+        else next[id] = input.value;
+        valuesWidget.value = JSON.stringify(next);
+        shareWorkflowValues();
+      });
+      const name = document.createElement("td");
+      name.textContent = worker.name || `Worker ${id}`;
+      const cell = document.createElement("td");
+      cell.append(input);
+      const row = document.createElement("tr");
+      row.append(name, cell);
+      return row;
+    });
+    if (!rows.length) {
+      const row = document.createElement("tr");
+      row.textContent = "No workers configured (Multi-GPU tab)";
+      rows.push(row);
+    }
+    table.replaceChildren(...rows);
+  };
+  node.addDOMWidget("worker_values", "multigpu_value_table", table, { serialize: false });
+  const previousCallback = valuesWidget.callback;
+  valuesWidget.callback = function (...args) {
+    render();
+    return previousCallback ? previousCallback.apply(this, args) : undefined;
+  };
+  let workers = null;
+  const unsubscribe = store.subscribe((state) => {
+    const next = state.config && state.config.workers;
+    if (next !== workers) {
+      workers = next;
+      render();
+    }
+  });
+  const removed = node.onRemoved;
+  node.onRemoved = function (...args) {
+    unsubscribe();
+    return removed ? removed.apply(this, args) : undefined;
+  };
+  render();
+}
+
 app.registerExtension({
   name: "ComfyUI-Distributed.multigpu",
+  async beforeRegisterNodeDef(nodeType, nodeData) {
+    if (nodeData.name !== VALUE_NODE) return;
+    const created = nodeType.prototype.onNodeCreated;
+    nodeType.prototype.onNodeCreated = function (...args) {
+      const result = created ? created.apply(this, args) : undefined;
+      attachValueTable(this);
+      return result;
+    };
+  },
   setup() {
     listen(api, store, actions, notify);
+    setInterval(shareWorkflowValues, VALUES_EVERY_MS);
     const manager = app.extensionManager;
     if (!manager || typeof manager.registerSidebarTab !== "function") {
       console.warn("[Multi-GPU] this ComfyUI frontend has no registerSidebarTab: the panel is not shown");

@@ -71,6 +71,7 @@ function createCard(ctx, workerId) {
   const meta = h("div", { class: "mgpu-meta" });
   const detail = h("div", { class: "mgpu-detail" });
   const failure = h("div", { class: "mgpu-detail mgpu-failure" });
+  const values = h("div", { class: "mgpu-values", dataset: { part: "values" } });
   const vram = meter("VRAM", "vram");
   const progress = meter("Job", "progress");
   const toggle = workerId === null ? null : enableSwitch(ctx, workerId, current);
@@ -78,7 +79,7 @@ function createCard(ctx, workerId) {
   const el = h("div", { class: `mgpu-card${workerId === null ? " mgpu-master" : ""}`,
                         dataset: workerId === null ? { role: "master" } : { workerId: String(workerId) } },
     h("div", { class: "mgpu-card-head" }, dot, name, badge, toggle && toggle.el),
-    meta, detail, failure, vram.el, progress.el, buttons.el);
+    meta, detail, failure, values, vram.el, progress.el, buttons.el);
 
   function update(next) {
     vm = next;
@@ -87,7 +88,12 @@ function createCard(ctx, workerId) {
     badge.textContent = vm.statusText;
     setText(name, vm.name);
     setText(meta, [vm.address, vm.cuda, vm.device, vm.ssh].filter(Boolean).join(" · "));
-    setText(detail, vm.detail);
+    setText(detail, vm.role || vm.detail);
+    const lines = vm.values || [];
+    if (values.children.length !== lines.length || lines.some((line, i) => values.children[i].textContent !== line)) {
+      values.replaceChildren(...lines.map((line) => h("div", { class: "mgpu-value", title: line }, line)));
+    }
+    values.hidden = lines.length === 0;
     setText(failure, vm.failure);
     detail.title = vm.detail || "";
     failure.title = vm.failure || "";

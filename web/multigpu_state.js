@@ -26,6 +26,7 @@ export function initialState() {
     auth: { required: false, configured: null, rejected: null },  // configured: null until the master says
     passive: false,    // this ComfyUI has no /multigpu routes (a worker): the panel shows PASSIVE_MESSAGE only
     error: null,       // a message for the banner (API unreachable, invalid config file)
+    workflowValues: [], // the open workflow's Multi-GPU Value nodes: {id, label, default, values: {worker id: value}}
   };
 }
 
@@ -71,6 +72,10 @@ function jobFromSummary(job) {
 export function reduce(state, action) {
   const data = action.data || {};
   switch (action.type) {
+    case "workflowValues": {
+      const next = action.values || [];
+      return JSON.stringify(next) === JSON.stringify(state.workflowValues) ? state : { ...state, workflowValues: next };
+    }
     case "config": {
       const auth = data.auth || {};
       return {
@@ -283,8 +288,39 @@ export function workerCards(state) {
       canClear: status === "idle" || status === "busy",
       canRestart: worker.enabled && status !== "launching",
       canLaunch: worker.enabled && status === "offline",
+      values: valueLines(state.workflowValues, worker.id),
     };
   });
+}
+
+/**
+ * What the open workflow's Multi-GPU Value nodes give a participant (workerId null: the master), one line per
+ * node: its own value, else the default (as the backend gives it). Read-only: the values are edited in the node.
+ */
+export function valueLines(workflowValues, workerId) {
+  return (workflowValues || []).map((node) => {
+    const own = workerId === null ? undefined : (node.values || {})[String(workerId)];
+    const value = own === undefined ? node.default : own;
+    const text = typeof value === "string" ? value : JSON.stringify(value);
+    return `${node.label}: ${text.length > 60 ? `${text.slice(0, 57)}...` : text}${own === undefined && workerId !== null ? " (default)" : ""}`;
+  });
+}
+
+/**
+ * A Multi-GPU Value node of the graph as the panel shows it, from its widgets (`default`, `values` as JSON);
+ * values that are not a JSON object of worker ids are shown as none (the backend refuses them with the reason).
+ */
+export function readValueNode(id, title, widgets, target) {
+  const widget = (name) => (widgets || []).find((w) => w && w.name === name);
+  let values = {};
+  try {
+    const parsed = JSON.parse((widget("values") || {}).value || "{}");
+    if (parsed && typeof parsed === "object" && !Array.isArray(parsed)) values = parsed;
+  } catch (error) {
+    values = {};
+  }
+  const named = title && title !== "Multi-GPU Value" ? title : `Value ${id}`;
+  return { id: String(id), label: target ? `${named} (${target})` : named, default: (widget("default") || {}).value ?? "", values };
 }
 
 export function masterCard(state, location) {
@@ -300,6 +336,8 @@ export function masterCard(state, location) {
     statusText: statusLabel(status),
     vram: vramUsage(state.master.vramTotal, state.master.vramFree),
     vramLabel: memoryLabel(state.master.device, state.master.deviceType),
+    role: master.participates === false ? "Coordinator only: the workers make its share" : null,
+    values: valueLines(state.workflowValues, null),
     progress: progress
       ? { fraction: progress.value / progress.max, text: `step ${progress.value}/${progress.max}` }
       : null,

@@ -88,6 +88,8 @@ class MasterConfig(_Model):
     """Interpreter for the launcher; default: ComfyUI's venv, .venv or python_embeded, else the running one."""
     weight: float | None = Field(None, gt=0, le=1e6)
     """Relative speed for weighted scheduling; default: measured, else 1."""
+    participates: bool = True
+    """Whether the master makes images too; false: it only coordinates (its share goes to the workers)."""
 
     _python = field_validator("python")(classmethod(lambda cls, v: _path_text(v, "python")))
 

@@ -171,6 +171,36 @@ async function run() {
     return text;
   });
 
+  await step("a Multi-GPU Value node: a row per worker in the node; each card shows its value", async () => {
+    await page.evaluate(async () => {
+      const { app } = window.comfyAPI.app;
+      await app.loadApiJson({ 1: { class_type: "MultiGPUValue", inputs: { default: "7", values: '{"1": "5.5"}' } } },
+                            "multigpu-values");
+    });
+    const cell = page.locator('.mgpu-value-table input[data-worker-id="2"]');
+    await cell.waitFor({ timeout: 10000 });
+    const first = await page.locator('.mgpu-value-table input[data-worker-id="1"]').inputValue();
+    if (first !== "5.5") throw new Error(`the table shows ${first} for worker 1`);
+    await cell.fill("9");
+    await cell.dispatchEvent("change");
+    const saved = await page.evaluate(() => {
+      const { app } = window.comfyAPI.app;
+      const node = (app.graph._nodes || app.graph.nodes).find((n) => n.type === "MultiGPUValue");
+      return node.widgets.find((w) => w.name === "values").value;
+    });
+    if (JSON.parse(saved)["2"] !== "9") throw new Error(`the node's values are ${saved}`);
+    const expect = { 1: "Value 1: 5.5", 2: "Value 1: 9" };
+    for (const [id, line] of Object.entries(expect)) {
+      await until(`card ${id} shows "${line}"`, 5000,
+        async () => ((await card(id).locator(".mgpu-values").textContent()) || "").includes(line));
+    }
+    await until("the master's card shows the default", 5000,
+      async () => ((await page.locator(".mgpu-master .mgpu-values").textContent()) || "").includes("Value 1: 7"));
+    await shot("01b-value-node");
+    await shot("01b-value-node-panel", { panelOnly: true });
+    return `saved ${saved}`;
+  });
+
   await step("edit the workers' CUDA devices through the form", async () => {
     for (const id of ["1", "2"]) {
       await card(id).locator('[data-action="edit"]').click();

@@ -35,7 +35,7 @@ def unit(position: int, name: str, error: str | None = None, decoded: dict | Non
 
 
 SHOWN = {"Multi-GPU Collector", "Multi-GPU Distributor", "Multi-GPU Tile Split", "Multi-GPU Tile Merge",
-         "Multi-GPU Tiled Upscale"}
+         "Multi-GPU Tiled Upscale", "Multi-GPU Value", "Multi-GPU Clips"}
 
 
 def test_display_names_are_the_original_readmes():

@@ -5,8 +5,8 @@ import { test } from "node:test";
 
 import {
   PASSIVE_MESSAGE, TOKEN_COMMAND, TOKEN_COMMAND_WINDOWS, activeJobs, createStore, formatAddress, formatBytes,
-  initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, reduce, summary, tokenPrompt, vramUsage,
-  workerAddress, workerCards, workerProgress,
+  initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, readValueNode, reduce, summary, tokenPrompt,
+  valueLines, vramUsage, workerAddress, workerCards, workerProgress,
 } from "../../web/multigpu_state.js";
 
 const GIB = 1024 ** 3;
@@ -286,4 +286,27 @@ test("the store notifies subscribers only on a change", () => {
   store.dispatch({ type: "error", message: "still down" });
   assert.deepEqual(seen, ["error"]);
   assert.equal(store.state.error, "still down");
+});
+
+test("each card shows what the open workflow's Value nodes give that participant", () => {
+  const cfg = readValueNode(12, "Multi-GPU Value", [{ name: "default", value: "7" }, { name: "values", value: '{"1": 5.5}' }],
+                            "cfg");
+  const text = readValueNode(13, "Style", [{ name: "default", value: "oil" }, { name: "values", value: "{broken" }], null);
+  assert.deepEqual(cfg, { id: "12", label: "Value 12 (cfg)", default: "7", values: { 1: 5.5 } });
+  assert.deepEqual(text.values, {}, "values that are not a JSON object show as none");
+  let state = run({ type: "config", data: CONFIG }, { type: "workflowValues", values: [cfg, text] });
+  const [gpu1, box] = workerCards(state);
+  assert.deepEqual(gpu1.values, ["Value 12 (cfg): 5.5", "Style: oil (default)"]);
+  assert.deepEqual(box.values, ["Value 12 (cfg): 7 (default)", "Style: oil (default)"]);
+  assert.deepEqual(masterCard(state, "x").values, ["Value 12 (cfg): 7", "Style: oil"]);
+  const same = reduce(state, { type: "workflowValues", values: [{ ...cfg }, { ...text }] });
+  assert.equal(same, state, "an unchanged list does not redraw the panel");
+  assert.deepEqual(valueLines([{ label: "Long", default: "x".repeat(100), values: {} }], null), [`Long: ${"x".repeat(57)}...`]);
+});
+
+test("the master's card says when it only coordinates", () => {
+  let state = run({ type: "config", data: CONFIG });
+  assert.equal(masterCard(state, "x").role, null);
+  state = run({ type: "config", data: { ...CONFIG, master: { ...CONFIG.master, participates: false } } });
+  assert.equal(masterCard(state, "x").role, "Coordinator only: the workers make its share");
 });
