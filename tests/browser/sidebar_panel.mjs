@@ -388,6 +388,21 @@ async function run() {
     }
     return `${statusRequests.length} requests in ${seconds.toFixed(1)} s`;
   });
+
+  await step("a master that only coordinates says so on its card", async () => {
+    const config = readConfig();
+    fs.writeFileSync(plan.config_path, JSON.stringify({ ...config, master: { ...config.master, participates: false } }));
+    await tabButton().click();
+    await page.locator(".mgpu-panel").waitFor({ state: "detached", timeout: 5000 });
+    await tabButton().click();  // the panel reads the config as it opens
+    const text = await until("the master's card saying it only coordinates", 10000, async () => {
+      const shown = (await page.locator(".mgpu-master .mgpu-detail:not(.mgpu-failure)").textContent()) || "";
+      return shown.includes("Coordinator only") ? shown : null;
+    });
+    await shot("08-coordinator-only", { panelOnly: true });
+    fs.writeFileSync(plan.config_path, JSON.stringify(config));
+    return text;
+  });
 }
 
 let code = 0;
