@@ -43,6 +43,8 @@ from .config import (
 from .errors import ConfigError, WorkerError, WorkflowError
 from .health import HealthMonitor
 from .jobs import RESERVATION_TTL
+from .cluster_view import cluster_line, cluster_summary
+from .metrics import CONTENT_TYPE
 from .openapi import OPENAPI_PATH
 from .orchestrator import Orchestrator
 from .plan import describe
@@ -85,8 +87,10 @@ class MultiGPUApi:
 
     def __init__(self, store: ConfigStore, orchestrator: Orchestrator, *, public: bool = False,
                  free_master: Callable[[], None] | None = None, health: HealthMonitor | None = None,
-                 env_token: str | None = None) -> None:
+                 env_token: str | None = None, master_queue: Callable[[], int | None] = lambda: None) -> None:
         self.health = health
+        self.master_queue = master_queue
+        """Prompts running and waiting in the master's own queue (ComfyUI's; None outside ComfyUI)."""
         self.env_token = env_token
         """``COMFY_DISTRIBUTED_TOKEN`` as the master read it at start; it wins over ``settings.api_token``."""
         self.store = store
@@ -105,6 +109,7 @@ class MultiGPUApi:
             "removeWorker": self.remove_worker, "updateSetting": self.update_setting,
             "prepareJob": self.prepare_job, "clearMemory": self.clear_memory,
             "jobComplete": self._results.job_complete, "getStatus": self.status, "getOpenApi": self.openapi,
+            "getMetrics": self.metrics,
         }
         for route in MASTER_ROUTES:
             routes.route(route.method, route.path)(self._wrap(handlers[route.operation_id], route.access))
@@ -294,10 +299,13 @@ class MultiGPUApi:
                 probed = await asyncio.gather(*(self._probe(w, config.settings) for w in config.workers))
                 self._status_cache = (time.monotonic(), list(probed))
             workers = self._status_cache[1]
+        jobs = self.orchestrator.jobs_summary()
+        cluster = cluster_summary(self.master_queue(), workers, jobs)
         return web.json_response({
             "master": {"status": "online", **self._auth_info(config)},
             "workers": workers,
-            "jobs": self.orchestrator.jobs_summary(),
+            "jobs": jobs,
+            "cluster": {**cluster, "line": cluster_line(cluster)},
         })
 
     async def _probe(self, worker: WorkerConfig, settings: Settings) -> dict[str, Any]:
@@ -315,6 +323,17 @@ class MultiGPUApi:
         except (WorkerError, ValueError, TypeError, AttributeError) as exc:
             entry.update(status="offline", error=getattr(exc, "message", str(exc)))
         return entry
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        config = self._config()
+        workers = self.health.snapshot(config.workers) if self.health is not None else []
+        states: dict[str, int] = {}
+        for job in self.orchestrator.jobs_summary():
+            if not job["settled"]:
+                for unit in job["units"]:
+                    states[unit["state"]] = states.get(unit["state"], 0) + 1
+        text = self.orchestrator.metrics.render(states, workers)
+        return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(json.loads(OPENAPI_PATH.read_text(encoding="utf-8")))

@@ -177,10 +177,21 @@ class WorkerStatus(BaseModel):
     error: Optional[str] = unset()
 
 
+class ClusterSummary(BaseModel):
+    """The whole cluster at a glance (``cluster_view``)."""
+
+    prompts_running: int = Field(description="instances (the master and the workers that answer) running a prompt")
+    prompts_queued: int = Field(description="prompts waiting in those instances' queues")
+    units: dict[str, int] = Field(description="units of running jobs by state (done, running, master, pending, ...)")
+    eta_seconds: Optional[float] = Field(description="the longest estimated time left of a running job, if known")
+    line: str = Field(description="all of it as one line, as the panel and `comfy-distributed status` show it")
+
+
 class Status(BaseModel):
     master: MasterStatus
     workers: list[WorkerStatus]
     jobs: list[dict[str, Any]]
+    cluster: ClusterSummary
 
 
 class LaunchOutcome(BaseModel):
@@ -202,6 +213,13 @@ class LaunchAnswer(BaseModel):
 
 class RestartAnswer(BaseModel):
     worker: LaunchOutcome = unset()
+
+
+class WorkerLogs(BaseModel):
+    worker_id: WorkerId
+    name: str
+    log: str = Field(description="where the log is (a file on the master's machine, or on the worker's over SSH)")
+    lines: list[str] = Field(description="its last lines since the worker's last start, oldest first")
 
 
 class Accepted(BaseModel):

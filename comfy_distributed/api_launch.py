@@ -1,12 +1,14 @@
-"""``POST /multigpu/workers/launch`` and ``POST /multigpu/workers/restart``: the UI's start and restart buttons.
+"""``POST /multigpu/workers/launch``, ``POST /multigpu/workers/restart`` and ``POST /multigpu/workers/logs``: the
+UI's start, restart and log buttons.
 
-Both start processes, so both need the same token as the other control endpoints (``authorize``
-raises :class:`~.api.ApiError` 401). A local worker is started by the launcher's process manager, a
+The first two start processes and the third reads logs, so all need the same token as the other control
+endpoints (``authorize`` raises :class:`~.api.ApiError` 401). A local worker is started by the launcher's process manager, a
 worker with an ``ssh`` block over SSH. The answer comes once the process is started (not once it is
 ready); the health monitor shows the worker as ``launching`` until it answers or
 ``settings.launch_timeout`` runs out. ``launch`` reports each worker (``ok: false`` with the
 launcher's message for one that could not be started), like ``clear_memory``; a ``restart`` that
 fails is a 409 whose ``error`` says why (port taken, SSH login refused, not started by the launcher).
+``logs`` reads the launched worker's log where the launcher wrote it (never a path from the request).
 """
 
 from __future__ import annotations
@@ -18,8 +20,8 @@ from typing import Any, Awaitable, Callable
 from aiohttp import web
 
 from .api import MAX_BODY, ApiError, json_errors
-from .api_models import LaunchWorkersRequest, RestartWorkerRequest
-from .api_routes import LAUNCH_PATH, LAUNCH_ROUTES, RESTART_PATH
+from .api_models import LaunchWorkersRequest, RestartWorkerRequest, WorkerLogsRequest
+from .api_routes import LAUNCH_PATH, LAUNCH_ROUTES, LOGS_PATH, RESTART_PATH
 from .config import ConfigStore, GpuConfig, WorkerConfig
 from .errors import ConfigError
 from .health import HealthMonitor
@@ -37,7 +39,7 @@ def add_launch_routes(routes: web.RouteTableDef, store: ConfigStore, health: Hea
     """Register ``api_routes.LAUNCH_ROUTES`` on ``routes`` (ComfyUI's table or a test app's); both are control
     routes, guarded by ``authorize``."""
     handlers = LaunchHandlers(store, health, launcher_factory)
-    served = {LAUNCH_PATH: handlers.launch, RESTART_PATH: handlers.restart}
+    served = {LAUNCH_PATH: handlers.launch, RESTART_PATH: handlers.restart, LOGS_PATH: handlers.logs}
     for route in LAUNCH_ROUTES:
         routes.route(route.method, route.path)(json_errors(served[route.path], authorize))
 
@@ -89,6 +91,26 @@ class LaunchHandlers:
         if outcome.error:
             raise ApiError(409, f"{outcome.instance.label} could not be restarted: {outcome.error}", worker=answer)
         return web.json_response({"worker": answer})
+
+    async def logs(self, request: web.Request) -> web.Response:
+        body = await read_model(request, WorkerLogsRequest, MAX_BODY)
+        config = self._config()
+        worker = config.find_worker(body.worker_id)
+        if worker is None:
+            raise ApiError(404, f"no worker with id {body.worker_id!r}")
+        where, text = await asyncio.to_thread(self._log_tail, str(worker.id), body.lines)
+        if not text.strip():
+            raise ApiError(409, f"{worker.display_name} has no log at {where}: was it started by the launcher "
+                                "(its Launch button, or comfy-distributed workers)?")
+        return web.json_response({"worker_id": worker.id, "name": worker.display_name, "log": where,
+                                  "lines": text.splitlines()})
+
+    def _log_tail(self, worker_id: str, lines: int) -> tuple[str, str]:
+        launcher = self.launcher_factory()
+        try:
+            return launcher.log_tail(launcher.find(worker_id), lines)
+        except LaunchError as exc:  # a worker the launcher cannot reach
+            raise ApiError(409, str(exc)) from None
 
     def _restart(self, worker_id: int | str) -> Outcome:
         launcher = self.launcher_factory()

@@ -230,6 +230,13 @@ class RestartWorkerRequest(RequestBody):
     worker_id: WorkerId
 
 
+class WorkerLogsRequest(RequestBody):
+    """POST /multigpu/workers/logs."""
+
+    worker_id: WorkerId
+    lines: int = Field(40, ge=1, le=1000, description="how many last lines")
+
+
 def _same_as(header: str) -> MustBe:
     return MustBe(f"the same as the {header} header")
 

@@ -21,6 +21,7 @@ from .api_results import MAX_IMAGE_BODY, MAX_RESULT_BODY
 
 LAUNCH_PATH = "/multigpu/workers/launch"
 RESTART_PATH = "/multigpu/workers/restart"
+LOGS_PATH = "/multigpu/workers/logs"
 
 BAD_INPUT = ("Bad input: malformed JSON, wrong types, missing or unknown fields, invalid values (the error names "
              "the field)")
@@ -51,6 +52,8 @@ class Answer:
     status: int
     description: str
     model: type[BaseModel] | None = None
+    media_type: str = "application/json"
+    """Another type (``text/plain``) is a text body, described by ``description``."""
 
 
 @dataclass(frozen=True)
@@ -139,6 +142,15 @@ MASTER_ROUTES = (
           }),
     Route("GET", "/multigpu/status", "getStatus", Access.READ, "Master, per-worker state and running jobs",
           Answer(200, "Status", answers.Status), errors=(409,)),
+    Route("GET", "/multigpu/metrics", "getMetrics", Access.READ,
+          "Counters and gauges for Prometheus: jobs, units by state, re-runs by reason, each worker's busy seconds, "
+          "images and heartbeat age",
+          Answer(200, "Prometheus text format 0.0.4: comfy_distributed_jobs_started_total{kind}, "
+                      "comfy_distributed_jobs_ended_total{kind,outcome}, comfy_distributed_units_ended_total{state}, "
+                      "comfy_distributed_reruns_total{reason}, comfy_distributed_worker_busy_seconds_total{worker}, "
+                      "comfy_distributed_worker_images_total{worker}, comfy_distributed_units{state}, "
+                      "comfy_distributed_worker_up{worker}, comfy_distributed_worker_heartbeat_age_seconds{worker}",
+                 media_type="text/plain"), errors=(409,)),
     Route("GET", "/multigpu/openapi.json", "getOpenApi", Access.OPEN,
           "This document (no token needed; a private master's Host check applies)",
           Answer(200, "OpenAPI 3 document")),
@@ -156,6 +168,12 @@ LAUNCH_ROUTES = (
           Answer(200, "Restarted: launching until it answers", answers.RestartAnswer), bodies.RestartWorkerRequest,
           errors=(*BODY_ERRORS, 404),
           notes={409: f"{CONFIG_INVALID}, or the worker could not be restarted (the error says why)"}),
+    Route("POST", LOGS_PATH, "workerLogs", Access.CONTROL,
+          "The last lines of a launched worker's log (a local file, or read over SSH)",
+          Answer(200, "The lines since its last start", answers.WorkerLogs), bodies.WorkerLogsRequest,
+          errors=(*BODY_ERRORS, 404),
+          notes={409: f"{CONFIG_INVALID}, or the worker has no log the launcher can read (it was not started by "
+                      "the launcher, or runs on a machine without an ssh block)"}),
 )
 """The routes ``add_launch_routes`` registers (every one a control route: the caller's ``authorize``)."""
 

@@ -180,11 +180,13 @@ def _wire(server: Any, host: Host, store: ConfigStore, public: bool, env_token: 
     """The extension's parts on ComfyUI's server: the prompt hook, the routes, the background tasks."""
     health = HealthMonitor(store, host.notify)
     orchestrator = Orchestrator(store, host.notify, health, input_dir=host.input_dir, loop=server.loop)
-    balancer = QueueBalancer(store, health, host.notify, host.queue_load, host.is_output_node)
+    balancer = QueueBalancer(store, health, host.notify, host.queue_load, host.is_output_node,
+                             metrics=orchestrator.metrics)
     runtime.current = runtime.Extension(host, orchestrator, balancer)
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
     server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts))
     api = MultiGPUApi(store, orchestrator, public=public, free_master=host.free_memory, health=health,
+                      master_queue=host.queue_load,
                       env_token=env_token)
     api.add_routes(server.routes)
     add_launch_routes(server.routes, store, health, master_launcher_factory(store, comfyui_root), api.authorize)

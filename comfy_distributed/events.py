@@ -47,8 +47,8 @@ def worker_failed(worker_id: int | str, worker: str, reason: str, message: str, 
                            "rerun": rerun, "message": f"Worker {worker}: {message}"}
 
 
-def job_progress(job_id: str, progress: float, units: list[UnitProgress]) -> Event:
-    return JOB_PROGRESS, {"job_id": job_id, "progress": progress, "units": units}
+def job_progress(job_id: str, progress: float, units: list[UnitProgress], eta_seconds: float | None = None) -> Event:
+    return JOB_PROGRESS, {"job_id": job_id, "progress": progress, "units": units, "eta_seconds": eta_seconds}
 
 
 def job_done(job_id: str, cancelled: bool, workers_done: list[str], master_units: list[int],

@@ -13,6 +13,7 @@ import time
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from .cluster_view import UnitView, time_left
 from .errors import JobError, ResultRejected, UnknownJob
 from .jobs import RESERVATION_TTL, UNCLAIMED_JOB_TTL, UNKNOWN_BATCH_IMAGES, Job, ShareLimits, UnitRun, UnitState
 from .scheduler import Event, UnitDone
@@ -156,10 +157,21 @@ class JobBook:
         return [
             {
                 "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(),
-                "error": job.error,
+                "error": job.error, "eta_seconds": job_time_left(job),
                 "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": job.state_of(u.position).value,
                            "worker_id": u.worker.id if u.worker else None, "progress": round(u.progress, 4),
                            "errors": list(u.causes)} for u in job.unit_list()],
             }
             for job in jobs
         ]
+
+
+def job_time_left(job: Job) -> float | None:
+    """The job's time left, estimated from its own units (``cluster_view.time_left``)."""
+    now = time.monotonic()
+    views = []
+    for unit in job.unit_list():
+        state = job.state_of(unit.position).value
+        elapsed = now - unit.started if state == "running" and unit.started else None
+        views.append(UnitView(state, unit.progress, elapsed, unit.took))
+    return time_left(views)

@@ -62,6 +62,8 @@ class UnitRun:
     values: dict[str, Any] = field(default_factory=dict)
     """Multi-GPU Value node -> the literal this unit uses (its home participant's), wherever it runs."""
     started: float = 0.0
+    took: float | None = None
+    """Seconds the worker that delivered it took (for the job's time left)."""
     worker: WorkerConfig | None = None
     images: dict[str, Any] = field(default_factory=dict)
     """What the unit brought back, by output key (a Collector's files by kind; a forwarded prompt's files)."""

@@ -102,8 +102,8 @@ class Metrics:
                 Series("worker_images_total", "counter", "Images (or frames, tiles) workers delivered",
                        ("worker",), dict(self.images)),
             ]
-        up = {(str(w["id"]),): 1.0 if w.get("status") in ("idle", "busy") else 0.0 for w in workers}
-        ages = {(str(w["id"]),): float(w["last_seen"]) for w in workers
+        up: dict[tuple[str, ...], float] = {(str(w["id"]),): 1.0 if w.get("status") in ("idle", "busy") else 0.0 for w in workers}
+        ages: dict[tuple[str, ...], float] = {(str(w["id"]),): float(w["last_seen"]) for w in workers
                 if isinstance(w.get("last_seen"), (int, float)) and not isinstance(w.get("last_seen"), bool)}
         gauges = [
             Series("units", "gauge", "Units of running jobs, by state", ("state",),

@@ -115,7 +115,8 @@ def _operation(route: Route) -> dict[str, Any]:
 def _responses(route: Route) -> dict[str, Any]:
     answer = route.answer
     schema = _ref(answer.model.__name__) if answer.model is not None else {"type": "object"}
-    responses: dict[str, Any] = {str(answer.status): {"description": answer.description, "content": _json(schema)}}
+    content = _json(schema) if answer.media_type == "application/json" else {answer.media_type: {"schema": {"type": "string"}}}
+    responses: dict[str, Any] = {str(answer.status): {"description": answer.description, "content": content}}
     guard = {403: "HostRefused"}
     if route.access in TOKEN_REFUSALS:
         guard[401] = TOKEN_REFUSALS[route.access]

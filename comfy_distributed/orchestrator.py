@@ -45,11 +45,12 @@ from .workflow import (
     validate_prompt_shape,
 )
 from .collector_bridge import CollectorBridge
-from .job_book import JobBook
+from .job_book import JobBook, job_time_left
 from .jobs import (EXTRA_DATA_KEY, PROGRESS_INTERVAL, STATE_INTERVAL, FINISHED, Job, Notify, TileJob, UnitRun,
                    UnitState)
 from .tile_graph import TEMP_SUFFIX, TilePair, build_tile_prompt
 from .values import Describe, comfy_describe, literals as value_literals
+from .metrics import Metrics
 from .runner import JobKind, Runner
 from .worker_client import PromptResult, WorkerClient
 from .worker_prep import (
@@ -93,7 +94,10 @@ class Orchestrator(JobBook, CollectorBridge):
         self._stash: dict[tuple[str, str], Any] = {}
         self.speeds = Speeds()
         self._lock = threading.Lock()
-        self.runner: Runner[Job] = Runner(CollectorUnits(self), lambda *event: self.notify(*event), lambda: self.health)
+        self.metrics = Metrics()
+        """The master's counters (``GET /multigpu/metrics``); the queue mode's runner counts into them too."""
+        self.runner: Runner[Job] = Runner(CollectorUnits(self), lambda *event: self.notify(*event), lambda: self.health,
+                                          self.metrics)
         self._warming: set[asyncio.Task] = set()
 
     @property
@@ -229,6 +233,7 @@ class Orchestrator(JobBook, CollectorBridge):
             return
         self.runner.open(job)
         assert job.loop is not None
+        self.metrics.job_started("tiles" if isinstance(job, TileJob) else "collector")
         job.loop.create_task(self._begin(job), name=f"multigpu-job-{job.job_id}")
 
     async def _begin(self, job: Job) -> None:
@@ -404,7 +409,7 @@ class Orchestrator(JobBook, CollectorBridge):
             events.UnitProgress(position=u.position, state=states[u.position].value,
                                 worker=u.name if u.worker else None, worker_id=u.worker.id if u.worker else None,
                                 progress=round(done[u.position], 4))
-            for u in units]))
+            for u in units], job_time_left(job)))
 
     def _finish(self, job: Job) -> None:
         """Report the job's outcome once (server loop)."""
@@ -415,6 +420,11 @@ class Orchestrator(JobBook, CollectorBridge):
         job.ended = True
         units = job.unit_list()
         states = {u.position: job.state_of(u.position) for u in units}
+        if job.begun:
+            failed = job.error or any(s == UnitState.GIVEN_UP for s in states.values())
+            self.metrics.job_ended("tiles" if isinstance(job, TileJob) else "collector",
+                                   "cancelled" if job.cancelled else "error" if failed else "done")
+            self.metrics.units_finished(state.value for state in states.values())
         self.notify(*events.job_done(
             job.job_id, job.cancelled, sorted({u.name for u in units if states[u.position] == UnitState.DONE}),
             [u.position for u in units if states[u.position] == UnitState.MASTER],

@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any, Callable
 from .config import ConfigStore, GpuConfig, WorkerConfig
 from .errors import JobError
 from .jobs import UnitJob, UnitRun
+from .metrics import Metrics
 from .runner import JobKind, Runner
 from .scheduler import JobScheduler, Unit, UnitState
 from .workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
@@ -90,6 +91,7 @@ class ForwardedPrompt(JobKind[Forward]):
     """A forwarded prompt's one unit brings back the files of every output node of the prompt."""
 
     master_runs_given_up = True
+    metric_kind = "queue"
 
     def wanted(self, job: Forward, unit: UnitRun) -> frozenset[str]:
         return frozenset(job.output_nodes)
@@ -112,7 +114,8 @@ class QueueBalancer:
     def __init__(self, store: ConfigStore, health: "HealthMonitor | None" = None,
                  notify: Callable[[str, dict[str, Any]], None] | None = None,
                  master_load: Callable[[], int] = lambda: 0,
-                 is_output_node: Callable[[str], bool] = lambda class_type: False) -> None:
+                 is_output_node: Callable[[str], bool] = lambda class_type: False,
+                 metrics: Metrics | None = None) -> None:
         self.store = store
         self.health = health
         self.notify = notify or (lambda event, data: None)
@@ -121,7 +124,7 @@ class QueueBalancer:
         self._forwards: dict[str, Forward] = {}
         self._lock = threading.Lock()
         self.runner: Runner[Forward] = Runner(ForwardedPrompt(), lambda *event: self.notify(*event),
-                                              lambda: self.health)
+                                              lambda: self.health, metrics)
 
     async def close(self) -> None:
         """Close the connections kept to workers (the master shuts down)."""
@@ -189,6 +192,7 @@ class QueueBalancer:
     # --- running forwards (server loop) --------------------------------------------------
 
     def start(self, forward: Forward) -> None:
+        self.runner.metrics.job_started("queue")
         self.runner.open(forward)
         self.runner.begin(forward)
 

@@ -19,6 +19,7 @@ import secrets
 import time
 from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
 
+from .metrics import Metrics
 from . import events
 from .config import WorkerConfig
 from .errors import WorkerError
@@ -44,6 +45,9 @@ class JobKind(Generic[J]):
     def extra_data(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict | None:
         """The ``extra_data`` the unit's prompt is queued with on the worker."""
         return None
+
+    metric_kind: str | None = None
+    """The kind whose end :meth:`Runner.settle` counts in the metrics (None: the owner counts it itself)."""
 
     async def unit_prompt(self, job: J, unit: UnitRun, client: WorkerClient) -> dict:
         """The unit's prompt as ``client``'s worker runs it (a kind may first put a file there)."""
@@ -76,10 +80,13 @@ class JobKind(Generic[J]):
 class Runner(Generic[J]):
     """Runs the units of jobs of one kind (see the module doc); one per job owner."""
 
-    def __init__(self, kind: JobKind[J], notify: Notify, health: Callable[[], "HealthMonitor | None"]) -> None:
+    def __init__(self, kind: JobKind[J], notify: Notify, health: Callable[[], "HealthMonitor | None"],
+                 metrics: Metrics | None = None) -> None:
         self.kind = kind
         self.notify = notify
         self.health = health
+        self.metrics = metrics if metrics is not None else Metrics()
+        """Counted here: re-runs by reason, each worker's busy seconds and images (``GET /multigpu/metrics``)."""
         self.sessions = SessionPool()
         """One HTTP session per worker, kept across units and jobs until :meth:`close`."""
         self.unreleased: dict[int, J] = {}
@@ -125,6 +132,10 @@ class Runner(Generic[J]):
 
     def settle(self, job: J) -> None:
         """No unit runs or waits any more (or the job ended early): wake the waiting node, free connections."""
+        if self.kind.metric_kind is not None and not job.settled.is_set():
+            states = [job.state_of(p) for p in job.units]
+            self.metrics.job_ended(self.kind.metric_kind, "cancelled" if job.cancelled else
+                                   "master" if UnitState.GIVEN_UP in states else "done")
         job.settled.set()
         job.changed.set()
         if job.loop is not None and not job.released:
@@ -172,7 +183,9 @@ class Runner(Generic[J]):
         if self._still_running(job, unit, worker):
             unit.images, unit.progress = images, 1.0
             took = time.monotonic() - unit.started
+            unit.took = took
             self.kind.unit_done(job, unit, worker, took)
+            self.metrics.unit_done(str(worker.id), took, unit.batch or getattr(job, "batch", None) or 1)
             self.handle(job, UnitDone(unit.position, str(worker.id), took))
 
     async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict[str, Any]:
@@ -205,6 +218,8 @@ class Runner(Generic[J]):
     def tell_failure(self, job: J, unit: UnitRun | None, worker: WorkerConfig, reason: str, message: str,
                      rerun: bool) -> None:
         """Log and send ``multigpu.worker_failed``: which worker, why, and what becomes of its unit."""
+        if rerun and unit is not None:
+            self.metrics.rerun(reason)
         then = "its unit is re-run elsewhere" if rerun else "no retry left for its unit"
         if reason == "offline":
             then = "its unit runs elsewhere" if rerun else "its unit is left out"

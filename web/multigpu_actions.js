@@ -93,6 +93,19 @@ export function createActions(store, client, notify) {
       return answer;
     },
 
+    /** A launched worker's last log lines, or null: with `quiet`, none is not worth a toast (offline notices). */
+    async logs(workerId, lines, { quiet = false } = {}) {
+      try {
+        return (await client.workerLogs(workerId, lines)).lines || [];
+      } catch (error) {
+        if (!quiet) {
+          askForToken(error);
+          notify("warn", "Worker log", error.message || String(error));
+        }
+        return null;
+      }
+    },
+
     async restart(workerId, name) {
       const answer = await attempt(`Could not restart ${name}`, () => client.restartWorker(workerId));
       if (answer) notify("success", "Restart", `Restarting ${name}`);

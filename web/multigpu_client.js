@@ -87,6 +87,7 @@ export function createClient(fetchApi, storage) {
     clearMemory: (target) => request("POST", "/multigpu/clear_memory", target),
     launchWorkers: (workerIds) => request("POST", "/multigpu/workers/launch", { worker_ids: workerIds }),
     restartWorker: (workerId) => request("POST", "/multigpu/workers/restart", { worker_id: workerId }),
+    workerLogs: (workerId, lines) => request("POST", "/multigpu/workers/logs", { worker_id: workerId, lines }),
   };
 }
 

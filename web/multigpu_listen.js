@@ -3,6 +3,8 @@
 
 import { EVENTS } from "./multigpu_events.js";
 
+const OFFLINE_LOG_LINES = 8;
+
 /** Subscribe the store, the actions and the toasts to `api`'s events; returns the names listened to. */
 export function listen(api, store, actions, notify) {
   const names = new Set();
@@ -23,6 +25,16 @@ export function listen(api, store, actions, notify) {
   on(EVENTS.WORKER_STATUS, (e) => {
     const known = store.state.config && store.state.config.workers.some((w) => String(w.id) === String(e.detail.id));
     if (store.state.config && !known) actions.refreshConfig();  // a worker added elsewhere (file, script)
+  });
+  on(EVENTS.WORKER_STATUS, async (e) => {
+    // a launched worker that stopped answering (or never did after its launch): what it printed last
+    const { id, name, status, previous, error } = e.detail;
+    if (status !== "offline" || !["idle", "busy", "launching"].includes(previous)) return;
+    const lines = await actions.logs(id, OFFLINE_LOG_LINES, { quiet: true });
+    if (!lines || !lines.length) return;
+    const what = previous === "launching" ? "did not come up after its launch" : "went offline";
+    notify("warn", `Multi-GPU: ${name || `worker ${id}`} ${what}`,
+           `${error ? `${error}\n` : ""}Last lines of its log:\n${lines.join("\n")}`, 15000);
   });
   on(EVENTS.WORKER_FAILED, (e) => {
     const { message, rerun } = e.detail;

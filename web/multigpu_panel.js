@@ -5,7 +5,8 @@
 import { button, h, meter, setAvailable, setText } from "./multigpu_dom.js";
 import { createSettings, createWorkerForm } from "./multigpu_editors.js";
 import {
-  PASSIVE_MESSAGE, activeJobs, launchableIds, masterCard, pollIntervalMs, summary, tokenPrompt, workerCards,
+  PASSIVE_MESSAGE, activeJobs, clusterLine, launchableIds, masterCard, pollIntervalMs, summary, tokenPrompt,
+  workerCards,
 } from "./multigpu_state.js";
 
 const STYLESHEET_ID = "comfyui-distributed-multigpu-css";
@@ -47,7 +48,8 @@ function cardButtons(ctx, workerId, current) {
   const launch = button("pi-play", "Launch", () => ctx.actions.launch([workerId]), { action: "launch" });
   const restart = button("pi-replay", "Restart", () => ctx.actions.restart(workerId, current().name),
                          { action: "restart" });
-  const el = h("div", { class: "mgpu-actions" }, clear, launch, restart, h("span", { class: "mgpu-spacer" }),
+  const logs = button("pi-file", "Log", () => ctx.toggleLog(workerId), { action: "logs", iconOnly: true });
+  const el = h("div", { class: "mgpu-actions" }, clear, launch, restart, h("span", { class: "mgpu-spacer" }), logs,
     button("pi-pencil", "Edit", () => ctx.editWorker(workerId), { action: "edit", iconOnly: true }),
     button("pi-trash", "Remove", () => ctx.removeWorker(workerId, current().name),
            { action: "remove", iconOnly: true, kind: "mgpu-danger" }));
@@ -72,6 +74,8 @@ function createCard(ctx, workerId) {
   const detail = h("div", { class: "mgpu-detail" });
   const failure = h("div", { class: "mgpu-detail mgpu-failure" });
   const values = h("div", { class: "mgpu-values", dataset: { part: "values" } });
+  const logView = h("pre", { class: "mgpu-log", hidden: true, dataset: { part: "log" } });
+  if (workerId !== null) ctx.logViews.set(String(workerId), logView);
   const vram = meter("VRAM", "vram");
   const progress = meter("Job", "progress");
   const toggle = workerId === null ? null : enableSwitch(ctx, workerId, current);
@@ -79,7 +83,7 @@ function createCard(ctx, workerId) {
   const el = h("div", { class: `mgpu-card${workerId === null ? " mgpu-master" : ""}`,
                         dataset: workerId === null ? { role: "master" } : { workerId: String(workerId) } },
     h("div", { class: "mgpu-card-head" }, dot, name, badge, toggle && toggle.el),
-    meta, detail, failure, values, vram.el, progress.el, buttons.el);
+    meta, detail, failure, values, vram.el, progress.el, buttons.el, logView);
 
   function update(next) {
     vm = next;
@@ -177,6 +181,7 @@ function createTokenPrompt({ actions, client, store }) {
 
 function createHeader({ actions, store }) {
   const summaryText = h("div", { class: "mgpu-summary" });
+  const clusterText = h("div", { class: "mgpu-summary mgpu-cluster", dataset: { part: "cluster" } });
   const banner = h("div", { class: "mgpu-banner", role: "alert", hidden: true });
   const launchAll = button("pi-play", "Launch workers", () => actions.launch(launchableIds(store.state)),
                            { action: "launch-all", title: "Launch every enabled worker that is offline" });
@@ -186,12 +191,13 @@ function createHeader({ actions, store }) {
     h("span", { class: "mgpu-spacer" }),
     button("pi-refresh", "Refresh", () => actions.refresh(), { action: "refresh", iconOnly: true }));
   const el = h("div", { class: "mgpu-header" },
-    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, toolbar, banner);
+    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, clusterText, toolbar, banner);
   return {
     el,
     update(state) {
       toolbar.hidden = state.passive;  // its buttons would only fail where the routes are missing
       setText(summaryText, state.passive ? null : state.config ? summary(state) : "Loading…");
+      setText(clusterText, state.passive ? null : clusterLine(state));
       setText(banner, state.passive ? null : state.error);
       setAvailable(launchAll, true, launchableIds(state).length > 0);
     },
@@ -216,6 +222,20 @@ export function mountPanel(root, { store, actions, client, confirm }) {
   const workerForm = createWorkerForm({ store, actions });
   const ctx = {
     actions,
+    logViews: new Map(),
+    async toggleLog(workerId) {
+      const view = ctx.logViews.get(String(workerId));
+      if (!view) return;
+      if (!view.hidden) {
+        view.hidden = true;
+        return;
+      }
+      const lines = await actions.logs(workerId, 40);
+      if (lines === null) return;
+      view.textContent = lines.length ? lines.join("\n") : "(the log is empty)";
+      view.hidden = false;
+      view.scrollTop = view.scrollHeight;
+    },
     editWorker(workerId) {
       const worker = (store.state.config.workers || []).find((w) => String(w.id) === String(workerId));
       if (worker) workerForm.open(worker);

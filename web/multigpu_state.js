@@ -27,6 +27,7 @@ export function initialState() {
     passive: false,    // this ComfyUI has no /multigpu routes (a worker): the panel shows PASSIVE_MESSAGE only
     error: null,       // a message for the banner (API unreachable, invalid config file)
     workflowValues: [], // the open workflow's Multi-GPU Value nodes: {id, label, default, values: {worker id: value}}
+    cluster: null,     // GET /multigpu/status' cluster summary ({line, prompts_running, ...})
   };
 }
 
@@ -103,7 +104,7 @@ export function reduce(state, action) {
       const auth = "token_required" in master
         ? { ...state.auth, required: !!master.token_required, configured: flag(master.token_configured) }
         : state.auth;
-      return { ...state, workers, jobs, auth, error: null };
+      return { ...state, workers, jobs, auth, error: null, cluster: data.cluster || null };
     }
     case "worker_status": {
       if (data.id === undefined || data.id === null) return state;
@@ -115,7 +116,8 @@ export function reduce(state, action) {
       if (!data.job_id) return state;
       return {
         ...state,
-        jobs: { ...state.jobs, [data.job_id]: { progress: Number(data.progress) || 0, units: data.units || [] } },
+        jobs: { ...state.jobs, [data.job_id]: { progress: Number(data.progress) || 0, units: data.units || [],
+                                                eta: Number.isFinite(data.eta_seconds) ? data.eta_seconds : null } },
       };
     case "job_done": {
       const failed = Object.entries(state.failures).filter(([, f]) => f.job_id === data.job_id).map(([id]) => id);
@@ -370,8 +372,21 @@ export function activeJobs(state) {
     jobId,
     short: jobId.slice(0, 8),
     fraction: job.progress,
-    text: `${(job.units || []).length} unit(s) · ${formatPercent(job.progress)}`,
+    text: `${(job.units || []).length} unit(s) · ${formatPercent(job.progress)}`
+      + (job.eta !== null && job.eta !== undefined ? ` · about ${formatDuration(job.eta)} left` : ""),
   }));
+}
+
+/** Seconds as the cluster line says them (cluster_view._duration): 40 s, 3 min, 1.5 h. */
+export function formatDuration(seconds) {
+  if (seconds < 60) return `${Math.max(1, Math.round(seconds))} s`;
+  if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
+  return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+/** The master's one line about the whole cluster (prompts, units, time left), from GET /multigpu/status. */
+export function clusterLine(state) {
+  return state.cluster && typeof state.cluster.line === "string" ? state.cluster.line : null;
 }
 
 export function summary(state) {

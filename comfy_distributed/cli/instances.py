@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 
 from ..errors import WorkerError
@@ -101,11 +102,58 @@ def cmd_watch(args: argparse.Namespace) -> int:
 
 
 
+LOGS_MAX_LINES = 1000
+FOLLOW_INTERVAL = 1.0
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The last lines of a launched instance's log; with ``--follow``, then what it writes next (Ctrl+C ends)."""
+    site = setup(args, quiet=True)
+    launcher = site.launcher()
+    instance = launcher.find(args.name)
+    lines = max(1, min(int(args.lines), LOGS_MAX_LINES))
+    where, text = launcher.log_tail(instance, lines)
+    if not text.strip():
+        print(f"{instance.label}: its log {where} is empty or missing: was it started by "
+              f"'{command_name()}'?", file=sys.stderr, flush=True)
+        if not args.follow:
+            return 1
+    say(f"==> {instance.label}: {where} <==")
+    if text:
+        say(text)
+    if not args.follow:
+        return 0
+    shown = text.splitlines()
+    try:
+        while True:
+            time.sleep(FOLLOW_INTERVAL)
+            _, text = launcher.log_tail(instance, LOGS_MAX_LINES)
+            fresh = new_lines(shown, text.splitlines())
+            if fresh:
+                say("\n".join(fresh))
+                shown = (shown + fresh)[-LOGS_MAX_LINES:]
+    except KeyboardInterrupt:
+        return 0
+
+
+def new_lines(shown: list[str], now: list[str]) -> list[str]:
+    """The lines of ``now`` (a log's tail) that come after what was ``shown``: found by the last lines shown;
+    everything when the log restarted (its earlier lines are gone from the tail)."""
+    for width in range(min(len(shown), 5), 0, -1):
+        tail = shown[-width:]
+        for start in range(len(now) - width, -1, -1):
+            if now[start:start + width] == tail:
+                return now[start + width:]
+    return now
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     site = setup(args, quiet=True)
     statuses = site.launcher().status()
-    seen_by_master = master_view(site.master_url) if statuses[0].state == "ready" else {}
+    seen_by_master, line = master_view(site.master_url) if statuses[0].state == "ready" else ({}, None)
     say(format_status(statuses, seen_by_master))
+    if line:
+        say(f"cluster: {line}")
     down = [s for s in statuses if s.down]
     for status in down:
         name = "master" if status.instance.worker is None else str(status.instance.worker.id)
@@ -136,11 +184,14 @@ def format_status(statuses: list[InstanceStatus], seen_by_master: dict[str, str]
 
 
 
-def master_view(url: str) -> dict[str, str]:
-    """Worker id -> the status the master's health checks see, when the master runs this extension."""
+def master_view(url: str) -> tuple[dict[str, str], str | None]:
+    """Worker id -> the status the master's health checks see, and the cluster's line (prompts, units, time
+    left), when the master runs this extension."""
     try:
         data = run_blocking(url, lambda client: client.get_json("/multigpu/status"), headers=auth_headers(),
                             limits=Limits(connect_timeout=3.0, request_timeout=3.0))
-        return {str(w["id"]): str(w["status"]) for w in data.get("workers", [])}
+        seen = {str(w["id"]): str(w["status"]) for w in data.get("workers", [])}
     except (WorkerError, KeyError, TypeError, AttributeError):
-        return {}
+        return {}, None
+    line = (data.get("cluster") or {}).get("line") if isinstance(data.get("cluster"), dict) else None
+    return seen, line if isinstance(line, str) else None

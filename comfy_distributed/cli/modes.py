@@ -9,7 +9,7 @@ from typing import Callable
 
 from ..errors import DistributedError
 from ..launcher import command_name
-from .instances import cmd_launch, cmd_restart, cmd_status, cmd_stop, cmd_watch
+from .instances import cmd_launch, cmd_logs, cmd_restart, cmd_status, cmd_stop, cmd_watch
 from .maintenance import cmd_token, cmd_update, cmd_update_nodes, cmd_venv
 from .run import DEFAULT_OUTPUT, DEFAULT_TIMEOUT, cmd_run
 from .site import TOKEN_ENV, say
@@ -21,6 +21,12 @@ def _names(parser: argparse.ArgumentParser) -> None:
 
 def _name(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("name", metavar="NAME", help="master, a worker id or a worker name")
+
+
+def _logs(parser: argparse.ArgumentParser) -> None:
+    _name(parser)
+    parser.add_argument("-f", "--follow", action="store_true", help="then show what it writes next (Ctrl+C ends)")
+    parser.add_argument("-n", "--lines", type=int, default=40, metavar="N", help="how many last lines (max 1000)")
 
 
 def _run(parser: argparse.ArgumentParser) -> None:
@@ -58,6 +64,8 @@ MODES: tuple[Mode, ...] = (
     Mode("status", "show every instance; exit code 1 when an enabled one is down", cmd_status),
     Mode("stop", "stop what the launcher started (everything, or the instances named)", cmd_stop, _names),
     Mode("restart", "stop and start one instance (master, a worker id or name)", cmd_restart, _name, in_menu=False),
+    Mode("logs", "the last lines of a launched instance's log (master, a worker id or name); -f follows it",
+         cmd_logs, _logs, in_menu=False),
     Mode("run", "queue an API-format workflow on the master, show progress, save the images", cmd_run, _run,
          in_menu=False),
     Mode("token", "create the API token, save it in gpu_config.json (readable by you only) and say how to use it", cmd_token,

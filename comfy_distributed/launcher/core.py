@@ -13,8 +13,8 @@ from typing import Any, Callable
 from ..config import PACKAGE_ROOT, GpuConfig
 from ..errors import LaunchError
 from .model import (
-    BOOTSTRAP, FAST_SPACING, Instance, InstanceStatus, LaunchContext, Outcome, POLL_INTERVAL, Record, STATE_ENV,
-    WINDOWS,
+    BOOTSTRAP, FAST_SPACING, LOG_TAIL_LINES, Instance, InstanceStatus, LaunchContext, Outcome, POLL_INTERVAL, Record,
+    STATE_ENV, WINDOWS,
 )
 from .discovery import command_name, find_python, instances_of, listen_address
 from .probing import port_in_use, probe, vram_text
@@ -57,6 +57,14 @@ class Launcher:
             raise LaunchError(f"{instance.label} runs on {host}, which the launcher cannot reach: start it "
                               f"there, or add an ssh block to {instance.field} so that the launcher can")
         return self.remote if instance.kind == "ssh" else self.local
+
+    # --- logs -------------------------------------------------------------------------
+
+    def log_tail(self, instance: Instance, lines: int = LOG_TAIL_LINES) -> tuple[str, str]:
+        """Where the instance's log is and its last ``lines`` since its last start (local file, or over SSH).
+        LaunchError for an instance the launcher cannot reach (its log is on its own machine)."""
+        backend = self.backend(instance)
+        return backend.log_name(instance), backend.log_tail(instance, lines)
 
     # --- starting ---------------------------------------------------------------------
 

@@ -11,7 +11,7 @@ from typing import Callable, Protocol
 from ..config import CONFIG_ENV
 from ..errors import LaunchError
 from ..role import ROLE_ENV
-from .model import Instance, LaunchContext, Record, STATE_ENV
+from .model import LOG_TAIL_LINES, Instance, LaunchContext, Record, STATE_ENV
 from .discovery import ROOT_HINT, find_python, split_args
 from .processes import exit_code, process_alive, read_log_tail, spawn_detached, start_token, terminate
 
@@ -23,7 +23,7 @@ class Backend(Protocol):
     def record(self, instance: Instance) -> Record | None: ...
     def alive(self, instance: Instance, record: Record) -> bool: ...
     def stop(self, instance: Instance) -> int | None: ...
-    def log_tail(self, instance: Instance) -> str: ...
+    def log_tail(self, instance: Instance, lines: int = LOG_TAIL_LINES) -> str: ...
     def log_name(self, instance: Instance) -> str: ...
     def describe_exit(self, instance: Instance, record: Record) -> str: ...
 
@@ -116,8 +116,8 @@ class LocalProcesses:
         self.forget(instance.key)
         return record.pid
 
-    def log_tail(self, instance: Instance) -> str:
-        return read_log_tail(self.log_path(instance.key))
+    def log_tail(self, instance: Instance, lines: int = LOG_TAIL_LINES) -> str:
+        return read_log_tail(self.log_path(instance.key), lines)
 
     def describe_exit(self, instance: Instance, record: Record) -> str:
         code = exit_code(record.pid)

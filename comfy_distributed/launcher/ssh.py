@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ..config import Settings, SshConfig
 from ..errors import LaunchError
-from .model import Instance, LaunchContext, Record
+from .model import LOG_TAIL_LINES, Instance, LaunchContext, Record
 from .discovery import split_args
 from .processes import since_last_start
 from .local import LocalProcesses
@@ -89,7 +89,7 @@ alive)
   if alive "$pid"; then echo "ALIVE $pid"; else echo "DEAD"; fi
   ;;
 tail)
-  tail -n 300 "$log" 2>/dev/null || true
+  tail -n 1000 "$log" 2>/dev/null || true
   ;;
 esac
 """
@@ -248,12 +248,12 @@ class SshProcesses:
         words = output.split()
         return int(words[1]) if len(words) >= 2 and words[0] == "STOPPED" and words[1].isdigit() else None
 
-    def log_tail(self, instance: Instance) -> str:
+    def log_tail(self, instance: Instance, lines: int = LOG_TAIL_LINES) -> str:
         try:
             _code, output = self._run(instance, "tail")
         except LaunchError as exc:
             return f"(the remote log could not be read: {exc})"
-        return since_last_start(output)
+        return since_last_start(output, lines)
 
     def describe_exit(self, instance: Instance, record: Record) -> str:
         return f"exited on {self._config(instance).host}"

@@ -507,7 +507,7 @@ class ApiUnderTest:
 def check_reply(reply: Reply, api: ApiUnderTest, before: bytes | None) -> None:
     """What every answer of the API keeps, whatever was sent.
 
-    Never a 5xx; only documented statuses; always a JSON body, with a non-empty ``error``
+    Never a 5xx; only documented statuses; a JSON body (or the documented text of a text answer), with a non-empty ``error``
     string on a refusal; a success matches its documented schema; the config file is still
     valid JSON and a valid config, unchanged by a refusal or by a route that does not edit
     it (``before`` is its content before the request; None when other requests ran
@@ -517,12 +517,20 @@ def check_reply(reply: Reply, api: ApiUnderTest, before: bytes | None) -> None:
     op = operation(reply.method, reply.path)
     assert str(reply.status) in op["responses"], (
         f"status {reply.status} is not documented for {reply.method} {reply.path}: {reply}")
-    assert reply.headers.get("Content-Type", "").startswith("application/json"), f"not JSON: {reply}"
-    try:
-        data = reply.data
-    except ValueError as exc:
-        raise AssertionError(f"the body is not strict JSON ({exc}): {reply}") from None
-    if reply.status >= 400:
+    documented = op["responses"][str(reply.status)].get("content", {})
+    text_kind = next((kind for kind in documented if kind != "application/json"), None)
+    if reply.status < 400 and text_kind is not None:  # a documented text answer (the metrics)
+        assert reply.headers.get("Content-Type", "").startswith(text_kind), f"not {text_kind}: {reply}"
+        data = None
+    else:
+        assert reply.headers.get("Content-Type", "").startswith("application/json"), f"not JSON: {reply}"
+        try:
+            data = reply.data
+        except ValueError as exc:
+            raise AssertionError(f"the body is not strict JSON ({exc}): {reply}") from None
+    if text_kind is not None and reply.status < 400:
+        pass
+    elif reply.status >= 400:
         assert isinstance(data, dict) and isinstance(data.get("error"), str) and data["error"].strip(), (
             f"a refusal without an 'error' string: {reply}")
         problems = schema_errors(data, response_of(reply.method, reply.path, reply.status)

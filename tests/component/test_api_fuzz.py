@@ -335,6 +335,8 @@ class Context:
             return st.fixed_dictionaries({}, optional={"worker_ids": st.lists(ids, max_size=3)})
         if path == "/multigpu/workers/restart":
             return st.fixed_dictionaries({"worker_id": ids})
+        if path == "/multigpu/workers/logs":
+            return st.fixed_dictionaries({"worker_id": ids}, optional={"lines": st.integers(1, 1000)})
         if path == JOB_COMPLETE:  # who posts is in the headers; the body may repeat it
             assert self.share is not None
             share = {key: st.just(self.share[key]) for key in ("job_id", "worker_id", "share_token")}

@@ -111,7 +111,8 @@ class RecordingLauncher:
     """A stand-in for :class:`~comfy_distributed.launcher.Launcher` that starts nothing, for API tests.
 
     ``add_launch_routes(..., launcher_factory=lambda: RecordingLauncher(store.get(), calls), ...)``: every
-    start and restart succeeds at once (``action: started``, pid 0) and is appended to ``calls``.
+    start and restart succeeds at once (``action: started``, pid 0) and is appended to ``calls``; every instance
+    has a two-line log.
     """
 
     def __init__(self, config: Any, calls: list[tuple[str, str]]) -> None:
@@ -134,3 +135,8 @@ class RecordingLauncher:
 
     def restart(self, instance: Any, wait: bool = True) -> Any:
         return self._started("restart", instance)
+
+    def log_tail(self, instance: Any, lines: int = 30) -> tuple[str, str]:
+        """A log of two lines for every instance (its reading is recorded too)."""
+        self.calls.append(("logs", instance.key))
+        return f"{instance.key}.log", "\n".join([f"{instance.label} started", "To see the GUI go to: ..."][-lines:])

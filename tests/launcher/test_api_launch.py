@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from comfy_distributed.api_launch import LAUNCH_PATH, RESTART_PATH
+from comfy_distributed.api_routes import LOGS_PATH
 from tests.waiting import free_port, poll
 
 from .helpers import answers, worker, write_config
@@ -54,6 +55,30 @@ async def test_launch_every_enabled_worker_then_restart_one(comfy_root, state_di
         status, disabled = await api.post(LAUNCH_PATH, {"worker_ids": [3]})
         assert status == 200 and disabled["workers"][0]["action"] == "started", "explicit ids may be disabled"
         poll(lambda: answers(ports[3]), 30, "the disabled worker, launched on request")
+
+
+async def test_a_launched_workers_log_is_read_by_id_never_by_path(comfy_root, state_dir, config, ports):
+    async with LaunchApi(comfy_root, state_dir, config) as api:
+        status, answer = await api.post(LAUNCH_PATH, {"worker_ids": [1]})
+        assert status == 200 and answer["workers"][0]["ok"], answer
+        poll(lambda: answers(ports[1]), 30, "worker 1 answers")
+        status, logs = await api.post(LOGS_PATH, {"worker_id": 1, "lines": 5})
+        assert status == 200, logs
+        assert logs["worker_id"] == 1 and logs["log"].endswith(".log") and str(state_dir) in logs["log"]
+        assert any(f"http://127.0.0.1:{ports[1]}" in line for line in logs["lines"]), logs["lines"]
+        assert len(logs["lines"]) <= 5
+        status, missing = await api.post(LOGS_PATH, {"worker_id": 2})
+        assert status == 409 and "was it started by the launcher" in missing["error"]
+        status, far = await api.post(LOGS_PATH, {"worker_id": "far"})
+        assert status == 409 and "192.0.2.50" in far["error"]
+        status, unknown = await api.post(LOGS_PATH, {"worker_id": 9})
+        assert status == 404
+        status, bad = await api.post(LOGS_PATH, {"worker_id": 1, "lines": 100000})
+        assert status == 400 and "lines" in bad["error"]
+        status, path = await api.post(LOGS_PATH, {"worker_id": 1, "path": "/etc/passwd"})
+        assert status == 400 and "path" in path["error"]  # no field names a file
+        status, _ = await api.post(LOGS_PATH, {"worker_id": 1}, token=None)
+        assert status == 401
 
 
 async def test_failures_are_reported_with_the_launchers_message(comfy_root, state_dir, config, ports):

@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -112,6 +113,30 @@ def test_all_slow_then_no_duplicates_status_stop_restart(site):
     restarted_again = site.cli("restart", "1")
     assert restarted_again.returncode == 0, explain(restarted_again)
     assert not pid_alive(pids["worker-1"]) and answers(site.ports[1])
+
+    logs = site.cli("logs", "1", "-n", "3")
+    assert logs.returncode == 0, explain(logs)
+    assert logs.stdout.startswith("==> GPU 1 (worker 1): ") and "worker-1.log <==" in logs.stdout
+    assert f":{site.ports[1]}" in logs.stdout and len(logs.stdout.splitlines()) <= 4  # since its last start only
+    environment = {k: v for k, v in os.environ.items()
+                   if k not in ("COMFY_DISTRIBUTED_CONFIG", "COMFY_DISTRIBUTED_STATE_DIR")}
+    follow = subprocess.Popen([sys.executable, "-m", "comfy_distributed", "logs", "GPU 2", "-f", "--comfyui",
+                               str(site.root), "--config", str(site.config), "--state-dir", str(site.state)],
+                              cwd=REPO, env={**environment, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    try:
+        time.sleep(2.5)  # it shows the tail, then waits for more
+        assert site.cli("stop", "2").returncode == 0
+        time.sleep(2.5)
+    finally:
+        follow.send_signal(signal.SIGINT)
+        out, err = follow.communicate(timeout=10)
+    assert "fake-comfyui: stopped" in out, out + err  # written after it started following
+    assert follow.returncode == 0
+    never = site.cli("logs", "master", "-n", "2")
+    assert never.returncode == 0 and "master" in never.stdout
+    again = site.cli("workers")  # worker 2 back, for the final stop
+    assert again.returncode == 0, explain(again)
 
     everything = [read_pid(site.state, key) for key in pids]
     final = site.cli("stop")

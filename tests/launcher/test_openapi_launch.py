@@ -13,15 +13,17 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from comfy_distributed.api import MAX_BODY, OPENAPI_PATH, MultiGPUApi
 from comfy_distributed.api_launch import LAUNCH_PATH, RESTART_PATH, add_launch_routes
+from comfy_distributed.api_routes import LOGS_PATH
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.orchestrator import Orchestrator
 
 from .helpers import RecordingLauncher, write_config
 
 OPENAPI: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))
-PATHS: dict[str, Any] = {path: OPENAPI["paths"][path] for path in (LAUNCH_PATH, RESTART_PATH)}
+PATHS: dict[str, Any] = {path: OPENAPI["paths"][path] for path in (LAUNCH_PATH, RESTART_PATH, LOGS_PATH)}
 TOKEN = "openapi-launch-token-0123"
-VALID = {LAUNCH_PATH: {"worker_ids": [1, "gpu-b"]}, RESTART_PATH: {"worker_id": "gpu-b"}}
+VALID = {LAUNCH_PATH: {"worker_ids": [1, "gpu-b"]}, RESTART_PATH: {"worker_id": "gpu-b"},
+         LOGS_PATH: {"worker_id": "gpu-b", "lines": 5}}
 
 
 
@@ -112,7 +114,8 @@ async def trigger(tmp_path: Path, path: str, status: int) -> tuple[int, Any]:
         assert answer.get("host") == "attacker.example" and api.calls == [], answer
         return got, answer
     if status == 404:
-        return await api.post(path, {LAUNCH_PATH: {"worker_ids": [404]}, RESTART_PATH: {"worker_id": 404}}[path])
+        return await api.post(path, {LAUNCH_PATH: {"worker_ids": [404]}, RESTART_PATH: {"worker_id": 404},
+                                     LOGS_PATH: {"worker_id": 404}}[path])
     if status == 413:
         return await api.post(path, raw=b" " * (MAX_BODY + 1))
     raise AssertionError(f"{path} documents {status}: teach trigger() how to cause it")
@@ -137,6 +140,10 @@ async def test_documented_success_with_every_property(tmp_path, path):
     assert status == 200, answer
     documented = answer_schema(path)["properties"]
     assert set(answer) == set(documented)
+    if path == LOGS_PATH:
+        assert len(answer["lines"]) == 2 and answer["lines"][1] == "To see the GUI go to: ..."
+        assert api.calls == [("logs", "worker-gpu-b")]
+        return
     outcomes = answer["workers"] if path == LAUNCH_PATH else [answer["worker"]]
     keys = set(resolved(documented["workers"]["items"] if path == LAUNCH_PATH else documented["worker"])["properties"])
     assert all(set(outcome) == keys for outcome in outcomes)

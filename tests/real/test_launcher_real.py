@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import urllib.request
 import uuid
 from pathlib import Path
 
@@ -41,6 +42,7 @@ def test_launcher_with_real_comfyui(site, tmp_path):
     poll(master_sees_idle, 60, "status: every instance ready, the master's heartbeat sees the workers idle")
     status = site.cli("status")
     assert str(pids["master"]) in row(status.stdout, "master") and "GiB" in row(status.stdout, "master")
+    assert "cluster: no prompts queued" in status.stdout, status.stdout
 
     workflow = tmp_path / "workflow.json"
     workflow.write_text(json.dumps(image_workflow(seed=11, delay=1.0, batch=2)))
@@ -49,6 +51,13 @@ def test_launcher_with_real_comfyui(site, tmp_path):
     assert ran.returncode == 0, explain(ran)
     assert len(list(output.glob("*.png"))) == 6, "batch 2 x (master + 2 workers), collected by the master"
     assert "cluster:" in ran.stdout and "units done" in ran.stdout and "100%" in ran.stdout
+    logs = site.cli("logs", "1", "-n", "200")
+    assert logs.returncode == 0, explain(logs)
+    assert "worker-1.log <==" in logs.stdout and "To see the GUI go to" in logs.stdout, "ComfyUI's own lines"
+    with urllib.request.urlopen(f"http://127.0.0.1:{site.ports[0]}/multigpu/metrics", timeout=10) as response:
+        metrics = response.read().decode()
+    assert 'comfy_distributed_jobs_started_total{kind="collector"} 1' in metrics, metrics
+    assert 'comfy_distributed_worker_images_total{worker="1"} 2' in metrics, metrics
 
     assert site.cli("stop", "2").returncode == 0 and not pid_alive(pids["worker-2"])
     down = site.cli("status")
@@ -90,6 +99,8 @@ def test_real_comfyui_worker_over_ssh(site, tmp_path):
         first = int(remote_files[0].read_text())
         assert answers(site.ports[1]) and pid_alive(first)
         assert "To see the GUI go to" in remote_files[1].read_text(), "ComfyUI's output is logged on its machine"
+        logs = site.cli("logs", worker_id, "-n", "200")
+        assert logs.returncode == 0 and "To see the GUI go to" in logs.stdout, explain(logs)  # read over SSH
         restarted = site.cli("restart", worker_id)
         assert restarted.returncode == 0, explain(restarted)
         assert not pid_alive(first) and answers(site.ports[1])

@@ -5,7 +5,7 @@ import { test } from "node:test";
 
 import {
   PASSIVE_MESSAGE, TOKEN_COMMAND, TOKEN_COMMAND_WINDOWS, activeJobs, createStore, formatAddress, formatBytes,
-  initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, readValueNode, reduce, summary, tokenPrompt,
+  clusterLine, formatDuration, initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, readValueNode, reduce, summary, tokenPrompt,
   valueLines, vramUsage, workerAddress, workerCards, workerProgress,
 } from "../../web/multigpu_state.js";
 
@@ -309,4 +309,17 @@ test("the master's card says when it only coordinates", () => {
   assert.equal(masterCard(state, "x").role, null);
   state = run({ type: "config", data: { ...CONFIG, master: { ...CONFIG.master, participates: false } } });
   assert.equal(masterCard(state, "x").role, "Coordinator only: the workers make its share");
+});
+
+test("a job's time left and the cluster's line", () => {
+  let state = run({ type: "config", data: CONFIG },
+                  { type: "job_progress", data: { job_id: "abcdef0123", progress: 0.5, units: [{}, {}], eta_seconds: 130 } });
+  assert.equal(activeJobs(state)[0].text, "2 unit(s) · 50% · about 2 min left");
+  state = reduce(state, { type: "job_progress", data: { job_id: "abcdef0123", progress: 0.1, units: [{}], eta_seconds: null } });
+  assert.equal(activeJobs(state)[0].text, "1 unit(s) · 10%");
+  assert.equal(clusterLine(state), null);
+  state = reduce(state, { type: "status", data: { workers: [], jobs: [], cluster: { line: "3 prompts: 1 running, 2 queued" } } });
+  assert.equal(clusterLine(state), "3 prompts: 1 running, 2 queued");
+  assert.deepEqual([formatDuration(0.2), formatDuration(59), formatDuration(150), formatDuration(5400)],
+                   ["1 s", "59 s", "3 min", "1.5 h"]);
 });
