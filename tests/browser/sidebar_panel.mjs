@@ -291,6 +291,23 @@ async function run() {
     return `answered ${response.status()}, the card showed ${seen} then idle`;
   });
 
+  await step("the launched worker's log from its card; the cluster's line in the header", async () => {
+    if (!report.launched) return "skipped: nothing was launched";
+    await card(2).locator('[data-action="logs"]').click();
+    const log = card(2).locator(".mgpu-log");
+    await log.waitFor({ state: "visible", timeout: 10000 });
+    const text = await log.textContent();
+    if (!text.includes("To see the GUI go to")) throw new Error(`the log shows: ${text.slice(-400)}`);
+    const line = await until("the cluster's line", 15000, async () => {
+      const shown = await page.locator('[data-part="cluster"]').textContent().catch(() => "");
+      return shown && shown.includes("prompt") ? shown : null;
+    });
+    await shot("06b-worker-log", { panelOnly: true });
+    await card(2).locator('[data-action="logs"]').click();
+    await log.waitFor({ state: "hidden", timeout: 5000 });
+    return `header: ${line}`;
+  });
+
   await step("add a worker: the form refuses a bad port, then saves", async () => {
     await page.locator('[data-action="add-worker"]').click();
     const form = page.locator(".mgpu-worker-form");

@@ -6,9 +6,10 @@ starts two plain workers and a master with this extension (tier 3, like ``tests/
 runs ``sidebar_panel.mjs`` (playwright-core driving Debian's ``chromium``): it opens the tab,
 enters the token, sees both workers idle, edits them, runs a job from the UI and sees its
 progress, clears VRAM, disables a worker, kills another mid-job and sees it offline within the
-health TTL, adds and removes a worker, edits a setting, fills a Multi-GPU Value node's per-worker table and
-sees each card show its value, and sees the master's card say when it only coordinates. Screenshots go to
-``test-artifacts/browser/``.
+health TTL, launches it again and reads its log from the card (and the cluster's line in the
+header), adds and removes a worker, edits a setting, fills a Multi-GPU Value node's per-worker
+table and sees each card show its value, and sees the master's card say when it only
+coordinates. Screenshots go to ``test-artifacts/browser/``.
 
 Skipped, with the reason, without ``COMFYUI_PATH``, Node.js, ``node_modules/playwright-core``
 (``npm ci``) or a Chromium (``apt-get install chromium``; ``CHROMIUM_PATH`` names another one).
@@ -135,7 +136,7 @@ def test_sidebar_panel_in_chromium(tmp_path: Path) -> None:
 
         report = json.loads(Path(plan["report"]).read_text())
         launched.extend(report["launched_pids"])
-        assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) == 18, report["steps"]
+        assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) == 19, report["steps"]
         assert not report["extension_errors"], report["extension_errors"]
         assert report["timings"]["offline_after_kill_s"] <= HEALTH_TTL
         assert report["skipped"] == [], f"steps skipped in the browser: {report['skipped']}"
