@@ -127,7 +127,7 @@ export function createSettings({ client, actions }) {
       flash(result.ok ? "Saved" : result.error, result.ok);
     };
     const input = settingInput(settingRow, save);
-    inputs.set(settingRow.key, { input, kind: settingRow.kind });
+    inputs.set(settingRow.key, { input, kind: settingRow.kind, message });
     const controls = [input];
     if (settingRow.kind === "secret") {
       controls.push(button("pi-check", "Set", () => save(input.value, input), { action: "set-token", iconOnly: true }));
@@ -148,9 +148,13 @@ export function createSettings({ client, actions }) {
   function refreshValue(settingRow) {
     const entry = inputs.get(settingRow.key);
     if (!entry || entry.input === document.activeElement) return;
+    const before = entry.kind === "bool" ? entry.input.checked : entry.input.value;
     if (entry.kind === "bool") entry.input.checked = !!settingRow.value;
     else if (entry.kind === "json") entry.input.value = JSON.stringify(settingRow.value);
     else if (entry.kind !== "secret") entry.input.value = String(settingRow.value ?? "");
+    const after = entry.kind === "bool" ? entry.input.checked : entry.input.value;
+    // a refused value the input no longer shows (it shows the saved one again): its error goes with it
+    if (before !== after && !entry.message.classList.contains("mgpu-ok")) entry.message.hidden = true;
   }
 
   function update(state) {

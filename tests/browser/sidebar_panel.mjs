@@ -356,9 +356,10 @@ async function run() {
     }
     const tokenValue = await setting("api_token").locator("input").inputValue();
     if (tokenValue) throw new Error("the token field is not empty");
-    await input.fill("120");
+    await input.fill("150");  // a new value: the poll may have put the saved 120 back into the field meanwhile
     await input.press("Enter");
     await setting("worker_timeout").locator(".mgpu-ok").waitFor({ timeout: 5000 });
+    await until("worker_timeout 150 in the file", 5000, () => readConfig().settings.worker_timeout === 150);
     await shot("06-settings", { panelOnly: true });
     return `${keys.length} settings shown`;
   });

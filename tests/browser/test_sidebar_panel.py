@@ -143,7 +143,7 @@ def test_sidebar_panel_in_chromium(tmp_path: Path) -> None:
         # what the clicks left behind, checked again from outside the browser
         config = json.loads(cluster.config_path.read_text())
         assert [(w["id"], w["enabled"], w["cuda_device"]) for w in config["workers"]] == [(1, True, 1), (2, True, 2)]
-        assert config["settings"]["worker_timeout"] == 120
+        assert config["settings"]["worker_timeout"] == 150
         assert _free_requests(logs["w2"]) == 2 and _free_requests(logs["w1"]) == 1
         assert not cluster.w2.running, "worker 2 was killed from the browser test"
         assert sorted(p.name for p in ARTIFACTS.glob("*.png")) == sorted(Path(p).name for p in report["screenshots"])
