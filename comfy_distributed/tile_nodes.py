@@ -36,6 +36,7 @@ from .tile_graph import (
     tile_pipeline,
 )
 from .tiles import ALIGN, TileGrid, crop, merge, plan_tiles
+from .values import comfy_node_class
 from .workflow import TILED_UPSCALE_CLASS
 
 log = logging.getLogger("comfy_distributed")
@@ -144,11 +145,7 @@ def _natural(name: str) -> tuple:
 
 def _output_type(prompt: dict[str, Any], key: tuple[str, int]) -> str | None:
     """The type of a node's output, from ComfyUI's node classes (None outside ComfyUI or when unknown)."""
-    try:
-        import nodes as comfy_nodes
-    except ImportError:
-        return None
-    node_class = comfy_nodes.NODE_CLASS_MAPPINGS.get(prompt.get(key[0], {}).get("class_type"))
+    node_class = comfy_node_class(prompt.get(key[0], {}).get("class_type"))
     try:
         types = tuple(node_class.RETURN_TYPES) if node_class is not None else ()
     except Exception:  # a node pack's class that cannot say: its outputs are shared, never cropped

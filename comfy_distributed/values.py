@@ -42,13 +42,18 @@ class AnyType(str):
 ANY = AnyType("*")
 
 
-def comfy_describe(class_type: str) -> Mapping[str, Any] | None:
-    """ComfyUI's own node classes (inside ComfyUI only; None elsewhere or for a class it lacks)."""
+def comfy_node_class(class_type: Any) -> Any:
+    """The node class ComfyUI has for ``class_type`` (inside ComfyUI only; None elsewhere or for a class it lacks)."""
     try:
         import nodes as comfy_nodes
     except ImportError:
         return None
-    node_class = comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
+    return comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
+
+
+def comfy_describe(class_type: str) -> Mapping[str, Any] | None:
+    """ComfyUI's own node classes' INPUT_TYPES() (None outside ComfyUI or for a class it lacks)."""
+    node_class = comfy_node_class(class_type)
     if node_class is None:
         return None
     try:
