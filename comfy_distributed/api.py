@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import aiohttp
 from aiohttp import web
@@ -26,6 +26,7 @@ from .api_models import (
     RemoveWorkerRequest,
     UpdateSettingRequest,
     UpdateWorkerRequest,
+    WatchPreviewsRequest,
 )
 from .api_results import MAX_RESULT_BODY, ResultIntake
 from .api_routes import MASTER_ROUTES
@@ -48,6 +49,7 @@ from .metrics import CONTENT_TYPE
 from .openapi import OPENAPI_PATH
 from .orchestrator import Orchestrator
 from .plan import describe
+from .preview_relay import PreviewRelay
 from .worker_client import WorkerClient
 
 log = logging.getLogger("comfy_distributed")
@@ -87,7 +89,8 @@ class MultiGPUApi:
 
     def __init__(self, store: ConfigStore, orchestrator: Orchestrator, *, public: bool = False,
                  free_master: Callable[[], None] | None = None, health: HealthMonitor | None = None,
-                 env_token: str | None = None, master_queue: Callable[[], int | None] = lambda: None) -> None:
+                 env_token: str | None = None, master_queue: Callable[[], int | None] = lambda: None,
+                 previews: Sequence[PreviewRelay] | None = None) -> None:
         self.health = health
         self.master_queue = master_queue
         """Prompts running and waiting in the master's own queue (ComfyUI's; None outside ComfyUI)."""
@@ -101,6 +104,8 @@ class MultiGPUApi:
         self._status_cache: tuple[float, list[dict[str, Any]]] | None = None
         self.guard = Guard(public, self.token, self._allowed_hosts)
         self._results = ResultIntake(orchestrator)
+        self.previews = tuple(previews) if previews is not None else (orchestrator.runner.previews,)
+        """The relays a watcher's lease goes to: one per runner of units (the orchestrator's, the queue mode's)."""
 
     def add_routes(self, routes: web.RouteTableDef) -> None:
         """Every route of ``api_routes.MASTER_ROUTES``, behind the guard with the access the table gives it."""
@@ -109,7 +114,7 @@ class MultiGPUApi:
             "removeWorker": self.remove_worker, "updateSetting": self.update_setting,
             "prepareJob": self.prepare_job, "clearMemory": self.clear_memory,
             "jobComplete": self._results.job_complete, "getStatus": self.status, "getOpenApi": self.openapi,
-            "getMetrics": self.metrics,
+            "getMetrics": self.metrics, "watchPreviews": self.watch_previews,
         }
         for route in MASTER_ROUTES:
             routes.route(route.method, route.path)(self._wrap(handlers[route.operation_id], route.access))
@@ -334,6 +339,12 @@ class MultiGPUApi:
                     states[unit["state"]] = states.get(unit["state"], 0) + 1
         text = self.orchestrator.metrics.render(states, workers)
         return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
+
+    async def watch_previews(self, request: web.Request) -> web.Response:
+        body = await read_model(request, WatchPreviewsRequest, MAX_BODY)
+        lasts = [relay.watch(body.watcher, body.on) for relay in self.previews]
+        return web.json_response({"on": any(relay.watched() for relay in self.previews),
+                                  "expires_in": max(lasts, default=0.0)})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(json.loads(OPENAPI_PATH.read_text(encoding="utf-8")))

@@ -237,6 +237,16 @@ class WorkerLogsRequest(RequestBody):
     lines: int = Field(40, ge=1, le=1000, description="how many last lines")
 
 
+class WatchPreviewsRequest(RequestBody):
+    """POST /multigpu/previews: a watcher of the workers' live previews renews its lease, or ends it."""
+
+    on: Annotated[bool, MustBe("true or false")] = Field(
+        description="true: renew this watcher's lease; false: end it (previews stop once no lease is fresh)")
+    watcher: Annotated[str, Field(pattern=WORKER_ID_PATTERN), MustBe(
+        "up to 64 letters, digits, '_', '.', '-'")] = Field(
+        "panel", description="who watches, one id per open panel (watchers sharing an id share a lease)")
+
+
 def _same_as(header: str) -> MustBe:
     return MustBe(f"the same as the {header} header")
 

@@ -18,10 +18,12 @@ from . import api_models as bodies
 from .access import Access
 from .api_models import JOB_HEADER, MAX_IDENTITY, SHARE_HEADER, WORKER_HEADER
 from .api_results import MAX_IMAGE_BODY, MAX_RESULT_BODY
+from .preview_relay import FRAME_INTERVAL, WATCH_RENEW, WATCH_TTL
 
 LAUNCH_PATH = "/multigpu/workers/launch"
 RESTART_PATH = "/multigpu/workers/restart"
 LOGS_PATH = "/multigpu/workers/logs"
+PREVIEWS_PATH = "/multigpu/previews"
 
 BAD_INPUT = ("Bad input: malformed JSON, wrong types, missing or unknown fields, invalid values (the error names "
              "the field)")
@@ -151,6 +153,17 @@ MASTER_ROUTES = (
                       "comfy_distributed_worker_images_total{worker}, comfy_distributed_units{state}, "
                       "comfy_distributed_worker_up{worker}, comfy_distributed_worker_heartbeat_age_seconds{worker}",
                  media_type="text/plain"), errors=(409,)),
+    Route("POST", PREVIEWS_PATH, "watchPreviews", Access.READ,
+          "Watch the workers' live previews: renew (or end) a lease on the multigpu.preview events",
+          Answer(200, "The lease", answers.PreviewsWatched), bodies.WatchPreviewsRequest, errors=BODY_ERRORS,
+          description=(
+              "While a lease is fresh, the master relays the preview frames that workers started with a preview "
+              "method (--preview-method auto, latent2rgb or taesd in their extra_args) send while they sample, as "
+              "multigpu.preview events on ComfyUI's websocket: {job_id, position, worker_id, worker, mime, data} "
+              f"with data the image in base64, at most {round(1 / FRAME_INTERVAL)} a second per unit (the newest "
+              "kept), then one with mime and data null when the unit ends on that worker. A lease lasts "
+              f"{WATCH_TTL:.0f} s: the panel renews it every {WATCH_RENEW:.0f} s while it is open. With no fresh "
+              "lease, frames are dropped as they arrive and no event is sent.")),
     Route("GET", "/multigpu/openapi.json", "getOpenApi", Access.OPEN,
           "This document (no token needed; a private master's Host check applies)",
           Answer(200, "OpenAPI 3 document")),

@@ -19,7 +19,7 @@ from .health import HealthMonitor
 from .host import Host
 from .launcher import master_launcher_factory
 from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
-from .queue_balancer import QueueBalancer
+from .queue_balancer import QueueBalancer, comfy_master_lacks
 from .role import decide_role, passive_line
 from .worker_client import OutputFile
 
@@ -181,13 +181,15 @@ def _wire(server: Any, host: Host, store: ConfigStore, public: bool, env_token: 
     health = HealthMonitor(store, host.notify)
     orchestrator = Orchestrator(store, host.notify, health, input_dir=host.input_dir, loop=server.loop)
     balancer = QueueBalancer(store, health, host.notify, host.queue_load, host.is_output_node,
-                             metrics=orchestrator.metrics)
+                             metrics=orchestrator.metrics, object_info=orchestrator.object_info,
+                             input_dir=host.input_dir, speeds=orchestrator.speeds, models=orchestrator.models,
+                             master_lacks=comfy_master_lacks)
     runtime.current = runtime.Extension(host, orchestrator, balancer)
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
     server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts))
     api = MultiGPUApi(store, orchestrator, public=public, free_master=host.free_memory, health=health,
-                      master_queue=host.queue_load,
-                      env_token=env_token)
+                      master_queue=host.queue_load, env_token=env_token,
+                      previews=(orchestrator.runner.previews, balancer.runner.previews))
     api.add_routes(server.routes)
     add_launch_routes(server.routes, store, health, master_launcher_factory(store, comfyui_root), api.authorize)
 

@@ -76,6 +76,12 @@ class WorkerExecutionFailed(WorkerError):
     reason = "execution_error"
 
 
+class WorkerLacks(WorkerError):
+    """A worker lacks a node class, a model or a choice the prompt needs (its preflight failed)."""
+
+    reason = "preflight"
+
+
 class WorkerProtocolError(WorkerError):
     reason = "protocol_error"
 

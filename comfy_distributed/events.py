@@ -15,7 +15,8 @@ JOB_PROGRESS = "multigpu.job_progress"
 JOB_DONE = "multigpu.job_done"
 WORKER_FAILED = "multigpu.worker_failed"
 NOTICE = "multigpu.notice"
-NAMES = (WORKER_STATUS, JOB_PROGRESS, JOB_DONE, WORKER_FAILED, NOTICE)
+PREVIEW = "multigpu.preview"
+NAMES = (WORKER_STATUS, JOB_PROGRESS, JOB_DONE, WORKER_FAILED, NOTICE, PREVIEW)
 
 Event = tuple[str, dict[str, Any]]
 
@@ -60,6 +61,14 @@ def job_done(job_id: str, cancelled: bool, workers_done: list[str], master_units
 def notice(message: str, job_id: str | None = None) -> Event:
     """Something the user should know that is not a failure (a job runs static, and why)."""
     return NOTICE, {"job_id": job_id, "message": message}
+
+
+def preview(job_id: str | None, position: int, worker_id: int | str, worker: str, mime: str | None,
+            data: str | None) -> Event:
+    """A worker's preview frame of its unit (``data``: the image in base64, ``mime`` its type), relayed only while
+    the panel watches (:mod:`.preview_relay`); ``data`` None: the unit ended there, drop its thumbnail."""
+    return PREVIEW, {"job_id": job_id, "position": position, "worker_id": worker_id, "worker": worker, "mime": mime,
+                     "data": data}
 
 
 def panel_module() -> str:

@@ -271,11 +271,18 @@ class MultiGPURemoteOutput:
             if forward.expanded:
                 return {"ui": {}}
             forward.expanded = True
-            log.warning("Multi-GPU queue: running the prompt on the master: %s", "; ".join(forward.causes))
+            message = "Multi-GPU queue: no worker could run the prompt, the master runs it: " + "; ".join(forward.causes)
+            log.warning("%s", message)
+            host.notify(*events.notice(message))
             return {"ui": {}, "result": (), "expand": prefixed(forward.original, f"{node}.multigpu.")}
         tag = f"worker-{forward.worker.id}" if forward.worker is not None else "worker"
-        images = [host.save_output(file, data, tag) for file, data in forward.outputs.get(node, [])]
-        return {"ui": {"images": images}}
+        output = forward.outputs.get(node)
+        if output is None:
+            return {"ui": {}}
+        ui: dict[str, Any] = dict(output.values)
+        for key, files in output.files.items():  # images, latents, audio, a video's file...
+            ui[key] = [host.save_output(file, data, tag) for file, data in files]
+        return {"ui": ui}
 
 
 def prefixed(prompt: dict, prefix: str) -> dict:

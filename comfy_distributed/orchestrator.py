@@ -33,8 +33,18 @@ from . import events, media
 from .config import ConfigStore, GpuConfig, Settings, WorkerConfig
 from .errors import ConfigError, JobError, WorkerError, WorkerProtocolError, WorkflowError
 from .plan import JobPlan, plan_job
+from .loaded_models import LoadedModels
 from .speeds import Speeds
-from .scheduler import Action, Event as SchedulerEvent, JobScheduler, MasterFree, RunOnMaster, Unit, WorkerJoined
+from .scheduler import (
+    MASTER,
+    Action,
+    Event as SchedulerEvent,
+    JobScheduler,
+    MasterFree,
+    RunOnMaster,
+    Unit,
+    WorkerJoined,
+)
 from .workflow import (
     collector_links,
     output_key,
@@ -59,7 +69,7 @@ from .worker_prep import (
     ObjectInfoCache,
     check_media_paths,
     find_media,
-    preflight_problems,
+    lacks_of,
 )
 
 if TYPE_CHECKING:
@@ -87,17 +97,19 @@ class Orchestrator(JobBook, CollectorBridge):
         self.health = health
         self.input_dir = input_dir
         """The master's input folder, whose files the workers receive when a prompt loads them."""
-        self._object_info = ObjectInfoCache(lambda worker_id: self.health.epoch(worker_id) if self.health else 0)
+        self.object_info = ObjectInfoCache(lambda worker_id: self.health.epoch(worker_id) if self.health else 0)
         self._uploads = MediaUploads()
         self._jobs: dict[str, Job] = {}
         self._reserved: dict[str, float] = {}
         self._stash: dict[tuple[str, str], Any] = {}
         self.speeds = Speeds()
+        self.models = LoadedModels()
+        """The checkpoints each participant ran last (shared with the queue mode, which routes by it)."""
         self._lock = threading.Lock()
         self.metrics = Metrics()
         """The master's counters (``GET /multigpu/metrics``); the queue mode's runner counts into them too."""
         self.runner: Runner[Job] = Runner(CollectorUnits(self), lambda *event: self.notify(*event), lambda: self.health,
-                                          self.metrics)
+                                          self.metrics, self.models)
         self._warming: set[asyncio.Task] = set()
 
     @property
@@ -160,6 +172,8 @@ class Orchestrator(JobBook, CollectorBridge):
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
         with self._lock:
             self._jobs[job_id] = job
+        if planned.master_participates:
+            self.models.ran(MASTER, prompt)
         return marked, job
 
     @staticmethod
@@ -306,7 +320,7 @@ class Orchestrator(JobBook, CollectorBridge):
 
         async def warm() -> None:
             try:
-                await self._object_info.get(worker, client.object_info)
+                await self.object_info.get(worker, client.object_info)
             except (WorkerError, RuntimeError) as exc:  # the next job asks again and reports it
                 log.debug("Multi-GPU: worker %s: early GET /object_info failed: %s", worker.display_name, exc)
 
@@ -335,21 +349,14 @@ class Orchestrator(JobBook, CollectorBridge):
                               media: list[MediaFile]) -> tuple[str, str] | None:
         """(reason, message) when ``worker`` cannot take part, else None; syncs the job's input files to it."""
         client = self.runner.client(job, worker)
-        try:
-            info = await self._object_info.get(worker, client.object_info)
-        except WorkerError as exc:
-            return exc.reason, exc.message
         synced = {m.value for m in media}
         if isinstance(job, TileJob):  # uploaded as each tile is dispatched
             synced |= {name + TEMP_SUFFIX for named in job.uploads.values() for name in named}
         own = self._own_unit(job, str(worker.id)) or job.units[min(job.units)]  # its own Multi-GPU Values
-        lacks = preflight_problems(own.prompt, info, synced)
-        if lacks:  # the cached answer may predate a model or node added since: ask once more
-            try:
-                info = await self._object_info.get(worker, client.object_info, fresh=True)
-            except WorkerError as exc:
-                return exc.reason, exc.message
-            lacks = preflight_problems(own.prompt, info, synced)
+        try:
+            lacks = await lacks_of(self.object_info, worker, client.object_info, own.prompt, synced)
+        except WorkerError as exc:
+            return exc.reason, exc.message
         if lacks:
             said = "; ".join(lacks)
             given = [f"Multi-GPU Value {node_id} gives this worker {value!r}" for node_id, value in own.values.items()

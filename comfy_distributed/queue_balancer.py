@@ -1,31 +1,56 @@
-"""Queue mode: whole prompts go to the least busy participant, so a queue spreads over every GPU.
+"""Queue mode: whole prompts go where they run soonest, so a queue spreads over every GPU.
 
-When a prompt is queued on the master and queue mode applies to it, the master forwards it
-at once to the least busy healthy worker (or keeps it, when the master is the least busy).
-The master's own queue then holds a stand-in for it: each of the prompt's output nodes is
-replaced by a ``MultiGPURemoteOutput`` node under the same id, which, when its turn comes,
-takes the worker's files, saves them on the master and shows them like a local run, so the
-master's history and UI look as if the master had run the prompt. If no worker can run it,
-the master runs the prompt itself (the stand-in expands into the original graph).
+When a prompt is queued on the master and queue mode applies to it, the master picks a participant
+for it at once (:meth:`QueueBalancer.route`):
+
+* **Only one that can run it.** A worker whose node classes (its ``/object_info``, as last fetched)
+  lack a node, a model or a choice the prompt needs is not a candidate, and the panel says why once
+  (its list is asked again in the background, so a model added there counts soon). A worker not asked
+  yet is a candidate; it is checked when the prompt is sent to it, like a Collector job's preflight,
+  and the prompt's input files (images, videos, audio of the master's input folder) are uploaded to it.
+* **The least busy**, counting the prompts running and queued there (the master's own queue for the
+  master). Then, with ``queue_routing`` ``model_aware`` (the default), among the least busy the one
+  that ran the prompt's checkpoint last (its model is likely loaded: :mod:`.loaded_models`), then
+  the fastest measured, then the master, then config order. ``least_busy`` keeps the first rule
+  alone: the master on a tie, then config order. Load comes first so that a queue of prompts of one
+  checkpoint still spreads over every GPU rather than waiting on the one that has it loaded.
+
+A prompt sent to a worker starts there at once. The master's own queue holds a stand-in for it:
+each of the prompt's output nodes is replaced by a ``MultiGPURemoteOutput`` node under the same id,
+which, when its turn comes, takes every file the worker's node reported (images, latents, audio,
+the files of video and 3D save nodes) and its other small outputs (text, the animated flag), saves
+the files on the master and shows them like a local run, so the master's history and UI look as if
+the master had run the prompt. If the worker fails, dies or lacks something after all, the next
+candidate takes the prompt; if none is left, the master runs it itself (the stand-in expands into
+the original graph) and says why.
 """
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import threading
 import time
 import uuid
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from . import events
 from .config import ConfigStore, GpuConfig, WorkerConfig
-from .errors import JobError
+from .errors import JobError, WorkerError, WorkerLacks, WorkerProtocolError, WorkflowError
 from .jobs import UnitJob, UnitRun
+from .loaded_models import LoadedModels, model_names
 from .metrics import Metrics
 from .runner import JobKind, Runner
-from .scheduler import JobScheduler, Unit, UnitState
+from .scheduler import MASTER, JobScheduler, Unit, UnitState
+from .speeds import Speeds
+from .values import comfy_describe, comfy_node_class
 from .workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
-from .worker_client import OutputFile, PromptResult, WorkerClient
+from .worker_client import OutputFile, PromptResult, WorkerClient, clip_text
+from .worker_prep import MediaFile, MediaUploads, ObjectInfoCache, find_media, lacks_of, local_media, \
+    preflight_problems
 
 if TYPE_CHECKING:
     from .health import HealthMonitor
@@ -37,6 +62,24 @@ WAIT_POLL = 0.1
 FORWARD_POSITION = 1
 """A forwarded prompt is a job of one unit, at this position (its seed is the prompt's own)."""
 
+REFRESH_EVERY = 30.0
+"""Least seconds between two background re-reads of a worker's ``/object_info`` after it was found lacking."""
+
+MAX_OUTPUT_KEYS = 32
+"""Keys one output node of a forwarded prompt may report (ComfyUI's save nodes report one to three)."""
+
+MAX_OUTPUT_VALUE = 64 * 1024
+"""Largest other output value kept (as JSON characters): a text, the animated flag. A larger one is dropped."""
+
+
+@dataclass(slots=True)
+class NodeOutput:
+    """What one output node of a forwarded prompt reported on the worker: its files, fetched, by key (images,
+    latents, audio...), and its other values (text, animated), as the worker reported them."""
+
+    files: dict[str, list[tuple[OutputFile, bytes]]] = field(default_factory=dict)
+    values: dict[str, Any] = field(default_factory=dict)
+
 
 @dataclass(slots=True, kw_only=True)
 class Forward(UnitJob):
@@ -46,6 +89,8 @@ class Forward(UnitJob):
     output_nodes: list[str]
     claimed: set[str] = field(default_factory=set)
     expanded: bool = False
+    found_media: list[MediaFile] | None = None
+    """The master's input files the prompt loads (found, and hashed, when it is first sent)."""
 
     @property
     def forward_id(self) -> str:
@@ -75,7 +120,7 @@ class Forward(UnitJob):
         return self.unit.worker
 
     @property
-    def outputs(self) -> dict[str, list[tuple[OutputFile, bytes]]]:
+    def outputs(self) -> dict[str, NodeOutput]:
         return self.unit.images if self.state_of(FORWARD_POSITION) == UnitState.DONE else {}
 
     @property
@@ -87,22 +132,91 @@ class Forward(UnitJob):
         return self.settled
 
 
+def comfy_master_lacks(prompt: Prompt, synced: set[str]) -> list[str]:
+    """What the master's own ComfyUI lacks to run ``prompt`` (its node classes and their choices, as a worker's
+    ``/object_info`` would list them). Inside ComfyUI only."""
+    info: dict[str, Any] = {}
+    for node in prompt.values():
+        class_type = node.get("class_type") if isinstance(node, dict) else None
+        if isinstance(class_type, str) and comfy_node_class(class_type) is not None:
+            info[class_type] = {"input": comfy_describe(class_type) or {}}  # one that cannot say: taken as able
+    return preflight_problems(prompt, info, synced)
+
+
+FILE_KEYS = frozenset({"images", "latents", "audio", "video", "gifs", "3d"})
+"""Output keys that always list files (ComfyUI's save nodes, and video packs' ``gifs``): checked as files."""
+
+
+def _is_file_list(key: str, value: Any) -> bool:
+    """Whether an output value lists files (ComfyUI's ``[{"filename", "subfolder", "type"}, ...]``): a key of
+    :data:`FILE_KEYS` (whatever it holds, so that a malformed one is refused), or any list with a file entry."""
+    return key in FILE_KEYS or isinstance(value, list) and any(
+        isinstance(entry, dict) and "filename" in entry for entry in value)
+
+
 class ForwardedPrompt(JobKind[Forward]):
-    """A forwarded prompt's one unit brings back the files of every output node of the prompt."""
+    """A forwarded prompt's one unit: checked and given its input files on the worker it is sent to, and
+    bringing back every output of every output node of the prompt."""
 
     master_runs_given_up = True
     metric_kind = "queue"
 
+    def __init__(self, balancer: "QueueBalancer") -> None:
+        self.balancer = balancer
+
     def wanted(self, job: Forward, unit: UnitRun) -> frozenset[str]:
         return frozenset(job.output_nodes)
 
+    async def unit_prompt(self, job: Forward, unit: UnitRun, client: WorkerClient) -> dict:
+        """The preflight on this worker (WorkerLacks: the next candidate takes it), then the input files."""
+        worker = unit.worker
+        assert worker is not None
+        if job.found_media is None:
+            input_dir = self.balancer.input_dir()
+            try:
+                job.found_media = await asyncio.to_thread(find_media, unit.prompt, input_dir) \
+                    if input_dir is not None else []
+            except (WorkflowError, OSError) as exc:  # checked when routed: the folder changed since
+                raise WorkerLacks(worker.display_name, f"the input files could not be read: {exc}") from None
+        synced = {m.value for m in job.found_media}
+        lacks = await lacks_of(self.balancer.object_info, worker, client.object_info, unit.prompt, synced)
+        if lacks:
+            raise WorkerLacks(worker.display_name, "lacks " + "; ".join(lacks))
+        try:
+            job.media_names[str(worker.id)] = await self.balancer.uploads.sync(
+                job.found_media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
+        except WorkerError as exc:
+            raise type(exc)(worker.display_name, f"the input files could not be uploaded: {exc.message}") from None
+        return unit.prompt
+
     async def fetch(self, job: Forward, unit: UnitRun, client: WorkerClient, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
-        outputs: dict[str, Any] = {}
+        outputs: dict[str, NodeOutput] = {}
         for node_id in job.output_nodes:
-            files = result.images(node_id)
-            outputs[node_id] = list(zip(files, await client.fetch_files(files, deadline)))
+            reported = result.outputs.get(node_id)
+            node = outputs[node_id] = NodeOutput()
+            if not isinstance(reported, dict):
+                continue  # the node reported nothing (ComfyUI leaves it out of the history then)
+            if len(reported) > MAX_OUTPUT_KEYS:
+                raise WorkerProtocolError(client.name, f"output node {clip_text(node_id, 64)} reported "
+                                                       f"{len(reported)} keys, more than {MAX_OUTPUT_KEYS}")
+            for key, value in reported.items():
+                if _is_file_list(key, value):
+                    files = result.files(node_id, key)
+                    node.files[key] = list(zip(files, await client.fetch_files(files, deadline)))
+                elif len(json.dumps(value, default=str)) <= MAX_OUTPUT_VALUE:
+                    node.values[key] = value
+                else:
+                    log.warning("Multi-GPU queue: worker %s: output %s of node %s is larger than %d characters; "
+                                "left out", client.name, clip_text(key, 64), clip_text(node_id, 64), MAX_OUTPUT_VALUE)
         return outputs
+
+    def unit_done(self, job: Forward, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
+        """The worker's speed in images per second, learnt from the still images it made (not a video's frames)."""
+        images = sum(len(node.files.get("images", ())) for node in unit.images.values()
+                     if not any(node.values.get("animated") or ()))
+        if images:
+            self.balancer.speeds.learn(str(worker.id), float(images), seconds)
 
     def failure_job_id(self, job: Forward) -> str | None:
         return None  # the UI knows no job for a forwarded prompt
@@ -115,19 +229,39 @@ class QueueBalancer:
                  notify: Callable[[str, dict[str, Any]], None] | None = None,
                  master_load: Callable[[], int] = lambda: 0,
                  is_output_node: Callable[[str], bool] = lambda class_type: False,
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, *, object_info: ObjectInfoCache | None = None,
+                 input_dir: Callable[[], Path | None] = lambda: None, speeds: Speeds | None = None,
+                 models: LoadedModels | None = None,
+                 master_lacks: Callable[[Prompt, set[str]], list[str]] | None = None) -> None:
         self.store = store
         self.health = health
         self.notify = notify or (lambda event, data: None)
         self.master_load = master_load
         self.is_output_node = is_output_node
+        self.object_info = object_info if object_info is not None else \
+            ObjectInfoCache(lambda worker_id: self.health.epoch(worker_id) if self.health else 0)
+        """Each worker's node classes (the orchestrator's cache, shared: one fetch serves both)."""
+        self.input_dir = input_dir
+        self.speeds = speeds if speeds is not None else Speeds()
+        self.models = models if models is not None else LoadedModels()
+        self.uploads = MediaUploads()
+        self.master_lacks = master_lacks
+        """What the master lacks to run a prompt (:func:`comfy_master_lacks`; None: not checked)."""
         self._forwards: dict[str, Forward] = {}
         self._lock = threading.Lock()
-        self.runner: Runner[Forward] = Runner(ForwardedPrompt(), lambda *event: self.notify(*event),
-                                              lambda: self.health, metrics)
+        self._told: dict[str, str] = {}
+        """Per participant: what it lacked, as last told (a queue of like prompts says it once, and prompts of two
+        kinds in turn do not say it again each time)."""
+        self._refreshed: dict[str, float] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.runner: Runner[Forward] = Runner(ForwardedPrompt(self), lambda *event: self.notify(*event),
+                                              lambda: self.health, metrics, self.models)
 
     async def close(self) -> None:
         """Close the connections kept to workers (the master shuts down)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.runner.close()
 
     # --- routing (server loop, in the prompt hook) ----------------------------------------
@@ -140,16 +274,26 @@ class QueueBalancer:
             return prompt, None
         mode = config.settings.queue_mode
         has_collector = any(n.get("class_type") == COLLECTOR_CLASS for n in prompt.values() if isinstance(n, dict))
-        if mode == "off" or (mode == "no_collector" and has_collector):
-            return prompt, None
+        if mode == "no_collector" and has_collector:
+            return prompt, None  # a distributed job: the orchestrator's
         output_nodes = [node_id for node_id, node in prompt.items()
                         if isinstance(node, dict) and self.is_output_node(str(node.get("class_type")))]
-        if not output_nodes:
-            return prompt, None
-        candidates = self._ranked_workers(config)
-        if not candidates or self._load_of_master() <= self._load_of(candidates[0]):
-            return prompt, None  # the master is (one of) the least busy: run it here
-        forward = self._forward(prompt, output_nodes, config, candidates)
+        if mode == "off" or not output_nodes:
+            return self._kept(prompt, has_collector)
+        try:
+            flat = flatten_for_single(prompt)
+            input_dir = self.input_dir()
+            synced = local_media(flat, input_dir) if input_dir is not None else set()
+        except (WorkflowError, OSError, AttributeError, TypeError):  # malformed: ComfyUI tells the user itself
+            return self._kept(prompt, has_collector)
+        candidates, unchecked = self._able_workers(config, flat, synced)
+        master_able = self._master_able(flat, synced)
+        if not candidates:
+            return self._kept(prompt, has_collector)  # no worker can: the master runs it (or ComfyUI says why not)
+        ranked = self._ranked(config, flat, candidates, master_able)
+        if ranked[0] is None:
+            return self._kept(prompt, has_collector)  # the master is the best place for it
+        forward = self._forward(prompt, flat, output_nodes, config, ranked, unchecked)
         stand_in = {node_id: {"class_type": REMOTE_OUTPUT_CLASS,
                               "inputs": {"forward_id": forward.forward_id, "node": node_id},
                               "_meta": {"title": f"{prompt[node_id].get('class_type')} (on a worker)"}}
@@ -158,21 +302,106 @@ class QueueBalancer:
             self._forwards[forward.forward_id] = forward
         return stand_in, forward
 
+    def _kept(self, prompt: Prompt, has_collector: bool) -> tuple[Prompt, None]:
+        """The master runs ``prompt``: its checkpoint is the master's now (a Collector job's the orchestrator
+        records, as the master may only coordinate it)."""
+        if not has_collector:
+            self.models.ran(MASTER, prompt)
+        return prompt, None
+
     @staticmethod
-    def _forward(prompt: Prompt, output_nodes: list[str], config: GpuConfig,
-                 candidates: list[WorkerConfig]) -> Forward:
-        """One unit that the candidates take in their order, each once, until one delivers (or none is left)."""
-        workers = {str(w.id): w for w in candidates}
+    def _forward(prompt: Prompt, flat: Prompt, output_nodes: list[str], config: GpuConfig,
+                 ranked: list[WorkerConfig | None], unchecked: int) -> Forward:
+        """One unit that the workers take in their order, each once, until one delivers (or none is left). A
+        worker found lacking when the prompt reaches it does not count against ``max_retries``."""
+        workers = {str(w.id): w for w in ranked if w is not None}
         scheduler = JobScheduler(units=[Unit(FORWARD_POSITION, 0)], workers=list(workers),
-                                 max_retries=config.settings.max_retries, master_takes_units=False)
-        unit = UnitRun(FORWARD_POSITION, 0, flatten_for_single(prompt))
+                                 max_retries=config.settings.max_retries + unchecked, master_takes_units=False)
+        unit = UnitRun(FORWARD_POSITION, 0, flat)
         return Forward(job_id=uuid.uuid4().hex, units={FORWARD_POSITION: unit}, workers=workers,
                        settings=config.settings, scheduler=scheduler, original=prompt, output_nodes=output_nodes)
 
-    def _ranked_workers(self, config: GpuConfig) -> list[WorkerConfig]:
+    def _able_workers(self, config: GpuConfig, flat: Prompt, synced: set[str]) -> tuple[list[WorkerConfig], int]:
+        """The enabled workers that are up and, as far as their last ``/object_info`` tells, can run ``flat``;
+        and how many of them were not checked (never asked yet: checked when the prompt reaches them)."""
         unavailable = self.health.unavailable() if self.health is not None else {}
-        workers = [w for w in config.enabled_workers() if str(w.id) not in unavailable]
-        return sorted(workers, key=self._load_of)  # stable: ties keep config order
+        able, unchecked = [], 0
+        for worker in config.enabled_workers():
+            key = str(worker.id)
+            if key in unavailable:
+                continue
+            info = self.object_info.peek(worker)
+            lacks = preflight_problems(flat, info, synced) if info is not None else []
+            if lacks:
+                self._tell_lacking(worker, lacks)
+                self._refresh(worker, config)
+                continue
+            unchecked += info is None
+            able.append(worker)
+        return able, unchecked
+
+    def _master_able(self, flat: Prompt, synced: set[str]) -> bool:
+        """Whether the master can run ``flat`` itself (else it goes to a worker even when the master is idle)."""
+        lacks = self.master_lacks(flat, synced) if self.master_lacks is not None else []
+        if lacks:
+            self._tell_lacking(None, lacks)
+        return not lacks
+
+    def _tell_lacking(self, worker: WorkerConfig | None, lacks: list[str]) -> None:
+        """Say once (until it changes) why a participant (None: the master) is given no prompt of this kind."""
+        said = "; ".join(lacks)
+        key = MASTER if worker is None else str(worker.id)
+        if self._told.get(key) == said:
+            return
+        self._told[key] = said
+        who = "the master" if worker is None else f"worker {worker.display_name}"
+        message = f"Multi-GPU queue: {who} is given no prompt it cannot run: it lacks {said}"
+        log.warning("%s", message)
+        self.notify(*events.notice(clip_text(message, 2000)))
+
+    def _refresh(self, worker: WorkerConfig, config: GpuConfig) -> None:
+        """Ask a lacking worker for its node classes again in the background (at most every REFRESH_EVERY s):
+        a model or node added there counts for the next prompt."""
+        key = str(worker.id)
+        now = time.monotonic()
+        if now - self._refreshed.get(key, -REFRESH_EVERY) < REFRESH_EVERY:
+            return
+        self._refreshed[key] = now
+        client = WorkerClient(worker, config.settings, self.runner.sessions.get(key, worker.base_url))
+
+        async def refresh() -> None:
+            try:
+                await self.object_info.get(worker, client.object_info, fresh=True)
+            except (WorkerError, RuntimeError) as exc:  # the prompt that reaches it asks again
+                log.debug("Multi-GPU queue: worker %s: GET /object_info failed: %s", worker.display_name, exc)
+
+        try:
+            task = asyncio.get_running_loop().create_task(refresh(), name=f"multigpu-queue-refresh-{key}")
+        except RuntimeError:  # no loop (a test routing outside one): the next prompt that reaches it asks
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ranked(self, config: GpuConfig, flat: Prompt, workers: list[WorkerConfig],
+                master_able: bool = True) -> list[WorkerConfig | None]:
+        """The master (None) and ``workers``, best first, by ``settings.queue_routing`` (see the module doc); a
+        master that cannot run the prompt comes last."""
+        unable = 0 if master_able else 1 << 30
+        loads = [self._load_of_master() + unable] + [self._load_of(w) for w in workers]
+        participants: list[WorkerConfig | None] = [None, *workers]
+        if config.settings.queue_routing == "least_busy":
+            order = sorted(range(len(participants)), key=lambda i: (loads[i], i))
+            return [participants[i] for i in order]
+        names = model_names(flat)
+        keys = [MASTER] + [str(w.id) for w in workers]
+        measured = [config.master.weight or self.speeds.get(MASTER)] + \
+            [w.weight or self.speeds.get(str(w.id)) for w in workers]
+        known = [s for s in measured if s]
+        fallback = sum(known) / len(known) if known else 1.0
+        speeds = [s or fallback for s in measured]
+        order = sorted(range(len(participants)),
+                       key=lambda i: (loads[i], not self.models.holds(keys[i], names), -speeds[i], i))
+        return [participants[i] for i in order]
 
     def _load_of(self, worker: WorkerConfig) -> int:
         key = str(worker.id)

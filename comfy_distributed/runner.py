@@ -24,6 +24,8 @@ from . import events
 from .config import WorkerConfig
 from .errors import WorkerError
 from .jobs import Notify, UnitJob, UnitRun
+from .loaded_models import LoadedModels
+from .preview_relay import PreviewRelay, PreviewSource
 from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
 from .worker_client import Channel, PromptResult, SessionPool, WorkerClient
 from .worker_prep import with_media
@@ -81,7 +83,7 @@ class Runner(Generic[J]):
     """Runs the units of jobs of one kind (see the module doc); one per job owner."""
 
     def __init__(self, kind: JobKind[J], notify: Notify, health: Callable[[], "HealthMonitor | None"],
-                 metrics: Metrics | None = None) -> None:
+                 metrics: Metrics | None = None, models: LoadedModels | None = None) -> None:
         self.kind = kind
         self.notify = notify
         self.health = health
@@ -91,6 +93,10 @@ class Runner(Generic[J]):
         """One HTTP session per worker, kept across units and jobs until :meth:`close`."""
         self.unreleased: dict[int, J] = {}
         """Jobs opened whose websockets are not closed yet (leak checks read it)."""
+        self.models = models if models is not None else LoadedModels()
+        """The checkpoints each worker was given last (the queue mode routes by them)."""
+        self.previews = PreviewRelay(notify)
+        """The units' preview frames, relayed to the UI while a panel watches (``POST /multigpu/previews``)."""
 
     def open(self, job: J) -> None:
         """Bind ``job`` to the running loop (before its first unit runs)."""
@@ -160,6 +166,7 @@ class Runner(Generic[J]):
     def _dispatch(self, job: J, unit: UnitRun, worker: WorkerConfig) -> None:
         unit.worker, unit.token, unit.progress = worker, secrets.token_urlsafe(24), 0.0
         unit.started = time.monotonic()
+        self.models.ran(str(worker.id), unit.prompt)
         unit.task = asyncio.get_running_loop().create_task(self._run_unit(job, unit, worker),
                                                            name=f"multigpu-{job.job_id}-unit-{unit.position}")
 
@@ -189,19 +196,26 @@ class Runner(Generic[J]):
             self.handle(job, UnitDone(unit.position, str(worker.id), took))
 
     async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict[str, Any]:
-        """The unit's prompt run on ``worker`` (its websocket shared with the job's other units there)."""
+        """The unit's prompt run on ``worker`` (its websocket shared with the job's other units there); its
+        preview frames go to the UI while it runs, and the thumbnail goes when it ends there, however it ends."""
         deadline = time.monotonic() + job.settings.worker_timeout
 
         def on_progress(value: float, maximum: float) -> None:
             unit.progress = max(0.0, min(1.0, value / maximum)) if maximum else 0.0
             self.kind.changed(job, False)
 
+        # the job id the UI knows (None for a forwarded prompt), as a failure names it
+        source = PreviewSource(self.kind.failure_job_id(job), unit.position, worker.id, worker.display_name)
         client = self.client(job, worker)
-        prompt = with_media(await self.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
-        result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
-                                         on_progress=on_progress, wanted=self.kind.wanted(job, unit),
-                                         channel=job.channels.setdefault(str(worker.id), Channel()))
-        return await self.kind.fetch(job, unit, client, result, deadline)
+        try:
+            prompt = with_media(await self.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
+            result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
+                                             on_progress=on_progress, wanted=self.kind.wanted(job, unit),
+                                             channel=job.channels.setdefault(str(worker.id), Channel()),
+                                             previews=self.previews.sink(source))
+            return await self.kind.fetch(job, unit, client, result, deadline)
+        finally:
+            self.previews.end(source)
 
     def _unit_failed(self, job: J, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
         if not self._still_running(job, unit, worker) or job.cancelled:

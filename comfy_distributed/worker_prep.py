@@ -71,6 +71,13 @@ def check_media_paths(prompt: Prompt, input_dir: Path) -> None:
         _input_path(root, value)
 
 
+def local_media(prompt: Prompt, input_dir: Path) -> set[str]:
+    """The media values of ``prompt`` that are files of the master's input folder (they are synced, so a worker
+    need not have them). Cheap enough for the prompt hook: nothing is read. WorkflowError for a name outside it."""
+    root = input_dir.resolve()
+    return {value for value in media_values(prompt) if _input_path(root, value).is_file()}
+
+
 def find_media(prompt: Prompt, input_dir: Path) -> list[MediaFile]:
     """The master's input files that ``prompt`` names; a name escaping the input folder is refused."""
     root = input_dir.resolve()
@@ -172,6 +179,17 @@ def preflight_problems(prompt: Prompt, object_info: dict[str, Any], synced: set[
     return problems
 
 
+async def lacks_of(cache: "ObjectInfoCache", worker: WorkerConfig, fetch: Callable[[], Any], prompt: Prompt,
+                   synced: set[str]) -> list[str]:
+    """What ``worker`` lacks to run ``prompt`` (empty: nothing). The cached ``/object_info`` is asked first; when
+    it lacks something, the worker is asked once more, as a model or node may have been added since.
+    Raises WorkerError when the worker does not answer as ComfyUI does."""
+    lacks = preflight_problems(prompt, await cache.get(worker, fetch), synced)
+    if lacks:
+        lacks = preflight_problems(prompt, await cache.get(worker, fetch, fresh=True), synced)
+    return lacks
+
+
 class ObjectInfoCache:
     """Each worker's /object_info, fetched again when the worker has been offline since."""
 
@@ -179,6 +197,14 @@ class ObjectInfoCache:
         self.epoch = epoch
         self._cache: dict[str, tuple[int, str, dict]] = {}
         self._locks: dict[str, asyncio.Lock] = {}
+
+    def peek(self, worker: WorkerConfig) -> dict | None:
+        """The worker's node classes as last fetched, if still current (None: ask with :meth:`get`)."""
+        key = str(worker.id)
+        cached = self._cache.get(key)
+        if cached is None or cached[0] != self.epoch(key) or cached[1] != worker.base_url:
+            return None
+        return cached[2]
 
     async def get(self, worker: WorkerConfig, fetch: Callable[[], Any], fresh: bool = False) -> dict:
         """The worker's node classes; ``fresh`` asks the worker again (a model may have been added).

@@ -106,6 +106,16 @@ export function createActions(store, client, notify) {
       }
     },
 
+    /** Renew (on) or end this panel's lease on the workers' live previews; the answer, or null (quiet: a preview
+     *  is a nicety, and an older master has no such route). */
+    async watchPreviews(on, watcher) {
+      try {
+        return await client.watchPreviews(on, watcher);
+      } catch {
+        return null;
+      }
+    },
+
     async restart(workerId, name) {
       const answer = await attempt(`Could not restart ${name}`, () => client.restartWorker(workerId));
       if (answer) notify("success", "Restart", `Restarting ${name}`);

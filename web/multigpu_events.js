@@ -6,4 +6,5 @@ export const EVENTS = Object.freeze({
   JOB_DONE: "multigpu.job_done",
   WORKER_FAILED: "multigpu.worker_failed",
   NOTICE: "multigpu.notice",
+  PREVIEW: "multigpu.preview",
 });

@@ -17,6 +17,7 @@ export function listen(api, store, actions, notify) {
   forward(EVENTS.JOB_PROGRESS, "job_progress");
   forward(EVENTS.JOB_DONE, "job_done");
   forward(EVENTS.WORKER_FAILED, "worker_failed");
+  forward(EVENTS.PREVIEW, "preview");
   forward("status", "master_queue");
   forward("progress", "master_progress");
   on("executing", (e) => store.dispatch({ type: "master_executing", node: e.detail }));

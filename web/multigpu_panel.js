@@ -5,8 +5,8 @@
 import { button, h, meter, setAvailable, setText } from "./multigpu_dom.js";
 import { createSettings, createWorkerForm } from "./multigpu_editors.js";
 import {
-  PASSIVE_MESSAGE, activeJobs, clusterLine, launchableIds, masterCard, pollIntervalMs, summary, tokenPrompt,
-  workerCards,
+  PASSIVE_MESSAGE, activeJobs, clusterLine, launchableIds, masterCard, pollIntervalMs, previewRenewMs, summary,
+  tokenPrompt, workerCards,
 } from "./multigpu_state.js";
 
 const STYLESHEET_ID = "comfyui-distributed-multigpu-css";
@@ -63,6 +63,42 @@ function cardButtons(ctx, workerId, current) {
   };
 }
 
+/** A card's live preview: the unit's newest frame, or nothing (the image is only replaced when it changed). */
+function showPreview(img, shown) {
+  img.hidden = !shown;
+  if (!shown) {
+    if (img.hasAttribute("src")) img.removeAttribute("src");
+    img.alt = "";
+    return;
+  }
+  if (img.getAttribute("src") !== shown.src) img.src = shown.src;
+  img.alt = shown.alt;
+  img.title = shown.alt;
+}
+
+/** While the panel is open, a lease on the workers' live previews (the master relays none without one), renewed
+ *  while the page is visible; ended when the panel closes. Returns the function that ends it. */
+function watchPreviews(actions) {
+  const random = globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
+  const watcher = `panel-${random}`;
+  let timer = null;
+  let alive = true;
+  const renew = async () => {
+    clearTimeout(timer);
+    const answer = document.visibilityState === "hidden" ? null : await actions.watchPreviews(true, watcher);
+    if (alive) timer = setTimeout(renew, previewRenewMs(answer));
+  };
+  const shown = () => { if (alive && document.visibilityState === "visible") renew(); };
+  document.addEventListener("visibilitychange", shown);
+  renew();
+  return () => {
+    alive = false;
+    clearTimeout(timer);
+    document.removeEventListener("visibilitychange", shown);
+    actions.watchPreviews(false, watcher);
+  };
+}
+
 /** One card; built once per worker (or for the master, workerId null) and updated in place. */
 function createCard(ctx, workerId) {
   let vm = null;
@@ -78,12 +114,13 @@ function createCard(ctx, workerId) {
   if (workerId !== null) ctx.logViews.set(String(workerId), logView);
   const vram = meter("VRAM", "vram");
   const progress = meter("Job", "progress");
+  const preview = h("img", { class: "mgpu-preview", hidden: true, dataset: { part: "preview" } });
   const toggle = workerId === null ? null : enableSwitch(ctx, workerId, current);
   const buttons = cardButtons(ctx, workerId, current);
   const el = h("div", { class: `mgpu-card${workerId === null ? " mgpu-master" : ""}`,
                         dataset: workerId === null ? { role: "master" } : { workerId: String(workerId) } },
     h("div", { class: "mgpu-card-head" }, dot, name, badge, toggle && toggle.el),
-    meta, detail, failure, values, vram.el, progress.el, buttons.el, logView);
+    meta, detail, failure, values, vram.el, progress.el, preview, buttons.el, logView);
 
   function update(next) {
     vm = next;
@@ -104,6 +141,7 @@ function createCard(ctx, workerId) {
     vram.setLabel(vm.vramLabel);
     vram.set(vm.vram);
     progress.set(vm.progress);
+    showPreview(preview, vm.preview);
     if (toggle) toggle.update(vm);
     buttons.update(vm);
   }
@@ -270,9 +308,11 @@ export function mountPanel(root, { store, actions, client, confirm }) {
   const unsubscribe = store.subscribe(update);
   update(store.state);
   actions.refreshConfig().then(() => { if (alive) poll(); });
+  const unwatch = watchPreviews(actions);
   return function destroy() {
     alive = false;
     clearTimeout(timer);
     unsubscribe();
+    unwatch();
   };
 }

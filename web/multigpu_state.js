@@ -28,6 +28,7 @@ export function initialState() {
     error: null,       // a message for the banner (API unreachable, invalid config file)
     workflowValues: [], // the open workflow's Multi-GPU Value nodes: {id, label, default, values: {worker id: value}}
     cluster: null,     // GET /multigpu/status' cluster summary ({line, prompts_running, ...})
+    previews: {},      // worker id -> {jobId, position, src}: the last multigpu.preview frame of the unit it runs
   };
 }
 
@@ -68,6 +69,28 @@ function jobFromSummary(job) {
   }));
   const total = units.reduce((sum, u) => sum + u.progress, 0);
   return { progress: units.length ? total / units.length : 0, units };
+}
+
+const PREVIEW_TYPES = ["image/jpeg", "image/png"];
+const BASE64 = /^[A-Za-z0-9+/]+={0,2}$/;
+
+/** A multigpu.preview frame as an image source (a data: URL), or null: the unit ended, or it is no JPEG/PNG. */
+export function previewSource(mime, data) {
+  return PREVIEW_TYPES.includes(mime) && typeof data === "string" && BASE64.test(data)
+    ? `data:${mime};base64,${data}` : null;
+}
+
+/** A worker's thumbnail after a multigpu.preview event: its unit's newest frame, or none once that unit ended (an
+ *  end of another unit, which came late, leaves a newer thumbnail alone). */
+function withPreview(state, data) {
+  if (data.worker_id === undefined || data.worker_id === null) return state;
+  const id = key(data.worker_id);
+  const jobId = data.job_id ?? null;
+  const src = previewSource(data.mime, data.data);
+  if (src !== null) return { ...state, previews: { ...state.previews, [id]: { jobId, position: data.position, src } } };
+  const shown = state.previews[id];
+  if (!shown || shown.jobId !== jobId || shown.position !== data.position) return state;
+  return { ...state, previews: withoutKeys(state.previews, [id]) };
 }
 
 export function reduce(state, action) {
@@ -121,11 +144,14 @@ export function reduce(state, action) {
       };
     case "job_done": {
       const failed = Object.entries(state.failures).filter(([, f]) => f.job_id === data.job_id).map(([id]) => id);
+      const shown = Object.entries(state.previews).filter(([, p]) => p.jobId === data.job_id).map(([id]) => id);
       return {
         ...state, jobs: withoutKeys(state.jobs, [data.job_id]), failures: withoutKeys(state.failures, failed),
-        lastJob: data,
+        previews: withoutKeys(state.previews, shown), lastJob: data,
       };
     }
+    case "preview":
+      return withPreview(state, data);
     case "worker_failed":
       if (data.worker_id === undefined) return state;
       return { ...state, failures: { ...state.failures, [key(data.worker_id)]: data } };
@@ -143,6 +169,7 @@ export function reduce(state, action) {
         ...state, config: state.config && { ...state.config, workers },
         workers: withoutKeys(state.workers, [key(data.id)]),
         failures: withoutKeys(state.failures, [key(data.id)]),
+        previews: withoutKeys(state.previews, [key(data.id)]),
       };
     }
     case "master_stats": {
@@ -291,8 +318,14 @@ export function workerCards(state) {
       canRestart: worker.enabled && status !== "launching",
       canLaunch: worker.enabled && status === "offline",
       values: valueLines(state.workflowValues, worker.id),
+      preview: previewView(state.previews[key(worker.id)], displayName(worker)),
     };
   });
+}
+
+/** A card's live preview: the image and its text for screen readers; null when the worker shows none. */
+export function previewView(preview, name) {
+  return preview ? { src: preview.src, alt: `Live preview of ${name}, unit ${preview.position}` } : null;
 }
 
 /**
@@ -401,6 +434,13 @@ export function summary(state) {
 /** Workers the "Launch workers" button starts: enabled and offline. */
 export function launchableIds(state) {
   return workerCards(state).filter((card) => card.canLaunch).map((card) => card.id);
+}
+
+/** When the panel renews its lease on the live previews: at a third of the life the master gave it (10 s when it
+ *  gave none: an older master, or a refusal), so that one late renewal does not let it lapse. */
+export function previewRenewMs(answer) {
+  const life = Number(answer && answer.expires_in);
+  return Math.max(Number.isFinite(life) && life > 0 ? life / 3 : 10, 1) * 1000;
 }
 
 /** The panel refreshes VRAM and status no faster than the health TTL (events bring the rest). */

@@ -218,6 +218,11 @@ class Settings(_Model):
     queue_mode: Literal["off", "no_collector", "all"] = Field(
         "off", description="send whole prompts to the least busy participant: off; no_collector (prompts without a "
                            "Multi-GPU Collector); all (every prompt, undistributed)")
+    queue_routing: Literal["model_aware", "least_busy"] = Field(
+        "model_aware", description="which participant a prompt goes to in queue mode: model_aware (the least busy; "
+                                   "among those, the one that ran the prompt's checkpoint last, then the fastest "
+                                   "measured); least_busy (the least busy, the master first on a tie, then config "
+                                   "order)")
     launch_timeout: float = Field(180.0, gt=0, le=3600, json_schema_extra=SECONDS, description="seconds a launched instance has to answer")
     stop_workers_on_exit: bool = Field(False, description="the launcher stops the workers it started when the "
                                                           "master exits")

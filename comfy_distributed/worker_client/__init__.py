@@ -7,11 +7,11 @@ redirect is followed (per-worker headers would travel to the other address), and
 instance's own text reaches our messages only parsed and shortened.
 
 :mod:`.answers` checks what an instance says, :mod:`.transport` is the HTTP edge (where
-aiohttp's errors become ours), :mod:`.following` reads a prompt's events on ``/ws``,
-:mod:`.comfy` the :class:`ComfyClient` of any instance by its URL (the CLI's master, a
-probed address), :mod:`.client` the :class:`WorkerClient` of a configured worker, and
-:mod:`.blocking` the same client for code that runs no event loop (the launcher), and
-:mod:`.sessions` the connections kept between the units of a job.
+aiohttp's errors become ours), :mod:`.following` reads a prompt's events on ``/ws`` (and
+:mod:`.preview_frames` its preview frames), :mod:`.comfy` the :class:`ComfyClient` of any
+instance by its URL (the CLI's master, a probed address), :mod:`.client` the :class:`WorkerClient`
+of a configured worker, and :mod:`.blocking` the same client for code that runs no event loop (the
+launcher), and :mod:`.sessions` the connections kept between the units of a job.
 """
 
 from .answers import MIB, MAX_TEXT, OutputFile, PromptResult, clip_text, json_kind, summarize_rejection
@@ -19,10 +19,12 @@ from .blocking import run_blocking
 from .client import MAX_FILES_PER_OUTPUT, WorkerClient
 from .comfy import DEFAULT_MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_OBJECT_INFO_BYTES, ComfyClient, Limits, Reply
 from .following import EventStream, Followed, finished
+from .preview_frames import MAX_PREVIEW_BYTES, PreviewFrame, PreviewSink, parse_preview
 from .sessions import Channel, SessionPool, worker_session
 
 __all__ = [
-    "DEFAULT_MAX_FILE_BYTES", "MAX_FILES_PER_OUTPUT", "MAX_JSON_BYTES", "MAX_OBJECT_INFO_BYTES", "MAX_TEXT", "MIB",
-    "Channel", "ComfyClient", "EventStream", "Followed", "Limits", "OutputFile", "PromptResult", "Reply", "SessionPool",
-    "WorkerClient", "clip_text", "finished", "json_kind", "run_blocking", "summarize_rejection", "worker_session",
+    "DEFAULT_MAX_FILE_BYTES", "MAX_FILES_PER_OUTPUT", "MAX_JSON_BYTES", "MAX_OBJECT_INFO_BYTES", "MAX_PREVIEW_BYTES",
+    "MAX_TEXT", "MIB", "Channel", "ComfyClient", "EventStream", "Followed", "Limits", "OutputFile", "PreviewFrame",
+    "PreviewSink", "PromptResult", "Reply", "SessionPool", "WorkerClient", "clip_text", "finished", "json_kind",
+    "parse_preview", "run_blocking", "summarize_rejection", "worker_session",
 ]

@@ -14,6 +14,7 @@ from ..errors import WorkerError, WorkerExecutionFailed, WorkerProtocolError, Wo
 from .answers import OutputFile, PromptResult, history_error, size_text
 from .comfy import ComfyClient, Limits
 from .following import follow_websocket
+from .preview_frames import PreviewSink
 from .sessions import Channel
 
 if TYPE_CHECKING:
@@ -68,7 +69,8 @@ class WorkerClient(ComfyClient):
 
     async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None,
                          on_progress: Callable[[float, float], None] | None = None,
-                         wanted: frozenset[str] = frozenset(), channel: Channel | None = None) -> PromptResult:
+                         wanted: frozenset[str] = frozenset(), channel: Channel | None = None,
+                         previews: PreviewSink | None = None) -> PromptResult:
         """Submit ``prompt``, follow it until its ``wanted`` output nodes have reported (else until it
         ends), and return its outputs.
 
@@ -77,26 +79,29 @@ class WorkerClient(ComfyClient):
         be opened or drops, ``/history`` is polled instead, so either way the wait is bounded.
         With a ``channel`` (and this client's session from :func:`.worker_session`, which refuses
         redirects), the job's websocket to this worker is reused rather than opened for this prompt.
+        The prompt's preview frames (a worker started with a preview method) go to ``previews``.
         """
         if channel is None:
             client_id = f"multigpu-{uuid.uuid4().hex}"
             async with self._websocket(client_id, deadline, required=False) as websocket:
                 return await self._submit_and_follow(prompt, deadline, extra_data, on_progress, wanted, websocket,
-                                                     client_id)
+                                                     client_id, previews)
         if channel.usable() is None:
             channel.websocket = await self._open_websocket(self.session, channel.client_id, deadline, required=False)
         return await self._submit_and_follow(prompt, deadline, extra_data, on_progress, wanted, channel.usable(),
-                                             channel.client_id)
+                                             channel.client_id, previews)
 
     async def _submit_and_follow(self, prompt: dict, deadline: float, extra_data: dict | None,
                                  on_progress: Callable[[float, float], None] | None, wanted: frozenset[str],
-                                 websocket: WebSocket | None, client_id: str) -> PromptResult:
+                                 websocket: WebSocket | None, client_id: str,
+                                 previews: PreviewSink | None = None) -> PromptResult:
         prompt_id = str(uuid.uuid4())
         try:
             # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
             prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
             if websocket is not None:
-                outputs = await follow_websocket(websocket, self.name, prompt_id, deadline, on_progress, wanted)
+                outputs = await follow_websocket(websocket, self.name, prompt_id, deadline, on_progress, wanted,
+                                                 previews)
                 if outputs is not None:
                     return PromptResult(prompt_id, outputs, self.name)
             return await self._poll_history(prompt_id, deadline)

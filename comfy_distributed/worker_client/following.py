@@ -1,4 +1,5 @@
-"""Following a prompt on an instance's ``/ws``: which events end it, fail it or report its progress."""
+"""Following a prompt on an instance's ``/ws``: which events end it, fail it or report its progress (and, for
+whoever watches, its preview frames: :mod:`.preview_frames`)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import aiohttp
 
 from ..errors import WorkerExecutionFailed, WorkerTimeout, WorkerUnreachable
 from .answers import clip_text, execution_error_text, json_or_none
+from .preview_frames import PreviewSink, PromptPreviews
 
 if TYPE_CHECKING:
     from .transport import WebSocket
@@ -22,24 +24,29 @@ ComfyUI sends once the history entry is written."""
 
 async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, deadline: float,
                            on_progress: Callable[[float, float], None] | None = None,
-                           wanted: frozenset[str] = frozenset()) -> dict[str, dict[str, Any]] | None:
+                           wanted: frozenset[str] = frozenset(),
+                           previews: PreviewSink | None = None) -> dict[str, dict[str, Any]] | None:
     """Follow the prompt until its ``wanted`` output nodes have reported their files, or until it ended.
 
     Returns those nodes' outputs (as ``executed`` events give them, the shape of ``/history``'s
     outputs) as soon as the last of them reports: the files are on the worker's disk then, while
     the worker still finishes the prompt (its history, and a garbage collection that can hold it
     for a fraction of a second). Returns None when the prompt ended (or the socket closed) first:
-    ``/history`` tells the rest. Raises on an execution error or at the deadline.
+    ``/history`` tells the rest. Raises on an execution error or at the deadline. The prompt's preview
+    frames go to ``previews`` while it wants them.
     """
     wait_until = deadline
     outputs: dict[str, dict[str, Any]] = {}
+    watch = PromptPreviews(previews, prompt_id) if previews is not None else None
     while True:
-        event = await next_event(websocket, wait_until)
+        event = await next_event(websocket, wait_until, watch.read if watch is not None else None)
         if event is None:  # socket closed, or the grace after success ran out
             if wait_until >= deadline and time.monotonic() >= deadline:
                 raise WorkerTimeout(name, "the prompt did not finish before the worker timeout")
             return None
         kind, data = event.get("type"), event.get("data") or {}
+        if watch is not None and isinstance(data, dict):
+            watch.saw(data)
         if not isinstance(data, dict) or data.get("prompt_id") != prompt_id:
             continue
         if kind == "execution_error":
@@ -61,8 +68,10 @@ async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, dead
             wait_until = min(deadline, time.monotonic() + FINISH_GRACE)
 
 
-async def next_event(websocket: WebSocket, until: float) -> dict | None:
-    """The next JSON event, or None when the socket closed or ``until`` passed."""
+async def next_event(websocket: WebSocket, until: float,
+                     on_binary: Callable[[bytes], None] | None = None) -> dict | None:
+    """The next JSON event, or None when the socket closed or ``until`` passed; binary messages read on the way
+    go to ``on_binary`` (without it they are dropped)."""
     while True:
         remaining = until - time.monotonic()
         if remaining <= 0:
@@ -75,6 +84,9 @@ async def next_event(websocket: WebSocket, until: float) -> dict | None:
             parsed = json_or_none(message.data)
             if isinstance(parsed, dict):
                 return parsed
+        elif message.type == aiohttp.WSMsgType.BINARY:
+            if on_binary is not None:
+                on_binary(message.data)
         elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                               aiohttp.WSMsgType.ERROR):
             return None

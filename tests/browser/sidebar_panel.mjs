@@ -3,7 +3,7 @@
 //
 //   node tests/browser/sidebar_panel.mjs PLAN.json
 //
-// PLAN.json: {master, token, ttl, config_path, artifacts, report, chromium, workflow,
+// PLAN.json: {master, token, ttl, config_path, artifacts, report, chromium, workflow, preview_workflow,
 //             workers: {"1": {url, pid, requests_log}, "2": {...}}, spare_port}
 // Each step prints one line; screenshots go to plan.artifacts; a JSON report of what was seen
 // (timings, skipped steps) goes to plan.report. Exit code 0 only when every step passed.
@@ -86,12 +86,12 @@ const setting = (key) => page.locator(`.mgpu-setting[data-setting="${key}"]`);
 const tabButton = () => page.getByRole("button", { name: "Multi-GPU: workers, VRAM and settings" });
 
 /** Queue the workflow from the UI itself (load it into the graph, press Run's code path). */
-async function queueFromUi() {
-  await page.evaluate(async (workflow) => {
+async function queueFromUi(workflow = plan.workflow) {
+  await page.evaluate(async (chosen) => {
     const { app } = window.comfyAPI.app;
-    await app.loadApiJson(workflow, "multigpu-browser-test");
+    await app.loadApiJson(chosen, "multigpu-browser-test");
     await app.queuePrompt(0, 1);
-  }, plan.workflow);
+  }, workflow);
 }
 
 async function waitJobDone(timeoutMs) {
@@ -232,6 +232,34 @@ async function run() {
     await waitStatus(1, "idle", 10000);
     await waitStatus(2, "idle", 10000);
     return `worker ${seen} showed "${text}"`;
+  });
+
+  await step("a worker's live preview on its card while it samples, gone when its unit ends", async () => {
+    // the workers run with --preview-method latent2rgb; the open panel holds the master's preview lease
+    await queueFromUi(plan.preview_workflow);
+    const preview = (id) => card(id).locator('img[data-part="preview"]');
+    const seen = await until("a worker card showing a live preview", 240000, async () => {
+      for (const id of ["1", "2"]) {
+        const img = preview(id);
+        if (await img.isVisible() && ((await img.getAttribute("src")) || "").startsWith("data:image/jpeg;base64,")
+            && await img.evaluate((el) => el.complete && el.naturalWidth > 0)) return id;
+      }
+      return null;
+    });
+    const alt = await preview(seen).getAttribute("alt");
+    if (!/^Live preview of GPU \d+ \(w\d\), unit \d+$/.test(alt || "")) throw new Error(`the preview's alt text is "${alt}"`);
+    await shot("02b-live-preview");
+    await shot("02b-live-preview-panel", { panelOnly: true });
+    const frames = new Set();
+    await until("a new frame on the same card", 60000, async () => {
+      frames.add(await preview(seen).getAttribute("src"));
+      return frames.size > 1 || !(await preview(seen).isVisible());
+    });
+    await waitJobDone(300000);
+    for (const id of ["1", "2"]) {
+      await until(`no preview left on card ${id}`, 10000, async () => !(await preview(id).isVisible()));
+    }
+    return `worker ${seen}: "${alt}", ${frames.size} frame(s) seen`;
   });
 
   await step("clear one worker's VRAM: it gets POST /free", async () => {

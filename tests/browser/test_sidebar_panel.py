@@ -5,7 +5,8 @@ real master shows that it registers, follows the websocket events and drives the
 starts two plain workers and a master with this extension (tier 3, like ``tests/real``), then
 runs ``sidebar_panel.mjs`` (playwright-core driving Debian's ``chromium``): it opens the tab,
 enters the token, sees both workers idle, edits them, runs a job from the UI and sees its
-progress, clears VRAM, disables a worker, kills another mid-job and sees it offline within the
+progress, sees a worker's live preview on its card while it samples the random SD1.5 checkpoint (the
+workers run with ``--preview-method latent2rgb``) and sees it go when the unit ends, clears VRAM, disables a worker, kills another mid-job and sees it offline within the
 health TTL, launches it again and reads its log from the card (and the cluster's line in the
 header), adds and removes a worker, edits a setting, fills a Multi-GPU Value node's per-worker
 table and sees each card show its value, and sees the master's card say when it only
@@ -27,7 +28,7 @@ from pathlib import Path
 import pytest
 
 from tests.real.cluster import Cluster, image_workflow
-from tests.real.harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance
+from tests.real.harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance, link_model, random_sd15, sd15_workflow
 from tests.waiting import free_port, poll
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -60,7 +61,8 @@ pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason(
 
 
 class RecordingCluster(Cluster):
-    """A cluster whose workers log the non-GET requests they receive (to see POST /free)."""
+    """A cluster whose workers log the non-GET requests they receive (to see POST /free) and send preview frames
+    while they sample."""
 
     def _start(self, name: str, base: Path, **kwargs) -> ComfyInstance:
         if name == "master" and FRONT_END_ROOT:
@@ -68,7 +70,28 @@ class RecordingCluster(Cluster):
         if name != "master":
             kwargs["custom_nodes"] = {**(kwargs.get("custom_nodes") or {}), "request_recorder": RECORDER}
             kwargs["env"] = {**(kwargs.get("env") or {}), "MULTIGPU_REQUEST_LOG": str(base / f"{name}-requests.log")}
+            kwargs["extra_args"] = [*(kwargs.get("extra_args") or []), *PREVIEW_ARGS]
         return super()._start(name, base, **kwargs)
+
+
+PREVIEW_ARGS = ("--preview-method", "latent2rgb")
+"""The workers' preview method, as a user gives it in their extra_args (README, Live previews)."""
+
+
+def preview_workflow() -> dict:
+    """The random SD1.5 checkpoint through a Collector: a few steps of a few seconds each on a 2-core machine, so
+    that the live previews show for a while."""
+    prompt = sd15_workflow("random-sd15.safetensors", seed=0, steps=6, batch_size=1)
+    prompt["5"]["inputs"]["seed"] = ["20", 0]
+    prompt["20"] = {"class_type": "MultiGPUSeedDistributor", "inputs": {"seed": 5}}
+    prompt["21"] = {"class_type": "MultiGPUCollector", "inputs": {"images": ["6", 0]}}
+    prompt["7"]["inputs"]["images"] = ["21", 0]
+    return prompt
+
+
+@pytest.fixture(scope="module")
+def sd15_checkpoint() -> Path:
+    return random_sd15()
 
 
 def _free_requests(log: Path) -> int:
@@ -101,12 +124,14 @@ def _kill_launched(pids: list[int], state_dir: Path) -> None:
 
 
 @pytest.mark.timeout(900)
-def test_sidebar_panel_in_chromium(tmp_path: Path) -> None:
+def test_sidebar_panel_in_chromium(tmp_path: Path, sd15_checkpoint: Path) -> None:
     state_dir = tmp_path / "launcher-state"
     cluster = RecordingCluster(tmp_path, master_env={"COMFY_DISTRIBUTED_TOKEN": TOKEN,
                                                      "COMFY_DISTRIBUTED_STATE_DIR": str(state_dir)})
     launched: list[int] = []
     try:
+        for instance in (cluster.master, cluster.w1, cluster.w2):
+            link_model(instance.base_dir, "checkpoints", sd15_checkpoint, "random-sd15.safetensors")
         cluster.use_workers(cluster.w1, cluster.w2, heartbeat_interval=0.5, health_ttl=HEALTH_TTL)
         _launchable(cluster.config_path, 1, cluster.w2.base_dir)
         poll(lambda: [w["status"] for w in cluster.status()["workers"]] == ["idle", "idle"], 30, "both workers idle",
@@ -122,6 +147,7 @@ def test_sidebar_panel_in_chromium(tmp_path: Path) -> None:
             "report": str(tmp_path / "report.json"),
             "chromium": CHROMIUM,
             "workflow": image_workflow(seed=7, delay=4.0),
+            "preview_workflow": preview_workflow(),
             "workers": {str(i + 1): {"url": w.url, "pid": w.process.pid, "requests_log": str(logs[w.name])}
                         for i, w in enumerate((cluster.w1, cluster.w2))},
             "spare_port": free_port(),
@@ -136,7 +162,7 @@ def test_sidebar_panel_in_chromium(tmp_path: Path) -> None:
 
         report = json.loads(Path(plan["report"]).read_text())
         launched.extend(report["launched_pids"])
-        assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) == 19, report["steps"]
+        assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) == 20, report["steps"]
         assert not report["extension_errors"], report["extension_errors"]
         assert report["timings"]["offline_after_kill_s"] <= HEALTH_TTL
         assert report["skipped"] == [], f"steps skipped in the browser: {report['skipped']}"

@@ -26,7 +26,7 @@ from tests.component.leaks import SETTLE, LeakCheck, sockets_to, stash_kept
 from tests.standin import StandinComfy
 from tests.waiting import closed_port, until_empty
 
-OUTPUT_CLASSES = {"SaveImage", "PreviewImage"}
+OUTPUT_CLASSES = {"SaveImage", "PreviewImage", "SaveLatent"}
 
 
 def workflow(seed: int = 42, batch: int = 2, delay: float = 0.0) -> dict:
@@ -164,9 +164,13 @@ def plain(seed: int = 3) -> dict:
     }
 
 
-def balancer(tmp_path, ports, master_load=1, **settings) -> QueueBalancer:
+def balancer(tmp_path, ports, master_load=1, events: list | None = None, input_dir: Path | None = None,
+             master_lacks=None, **settings) -> QueueBalancer:
+    """A queue balancer over workers at ``ports`` (ids 1, 2...); the events it sends go to ``events``."""
     path = tmp_path / "gpu_config.json"
     path.write_text(json.dumps({"workers": [{"id": i + 1, "name": f"GPU {i + 1}", "port": p}
                                             for i, p in enumerate(ports)], "settings": settings}))
-    return QueueBalancer(ConfigStore(path), master_load=lambda: master_load,
-                         is_output_node=lambda class_type: class_type in OUTPUT_CLASSES)
+    return QueueBalancer(ConfigStore(path), notify=lambda event, data: events.append((event, data)) if events is not None else None,
+                         master_load=lambda: master_load,
+                         is_output_node=lambda class_type: class_type in OUTPUT_CLASSES,
+                         input_dir=lambda: input_dir, master_lacks=master_lacks)

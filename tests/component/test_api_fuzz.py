@@ -337,6 +337,9 @@ class Context:
             return st.fixed_dictionaries({"worker_id": ids})
         if path == "/multigpu/workers/logs":
             return st.fixed_dictionaries({"worker_id": ids}, optional={"lines": st.integers(1, 1000)})
+        if path == "/multigpu/previews":
+            return st.fixed_dictionaries({"on": st.booleans()},
+                                         optional={"watcher": st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)})
         if path == JOB_COMPLETE:  # who posts is in the headers; the body may repeat it
             assert self.share is not None
             share = {key: st.just(self.share[key]) for key in ("job_id", "worker_id", "share_token")}
@@ -666,12 +669,13 @@ def _refusal_of_the_token(reply: Reply) -> None:
 @pytest.mark.parametrize("public", [False, True], ids=["private", "public"])
 @pytest.mark.parametrize("endpoint", ENDPOINTS, ids=endpoint_id)
 async def test_a_configured_token_guards_what_x_token_required_says(tmp_path, endpoint, public):
-    """A private master: the control routes (every POST, job_complete included); a public one: every
-    route but the OpenAPI document, reads included."""
+    """A private master: the control routes (every POST but a watch of the previews, job_complete included); a
+    public one: every route but the OpenAPI document, reads included."""
     method, path = endpoint
     body = {} if "requestBody" in operation(method, path) else None
     needed = needs_token(method, path, public=public, configured=True)
-    assert needed == (path != "/multigpu/openapi.json" and (public or method == "POST")), "the rules changed?"
+    control = method == "POST" and path != "/multigpu/previews"
+    assert needed == (path != "/multigpu/openapi.json" and (public or control)), "the rules changed?"
     async with ApiUnderTest(tmp_path, token=TOKEN, public=public) as api:
         refused = await _call_each_way(api, method, path, AUTH_BAD, body)
         for reply in refused.values():

@@ -249,6 +249,8 @@ async def valid_body(api: ApiUnderTest, path: str) -> dict[str, Any]:
         return {"worker_id": 2}
     if path == "/multigpu/workers/logs":
         return {"worker_id": 2, "lines": 10}
+    if path == "/multigpu/previews":
+        return {"on": True, "watcher": "panel-1"}
     if path == "/multigpu/job_complete":
         share = await api.open_share()
         return {"job_id": share["job_id"], "worker_id": share["worker_id"], "share_token": share["share_token"],
@@ -495,14 +497,17 @@ async def test_documented_success_status_occurs(tmp_path, endpoint):
 
 def test_every_operation_documents_who_may_call_it():
     """The Host check of a private master refuses every route (403); every route but this document needs
-    the token on a public master, the control routes (every POST) whenever one is configured."""
+    the token on a public master, the control routes (every POST but a watch of the previews, which only
+    asks for what a read shows) whenever one is configured."""
+    reads = {("POST", "/multigpu/previews")}
     for method, path, op in operations():
         assert "403" in op["responses"], f"{method} {path}: the Host check's 403 is not documented"
         if path == "/multigpu/openapi.json":
             assert "security" not in op and token_rule(method, path) is None and "401" not in op["responses"]
             continue
         assert op.get("security") == [{"bearerAuth": []}, {"tokenHeader": []}], f"{method} {path}"
-        assert token_rule(method, path) == ("public" if method == "GET" else "configured-or-public"), path
+        read = method == "GET" or (method, path) in reads
+        assert token_rule(method, path) == ("public" if read else "configured-or-public"), path
         assert "401" in op["responses"], f"{method} {path} needs the token but documents no 401"
 
 

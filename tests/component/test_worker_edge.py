@@ -124,10 +124,10 @@ async def test_a_malformed_history_entry_ends_a_forward_at_once_and_the_master_r
 
 
 async def test_an_unexpected_error_in_a_forward_still_releases_the_waiting_node(tmp_path, monkeypatch):
-    def broken(self, job, unit, worker):
+    async def broken(self, job, unit, client):
         raise KeyError("something we did not foresee")
 
-    monkeypatch.setattr(ForwardedPrompt, "extra_data", broken)
+    monkeypatch.setattr(ForwardedPrompt, "unit_prompt", broken)
     b = balancer(tmp_path, [9], queue_mode="no_collector", max_retries=0)
     done = await _forward_and_wait(b, seconds=10)
     assert done.state == "master"

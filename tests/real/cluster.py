@@ -22,20 +22,22 @@ TEST_NODES = ROOT / "tests" / "comfy_test_nodes"
 class Cluster:
     """Workers with the test node pack (``workers``), workers without it (``plain``), then the master.
 
-    Instances are attributes by name (``cluster.w1``); the master reads ``config_path``.
+    Instances are attributes by name (``cluster.w1``); the master reads ``config_path``; the workers get
+    ``worker_args`` on their command line (``--preview-method latent2rgb``, say).
     """
 
     def __init__(self, base: Path, workers: tuple[str, ...] = ("w1", "w2"), plain: tuple[str, ...] = (),
-                 master_env: dict[str, str] | None = None) -> None:
+                 master_env: dict[str, str] | None = None, worker_args: tuple[str, ...] = ()) -> None:
         self.config_path = base / "gpu_config.json"
         self.config_path.write_text("{}")
         self.instances: list[ComfyInstance] = []
         with_nodes = {"comfy_test_nodes": TEST_NODES}
         try:
+            args = {"extra_args": list(worker_args)} if worker_args else {}
             for name in workers:
-                setattr(self, name.split("-")[0], self._start(name, base, custom_nodes=with_nodes))
+                setattr(self, name.split("-")[0], self._start(name, base, custom_nodes=with_nodes, **args))
             for name in plain:
-                setattr(self, name.split("-")[0], self._start(name, base))
+                setattr(self, name.split("-")[0], self._start(name, base, **args))
             self.master = self._start(
                 "master", base,
                 custom_nodes={"ComfyUI-Distributed": ROOT, **with_nodes},

@@ -6,10 +6,6 @@ is unset, so the rest of the suite runs anywhere.
 
 from __future__ import annotations
 
-import fcntl
-import os
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -17,12 +13,10 @@ import pytest
 
 from tests.launcher.helpers import kill_recorded
 
-from .harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance, comfyui_python, start_comfyui
+from .harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance, random_sd15, start_comfyui
 from .launched_site import RealSite
 
 HERE = Path(__file__).resolve().parent
-CHECKPOINT_NAME = "sd15-random-v1.safetensors"
-CHECKPOINT_BUILD_TIMEOUT = 900.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
@@ -80,42 +74,7 @@ def site(tmp_path) -> Iterator[RealSite]:
         kill_recorded(tmp_path)
 
 
-def _cache_dir() -> Path:
-    default = Path.home() / ".cache" / "comfy-distributed-tests"
-    return Path(os.environ.get("COMFY_DISTRIBUTED_TEST_CACHE") or default)
-
-
 @pytest.fixture(scope="session")
 def random_sd15_checkpoint() -> Path:
-    """Path of the random-weight SD1.5 checkpoint, built once per cache dir (about 20 s, 2.1 GB).
-
-    Built with ComfyUI's own interpreter and model code; a file lock keeps parallel sessions
-    from building it twice, and the build writes to a temporary name renamed at the end so a
-    killed build never leaves a truncated checkpoint behind.
-    """
-    if not COMFYUI_PATH:
-        pytest.skip(SKIP_REASON)
-    cache = _cache_dir()
-    cache.mkdir(parents=True, exist_ok=True)
-    target = cache / CHECKPOINT_NAME
-    with open(cache / f"{CHECKPOINT_NAME}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if target.exists():
-            return target
-        partial = cache / f"{CHECKPOINT_NAME}.partial-{os.getpid()}"
-        env = dict(os.environ)
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (COMFYUI_PATH, env.get("PYTHONPATH")) if p)
-        env["OMP_NUM_THREADS"] = "1"
-        started = time.monotonic()
-        result = subprocess.run(
-            [comfyui_python(), str(HERE / "make_random_sd15.py"), str(partial)],
-            cwd=COMFYUI_PATH, env=env, capture_output=True, text=True, timeout=CHECKPOINT_BUILD_TIMEOUT,
-        )
-        if result.returncode != 0 or not partial.exists():
-            partial.unlink(missing_ok=True)
-            raise RuntimeError(
-                f"make_random_sd15.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
-            )
-        os.replace(partial, target)
-        print(f"built {target} in {time.monotonic() - started:.1f}s")
-        return target
+    """Path of the random-weight SD1.5 checkpoint, built once per cache dir (``harness.random_sd15``)."""
+    return random_sd15()

@@ -18,6 +18,7 @@ whether an instance is ready), so the harness imports wherever the package does.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
@@ -45,6 +46,8 @@ requires_comfyui = pytest.mark.skipif(not COMFYUI_PATH, reason=SKIP_REASON)
 
 LOOPBACK = "127.0.0.1"
 _POLL_INTERVAL = 0.2
+CHECKPOINT_NAME = "sd15-random-v1.safetensors"
+CHECKPOINT_BUILD_TIMEOUT = 900.0
 
 
 def comfyui_python() -> str:
@@ -336,3 +339,44 @@ def sd15_workflow(
         "6": {"class_type": "VAEDecode", "inputs": {"samples": ["5", 0], "vae": ["1", 2]}},
         "7": {"class_type": "SaveImage", "inputs": {"images": ["6", 0], "filename_prefix": filename_prefix}},
     }
+
+
+def _cache_dir() -> Path:
+    default = Path.home() / ".cache" / "comfy-distributed-tests"
+    return Path(os.environ.get("COMFY_DISTRIBUTED_TEST_CACHE") or default)
+
+
+def random_sd15() -> Path:
+    """Path of the random-weight SD1.5 checkpoint, built once per cache dir (about 20 s, 2.1 GB); the
+    ``random_sd15_checkpoint`` fixture of tier 3, and the browser test's.
+
+    Built with ComfyUI's own interpreter and model code; a file lock keeps parallel sessions
+    from building it twice, and the build writes to a temporary name renamed at the end so a
+    killed build never leaves a truncated checkpoint behind.
+    """
+    if not COMFYUI_PATH:
+        pytest.skip(SKIP_REASON)
+    cache = _cache_dir()
+    cache.mkdir(parents=True, exist_ok=True)
+    target = cache / CHECKPOINT_NAME
+    with open(cache / f"{CHECKPOINT_NAME}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if target.exists():
+            return target
+        partial = cache / f"{CHECKPOINT_NAME}.partial-{os.getpid()}"
+        env = dict(os.environ)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (COMFYUI_PATH, env.get("PYTHONPATH")) if p)
+        env["OMP_NUM_THREADS"] = "1"
+        started = time.monotonic()
+        result = subprocess.run(
+            [comfyui_python(), str(Path(__file__).resolve().parent / "make_random_sd15.py"), str(partial)],
+            cwd=COMFYUI_PATH, env=env, capture_output=True, text=True, timeout=CHECKPOINT_BUILD_TIMEOUT,
+        )
+        if result.returncode != 0 or not partial.exists():
+            partial.unlink(missing_ok=True)
+            raise RuntimeError(
+                f"make_random_sd15.py failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-6000:]}"
+            )
+        os.replace(partial, target)
+        print(f"built {target} in {time.monotonic() - started:.1f}s")
+        return target

@@ -4,7 +4,8 @@ What is reproduced: the "classic" output cache (outputs are reused across prompt
 input signature is unchanged, entries that the current prompt does not use are dropped), the
 order nodes run in, ``executing``/``executed``/``progress``/``progress_state`` events, error and
 interrupt reporting, and the history record (``outputs``/``meta``/status messages).
-Not reproduced: lazy inputs, node expansion (subgraphs), async node functions, preview images.
+Not reproduced: lazy inputs, node expansion (subgraphs), async node functions. Preview images only
+from simulated work, when the stand-in has a ``preview_method`` (each step, as a sampler's).
 """
 
 from __future__ import annotations
@@ -247,10 +248,17 @@ class ProgressRegistry:
         self._entry(node_id).update(state="running", value=0.0, max=1.0)
         self._send()
 
-    def update(self, node_id: str, value, maximum) -> None:
+    def update(self, node_id: str, value, maximum, preview: bool = False) -> None:
+        """A step, in the order of ComfyUI's progress hook: ``progress_state`` (and a type-4 preview to a client
+        that announced preview metadata), ``progress``, then a type-1 preview to any other client."""
         self._entry(node_id).update(state="running", value=value, max=maximum)
         self._send()
+        metadata = self.host._supports_preview_metadata()
+        if preview and metadata:
+            self.host._preview(self.prompt_id, node_id, value, metadata=True)
         self.host._send("progress", {"value": value, "max": maximum, "prompt_id": self.prompt_id, "node": node_id}, self.host._client_id)
+        if preview and not metadata:
+            self.host._preview(self.prompt_id, node_id, value, metadata=False)
 
     def finish(self, node_id: str) -> None:
         entry = self._entry(node_id)
@@ -450,7 +458,7 @@ class PromptExecution:
                     self.check_interrupt()
                     await asyncio.sleep(seconds / steps)
                     self.check_interrupt()
-                    self.progress.update(node_id, step + 1, steps)
+                    self.progress.update(node_id, step + 1, steps, preview=host.preview_method != "none")
         function = getattr(obj, class_def.FUNCTION)
         injected = self.inject_error
         if injected is not None:

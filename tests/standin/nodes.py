@@ -20,6 +20,7 @@ import string
 import sys
 import time
 from dataclasses import dataclass
+from typing import Any
 from pathlib import Path
 
 import numpy as np
@@ -117,6 +118,21 @@ def tensor_to_pil(image) -> Image.Image:
     """One [H, W, C] image in 0..1 to an 8-bit PIL image, the way ComfyUI converts it."""
     pixels = 255.0 * image.cpu().numpy()
     return Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+
+
+def safetensors_bytes(tensors: dict[str, Any], metadata: dict[str, str]) -> bytes:
+    """A safetensors file of float32 ``tensors`` (None: an empty one), as ``safetensors.torch.save`` writes it."""
+    header: dict[str, Any] = {"__metadata__": metadata}
+    blobs, offset = [], 0
+    for name, tensor in tensors.items():
+        blob = b"" if tensor is None else tensor.float().numpy().tobytes()
+        shape = [0] if tensor is None else list(tensor.shape)
+        header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    encoded = json.dumps(header, separators=(",", ":")).encode()
+    encoded += b" " * (-len(encoded) % 8)
+    return len(encoded).to_bytes(8, "little") + encoded + b"".join(blobs)
 
 
 def make_core_nodes(dirs: Dirs) -> tuple[dict[str, type], dict[str, str], dict[str, str]]:
@@ -252,8 +268,34 @@ def make_core_nodes(dirs: Dirs) -> tuple[dict[str, type], dict[str, str], dict[s
                 return f"Invalid image file: {image}"
             return True
 
-    classes: dict[str, type] = {"SaveImage": SaveImage, "PreviewImage": PreviewImage, "LoadImage": LoadImage}
-    display = {"SaveImage": "Save Image", "PreviewImage": "Preview Image", "LoadImage": "Load Image"}
+    class SaveLatent:
+        """ComfyUI's SaveLatent (``nodes.py``): a safetensors file with the latent and an empty version marker."""
+
+        RETURN_TYPES = ()
+        FUNCTION = "save"
+        OUTPUT_NODE = True
+        CATEGORY = "_for_testing"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"samples": ("LATENT",), "filename_prefix": ("STRING", {"default": "latents/ComfyUI"})},
+                    "hidden": {"prompt": "PROMPT", "extra_pnginfo": "EXTRA_PNGINFO"}}
+
+        def save(self, samples, filename_prefix="ComfyUI", prompt=None, extra_pnginfo=None):
+            folder, stem, counter, subfolder = next_save_path(filename_prefix, dirs.output, 0, 0)
+            metadata = {"prompt": json.dumps(prompt) if prompt is not None else ""}
+            for key in extra_pnginfo or {}:
+                metadata[key] = json.dumps(extra_pnginfo[key])
+            name = f"{stem}_{counter:05}_.latent"
+            with open(os.path.join(folder, name), "wb") as handle:
+                handle.write(safetensors_bytes({"latent_tensor": samples["samples"].contiguous(),
+                                                "latent_format_version_0": None}, metadata))
+            return {"ui": {"latents": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
+
+    classes: dict[str, type] = {"SaveImage": SaveImage, "PreviewImage": PreviewImage, "LoadImage": LoadImage,
+                                "SaveLatent": SaveLatent}
+    display = {"SaveImage": "Save Image", "PreviewImage": "Preview Image", "LoadImage": "Load Image",
+               "SaveLatent": "SaveLatent"}
     modules = {name: CORE_MODULE for name in classes}
     for cls, label in _primitive_nodes():
         classes[cls.__name__] = cls

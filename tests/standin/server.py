@@ -21,6 +21,7 @@ import logging
 import mimetypes
 import os
 import shutil
+import struct
 import sys
 import uuid
 from io import BytesIO
@@ -94,6 +95,9 @@ class StandinComfy:
         self.hang_ws: bool = False
         self.huge_routes: dict[str, int] = {}
         self.huge_declared: bool = False
+        self.preview_method: str = "none"
+        """As ComfyUI's ``--preview-method``: other than ``"none"``, each step of a node's simulated work also
+        sends a JPEG preview frame, as a sampler does on such an instance (see :meth:`_preview`)."""
 
         self._runner: web.AppRunner | None = None
         self._tasks: list[asyncio.Task] = []
@@ -218,14 +222,37 @@ class StandinComfy:
     def _queue_updated(self) -> None:
         self._send("status", {"status": self._queue_info()})
 
-    async def _send_now(self, event: str, data: Any, sid: str | None) -> None:
+    def _supports_preview_metadata(self) -> bool:
+        """Whether the running prompt's client announced it (ComfyUI's feature_flags.supports_feature)."""
+        flags = self._socket_flags.get(self._client_id or "", {}).get("feature_flags", {})
+        return flags.get("supports_preview_metadata", False) is True
+
+    def _preview(self, prompt_id: str, node_id: str, step: int, metadata: bool) -> None:
+        """A preview frame of ``step`` to the running prompt's client, framed as ComfyUI 0.3.64 frames it: type 4
+        (``send_image_with_metadata``: length, JSON metadata, image) for a client that announced
+        ``supports_preview_metadata``, else type 1 (``send_image``: image type 1 for JPEG, image)."""
+        buffer = BytesIO()
+        Image.new("RGB", (16, 16), ((40 * step) % 256, 128, 255 - (40 * step) % 256)).save(buffer, format="JPEG",
+                                                                                           quality=95)
+        image = buffer.getvalue()
+        if metadata:
+            info = json.dumps({"node_id": node_id, "prompt_id": prompt_id, "display_node_id": node_id,
+                               "parent_node_id": None, "real_node_id": node_id, "image_type": "image/jpeg"}).encode()
+            self._send(4, struct.pack(">I", len(info)) + info + image, self._client_id)
+        else:
+            self._send(1, struct.pack(">I", 1) + image, self._client_id)
+
+    async def _send_now(self, event: Any, data: Any, sid: str | None) -> None:
         message = {"type": event, "data": data}
         targets = list(self._sockets.items()) if sid is None else [(sid, self._sockets.get(sid))]
         for target_sid, ws in targets:
             if ws is None:
                 continue
             try:
-                await ws.send_json(message)
+                if isinstance(data, bytes):  # server.py encode_bytes: the event type, then the data
+                    await ws.send_bytes(struct.pack(">I", event) + data)
+                else:
+                    await ws.send_json(message)
             except (aiohttp.ClientError, ConnectionError, RuntimeError):
                 pass
             if event == "execution_start" and self.drop_ws_after_start:

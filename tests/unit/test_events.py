@@ -31,9 +31,12 @@ def test_every_builder_names_a_known_event_and_fills_every_key():
         events.job_done("j", False, ["GPU 1"], [0], []),
         events.worker_failed(1, "GPU 1", "offline", "connection refused", rerun=True),
         events.notice("Multi-GPU: runs static"),
+        events.preview("j", 1, 2, "GPU 2", None, None),
     ]
     assert [name for name, _ in built] == list(events.NAMES)
     name, failed = built[3]
     assert failed == {"job_id": None, "worker_id": 1, "worker": "GPU 1", "reason": "offline", "unit": None,
                       "rerun": True, "message": "Worker GPU 1: connection refused"}
     assert built[4][1] == {"job_id": None, "message": "Multi-GPU: runs static"}
+    assert built[5][1] == {"job_id": "j", "position": 1, "worker_id": 2, "worker": "GPU 2", "mime": None,
+                           "data": None}  # a preview's end: every key there, the image's None

@@ -15,6 +15,7 @@ def test_every_setting_is_described_with_the_models_rules():
     assert list(form) == list(Settings.model_fields)
     assert form["queue_mode"]["kind"] == "enum" and form["queue_mode"]["options"] == ["off", "no_collector", "all"]
     assert form["scheduling_mode"]["options"] == ["static", "weighted", "dynamic"]
+    assert form["queue_routing"]["kind"] == "enum" and form["queue_routing"]["options"] == ["model_aware", "least_busy"]
     assert (form["worker_timeout"]["kind"], form["worker_timeout"]["max"], form["worker_timeout"]["unit"]) == \
         ("number", 86400, "s")
     assert (form["worker_timeout"]["min"], form["worker_timeout"]["min_inclusive"]) == (0, False)

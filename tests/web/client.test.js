@@ -226,6 +226,16 @@ test("launch and restart call the launcher routes; a missing route says so", asy
   assert.match(toasts[2].detail, /workers\/restart is not available/);
 });
 
+test("the panel's preview lease goes to POST /multigpu/previews; a refusal or a missing route is quiet", async () => {
+  const { actions, calls, toasts } = setup({ "POST /multigpu/previews": [200, { on: true, expires_in: 30 }] });
+  assert.deepEqual(await actions.watchPreviews(true, "panel-x"), { on: true, expires_in: 30 });
+  assert.deepEqual(calls.at(-1), { path: "/multigpu/previews", method: "POST",
+                                   headers: { "Content-Type": "application/json" }, body: { on: true, watcher: "panel-x" } });
+  const older = setup({});
+  assert.equal(await older.actions.watchPreviews(false, "panel-x"), null);
+  assert.deepEqual([...toasts, ...older.toasts], []);
+});
+
 test("saving a worker returns the master's refusal for the form", async () => {
   const { actions, store } = setup({
     "GET /multigpu/config": [200, CONFIG],

@@ -5,7 +5,8 @@ import { test } from "node:test";
 
 import {
   PASSIVE_MESSAGE, TOKEN_COMMAND, TOKEN_COMMAND_WINDOWS, activeJobs, createStore, formatAddress, formatBytes,
-  clusterLine, formatDuration, initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, readValueNode, reduce, summary, tokenPrompt,
+  clusterLine, formatDuration, initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, previewRenewMs,
+  previewSource, readValueNode, reduce, summary, tokenPrompt,
   valueLines, vramUsage, workerAddress, workerCards, workerProgress,
 } from "../../web/multigpu_state.js";
 
@@ -322,4 +323,37 @@ test("a job's time left and the cluster's line", () => {
   assert.equal(clusterLine(state), "3 prompts: 1 running, 2 queued");
   assert.deepEqual([formatDuration(0.2), formatDuration(59), formatDuration(150), formatDuration(5400)],
                    ["1 s", "59 s", "3 min", "1.5 h"]);
+});
+
+test("a worker's card shows its unit's newest preview frame until that unit ends", () => {
+  const frame = (position, data, jobId = "job-1") => ({ type: "preview", data: {
+    job_id: jobId, position, worker_id: 1, worker: "GPU 1", mime: data ? "image/jpeg" : null, data } });
+  let state = run({ type: "config", data: CONFIG }, frame(1, "AAAA"), frame(1, "BBBB"));
+  assert.deepEqual(workerCards(state)[0].preview,
+                   { src: "data:image/jpeg;base64,BBBB", alt: "Live preview of GPU 1, unit 1" });
+  assert.equal(workerCards(state)[1].preview, null);
+  assert.equal(reduce(state, frame(0, null)), state, "the end of another unit leaves the thumbnail");
+  assert.equal(reduce(state, frame(1, null, "job-0")), state, "so does the end of another job's unit");
+  state = reduce(state, frame(1, null));
+  assert.equal(workerCards(state)[0].preview, null);
+  state = run({ type: "config", data: CONFIG }, frame(2, "CCCC"), { type: "job_done", data: { job_id: "job-1" } });
+  assert.equal(workerCards(state)[0].preview, null, "a finished job takes its thumbnails with it");
+  state = run({ type: "config", data: CONFIG }, frame(2, "CCCC"), { type: "worker_removed", data: { id: 1 } });
+  assert.deepEqual(state.previews, {});
+});
+
+test("only a JPEG or PNG in base64 becomes an image source", () => {
+  assert.equal(previewSource("image/png", "iVBORw0KGgo="), "data:image/png;base64,iVBORw0KGgo=");
+  assert.equal(previewSource("image/svg+xml", "PHN2Zz4="), null);
+  assert.equal(previewSource("image/jpeg", "\"><script>"), null);
+  assert.equal(previewSource("image/jpeg", null), null);
+  const state = run({ type: "config", data: CONFIG },
+                    { type: "preview", data: { job_id: "j", position: 1, worker_id: 1, mime: "text/html", data: "PGI+" } });
+  assert.equal(workerCards(state)[0].preview, null);
+});
+
+test("the preview lease is renewed at a third of its life, 10 s when the master gave none", () => {
+  assert.equal(previewRenewMs({ on: true, expires_in: 30 }), 10000);
+  assert.equal(previewRenewMs(null), 10000);
+  assert.equal(previewRenewMs({ expires_in: 0.3 }), 1000);
 });
