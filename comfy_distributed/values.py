@@ -122,7 +122,8 @@ def _kind(spec: Any) -> str:
     return str(head)
 
 
-def _choices(spec: Any) -> list | None:
+def choices_of(spec: Any) -> list | None:
+    """The allowed values of a choice input spec (old and new COMBO forms; JSON lists or INPUT_TYPES() tuples)."""
     head = spec[0] if isinstance(spec, (list, tuple)) and spec else None
     if isinstance(head, (list, tuple)):
         return list(head)

@@ -20,6 +20,7 @@ from typing import Any, Callable
 from .config import WorkerConfig
 from .errors import WorkerProtocolError, WorkflowError
 from .worker_client import clip_text, json_kind
+from .values import choices_of
 from .workflow import Prompt, is_link
 
 MEDIA_EXTENSIONS = frozenset({
@@ -111,17 +112,6 @@ def with_media(prompt: Prompt, names: dict[str, str]) -> Prompt:
     }
 
 
-def _choices(spec: Any) -> list | None:
-    """The allowed values of a choice input in /object_info (old and new COMBO forms)."""
-    if isinstance(spec, list) and spec:
-        if isinstance(spec[0], list):
-            return spec[0]
-        if spec[0] == "COMBO" and len(spec) > 1 and isinstance(spec[1], dict):
-            options = spec[1].get("options")
-            return options if isinstance(options, list) else None
-    return None
-
-
 def object_info_problem(info: Any) -> str | None:
     """What is wrong with the shape of an ``/object_info`` answer (None when it is ComfyUI's).
 
@@ -173,7 +163,7 @@ def preflight_problems(prompt: Prompt, object_info: dict[str, Any], synced: set[
         for name, value in (inputs.items() if isinstance(inputs, dict) else ()):
             if not isinstance(value, str) or value in synced:
                 continue  # only a literal string can be a choice (a link is a list)
-            choices = _choices(declared.get(name))
+            choices = choices_of(declared.get(name))
             if choices is not None and value not in choices:
                 problems.append(f"{name} {value!r} (node {node_id}, {class_type})")
     return problems

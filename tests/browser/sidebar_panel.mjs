@@ -379,9 +379,20 @@ async function run() {
     const keys = await page.locator(".mgpu-setting").evaluateAll((rows) => rows.map((r) => r.dataset.setting));
     const missing = Object.keys(readConfig().settings).filter((k) => k !== "api_token" && !keys.includes(k));
     if (missing.length) throw new Error(`settings not shown: ${missing}`);
-    for (const choice of ["scheduling_mode", "queue_mode"]) {  // drawn from the master's settings_form
+    for (const choice of ["scheduling_mode", "queue_mode", "queue_routing"]) {  // drawn from the master's settings_form
       if (await setting(choice).locator("select").count() !== 1) throw new Error(`${choice} is not a choice list`);
     }
+    const routing = setting("queue_routing").locator("select");
+    const offered = await routing.locator("option").evaluateAll((options) => options.map((o) => o.value));
+    if (!offered.includes("model_aware") || !offered.includes("least_busy")) {
+      throw new Error(`queue_routing offers ${offered}`);
+    }
+    await routing.selectOption("least_busy");
+    await until("queue_routing least_busy in the file", 5000,
+      () => readConfig().settings.queue_routing === "least_busy");
+    await routing.selectOption("model_aware");
+    await until("queue_routing model_aware in the file", 5000,
+      () => readConfig().settings.queue_routing === "model_aware");
     const tokenValue = await setting("api_token").locator("input").inputValue();
     if (tokenValue) throw new Error("the token field is not empty");
     await input.fill("150");  // a new value: the poll may have put the saved 120 back into the field meanwhile

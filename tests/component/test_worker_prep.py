@@ -87,3 +87,20 @@ def test_preflight_reads_both_combo_forms():
         "sampler_name 'dpmpp_2m' (node 2, KSampler)",
         "node class UpscaleModelLoader (node 3)",
     ]
+
+
+def test_preflight_reads_a_node_class_s_own_input_types_too():
+    """The master checks itself against its node classes' INPUT_TYPES(), whose specs are tuples, not JSON lists."""
+    info = {
+        "CheckpointLoaderSimple": {"input": {"required": {"ckpt_name": (["a.safetensors"], {"tooltip": "t"})}}},
+        "KSampler": {"input": {"required": {"sampler_name": ("COMBO", {"options": ("euler",)}),
+                                            "scheduler": (("normal", "karras"),)}}},
+    }
+    prompt = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": "b.safetensors"}},
+        "2": {"class_type": "KSampler", "inputs": {"sampler_name": "euler", "scheduler": "simple"}},
+    }
+    assert preflight_problems(prompt, info, synced=set()) == [
+        "ckpt_name 'b.safetensors' (node 1, CheckpointLoaderSimple)",
+        "scheduler 'simple' (node 2, KSampler)",
+    ]

@@ -158,8 +158,9 @@ def test_a_worker_killed_while_running_a_forwarded_prompt_does_not_lose_it(clust
     seeds = (30, 31, 32)
     with Events(cluster.master.url) as events:
         prompt_ids = [submit_prompt(cluster.master.url, slow_image(seed)) for seed in seeds]
-        running = poll(lambda: next((w for w in (cluster.w1, cluster.w2) if busy(w)), None), 60,
-                       "a worker running a forwarded prompt", interval=0.05)
+        poll(lambda: any(busy(w) for w in (cluster.w1, cluster.w2)), 60, "a worker running a forwarded prompt",
+             interval=0.05)
+        running = next(w for w in (cluster.w1, cluster.w2) if busy(w))
         running.stop()  # the worker's process goes away mid-prompt
         entries = [wait_for_history(cluster.master.url, p, 300) for p in prompt_ids]
     for seed, entry in zip(seeds, entries):
