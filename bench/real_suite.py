@@ -19,7 +19,7 @@ from typing import Callable
 
 from tests.comfy_test_nodes import DELAY_SCALE_ENV
 
-from . import real_tiles
+from . import real_queue, real_tiles
 from .figures import Figure, Target, median, seconds_list
 from .real_cluster import BenchCluster
 from .real_jobs import BenchError, RealBench, RealRun, breakdown, fetch_last_outputs
@@ -206,6 +206,7 @@ def measure(cluster: BenchCluster, params: Params, modes: list[str]) -> tuple[li
     headline = sizes(bench, params, modes)
     others = guarded("overhead", partial(overhead, bench, params))
     others += guarded("transfer", partial(transfer, bench, params))
+    others += guarded("queue mode", partial(real_queue.spread, bench, params.repeats))
     tiles = guarded("tiles: speed-up", partial(real_tiles.speed_up, bench, WORKERS, params.repeats))
     tiles += guarded("tiles: overhead", partial(real_tiles.overhead, bench, WORKERS, params.repeats))
     for _ in range(params.first_jobs - 1):
@@ -250,6 +251,10 @@ def notes(startup: float, modes: list[str]) -> list[str]:
         "+ 2 workers (ideal 3); mixed speeds against the best assignment of whole tiles plus the master alone with "
         "zero work; overhead per tile = (a 2048x2048 image in four 1024x1024 tiles, zero work - the same image "
         "made and saved without tiles) / 4.",
+        f"Queue mode: {real_queue.PROMPTS} prompts (one 512x512 image after {real_queue.WORK:.0f} s of slept work, "
+        "SaveImage) POSTed at once with queue_mode no_collector, timed until the master finished the last; ideal = "
+        "the work split over the 3 participants + the master alone making and saving the same images with zero work "
+        "(queue mode off).",
         "Transfer: random pixels (about 3.1 MB per PNG); 'end to end' = worker bytes / (distributed job - the "
         "same prompt on the master alone), so it counts the worker's PNG encoding and the master's decoding.",
     ]

@@ -68,6 +68,9 @@ REFRESH_EVERY = 30.0
 MAX_OUTPUT_KEYS = 32
 """Keys one output node of a forwarded prompt may report (ComfyUI's save nodes report one to three)."""
 
+MAX_OUTPUT_KEY = 64
+"""Longest output key kept (``images``, ``latents``, ``animated``...)."""
+
 MAX_OUTPUT_VALUE = 64 * 1024
 """Largest other output value kept (as JSON characters): a text, the animated flag. A larger one is dropped."""
 
@@ -201,6 +204,10 @@ class ForwardedPrompt(JobKind[Forward]):
                 raise WorkerProtocolError(client.name, f"output node {clip_text(node_id, 64)} reported "
                                                        f"{len(reported)} keys, more than {MAX_OUTPUT_KEYS}")
             for key, value in reported.items():
+                if not isinstance(key, str) or not 0 < len(key) <= MAX_OUTPUT_KEY:
+                    raise WorkerProtocolError(client.name, f"output node {clip_text(node_id, 64)} reported a key "
+                                                           f"{clip_text(key, 64)!r}: empty or longer than "
+                                                           f"{MAX_OUTPUT_KEY} characters")
                 if _is_file_list(key, value):
                     files = result.files(node_id, key)
                     node.files[key] = list(zip(files, await client.fetch_files(files, deadline)))

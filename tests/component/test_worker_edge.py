@@ -123,6 +123,35 @@ async def test_a_malformed_history_entry_ends_a_forward_at_once_and_the_master_r
         assert cause.startswith("GPU 1: ") and "history" in cause
 
 
+def _with_outputs(extra: dict) -> Callable[[dict], Any]:
+    return lambda entry: {**entry, "outputs": {"2": {**entry["outputs"]["2"], **extra}}}
+
+
+async def test_a_forward_keeps_a_node_s_small_values_and_drops_a_huge_one(tmp_path):
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1:
+        w1.tamper_json = {"/history/{prompt_id}": _history(_with_outputs(
+            {"text": ["a caption"], "animated": [False], "huge": ["x" * 70_000]}))}
+        w1.drop_ws_after_start = True
+        b = balancer(tmp_path, [w1.port], queue_mode="no_collector", max_retries=0)
+        done = await _forward_and_wait(b, seconds=15)
+        assert done.state == "done"
+        output = done.outputs["2"]
+        assert output.values == {"text": ["a caption"], "animated": [False]}  # "huge" left out, with a warning
+        assert [f.filename for f, _ in output.files["images"]] == ["q_00001_.png"]
+
+
+@pytest.mark.parametrize("key", ["", "k" * 65])
+async def test_a_forward_with_an_odd_output_key_is_refused(tmp_path, key):
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1:
+        w1.tamper_json = {"/history/{prompt_id}": _history(_with_outputs({key: ["x"]}))}
+        w1.drop_ws_after_start = True
+        b = balancer(tmp_path, [w1.port], queue_mode="no_collector", max_retries=0)
+        done = await _forward_and_wait(b, seconds=15)
+        assert done.state == "master"
+        (cause,) = done.causes
+        assert "empty or longer than 64 characters" in cause
+
+
 async def test_an_unexpected_error_in_a_forward_still_releases_the_waiting_node(tmp_path, monkeypatch):
     async def broken(self, job, unit, client):
         raise KeyError("something we did not foresee")
