@@ -157,6 +157,11 @@ def _is_file_list(key: str, value: Any) -> bool:
         isinstance(entry, dict) and "filename" in entry for entry in value)
 
 
+def _animated(flag: Any) -> bool:
+    """Whether a node's ``animated`` output (ComfyUI's ``[true]``, a worker's anything) says its images are frames."""
+    return flag is True or isinstance(flag, list) and any(value is True for value in flag)
+
+
 class ForwardedPrompt(JobKind[Forward]):
     """A forwarded prompt's one unit: checked and given its input files on the worker it is sent to, and
     bringing back every output of every output node of the prompt."""
@@ -189,7 +194,8 @@ class ForwardedPrompt(JobKind[Forward]):
             job.media_names[str(worker.id)] = await self.balancer.uploads.sync(
                 job.found_media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
         except WorkerError as exc:
-            raise type(exc)(worker.display_name, f"the input files could not be uploaded: {exc.message}") from None
+            exc.message = f"the input files could not be uploaded: {exc.message}"
+            raise
         return unit.prompt
 
     async def fetch(self, job: Forward, unit: UnitRun, client: WorkerClient, result: PromptResult,
@@ -221,7 +227,7 @@ class ForwardedPrompt(JobKind[Forward]):
     def unit_done(self, job: Forward, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
         """The worker's speed in images per second, learnt from the still images it made (not a video's frames)."""
         images = sum(len(node.files.get("images", ())) for node in unit.images.values()
-                     if not any(node.values.get("animated") or ()))
+                     if not _animated(node.values.get("animated")))
         if images:
             self.balancer.speeds.learn(str(worker.id), float(images), seconds)
 

@@ -130,14 +130,21 @@ def _with_outputs(extra: dict) -> Callable[[dict], Any]:
 async def test_a_forward_keeps_a_node_s_small_values_and_drops_a_huge_one(tmp_path):
     async with StandinComfy(tmp_path / "w1", name="w1") as w1:
         w1.tamper_json = {"/history/{prompt_id}": _history(_with_outputs(
-            {"text": ["a caption"], "animated": [False], "huge": ["x" * 70_000]}))}
+            {"text": ["a caption"], "animated": True, "huge": ["x" * 70_000]}))}  # a bare true: not ComfyUI's [true]
         w1.drop_ws_after_start = True
         b = balancer(tmp_path, [w1.port], queue_mode="no_collector", max_retries=0)
         done = await _forward_and_wait(b, seconds=15)
         assert done.state == "done"
         output = done.outputs["2"]
-        assert output.values == {"text": ["a caption"], "animated": [False]}  # "huge" left out, with a warning
+        assert output.values == {"text": ["a caption"], "animated": True}  # "huge" left out, with a warning
         assert [f.filename for f, _ in output.files["images"]] == ["q_00001_.png"]
+        assert b.speeds.get("1") is None  # an animation's frames say nothing of images per second
+        await b.close()
+    async with StandinComfy(tmp_path / "w2", name="w2") as w2:
+        b = balancer(tmp_path, [w2.port], queue_mode="no_collector")
+        assert (await _forward_and_wait(b, seconds=15)).state == "done"
+        assert b.speeds.get("1") is not None  # a still image is learnt from
+        await b.close()
 
 
 @pytest.mark.parametrize("key", ["", "k" * 65])
