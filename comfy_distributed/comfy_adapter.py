@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import heapq
 import logging
 import os
 import sys
@@ -141,6 +142,25 @@ class ComfyHost:
     def input_dir(self) -> Path | None:
         return Path(self._folders.get_input_directory())
 
+    def next_number(self) -> float | None:
+        number = getattr(self._server, "number", None)
+        return float(number) if isinstance(number, (int, float)) else None
+
+    def promote(self, prompt_id: str, number: float) -> bool:
+        """ComfyUI's queue is a heap of ``(number, prompt_id, ...)`` under its mutex (``execution.PromptQueue``):
+        the item is replaced with its new number and the heap restored, as ``put`` would leave it."""
+        queue = self._queue
+        with queue.mutex:
+            for index, item in enumerate(queue.queue):
+                if str(item[1]) == prompt_id:
+                    queue.queue[index] = (number, *item[1:])
+                    heapq.heapify(queue.queue)
+                    break
+            else:
+                return False
+        self._server.queue_updated()
+        return True
+
 
 def install() -> bool:
     """Hook into the running PromptServer; returns False when there is none (not in ComfyUI)."""
@@ -183,7 +203,7 @@ def _wire(server: Any, host: Host, store: ConfigStore, public: bool, env_token: 
     balancer = QueueBalancer(store, health, host.notify, host.queue_load, host.is_output_node,
                              metrics=orchestrator.metrics, object_info=orchestrator.object_info,
                              input_dir=host.input_dir, speeds=orchestrator.speeds, models=orchestrator.models,
-                             master_lacks=comfy_master_lacks)
+                             master_lacks=comfy_master_lacks, host=host)
     runtime.current = runtime.Extension(host, orchestrator, balancer)
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
     server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts))

@@ -51,6 +51,13 @@ class Host(Protocol):
     def input_dir(self) -> Path | None:
         """The master's input folder (files a workflow loads), None when there is none."""
 
+    def next_number(self) -> float | None:
+        """The queue number ComfyUI gives the next prompt queued (None: no queue)."""
+
+    def promote(self, prompt_id: str, number: float) -> bool:
+        """Give a prompt waiting in the master's queue this number (its place in the queue); False when it is not
+        waiting there (it runs already, or is gone)."""
+
 
 class DetachedHost:
     """The host outside ComfyUI: events are logged, no prompt runs, and nothing can be saved."""
@@ -87,3 +94,9 @@ class DetachedHost:
 
     def input_dir(self) -> Path | None:
         return None
+
+    def next_number(self) -> float | None:
+        return None
+
+    def promote(self, prompt_id: str, number: float) -> bool:
+        return False

@@ -60,11 +60,13 @@ def make_prompt_handler(orchestrator: Orchestrator, balancer: "QueueBalancer | N
             if forward is not None:
                 router, chosen = balancer, forward
 
-                def start_forward(_prompt_id: str | None) -> None:
-                    router.start(chosen)
-
-                plan(_Pending(start_forward, functools.partial(router.discard, chosen)))
-                return {**json_data, "prompt": routed}
+                plan(_Pending(functools.partial(router.start, chosen), functools.partial(router.discard, chosen)))
+                routed_data = {**json_data, "prompt": routed}
+                if "number" not in json_data and not json_data.get("front"):  # else its place is the client's
+                    number = router.deferred_number(chosen)
+                    if number is not None:
+                        routed_data["number"] = number
+                return routed_data
         extra_data = json_data.get("extra_data")
         requested = extra_data.get(JOB_ID_EXTRA_DATA) if isinstance(extra_data, dict) else None
         prompt, job = orchestrator.prepare(prompt, requested)

@@ -15,14 +15,17 @@ for it at once (:meth:`QueueBalancer.route`):
   alone: the master on a tie, then config order. Load comes first so that a queue of prompts of one
   checkpoint still spreads over every GPU rather than waiting on the one that has it loaded.
 
-A prompt sent to a worker starts there at once. The master's own queue holds a stand-in for it:
-each of the prompt's output nodes is replaced by a ``MultiGPURemoteOutput`` node under the same id,
+A prompt sent to a worker starts there at once. The master's own queue holds a stand-in for it: the
+prompt with each of its output nodes replaced by a ``MultiGPURemoteOutput`` node under the same id,
 which, when its turn comes, takes every file the worker's node reported (images, latents, audio,
 the files of video and 3D save nodes) and its other small outputs (text, the animated flag), saves
 the files on the master and shows them like a local run, so the master's history and UI look as if
-the master had run the prompt. If the worker fails, dies or lacks something after all, the next
-candidate takes the prompt; if none is left, the master runs it itself (the stand-in expands into
-the original graph) and says why.
+the master had run the prompt. ComfyUI runs one prompt at a time, and a stand-in waits for its worker:
+so it is queued at the back while the worker runs it (it never holds up the master's own prompts), and
+moved to the place the prompt was queued at as soon as the worker is done (:meth:`QueueBalancer.
+deferred_number`). If the worker fails, dies or lacks something after all, the next candidate takes the
+prompt; if none is left, the master runs it itself (the stand-in expands into the original graph) and
+says why.
 """
 
 from __future__ import annotations
@@ -54,6 +57,7 @@ from .worker_prep import MediaFile, MediaUploads, ObjectInfoCache, find_media, l
 
 if TYPE_CHECKING:
     from .health import HealthMonitor
+    from .host import Host
 
 log = logging.getLogger("comfy_distributed")
 
@@ -61,6 +65,10 @@ REMOTE_OUTPUT_CLASS = "MultiGPURemoteOutput"
 WAIT_POLL = 0.1
 FORWARD_POSITION = 1
 """A forwarded prompt is a job of one unit, at this position (its seed is the prompt's own)."""
+
+DEFERRED = 1e12
+"""Queue numbers from here on sort after every prompt queued the usual way (ComfyUI counts from 0 up): where a
+stand-in waits while its worker runs the prompt."""
 
 REFRESH_EVERY = 30.0
 """Least seconds between two background re-reads of a worker's ``/object_info`` after it was found lacking."""
@@ -94,6 +102,11 @@ class Forward(UnitJob):
     expanded: bool = False
     found_media: list[MediaFile] | None = None
     """The master's input files the prompt loads (found, and hashed, when it is first sent)."""
+    prompt_id: str | None = None
+    """The stand-in's id in the master's queue (known once the master accepted it)."""
+    number: float | None = None
+    """The queue number the prompt would have had; the stand-in gets it once the worker is done (None: it was
+    queued with a number of its own, and keeps it)."""
 
     @property
     def forward_id(self) -> str:
@@ -234,6 +247,9 @@ class ForwardedPrompt(JobKind[Forward]):
     def failure_job_id(self, job: Forward) -> str | None:
         return None  # the UI knows no job for a forwarded prompt
 
+    def settled(self, job: Forward) -> None:
+        self.balancer.promote(job)
+
 
 class QueueBalancer:
     """Routes whole prompts (see the module doc). Lives on the master's event loop."""
@@ -245,7 +261,8 @@ class QueueBalancer:
                  metrics: Metrics | None = None, *, object_info: ObjectInfoCache | None = None,
                  input_dir: Callable[[], Path | None] = lambda: None, speeds: Speeds | None = None,
                  models: LoadedModels | None = None,
-                 master_lacks: Callable[[Prompt, set[str]], list[str]] | None = None) -> None:
+                 master_lacks: Callable[[Prompt, set[str]], list[str]] | None = None,
+                 host: "Host | None" = None) -> None:
         self.store = store
         self.health = health
         self.notify = notify or (lambda event, data: None)
@@ -260,6 +277,9 @@ class QueueBalancer:
         self.uploads = MediaUploads()
         self.master_lacks = master_lacks
         """What the master lacks to run a prompt (:func:`comfy_master_lacks`; None: not checked)."""
+        self.host = host
+        """The master's queue, where stand-ins wait at the back and are moved up when done (None: not moved)."""
+        self._deferred = 0
         self._forwards: dict[str, Forward] = {}
         self._lock = threading.Lock()
         self._told: dict[str, str] = {}
@@ -410,8 +430,10 @@ class QueueBalancer:
         measured = [config.master.weight or self.speeds.get(MASTER)] + \
             [w.weight or self.speeds.get(str(w.id)) for w in workers]
         known = [s for s in measured if s]
+        # not measured: a worker counts as average, the master (its own prompts are not timed) as the fastest, so
+        # that a tie keeps the prompt where it needs no transfer
         fallback = sum(known) / len(known) if known else 1.0
-        speeds = [s or fallback for s in measured]
+        speeds = [measured[0] or max(known, default=1.0)] + [s or fallback for s in measured[1:]]
         order = sorted(range(len(participants)),
                        key=lambda i: (loads[i], not self.models.holds(keys[i], names), -speeds[i], i))
         return [participants[i] for i in order]
@@ -427,13 +449,33 @@ class QueueBalancer:
         return max(inflight, queued or 0)
 
     def _load_of_master(self) -> int:
+        """The master's queue, less the stand-ins waiting in it (they hold up nothing: see the module doc). Without
+        a host to ask, every stand-in not yet claimed counts as waiting."""
+        pending = self.host.pending_prompts() if self.host is not None else None
         with self._lock:
-            waiting_stand_ins = sum(1 for f in self._forwards.values() if len(f.claimed) < len(f.output_nodes))
+            waiting_stand_ins = sum(1 for f in self._forwards.values() if len(f.claimed) < len(f.output_nodes)
+                                    and (pending is None or f.prompt_id in pending))
         return max(0, self.master_load() - waiting_stand_ins)
 
     # --- running forwards (server loop) --------------------------------------------------
 
-    def start(self, forward: Forward) -> None:
+    def deferred_number(self, forward: Forward) -> float | None:
+        """The queue number for ``forward``'s stand-in while its worker runs the prompt: after every prompt
+        queued the usual way. None (the usual number) outside ComfyUI."""
+        number = self.host.next_number() if self.host is not None else None
+        if number is None:
+            return None
+        forward.number = number - 0.5  # between the prompt queued before it and the next one
+        self._deferred += 1
+        return DEFERRED + self._deferred
+
+    def promote(self, forward: Forward) -> None:
+        """The worker is done (or no worker can): the stand-in takes the place the prompt was queued at."""
+        if forward.number is not None and forward.prompt_id is not None and self.host is not None:
+            self.host.promote(forward.prompt_id, forward.number)
+
+    def start(self, forward: Forward, prompt_id: str | None = None) -> None:
+        forward.prompt_id = prompt_id
         self.runner.metrics.job_started("queue")
         self.runner.open(forward)
         self.runner.begin(forward)

@@ -78,6 +78,9 @@ class JobKind(Generic[J]):
         """The job id to name in a ``multigpu.worker_failed`` event (None: none the UI knows)."""
         return job.job_id
 
+    def settled(self, job: J) -> None:
+        """The job settled (every unit done, given up or cancelled); may be told more than once."""
+
 
 class Runner(Generic[J]):
     """Runs the units of jobs of one kind (see the module doc); one per job owner."""
@@ -144,6 +147,7 @@ class Runner(Generic[J]):
                                    "master" if UnitState.GIVEN_UP in states else "done")
         job.settled.set()
         job.changed.set()
+        self.kind.settled(job)
         if job.loop is not None and not job.released:
             job.released = True
             job.loop.create_task(self._release(job, self.unreleased))

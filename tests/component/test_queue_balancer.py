@@ -226,3 +226,53 @@ async def test_a_worker_that_dies_with_the_prompt_hands_it_to_the_next(tmp_path)
         (failed,) = [data for name, data in events if name == "multigpu.worker_failed"]
         assert failed["worker"] == "GPU 1" and failed["rerun"] is True
         await b.close()
+
+
+class QueueHost:
+    """The master's queue as the balancer sees it: the next number, the prompts waiting, and the moves asked."""
+
+    def __init__(self) -> None:
+        self.number, self.waiting, self.promoted = 7, set(), []
+
+    def next_number(self):
+        return self.number
+
+    def pending_prompts(self):
+        return set(self.waiting)
+
+    def promote(self, prompt_id, number):
+        self.promoted.append((prompt_id, number))
+        return prompt_id in self.waiting
+
+
+async def test_a_stand_in_waits_at_the_back_of_the_master_s_queue_until_its_worker_is_done(tmp_path):
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1:
+        b = balancer(tmp_path, [w1.port], master_load=3, queue_mode="no_collector")
+        b.host = host = QueueHost()
+        _, forward = b.route(slow(plain(seed=50), 0.5))
+        deferred = b.deferred_number(forward)
+        assert deferred >= 1e12 and forward.number == 6.5  # behind everything; then between prompts 6 and 7
+        host.waiting.add("p-50")
+        b.start(forward, "p-50")
+        assert b._load_of_master() == 2  # the waiting stand-in holds up nothing
+        assert host.promoted == []  # not while the worker runs it
+        await asyncio.to_thread(b.wait, forward.forward_id, "2", lambda: False)
+        assert host.promoted == [("p-50", 6.5)]
+        await b.close()
+
+
+async def test_the_prompt_hook_queues_a_forwarded_prompt_s_stand_in_at_the_back(tmp_path):
+    from comfy_distributed.orchestrator import Orchestrator
+    from comfy_distributed.prompt_hook import make_prompt_handler
+
+    b = balancer(tmp_path, [9001], master_load=3, queue_mode="no_collector")
+    b.host = QueueHost()
+    handler = make_prompt_handler(Orchestrator(b.store), b)
+    routed = handler({"prompt": plain(seed=51), "client_id": "c"})
+    assert routed["prompt"]["2"]["class_type"] == REMOTE_OUTPUT_CLASS and routed["number"] >= 1e12
+    kept = handler({"prompt": plain(seed=52), "client_id": "c", "front": True})
+    assert kept["prompt"]["2"]["class_type"] == REMOTE_OUTPUT_CLASS and "number" not in kept  # the client's place
+    own = handler({"prompt": plain(seed=53), "number": 3})
+    assert own["number"] == 3
+    for forward in list(b._forwards.values()):
+        b.discard(forward)
