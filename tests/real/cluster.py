@@ -111,6 +111,22 @@ def image_workflow(seed: int, delay: float = 1.0, batch: int = 2) -> dict:
     }
 
 
+def plain_image(seed: int, delay: float = 2.0) -> dict:
+    """A prompt without our nodes (queue mode's kind): a 40x32 test image after ``delay`` s, saved."""
+    return {
+        "1": {"class_type": "DistributedTestImage",
+              "inputs": {"seed": seed, "batch_size": 1, "width": 40, "height": 32, "delay": delay}},
+        "2": {"class_type": "SaveImage", "inputs": {"images": ["1", 0], "filename_prefix": f"queued{seed}"}},
+    }
+
+
+def plain_image_pixels(seed: int) -> np.ndarray:
+    """The pixels :func:`plain_image` saves for ``seed``."""
+    from tests.comfy_test_nodes import seeded_images
+
+    return np.clip(255.0 * seeded_images(seed, 1, 40, 32)[0].numpy(), 0, 255).astype(np.uint8)
+
+
 def worker_failures(events: list[dict]) -> list[str]:
     return [e["data"]["message"] for e in events if e["type"] == "multigpu.worker_failed"]
 

@@ -21,7 +21,7 @@ import aiohttp
 import numpy as np
 import pytest
 
-from tests.real.cluster import Cluster, decoded
+from tests.real.cluster import Cluster, decoded, plain_image, plain_image_pixels
 from tests.real.harness import (
     http_json,
     link_model,
@@ -31,7 +31,6 @@ from tests.real.harness import (
     submit_prompt,
     wait_for_history,
 )
-from tests.real.test_queue_real import expected, plain
 from tests.waiting import poll
 
 pytestmark = [requires_comfyui, pytest.mark.timeout(900)]
@@ -157,7 +156,7 @@ def test_of_two_idle_workers_the_one_that_ran_the_checkpoint_last_gets_it(cluste
 def test_a_worker_killed_while_running_a_forwarded_prompt_does_not_lose_it(cluster):
     seeds = (30, 31, 32)
     with Events(cluster.master.url) as events:
-        prompt_ids = [submit_prompt(cluster.master.url, slow_image(seed)) for seed in seeds]
+        prompt_ids = [submit_prompt(cluster.master.url, plain_image(seed, delay=6.0)) for seed in seeds]
         poll(lambda: any(busy(w) for w in (cluster.w1, cluster.w2)), 60, "a worker running a forwarded prompt",
              interval=0.05)
         running = next(w for w in (cluster.w1, cluster.w2) if busy(w))
@@ -165,15 +164,9 @@ def test_a_worker_killed_while_running_a_forwarded_prompt_does_not_lose_it(clust
         entries = [wait_for_history(cluster.master.url, p, 300) for p in prompt_ids]
     for seed, entry in zip(seeds, entries):
         (blob,) = output_images(cluster.master.url, entry)
-        assert np.array_equal(decoded([blob])[0], expected(seed))
+        assert np.array_equal(decoded([blob])[0], plain_image_pixels(seed))
     failed = events.named("multigpu.worker_failed")
     assert failed and failed[0]["worker"].endswith(f"({running.name})") and failed[0]["rerun"] is True
-
-
-def slow_image(seed: int) -> dict:
-    prompt = plain(seed)
-    prompt["1"]["inputs"]["delay"] = 6.0
-    return prompt
 
 
 def busy(instance) -> bool:
