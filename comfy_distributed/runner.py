@@ -170,7 +170,6 @@ class Runner(Generic[J]):
     def _dispatch(self, job: J, unit: UnitRun, worker: WorkerConfig) -> None:
         unit.worker, unit.token, unit.progress = worker, secrets.token_urlsafe(24), 0.0
         unit.started = time.monotonic()
-        self.models.ran(str(worker.id), unit.prompt)
         unit.task = asyncio.get_running_loop().create_task(self._run_unit(job, unit, worker),
                                                            name=f"multigpu-{job.job_id}-unit-{unit.position}")
 
@@ -213,6 +212,7 @@ class Runner(Generic[J]):
         client = self.client(job, worker)
         try:
             prompt = with_media(await self.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
+            self.models.ran(str(worker.id), prompt)  # it loads the prompt's checkpoint now (its preflight passed)
             result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
                                              on_progress=on_progress, wanted=self.kind.wanted(job, unit),
                                              channel=job.channels.setdefault(str(worker.id), Channel()),
