@@ -56,9 +56,9 @@ class RealBench:
         self.cluster = cluster
         self.seeds = itertools.count(random.randrange(1, 1 << 40) * SEED_STEP, SEED_STEP)
 
-    def use(self, workers: tuple[str, ...], mode: str, workload: Workload) -> None:
+    def use(self, workers: tuple[str, ...], mode: str, workload: Workload, **settings: Any) -> None:
         ports = [self.cluster.ports[name] for name in workers]
-        self.cluster.write_config(config(ports, mode, workload))
+        self.cluster.write_config(config(ports, mode, workload, **settings))
 
     def timed(self, prompt: dict[str, Any], worker_failures_allowed: bool = False) -> tuple[float, dict, list[dict]]:
         """Seconds from POST /prompt until the master has finished it; fails on any error (and, unless

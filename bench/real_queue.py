@@ -20,14 +20,14 @@ import time
 import uuid
 from pathlib import Path
 
-import aiohttp
-
+from comfy_distributed.errors import WorkerError, WorkerTimeout
+from comfy_distributed.worker_client import ComfyClient, finished
 from tests.real.harness import http_json
 
 from .figures import Figure, machine, median, seconds_list, table
 from .real_cluster import BenchCluster
 from .real_jobs import BenchError, RealBench
-from .workload import Workload, config, plain_workflow
+from .workload import Workload, plain_workflow
 
 SUITE = "real"
 WORKERS = ("w1", "w2")
@@ -41,30 +41,23 @@ IMAGE = Workload((1.0,), images=1, work_per_image=WORK, width=512, height=512)
 async def _queue_and_wait(url: str, prompts: list[dict], timeout: float) -> tuple[float, list[str]]:
     """POST every prompt at once (a websocket open first, as a UI); seconds until the master finished the last."""
     client_id = uuid.uuid4().hex
-    async with aiohttp.ClientSession() as session:
-        async with session.ws_connect(f"{url}/ws?clientId={client_id}") as websocket:
+    deadline = time.monotonic() + timeout
+    try:
+        async with ComfyClient(url, name="the master") as client, client.listen(client_id, deadline) as events:
             started = time.monotonic()
-            prompt_ids = []
-            for prompt in prompts:
-                async with session.post(f"{url}/prompt", json={"prompt": prompt, "client_id": client_id}) as answer:
-                    body = await answer.json()
-                    if answer.status != 200:
-                        raise BenchError(f"POST /prompt -> {answer.status}: {json.dumps(body)[:500]}")
-                    prompt_ids.append(str(body["prompt_id"]))
+            prompt_ids = [await client.submit(prompt, client_id) for prompt in prompts]
             waiting = set(prompt_ids)
             while waiting:
-                message = await websocket.receive(timeout=max(0.1, started + timeout - time.monotonic()))
-                if message.type != aiohttp.WSMsgType.TEXT:
-                    if message.type == aiohttp.WSMsgType.BINARY:
-                        continue
-                    raise BenchError(f"the master's websocket closed ({message.type})")
-                event = json.loads(message.data)
-                data = event.get("data") or {}
-                if event.get("type") == "executing" and data.get("node") is None:
-                    waiting.discard(str(data.get("prompt_id")))
-                elif event.get("type") == "execution_error":
+                event = await events.next(deadline)
+                if event.get("type") == "execution_error":
+                    data = event.get("data") or {}
                     raise BenchError(f"a prompt failed: {str(data.get('exception_message'))[:300]}")
+                waiting = {prompt_id for prompt_id in waiting if not finished(event, prompt_id)}
             return time.monotonic() - started, prompt_ids
+    except WorkerTimeout:
+        raise BenchError(f"the queue did not finish in {timeout:.0f} s") from None
+    except WorkerError as exc:
+        raise BenchError(exc.message) from None
 
 
 def queued(bench: RealBench, prompts: list[dict], timeout: float = 300) -> tuple[float, list[dict]]:
@@ -82,8 +75,7 @@ def queued(bench: RealBench, prompts: list[dict], timeout: float = 300) -> tuple
 
 
 def use_queue(bench: RealBench, mode: str) -> None:
-    ports = [bench.cluster.ports[name] for name in WORKERS]
-    bench.cluster.write_config(config(ports, "static", IMAGE, queue_mode=mode))
+    bench.use(WORKERS, "static", IMAGE, queue_mode=mode)
 
 
 def where(bench: RealBench, before: dict[str, int]) -> dict[str, int]:
