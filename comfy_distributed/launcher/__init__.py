@@ -5,7 +5,8 @@ own Python in ComfyUI's folder, with ``CUDA_VISIBLE_DEVICES`` from ``cuda_device
 the config and ``extra_args`` split into arguments (never given to a shell). Its output goes to
 ``<state>/<key>.log`` and its pid to ``<state>/<key>.pid`` (JSON), ``<state>`` being
 ``<ComfyUI>/user/comfy-distributed`` unless ``--state-dir`` or ``COMFY_DISTRIBUTED_STATE_DIR`` says
-otherwise; ``<key>`` is ``master`` or ``worker-<id>``. Starting and stopping an instance holds
+otherwise; ``<key>`` is ``master`` or ``worker-<id>``. That folder is private (0700, the user's own) and
+its files 0600, never reached through a link: a pid file decides which process a stop signals. Starting and stopping an instance holds
 ``<state>/<key>.lock`` (and a lock per thread), so that two launchers at once (API and CLI, a
 button pressed twice) never start it twice. A worker with an ``ssh`` block is started and
 stopped on its own machine by :mod:`.ssh`. An instance is running when its port answers
@@ -15,8 +16,9 @@ Every failure is a :class:`LaunchError` whose message says what to do about it.
 
 The package, by concept: :mod:`.model` (instances, records, outcomes), :mod:`.discovery` (ComfyUI's
 folder and Python, command lines, which hosts are here), :mod:`.probing` (is it ComfyUI?),
-:mod:`.processes` (detached processes), :mod:`.locks`, :mod:`.diagnostics`, the backends
-:mod:`.local` and :mod:`.ssh`, and :mod:`.core` (the :class:`Launcher` that uses them).
+:mod:`.processes` (detached processes), :mod:`.state_files` (the private state folder), :mod:`.locks`,
+:mod:`.diagnostics`, the backends :mod:`.local` and :mod:`.ssh` (with :mod:`.capped`, ssh's output kept
+bounded), and :mod:`.core` (the :class:`Launcher` that uses them).
 """
 
 from ..errors import LaunchError

@@ -23,6 +23,7 @@ from .locks import instance_lock
 from .diagnostics import explain
 from .local import Backend, LocalProcesses, Say
 from .ssh import SshProcesses
+from .state_files import private_folder
 
 
 class Launcher:
@@ -294,10 +295,11 @@ class Launcher:
 
 
 def state_dir_for(root: Path, explicit: str | None = None) -> Path:
-    """``--state-dir``, else ``COMFY_DISTRIBUTED_STATE_DIR``, else ``<ComfyUI>/user/comfy-distributed``."""
+    """``--state-dir``, else ``COMFY_DISTRIBUTED_STATE_DIR``, else ``<ComfyUI>/user/comfy-distributed``: a folder of
+    this user's, made private (0700), since its pid files decide which processes a stop signals."""
     chosen = explicit or os.environ.get(STATE_ENV)
     path = Path(chosen).expanduser() if chosen else root / "user" / "comfy-distributed"
-    return make_folder(path, "the launcher's state folder", "--state-dir")
+    return private_folder(path).resolve()
 
 
 def make_folder(path: Path, what: str, option: str) -> Path:

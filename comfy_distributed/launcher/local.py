@@ -13,7 +13,8 @@ from ..errors import LaunchError
 from ..role import ROLE_ENV
 from .model import LOG_TAIL_LINES, Instance, LaunchContext, Record, STATE_ENV
 from .discovery import ROOT_HINT, find_python, split_args
-from .processes import exit_code, process_alive, read_log_tail, spawn_detached, start_token, terminate
+from .processes import exit_code, is_process_id, process_alive, read_log_tail, spawn_detached, start_token, terminate
+from .state_files import read_private, replace_private
 
 
 class Backend(Protocol):
@@ -47,24 +48,24 @@ class LocalProcesses:
         return str(self.log_path(instance.key))
 
     def read(self, key: str) -> Record | None:
+        """The pid file's record; None when it is missing, unreadable, or not a file of ours (see
+        :mod:`.state_files`: a link or another user's file is never trusted)."""
+        raw = read_private(self.pid_path(key))
+        if raw is None:
+            return None
         try:
-            data = json.loads(self.pid_path(key).read_text(encoding="utf-8"))
+            data = json.loads(raw.decode("utf-8"))
             if not isinstance(data, dict):
-                return Record(int(data), 0, 0.0)  # a bare pid, as other tools write
+                data = {"pid": data, "port": 0, "started": 0.0}  # a bare pid, as other tools write (no token)
             known = {name: value for name, value in data.items() if name in Record.__dataclass_fields__}
-            return Record(**known) if isinstance(known.get("pid"), int) else None
-        except (OSError, ValueError, TypeError):
+            return Record(**known) if is_process_id(known.get("pid")) else None
+        except (ValueError, TypeError):
             return None
 
     def write(self, key: str, record: Record) -> None:
-        path = self.pid_path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.tmp")
-        temporary.write_text(json.dumps({"pid": record.pid, "port": record.port, "started": record.started,
-                                         "where": record.where, "token": record.token, "log": record.log,
-                                         "python": record.python}) + "\n",
-                             encoding="utf-8")
-        os.replace(temporary, path)
+        replace_private(self.pid_path(key), (json.dumps({
+            "pid": record.pid, "port": record.port, "started": record.started, "where": record.where,
+            "token": record.token, "log": record.log, "python": record.python}) + "\n").encode("utf-8"))
 
     def forget(self, key: str) -> None:
         self.pid_path(key).unlink(missing_ok=True)

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Iterator
 
 from ..errors import LaunchError
+from .state_files import open_private, private_folder
 
 
 LOCK_TIMEOUT = 10.0
@@ -51,9 +52,9 @@ def _busy(path: Path, label: str, wait: float) -> str:
 @contextlib.contextmanager
 def _file_lock(path: Path, deadline: float, label: str, wait: float) -> Iterator[None]:
     """An exclusive lock on ``path``, polled until ``deadline``; the file stays (deleting it would race)."""
+    private_folder(path.parent)
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = open_private(path, os.O_RDWR | os.O_CREAT)  # not through a planted link: O_CREAT creates its target
     except OSError as exc:
         raise LaunchError(f"cannot open the lock file {path} ({exc.strerror or exc}): pass --state-dir with a "
                           "writable folder") from None

@@ -13,12 +13,14 @@ from typing import Any
 
 from ..errors import LaunchError
 from .model import LOG_MARK, LOG_TAIL_LINES, STOP_TIMEOUT, WINDOWS
+from .state_files import append_private, open_private
 
 
 _CHILDREN: dict[int, "subprocess.Popen[bytes]"] = {}
 """Processes this process started: polled (and so reaped) instead of signalled, never garbage-collected
 while they run."""
 _EXITED: dict[int, int] = {}
+_HAS_PROC = Path("/proc/self/stat").exists()
 
 
 def start_token(pid: int) -> str | None:
@@ -30,8 +32,21 @@ def start_token(pid: int) -> str | None:
     return text.rsplit(")", 1)[1].split()[19]
 
 
+def is_process_id(value: object) -> bool:
+    """A pid a stop may signal: 0 and -1 mean "my group" and "every process", and 1 is init."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 1
+
+
 def process_alive(pid: int, token: str | None = None) -> bool:
-    """Whether ``pid`` runs and is the process the token was taken from (zombies are dead)."""
+    """Whether ``pid`` runs and is the process the token was taken from (zombies are dead).
+
+    Where ``/proc`` exists (Linux), a pid without a token, or whose start time is not the token, is not
+    the process a pid file meant (a reused pid, or a file naming another process): it is never taken
+    for ours, so it is never signalled. Elsewhere (macOS, Windows) only the pid can be checked; there a
+    pid file is trusted as far as the private state folder that holds it (:mod:`.state_files`).
+    """
+    if not is_process_id(pid):
+        return False
     child = _CHILDREN.get(pid)
     if child is not None:
         if child.poll() is None:
@@ -46,17 +61,16 @@ def process_alive(pid: int, token: str | None = None) -> bool:
     except ProcessLookupError:
         return False
     except PermissionError:
+        pass  # another user's process: alive, but ours only if /proc says so below
+    if not _HAS_PROC:
         return True
-    stat = Path(f"/proc/{pid}/stat")
-    if stat.exists():
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            return False
-        if fields[0] in ("Z", "X"):
-            return False
-        return token is None or fields[19] == token
-    return True
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return False
+    if fields[0] in ("Z", "X"):
+        return False
+    return token is not None and fields[19] == token
 
 
 def _windows_alive(pid: int) -> bool:
@@ -81,8 +95,7 @@ def exit_code(pid: int) -> int | None:
 
 def spawn_detached(command: list[str], env: dict[str, str], cwd: Path, log_path: Path, note: str) -> int:
     """Start ``command`` in its own session/process group, output appended to ``log_path``; returns the pid."""
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    with open(log_path, "ab") as log:
+    with append_private(log_path) as log:
         log.write(f"\n{LOG_MARK} {note} at {time.strftime('%Y-%m-%d %H:%M:%S')}\n"
                   f"{LOG_MARK} command: {subprocess.list2cmdline(command) if WINDOWS else shlex.join(command)}\n"
                   .encode())
@@ -102,7 +115,10 @@ def spawn_detached(command: list[str], env: dict[str, str], cwd: Path, log_path:
 
 
 def terminate(pid: int, token: str | None, timeout: float = STOP_TIMEOUT) -> None:
-    """Stop the process and its group: politely, then by force; returns once it is gone."""
+    """Stop the process and its group: politely, then by force; returns once it is gone. A pid that is not
+    the process of the token (see :func:`process_alive`) is left alone."""
+    if not process_alive(pid, token):
+        return
     if WINDOWS:
         subprocess.run(["taskkill", "/PID", str(pid), "/T", "/F"], capture_output=True, check=False)
         _wait_gone(pid, token, timeout)
@@ -140,11 +156,11 @@ def _wait_gone(pid: int, token: str | None, timeout: float) -> bool:
 def read_log_tail(path: Path, lines: int = LOG_TAIL_LINES) -> str:
     """The last lines of a log written since the last start."""
     try:
-        with open(path, "rb") as handle:
+        with os.fdopen(open_private(path, os.O_RDONLY), "rb") as handle:
             handle.seek(0, os.SEEK_END)
             handle.seek(max(0, handle.tell() - 256 * 1024))
             text = handle.read().decode("utf-8", "replace")
-    except OSError:
+    except (OSError, LaunchError):
         return ""
     return since_last_start(text, lines)
 

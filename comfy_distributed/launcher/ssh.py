@@ -1,12 +1,17 @@
 """Workers on other machines, started, stopped and restarted over SSH with the system ``ssh`` client.
 
-No shell runs here: ``ssh`` gets a list of arguments. On the remote machine a small POSIX ``sh``
-script, sent on stdin so that none of it is interpolated, receives its values as positional
-arguments quoted with :func:`shlex.quote`. It starts ComfyUI detached (``nohup`` + ``setsid``) with
+No shell runs here: ``ssh`` gets a list of arguments. The command it asks the remote machine to run
+is always the same two words, ``sh -s`` (:data:`REMOTE_COMMAND`): sshd hands that string to the remote
+user's login shell, which may be fish or csh, whose quoting is not POSIX (in fish a backslash ends a
+single-quoted word early), so nothing of the config may be in it. Every value (action, ComfyUI's
+folder, the instance, port, CUDA device, Python, ``extra_args``) travels on stdin instead, as a
+``set -- 'value' ...`` line quoted with :func:`shlex.quote` for the POSIX ``sh`` that reads it, in
+front of a small script. That script starts ComfyUI detached (``nohup`` + ``setsid``) with
 ``CUDA_VISIBLE_DEVICES`` from ``cuda_device`` and keeps its log and pid file in
-``<comfyui_path>/user/comfy-distributed/`` over there. Stop = TERM, then KILL, to the pid file's
-process group; restart = stop + start. What ``ssh`` prints is appended to ``<state>/worker-<id>.log``
-here, next to a pid file recording the remote pid.
+``<comfyui_path>/user/comfy-distributed/`` over there (a private folder). Stop = TERM, then KILL, to
+the pid file's process group; restart = stop + start. What ``ssh`` prints (at most
+:data:`~.capped.OUTPUT_CAP` bytes of each stream: the host is not trusted to be brief) is appended
+to ``<state>/worker-<id>.log`` here, next to a pid file recording the remote pid.
 
 Host keys are checked as ssh always checks them: against ``~/.ssh/known_hosts``, or the file named
 by ``ssh.known_hosts_file``. ``BatchMode`` keeps ssh from ever waiting for a password or a yes/no
@@ -28,11 +33,16 @@ from .model import LOG_TAIL_LINES, Instance, LaunchContext, Record
 from .discovery import split_args
 from .processes import since_last_start
 from .local import LocalProcesses
+from .capped import Captured, run_capped
+from .state_files import append_private
 
 
 REMOTE_STATE = "user/comfy-distributed"
 EXTRA_TIMEOUT = 45.0
 """Seconds an ssh call may take beyond the connect timeout (a stop waits up to 15 s for ComfyUI)."""
+
+REMOTE_COMMAND = "sh -s"
+"""What ssh asks the remote login shell to run, whatever the config says: a word every shell parses alike."""
 
 REMOTE_SCRIPT = r"""
 set -u
@@ -58,7 +68,7 @@ start)
   fi
   [ -n "$python" ] || python=$(command -v python3 || command -v python || true)
   if [ -z "$python" ] || ! command -v "$python" >/dev/null 2>&1; then echo "NO_PYTHON $python"; exit 22; fi
-  mkdir -p "$state" || { echo "NO_STATE $state"; exit 23; }
+  mkdir -p "$state" && chmod 700 "$state" && (umask 077 && : >>"$log") || { echo "NO_STATE $state"; exit 23; }
   cd "$root" || exit 20
   if [ -n "$cuda" ]; then CUDA_VISIBLE_DEVICES=$cuda; export CUDA_VISIBLE_DEVICES; fi
   PYTHONUNBUFFERED=1; export PYTHONUNBUFFERED
@@ -73,8 +83,10 @@ start)
   else
     nohup "$python" main.py --port "$port" "$@" >>"$log" 2>&1 </dev/null &
   fi
-  echo $! >"$pidfile"
-  echo "STARTED $! $python"
+  pid=$!
+  rm -f "$pidfile"
+  (umask 077; echo "$pid" >"$pidfile")
+  echo "STARTED $pid $python"
   ;;
 stop)
   rm -f "$pidfile"
@@ -103,6 +115,15 @@ SCRIPT_ERRORS = {
 }
 
 
+def remote_input(values: list[str], field: str) -> bytes:
+    """What ssh sends on stdin: the values as ``sh``'s positional parameters, then the script. Quoted for the
+    POSIX ``sh`` that reads it, never for the login shell, which sees only :data:`REMOTE_COMMAND`."""
+    if any("\0" in value for value in values):
+        raise LaunchError(f"{field}: a value of the ssh block or extra_args holds a NUL character, which no "
+                          "program argument can: remove it")
+    return ("set -- " + " ".join(shlex.quote(value) for value in values) + "\n" + REMOTE_SCRIPT).encode("utf-8")
+
+
 def explain_ssh_failure(stderr: str, ssh: SshConfig, destination: str) -> str:
     """What a newcomer should do about ssh's own error (exit code 255)."""
     text = stderr.lower()
@@ -125,7 +146,7 @@ def explain_ssh_failure(stderr: str, ssh: SshConfig, destination: str) -> str:
     if "load key" in text or "invalid format" in text:
         return f"ssh cannot read the key {ssh.key_file}: is it a private key (not the .pub)?"
     last = next((line for line in reversed(stderr.strip().splitlines()) if line.strip()), "no message")
-    return f"ssh to {destination} failed: {last.strip()}"
+    return f"ssh to {destination} failed: {last.strip()[:200]}"
 
 
 class SshProcesses:
@@ -174,15 +195,12 @@ class SshProcesses:
     def _run(self, instance: Instance, action: str, *extra: str) -> tuple[int, str]:
         """Run the remote script with ``action``; returns its exit code and output. ssh failures raise."""
         ssh = self._config(instance)
-        worker = instance.worker
-        assert worker is not None
         values = [action, ssh.comfyui_path, instance.key, str(instance.port),
                   "" if instance.cuda_device is None else str(instance.cuda_device), ssh.python or "", *extra]
-        command = [*self.ssh_command(instance), "sh -s -- " + " ".join(shlex.quote(v) for v in values)]
+        command = [*self.ssh_command(instance), REMOTE_COMMAND]
         timeout = self.settings.connect_timeout + EXTRA_TIMEOUT
         try:
-            done = subprocess.run(command, input=REMOTE_SCRIPT, capture_output=True, text=True, timeout=timeout,
-                                  check=False)
+            done = run_capped(command, remote_input(values, instance.field), timeout, keep_end=action == "tail")
         except subprocess.TimeoutExpired:
             raise LaunchError(f"ssh to {self.destination(ssh)} ({action}) did not finish within {timeout:.0f} s") \
                 from None
@@ -192,24 +210,22 @@ class SshProcesses:
         if done.returncode == 255:
             raise LaunchError(f"{instance.label}: {explain_ssh_failure(done.stderr, ssh, self.destination(ssh))}")
         if done.returncode in SCRIPT_ERRORS:
-            detail = done.stdout.strip().partition(" ")[2] or "none found"
+            detail = done.stdout.strip().partition(" ")[2][:200] or "none found"
             raise LaunchError(f"{instance.label}: " + SCRIPT_ERRORS[done.returncode].format(
                 root=ssh.comfyui_path, host=ssh.host, field=instance.field, detail=detail))
         if done.returncode != 0:
             last = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["no message"]
             raise LaunchError(f"{instance.label}: the remote {action} on {ssh.host} failed with code "
-                              f"{done.returncode}: {last[0]}")
+                              f"{done.returncode}: {last[0][:200]}")
         return done.returncode, done.stdout
 
-    def _transcript(self, instance: Instance, action: str, done: "subprocess.CompletedProcess[str]") -> None:
-        path = self.records.log_path(instance.key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a", encoding="utf-8") as log:
+    def _transcript(self, instance: Instance, action: str, done: Captured) -> None:
+        with append_private(self.records.log_path(instance.key)) as log:
             log.write(f"----- ssh {self.destination(self._config(instance))} {action} at "
-                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: exit code {done.returncode}\n")
+                      f"{time.strftime('%Y-%m-%d %H:%M:%S')}: exit code {done.returncode}\n".encode())
             if action != "tail":
-                log.write(done.stdout)
-            log.write(done.stderr)
+                log.write(done.stdout.encode("utf-8", "replace"))
+            log.write(done.stderr.encode("utf-8", "replace"))
 
     # --- the Backend protocol -------------------------------------------------------------------
 

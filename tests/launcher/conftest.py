@@ -1,4 +1,5 @@
-"""Fixtures for the launcher tests: a stand-in ComfyUI folder and a state folder, both cleaned up."""
+"""Fixtures for the launcher tests: a stand-in ComfyUI folder and a state folder, both cleaned up, and one
+throwaway sshd on loopback for the SSH tests (their modules skip, saying why, where sshd is missing)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from typing import Iterator
 import pytest
 
 from .helpers import kill_recorded, make_comfyui
+from .sshd import LocalSshd
 
 
 @pytest.fixture
@@ -25,3 +27,12 @@ def state_dir(tmp_path: Path) -> Path:
     path = tmp_path / "state"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
+    server = LocalSshd(tmp_path_factory.mktemp("sshd")).start()
+    try:
+        yield server
+    finally:
+        server.stop()

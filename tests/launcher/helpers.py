@@ -46,13 +46,15 @@ def worker(worker_id: int | str, port: int, **fields: Any) -> dict[str, Any]:
 
 
 def run_cli(*args: str, cwd: Path = REPO, env: dict[str, str] | None = None, input: str | None = None,
-            timeout: float = CLI_TIMEOUT) -> subprocess.CompletedProcess:
-    """``python -m comfy_distributed ARGS`` as a user would run it; output captured as text."""
+            timeout: float = CLI_TIMEOUT, new_session: bool = False) -> subprocess.CompletedProcess:
+    """``python -m comfy_distributed ARGS`` as a user would run it; output captured as text. ``new_session``: in
+    a process group of its own (a launcher that signalled its own group would not take the tests with it)."""
     environment = {**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}
     environment.pop("COMFY_DISTRIBUTED_CONFIG", None)
     environment.pop("COMFY_DISTRIBUTED_STATE_DIR", None)
     return subprocess.run([sys.executable, "-m", "comfy_distributed", *args], cwd=cwd, env=environment,
-                          input=input, capture_output=True, text=True, timeout=timeout, check=False)
+                          input=input, capture_output=True, text=True, timeout=timeout, check=False,
+                          start_new_session=new_session)
 
 
 def explain(result: subprocess.CompletedProcess) -> str:
@@ -100,6 +102,8 @@ def pids_in(folder: Path) -> list[int]:
 def kill_recorded(folder: Path) -> None:
     """Teardown: SIGKILL every process group recorded under ``folder`` (only ours: we wrote those files)."""
     for pid in pids_in(folder):
+        if pid <= 1:  # 0 and -1 would be this process's group and every process: a test planted it
+            continue
         for kill in (lambda: os.killpg(pid, signal.SIGKILL), lambda: os.kill(pid, signal.SIGKILL)):
             try:
                 kill()

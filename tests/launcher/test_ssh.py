@@ -8,9 +8,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import sys
-from pathlib import Path
-from typing import Any, Iterator
 
 import pytest
 
@@ -18,50 +15,11 @@ from comfy_distributed.api_launch import RESTART_PATH
 
 from tests.waiting import free_port, poll
 
-from .helpers import answers, explain, make_comfyui, pid_alive, read_pid, run_cli, worker, write_config
+from .helpers import answers, explain, pid_alive, read_pid
 from .launch_api import LaunchApi
-from .sshd import INSTALL_HINT, LocalSshd, sshd_binary
+from .sshd import INSTALL_HINT, SshSite, sshd_binary
 
 pytestmark = pytest.mark.skipif(sshd_binary() is None or os.name == "nt", reason=INSTALL_HINT)
-
-
-@pytest.fixture(scope="module")
-def sshd(tmp_path_factory) -> Iterator[LocalSshd]:
-    server = LocalSshd(tmp_path_factory.mktemp("sshd")).start()
-    try:
-        yield server
-    finally:
-        server.stop()
-
-
-class SshSite:
-    def __init__(self, tmp_path: Path, local_root: Path, sshd: LocalSshd) -> None:
-        self.local_root = local_root
-        self.remote_root = make_comfyui(tmp_path / "RemoteComfyUI")
-        self.state = tmp_path / "state"
-        self.config = tmp_path / "gpu_config.json"
-        self.sshd = sshd
-        self.ports = [free_port(), free_port()]
-        self.configure()
-
-    def configure(self, settings: dict[str, Any] | None = None, extra_args: str = "--cpu --preview-method 'auto'",
-                  **ssh: Any) -> None:
-        block = self.sshd.ssh_block(self.remote_root, sys.executable)
-        block.update(ssh)
-        write_config(self.config, self.ports[0], [worker(1, self.ports[1], cuda_device=3, extra_args=extra_args,
-                                                         ssh=block)], **(settings or {}))
-
-    def cli(self, *args: str) -> Any:
-        return run_cli(*args, "--comfyui", str(self.local_root), "--config", str(self.config), "--state-dir",
-                       str(self.state))
-
-    @property
-    def remote_state(self) -> Path:
-        return self.remote_root / "user" / "comfy-distributed"
-
-    def remote_report(self) -> dict[str, Any]:
-        lines = (self.remote_state / "worker-1.log").read_text().splitlines()
-        return json.loads([line for line in lines if line.startswith("fake-comfyui: {")][-1].split(": ", 1)[1])
 
 
 @pytest.fixture
