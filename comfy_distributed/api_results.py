@@ -3,8 +3,9 @@
 The master normally pulls results; this route feeds the same job tracker. Because a body can be
 large, who is posting is checked *before* the body is read: the job id, worker id and the share's
 own token come in headers, and a request that does not match a running unit is refused without
-reading a byte of it. The body is then capped by what that unit may carry, parsed and decoded
-off the event loop, and only a few are read at once, so nobody can stall or bloat the master.
+reading a byte of it. The body is then capped by what that unit may carry, read within a time
+limit, parsed and decoded off the event loop; only a few are read at once, and one per share, so
+nobody can stall or bloat the master.
 """
 
 from __future__ import annotations
@@ -18,7 +19,8 @@ from aiohttp import web
 
 from .access import ApiError
 from .api_models import JOB_HEADER, MAX_IDENTITY, SHARE_HEADER, WORKER_HEADER, JobCompleteRequest, parse_body
-from .errors import JobError, ResultRejected, UnknownJob
+from .config import Settings
+from .errors import ConfigError, JobError, ResultRejected, UnknownJob
 from .http_json import parse_json_object, read_body
 from .orchestrator import Orchestrator
 
@@ -29,6 +31,10 @@ MAX_RESULT_BODY = 100 * 1024 * 1024
 MAX_IMAGE_BODY = 48 * 1024 * 1024
 """Base64 bytes one image of a share may take (a 4096x4096 PNG of noise fits)."""
 RESULTS_AT_ONCE = 2
+"""Bodies read at once; a share takes at most one of these slots."""
+SLOWEST_UPLOAD = 1024 * 1024
+"""Bytes a second (about 8 Mbit/s, a slow LAN): a body must arrive within ``settings.request_timeout`` plus its
+size (declared, else the share's cap) at this speed, or its slot is given back with a 408."""
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
@@ -38,6 +44,8 @@ class ResultIntake:
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
         self._reading: asyncio.Semaphore | None = None
+        self._posting: set[tuple[str, str]] = set()
+        """The shares (job id, worker id) whose post is being read or waits for a slot."""
 
     async def job_complete(self, request: web.Request) -> web.Response:
         job_id, worker_id, token = _identity(request)
@@ -46,16 +54,49 @@ class ResultIntake:
         except (UnknownJob, ResultRejected) as exc:
             raise _refusal(exc) from None
         limit = min(MAX_RESULT_BODY, 64 * 1024 + limits.images * limits.collectors * MAX_IMAGE_BODY)
-        if self._reading is None:
-            self._reading = asyncio.Semaphore(RESULTS_AT_ONCE)
-        async with self._reading:
-            body = await read_body(request, limit)
-            decoded = await asyncio.to_thread(parse_results, body, (job_id, worker_id, token), limits.collectors)
+        share = (job_id, worker_id)
+        if share in self._posting:
+            raise ApiError(409, "another result of this share is being read; its answer decides whether one "
+                                "is still wanted")
+        self._posting.add(share)
+        try:
+            decoded = await self._read(request, limit, (job_id, worker_id, token), limits.collectors)
+        finally:
+            self._posting.discard(share)
+        if decoded is None:
+            seconds = self._seconds(request, limit)
+            response = web.json_response({"error": f"the body did not arrive within {seconds:g} s "
+                                                   "(settings.request_timeout plus its size at 1 MiB/s); refused, "
+                                                   "send it again"}, status=408)
+            response.force_close()  # the rest of the body is not waited for
+            return response
         try:
             self.orchestrator.accept_results(job_id, worker_id, token, decoded)
         except (UnknownJob, ResultRejected, JobError) as exc:
             raise _refusal(exc) from None
         return web.json_response({"accepted": sum(len(v) for v in decoded.values())})
+
+    async def _read(self, request: web.Request, limit: int, identity: tuple[str, str, str],
+                    collectors: int) -> dict[str, list[bytes]] | None:
+        """The body decoded, read in one of the slots within :meth:`_seconds`; None when it took longer."""
+        if self._reading is None:
+            self._reading = asyncio.Semaphore(RESULTS_AT_ONCE)
+        async with self._reading:
+            try:
+                body = await asyncio.wait_for(read_body(request, limit), self._seconds(request, limit))
+            except asyncio.TimeoutError:
+                return None
+            return await asyncio.to_thread(parse_results, body, identity, collectors)
+
+    def _seconds(self, request: web.Request, limit: int) -> float:
+        """How long the body may take: a slow LAN's time for its declared size (else the cap), plus the
+        request timeout of the settings."""
+        try:
+            base = self.orchestrator.store.get().settings.request_timeout
+        except ConfigError:
+            base = Settings().request_timeout
+        size = request.content_length if request.content_length is not None else limit
+        return round(base + min(size, limit) / SLOWEST_UPLOAD, 1)
 
 
 def _identity(request: web.Request) -> tuple[str, str, str]:

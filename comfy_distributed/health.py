@@ -20,7 +20,7 @@ import aiohttp
 from . import events
 from .config import ConfigError, ConfigStore, Settings, WorkerConfig
 from .errors import WorkerError, WorkerUnreachable
-from .worker_client import WorkerClient, clip_text
+from .worker_client import WorkerClient, clip_text, worker_session
 
 log = logging.getLogger("comfy_distributed")
 
@@ -212,7 +212,7 @@ class HealthMonitor:
         quick = settings.model_copy(update={"connect_timeout": min(settings.connect_timeout, beat_timeout),
                                             "request_timeout": beat_timeout})
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = worker_session()  # shared by every worker: it must keep no cookie of one for another
         client = WorkerClient(worker, quick, self._session)
         key = str(worker.id)
         now = time.monotonic()

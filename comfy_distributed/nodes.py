@@ -110,6 +110,8 @@ def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dic
     """Ask the orchestrator what the master does next: run units here, or assemble the output."""
     extension = _running()
     orchestrator, host = extension.orchestrator, extension.host
+    job = orchestrator.job(job_id)
+    batch = job.batch if job is not None else None  # read now: the job is forgotten once its result is taken
     try:
         step = orchestrator.master_step(job_id, collector_id, set(parts), host.interrupted)
     except JobError as exc:
@@ -117,50 +119,67 @@ def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dic
         raise RuntimeError(str(exc)) from None
     if isinstance(step, list):
         return run_on_master(prompt, job_id, collector_id, parts, step, orchestrator)
-    reference = parts[min(parts)] if parts else _first_alone(step, collector_id)
-    parts = {**parts, **decode_parts(reference, step, collector_id, host.notify)}
+    reference = parts[min(parts)] if parts else None  # None: coordinator only, the first worker unit sets it
+    parts = {**parts, **decode_parts(reference, step, collector_id, host.notify, job_id=job_id, batch=batch)}
     if not parts:
         raise RuntimeError(f"Multi-GPU Collector {collector_id}: no unit brought anything back")
     return as_outputs(assemble(parts, collector_id))
 
 
-def _first_alone(result: Any, collector_id: str) -> dict[str, Any]:
-    """What the first unit a worker brought back holds, decoded on its own: the reference the others must fit
-    when the master made nothing itself (coordinator only)."""
-    from .media_codecs import decode_alone
+def decode_parts(reference: dict[str, Any] | None, result: Any, collector_id: str,
+                 notify: Callable[[str, dict], None], *, job_id: str | None = None,
+                 batch: int | None = None) -> dict[int, dict[str, Any]]:
+    """Position -> {kind: value} for each worker unit, decoded like ComfyUI's loaders, each file checked before.
 
-    if not result.outputs:
-        return {}
-    unit, files = min(result.outputs, key=lambda item: item[0].position)
-    return {kind: decode_alone(kind, blobs) for kind, blobs in files.items()}
+    ``reference`` is what every unit must fit (the master's own part); None when the master made nothing itself
+    (coordinator only): the first unit that decodes on its own, within the caps of such a decode, is then the
+    reference. A unit whose files are refused or do not fit is left out, and the UI told which worker sent what.
+    """
+    from .media_codecs import MediaRefused
 
-
-def decode_parts(reference: dict[str, Any], result: Any, collector_id: str,
-                 notify: Callable[[str, dict], None]) -> dict[int, dict[str, Any]]:
-    """Position -> {kind: value} for each worker unit, decoded like ComfyUI's loaders."""
     parts = {}
-    for unit, files in result.outputs:
-        decoded = {kind: _decoded(unit, collector_id, kind, blobs, reference[kind]) for kind, blobs in files.items()
-                   if kind in reference}
-        problem = next((why for kind, value in decoded.items()
-                        if (why := media.BY_NAME[kind].codec.fits(reference[kind], value))), None)
-        if problem:
-            message = f"{problem}; left out"
-            notify(*events.worker_failed(unit.worker.id, unit.name, "size_mismatch", message, rerun=False,
-                                         unit=unit.position))
-            log.warning("Multi-GPU Collector %s: worker %s: %s", collector_id, unit.name, message)
+    for unit, files in sorted(result.outputs, key=lambda item: item[0].position):
+        expected = getattr(unit, "batch", None) or batch  # the unit's images, as the job planned them
+        try:
+            decoded = _decode_unit(unit, collector_id, files, reference, expected)
+        except MediaRefused as exc:
+            _left_out(unit, collector_id, exc.reason, f"sent {exc}", notify, job_id)
             continue
+        problem = None if reference is None else next(
+            (why for kind, value in decoded.items() if (why := media.BY_NAME[kind].codec.fits(reference[kind], value))),
+            None)
+        if problem:
+            _left_out(unit, collector_id, "size_mismatch", problem, notify, job_id)
+            continue
+        reference = decoded if reference is None else reference
         parts[unit.position] = decoded
     for unit in result.failures:
         log.warning("Multi-GPU Collector %s: unit %s left out: %s", collector_id, unit.position, unit.error)
     return parts
 
 
-def _decoded(unit: Any, collector_id: str, kind: str, blobs: list[bytes], reference: Any) -> Any:
-    """A unit's value of ``kind``: decoded as its files arrived when it could be, else now."""
-    codec = media.BY_NAME[kind].codec
-    early = unit.decoded.get(output_key(collector_id, kind))
-    return codec.decode(blobs, reference) if early is None else codec.adopt(early, reference)
+def _left_out(unit: Any, collector_id: str, reason: str, problem: str, notify: Callable[[str, dict], None],
+              job_id: str | None) -> None:
+    message = f"{problem}; left out"
+    notify(*events.worker_failed(unit.worker.id, unit.name, reason, message, rerun=False, job_id=job_id,
+                                 unit=unit.position))
+    log.warning("Multi-GPU Collector %s: worker %s: %s", collector_id, unit.name, message)
+
+
+def _decode_unit(unit: Any, collector_id: str, files: dict[str, list[bytes]], reference: dict[str, Any] | None,
+                 batch: int | None) -> dict[str, Any]:
+    """A unit's value of each kind: decoded as its files arrived when it could be, else now (against the
+    reference, or alone when there is none yet)."""
+    decoded = {}
+    for kind, blobs in files.items():
+        codec = media.BY_NAME[kind].codec
+        early = unit.decoded.get(output_key(collector_id, kind))
+        if reference is None:
+            decoded[kind] = early if early is not None else codec.alone(blobs, batch)
+        elif kind in reference:
+            decoded[kind] = codec.decode(blobs, reference[kind], batch) if early is None \
+                else codec.adopt(early, reference[kind])
+    return decoded
 
 
 def assemble(parts: dict[int, dict[str, Any]], collector_id: str) -> dict[str, Any]:
@@ -275,13 +294,12 @@ class MultiGPURemoteOutput:
             log.warning("%s", message)
             host.notify(*events.notice(message))
             return {"ui": {}, "result": (), "expand": prefixed(forward.original, f"{node}.multigpu.")}
-        tag = f"worker-{forward.worker.id}" if forward.worker is not None else "worker"
         output = forward.outputs.get(node)
         if output is None:
             return {"ui": {}}
         ui: dict[str, Any] = dict(output.values)
-        for key, files in output.files.items():  # images, latents, audio, a video's file...
-            ui[key] = [host.save_output(file, data, tag) for file, data in files]
+        for key, files in output.files.items():  # images, latents, audio, a video's file: saved as they came
+            ui[key] = [saved.reference for _, saved in files]
         return {"ui": ui}
 
 

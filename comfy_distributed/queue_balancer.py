@@ -17,10 +17,11 @@ for it at once (:meth:`QueueBalancer.route`):
 
 A prompt sent to a worker starts there at once. The master's own queue holds a stand-in for it: the
 prompt with each of its output nodes replaced by a ``MultiGPURemoteOutput`` node under the same id,
-which, when its turn comes, takes every file the worker's node reported (images, latents, audio,
-the files of video and 3D save nodes) and its other small outputs (text, the animated flag), saves
-the files on the master and shows them like a local run, so the master's history and UI look as if
-the master had run the prompt. ComfyUI runs one prompt at a time, and a stand-in waits for its worker:
+which, when its turn comes, shows every file the worker's node reported (images, latents, audio,
+the files of video and 3D save nodes) and its other small outputs (text, the animated flag) like a local
+run, so the master's history and UI look as if the master had run the prompt. The files were saved on the
+master as the worker finished, each checked and streamed to disk, within the prompt's budget
+(:mod:`.worker_files`). ComfyUI runs one prompt at a time, and a stand-in waits for its worker:
 so it is queued at the back while the worker runs it (it never holds up the master's own prompts), and
 moved to the place the prompt was queued at as soon as the worker is done (:meth:`QueueBalancer.
 deferred_number`). If the worker fails, dies or lacks something after all, the next candidate takes the
@@ -31,7 +32,6 @@ says why.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import threading
 import time
@@ -40,9 +40,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from . import events
+from . import events, runtime
 from .config import ConfigStore, GpuConfig, WorkerConfig
-from .errors import JobError, WorkerError, WorkerLacks, WorkerProtocolError, WorkflowError
+from .errors import JobError, WorkerError, WorkerLacks, WorkflowError
+from .forward_outputs import NodeOutput, fetch_outputs
 from .jobs import UnitJob, UnitRun
 from .loaded_models import LoadedModels, model_names
 from .metrics import Metrics
@@ -51,7 +52,8 @@ from .scheduler import MASTER, JobScheduler, Unit, UnitState
 from .speeds import Speeds
 from .values import comfy_describe, comfy_node_class
 from .workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
-from .worker_client import OutputFile, PromptResult, WorkerClient, clip_text
+from .worker_client import MIB, PromptResult, WorkerClient, clip_text
+from .worker_files import OutputSaver
 from .worker_prep import MediaFile, MediaUploads, ObjectInfoCache, find_media, lacks_of, local_media, \
     preflight_problems
 
@@ -72,25 +74,6 @@ stand-in waits while its worker runs the prompt."""
 
 REFRESH_EVERY = 30.0
 """Least seconds between two background re-reads of a worker's ``/object_info`` after it was found lacking."""
-
-MAX_OUTPUT_KEYS = 32
-"""Keys one output node of a forwarded prompt may report (ComfyUI's save nodes report one to three)."""
-
-MAX_OUTPUT_KEY = 64
-"""Longest output key kept (``images``, ``latents``, ``animated``...)."""
-
-MAX_OUTPUT_VALUE = 64 * 1024
-"""Largest other output value kept (as JSON characters): a text, the animated flag. A larger one is dropped."""
-
-
-@dataclass(slots=True)
-class NodeOutput:
-    """What one output node of a forwarded prompt reported on the worker: its files, fetched, by key (images,
-    latents, audio...), and its other values (text, animated), as the worker reported them."""
-
-    files: dict[str, list[tuple[OutputFile, bytes]]] = field(default_factory=dict)
-    values: dict[str, Any] = field(default_factory=dict)
-
 
 @dataclass(slots=True, kw_only=True)
 class Forward(UnitJob):
@@ -159,17 +142,6 @@ def comfy_master_lacks(prompt: Prompt, synced: set[str]) -> list[str]:
     return preflight_problems(prompt, info, synced)
 
 
-FILE_KEYS = frozenset({"images", "latents", "audio", "video", "gifs", "3d"})
-"""Output keys that always list files (ComfyUI's save nodes, and video packs' ``gifs``): checked as files."""
-
-
-def _is_file_list(key: str, value: Any) -> bool:
-    """Whether an output value lists files (ComfyUI's ``[{"filename", "subfolder", "type"}, ...]``): a key of
-    :data:`FILE_KEYS` (whatever it holds, so that a malformed one is refused), or any list with a file entry."""
-    return key in FILE_KEYS or isinstance(value, list) and any(
-        isinstance(entry, dict) and "filename" in entry for entry in value)
-
-
 def _animated(flag: Any) -> bool:
     """Whether a node's ``animated`` output (ComfyUI's ``[true]``, a worker's anything) says its images are frames."""
     return flag is True or isinstance(flag, list) and any(value is True for value in flag)
@@ -213,29 +185,11 @@ class ForwardedPrompt(JobKind[Forward]):
 
     async def fetch(self, job: Forward, unit: UnitRun, client: WorkerClient, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
-        outputs: dict[str, NodeOutput] = {}
-        for node_id in job.output_nodes:
-            reported = result.outputs.get(node_id)
-            node = outputs[node_id] = NodeOutput()
-            if not isinstance(reported, dict):
-                continue  # the node reported nothing (ComfyUI leaves it out of the history then)
-            if len(reported) > MAX_OUTPUT_KEYS:
-                raise WorkerProtocolError(client.name, f"output node {clip_text(node_id, 64)} reported "
-                                                       f"{len(reported)} keys, more than {MAX_OUTPUT_KEYS}")
-            for key, value in reported.items():
-                if not isinstance(key, str) or not 0 < len(key) <= MAX_OUTPUT_KEY:
-                    raise WorkerProtocolError(client.name, f"output node {clip_text(node_id, 64)} reported a key "
-                                                           f"{clip_text(key, 64)!r}: empty or longer than "
-                                                           f"{MAX_OUTPUT_KEY} characters")
-                if _is_file_list(key, value):
-                    files = result.files(node_id, key)
-                    node.files[key] = list(zip(files, await client.fetch_files(files, deadline)))
-                elif len(json.dumps(value, default=str)) <= MAX_OUTPUT_VALUE:
-                    node.values[key] = value
-                else:
-                    log.warning("Multi-GPU queue: worker %s: output %s of node %s is larger than %d characters; "
-                                "left out", client.name, clip_text(key, 64), clip_text(node_id, 64), MAX_OUTPUT_VALUE)
-        return outputs
+        """Every output node's values, and its files saved on the master (all of them, or none: see
+        :mod:`.forward_outputs`)."""
+        assert unit.worker is not None
+        return await fetch_outputs(client, job.output_nodes, result, self.balancer.saver, f"worker-{unit.worker.id}",
+                                   int(job.settings.max_forward_mb * MIB), deadline)
 
     def unit_done(self, job: Forward, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
         """The worker's speed in images per second, learnt from the still images it made (not a video's frames)."""
@@ -262,7 +216,7 @@ class QueueBalancer:
                  input_dir: Callable[[], Path | None] = lambda: None, speeds: Speeds | None = None,
                  models: LoadedModels | None = None,
                  master_lacks: Callable[[Prompt, set[str]], list[str]] | None = None,
-                 host: "Host | None" = None) -> None:
+                 host: "Host | None" = None, saver: OutputSaver | None = None) -> None:
         self.store = store
         self.health = health
         self.notify = notify or (lambda event, data: None)
@@ -279,6 +233,8 @@ class QueueBalancer:
         """What the master lacks to run a prompt (:func:`comfy_master_lacks`; None: not checked)."""
         self.host = host
         """The master's queue, where stand-ins wait at the back and are moved up when done (None: not moved)."""
+        self.saver: OutputSaver = saver or host or runtime.DETACHED
+        """Where a worker's files are saved (the host's output folders; outside ComfyUI nowhere, unless given)."""
         self._deferred = 0
         self._forwards: dict[str, Forward] = {}
         self._lock = threading.Lock()

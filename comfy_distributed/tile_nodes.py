@@ -19,11 +19,11 @@ from __future__ import annotations
 
 import io
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any
 
-from . import runtime
+from . import events, runtime
 from .errors import JobError, WorkflowError
 from .nodes import INTERNAL_NOTE, PART_CLASS, PARTS_TYPE
 from .tile_graph import (
@@ -35,7 +35,7 @@ from .tile_graph import (
     tile_pairs,
     tile_pipeline,
 )
-from .tiles import ALIGN, TileGrid, crop, merge, plan_tiles
+from .tiles import ALIGN, TileGrid, crop, merge, plan_tiles, worker_tile
 from .values import comfy_node_class
 from .workflow import TILED_UPSCALE_CLASS
 
@@ -216,6 +216,8 @@ class TileRun:
     job_id: str | None
     hints: dict[tuple[str, int], list[Any]]
     """Images from outside the pipeline cropped per tile, by the output they come from: each tile's crop."""
+    received: dict[int, Any] = field(default_factory=dict)
+    """The tiles in once the job ended, kept while the master runs those a worker sent wrong (see ``_job_step``)."""
 
     def hint_links(self, position: int, source_prefix: str, start_link: list) -> tuple[dict, dict]:
         """For the master's copy of tile ``position``: Source nodes giving its crop of each cropped image, and the
@@ -327,7 +329,7 @@ class MultiGPUTileStep:
 
     def step(self, tiles: TileRun, parts: tuple | None = None, unique_id: str | None = None,
              dynprompt: Any = None) -> Any:
-        have = {position: values["images"] for position, values in (parts or ())}
+        have = {**tiles.received, **{position: values["images"] for position, values in (parts or ())}}
         if tiles.job_id is None:
             todo = [p for p in range(1, len(tiles.grid.tiles) + 1) if p not in have]
             if todo:
@@ -337,8 +339,8 @@ class MultiGPUTileStep:
 
 
 def _job_step(prompt: dict, tiles: TileRun, have: dict[int, Any], step_id: str, parts: tuple | None) -> Any:
-    from .media_codecs import decode_batch
-
+    """The job's next step for the master; once it ended, its tiles checked and blended. A tile a worker sent
+    wrong (not its size, not a PNG...) is run on the master instead: the job is over, the tile job goes on here."""
     assert runtime.current is not None and tiles.job_id is not None
     orchestrator, host = runtime.current.orchestrator, runtime.current.host
     try:
@@ -348,13 +350,33 @@ def _job_step(prompt: dict, tiles: TileRun, have: dict[int, Any], step_id: str, 
         raise RuntimeError(str(exc)) from None
     if isinstance(step, list):
         return _run_here(prompt, tiles, [unit.position for unit in step], step_id, parts)
-    for unit, files in step.outputs:
-        early = unit.decoded.get(tiles.merge)
-        have[unit.position] = early if early is not None else decode_batch(files["images"])
+    refused = _take_worker_tiles(tiles, step.outputs, have, host.notify)
+    if refused:
+        tiles.received, tiles.job_id = dict(have), None
+        return _run_here(prompt, tiles, refused, step_id, parts)
     missing = [p for p in range(1, len(tiles.grid.tiles) + 1) if p not in have]
     if missing:  # a tile job never skips a tile; this would be a bug, said plainly rather than a hole in the image
         raise RuntimeError(f"Multi-GPU Tile Merge {tiles.merge}: tile(s) {missing} came back from nowhere")
     return (_blend(tiles, have),)
+
+
+def _take_worker_tiles(tiles: TileRun, outputs: list, have: dict[int, Any], notify: Any) -> list[int]:
+    """Each worker tile into ``have``, checked from its headers before it is decoded; the positions refused."""
+    from .media_codecs import MediaRefused
+
+    refused = []
+    for unit, files in sorted(outputs, key=lambda item: item[0].position):
+        reference = next(iter(have.values()), None)
+        try:
+            have[unit.position] = worker_tile(tiles.grid, int(tiles.crops[0].shape[0]), files["images"],
+                                              unit.decoded.get(tiles.merge), reference)
+        except MediaRefused as exc:
+            message = f"sent {exc}; the master runs its tile"
+            notify(*events.worker_failed(unit.worker.id, unit.name, exc.reason, message, rerun=True,
+                                         job_id=tiles.job_id, unit=unit.position))
+            log.warning("Multi-GPU Tile Merge %s: worker %s: %s", tiles.merge, unit.name, message)
+            refused.append(unit.position)
+    return refused
 
 
 def _run_here(prompt: dict, tiles: TileRun, positions: list[int], step_id: str, parts: tuple | None) -> dict:

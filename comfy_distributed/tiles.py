@@ -117,6 +117,47 @@ def crop(images: "torch.Tensor", tile: Tile) -> "torch.Tensor":
     return images[:, top:top + height, left:left + width, :].clone(memory_format=torch.contiguous_format)
 
 
+MAX_TILE_SCALE = 8
+"""Largest scale a worker's processed tile is taken at (an upscale model inside the pipeline: 2, 4)."""
+
+
+def worker_tile(grid: TileGrid, frames: int, blobs: list[bytes], early: "torch.Tensor | None",
+                reference: "torch.Tensor | None") -> "torch.Tensor":
+    """A worker's processed tile (its PNG files, or what they gave as they arrived): decoded only once their
+    headers say it is one of ``grid``'s tiles of ``frames`` frames, like ``reference`` (a tile already in, the
+    master's or an earlier worker's: every tile must come out alike). MediaRefused otherwise."""
+    from .media_codecs import MAX_PIXELS, MediaRefused, checked_sizes, decode_images
+
+    wanted = None if reference is None else (int(reference.shape[0]), int(reference.shape[1]), int(reference.shape[2]))
+    if early is not None:
+        shape = (int(early.shape[0]), int(early.shape[1]), int(early.shape[2]))
+    else:  # a tile as large as one already in is no bomb (the master's own pipeline made that one)
+        sizes = checked_sizes(blobs, frames, MAX_PIXELS if wanted is None else max(MAX_PIXELS, wanted[1] * wanted[2]))
+        shape = (len(sizes), *sizes[0]) if sizes else (0, 0, 0)
+    problem = _worker_tile_problem(grid, frames, shape, wanted)
+    if problem:
+        raise MediaRefused(problem, "size_mismatch")
+    return early if early is not None else decode_images(blobs)
+
+
+def _worker_tile_problem(grid: TileGrid, frames: int, shape: tuple[int, int, int],
+                         reference: tuple[int, int, int] | None) -> str | None:
+    """Why a tile of ``shape`` (frames, height, width) cannot be one of ``grid``'s (None: it can); said to follow
+    "worker 2 sent ..."."""
+    count, height, width = shape
+    if reference is not None and shape != reference:
+        return (f"a tile of {count} frame(s) of {width}x{height}, the job's tiles are {reference[0]} frame(s) of "
+                f"{reference[2]}x{reference[1]}")
+    if count != frames:
+        return f"a tile of {count} frame(s), the job's have {frames}"
+    crop_width, crop_height = grid.crop_size
+    scale = Fraction(width, crop_width)
+    if Fraction(height, crop_height) != scale or not 0 < scale <= MAX_TILE_SCALE:
+        return (f"a {width}x{height} tile, not its {crop_width}x{crop_height} crop at one scale of at most "
+                f"{MAX_TILE_SCALE}")
+    return None
+
+
 def output_scale(grid: TileGrid, processed: "torch.Tensor") -> Fraction:
     """How much bigger the per-tile pipeline made a crop (an upscale model inside it: 2, 4); WorkflowError
     when the processed tile is not the crop at one scale that keeps every tile on whole pixels."""

@@ -1,4 +1,4 @@
-"""``gpu_config.json`` on disk: read with limits, saved atomically (0600 once it holds a token), shared by a store."""
+"""``gpu_config.json`` on disk: read with limits, saved atomically and owner-only, shared by a store."""
 
 from __future__ import annotations
 
@@ -68,8 +68,15 @@ def load_config(path: Path) -> GpuConfig:
     return parse_config(data, str(path))
 
 
+CONFIG_FILE_MODE = 0o600
+"""Every file we write is readable by its owner only, whatever it holds now. It may hold secrets in many
+places (the API token, workers' ``headers``, an ``ssh`` block, what later versions add), and a list of the
+keys that are secret would be one more thing to keep true; nothing but ComfyUI, run by that owner, reads it.
+A file the user writes by hand keeps the mode it has until we rewrite it."""
+
+
 def save_config(path: Path, config: GpuConfig, data: dict[str, Any] | None = None) -> None:
-    """Write atomically: a reader sees the old file or the new one, never half of one.
+    """Write atomically, mode :data:`CONFIG_FILE_MODE`: a reader sees the old file or the new one, never half of one.
 
     ``data``, when given, is what is written (the file's own keys, already validated as ``config``).
     """
@@ -84,7 +91,7 @@ def save_config(path: Path, config: GpuConfig, data: dict[str, Any] | None = Non
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp_name, _file_mode(path, config))
+        os.chmod(tmp_name, CONFIG_FILE_MODE)
         os.replace(tmp_name, path)
     except OSError as exc:
         Path(tmp_name).unlink(missing_ok=True)
@@ -115,15 +122,6 @@ def set_api_token(path: Path, token: str | None) -> GpuConfig:
     config = parse_config(data, str(path))
     save_config(path, config, data)
     return config
-
-
-def _file_mode(path: Path, config: GpuConfig) -> int:
-    """The file keeps its mode, but a file that holds the token is readable by its owner only."""
-    try:
-        mode = path.stat().st_mode & 0o777
-    except OSError:
-        mode = 0o600  # a new file: as mkstemp made it
-    return mode & 0o600 if config.settings.api_token else mode
 
 
 class ConfigStore:

@@ -231,6 +231,10 @@ class Settings(_Model):
         "only accepts /multigpu requests (the Host header); e.g. a name in /etc/hosts that points at 127.0.0.1"))
     max_file_mb: int = Field(256, ge=1, le=65536, json_schema_extra={"unit": "MiB", "label": "Largest worker file"}, description="largest file, in MiB, read from a worker "
                                                               "(an image, latent or audio file of one unit)")
+    max_forward_mb: int = Field(2048, ge=1, le=1048576, json_schema_extra={"unit": "MiB", "label": "Largest queued "
+                                "prompt's files"}, description="most MiB of files, all together, that one prompt sent "
+                                "to a worker in queue mode may bring back (a video, its frames...); streamed to disk "
+                                "and refused past it")
 
     @field_validator("allowed_hosts")
     @classmethod

@@ -7,11 +7,13 @@ redirect is followed (per-worker headers would travel to the other address), and
 instance's own text reaches our messages only parsed and shortened.
 
 :mod:`.answers` checks what an instance says, :mod:`.transport` is the HTTP edge (where
-aiohttp's errors become ours), :mod:`.following` reads a prompt's events on ``/ws`` (and
-:mod:`.preview_frames` its preview frames), :mod:`.comfy` the :class:`ComfyClient` of any
-instance by its URL (the CLI's master, a probed address), :mod:`.client` the :class:`WorkerClient`
-of a configured worker, and :mod:`.blocking` the same client for code that runs no event loop (the
-launcher), and :mod:`.sessions` the connections kept between the units of a job.
+aiohttp's errors become ours), :mod:`.following` reads a prompt's events on ``/ws``, each message
+capped and all of them within a budget (and :mod:`.preview_frames` its preview frames),
+:mod:`.comfy` the :class:`ComfyClient` of any instance by its URL (the CLI's master, a probed
+address), :mod:`.client` the :class:`WorkerClient` of a configured worker, :mod:`.blocking` the
+same client for code that runs no event loop (the launcher), and :mod:`.sessions` the connections
+kept between the units of a job and :func:`worker_session`, the one kind of session that talks to
+a worker (no cookies, no redirects, no proxy from the environment).
 """
 
 from .answers import MIB, MAX_TEXT, OutputFile, PromptResult, clip_text, json_kind, summarize_rejection

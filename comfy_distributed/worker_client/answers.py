@@ -141,4 +141,7 @@ def node_errors(parsed: Any) -> dict:
 
 
 def size_text(limit: int) -> str:
-    return f"{limit // MIB} MiB" if limit % MIB == 0 else f"{limit} bytes"
+    """A cap in words: ``2 MiB``, ``256 KiB``, ``1000 bytes``."""
+    if limit % MIB == 0:
+        return f"{limit // MIB} MiB"
+    return f"{limit // 1024} KiB" if limit % 1024 == 0 else f"{limit} bytes"

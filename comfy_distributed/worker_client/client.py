@@ -88,8 +88,12 @@ class WorkerClient(ComfyClient):
                                                      client_id, previews)
         if channel.usable() is None:
             channel.websocket = await self._open_websocket(self.session, channel.client_id, deadline, required=False)
-        return await self._submit_and_follow(prompt, deadline, extra_data, on_progress, wanted, channel.usable(),
-                                             channel.client_id, previews)
+        try:
+            return await self._submit_and_follow(prompt, deadline, extra_data, on_progress, wanted, channel.usable(),
+                                                 channel.client_id, previews)
+        except WorkerProtocolError:
+            await channel.close()  # it may be what went wrong (a flood, a message past its cap): opened anew next
+            raise
 
     async def _submit_and_follow(self, prompt: dict, deadline: float, extra_data: dict | None,
                                  on_progress: Callable[[float, float], None] | None, wanted: frozenset[str],

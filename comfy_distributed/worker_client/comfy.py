@@ -21,8 +21,9 @@ import aiohttp
 from ..config import Settings
 from ..errors import WorkerAnswerTooLarge, WorkerError, WorkerProtocolError, WorkerRejected, WorkerTimeout
 from .answers import MIB, OutputFile, history_problem, json_or_none, node_errors, size_text, summarize_rejection
-from .following import EventStream, Followed, finished
-from .transport import Redirected, convert, redirect_target, refuse_redirects, status_text
+from .following import MAX_WORKER_MESSAGE, EventStream, Followed, finished
+from .sessions import worker_session
+from .transport import Redirected, convert, redirect_target, status_text
 
 if TYPE_CHECKING:
     from .transport import WebSocket
@@ -43,6 +44,12 @@ MAX_OBJECT_INFO_BYTES = 32 * MIB
 
 DEFAULT_MAX_FILE_BYTES = 256 * MIB
 """Largest output file read with ``/view`` when ``settings.max_file_mb`` is not set."""
+
+
+LISTEN_MAX_MESSAGE = 4 * MIB
+"""aiohttp's own cap, for :meth:`ComfyClient.listen` (the CLI follows its master, whose relayed previews are
+base64 text). A worker's ``/ws`` is held to :data:`~.following.MAX_WORKER_MESSAGE` and a
+:class:`~.following.FrameGuard`."""
 
 
 ERROR_BODY_LOGGED = 1024
@@ -86,7 +93,8 @@ class ComfyClient:
     """Talks to one ComfyUI instance through its native HTTP + websocket API.
 
     Use as ``async with ComfyClient(url) as client``. ``name`` is the instance in our errors;
-    ``headers`` go with every request (an auth proxy's, the master's token).
+    ``headers`` go with every request (an auth proxy's, the master's token). Without a ``session`` it makes
+    its own with :func:`.worker_session` (no cookies, no redirects, no proxy from the environment).
     """
 
     def __init__(self, base_url: str, *, name: str | None = None, headers: Mapping[str, str] | None = None,
@@ -100,7 +108,7 @@ class ComfyClient:
 
     async def __aenter__(self: Client) -> Client:
         if self._session is None:
-            self._session = aiohttp.ClientSession()  # trust_env stays off: no proxy from the environment
+            self._session = worker_session()
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
@@ -310,17 +318,19 @@ class ComfyClient:
     async def listen(self, client_id: str, deadline: float) -> AsyncIterator[EventStream]:
         """``client_id``'s events on the instance's ``/ws``, as ComfyUI's page gets them; WorkerError if it cannot
         be opened."""
-        async with self._websocket(client_id, deadline, required=True) as websocket:
+        async with self._websocket(client_id, deadline, required=True, max_message=LISTEN_MAX_MESSAGE) as websocket:
             assert websocket is not None  # required: opened, or raised
             yield EventStream(websocket, self.name)
 
-    async def queue_and_follow(self, prompt: dict, deadline: float, path: str = "/prompt") -> Followed:
+    async def queue_and_follow(self, prompt: dict, deadline: float, path: str = "/prompt",
+                               client_id: str | None = None) -> Followed:
         """Queue ``prompt`` as ComfyUI's page does (its ``/ws`` open first) and follow it until the instance says
         it finished, recording every event; WorkerError when it fails to queue, the socket closes or time runs out.
 
-        It does not judge the prompt: its history entry says whether it succeeded.
+        It does not judge the prompt: its history entry says whether it succeeded. ``client_id``: the socket's
+        (a new one by default), for a caller that registered it for a master's events.
         """
-        client_id = uuid.uuid4().hex
+        client_id = client_id or uuid.uuid4().hex
         async with self.listen(client_id, deadline) as events:
             started = time.monotonic()
             followed = Followed(await self.submit(prompt, client_id, path=path))
@@ -332,15 +342,16 @@ class ComfyClient:
                     return followed
 
     @contextlib.asynccontextmanager
-    async def _websocket(self, client_id: str, deadline: float, required: bool) -> AsyncIterator[WebSocket | None]:
+    async def _websocket(self, client_id: str, deadline: float, required: bool,
+                         max_message: int = MAX_WORKER_MESSAGE) -> AsyncIterator[WebSocket | None]:
         """The instance's ``/ws`` for ``client_id``; None (not ``required``) when polling ``/history`` can do instead.
 
-        It has a session of its own: ws_connect cannot be told not to follow redirects, but a
-        session's trace hook can stop one, and its handshake is bounded by the deadline here.
+        It has a session of its own (:func:`.worker_session`, whatever session this client was given):
+        ws_connect cannot be told not to follow redirects, but that session's trace hook stops one, and
+        its handshake is bounded by the deadline here.
         """
-        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.limits.connect_timeout)
-        async with aiohttp.ClientSession(timeout=timeout, trace_configs=[refuse_redirects()]) as session:
-            websocket = await self._open_websocket(session, client_id, deadline, required)
+        async with worker_session(self.limits.connect_timeout) as session:
+            websocket = await self._open_websocket(session, client_id, deadline, required, max_message)
             try:
                 yield websocket
             finally:
@@ -348,14 +359,15 @@ class ComfyClient:
                     await websocket.close()
 
     async def _open_websocket(self, session: aiohttp.ClientSession, client_id: str, deadline: float,
-                              required: bool) -> WebSocket | None:
+                              required: bool, max_message: int = MAX_WORKER_MESSAGE) -> WebSocket | None:
+        """The socket, whose messages aiohttp refuses past ``max_message`` bytes before holding them."""
         what, url = "GET /ws", self.base_url + "/ws"
         # aiohttp's handshake waits up to the session's total (300 s by default): ours ends with the job's time
         bound = max(min(self.limits.connect_timeout, deadline - time.monotonic()), 0.001)
         try:
             return await asyncio.wait_for(session.ws_connect(
                 url, params={"clientId": client_id}, timeout=aiohttp.ClientWSTimeout(ws_receive=None, ws_close=5.0),
-                heartbeat=30.0, autoping=True, headers=self.headers,
+                heartbeat=30.0, autoping=True, headers=self.headers, max_msg_size=max_message,
             ), timeout=bound)
         except Redirected as exc:
             target = redirect_target(url, exc.location)

@@ -1,5 +1,5 @@
 """Following a prompt on an instance's ``/ws``: which events end it, fail it or report its progress (and, for
-whoever watches, its preview frames: :mod:`.preview_frames`)."""
+whoever watches, its preview frames: :mod:`.preview_frames`), and how much a worker may send meanwhile."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import aiohttp
 
-from ..errors import WorkerExecutionFailed, WorkerTimeout, WorkerUnreachable
-from .answers import clip_text, execution_error_text, json_or_none
-from .preview_frames import PreviewSink, PromptPreviews
+from ..errors import WorkerAnswerTooLarge, WorkerExecutionFailed, WorkerProtocolError, WorkerTimeout, WorkerUnreachable
+from .answers import MIB, clip_text, execution_error_text, json_or_none, size_text
+from .preview_frames import MAX_PREVIEW_BYTES, PreviewSink, PromptPreviews
 
 if TYPE_CHECKING:
     from .transport import WebSocket
@@ -20,6 +20,65 @@ if TYPE_CHECKING:
 FINISH_GRACE = 2.0
 """Seconds to wait, after ``execution_success``, for the final ``executing`` event that
 ComfyUI sends once the history entry is written."""
+
+MAX_WORKER_MESSAGE = MAX_PREVIEW_BYTES + 1
+"""The ``max_msg_size`` of a worker's ``/ws``: aiohttp refuses a message this large from its frame header (or
+while inflating it), before holding it. aiohttp has one cap for both kinds: it fits the largest preview frame,
+and :data:`MAX_EVENT_TEXT` holds text to far less."""
+
+MAX_EVENT_TEXT = 256 * 1024
+"""Largest text message (one JSON event) parsed from a worker. ComfyUI's are small (an ``executed`` that lists
+many images is tens of KiB); a larger one fails the worker unparsed. Counted in characters: ComfyUI's JSON is
+ASCII."""
+
+FOLLOW_BURST = 64 * MIB
+FOLLOW_RATE = 4 * MIB
+"""What a worker may send on ``/ws`` while one prompt is followed: :data:`FOLLOW_BURST` at once, then
+:data:`FOLLOW_RATE` bytes a second on average (its events and preview frames, ComfyUI's at their largest, take
+a fraction of that). Past it, the worker is flooding the master's event loop: it fails, its unit runs elsewhere."""
+
+MESSAGE_FLOOR = 1024
+"""Each message counts at least this much: a flood of tiny messages costs the loop per message, not per byte."""
+
+
+class FrameGuard:
+    """The caps on what one worker sends while one of its prompts is followed (see :data:`FOLLOW_BURST`).
+
+    A worker is untrusted, and every message it sends is read on the master's event loop: without a
+    bound, one could keep that loop parsing for as long as the worker timeout allows.
+    """
+
+    def __init__(self, name: str, burst: int = FOLLOW_BURST, rate: int = FOLLOW_RATE) -> None:
+        self.name = name
+        self.burst = burst
+        self.rate = rate
+        self.started = time.monotonic()
+        self.used = 0
+
+    def text(self, data: str) -> None:
+        """Before a text message is parsed: refused when it is too large, else counted."""
+        if len(data) > MAX_EVENT_TEXT:
+            raise WorkerAnswerTooLarge(self.name, f"GET /ws: a text message of {len(data) / MIB:.1f} MiB, more "
+                                                  f"than the cap of {size_text(MAX_EVENT_TEXT)}; refused unparsed",
+                                       MAX_EVENT_TEXT)
+        self._count(len(data))
+
+    def binary(self, data: bytes) -> None:
+        self._count(len(data))
+
+    def too_large(self) -> WorkerAnswerTooLarge:
+        """aiohttp refused a message past :data:`MAX_WORKER_MESSAGE` (and closed the socket)."""
+        return WorkerAnswerTooLarge(self.name, f"GET /ws: a message larger than the cap of "
+                                               f"{size_text(MAX_WORKER_MESSAGE - 1)}; refused unread",
+                                    MAX_WORKER_MESSAGE - 1)
+
+    def _count(self, size: int) -> None:
+        self.used += max(size, MESSAGE_FLOOR)
+        elapsed = time.monotonic() - self.started
+        if self.used > self.burst + self.rate * elapsed:
+            raise WorkerProtocolError(self.name, f"GET /ws: {self.used / MIB:.1f} MiB of messages in {elapsed:.1f} s "
+                                                 f"while one prompt ran, past the budget of {size_text(self.burst)} "
+                                                 f"plus {size_text(self.rate)} a second; the worker floods the master")
 
 
 async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, deadline: float,
@@ -32,14 +91,15 @@ async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, dead
     outputs) as soon as the last of them reports: the files are on the worker's disk then, while
     the worker still finishes the prompt (its history, and a garbage collection that can hold it
     for a fraction of a second). Returns None when the prompt ended (or the socket closed) first:
-    ``/history`` tells the rest. Raises on an execution error or at the deadline. The prompt's preview
-    frames go to ``previews`` while it wants them.
+    ``/history`` tells the rest. Raises on an execution error, at the deadline, and when the worker sends more
+    than a :class:`FrameGuard` allows. The prompt's preview frames go to ``previews`` while it wants them.
     """
     wait_until = deadline
     outputs: dict[str, dict[str, Any]] = {}
     watch = PromptPreviews(previews, prompt_id) if previews is not None else None
+    guard = FrameGuard(name)
     while True:
-        event = await next_event(websocket, wait_until, watch.read if watch is not None else None)
+        event = await next_event(websocket, wait_until, watch.read if watch is not None else None, guard)
         if event is None:  # socket closed, or the grace after success ran out
             if wait_until >= deadline and time.monotonic() >= deadline:
                 raise WorkerTimeout(name, "the prompt did not finish before the worker timeout")
@@ -68,10 +128,11 @@ async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, dead
             wait_until = min(deadline, time.monotonic() + FINISH_GRACE)
 
 
-async def next_event(websocket: WebSocket, until: float,
-                     on_binary: Callable[[bytes], None] | None = None) -> dict | None:
+async def next_event(websocket: WebSocket, until: float, on_binary: Callable[[bytes], None] | None = None,
+                     guard: FrameGuard | None = None) -> dict | None:
     """The next JSON event, or None when the socket closed or ``until`` passed; binary messages read on the way
-    go to ``on_binary`` (without it they are dropped)."""
+    go to ``on_binary`` (without it they are dropped). With a ``guard`` (a worker's socket), every message is
+    measured against it first, and a message aiohttp refused as too large is raised, not taken for a close."""
     while True:
         remaining = until - time.monotonic()
         if remaining <= 0:
@@ -81,15 +142,27 @@ async def next_event(websocket: WebSocket, until: float,
         except asyncio.TimeoutError:
             return None
         if message.type == aiohttp.WSMsgType.TEXT:
+            if guard is not None:
+                guard.text(message.data)
             parsed = json_or_none(message.data)
             if isinstance(parsed, dict):
                 return parsed
         elif message.type == aiohttp.WSMsgType.BINARY:
+            if guard is not None:
+                guard.binary(message.data)
             if on_binary is not None:
                 on_binary(message.data)
+        elif guard is not None and _too_big(message):
+            raise guard.too_large()
         elif message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSING, aiohttp.WSMsgType.CLOSED,
                               aiohttp.WSMsgType.ERROR):
             return None
+
+
+def _too_big(message: Any) -> bool:
+    """A message aiohttp made of a frame past the socket's ``max_msg_size`` (it closed the socket then)."""
+    return (message.type == aiohttp.WSMsgType.ERROR and isinstance(message.data, aiohttp.WebSocketError)
+            and message.data.code == aiohttp.WSCloseCode.MESSAGE_TOO_BIG)
 
 
 def finished(event: dict[str, Any], prompt_id: str) -> bool:

@@ -23,15 +23,18 @@ from .transport import refuse_redirects
 if TYPE_CHECKING:
     from .transport import WebSocket
 
-def worker_session() -> aiohttp.ClientSession:
-    """A session to reach a worker with, kept across its units and jobs (see :class:`SessionPool`).
+def worker_session(connect_timeout: float | None = None) -> aiohttp.ClientSession:
+    """The one kind of session that talks to a worker (the pool's, the health monitor's, a client's own).
 
-    It refuses redirects also where aiohttp would follow one (ws_connect), keeps no cookies (nothing
-    one answer sets travels with the next request), takes no proxy from the environment, and leaves
-    every bound to each request.
+    It refuses redirects also where aiohttp would follow one (ws_connect): per-worker headers must not
+    travel to another address. It keeps no cookies: a worker must not set one that the next request
+    carries, least of all to another worker on the same host name (a cookie ignores the port). It
+    takes no proxy from the environment (trust_env stays off), and leaves every bound to each request
+    but ``connect_timeout`` when given (a websocket's handshake, which ws_connect does not bound).
     """
-    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None), trace_configs=[refuse_redirects()],
-                                 cookie_jar=aiohttp.DummyCookieJar())
+    return aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=connect_timeout),
+                                 trace_configs=[refuse_redirects()], cookie_jar=aiohttp.DummyCookieJar(),
+                                 trust_env=False)
 
 
 class SessionPool:

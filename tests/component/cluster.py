@@ -21,6 +21,7 @@ from comfy_distributed.jobs import CollectorResult, Job
 from comfy_distributed.orchestrator import Orchestrator
 from comfy_distributed.queue_balancer import QueueBalancer
 from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT
+from comfy_distributed.worker_files import FolderSaver
 from tests.comfy_test_nodes import seeded_images
 from tests.component.leaks import SETTLE, LeakCheck, sockets_to, stash_kept
 from tests.standin import StandinComfy
@@ -173,4 +174,5 @@ def balancer(tmp_path, ports, master_load=1, events: list | None = None, input_d
     return QueueBalancer(ConfigStore(path), notify=lambda event, data: events.append((event, data)) if events is not None else None,
                          master_load=lambda: master_load,
                          is_output_node=lambda class_type: class_type in OUTPUT_CLASSES,
-                         input_dir=lambda: input_dir, master_lacks=master_lacks)
+                         input_dir=lambda: input_dir, master_lacks=master_lacks,
+                         saver=FolderSaver(tmp_path / "master-output", tmp_path / "master-temp"))

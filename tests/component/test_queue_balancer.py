@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import io
 import json
 
 import numpy as np
@@ -56,8 +55,9 @@ async def test_forwarded_prompt_brings_its_files_back(tmp_path):
         b.start(forward)
         done = await asyncio.to_thread(b.wait, forward.forward_id, "2", lambda: False)
         assert done.state == "done" and done.worker.port == w1.port
-        ((file, data),) = done.outputs["2"].files["images"]
-        assert file.type == "output" and data.startswith(b"\x89PNG")
+        ((file, saved),) = done.outputs["2"].files["images"]
+        assert file.type == "output" and saved.path.read_bytes().startswith(b"\x89PNG")
+        assert saved.reference["subfolder"] == f"worker-{done.worker.id}" and saved.reference["type"] == "output"
         assert len(w1.received) == 1
 
 
@@ -144,8 +144,8 @@ async def test_the_input_files_a_prompt_loads_are_sent_with_it(tmp_path):
         done = await run_forward(b, prompt)
         assert done.state == "done", done.causes
         assert (w1.base_dir / "input" / "pic.png").read_bytes() == (input_dir / "pic.png").read_bytes()
-        ((file, data),) = done.outputs["2"].files["images"]
-        assert np.array(Image.open(io.BytesIO(data))).max() == 77
+        ((file, saved),) = done.outputs["2"].files["images"]
+        assert np.array(Image.open(saved.path)).max() == 77
         await b.close()
 
 
@@ -158,7 +158,8 @@ async def test_a_latent_output_comes_back_with_its_file(tmp_path):
         done = await run_forward(b, prompt)
         assert done.state == "done", done.causes
         output = done.outputs["2"]
-        ((file, data),) = output.files["latents"]
+        ((file, saved),) = output.files["latents"]
+        data = saved.path.read_bytes()
         assert file.filename.endswith(".latent") and file.subfolder == "latents"
         header = json.loads(data[8:8 + int.from_bytes(data[:8], "little")])
         assert header["latent_tensor"]["shape"] == [1, 4, 2, 2]
@@ -221,8 +222,8 @@ async def test_a_worker_that_dies_with_the_prompt_hands_it_to_the_next(tmp_path)
         await w1.stop()  # the worker process goes away mid-prompt
         done = await asyncio.to_thread(b.wait, forward.forward_id, "2", lambda: False)
         assert done.state == "done" and done.worker.port == w2.port
-        ((_, data),) = done.outputs["2"].files["images"]
-        assert data.startswith(b"\x89PNG")
+        ((_, saved),) = done.outputs["2"].files["images"]
+        assert saved.path.read_bytes().startswith(b"\x89PNG")
         (failed,) = [data for name, data in events if name == "multigpu.worker_failed"]
         assert failed["worker"] == "GPU 1" and failed["rerun"] is True
         await b.close()
