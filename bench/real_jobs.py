@@ -13,9 +13,11 @@ import itertools
 import json
 import random
 import time
+import uuid
 from dataclasses import dataclass
 from typing import Any
 
+from comfy_distributed.cli.master_events import registered
 from comfy_distributed.errors import WorkerError, WorkerTimeout
 from comfy_distributed.worker_client import ComfyClient, PromptResult
 
@@ -107,7 +109,9 @@ async def follow(url: str, prompt: dict, timeout: float = 300) -> tuple[float, s
     """Queue ``prompt`` like a UI does (its websocket open first) and wait until it has finished."""
     try:
         async with ComfyClient(url, name="the master") as client:
-            followed = await client.queue_and_follow(prompt, time.monotonic() + timeout)
+            client_id = uuid.uuid4().hex
+            async with registered(client, client_id):  # the master sends its events to registered clients only
+                followed = await client.queue_and_follow(prompt, time.monotonic() + timeout, client_id=client_id)
     except WorkerTimeout:
         raise BenchError(f"the prompt did not finish in {timeout:.0f} s") from None
     except WorkerError as exc:

@@ -10,6 +10,12 @@ The guard every route goes through (see the README's Security section):
   OpenAPI document needs the API token, reads included.
 - A configured token is always required by the control routes (they change the file, start
   processes, free memory), compared in constant time.
+- Whatever the Host, a request from another site is refused (:meth:`Guard.check_site`): an ``Origin``
+  that is present and not the master's own (``null`` included: a sandboxed iframe sends it), a
+  ``Sec-Fetch-Site`` of ``cross-site`` or ``same-site`` (another port of the same host), and a POST
+  whose body is not ``application/json`` (a page can send ``text/plain`` or a form without a CORS
+  preflight; a JSON body forces one, which the master never grants). The one exception is the origin
+  that ``--enable-cors-header`` names (``*``: any), and such a master needs the token anyway.
 
 What the API may write is narrower than what the file may say: ``extra_args`` sent through the
 API may not carry a flag that moves ComfyUI's folders, frontend, database or config files
@@ -23,6 +29,7 @@ import hmac
 import ipaddress
 import shlex
 from typing import Any, Callable
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
@@ -97,18 +104,56 @@ def supplied_token(request: web.Request) -> str:
     return request.headers.get("X-MultiGPU-Token", "")
 
 
+DEFAULT_PORTS = {"http": 80, "https": 443, "ws": 80, "wss": 443}
+CROSS_SITE = frozenset({"cross-site", "same-site"})
+"""``Sec-Fetch-Site`` values of a request a page of another origin made (``same-site``: another port or
+subdomain of the same site); ``same-origin`` and ``none`` (typed in the address bar, curl) pass."""
+JSON_TYPE = "application/json"
+
+
+def _netloc(host: str, port: int | None, scheme: str) -> tuple[str, int | None]:
+    """(host name, port) with the scheme's default port filled in, for comparing two origins."""
+    return host.lower().rstrip("."), port if port is not None else DEFAULT_PORTS.get(scheme)
+
+
+def same_origin(origin: str, host_header: str, scheme: str) -> bool:
+    """Whether the ``Origin`` header names the master as the request reached it (``scheme`` and its ``Host``): the
+    panel's own page. ``null`` and anything that is not ``http(s)://host[:port]`` are not."""
+    try:
+        theirs = urlsplit(origin.strip())
+        ours = urlsplit(f"//{host_header.strip()}")
+        scheme = scheme.strip().lower()
+        if theirs.scheme.lower() != scheme or scheme not in ("http", "https") or theirs.path not in ("", "/"):
+            return False
+        return bool(theirs.hostname) and (_netloc(theirs.hostname or "", theirs.port, scheme) ==
+                                          _netloc(ours.hostname or "", ours.port, scheme))
+    except ValueError:  # a port that is not a number
+        return False
+
+
 class Guard:
-    """Decides each request. ``token`` and ``allowed_hosts`` are asked each time: the file can change."""
+    """Decides each request. ``token`` and ``allowed_hosts`` are asked each time: the file can change.
+    ``cors_origin`` is ComfyUI's ``--enable-cors-header`` value: the one other origin a master serves."""
 
     def __init__(self, public: bool, token: Callable[[], str | None],
-                 allowed_hosts: Callable[[], list[str]] = list) -> None:
+                 allowed_hosts: Callable[[], list[str]] = list, cors_origin: str | None = None) -> None:
         self.public = public
         self.token = token
         self.allowed_hosts = allowed_hosts
+        self.cors_origin = (cors_origin or "").strip().rstrip("/") or None
 
     def check(self, request: web.Request, access: Access) -> None:
         if not self.public:
             self._check_host(request)
+        self.check_site(request)
+        self._check_token(request, access)
+        if request.method == "POST" and request.content_type != JSON_TYPE:
+            shown = request.headers.get("Content-Type", "(none)")[:100]
+            raise ApiError(415, f"refused: a POST to the /multigpu routes must send its body as JSON with "
+                                f"'Content-Type: {JSON_TYPE}' (an empty body as {{}}), not {shown!r}",
+                           content_type=shown)
+
+    def _check_token(self, request: web.Request, access: Access) -> None:
         if access is Access.OPEN:
             return
         token = self.token()
@@ -126,6 +171,31 @@ class Guard:
             raise ApiError(401, "missing or wrong token: send 'Authorization: Bearer <token>' (the token is "
                                 f"settings.api_token in gpu_config.json; '{TOKEN_COMMAND}' shows it)",
                            token_configured=True)
+
+    def check_site(self, request: web.Request) -> None:
+        """403 for a request another site's page made (see the module doc)."""
+        origin = request.headers.get("Origin")
+        if origin is not None and not self._origin_allowed(origin, request):
+            shown = origin[:100]
+            raise ApiError(403, f"refused: a cross-site request (Origin {shown!r} is not this master's own page). "
+                                "The /multigpu routes answer the panel on the master's own page, the CLI and tools "
+                                "that send no Origin; a page of another site (a sandboxed one sends 'null') may "
+                                "not use them", origin=shown)
+        fetch_site = request.headers.get("Sec-Fetch-Site", "").strip().lower()
+        if fetch_site in CROSS_SITE and not (origin is not None and self._cors_allows(origin)):
+            raise ApiError(403, f"refused: a cross-site request (Sec-Fetch-Site: {fetch_site}): only the master's "
+                                "own page may use the /multigpu routes", fetch_site=fetch_site)
+
+    def _origin_allowed(self, origin: str, request: web.Request) -> bool:
+        # behind a TLS proxy the page is https while the request reached us as http; a page cannot set this header
+        # without a preflight, so it is the proxy's word
+        scheme = request.headers.get("X-Forwarded-Proto", request.scheme).split(",")[0]
+        return same_origin(origin, request.headers.get("Host", ""), scheme) or self._cors_allows(origin)
+
+    def _cors_allows(self, origin: str) -> bool:
+        """The origin ``--enable-cors-header`` names (``*``: every one); such a master is public: token needed."""
+        return self.cors_origin is not None and (self.cors_origin == "*" or
+                                                 origin.strip().rstrip("/").lower() == self.cors_origin.lower())
 
     def _check_host(self, request: web.Request) -> None:
         header = request.headers.get("Host", "")

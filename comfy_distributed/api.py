@@ -26,9 +26,10 @@ from .api_models import (
     RemoveWorkerRequest,
     UpdateSettingRequest,
     UpdateWorkerRequest,
-    WatchPreviewsRequest,
+    WatchEventsRequest,
 )
 from .api_results import MAX_RESULT_BODY, ResultIntake
+from .audience import Audience
 from .api_routes import MASTER_ROUTES
 from .http_json import Handler, json_errors, read_json_object, read_model
 from .config import (
@@ -50,7 +51,7 @@ from .openapi import OPENAPI_PATH
 from .orchestrator import Orchestrator
 from .plan import describe
 from .preview_relay import PreviewRelay
-from .worker_client import WorkerClient
+from .worker_client import WorkerClient, worker_session
 
 log = logging.getLogger("comfy_distributed")
 
@@ -90,7 +91,8 @@ class MultiGPUApi:
     def __init__(self, store: ConfigStore, orchestrator: Orchestrator, *, public: bool = False,
                  free_master: Callable[[], None] | None = None, health: HealthMonitor | None = None,
                  env_token: str | None = None, master_queue: Callable[[], int | None] = lambda: None,
-                 previews: Sequence[PreviewRelay] | None = None) -> None:
+                 previews: Sequence[PreviewRelay] | None = None, audience: Audience | None = None,
+                 cors_origin: str | None = None) -> None:
         self.health = health
         self.master_queue = master_queue
         """Prompts running and waiting in the master's own queue (ComfyUI's; None outside ComfyUI)."""
@@ -102,10 +104,13 @@ class MultiGPUApi:
         self.free_master = free_master
         self._session: aiohttp.ClientSession | None = None
         self._status_cache: tuple[float, list[dict[str, Any]]] | None = None
-        self.guard = Guard(public, self.token, self._allowed_hosts)
+        self.guard = Guard(public, self.token, self._allowed_hosts, cors_origin)
         self._results = ResultIntake(orchestrator)
         self.previews = tuple(previews) if previews is not None else (orchestrator.runner.previews,)
-        """The relays a watcher's lease goes to: one per runner of units (the orchestrator's, the queue mode's)."""
+        """The relays a client's preview lease goes to: one per runner of units (the orchestrator's, the queue
+        mode's)."""
+        self.audience = audience if audience is not None else Audience(lambda event, data, client_id: None)
+        """The clients the master's events go to (``POST /multigpu/events``)."""
 
     def add_routes(self, routes: web.RouteTableDef) -> None:
         """Every route of ``api_routes.MASTER_ROUTES``, behind the guard with the access the table gives it."""
@@ -114,7 +119,7 @@ class MultiGPUApi:
             "removeWorker": self.remove_worker, "updateSetting": self.update_setting,
             "prepareJob": self.prepare_job, "clearMemory": self.clear_memory,
             "jobComplete": self._results.job_complete, "getStatus": self.status, "getOpenApi": self.openapi,
-            "getMetrics": self.metrics, "watchPreviews": self.watch_previews,
+            "getMetrics": self.metrics, "watchEvents": self.watch_events,
         }
         for route in MASTER_ROUTES:
             routes.route(route.method, route.path)(self._wrap(handlers[route.operation_id], route.access))
@@ -178,7 +183,7 @@ class MultiGPUApi:
     @property
     def session(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
-            self._session = aiohttp.ClientSession()
+            self._session = worker_session()  # the one policy: no cookies, no redirects, no proxy from the env
         return self._session
 
     # --- config -------------------------------------------------------------------------
@@ -340,11 +345,13 @@ class MultiGPUApi:
         text = self.orchestrator.metrics.render(states, workers)
         return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
 
-    async def watch_previews(self, request: web.Request) -> web.Response:
-        body = await read_model(request, WatchPreviewsRequest, MAX_BODY)
-        lasts = [relay.watch(body.watcher, body.on) for relay in self.previews]
-        return web.json_response({"on": any(relay.watched() for relay in self.previews),
-                                  "expires_in": max(lasts, default=0.0)})
+    async def watch_events(self, request: web.Request) -> web.Response:
+        body = await read_model(request, WatchEventsRequest, MAX_BODY)
+        expires_in = self.audience.watch(body.client_id, body.on, body.previews)
+        for relay in self.previews:
+            relay.watch(body.client_id, body.on and body.previews)
+        return web.json_response({"on": expires_in > 0, "expires_in": expires_in,
+                                  "previews": any(relay.watched() for relay in self.previews)})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(json.loads(OPENAPI_PATH.read_text(encoding="utf-8")))

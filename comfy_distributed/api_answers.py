@@ -222,9 +222,10 @@ class WorkerLogs(BaseModel):
     lines: list[str] = Field(description="its last lines since the worker's last start, oldest first")
 
 
-class PreviewsWatched(BaseModel):
-    on: bool = Field(description="whether the master relays previews now: a watcher's lease is fresh")
-    expires_in: float = Field(description="seconds this watcher's lease lasts (0: ended); renew it before then")
+class EventsWatched(BaseModel):
+    on: bool = Field(description="whether this client is registered now")
+    previews: bool = Field(description="whether the master relays previews now: some client wants them")
+    expires_in: float = Field(description="seconds this registration lasts (0: ended); renew it before then")
 
 
 class Accepted(BaseModel):

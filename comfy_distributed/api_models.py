@@ -237,14 +237,18 @@ class WorkerLogsRequest(RequestBody):
     lines: int = Field(40, ge=1, le=1000, description="how many last lines")
 
 
-class WatchPreviewsRequest(RequestBody):
-    """POST /multigpu/previews: a watcher of the workers' live previews renews its lease, or ends it."""
+class WatchEventsRequest(RequestBody):
+    """POST /multigpu/events: a websocket client registers for the multigpu.* events (renews), or ends it."""
 
-    on: Annotated[bool, MustBe("true or false")] = Field(
-        description="true: renew this watcher's lease; false: end it (previews stop once no lease is fresh)")
-    watcher: Annotated[str, Field(pattern=WORKER_ID_PATTERN), MustBe(
+    client_id: Annotated[str, Field(pattern=WORKER_ID_PATTERN), MustBe(
         "up to 64 letters, digits, '_', '.', '-'")] = Field(
-        "panel", description="who watches, one id per open panel (watchers sharing an id share a lease)")
+        description="the client id of the websocket that receives the events: ComfyUI's clientId (the sid of its "
+                    "/ws 'status' message, or the clientId query parameter the socket was opened with)")
+    on: Annotated[bool, MustBe("true or false")] = Field(
+        description="true: register (renew) this client; false: end its registration")
+    previews: Annotated[bool, MustBe("true or false")] = Field(
+        False, description="true: the workers' live previews too (multigpu.preview; the master reads workers' "
+                           "preview frames only while some client wants them)")
 
 
 def _same_as(header: str) -> MustBe:

@@ -18,12 +18,13 @@ from . import api_models as bodies
 from .access import Access
 from .api_models import JOB_HEADER, MAX_IDENTITY, SHARE_HEADER, WORKER_HEADER
 from .api_results import MAX_IMAGE_BODY, MAX_RESULT_BODY
-from .preview_relay import FRAME_INTERVAL, WATCH_RENEW, WATCH_TTL
+from .audience import WATCH_RENEW, WATCH_TTL
+from .preview_relay import FRAME_INTERVAL
 
 LAUNCH_PATH = "/multigpu/workers/launch"
 RESTART_PATH = "/multigpu/workers/restart"
 LOGS_PATH = "/multigpu/workers/logs"
-PREVIEWS_PATH = "/multigpu/previews"
+EVENTS_PATH = "/multigpu/events"
 
 BAD_INPUT = ("Bad input: malformed JSON, wrong types, missing or unknown fields, invalid values (the error names "
              "the field)")
@@ -34,7 +35,13 @@ HOST_REFUSED = (
     "Refused by the Host check of a private master (one that listens on loopback only, without "
     "--enable-cors-header): the Host header is not localhost, a loopback address of this master (127.0.0.0/8, ::1; "
     "with or without a port) or a name in settings.allowed_hosts, whatever the Origin (protection against DNS "
-    "rebinding); the answer's host field repeats the Host header")
+    "rebinding); the answer's host field repeats the Host header. Or refused as a cross-site request, whatever the "
+    "Host: an Origin header that is present and is not the master's own (null included; the origin that "
+    "--enable-cors-header names is allowed), the answer's origin field repeating it; or Sec-Fetch-Site cross-site "
+    "or same-site, the answer's fetch_site field repeating it")
+NOT_JSON = ("Refused: a POST whose Content-Type is not application/json (a page of another site could send text/plain "
+            "or a form without a CORS preflight); send the body as JSON, an empty one as {}; the answer's "
+            "content_type field repeats the header")
 USUAL_ERRORS = {400: BAD_INPUT, 404: UNKNOWN, 409: CONFIG_INVALID, 413: TOO_LARGE}
 """What an error status means unless a route says more (``Route.notes``)."""
 FLAGS_REFUSED = (
@@ -117,11 +124,12 @@ MASTER_ROUTES = (
           body_required=False, errors=(*BODY_ERRORS, 404)),
     Route("POST", "/multigpu/job_complete", "jobComplete", Access.CONTROL,
           "A worker that runs this extension posts its results",
-          Answer(200, "Accepted", answers.Accepted), bodies.JobCompleteRequest, errors=(*BODY_ERRORS, 404),
+          Answer(200, "Accepted", answers.Accepted), bodies.JobCompleteRequest, errors=(*BODY_ERRORS, 404, 408),
           description=(
               "The worker's prompt carries extra_data.multigpu = {job_id, worker_id, share_token}; the worker sends "
               f"them back in the {JOB_HEADER}, {WORKER_HEADER} and {SHARE_HEADER} headers. Checks, in order: the "
-              "guard of every control route (Host check of a private master: 403; the token: 401), the identity "
+              "guard of every control route (Host check of a private master and cross-site check: 403; the token: "
+              "401; a body that is not JSON: 415), the identity "
               "headers (400), the share they name, before a byte of the body is read (404 unknown job, 403 worker "
               "or share token that do not match a unit of the job, 409 unit already ended, 400 a job that collects "
               f"latents or audio), the body's size (413 past {RESULT_LIMIT}), then the body (400). Only that worker "
@@ -139,7 +147,10 @@ MASTER_ROUTES = (
                    "with more than the unit's batch",
               403: f"{HOST_REFUSED}; or {WORKER_HEADER} and {SHARE_HEADER} do not match a unit of the job",
               404: f"No job {JOB_HEADER} is waiting for results (unknown, failed, or already collected)",
-              409: f"{CONFIG_INVALID}, or this worker's unit has already ended: its first result won",
+              408: "The body did not arrive within settings.request_timeout plus its size at 1 MiB/s; the connection is "
+                   "closed: send it again",
+              409: f"{CONFIG_INVALID}, or this worker's unit has already ended: its first result won; or another "
+                   "result of this share is being read (one at a time per share)",
               413: f"The body is larger than {RESULT_LIMIT}; refused before it is read when Content-Length says so",
           }),
     Route("GET", "/multigpu/status", "getStatus", Access.READ, "Master, per-worker state and running jobs",
@@ -153,17 +164,21 @@ MASTER_ROUTES = (
                       "comfy_distributed_worker_images_total{worker}, comfy_distributed_units{state}, "
                       "comfy_distributed_worker_up{worker}, comfy_distributed_worker_heartbeat_age_seconds{worker}",
                  media_type="text/plain"), errors=(409,)),
-    Route("POST", PREVIEWS_PATH, "watchPreviews", Access.READ,
-          "Watch the workers' live previews: renew (or end) a lease on the multigpu.preview events",
-          Answer(200, "The lease", answers.PreviewsWatched), bodies.WatchPreviewsRequest, errors=BODY_ERRORS,
+    Route("POST", EVENTS_PATH, "watchEvents", Access.READ,
+          "Register a websocket client for the multigpu.* events (and the live previews): renew or end it",
+          Answer(200, "The registration", answers.EventsWatched), bodies.WatchEventsRequest, errors=BODY_ERRORS,
           description=(
-              "While a lease is fresh, the master relays the preview frames that workers started with a preview "
+              "The master sends its multigpu.* events (worker status, job progress and end, worker failures, "
+              "notices, previews) on ComfyUI's websocket only to the clients registered here, never to every "
+              "socket: a socket that did not pass this route's guard (a LAN client without the token, a page of "
+              f"another site) receives none. A registration lasts {WATCH_TTL:.0f} s: the panel renews it every "
+              f"{WATCH_RENEW:.0f} s while its page is open, comfy-distributed run while it follows a job. With "
+              "previews true the client also receives the preview frames that workers started with a preview "
               "method (--preview-method auto, latent2rgb or taesd in their extra_args) send while they sample, as "
-              "multigpu.preview events on ComfyUI's websocket: {job_id, position, worker_id, worker, mime, data} "
-              f"with data the image in base64, at most {round(1 / FRAME_INTERVAL)} a second per unit (the newest "
-              "kept), then one with mime and data null when the unit ends on that worker. A lease lasts "
-              f"{WATCH_TTL:.0f} s: the panel renews it every {WATCH_RENEW:.0f} s while it is open. With no fresh "
-              "lease, frames are dropped as they arrive and no event is sent.")),
+              "multigpu.preview events: {job_id, position, worker_id, worker, mime, data} with data the image in "
+              f"base64, at most {round(1 / FRAME_INTERVAL)} a second per unit (the newest kept), then one with mime "
+              "and data null when the unit ends on that worker. While no client wants previews, frames are "
+              "dropped as they arrive.")),
     Route("GET", "/multigpu/openapi.json", "getOpenApi", Access.OPEN,
           "This document (no token needed; a private master's Host check applies)",
           Answer(200, "OpenAPI 3 document")),

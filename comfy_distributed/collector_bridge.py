@@ -6,6 +6,7 @@ reached only through ``job.loop.call_soon_threadsafe``, and shared state only un
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from typing import TYPE_CHECKING, Callable
@@ -15,6 +16,17 @@ from .jobs import COLLECT_POLL, CollectorResult, Job, TileJob, UnitRun, UnitStat
 from .scheduler import MASTER, Event, MasterFree, MasterRan
 from .speeds import Speeds
 from .workflow import output_key
+
+
+FINISH_WAIT = 5.0
+"""Seconds the last Collector waits for its job's outcome to be sent (the loop is never that busy)."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class CollectorBridge:
@@ -125,4 +137,22 @@ class CollectorBridge:
             if last:
                 self._jobs.pop(job.job_id, None)
         if last and job.loop is not None and not job.loop.is_closed():
-            job.loop.call_soon_threadsafe(self._finish, job)
+            self._finish_before_returning(job)
+
+    def _finish_before_returning(self, job: Job) -> None:
+        """Report the job's outcome on the loop, and wait (briefly) until it is sent: ``multigpu.job_done``
+        then reaches the UI before ComfyUI says the prompt ended (its messages keep the order they were sent in)."""
+        assert job.loop is not None
+        if _running_loop() is job.loop:  # already on the loop (a test calling in): report now
+            self._finish(job)
+            return
+        sent = threading.Event()
+
+        def finish() -> None:
+            try:
+                self._finish(job)
+            finally:
+                sent.set()
+
+        job.loop.call_soon_threadsafe(finish)
+        sent.wait(FINISH_WAIT)

@@ -13,66 +13,21 @@ from . import runtime
 from .access import TOKEN_ENV, is_public
 from .api import MultiGPUApi
 from .api_launch import add_launch_routes
+from .audience import Audience
 from .config import ConfigStore, GpuConfig
 from .errors import ConfigError
 from .orchestrator import Orchestrator
 from .health import HealthMonitor
-from .host import Host
 from .launcher import master_launcher_factory
 from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
 from .queue_balancer import QueueBalancer, comfy_master_lacks
 from .role import decide_role, passive_line
 from .worker_client import OutputFile
+from .worker_files import FolderSaver, NewFile, confined_output_path, write_new_file
+
+__all__ = ["ComfyHost", "confined_output_path", "install", "startup_warnings", "write_new_file"]
 
 log = logging.getLogger("comfy_distributed")
-
-MAX_NAME_TRIES = 10000
-"""New names tried for a worker's file before giving up (``name (1).png``, ``name (2).png``...)."""
-
-
-def _plain_component(part: str, what: str) -> str:
-    """``part`` when it names one entry of a folder: not empty, ``.``, ``..``, a drive or a path.
-
-    ``:`` is refused too: on Windows ``C:x`` is a path of its own and ``x:y`` a hidden stream.
-    """
-    if part in ("", ".", "..") or len(part) > 255 or any(c in part for c in "/\\:\0"):
-        raise ValueError(f"{what} {part[:100]!r} is not a plain name")
-    return part
-
-
-def confined_output_path(worker_tag: str, subfolder: str, filename: str) -> tuple[str, str]:
-    """(subfolder under the output root, file name) for a worker's file: always inside ``worker_tag``.
-
-    A worker names its files, so every part is checked: an absolute path, ``..``, ``.`` or an
-    empty part would leave (or blur) the worker's own folder and is refused with ValueError.
-    """
-    parts = [_plain_component(worker_tag, "worker folder")]
-    if subfolder:
-        parts += [_plain_component(part, "subfolder part") for part in subfolder.replace("\\", "/").split("/")]
-    return "/".join(parts), _plain_component(filename, "file name")
-
-
-def write_new_file(root: str, worker_tag: str, subfolder: str, name: str, data: bytes) -> str:
-    """Write ``data`` as a new file in ``root/subfolder``, never over another; returns the name used.
-
-    The folder is checked again once it exists (a link inside the worker's folder must not lead
-    out of it); ``xb`` refuses any existing entry, a link included, so a taken name gets a counter.
-    """
-    own = os.path.realpath(os.path.join(root, worker_tag))
-    folder = os.path.join(root, *subfolder.split("/"))
-    os.makedirs(folder, exist_ok=True)
-    if os.path.commonpath((own, os.path.realpath(folder))) != own:
-        raise ValueError(f"the folder {subfolder!r} leads out of the worker's own folder")
-    stem, ext = os.path.splitext(name)
-    for counter in range(MAX_NAME_TRIES):
-        candidate = name if counter == 0 else f"{stem} ({counter}){ext}"
-        try:
-            with open(os.path.join(folder, candidate), "xb") as handle:
-                handle.write(data)
-            return candidate
-        except FileExistsError:
-            continue
-    raise ValueError(f"no free name for {name!r} after {MAX_NAME_TRIES} tries")
 
 
 def startup_warnings(config: GpuConfig, public: bool, env_token: str | None = None) -> list[str]:
@@ -95,9 +50,11 @@ class ComfyHost:
 
         self._server, self._queue = server, server.prompt_queue
         self._management, self._folders, self._nodes = model_management, folder_paths, comfy_nodes
+        self.audience = Audience(server.send_sync)
 
     def notify(self, event: str, data: dict[str, Any]) -> None:
-        self._server.send_sync(event, data)
+        """To the clients registered for the events only (:mod:`.audience`), never to every socket."""
+        self.audience.notify(event, data)
 
     def interrupted(self) -> bool:
         return bool(self._management.processing_interrupted())
@@ -105,17 +62,10 @@ class ComfyHost:
     def raise_if_interrupted(self) -> None:
         self._management.throw_exception_if_processing_interrupted()
 
-    def save_output(self, file: OutputFile, data: bytes, worker_tag: str) -> dict[str, str]:
-        """Save a worker's file under the master's output (or temp) folder, in the worker's own folder."""
-        kind = "temp" if file.type == "temp" else "output"  # it is saved in one of these two, whatever it says
-        root = os.path.realpath(self._folders.get_temp_directory() if kind == "temp"
-                                else self._folders.get_output_directory())
-        try:
-            subfolder, name = confined_output_path(worker_tag, file.subfolder, file.filename)
-            name = write_new_file(root, worker_tag, subfolder, name, data)
-        except ValueError as exc:
-            raise RuntimeError(f"Multi-GPU: refused a file of {worker_tag}: {exc}") from None
-        return {"filename": name, "subfolder": subfolder, "type": kind}
+    def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
+        """A new file for a worker's file under ComfyUI's output (or temp) folder, in the worker's own folder."""
+        saver = FolderSaver(self._folders.get_output_directory(), self._folders.get_temp_directory())
+        return saver.save_output(file, worker_tag)
 
     def running_prompts(self) -> set[str]:
         running, _ = self._queue.get_current_queue_volatile()
@@ -183,7 +133,8 @@ def install() -> bool:
     if not role.is_master:
         log.info("%s", passive_line(role, store.path, port))
         return False
-    public = is_public(getattr(cli_args.args, "listen", None), getattr(cli_args.args, "enable_cors_header", None))
+    cors_origin = getattr(cli_args.args, "enable_cors_header", None)
+    public = is_public(getattr(cli_args.args, "listen", None), cors_origin)
     env_token = os.environ.get(TOKEN_ENV) or None  # the process's environment does not change after start
     if config is not None:
         log.info("Multi-GPU: %s: %d worker(s), %d enabled", store.path, len(config.workers),
@@ -191,12 +142,12 @@ def install() -> bool:
         for warning in startup_warnings(config, public, env_token):
             log.warning("Multi-GPU: %s", warning)
     comfyui_root = Path(sys.modules[PromptServer.__module__].__file__ or ".").resolve().parent  # main.py's folder
-    _wire(server, ComfyHost(server), store, public, env_token, comfyui_root)
+    _wire(server, ComfyHost(server), store, public, env_token, comfyui_root, cors_origin)
     return True
 
 
-def _wire(server: Any, host: Host, store: ConfigStore, public: bool, env_token: str | None,
-          comfyui_root: Path) -> None:
+def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_token: str | None,
+          comfyui_root: Path, cors_origin: str | None) -> None:
     """The extension's parts on ComfyUI's server: the prompt hook, the routes, the background tasks."""
     health = HealthMonitor(store, host.notify)
     orchestrator = Orchestrator(store, host.notify, health, input_dir=host.input_dir, loop=server.loop)
@@ -209,7 +160,8 @@ def _wire(server: Any, host: Host, store: ConfigStore, public: bool, env_token: 
     server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts))
     api = MultiGPUApi(store, orchestrator, public=public, free_master=host.free_memory, health=health,
                       master_queue=host.queue_load, env_token=env_token,
-                      previews=(orchestrator.runner.previews, balancer.runner.previews))
+                      previews=(orchestrator.runner.previews, balancer.runner.previews), audience=host.audience,
+                      cors_origin=cors_origin)
     api.add_routes(server.routes)
     add_launch_routes(server.routes, store, health, master_launcher_factory(store, comfyui_root), api.authorize)
 

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 if TYPE_CHECKING:
     from .worker_client import OutputFile
+    from .worker_files import NewFile
 
 log = logging.getLogger("comfy_distributed")
 
@@ -27,8 +28,10 @@ class Host(Protocol):
     def raise_if_interrupted(self) -> None:
         """Raise ComfyUI's own interrupt exception, so that a cancel shows as a cancel, not an error."""
 
-    def save_output(self, file: OutputFile, data: bytes, worker_tag: str) -> dict[str, str]:
-        """Save a worker's file into the master's output (or temp) folder; its /view reference."""
+    def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
+        """A new file for a worker's ``file`` in the master's output (or temp) folder, in the worker's own folder
+        (``worker_tag``): the caller streams the bytes into it, then keeps it under a name no other file has (or
+        drops it). ValueError when a part of its name is refused (see :mod:`.worker_files`)."""
 
     def running_prompts(self) -> set[str]:
         """Prompt ids the master is running now."""
@@ -71,7 +74,7 @@ class DetachedHost:
     def raise_if_interrupted(self) -> None:
         return None
 
-    def save_output(self, file: OutputFile, data: bytes, worker_tag: str) -> dict[str, str]:
+    def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
         raise RuntimeError("Multi-GPU: saving files needs a running ComfyUI")
 
     def running_prompts(self) -> set[str]:

@@ -22,7 +22,7 @@ from pydantic_core import core_schema
 from .access import TOKEN_ENV, Access
 from .api_answers import SCHEMA_REF, Error
 from .api_models import UNSET
-from .api_routes import HOST_REFUSED, MAX_IDENTITY, ROUTES, USUAL_ERRORS, Route
+from .api_routes import HOST_REFUSED, MAX_IDENTITY, NOT_JSON, ROUTES, USUAL_ERRORS, Route
 from .config.models import public_view_schemas
 
 OPENAPI_PATH = Path(__file__).with_name("openapi.json")
@@ -37,7 +37,9 @@ INFO = {
         "/api/multigpu/config). Who may call them: a private master (ComfyUI listening on loopback only, without "
         "--enable-cors-header) answers a request only when its Host header is localhost, a loopback address "
         "(127.0.0.0/8, ::1, with or without a port) or a name in settings.allowed_hosts, whatever its Origin (403 "
-        "otherwise: protection against DNS rebinding); its reads (GET) need no token. A public master (one that "
+        "otherwise: protection against DNS rebinding); its reads (GET) need no token. Whatever the Host, every route "
+        "refuses a cross-site request (403): an Origin that is present and not the master's own (null included) or "
+        "Sec-Fetch-Site cross-site or same-site; and a POST whose body is not Content-Type application/json (415). A public master (one that "
         "listens beyond loopback or sends CORS headers) has no Host check, but every route except this document "
         "needs the token, reads included; without a token configured it refuses them (401). The control routes "
         "(every POST, job_complete included) need the token whenever one is configured (settings.api_token or "
@@ -52,7 +54,8 @@ TOKEN_RULES = {Access.READ: "public", Access.CONTROL: "configured-or-public"}
 """``x-token-required`` of each access level (see :class:`~.access.Access`); OPEN routes need no token."""
 TOKEN_REFUSALS = {Access.READ: "ReadTokenRefused", Access.CONTROL: "ControlTokenRefused"}
 GUARD_RESPONSES = {
-    "HostRefused": HOST_REFUSED,
+    "GuardRefused": HOST_REFUSED,
+    "NotJson": NOT_JSON,
     "ControlTokenRefused": (
         "Missing or wrong token: every control route (POST) needs it whenever one is configured (settings.api_token "
         f"or {TOKEN_ENV}), and always on a public master, which without a token configured refuses them all and "
@@ -117,7 +120,7 @@ def _responses(route: Route) -> dict[str, Any]:
     schema = _ref(answer.model.__name__) if answer.model is not None else {"type": "object"}
     content = _json(schema) if answer.media_type == "application/json" else {answer.media_type: {"schema": {"type": "string"}}}
     responses: dict[str, Any] = {str(answer.status): {"description": answer.description, "content": content}}
-    guard = {403: "HostRefused"}
+    guard = {403: "GuardRefused", **({415: "NotJson"} if route.method == "POST" else {})}
     if route.access in TOKEN_REFUSALS:
         guard[401] = TOKEN_REFUSALS[route.access]
     for status in sorted({*route.errors, *guard}):

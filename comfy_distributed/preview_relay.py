@@ -4,8 +4,9 @@ A worker started with a preview method sends a frame per sampling step on the we
 follows its unit on (:mod:`.worker_client.preview_frames`). The master relays them to its UI as
 ``multigpu.preview`` events, for a thumbnail on the worker's card, under three rules:
 
-* **Only while someone watches.** The panel renews a lease (``POST /multigpu/previews``) every few
-  seconds while it is open; a lease lapses after :data:`WATCH_TTL`. With no fresh lease a frame is
+* **Only while someone watches.** A client registered for the events with ``previews`` (``POST
+  /multigpu/events``, :mod:`.audience`: the panel while it is open) holds a lease here under its client
+  id; a lease lapses after :data:`WATCH_TTL`. With no fresh lease a frame is
   dropped as it is read, unparsed, and nothing is sent: a master without an open panel pays nothing.
 * **At most a few a second per unit.** A frame is sent at once if the unit's last one left at least
   :data:`FRAME_INTERVAL` ago; otherwise it waits for that moment, replaced by any newer frame meanwhile
@@ -25,15 +26,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 from . import events
+from .audience import WATCH_TTL
 from .jobs import Notify
 from .worker_client import PreviewFrame, PreviewSink
 
-WATCH_TTL = 30.0
-"""Seconds a watcher's lease lasts; the panel renews it every :data:`WATCH_RENEW` seconds."""
-
-WATCH_RENEW = WATCH_TTL / 3
-"""How often the panel renews its lease while it is open: at a third of the life the master answers (the panel's
-``previewRenewMs``), so that one late renewal does not let it lapse."""
 
 FRAME_INTERVAL = 1 / 3
 """Least seconds between two frames of one unit sent to the UI (at most three a second)."""

@@ -99,7 +99,7 @@ class Runner(Generic[J]):
         self.models = models if models is not None else LoadedModels()
         """The checkpoints each worker was given last (the queue mode routes by them)."""
         self.previews = PreviewRelay(notify)
-        """The units' preview frames, relayed to the UI while a panel watches (``POST /multigpu/previews``)."""
+        """The units' preview frames, relayed to the UI while a client registered for previews watches (``POST /multigpu/events``)."""
 
     def open(self, job: J) -> None:
         """Bind ``job`` to the running loop (before its first unit runs)."""

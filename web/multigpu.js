@@ -7,7 +7,7 @@ import { app } from "../../scripts/app.js";
 import { api } from "../../scripts/api.js";
 import { createActions } from "./multigpu_actions.js";
 import { createClient } from "./multigpu_client.js";
-import { listen } from "./multigpu_listen.js";
+import { keepRegistered, listen } from "./multigpu_listen.js";
 import { mountPanel } from "./multigpu_panel.js";
 import { createStore, initialState, readValueNode, reduce } from "./multigpu_state.js";
 
@@ -141,6 +141,12 @@ app.registerExtension({
   },
   setup() {
     listen(api, store, actions, notify);
+    let panelOpen = false;  // the workers' live previews are asked for while the panel shows
+    const renewRegistration = keepRegistered(api, actions, () => panelOpen);
+    const showPreviews = (on) => {
+      panelOpen = on;
+      renewRegistration();
+    };
     setInterval(shareWorkflowValues, VALUES_EVERY_MS);
     const manager = app.extensionManager;
     if (!manager || typeof manager.registerSidebarTab !== "function") {
@@ -156,7 +162,7 @@ app.registerExtension({
       type: "custom",
       render(el) {
         if (destroy) destroy();
-        destroy = mountPanel(el, { store, actions, client, confirm });
+        destroy = mountPanel(el, { store, actions, client, confirm, showPreviews });
       },
       destroy() {
         if (destroy) destroy();

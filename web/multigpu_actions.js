@@ -106,11 +106,12 @@ export function createActions(store, client, notify) {
       }
     },
 
-    /** Renew (on) or end this panel's lease on the workers' live previews; the answer, or null (quiet: a preview
-     *  is a nicety, and an older master has no such route). */
-    async watchPreviews(on, watcher) {
+    /** Register (on) or end this page's websocket client for the master's events, with the live previews or not;
+     *  the answer, or null (quiet: a refusal shows on the next status refresh, and an older master has no such
+     *  route). */
+    async watchEvents(clientId, on, previews) {
       try {
-        return await client.watchPreviews(on, watcher);
+        return await client.watchEvents(clientId, on, previews);
       } catch {
         return null;
       }

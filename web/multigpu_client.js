@@ -88,7 +88,7 @@ export function createClient(fetchApi, storage) {
     launchWorkers: (workerIds) => request("POST", "/multigpu/workers/launch", { worker_ids: workerIds }),
     restartWorker: (workerId) => request("POST", "/multigpu/workers/restart", { worker_id: workerId }),
     workerLogs: (workerId, lines) => request("POST", "/multigpu/workers/logs", { worker_id: workerId, lines }),
-    watchPreviews: (on, watcher) => request("POST", "/multigpu/previews", { on, watcher }),
+    watchEvents: (clientId, on, previews) => request("POST", "/multigpu/events", { client_id: clientId, on, previews }),
   };
 }
 

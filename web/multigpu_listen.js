@@ -2,8 +2,30 @@
 // ComfyUI's own. Kept apart from multigpu.js (which needs the frontend's app) so that a Node test can check it.
 
 import { EVENTS } from "./multigpu_events.js";
+import { renewMs } from "./multigpu_state.js";
 
 const OFFLINE_LOG_LINES = 8;
+
+const NO_CLIENT_ID_RETRY_MS = 1000;
+
+/** The master sends its multigpu.* events only to the websocket clients registered with POST /multigpu/events.
+ *  This keeps the page's client registered while it is open (renewed at a third of the life the master gives, at
+ *  once when the socket reconnects or the page shows again), with the live previews while `wantsPreviews()`.
+ *  Returns `renew`, for when the wish for previews changes. `api.clientId` is the sid ComfyUI gave the socket. */
+export function keepRegistered(api, actions, wantsPreviews, doc = globalThis.document, timers = globalThis) {
+  let timer = null;
+  const renew = async () => {
+    timers.clearTimeout(timer);
+    const clientId = api.clientId || api.initialClientId;
+    const hidden = doc && doc.visibilityState === "hidden";
+    const answer = clientId ? await actions.watchEvents(clientId, true, !hidden && wantsPreviews()) : null;
+    timer = timers.setTimeout(renew, clientId ? renewMs(answer) : NO_CLIENT_ID_RETRY_MS);
+  };
+  api.addEventListener("reconnected", renew);
+  if (doc) doc.addEventListener("visibilitychange", () => { if (doc.visibilityState === "visible") renew(); });
+  renew();
+  return renew;
+}
 
 /** Subscribe the store, the actions and the toasts to `api`'s events; returns the names listened to. */
 export function listen(api, store, actions, notify) {

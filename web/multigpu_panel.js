@@ -5,7 +5,7 @@
 import { button, h, meter, setAvailable, setText } from "./multigpu_dom.js";
 import { createSettings, createWorkerForm } from "./multigpu_editors.js";
 import {
-  PASSIVE_MESSAGE, activeJobs, clusterLine, launchableIds, masterCard, pollIntervalMs, previewRenewMs, summary,
+  PASSIVE_MESSAGE, activeJobs, clusterLine, launchableIds, masterCard, pollIntervalMs, summary,
   tokenPrompt, workerCards,
 } from "./multigpu_state.js";
 
@@ -74,29 +74,6 @@ function showPreview(img, shown) {
   if (img.getAttribute("src") !== shown.src) img.src = shown.src;
   img.alt = shown.alt;
   img.title = shown.alt;
-}
-
-/** While the panel is open, a lease on the workers' live previews (the master relays none without one), renewed
- *  while the page is visible; ended when the panel closes. Returns the function that ends it. */
-function watchPreviews(actions) {
-  const random = globalThis.crypto && crypto.randomUUID ? crypto.randomUUID() : String(Math.random()).slice(2);
-  const watcher = `panel-${random}`;
-  let timer = null;
-  let alive = true;
-  const renew = async () => {
-    clearTimeout(timer);
-    const answer = document.visibilityState === "hidden" ? null : await actions.watchPreviews(true, watcher);
-    if (alive) timer = setTimeout(renew, previewRenewMs(answer));
-  };
-  const shown = () => { if (alive && document.visibilityState === "visible") renew(); };
-  document.addEventListener("visibilitychange", shown);
-  renew();
-  return () => {
-    alive = false;
-    clearTimeout(timer);
-    document.removeEventListener("visibilitychange", shown);
-    actions.watchPreviews(false, watcher);
-  };
 }
 
 /** One card; built once per worker (or for the master, workerId null) and updated in place. */
@@ -255,7 +232,7 @@ function createPassiveNotice() {
 }
 
 /** Draws the panel into `root` (the sidebar's element); returns the function that stops it. */
-export function mountPanel(root, { store, actions, client, confirm }) {
+export function mountPanel(root, { store, actions, client, confirm, showPreviews = null }) {
   ensureStylesheet();
   const workerForm = createWorkerForm({ store, actions });
   const ctx = {
@@ -308,11 +285,11 @@ export function mountPanel(root, { store, actions, client, confirm }) {
   const unsubscribe = store.subscribe(update);
   update(store.state);
   actions.refreshConfig().then(() => { if (alive) poll(); });
-  const unwatch = watchPreviews(actions);
+  if (showPreviews) showPreviews(true);  // the master relays the workers' previews while a panel is open
   return function destroy() {
     alive = false;
     clearTimeout(timer);
     unsubscribe();
-    unwatch();
+    if (showPreviews) showPreviews(false);
   };
 }

@@ -436,9 +436,9 @@ export function launchableIds(state) {
   return workerCards(state).filter((card) => card.canLaunch).map((card) => card.id);
 }
 
-/** When the panel renews its lease on the live previews: at a third of the life the master gave it (10 s when it
- *  gave none: an older master, or a refusal), so that one late renewal does not let it lapse. */
-export function previewRenewMs(answer) {
+/** When the page renews its registration for the master's events: at a third of the life the master gave it (10 s
+ *  when it gave none: an older master, or a refusal), so that one late renewal does not let it lapse. */
+export function renewMs(answer) {
   const life = Number(answer && answer.expires_in);
   return Math.max(Number.isFinite(life) && life > 0 ? life / 3 : 10, 1) * 1000;
 }

@@ -20,6 +20,7 @@ from ..errors import RunError, WorkerError, WorkerTimeout
 from ..launcher import command_name
 from ..prompt_hook import JOB_ID_EXTRA_DATA
 from ..worker_client import ComfyClient, EventStream, Reply, summarize_rejection
+from .master_events import registered
 from .progress import Progress, ProgressDisplay, apply_event
 from .results import history_images, save_images
 from .site import TOKEN_ENV, auth_headers, say, setup
@@ -73,6 +74,10 @@ async def run_workflow(url: str, prompt: dict[str, Any], extra_data: dict[str, A
             raise RunError(f"the master at {url} does not answer ({exc.message}): start it with '{command_name()} "
                               "master', or pass --master URL") from None
         job_id = await _prepare_job(client, prompt, display.note)
+        # the master sends its cluster events only to registered clients (a master without this extension: none)
+        refused = await stack.enter_async_context(registered(client, client_id))
+        if refused is not None and job_id is not None:
+            display.note(f"note: the workers' progress is not shown ({refused})")
         extra = {**extra_data, **({JOB_ID_EXTRA_DATA: job_id} if job_id else {})}
         prompt_id = await _queue(client, {"prompt": prompt, "client_id": client_id, "extra_data": extra})
         display.note(f"Queued prompt {prompt_id} on {url}")

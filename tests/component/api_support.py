@@ -46,8 +46,9 @@ class Master:
 
     async def call(self, method: str, path: str, body=None, token: str | None = None, raw: bytes | None = None,
                    headers: dict | None = None):
-        headers = {**({"Authorization": f"Bearer {token}"} if token else {}), **(headers or {})}
-        kwargs = {"data": io.BytesIO(raw)} if raw is not None else ({"json": body} if body is not None else {})
+        headers = {**({"Authorization": f"Bearer {token}"} if token else {}),
+                   **({"Content-Type": "application/json"} if method == "POST" else {}), **(headers or {})}
+        kwargs = {"data": io.BytesIO(raw)} if raw is not None else ({"data": json.dumps(body)} if body is not None else {})
         response = await self.client.request(method, path, headers=headers, **kwargs)
         return response.status, await response.json()
 

@@ -487,6 +487,7 @@ class ApiUnderTest:
         sent.update(headers or {})
         if raw is None and body is not None:
             raw = json.dumps(body)
+        if method == "POST":  # as every client of ours sends it; a test of another type says so in headers
             sent.setdefault("Content-Type", "application/json")
         if describe is None:
             shown = raw if isinstance(raw, (bytes, str)) else "<stream>"
@@ -562,3 +563,11 @@ async def oversize_body(size: int, chunk: int = 1 << 20, head: bytes = b'{"name"
         yield b"a" * piece
         remaining -= piece
     yield tail
+
+
+async def trickle(head: bytes, gap: float) -> AsyncIterator[bytes]:
+    """A body that sends ``head``, then one byte every ``gap`` seconds, never ending: a slow-loris."""
+    yield head
+    while True:
+        await asyncio.sleep(gap)
+        yield b" "

@@ -337,9 +337,10 @@ class Context:
             return st.fixed_dictionaries({"worker_id": ids})
         if path == "/multigpu/workers/logs":
             return st.fixed_dictionaries({"worker_id": ids}, optional={"lines": st.integers(1, 1000)})
-        if path == "/multigpu/previews":
-            return st.fixed_dictionaries({"on": st.booleans()},
-                                         optional={"watcher": st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)})
+        if path == "/multigpu/events":
+            return st.fixed_dictionaries({"on": st.booleans(),
+                                          "client_id": st.from_regex(r"[A-Za-z0-9_.-]{1,64}", fullmatch=True)},
+                                         optional={"previews": st.booleans()})
         if path == JOB_COMPLETE:  # who posts is in the headers; the body may repeat it
             assert self.share is not None
             share = {key: st.just(self.share[key]) for key in ("job_id", "worker_id", "share_token")}
@@ -461,20 +462,28 @@ def identity_headers(api: ApiUnderTest, variant: str) -> dict[str, str]:
     return headers
 
 
-def check_access(reply: Reply, mode: str, auth: str, host: str, identity: str = "right") -> bool:
+def check_access(reply: Reply, mode: str, auth: str, host: str, identity: str = "right",
+                 content_type: str | None = "application/json") -> bool:
     """The guard's and job_complete's identity answers, exactly when they are due; True when the
-    request got past them (its body was then judged)."""
+    request got past them (its body was then judged). A POST that is not JSON is refused once the
+    token was right (415): a page of another site can send text/plain or a form without a preflight."""
     public, configured = mode == "public", mode != "open"
     if not public and host in FOREIGN_HOSTS:
         assert reply.status == 403, f"a private master served a request for another Host: {reply}"
         assert reply.data.get("host") == (FOREIGN_HOSTS[host] or "(none)"), str(reply)
         return False
     assert not (reply.status == 403 and "host" in reply.data), f"refused for its Host: {reply}"
+    if host == "empty":  # Origin "http://" names no page at all, let alone the master's own: a cross-site request
+        assert reply.status == 403 and reply.data.get("origin") == "http://", f"a cross-site request served: {reply}"
+        return False
     if needs_token(reply.method, reply.path, public=public, configured=configured) and auth in AUTH_BAD:
         assert reply.status == 401, f"a guarded route answered without the token: {reply}"
         assert reply.headers.get("WWW-Authenticate", "").startswith("Bearer"), f"no WWW-Authenticate: {reply}"
         return False
     assert reply.status != 401, f"refused although no token was needed or the right one was sent: {reply}"
+    if reply.method == "POST" and (content_type or "").split(";")[0].strip().lower() != "application/json":
+        assert reply.status == 415 and "application/json" in reply.error, f"a POST that is not JSON: {reply}"
+        return False
     if reply.path == JOB_COMPLETE and identity != "right":
         assert reply.status == IDENTITY_REFUSALS[identity], f"identity {identity}: {reply}"
         return False
@@ -553,7 +562,8 @@ async def test_malformed_bodies_are_refused_cleanly(tmp_path, endpoint, mode, da
         before = api.path.read_bytes()
         reply = await api.call(method, path, raw=raw, headers=headers, auth=False, identity=False, params=params)
         check_reply(reply, api, before)
-        if not check_access(reply, mode, variant, host, identity):
+        # no Content-Type drawn: the call sends JSON's, as every client of ours does
+        if not check_access(reply, mode, variant, host, identity, content_type or "application/json"):
             return
         if method == "GET":
             assert reply.status == 200, str(reply)
@@ -674,7 +684,7 @@ async def test_a_configured_token_guards_what_x_token_required_says(tmp_path, en
     method, path = endpoint
     body = {} if "requestBody" in operation(method, path) else None
     needed = needs_token(method, path, public=public, configured=True)
-    control = method == "POST" and path != "/multigpu/previews"
+    control = method == "POST" and path != "/multigpu/events"
     assert needed == (path != "/multigpu/openapi.json" and (public or control)), "the rules changed?"
     async with ApiUnderTest(tmp_path, token=TOKEN, public=public) as api:
         refused = await _call_each_way(api, method, path, AUTH_BAD, body)

@@ -32,6 +32,7 @@ from comfy_distributed.config import (
 from comfy_distributed.openapi import REGENERATE, render
 from comfy_distributed.orchestrator import Orchestrator
 from tests.component.openapi_support import (
+    trickle,
     ALLOWED_HOST,
     FOREIGN_HOST,
     HTTP_METHODS,
@@ -249,8 +250,8 @@ async def valid_body(api: ApiUnderTest, path: str) -> dict[str, Any]:
         return {"worker_id": 2}
     if path == "/multigpu/workers/logs":
         return {"worker_id": 2, "lines": 10}
-    if path == "/multigpu/previews":
-        return {"on": True, "watcher": "panel-1"}
+    if path == "/multigpu/events":
+        return {"client_id": "panel-1", "on": True, "previews": True}
     if path == "/multigpu/job_complete":
         share = await api.open_share()
         return {"job_id": share["job_id"], "worker_id": share["worker_id"], "share_token": share["share_token"],
@@ -428,7 +429,8 @@ async def trigger(tmp_path: Path, method: str, path: str, status: int) -> Reply:
             assert "gpu_config.json" in reply.error and "port" in reply.error, str(reply)
             return reply
     public = status == 401 and token_rule(method, path) == "public"  # a private master serves reads without it
-    async with harness(tmp_path, path, token=TOKEN, public=public) as api:
+    settings = {"request_timeout": 1} if status == 408 else {}
+    async with harness(tmp_path, path, token=TOKEN, public=public, settings=settings) as api:
         body = await valid_body(api, path) if "requestBody" in op else None
         before = api.path.read_bytes()
         if status == 400:
@@ -450,6 +452,13 @@ async def trigger(tmp_path: Path, method: str, path: str, status: int) -> Reply:
                 body["worker_id"] = 404
             reply = await api.call(method, path, body, headers=headers)
             assert "404" in reply.error or "0" * 32 in reply.error, str(reply)
+        elif status == 408:  # job_complete: a body that trickles in (a slow-loris holding a slot)
+            reply = await api.call(method, path, raw=trickle(b'{"outputs": {"3": ["', 0.05), describe="a trickled body",
+                                   headers={"Content-Type": "application/json", "Content-Length": "100000"})
+            assert "did not arrive within" in reply.error, str(reply)
+        elif status == 415:  # a simple request a page of another site can send without a preflight
+            reply = await api.call(method, path, raw=json.dumps(body or {}), headers={"Content-Type": "text/plain"})
+            assert reply.data.get("content_type") == "text/plain" and "application/json" in reply.error, str(reply)
         elif status == 409:  # job_complete: the share has already ended
             first = await api.call(method, path, body)
             assert first.status == 200, str(first)
@@ -497,9 +506,9 @@ async def test_documented_success_status_occurs(tmp_path, endpoint):
 
 def test_every_operation_documents_who_may_call_it():
     """The Host check of a private master refuses every route (403); every route but this document needs
-    the token on a public master, the control routes (every POST but a watch of the previews, which only
+    the token on a public master, the control routes (every POST but a registration for the events, which only
     asks for what a read shows) whenever one is configured."""
-    reads = {("POST", "/multigpu/previews")}
+    reads = {("POST", "/multigpu/events")}
     for method, path, op in operations():
         assert "403" in op["responses"], f"{method} {path}: the Host check's 403 is not documented"
         if path == "/multigpu/openapi.json":

@@ -46,8 +46,8 @@ async def test_previews_reach_the_ui_while_a_panel_watches(standin_cluster):
     api = TestClient(TestServer(MultiGPUApi(cluster.store, cluster.orchestrator).make_app()))
     await api.start_server()
     try:
-        response = await api.post("/multigpu/previews", json={"on": True, "watcher": "panel-1"})
-        assert response.status == 200 and await response.json() == {"on": True, "expires_in": 30.0}
+        response = await api.post("/multigpu/events", json={"client_id": "panel-1", "on": True, "previews": True})
+        assert response.status == 200 and await response.json() == {"on": True, "previews": True, "expires_in": 30.0}
         job = cluster.start(workflow(delay=DELAY))
         await until(lambda: job.settled.is_set(), 30)
         await cluster.collect(job)

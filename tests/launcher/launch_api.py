@@ -65,6 +65,6 @@ class LaunchApi:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         if raw is not None:
             headers["Content-Type"] = "application/json"
-        kwargs = {"data": raw} if raw is not None else ({"json": body} if body is not None else {})
+        kwargs = {"data": raw} if raw is not None else {"json": {} if body is None else body}  # a body is JSON
         response = await self.client.post(path, headers=headers, **kwargs)
         return response.status, await response.json()

@@ -29,11 +29,13 @@ def write(path: Path, content: Any) -> Path:
 
 
 class ScriptedMaster:
-    """A master that plays a fixed distributed run: ComfyUI events plus this extension's multigpu.* events."""
+    """A master that plays a fixed distributed run: ComfyUI events plus this extension's multigpu.* events, the
+    latter, as the real master does, only to sockets whose client id registered with POST /multigpu/events."""
 
     def __init__(self, prepare: bool = True, finish: bool = True) -> None:
         self.prepare, self.finish = prepare, finish
-        self.sockets: list[web.WebSocketResponse] = []
+        self.sockets: list[tuple[str, web.WebSocketResponse]] = []
+        self.registered: set[str] = set()
         self.queued: list[dict] = []
         self.authorization: list[str | None] = []
         app = web.Application()
@@ -41,6 +43,7 @@ class ScriptedMaster:
         app.router.add_post("/prompt", self.prompt)
         app.router.add_post("/multigpu/prepare_job", self.prepare_job)
         app.router.add_get("/multigpu/status", self.status)
+        app.router.add_post("/multigpu/events", self.events)
         app.router.add_get("/history/{prompt_id}", self.history)
         app.router.add_get("/view", self.view)
         self.server = TestServer(app)
@@ -52,7 +55,7 @@ class ScriptedMaster:
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse()
         await ws.prepare(request)
-        self.sockets.append(ws)
+        self.sockets.append((request.query.get("clientId", ""), ws))
         async for _message in ws:
             pass
         return ws
@@ -62,6 +65,11 @@ class ScriptedMaster:
         if not self.prepare:  # an older master: ComfyUI's own 404, not JSON
             return web.Response(status=404, text="404: Not Found")
         return web.json_response({"job_id": "J", "expires_in": 60})
+
+    async def events(self, request: web.Request) -> web.Response:
+        body = await request.json()
+        (self.registered.add if body["on"] else self.registered.discard)(body["client_id"])
+        return web.json_response({"on": body["on"], "previews": False, "expires_in": 30.0 if body["on"] else 0.0})
 
     async def status(self, request: web.Request) -> web.Response:
         return web.json_response({"jobs": [{"job_id": "J", "prompt_id": "P"}], "workers": []})
@@ -85,10 +93,11 @@ class ScriptedMaster:
         if self.finish:
             events.append(("executing", {"node": None, "prompt_id": "P"}))
         for kind, data in events:
-            for ws in self.sockets:
-                await ws.send_json({"type": kind, "data": data})
+            for client_id, ws in self.sockets:
+                if client_id in self.registered or not kind.startswith("multigpu."):
+                    await ws.send_json({"type": kind, "data": data})
         if not self.finish:
-            for ws in self.sockets:
+            for _, ws in self.sockets:
                 await ws.close()
 
     async def history(self, request: web.Request) -> web.Response:

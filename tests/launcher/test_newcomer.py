@@ -109,7 +109,7 @@ class CachedMaster(ScriptedMaster):
                   ("execution_cached", {"nodes": ["1", "2"], "prompt_id": "P"}),
                   ("executing", {"node": None, "prompt_id": "P"})]
         for kind, data in events:
-            for ws in self.sockets:
+            for _, ws in self.sockets:
                 await ws.send_json({"type": kind, "data": data})
 
 

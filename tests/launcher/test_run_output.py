@@ -33,7 +33,7 @@ class HostileMaster(ScriptedMaster):
         try:
             return await super().ws(request)
         finally:  # a closed socket would end play() before it reached the next run's
-            self.sockets[:] = [ws for ws in self.sockets if not ws.closed]
+            self.sockets[:] = [(client_id, ws) for client_id, ws in self.sockets if not ws.closed]
 
     async def history(self, request: web.Request) -> web.Response:
         return web.json_response({"P": {"status": {"status_str": "success"}, "outputs": self.outputs}})

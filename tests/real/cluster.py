@@ -6,11 +6,13 @@ import asyncio
 import io
 import json
 import time
+import uuid
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from comfy_distributed.cli.master_events import registered
 from comfy_distributed.errors import WorkerError
 from comfy_distributed.worker_client import ComfyClient
 from tests.real.harness import ComfyInstance, http_json, start_comfyui
@@ -52,9 +54,10 @@ class Cluster:
         self.instances.append(instance)
         return instance
 
-    def run(self, prompt: dict, path: str = "/prompt") -> tuple[dict, list[dict], float]:
-        """The master's history entry, the websocket events a UI saw, and the seconds it took."""
-        return asyncio.run(run_on_master(self.master, prompt, path=path))
+    def run(self, prompt: dict, path: str = "/prompt", previews: bool = False) -> tuple[dict, list[dict], float]:
+        """The master's history entry, the websocket events a UI saw (the live previews too with ``previews``),
+        and the seconds it took."""
+        return asyncio.run(run_on_master(self.master, prompt, path=path, previews=previews))
 
     def stop(self) -> None:
         for instance in self.instances:
@@ -73,12 +76,16 @@ class Cluster:
         return http_json("GET", f"{self.master.url}/multigpu/status")
 
 
-async def run_on_master(master: ComfyInstance, prompt: dict, timeout: float = 600,
-                        path: str = "/prompt") -> tuple[dict, list[dict], float]:
-    """Queue with a plain POST /prompt while listening on the master's websocket like the UI does."""
+async def run_on_master(master: ComfyInstance, prompt: dict, timeout: float = 600, path: str = "/prompt",
+                        previews: bool = False) -> tuple[dict, list[dict], float]:
+    """Queue with a plain POST /prompt while listening on the master's websocket like the UI does (registered for
+    the master's events as the panel is)."""
     try:
         async with ComfyClient(master.url, name=master.name) as client:
-            followed = await client.queue_and_follow(prompt, time.monotonic() + timeout, path=path)
+            client_id = uuid.uuid4().hex
+            async with registered(client, client_id, previews=previews):
+                followed = await client.queue_and_follow(prompt, time.monotonic() + timeout, path=path,
+                                                         client_id=client_id)
     except WorkerError as exc:
         raise AssertionError(f"{master.name}: {exc.message} (did it crash?)\n{master.log_tail()}") from exc
     entry = history_entry(master.url, followed.prompt_id)

@@ -1,9 +1,10 @@
 """Tier 3: live previews from real ComfyUI workers started with ``--preview-method latent2rgb``.
 
 Two plain workers sample the random SD1.5 checkpoint under a master with this extension. While a
-watcher's lease is fresh (``POST /multigpu/previews``), the master relays each worker's preview frames of
-its unit as ``multigpu.preview`` events, seen here on the master's websocket as a UI sees them, then one
-that ends each unit; without a lease it sends none.
+client is registered for the previews (``POST /multigpu/events`` with ``previews``), the master relays each
+worker's preview frames of its unit to it as ``multigpu.preview`` events, seen here on the master's
+websocket as a UI sees them, then one that ends each unit; to a client registered without previews it
+sends none.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import pytest
 from PIL import Image
 
 from tests.real.cluster import Cluster, decoded, worker_failures
-from tests.real.harness import http_json, link_model, output_images, requires_comfyui, sd15_workflow
+from tests.real.harness import link_model, output_images, requires_comfyui, sd15_workflow
 
 pytestmark = [requires_comfyui, pytest.mark.timeout(900)]
 
@@ -46,13 +47,8 @@ def distributed_sd15(seed: int) -> dict:
     return prompt
 
 
-def watch(cluster: Cluster, on: bool) -> dict:
-    return http_json("POST", f"{cluster.master.url}/multigpu/previews", {"on": on, "watcher": "tier-3"})
-
-
 def test_each_worker_s_unit_shows_its_previews_while_watched(cluster):
-    assert watch(cluster, True) == {"on": True, "expires_in": 30.0}
-    entry, events, _ = cluster.run(distributed_sd15(seed=40))
+    entry, events, _ = cluster.run(distributed_sd15(seed=40), previews=True)
     assert worker_failures(events) == []
     assert len(decoded(output_images(cluster.master.url, entry))) == 6
     previews = [e["data"] for e in events if e["type"] == "multigpu.preview"]
@@ -71,8 +67,7 @@ def test_each_worker_s_unit_shows_its_previews_while_watched(cluster):
 
 
 def test_without_a_watcher_the_master_sends_no_preview(cluster):
-    assert watch(cluster, False) == {"on": False, "expires_in": 0.0}
-    entry, events, _ = cluster.run(distributed_sd15(seed=41))
+    entry, events, _ = cluster.run(distributed_sd15(seed=41))  # registered for the events, not the previews
     assert worker_failures(events) == []
     assert len(decoded(output_images(cluster.master.url, entry))) == 6
     assert [e for e in events if e["type"] == "multigpu.preview"] == []

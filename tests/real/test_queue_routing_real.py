@@ -21,6 +21,8 @@ import aiohttp
 import numpy as np
 import pytest
 
+from comfy_distributed.cli.master_events import registered
+from comfy_distributed.worker_client import ComfyClient
 from tests.real.cluster import Cluster, decoded, plain_image, plain_image_pixels
 from tests.real.harness import (
     http_json,
@@ -72,18 +74,25 @@ class Events:
         self._thread.join(10)
 
     async def _listen(self) -> None:
+        client_id = uuid.uuid4().hex
         async with aiohttp.ClientSession() as session:
-            async with session.ws_connect(f"{self.url}/ws?clientId={uuid.uuid4().hex}") as websocket:
-                self._ready.set()
-                while not self._stop.is_set():
-                    try:
-                        message = await websocket.receive(timeout=0.2)
-                    except asyncio.TimeoutError:
-                        continue
-                    if message.type == aiohttp.WSMsgType.TEXT:
-                        self.seen.append(json.loads(message.data))
-                    elif message.type != aiohttp.WSMsgType.BINARY:
-                        return
+            async with session.ws_connect(f"{self.url}/ws?clientId={client_id}") as websocket:
+                async with ComfyClient(self.url) as client, registered(client, client_id) as refused:
+                    assert refused is None, refused
+                    self._ready.set()
+                    await self._receive(websocket)
+
+    async def _receive(self, websocket: aiohttp.ClientWebSocketResponse) -> None:
+        """Every text event until told to stop (the master's own events included: this client is registered)."""
+        while not self._stop.is_set():
+            try:
+                message = await websocket.receive(timeout=0.2)
+            except asyncio.TimeoutError:
+                continue
+            if message.type == aiohttp.WSMsgType.TEXT:
+                self.seen.append(json.loads(message.data))
+            elif message.type != aiohttp.WSMsgType.BINARY:
+                return
 
     def named(self, kind: str) -> list[dict]:
         return [event["data"] for event in list(self.seen) if event.get("type") == kind]

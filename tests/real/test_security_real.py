@@ -197,3 +197,89 @@ def test_a_malformed_worker_among_healthy_ones_still_gives_the_full_ordered_batc
     assert len(faulty) == len(reference) == 8, "4 participants x batch 2"
     for index, (got, want) in enumerate(zip(faulty, reference)):
         assert np.array_equal(got, want), f"image {index} differs from the run with a healthy third worker"
+
+
+CROSS_SITE_ATTACKS = {
+    "sandboxed iframe, text/plain": {"Origin": "null", "Content-Type": "text/plain;charset=UTF-8"},
+    "Sec-Fetch-Site cross-site only": {"Sec-Fetch-Site": "cross-site", "Content-Type": "text/plain"},
+    "another site, JSON": {"Origin": "http://attacker.example", "Content-Type": "application/json"},
+}
+
+
+@pytest.mark.parametrize("attack", CROSS_SITE_ATTACKS)
+@pytest.mark.parametrize("prefix", ["", "/api"])
+def test_cross_site_requests_are_refused_whatever_the_host(cluster, prefix, attack):
+    """What a page in another tab can send without a preflight, passing ComfyUI 0.3.64's own origin check."""
+    port = cluster.master.port
+    before = cluster.config_path.read_bytes()
+    attempts = [
+        ("POST", "/multigpu/config/update_setting", {"key": "queue_mode", "value": "all"}),
+        ("POST", "/multigpu/config/add_worker", {"name": "evil", "host": "attacker.example", "port": 80}),
+        ("POST", "/multigpu/config/update_worker", {"worker_id": 1, "extra_args": "--enable-cors-header *"}),
+        ("POST", "/multigpu/workers/launch", {}),
+        ("POST", "/multigpu/events", {"client_id": "attacker", "on": True, "previews": True}),
+        ("GET", "/multigpu/status", None),
+    ]
+    for method, path, body in attempts:
+        data = json.dumps(body).encode() if body is not None else None
+        status, answer = request(port, method, prefix + path, data, headers=CROSS_SITE_ATTACKS[attack])
+        assert status == 403, (path, answer)
+        # a foreign host name in Origin is refused by ComfyUI's own origin check first (an empty 403); null and
+        # Sec-Fetch-Site pass it and reach ours
+        assert answer is None if attack == "another site, JSON" else "cross-site" in answer["error"], answer
+    assert cluster.config_path.read_bytes() == before
+    status, answer = request(port, "POST", prefix + "/multigpu/config/update_setting",
+                             json.dumps({"key": "queue_mode", "value": "all"}).encode(),
+                             headers={"Content-Type": "text/plain"})  # no Origin, but not JSON either
+    assert status == 415 and "application/json" in answer["error"], answer
+    assert cluster.config_path.read_bytes() == before
+    own = {"Origin": f"http://127.0.0.1:{port}", "Sec-Fetch-Site": "same-origin"}
+    status, answer = request(port, "GET", prefix + "/multigpu/status", headers=own)  # the panel's own page
+    assert status == 200, answer
+
+
+async def _listen(url: str, headers: dict[str, str], seen: list[dict], ready: asyncio.Event,
+                  stop: asyncio.Event, client_id: str | None = None) -> None:
+    import aiohttp
+
+    query = f"?clientId={client_id}" if client_id else ""
+    async with aiohttp.ClientSession() as session:
+        async with session.ws_connect(f"{url.replace('http', 'ws', 1)}/ws{query}", headers=headers) as websocket:
+            ready.set()
+            while not stop.is_set():
+                try:
+                    message = await websocket.receive(timeout=0.2)
+                except asyncio.TimeoutError:
+                    continue
+                if message.type == aiohttp.WSMsgType.TEXT:
+                    seen.append(json.loads(message.data))
+                elif message.type != aiohttp.WSMsgType.BINARY:
+                    return
+
+
+def test_a_socket_that_did_not_register_receives_no_multigpu_event(cluster):
+    """A sandboxed iframe's websocket (``Origin: null``: ComfyUI lets it connect) and a plain socket that did not
+    register see the master's own events, but no worker address, error, progress or preview of ours."""
+    foreign: list[dict] = []
+    plain: list[dict] = []
+
+    async def scenario() -> list[dict]:
+        ready_a, ready_b, stop = asyncio.Event(), asyncio.Event(), asyncio.Event()
+        url = cluster.master.url
+        listeners = [asyncio.create_task(_listen(url, {"Origin": "null"}, foreign, ready_a, stop)),
+                     asyncio.create_task(_listen(url, {}, plain, ready_b, stop))]
+        await asyncio.wait_for(asyncio.gather(ready_a.wait(), ready_b.wait()), 30)
+        try:
+            _, events, _ = await asyncio.to_thread(cluster.run, image_workflow(seed=77, delay=0.2))
+        finally:
+            stop.set()
+            await asyncio.gather(*listeners)
+        return events
+
+    registered_events = asyncio.run(scenario())
+    ours = {event["type"] for event in registered_events if event["type"].startswith("multigpu.")}
+    assert {"multigpu.job_progress", "multigpu.job_done"} <= ours, ours  # the registered client got them
+    for seen in (foreign, plain):
+        assert any(event["type"] == "status" for event in seen), "the socket did not work at all"
+        leaked = [event for event in seen if str(event.get("type", "")).startswith("multigpu.")]
+        assert leaked == [], leaked[:3]

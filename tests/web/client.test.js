@@ -226,13 +226,16 @@ test("launch and restart call the launcher routes; a missing route says so", asy
   assert.match(toasts[2].detail, /workers\/restart is not available/);
 });
 
-test("the panel's preview lease goes to POST /multigpu/previews; a refusal or a missing route is quiet", async () => {
-  const { actions, calls, toasts } = setup({ "POST /multigpu/previews": [200, { on: true, expires_in: 30 }] });
-  assert.deepEqual(await actions.watchPreviews(true, "panel-x"), { on: true, expires_in: 30 });
-  assert.deepEqual(calls.at(-1), { path: "/multigpu/previews", method: "POST",
-                                   headers: { "Content-Type": "application/json" }, body: { on: true, watcher: "panel-x" } });
+test("the page's registration for the events goes to POST /multigpu/events; a refusal or a missing route is quiet",
+     async () => {
+  const answer = { on: true, previews: true, expires_in: 30 };
+  const { actions, calls, toasts } = setup({ "POST /multigpu/events": [200, answer] });
+  assert.deepEqual(await actions.watchEvents("abc123", true, true), answer);
+  assert.deepEqual(calls.at(-1), { path: "/multigpu/events", method: "POST",
+                                   headers: { "Content-Type": "application/json" },
+                                   body: { client_id: "abc123", on: true, previews: true } });
   const older = setup({});
-  assert.equal(await older.actions.watchPreviews(false, "panel-x"), null);
+  assert.equal(await older.actions.watchEvents("abc123", false, false), null);
   assert.deepEqual([...toasts, ...older.toasts], []);
 });
 

@@ -4,7 +4,7 @@ import { test } from "node:test";
 import assert from "node:assert/strict";
 
 import { EVENTS } from "../../web/multigpu_events.js";
-import { listen } from "../../web/multigpu_listen.js";
+import { keepRegistered, listen } from "../../web/multigpu_listen.js";
 
 function fakeApi() {
   const handlers = new Map();
@@ -65,4 +65,48 @@ test("a launched worker that goes offline shows the last lines of its log in a t
   assert.equal(toasts.length, 1);
   assert.equal(toasts[0].summary, "Multi-GPU: GPU 2 went offline");
   assert.equal(toasts[0].detail, "refused\nLast lines of its log:\nboom\nTraceback");
+});
+
+function fakeTimers() {
+  const pending = new Map();
+  let next = 1;
+  return {
+    pending,
+    setTimeout(fn, ms) { pending.set(next, { fn, ms }); return next++; },
+    clearTimeout(id) { pending.delete(id); },
+    async fire() {
+      const [id, { fn }] = [...pending.entries()].at(-1);
+      pending.delete(id);
+      await fn();
+    },
+  };
+}
+
+test("the page stays registered for the master's events under its socket's client id, previews while asked", async () => {
+  const api = fakeApi();
+  const timers = fakeTimers();
+  const doc = { visibilityState: "visible", addEventListener(name, handler) { this.handler = handler; } };
+  const asked = [];
+  const actions = { async watchEvents(clientId, on, previews) { asked.push([clientId, on, previews]);
+                                                               return { on, previews, expires_in: 30 }; } };
+  let wanted = false;
+  const renew = keepRegistered(api, actions, () => wanted, doc, timers);
+  await Promise.resolve();
+  assert.deepEqual(asked, []);  // no socket yet: no client id to register, tried again in a second
+  assert.equal([...timers.pending.values()].at(-1).ms, 1000);
+  api.clientId = "sid-1";
+  await timers.fire();
+  assert.deepEqual(asked, [["sid-1", true, false]]);
+  assert.equal([...timers.pending.values()].at(-1).ms, 10000);  // a third of the 30 s the master gave
+  wanted = true;
+  await renew();
+  assert.deepEqual(asked.at(-1), ["sid-1", true, true]);
+  assert.equal(timers.pending.size, 1, "one renewal waits, never two");
+  api.clientId = "sid-2";  // a new socket after a reconnect
+  api.emit("reconnected");
+  await Promise.resolve();
+  assert.deepEqual(asked.at(-1), ["sid-2", true, true]);
+  doc.visibilityState = "hidden";
+  await timers.fire();
+  assert.deepEqual(asked.at(-1), ["sid-2", true, false], "no previews for a hidden page");
 });

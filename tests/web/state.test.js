@@ -5,7 +5,7 @@ import { test } from "node:test";
 
 import {
   PASSIVE_MESSAGE, TOKEN_COMMAND, TOKEN_COMMAND_WINDOWS, activeJobs, createStore, formatAddress, formatBytes,
-  clusterLine, formatDuration, initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, previewRenewMs,
+  clusterLine, formatDuration, initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, renewMs,
   previewSource, readValueNode, reduce, summary, tokenPrompt,
   valueLines, vramUsage, workerAddress, workerCards, workerProgress,
 } from "../../web/multigpu_state.js";
@@ -352,8 +352,8 @@ test("only a JPEG or PNG in base64 becomes an image source", () => {
   assert.equal(workerCards(state)[0].preview, null);
 });
 
-test("the preview lease is renewed at a third of its life, 10 s when the master gave none", () => {
-  assert.equal(previewRenewMs({ on: true, expires_in: 30 }), 10000);
-  assert.equal(previewRenewMs(null), 10000);
-  assert.equal(previewRenewMs({ expires_in: 0.3 }), 1000);
+test("the registration for the events is renewed at a third of its life, 10 s when the master gave none", () => {
+  assert.equal(renewMs({ on: true, expires_in: 30 }), 10000);
+  assert.equal(renewMs(null), 10000);
+  assert.equal(renewMs({ expires_in: 0.3 }), 1000);
 });
