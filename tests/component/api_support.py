@@ -53,6 +53,25 @@ class Master:
         return response.status, await response.json()
 
 
+class Started:
+    """The masters (anything with an aiohttp ``client``) a test starts, each closed when :meth:`close` runs."""
+
+    def __init__(self) -> None:
+        self.made: list = []
+
+    def config_path(self, folder: Path) -> Path:
+        return folder / f"gpu_config-{len(self.made)}.json"
+
+    async def start(self, master):
+        await master.client.start_server()
+        self.made.append(master)
+        return master
+
+    async def close(self) -> None:
+        for master in self.made:
+            await master.client.close()
+
+
 def write_config(path: Path, workers: list[dict], **settings) -> Path:
     path.write_text(json.dumps({"master": {"port": 8188}, "workers": workers, "settings": settings}))
     return path

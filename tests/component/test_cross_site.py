@@ -19,7 +19,7 @@ from comfy_distributed.api import MultiGPUApi
 from comfy_distributed.audience import Audience
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.orchestrator import Orchestrator
-from tests.component.api_support import TOKEN, write_config
+from tests.component.api_support import TOKEN, Started, write_config
 from tests.waiting import closed_port
 
 ROUTES = [("GET", "/multigpu/config"), ("GET", "/multigpu/status"), ("GET", "/multigpu/metrics"),
@@ -73,19 +73,15 @@ class Master:
 
 @pytest.fixture
 async def make_master(tmp_path):
-    made: list[Master] = []
+    started = Started()
 
     async def factory(public: bool = False, cors_origin: str | None = None, **settings) -> Master:
         workers = [{"id": 1, "name": "GPU 1", "port": closed_port()}]
-        master = Master(write_config(tmp_path / f"gpu_config-{len(made)}.json", workers, **settings), public,
-                        cors_origin)
-        await master.client.start_server()
-        made.append(master)
-        return master
+        path = write_config(started.config_path(tmp_path), workers, **settings)
+        return await started.start(Master(path, public, cors_origin))
 
     yield factory
-    for master in made:
-        await master.client.close()
+    await started.close()
 
 
 @pytest.mark.parametrize("attack", CROSS_SITE)

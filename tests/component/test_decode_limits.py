@@ -25,6 +25,7 @@ from tests.component import api_support
 from tests.component.cluster import workflow
 from tests.standin import StandinComfy
 from tests.waiting import until
+from tests.dynamic_prompt import FakeDynamicPrompt
 
 
 @functools.lru_cache(maxsize=1)
@@ -134,19 +135,6 @@ async def test_a_bomb_posted_with_job_complete_is_refused_too(tmp_path, running)
         finally:
             await master.client.close()
             await master.orchestrator.close()
-
-
-class FakeDynamicPrompt:
-    """The two methods of ComfyUI's DynamicPrompt the tile nodes use."""
-
-    def __init__(self, prompt: dict) -> None:
-        self.nodes = dict(prompt)
-
-    def get_node(self, node_id: str) -> dict:
-        return self.nodes[node_id]
-
-    def all_node_ids(self) -> set[str]:
-        return set(self.nodes)
 
 
 TILE_PROMPT = {

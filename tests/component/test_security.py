@@ -15,7 +15,7 @@ import pytest
 
 from comfy_distributed.config import ConfigStore, load_config
 from comfy_distributed.errors import ConfigError
-from tests.component.api_support import TOKEN, Master, first_prompt, png_bytes, workflow, write_config
+from tests.component.api_support import TOKEN, Master, Started, first_prompt, png_bytes, workflow, write_config
 from tests.standin import StandinComfy
 from tests.waiting import closed_port
 
@@ -29,21 +29,17 @@ REBINDING = {"Host": "attacker.example:8188", "Origin": "http://attacker.example
 
 @pytest.fixture
 async def make_master(tmp_path, monkeypatch):
-    made: list[Master] = []
+    started = Started()
 
     async def factory(workers: list[dict] | None = None, public: bool = False, **settings) -> Master:
-        path = write_config(tmp_path / f"gpu_config-{len(made)}.json", workers if workers is not None else [
+        path = write_config(started.config_path(tmp_path), workers if workers is not None else [
             {"id": 1, "name": "GPU 1", "port": closed_port(), "headers": {"X-Proxy-Key": "proxy-secret"},
              "ssh": {"host": "gpu-box", "user": "alice", "key_file": "/home/alice/.ssh/id_gpu",
                      "comfyui_path": "/srv/comfy"}, "notes": "private note"}], **settings)
-        master = Master(path, public=public)
-        await master.client.start_server()
-        made.append(master)
-        return master
+        return await started.start(Master(path, public=public))
 
     yield factory
-    for master in made:
-        await master.client.close()
+    await started.close()
 
 
 # --- 1. DNS rebinding: the Host check -------------------------------------------------------

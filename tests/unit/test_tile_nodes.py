@@ -17,19 +17,7 @@ from comfy_distributed.tile_nodes import (
     encode_crop,
 )
 from comfy_distributed.tiles import crop, merge, plan_tiles
-
-
-class FakeDynamicPrompt:
-    """The two methods of ComfyUI's DynamicPrompt the nodes use."""
-
-    def __init__(self, prompt: dict) -> None:
-        self.nodes = dict(prompt)
-
-    def get_node(self, node_id: str) -> dict:
-        return self.nodes[node_id]
-
-    def all_node_ids(self) -> set[str]:
-        return set(self.nodes)
+from tests.dynamic_prompt import FakeDynamicPrompt
 
 
 def workflow() -> dict:
