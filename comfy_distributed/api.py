@@ -41,6 +41,7 @@ from .config import (
     WorkerConfig,
     public_view,
     settings_form,
+    unknown_key_warnings,
 )
 from .errors import ConfigError, WorkerError, WorkflowError
 from .health import HealthMonitor
@@ -316,6 +317,7 @@ class MultiGPUApi:
             "workers": workers,
             "jobs": jobs,
             "cluster": {**cluster, "line": cluster_line(cluster)},
+            "config_warnings": unknown_key_warnings(config),
         })
 
     async def _probe(self, worker: WorkerConfig, settings: Settings) -> dict[str, Any]:

@@ -192,6 +192,11 @@ class Status(BaseModel):
     workers: list[WorkerStatus]
     jobs: list[dict[str, Any]]
     cluster: ClusterSummary
+    config_warnings: list[str] = Field(
+        description="keys of gpu_config.json that no part of the schema knows, one line each, naming where it is "
+                    "(a worker by its id and name) and the known key it is nearest to, e.g. \"worker 2 (GPU 1): "
+                    "unknown key 'enabeld' (did you mean 'enabled'?) is ignored\"; they are kept in the file but "
+                    "change nothing. Keys that begin with _ are notes and not listed")
 
 
 class LaunchOutcome(BaseModel):

@@ -7,14 +7,14 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from . import runtime
 from .access import TOKEN_ENV, is_public
 from .api import MultiGPUApi
 from .api_launch import add_launch_routes
 from .audience import Audience
-from .config import ConfigStore, GpuConfig
+from .config import ConfigStore, GpuConfig, unknown_key_warnings
 from .errors import ConfigError
 from .orchestrator import Orchestrator
 from .health import HealthMonitor
@@ -30,14 +30,27 @@ __all__ = ["ComfyHost", "confined_output_path", "install", "startup_warnings", "
 log = logging.getLogger("comfy_distributed")
 
 
-def startup_warnings(config: GpuConfig, public: bool, env_token: str | None = None) -> list[str]:
-    """What a master says at start that a newcomer would otherwise find out from a 401."""
+def startup_warnings(config: GpuConfig, public: bool, env_token: str | None = None,
+                     source: str = "gpu_config.json") -> list[str]:
+    """What a master says at start that a newcomer would otherwise find out from a 401 or from a setting that
+    does nothing: a public master without a token, and every unknown (misspelled?) key of ``source``."""
+    warnings = [f"{source}: {warning}" for warning in unknown_key_warnings(config)]
     if public and not (env_token or config.settings.api_token):
-        return ["this master listens beyond loopback (--listen) or sends CORS headers (--enable-cors-header), "
-                "and no API token is configured: every /multigpu route (the sidebar panel's too) answers 401 "
-                "until one is. Create one with 'launch_distributed.sh token' (or 'python -m comfy_distributed "
-                "token'), or drop --listen if no browser on another machine needs this master"]
-    return []
+        warnings.append("this master listens beyond loopback (--listen) or sends CORS headers (--enable-cors-header), "
+                        "and no API token is configured: every /multigpu route (the sidebar panel's too) answers 401 "
+                        "until one is. Create one with 'launch_distributed.sh token' (or 'python -m comfy_distributed "
+                        "token'), or drop --listen if no browser on another machine needs this master")
+    return warnings
+
+
+def log_config_warnings(source: str) -> Callable[[list[str]], None]:
+    """What the master does when a changed config file brings other unknown keys (``ConfigStore.report_warnings``)."""
+
+    def report(warnings: list[str]) -> None:
+        for warning in warnings:
+            log.warning("Multi-GPU: %s changed: %s", source, warning)
+
+    return report
 
 
 class ComfyHost:
@@ -139,8 +152,9 @@ def install() -> bool:
     if config is not None:
         log.info("Multi-GPU: %s: %d worker(s), %d enabled", store.path, len(config.workers),
                  len(config.enabled_workers()))
-        for warning in startup_warnings(config, public, env_token):
+        for warning in startup_warnings(config, public, env_token, str(store.path)):
             log.warning("Multi-GPU: %s", warning)
+    store.report_warnings(log_config_warnings(str(store.path)))
     comfyui_root = Path(sys.modules[PromptServer.__module__].__file__ or ".").resolve().parent  # main.py's folder
     _wire(server, ComfyHost(server), store, public, env_token, comfyui_root, cors_origin)
     return True
@@ -157,7 +171,8 @@ def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_to
                              master_lacks=comfy_master_lacks, host=host)
     runtime.current = runtime.Extension(host, orchestrator, balancer)
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
-    server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts))
+    server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts,
+                                                         host.is_output_node))
     api = MultiGPUApi(store, orchestrator, public=public, free_master=host.free_memory, health=health,
                       master_queue=host.queue_load, env_token=env_token,
                       previews=(orchestrator.runner.previews, balancer.runner.previews), audience=host.audience,

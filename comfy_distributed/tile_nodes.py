@@ -24,7 +24,7 @@ from functools import partial
 from typing import Any
 
 from . import events, runtime
-from .errors import JobError, WorkflowError
+from .errors import ConfigError, JobError, WorkflowError
 from .nodes import INTERNAL_NOTE, PART_CLASS, PARTS_TYPE
 from .tile_graph import (
     TILE_MERGE_CLASS,
@@ -283,7 +283,7 @@ class MultiGPUTileStart:
             try:
                 job = runtime.current.orchestrator.start_tiles(prompt, pair, [list(f) for f in zip(*files)],
                                                                int(image.shape[0]), hints=index)
-            except (WorkflowError, JobError) as exc:
+            except (WorkflowError, JobError, ConfigError) as exc:  # ConfigError: the file broke after queueing
                 raise RuntimeError(f"{who}: {exc}") from None
             job_id = job.job_id if job is not None else None
         log.info("%s: %d tile(s) of %dx%d%s%s", who, len(grid.tiles), *grid.crop_size,

@@ -2,10 +2,12 @@
 
 The schema is the original README's (master, workers, settings) with ``host`` optional per worker.
 Keys we do not know are kept (``extra="allow"``) so a round trip never loses what a user
-or another tool wrote. A file that does not validate is reported and never replaced by
+or another tool wrote, and reported with the known key they are nearest to (:mod:`.unknown_keys`),
+since a misspelled key silently does nothing. A file that does not validate is reported and never replaced by
 defaults.
 
-:mod:`.models` holds the model, :mod:`.files` reading, saving and the shared :class:`ConfigStore`.
+:mod:`.models` holds the model, :mod:`.files` reading, saving and the shared :class:`ConfigStore`,
+:mod:`.unknown_keys` the warnings about keys the model does not know.
 """
 
 from ..errors import ConfigError
@@ -33,10 +35,11 @@ from .models import (
     public_view,
     settings_form,
 )
+from .unknown_keys import unknown_key_warnings, worker_label
 
 __all__ = [
     "CONFIG_ENV", "DEFAULT_CONFIG_PATH", "MAX_CONFIG_BYTES", "PACKAGE_ROOT", "REDACTED", "SECRET_SETTINGS",
     "ConfigError", "ConfigStore", "GpuConfig", "MasterConfig", "Settings", "SshConfig", "WorkerConfig", "config_path",
     "format_validation_error", "load_config", "parse_config", "public_view", "save_config", "set_api_token",
-    "settings_form",
+    "settings_form", "unknown_key_warnings", "worker_label",
 ]

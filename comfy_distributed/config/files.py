@@ -14,6 +14,7 @@ from pydantic import ValidationError
 from ..errors import ConfigError
 from ..json_limits import MAX_DEPTH, nesting_depth
 from .models import CONFIG_ENV, DEFAULT_CONFIG_PATH, GpuConfig, MAX_CONFIG_BYTES
+from .unknown_keys import unknown_key_warnings
 
 
 def format_validation_error(source: str, exc: ValidationError) -> str:
@@ -128,7 +129,8 @@ class ConfigStore:
     """The live configuration: re-read when the file changes, updated under a lock.
 
     Edits made by hand while ComfyUI runs apply to the next job. A file that stops
-    validating is reported by :meth:`get` and left untouched.
+    validating is reported by :meth:`get` and left untouched. Its unknown keys are reported to
+    whoever asked with :meth:`report_warnings` each time a changed file brings other ones.
     """
 
     def __init__(self, path: Path | None = None) -> None:
@@ -136,6 +138,28 @@ class ConfigStore:
         self._lock = threading.RLock()
         self._cached: GpuConfig | None = None
         self._stamp: tuple[int, int] | None = None
+        self._warned: list[str] = []
+        """The unknown-key warnings of the version held now (:func:`.unknown_key_warnings`)."""
+        self._report: Callable[[list[str]], None] | None = None
+
+    def report_warnings(self, report: Callable[[list[str]], None]) -> None:
+        """Call ``report`` with the unknown-key warnings of every new version of the file whose warnings differ
+        from those of the version before (none for the version read already: the master says those at start).
+
+        It runs in the thread that reads the file first after it changed, under the store's lock: it must be
+        quick and must not use the store (logging is what it is for).
+        """
+        with self._lock:
+            self._report = report
+
+    def _hold(self, config: GpuConfig, stamp: tuple[int, int] | None) -> None:
+        """Keep ``config`` as the current version, read at ``stamp``, and report its new warnings."""
+        self._cached, self._stamp = config, stamp
+        warnings = unknown_key_warnings(config)
+        if warnings != self._warned:
+            self._warned = warnings
+            if warnings and self._report is not None:
+                self._report(warnings)
 
     def _file_stamp(self) -> tuple[int, int] | None:
         try:
@@ -149,8 +173,8 @@ class ConfigStore:
         with self._lock:
             stamp = self._file_stamp()
             if self._cached is None or stamp != self._stamp:
-                self._cached = load_config(self.path)
-                self._stamp = stamp
+                self._hold(load_config(self.path), stamp)
+            assert self._cached is not None
             return self._cached.model_copy(deep=True)
 
     def update_data(self, change: Callable[[dict[str, Any]], None], strict: bool = False) -> GpuConfig:
@@ -160,8 +184,7 @@ class ConfigStore:
             change(data)
             validated = parse_config(data, self.path.name, strict=strict)
             save_config(self.path, validated)
-            self._cached = validated
-            self._stamp = self._file_stamp()
+            self._hold(validated, self._file_stamp())
             return validated.model_copy(deep=True)
 
     def update(self, change: Callable[[GpuConfig], None]) -> GpuConfig:
@@ -171,6 +194,5 @@ class ConfigStore:
             change(config)
             validated = parse_config(config.model_dump(mode="json"), str(self.path))
             save_config(self.path, validated)
-            self._cached = validated
-            self._stamp = self._file_stamp()
+            self._hold(validated, self._file_stamp())
             return validated.model_copy(deep=True)
