@@ -2,8 +2,9 @@
 
 Counters grow for the life of the master (jobs by kind and outcome, units finished by how, re-runs by reason,
 each worker's busy seconds and images); gauges are read when scraped (units of running jobs by state, each
-worker's health and the age of its last heartbeat). Every series is written by hand: the format is a few lines
-of text, and the exporter needs no dependency.
+worker's health and the age of its last heartbeat; a worker disabled in the config is not down, so it is left
+out of ``worker_up``). Every series is written by hand: the format is a few lines of text, and the exporter
+needs no dependency.
 """
 
 from __future__ import annotations
@@ -20,6 +21,11 @@ PREFIX = "comfy_distributed_"
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _disabled(worker: Mapping) -> bool:
+    """Whether a health entry is a worker switched off in the config (not a worker that is down)."""
+    return worker.get("enabled") is False or worker.get("status") == "disabled"
 
 
 def _number(value: float) -> str:
@@ -102,13 +108,16 @@ class Metrics:
                 Series("worker_images_total", "counter", "Images (or frames, tiles) workers delivered",
                        ("worker",), dict(self.images)),
             ]
-        up: dict[tuple[str, ...], float] = {(str(w["id"]),): 1.0 if w.get("status") in ("idle", "busy") else 0.0 for w in workers}
+        watched = [w for w in workers if not _disabled(w)]  # switched off on purpose: not down, so not in worker_up
+        up: dict[tuple[str, ...], float] = {(str(w["id"]),): 1.0 if w.get("status") in ("idle", "busy") else 0.0
+                                            for w in watched}
         ages: dict[tuple[str, ...], float] = {(str(w["id"]),): float(w["last_seen"]) for w in workers
                 if isinstance(w.get("last_seen"), (int, float)) and not isinstance(w.get("last_seen"), bool)}
         gauges = [
             Series("units", "gauge", "Units of running jobs, by state", ("state",),
                    {(state,): float(count) for state, count in unit_states.items()}),
-            Series("worker_up", "gauge", "1 when the worker answered its last health check", ("worker",), up),
+            Series("worker_up", "gauge", "1 when the worker answered its last health check, 0 when it did not; "
+                   "a disabled worker (enabled: false) is left out, as it is not down", ("worker",), up),
             Series("worker_heartbeat_age_seconds", "gauge", "Seconds since the worker last answered a health check",
                    ("worker",), ages),
         ]

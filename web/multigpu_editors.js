@@ -3,7 +3,7 @@
 // setting the master adds later shows up without a change here).
 
 import { button, h } from "./multigpu_dom.js";
-import { parseSetting, settingRows, validateWorker, workerForm } from "./multigpu_forms.js";
+import { inputChars, parseSetting, settingRows, validateWorker, workerForm } from "./multigpu_forms.js";
 
 const FORM_FIELDS = [
   { name: "name", label: "Name", placeholder: "GPU 1" },
@@ -94,10 +94,13 @@ function settingInput(row, save) {
                           placeholder: row.configured ? "set (hidden)" : "not set" });
     case "json":
       return h("input", { ...attrs, value: JSON.stringify(row.value) });
-    default:
+    default: {
+      const chars = inputChars(row);  // a number shows whole: as wide as its largest value, padding and border added
       return h("input", { ...attrs, value: String(row.value ?? ""), inputmode: row.kind === "text" ? null : "decimal",
+                          size: chars, style: chars ? `min-width: calc(${chars}ch + 16px)` : null,
                           onchange: (e) => save(e.target.value, e.target),
                           onkeydown: (e) => { if (e.key === "Enter") e.target.blur(); } });
+    }
   }
 }
 

@@ -167,6 +167,24 @@ export function settingRows(settings, auth = {}, form = []) {
   return rows;
 }
 
+const UNBOUNDED_CHARS = 10;
+
+/**
+ * How many characters a number row's input must show whole: its largest value (86400, 600), its least and its
+ * current one, with room for a decimal part where the setting takes one ("600" must never show as "60(").
+ * null for other kinds, which take the width they are given.
+ */
+export function inputChars(row) {
+  if (row.kind !== "integer" && row.kind !== "number") return null;
+  const bounded = (value) => value !== undefined && value !== null && Number.isFinite(Number(value));
+  const widest = Math.max(
+    bounded(row.max) ? String(row.max).length : UNBOUNDED_CHARS,
+    bounded(row.min) ? String(row.min).length : 0,
+    String(row.value ?? "").length,
+  );
+  return Math.min(widest + (row.kind === "number" ? 2 : 0), 16);
+}
+
 /** The value to send for a row, from what the input holds (a string, or a boolean for checkboxes). */
 export function parseSetting(row, raw) {
   switch (row.kind) {

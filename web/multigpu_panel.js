@@ -5,7 +5,7 @@
 import { button, h, meter, setAvailable, setText } from "./multigpu_dom.js";
 import { createSettings, createWorkerForm } from "./multigpu_editors.js";
 import {
-  PASSIVE_MESSAGE, activeJobs, clusterLine, launchableIds, masterCard, pollIntervalMs, summary,
+  PASSIVE_MESSAGE, activeJobs, clusterLine, configWarnings, launchableIds, masterCard, pollIntervalMs, summary,
   tokenPrompt, workerCards,
 } from "./multigpu_state.js";
 
@@ -81,7 +81,8 @@ function createCard(ctx, workerId) {
   let vm = null;
   const current = () => vm;
   const dot = h("span", { class: "mgpu-dot" });
-  const name = h("span", { class: "mgpu-name" });
+  const name = h("span", { class: "mgpu-name", dataset: { part: "name" } });
+  const tag = h("span", { class: "mgpu-tag", hidden: true, dataset: { part: "tag" } });
   const badge = h("span", { class: "mgpu-badge" });
   const meta = h("div", { class: "mgpu-meta" });
   const detail = h("div", { class: "mgpu-detail" });
@@ -96,7 +97,7 @@ function createCard(ctx, workerId) {
   const buttons = cardButtons(ctx, workerId, current);
   const el = h("div", { class: `mgpu-card${workerId === null ? " mgpu-master" : ""}`,
                         dataset: workerId === null ? { role: "master" } : { workerId: String(workerId) } },
-    h("div", { class: "mgpu-card-head" }, dot, name, badge, toggle && toggle.el),
+    h("div", { class: "mgpu-card-head" }, dot, name, tag, badge, toggle && toggle.el),
     meta, detail, failure, values, vram.el, progress.el, preview, buttons.el, logView);
 
   function update(next) {
@@ -105,6 +106,8 @@ function createCard(ctx, workerId) {
     dot.title = vm.statusText;
     badge.textContent = vm.statusText;
     setText(name, vm.name);
+    name.title = vm.name;  // a long name wraps in the card; the tooltip shows it on one line
+    setText(tag, vm.tag || null);
     setText(meta, [vm.address, vm.cuda, vm.device, vm.ssh].filter(Boolean).join(" · "));
     setText(detail, vm.role || vm.detail);
     const lines = vm.values || [];
@@ -198,6 +201,7 @@ function createHeader({ actions, store }) {
   const summaryText = h("div", { class: "mgpu-summary" });
   const clusterText = h("div", { class: "mgpu-summary mgpu-cluster", dataset: { part: "cluster" } });
   const banner = h("div", { class: "mgpu-banner", role: "alert", hidden: true });
+  const warnings = createConfigWarnings();
   const launchAll = button("pi-play", "Launch workers", () => actions.launch(launchableIds(store.state)),
                            { action: "launch-all", title: "Launch every enabled worker that is offline" });
   const toolbar = h("div", { class: "mgpu-toolbar" }, launchAll,
@@ -206,7 +210,7 @@ function createHeader({ actions, store }) {
     h("span", { class: "mgpu-spacer" }),
     button("pi-refresh", "Refresh", () => actions.refresh(), { action: "refresh", iconOnly: true }));
   const el = h("div", { class: "mgpu-header" },
-    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, clusterText, toolbar, banner);
+    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, clusterText, toolbar, banner, warnings.el);
   return {
     el,
     update(state) {
@@ -214,7 +218,28 @@ function createHeader({ actions, store }) {
       setText(summaryText, state.passive ? null : state.config ? summary(state) : "Loading…");
       setText(clusterText, state.passive ? null : clusterLine(state));
       setText(banner, state.passive ? null : state.error);
+      warnings.update(state.passive ? [] : configWarnings(state));
       setAvailable(launchAll, true, launchableIds(state).length > 0);
+    },
+  };
+}
+
+/** The master's config warnings (GET /multigpu/status' config_warnings): a box of one line each, hidden when
+ *  there is none; redrawn only when the lines change. */
+function createConfigWarnings() {
+  const list = h("ul", { class: "mgpu-warning-list" });
+  const el = h("div", { class: "mgpu-warnings", role: "status", hidden: true, dataset: { part: "config-warnings" } },
+    h("div", { class: "mgpu-warnings-title" }, h("i", { class: "pi pi-exclamation-triangle", "aria-hidden": "true" }),
+      h("span", { text: "gpu_config.json" })),
+    list);
+  let shown = [];
+  return {
+    el,
+    update(lines) {
+      el.hidden = lines.length === 0;
+      if (lines === shown) return;
+      shown = lines;
+      list.replaceChildren(...lines.map((line) => h("li", { class: "mgpu-warning", text: line })));
     },
   };
 }

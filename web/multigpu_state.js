@@ -29,6 +29,7 @@ export function initialState() {
     workflowValues: [], // the open workflow's Multi-GPU Value nodes: {id, label, default, values: {worker id: value}}
     cluster: null,     // GET /multigpu/status' cluster summary ({line, prompts_running, ...})
     previews: {},      // worker id -> {jobId, position, src}: the last multigpu.preview frame of the unit it runs
+    configWarnings: [], // GET /multigpu/status' config_warnings: what in gpu_config.json changes nothing, one line each
   };
 }
 
@@ -127,7 +128,11 @@ export function reduce(state, action) {
       const auth = "token_required" in master
         ? { ...state.auth, required: !!master.token_required, configured: flag(master.token_configured) }
         : state.auth;
-      return { ...state, workers, jobs, auth, error: null, cluster: data.cluster || null };
+      const warnings = Array.isArray(data.config_warnings)
+        ? data.config_warnings.filter((line) => typeof line === "string" && line.trim()) : [];
+      const configWarnings = JSON.stringify(warnings) === JSON.stringify(state.configWarnings)
+        ? state.configWarnings : warnings;
+      return { ...state, workers, jobs, auth, error: null, cluster: data.cluster || null, configWarnings };
     }
     case "worker_status": {
       if (data.id === undefined || data.id === null) return state;
@@ -371,6 +376,8 @@ export function masterCard(state, location) {
     statusText: statusLabel(status),
     vram: vramUsage(state.master.vramTotal, state.master.vramFree),
     vramLabel: memoryLabel(state.master.device, state.master.deviceType),
+    // only a master that runs no unit of its own is a coordinator (gpu_config.json's master.participates: false)
+    tag: master.participates === false ? "coordinator" : null,
     role: master.participates === false ? "Coordinator only: the workers make its share" : null,
     values: valueLines(state.workflowValues, null),
     progress: progress
@@ -415,6 +422,12 @@ export function formatDuration(seconds) {
   if (seconds < 60) return `${Math.max(1, Math.round(seconds))} s`;
   if (seconds < 3600) return `${Math.round(seconds / 60)} min`;
   return `${(seconds / 3600).toFixed(1)} h`;
+}
+
+/** What the master found in gpu_config.json that changes nothing (unknown keys, with the key meant), for the
+ *  warning box above the cards: GET /multigpu/status' config_warnings, one line each (none from an older master). */
+export function configWarnings(state) {
+  return state.configWarnings || [];
 }
 
 /** The master's one line about the whole cluster (prompts, units, time left), from GET /multigpu/status. */

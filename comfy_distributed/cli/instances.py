@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import argparse
 import sys
+import textwrap
 import time
+from dataclasses import dataclass, field
 
 
+from ..config import GpuConfig, unknown_key_warnings
 from ..errors import WorkerError
 from ..launcher import InstanceStatus, Launcher, Outcome, command_name, cpu_hints
 from ..worker_client import Limits, run_blocking
-from .site import Setup, auth_headers, say, setup
+from .site import Setup, auth_headers, config_warnings, say, setup
 
 
 def cmd_launch(args: argparse.Namespace) -> int:
@@ -147,51 +150,126 @@ def new_lines(shown: list[str], now: list[str]) -> list[str]:
     return now
 
 
+STATUS_WIDTH = 100
+"""Columns ``status`` keeps within: its table clips long names, its sentences wrap."""
+
+
 def cmd_status(args: argparse.Namespace) -> int:
     site = setup(args, quiet=True)
     statuses = site.launcher().status()
-    seen_by_master, line = master_view(site.master_url) if statuses[0].state == "ready" else ({}, None)
-    say(format_status(statuses, seen_by_master))
-    if line:
-        say(f"cluster: {line}")
+    view = master_view(site.master_url) if statuses[0].state == "ready" else MasterView()
+    say(format_status(statuses, view.workers))
+    if view.line:
+        say(wrapped(f"cluster: {view.line}"))
+    for warning in status_warnings(site.config, view.warnings):
+        say(wrapped(f"warning: {warning}"))
     down = [s for s in statuses if s.down]
     for status in down:
-        name = "master" if status.instance.worker is None else str(status.instance.worker.id)
-        hint = {"port-taken": f"another program holds port {status.instance.port}: change "
-                              f"{status.instance.field}.port or stop that program",
-                "starting": "still starting: run status again in a moment"}.get(
-            status.state, f"start it with '{command_name()} {'master' if name == 'master' else 'workers'}'"
-                          if status.instance.kind != "external" else "start it on its machine")
-        print(f"{status.instance.label} is {status.state}: {hint}", file=sys.stderr, flush=True)
+        hint = status.hint or status.detail or "see the table above"
+        print(wrapped(f"{status.instance.label} is {status.state}: {hint}"), file=sys.stderr, flush=True)
     return 1 if down else 0
 
 
+def wrapped(text: str, width: int = STATUS_WIDTH) -> str:
+    """A sentence in lines of at most ``width`` columns, the lines after the first indented; commands and paths
+    are never split (a word longer than a line keeps its own line)."""
+    return textwrap.fill(text, width, subsequent_indent="  ", break_long_words=False, break_on_hyphens=False)
 
-def format_status(statuses: list[InstanceStatus], seen_by_master: dict[str, str]) -> str:
-    headers = ["instance", "pid", "port", "state", "(V)RAM free/total", "master sees", "where", "note"]
-    rows = []
-    for status in statuses:
-        instance = status.instance
-        where = {"local": "here", "external": instance.url}.get(instance.kind, "")
-        if instance.kind == "ssh" and instance.worker is not None and instance.worker.ssh is not None:
-            where = f"ssh {instance.worker.ssh.host}"
-        key = None if instance.worker is None else str(instance.worker.id)
-        rows.append([instance.label, str(status.pid or "-"), str(instance.port), status.state, status.vram or "-",
-                     seen_by_master.get(key, "-") if key else "-", where, status.detail])
-    widths = [max(len(row[i]) for row in [headers, *rows]) for i in range(len(headers))]
-    lines = ["  ".join(cell.ljust(width) for cell, width in zip(row, widths)).rstrip() for row in [headers, *rows]]
+
+def status_warnings(config: GpuConfig, from_master: list[str] | None) -> list[str]:
+    """What the config gets wrong: the master's ``config_warnings`` when it answered (the config it runs with),
+    else the same check of the file here (its unknown keys), then the launcher's (an ssh worker without a host
+    or --listen); each once."""
+    found = unknown_key_warnings(config) if from_master is None else from_master
+    return list(dict.fromkeys([*found, *config_warnings(config)]))
+
+
+STATUS_HEADERS = ["instance", "pid", "port", "state", "(V)RAM free/total", "master sees", "where", "note"]
+INSTANCE, VRAM, MASTER_SEES, NOTE = 0, 4, 5, 7
+NAME_WITH_ID = 24
+"""Columns of an instance's cell cut while its worker id still shows: ``GPU for the big ... (worker 1)``."""
+LEAST_INSTANCE = 16
+
+
+def format_status(statuses: list[InstanceStatus], seen_by_master: dict[str, str],
+                  width: int = STATUS_WIDTH) -> str:
+    """The status table within ``width`` columns where it can be: a wide one gives up, in this order, the
+    "master sees" column when the master saw nothing, the device name after the (V)RAM figures, the end of long
+    instance names (their worker id kept), the notes (the hints under the table say more), then the worker id
+    of a long name. The state, the port and the address are never cut."""
+    rows = [_status_row(status, seen_by_master) for status in statuses]
+    widths = [max(len(row[i]) for row in [STATUS_HEADERS, *rows]) for i in range(len(STATUS_HEADERS))]
+    shown = list(range(len(STATUS_HEADERS)))
+
+    def excess() -> int:
+        return sum(widths[i] for i in shown) + 2 * (len(shown) - 1) - width
+
+    def shrink(column: int, least: int) -> None:
+        widths[column] = max(min(least, widths[column]), widths[column] - max(excess(), 0))
+
+    if excess() > 0 and all(row[MASTER_SEES] == "-" for row in rows):
+        shown.remove(MASTER_SEES)
+    shrink(VRAM, len(STATUS_HEADERS[VRAM]))
+    shrink(INSTANCE, NAME_WITH_ID)
+    shrink(NOTE, 0)
+    if widths[NOTE] < len(STATUS_HEADERS[NOTE]):
+        shown.remove(NOTE)
+    shrink(INSTANCE, LEAST_INSTANCE)
+    lines = []
+    for number, row in enumerate([STATUS_HEADERS, *rows]):
+        cells = [row[i] if number == 0 or i != INSTANCE else _clip_label(statuses[number - 1], widths[i])
+                 for i in shown]
+        lines.append("  ".join(clip(cell, widths[i]).ljust(widths[i]) for cell, i in zip(cells, shown)).rstrip())
     return "\n".join(lines)
 
 
+def _status_row(status: InstanceStatus, seen_by_master: dict[str, str]) -> list[str]:
+    instance = status.instance
+    where = {"local": "here", "external": instance.url.removeprefix("http://")}.get(instance.kind, "")
+    if instance.kind == "ssh" and instance.worker is not None and instance.worker.ssh is not None:
+        where = f"ssh {instance.worker.ssh.host}"
+    key = None if instance.worker is None else str(instance.worker.id)
+    return [instance.label, str(status.pid or "-"), str(instance.port), status.state, status.vram or "-",
+            seen_by_master.get(key, "-") if key else "-", where, status.detail]
 
-def master_view(url: str) -> tuple[dict[str, str], str | None]:
-    """Worker id -> the status the master's health checks see, and the cluster's line (prompts, units, time
-    left), when the master runs this extension."""
+
+def _clip_label(status: InstanceStatus, width: int) -> str:
+    """The instance's label in ``width`` columns: a long worker name is cut, its ``(worker ID)`` kept."""
+    instance = status.instance
+    if len(instance.label) <= width or instance.worker is None:
+        return instance.label
+    suffix = f" (worker {instance.worker.id})"
+    room = width - len(suffix)
+    return clip(instance.name, room) + suffix if room >= 6 else instance.label
+
+
+def clip(text: str, width: int) -> str:
+    """``text`` cut to ``width`` columns, ending in ``...`` when cut."""
+    return text if len(text) <= width else text[:max(width - 3, 0)] + "..."
+
+
+@dataclass(slots=True)
+class MasterView:
+    """What the master's ``GET /multigpu/status`` says, when it runs this extension."""
+
+    workers: dict[str, str] = field(default_factory=dict)
+    """Worker id -> the status its health checks see."""
+    line: str | None = None
+    """The cluster's line: prompts, units, time left."""
+    warnings: list[str] | None = None
+    """Its ``config_warnings``; None when it did not answer them."""
+
+
+def master_view(url: str) -> MasterView:
+    """The master's view of the cluster; an empty one when it does not answer as this extension."""
     try:
         data = run_blocking(url, lambda client: client.get_json("/multigpu/status"), headers=auth_headers(),
                             limits=Limits(connect_timeout=3.0, request_timeout=3.0))
         seen = {str(w["id"]): str(w["status"]) for w in data.get("workers", [])}
     except (WorkerError, KeyError, TypeError, AttributeError):
-        return {}, None
-    line = (data.get("cluster") or {}).get("line") if isinstance(data.get("cluster"), dict) else None
-    return seen, line if isinstance(line, str) else None
+        return MasterView()
+    cluster = data.get("cluster")
+    line = cluster.get("line") if isinstance(cluster, dict) else None
+    warnings = data.get("config_warnings")
+    return MasterView(seen, line if isinstance(line, str) else None,
+                      [str(w) for w in warnings] if isinstance(warnings, list) else None)

@@ -24,7 +24,7 @@ from .master_events import registered
 from .progress import Progress, ProgressDisplay, apply_event
 from .results import history_images, save_images
 from .site import TOKEN_ENV, auth_headers, say, setup
-from .workflow_file import apply_override, load_workflow
+from .workflow_file import apply_override, master_prompt, read_workflow
 
 
 DEFAULT_OUTPUT = "comfy-distributed-output"
@@ -47,7 +47,8 @@ def cmd_run(args: argparse.Namespace) -> int:
             url = setup(args, quiet=True).master_url
         except RunError:  # not in ComfyUI's folder: the default master
             url = "http://127.0.0.1:8188"
-    prompt, extra_data = load_workflow(Path(args.workflow))
+    workflow = read_workflow(Path(args.workflow))
+    prompt, extra_data = asyncio.run(master_prompt(workflow, url.rstrip("/"), auth_headers(), say))
     for override in args.overrides:
         apply_override(prompt, override)
     output = Path(args.output)

@@ -17,7 +17,8 @@ Every failure is a :class:`LaunchError` whose message says what to do about it.
 The package, by concept: :mod:`.model` (instances, records, outcomes), :mod:`.discovery` (ComfyUI's
 folder and Python, command lines, which hosts are here), :mod:`.probing` (is it ComfyUI?),
 :mod:`.processes` (detached processes), :mod:`.state_files` (the private state folder), :mod:`.locks`,
-:mod:`.diagnostics`, the backends :mod:`.local` and :mod:`.ssh` (with :mod:`.capped`, ssh's output kept
+:mod:`.diagnostics`, :mod:`.status` (what ``status`` says of an instance: starting only while a start is
+under way, then a verdict), the backends :mod:`.local` and :mod:`.ssh` (with :mod:`.capped`, ssh's output kept
 bounded), and :mod:`.core` (the :class:`Launcher` that uses them).
 """
 

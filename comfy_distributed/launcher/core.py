@@ -17,13 +17,14 @@ from .model import (
     STATE_ENV, WINDOWS,
 )
 from .discovery import command_name, find_python, instances_of, listen_address
-from .probing import port_in_use, probe, vram_text
+from .probing import port_in_use, probe
 from .processes import process_alive, spawn_detached, start_token, terminate
-from .locks import instance_lock
+from .locks import instance_lock, lock_held
 from .diagnostics import explain
 from .local import Backend, LocalProcesses, Say
 from .ssh import SshProcesses
 from .state_files import private_folder
+from .status import Findings, judge, other_port, url_at_port
 
 
 class Launcher:
@@ -238,6 +239,7 @@ class Launcher:
         return [self._status_of(instance) for instance in self.instances()]
 
     def _status_of(self, instance: Instance) -> InstanceStatus:
+        """Probe the instance, read its pid file and lock, then judge (:mod:`.status`)."""
         if instance.kind == "external" and not instance.enabled:
             return InstanceStatus(instance, "disabled")  # another machine's address, maybe only an example: not probed
         found = probe(instance.url)
@@ -247,15 +249,16 @@ class Launcher:
                 record = self.backend(instance).record(instance)
             except LaunchError:
                 record = None
-        pid = record.pid if record else None
-        if found.state == "comfyui":
-            return InstanceStatus(instance, "ready", pid, vram_text(found.stats),
-                                  "" if record or instance.kind == "external" else "not started by this launcher")
-        if found.state == "foreign":
-            return InstanceStatus(instance, "port-taken", pid, detail=found.detail or "another program answers")
-        if record is not None:
-            return InstanceStatus(instance, "starting", pid, detail="running, not answering yet")
-        return InstanceStatus(instance, "down" if instance.enabled else "disabled")
+        elsewhere = None
+        if found.state == "closed":
+            moved = other_port(instance, record)
+            moved_url = url_at_port(instance.url, moved) if moved is not None else None
+            if moved_url is not None and probe(moved_url).state == "comfyui":
+                elsewhere = moved
+        held = found.state == "closed" and instance.kind != "external" and \
+            lock_held(self.local.lock_path(instance.key))
+        findings = Findings(found, record, elsewhere, held, time.time())
+        return judge(instance, findings, self.config.settings.launch_timeout)
 
     # --- stop the workers when the master exits ------------------------------------------------
 

@@ -44,6 +44,30 @@ def instance_lock(path: Path, label: str, timeout: float | None = None) -> Itera
         lock.release()
 
 
+def lock_held(path: Path) -> bool:
+    """Whether another thread of this process, or another process, holds ``path`` now: a start or stop of its
+    instance is under way. Asks without waiting and without creating the file (a missing lock file: no one)."""
+    lock = _thread_lock(path)
+    if not lock.acquire(blocking=False):
+        return True
+    try:
+        try:
+            fd = open_private(path, os.O_RDWR)
+        except (OSError, LaunchError):
+            return False  # missing, or not a file of ours: no launcher of ours can hold it
+        try:
+            if not _try_lock(fd, path):
+                return True
+            _unlock(fd)
+            return False
+        finally:
+            os.close(fd)
+    except LaunchError:
+        return False
+    finally:
+        lock.release()
+
+
 def _busy(path: Path, label: str, wait: float) -> str:
     return (f"another launcher is starting or stopping {label} (it holds {path}, still after {wait:g} s): "
             "wait for it to finish, then try again")

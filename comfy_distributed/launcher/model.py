@@ -97,10 +97,13 @@ class Outcome:
 class InstanceStatus:
     instance: Instance
     state: str
-    """ready, starting, down, disabled, port-taken."""
+    """ready, starting, down, disabled, port-taken, wrong-port, not-answering (see :mod:`.status`)."""
     pid: int | None = None
     vram: str | None = None
     detail: str = ""
+    """A short note for the status table."""
+    hint: str = ""
+    """What to do about a state other than ready, in a sentence (empty when there is nothing to do)."""
 
     @property
     def down(self) -> bool:

@@ -230,7 +230,7 @@ def test_the_wrapper_names_itself_in_hints(comfy_root, tmp_path):
                             capture_output=True, text=True, timeout=60,
                             env={**os.environ, "COMFY_DISTRIBUTED_PYTHON": sys.executable})
     assert result.returncode == 1, result.stderr
-    assert f"start it with '{wrapper} master'" in result.stderr
+    assert f"start it with '{wrapper} master'" in " ".join(result.stderr.split())  # status wraps at 100 columns
 
 
 def test_status_leaves_a_disabled_worker_on_another_machine_unprobed(monkeypatch, tmp_path, comfy_root, state_dir):

@@ -162,10 +162,10 @@ def test_each_clip_keeps_the_audio_its_participant_made(cluster):
 
 
 def test_the_example_saves_one_webp_per_participant(cluster, random_sd15_checkpoint):
-    """examples/video_clips.prompt.json with the test checkpoint, 64 x 64 and 1 step: two clips of 16 frames."""
+    """api_workflows/video_clips.json with the test checkpoint, 64 x 64 and 1 step: two clips of 16 frames."""
     for instance in (cluster.master, cluster.w1):
         link_model(instance.base_dir, "checkpoints", random_sd15_checkpoint, "random-sd15.safetensors")
-    prompt = json.loads((ROOT / "examples" / "video_clips.prompt.json").read_text())["prompt"]
+    prompt = json.loads((ROOT / "api_workflows" / "video_clips.json").read_text())
     prompt["1"]["inputs"]["ckpt_name"] = "random-sd15.safetensors"
     prompt["4"]["inputs"].update({"width": 64, "height": 64})
     prompt["5"]["inputs"]["steps"] = 1

@@ -207,7 +207,7 @@ def test_the_tiled_upscale_node_runs_its_tiles_on_plain_workers(cluster, random_
     small = np.random.default_rng(2).integers(0, 256, (96, 128, 3)).astype(np.uint8)
     for name in ("upscale-a.png", "upscale-b.png"):  # one file per run, as above
         Image.fromarray(small).save(cluster.master.base_dir / "input" / name)
-    prompt = json.loads((ROOT / "examples" / "tiled_upscale.prompt.json").read_text())["prompt"]
+    prompt = json.loads((ROOT / "api_workflows" / "tiled_upscale.json").read_text())
     prompt["1"]["inputs"]["ckpt_name"] = "random-sd15.safetensors"
     prompt["4"]["inputs"]["image"] = "upscale-a.png"
     prompt["5"]["inputs"].update({"steps": 1, "tile_width": 128, "tile_height": 96, "padding": 16, "mask_blur": 8})

@@ -18,7 +18,7 @@ from comfy_distributed.tile_graph import tile_pairs
 from comfy_distributed.values import literals, value_nodes
 from comfy_distributed.workflow import build_worker_prompt, is_link
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "examples").glob("*.prompt.json"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "api_workflows").glob("*.json"))
 CONFIG = GpuConfig.model_validate({"workers": [{"id": 1, "port": 8189}, {"id": 2, "port": 8190}]})
 
 
@@ -28,7 +28,7 @@ def test_there_are_examples():
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_an_example_is_a_prompt_our_nodes_accept(path):
-    prompt = json.loads(path.read_text(encoding="utf-8"))["prompt"]
+    prompt = json.loads(path.read_text(encoding="utf-8"))
     for node_id, node in prompt.items():
         assert isinstance(node.get("class_type"), str) and isinstance(node.get("inputs"), dict), node_id
         for value in node["inputs"].values():

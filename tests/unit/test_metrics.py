@@ -47,3 +47,13 @@ def test_counters_and_gauges_parse_as_prometheus_reads_them():
 def test_an_empty_master_still_answers_every_family():
     families = parsed(Metrics().render({}, []))
     assert len(families) == 9 and all(samples == {} for samples in families.values())
+
+
+def test_a_disabled_worker_is_not_reported_down():
+    workers = [{"id": 1, "enabled": True, "status": "idle", "last_seen": 0.2},
+               {"id": 2, "enabled": True, "status": "offline", "last_seen": 30.0},
+               {"id": 3, "enabled": False, "status": "disabled", "last_seen": None}]
+    text = Metrics().render({}, workers)
+    assert parsed(text)["comfy_distributed_worker_up"] == {(("worker", "1"),): 1.0, (("worker", "2"),): 0.0}
+    help_line = next(line for line in text.splitlines() if line.startswith("# HELP comfy_distributed_worker_up "))
+    assert "disabled worker" in help_line and "left out" in help_line
