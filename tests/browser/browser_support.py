@@ -3,9 +3,12 @@ optionally a newer frontend for the master (``COMFYUI_FRONT_END_ROOT``)."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
+import subprocess
 from pathlib import Path
+from typing import Any
 
 from tests.real.harness import COMFYUI_PATH, SKIP_REASON
 
@@ -27,3 +30,15 @@ def skip_reason() -> str | None:
     if CHROMIUM is None:
         return "no Chromium: `apt-get install chromium` (or set CHROMIUM_PATH)"
     return None
+
+
+def run_driver(script: Path, plan: dict[str, Any], plan_path: Path, master: Any, timeout: float) -> str:
+    """Run the Node.js driver ``script`` with ``plan`` (written to ``plan_path``); its output, printed (shown with
+    -rA or on failure). Fails with the output and ``master``'s log tail when the driver does."""
+    plan_path.write_text(json.dumps(plan))
+    result = subprocess.run([NODE or "node", str(script), str(plan_path)], cwd=ROOT, capture_output=True, text=True,
+                            timeout=timeout)
+    print(result.stdout)
+    assert result.returncode == 0, (f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}\n"
+                                    f"--- master log ---\n{master.log_tail(80)}")
+    return result.stdout

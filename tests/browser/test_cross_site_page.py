@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.browser.test_sidebar_panel import CHROMIUM, NODE, ROOT, _skip_reason
+from tests.browser.browser_support import CHROMIUM, NODE, ROOT, skip_reason
 from tests.real.cluster import Cluster, image_workflow
 
 HERE = Path(__file__).resolve().parent
@@ -31,7 +31,7 @@ SCRIPT = HERE / "cross_site_page.mjs"
 PAGES = HERE / "cross_site"
 OTHER_SITE = "127.0.0.2"
 
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
 
 class _Quiet(SimpleHTTPRequestHandler):

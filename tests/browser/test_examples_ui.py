@@ -19,14 +19,13 @@ from __future__ import annotations
 
 import json
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
 from comfy_distributed.ui_workflow import parse_ui_workflow, to_api_prompt
-from tests.browser.browser_support import CHROMIUM, FRONT_END_ROOT, NODE, skip_reason
+from tests.browser.browser_support import CHROMIUM, FRONT_END_ROOT, run_driver, skip_reason
 from tests.real.cluster import Cluster
 from tests.real.harness import ComfyInstance, http_json, link_model, random_sd15
 
@@ -76,13 +75,7 @@ def drive_browser(tmp_path: Path) -> tuple[dict, dict]:
         plan = {"master": cluster.master.url, "chromium": CHROMIUM, "artifacts": str(ARTIFACTS),
                 "report": str(ARTIFACTS / "report.json"), "pack": PACK, "names": EXAMPLES,
                 "run": {"name": RUN_EXAMPLE, "timeout_ms": 600_000}}
-        plan_path = tmp_path / "plan.json"
-        plan_path.write_text(json.dumps(plan))
-        result = subprocess.run([NODE, str(SCRIPT), str(plan_path)], cwd=ROOT, capture_output=True, text=True,
-                                timeout=900)
-        print(result.stdout)  # the steps, shown with -rA or on failure
-        assert result.returncode == 0, (f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}\n"
-                                        f"--- master log ---\n{cluster.master.log_tail(80)}")
+        run_driver(SCRIPT, plan, tmp_path / "plan.json", cluster.master, timeout=900)
         return json.loads(Path(plan["report"]).read_text()), \
             http_json("GET", f"{cluster.master.url}/object_info", timeout=60)
     finally:

@@ -22,16 +22,15 @@ import json
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import pytest
 
+from tests.browser.browser_support import CHROMIUM, FRONT_END_ROOT, ROOT, run_driver, skip_reason
 from tests.real.cluster import Cluster, image_workflow
-from tests.real.harness import COMFYUI_PATH, SKIP_REASON, ComfyInstance, link_model, random_sd15, sd15_workflow
+from tests.real.harness import ComfyInstance, link_model, random_sd15, sd15_workflow
 from tests.waiting import free_port, poll
 
-ROOT = Path(__file__).resolve().parents[2]
 HERE = Path(__file__).resolve().parent
 SCRIPT = HERE / "sidebar_panel.mjs"
 RECORDER = HERE / "request_recorder"
@@ -39,25 +38,7 @@ ARTIFACTS = ROOT / "test-artifacts" / "browser"
 TOKEN = "browser-test-token-0123456789"
 HEALTH_TTL = 3.0
 
-FRONT_END_ROOT = os.environ.get("COMFYUI_FRONT_END_ROOT")
-"""A newer frontend than the one ComfyUI pins (the ``static`` folder of comfyui-frontend-package), for the master."""
-NODE = shutil.which("node")
-CHROMIUM = os.environ.get("CHROMIUM_PATH") or shutil.which("chromium") or shutil.which("chromium-browser")
-
-
-def _skip_reason() -> str | None:
-    if not COMFYUI_PATH:
-        return SKIP_REASON
-    if NODE is None:
-        return "node is not installed: the browser test runs playwright-core on Node.js 20+"
-    if not (ROOT / "node_modules" / "playwright-core").is_dir():
-        return "node_modules/playwright-core is missing: run `npm ci` at the repository root"
-    if CHROMIUM is None:
-        return "no Chromium: `apt-get install chromium` (or set CHROMIUM_PATH)"
-    return None
-
-
-pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=_skip_reason() or "")
+pytestmark = pytest.mark.skipif(skip_reason() is not None, reason=skip_reason() or "")
 
 
 class RecordingCluster(Cluster):
@@ -152,13 +133,7 @@ def test_sidebar_panel_in_chromium(tmp_path: Path, sd15_checkpoint: Path) -> Non
                         for i, w in enumerate((cluster.w1, cluster.w2))},
             "spare_port": free_port(),
         }
-        plan_path = tmp_path / "plan.json"
-        plan_path.write_text(json.dumps(plan))
-        result = subprocess.run([NODE, str(SCRIPT), str(plan_path)], cwd=ROOT, capture_output=True, text=True,
-                                timeout=780)
-        print(result.stdout)  # the steps, shown with -rA or on failure
-        assert result.returncode == 0, (f"{result.stdout[-6000:]}\n{result.stderr[-4000:]}\n"
-                                        f"--- master log ---\n{cluster.master.log_tail(80)}")
+        run_driver(SCRIPT, plan, tmp_path / "plan.json", cluster.master, timeout=780)
 
         report = json.loads(Path(plan["report"]).read_text())
         launched.extend(report["launched_pids"])

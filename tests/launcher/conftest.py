@@ -8,7 +8,9 @@ from typing import Iterator
 
 import pytest
 
-from .helpers import kill_recorded, make_comfyui
+from tests.waiting import free_port
+
+from .helpers import explain, kill_recorded, make_comfyui, run_cli, write_config
 from .sshd import LocalSshd
 
 
@@ -36,3 +38,15 @@ def sshd(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalSshd]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def stand_in_master(comfy_root, state_dir, tmp_path):
+    """A stand-in master started by the launcher; the CLI options that reach it."""
+    port = free_port()
+    config = write_config(tmp_path / "gpu_config.json", port, [])
+    options = ["--comfyui", str(comfy_root), "--config", str(config), "--state-dir", str(state_dir)]
+    started = run_cli("master", *options)
+    assert started.returncode == 0, explain(started)
+    yield options
+    run_cli("stop", *options)

@@ -19,21 +19,10 @@ from .helpers import explain, run_cli, write_config
 from .scripted_master import PNG, ScriptedMaster, image_workflow, write
 
 
-@pytest.fixture
-def master(comfy_root, state_dir, tmp_path):
-    """A stand-in master started by the launcher; the CLI options that reach it."""
-    port = free_port()
-    config = write_config(tmp_path / "gpu_config.json", port, [])
-    options = ["--comfyui", str(comfy_root), "--config", str(config), "--state-dir", str(state_dir)]
-    started = run_cli("master", *options)
-    assert started.returncode == 0, explain(started)
-    yield options
-    run_cli("stop", *options)
-
-
-def test_run_saves_the_images_and_shows_progress(master, tmp_path):
+def test_run_saves_the_images_and_shows_progress(stand_in_master, tmp_path):
     output = tmp_path / "out"
-    result = run_cli("run", str(write(tmp_path / "wf.json", image_workflow())), "--output", str(output), *master)
+    result = run_cli("run", str(write(tmp_path / "wf.json", image_workflow())), "--output", str(output),
+                     *stand_in_master)
     assert result.returncode == 0, explain(result)
     saved = sorted(output.iterdir())
     assert len(saved) == 2 and all(p.read_bytes().startswith(PNG[:8]) for p in saved)
@@ -41,26 +30,26 @@ def test_run_saves_the_images_and_shows_progress(master, tmp_path):
     assert "100%" in result.stdout and f"Saved 2 image(s) to {output}" in result.stdout
 
     wrapped = write(tmp_path / "wrapped.json", {"prompt": image_workflow(delay=0), "extra_data": {}})
-    again = run_cli("run", str(wrapped), "--output", str(output), *master)
+    again = run_cli("run", str(wrapped), "--output", str(output), *stand_in_master)
     assert again.returncode == 0, explain(again)
     assert len(list(output.iterdir())) == 4, "a second run never overwrites the first one's images"
 
 
-def test_run_failures_say_what_happened(master, tmp_path):
+def test_run_failures_say_what_happened(stand_in_master, tmp_path):
     missing = write(tmp_path / "missing.json", {"1": {"class_type": "NoSuchNode", "inputs": {}}})
-    result = run_cli("run", str(missing), "--output", str(tmp_path / "o"), *master)
+    result = run_cli("run", str(missing), "--output", str(tmp_path / "o"), *stand_in_master)
     assert result.returncode == 1 and "the master refused the workflow" in result.stderr
     assert "NoSuchNode" in result.stderr and "does not exist" in result.stderr
 
     failing = write(tmp_path / "fail.json", image_workflow(0, {
         "3": {"class_type": "DistributedTestFail", "inputs": {"images": ["1", 0], "message": "boom"}},
         "4": {"class_type": "PreviewImage", "inputs": {"images": ["3", 0]}}}))
-    result = run_cli("run", str(failing), "--output", str(tmp_path / "o"), *master)
+    result = run_cli("run", str(failing), "--output", str(tmp_path / "o"), *stand_in_master)
     assert result.returncode == 1, explain(result)
     assert "the workflow failed on the master in node 3 (DistributedTestFail): boom" in result.stderr
 
     ui_format = write(tmp_path / "ui.json", {"nodes": [{"id": 1}], "links": []})
-    result = run_cli("run", str(ui_format), *master)
+    result = run_cli("run", str(ui_format), *stand_in_master)
     assert result.returncode == 1 and "Export (API)" in result.stderr
 
     result = run_cli("run", str(missing), "--master", f"http://127.0.0.1:{free_port()}")

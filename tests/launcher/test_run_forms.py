@@ -139,18 +139,10 @@ def ui_image_workflow() -> dict:
     }
 
 
-def test_run_converts_a_ui_workflow_on_the_stand_in_master(comfy_root, state_dir, tmp_path):
-    port = free_port()
-    config = write_config(tmp_path / "gpu_config.json", port, [])
-    options = ["--comfyui", str(comfy_root), "--config", str(config), "--state-dir", str(state_dir)]
-    started = run_cli("master", *options)
-    assert started.returncode == 0, explain(started)
-    try:
-        output = tmp_path / "out"
-        result = run_cli("run", str(write(tmp_path / "ui.json", ui_image_workflow())), "--output", str(output),
-                         *options)
-        assert result.returncode == 0, explain(result)
-        assert "Converted ui.json from the UI's format" in result.stdout
-        assert len(list(output.iterdir())) == 2
-    finally:
-        run_cli("stop", *options)
+def test_run_converts_a_ui_workflow_on_the_stand_in_master(stand_in_master, tmp_path):
+    output = tmp_path / "out"
+    result = run_cli("run", str(write(tmp_path / "ui.json", ui_image_workflow())), "--output", str(output),
+                     *stand_in_master)
+    assert result.returncode == 0, explain(result)
+    assert "Converted ui.json from the UI's format" in result.stdout
+    assert len(list(output.iterdir())) == 2
