@@ -24,6 +24,11 @@ LEVELS: dict[str, type[BaseModel]] = {
 }
 """Each level of the file with its model, by the name a message gives it."""
 
+MAX_WARNINGS = 20
+"""Unknown keys named one by one; past them, one line says how many more there are."""
+MAX_KEY_SHOWN = 64
+"""Characters of an unknown key shown (a key may be as long as the file)."""
+
 
 def worker_label(worker: WorkerConfig) -> str:
     """How a message names a worker: by its id and name, as the user wrote them (never its place in the list)."""
@@ -43,13 +48,19 @@ def unknown_key_warnings(config: GpuConfig) -> list[str]:
         if worker.ssh is not None:
             found += _unknown(worker.ssh, f"{worker_label(worker)}, ssh", SshConfig)
     found += _unknown(config.settings, "settings", Settings)
+    if len(found) > MAX_WARNINGS:
+        found[MAX_WARNINGS:] = [f"... and {len(found) - MAX_WARNINGS} more unknown keys"]
     return found
 
 
 def _unknown(model: BaseModel, where: str, kind: type[BaseModel]) -> list[str]:
     extra = model.model_extra or {}
-    return [f"{where}: unknown key {key!r}{_hint(key, kind)} is ignored"
+    return [f"{where}: unknown key {_shown(key)}{_hint(key, kind)} is ignored"
             for key in extra if not key.startswith(NOTE_PREFIX)]
+
+
+def _shown(key: str) -> str:
+    return repr(key) if len(key) <= MAX_KEY_SHOWN else repr(key[:MAX_KEY_SHOWN]) + "..."
 
 
 def _hint(key: str, kind: type[BaseModel]) -> str:

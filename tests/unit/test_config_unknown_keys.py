@@ -95,3 +95,14 @@ def test_the_master_says_them_at_start_and_when_the_file_changes(caplog):
         log_config_warnings("/x/gpu_config.json")(unknown_key_warnings(config))
     assert caplog.messages == ["Multi-GPU: /x/gpu_config.json changed: worker 1 (GPU 1): unknown key 'enabeld' "
                                "(did you mean 'enabled'?) is ignored"]
+
+
+def test_many_or_long_unknown_keys_are_reported_within_bounds():
+    from comfy_distributed.config import GpuConfig
+    from comfy_distributed.config.unknown_keys import MAX_KEY_SHOWN, MAX_WARNINGS, unknown_key_warnings
+
+    config = GpuConfig.model_validate({"master": {"k" * 5000: 1}, "settings": {f"junk{i}": i for i in range(50)}})
+    lines = unknown_key_warnings(config)
+    assert lines[0].startswith("master: unknown key 'kkk") and "k" * (MAX_KEY_SHOWN + 1) not in lines[0]
+    assert len(lines) == MAX_WARNINGS + 1 and lines[-1] == f"... and {51 - MAX_WARNINGS} more unknown keys"
+    assert all(len(line) < MAX_KEY_SHOWN + 200 for line in lines)
