@@ -30,7 +30,7 @@ def _logs(parser: argparse.ArgumentParser) -> None:
 
 
 def _run(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("workflow", metavar="WORKFLOW.json", help="a workflow in API format (Export (API))")
+    parser.add_argument("workflow", metavar="WORKFLOW.json", help="a workflow: the UI's format (Save, a template) or the API format (Export (API))")
     parser.add_argument("--output", default=DEFAULT_OUTPUT, metavar="DIR", help="where to save the images")
     parser.add_argument("--master", metavar="URL", help="the master's address; default: from the config")
     parser.add_argument("--timeout", type=float, default=DEFAULT_TIMEOUT, metavar="SECONDS",
@@ -66,7 +66,7 @@ MODES: tuple[Mode, ...] = (
     Mode("restart", "stop and start one instance (master, a worker id or name)", cmd_restart, _name, in_menu=False),
     Mode("logs", "the last lines of a launched instance's log (master, a worker id or name); -f follows it",
          cmd_logs, _logs, in_menu=False),
-    Mode("run", "queue an API-format workflow on the master, show progress, save the images", cmd_run, _run,
+    Mode("run", "queue a workflow (UI or API format) on the master, show progress, save the images", cmd_run, _run,
          in_menu=False),
     Mode("token", "create the API token, save it in gpu_config.json (readable by you only) and say how to use it", cmd_token,
          _token),

@@ -50,7 +50,7 @@ def cpu_hints(instances: list["Instance"]) -> list[str]:
     missing = [i for i in instances if i.kind == "local" and "--cpu" not in split_args(i.extra_args, i.field)]
     if not missing:
         return []
-    fields = ", ".join(f"{i.field}.extra_args" for i in missing)
+    fields = ", ".join(f"the extra_args of {i.label}" for i in missing)  # by id and name, not list position
     return [f"this machine shows no GPU (no nvidia-smi or /dev/nvidia0): ComfyUI stops at start unless it runs "
             f"with --cpu. Add --cpu to {fields} and set cuda_device to null (see 'No GPU, Mac or AMD?' in the README)"]
 

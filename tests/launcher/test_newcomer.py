@@ -203,7 +203,8 @@ def test_cpu_hint_without_a_gpu(monkeypatch, tmp_path, comfy_root, state_dir):
     instances = launcher.Launcher(config, launcher.LaunchContext(comfy_root, tmp_path / "c.json", state_dir)).instances()
     monkeypatch.setattr(launcher.discovery, "gpu_seen", lambda: False)
     (hint,) = cpu_hints(instances)
-    assert "workers[0].extra_args" in hint and "master" not in hint and "--cpu" in hint
+    assert "the extra_args of Worker 1 (worker 1)" in hint and "workers[0]" not in hint and "master" not in hint
+    assert "--cpu" in hint
     monkeypatch.setattr(launcher.discovery, "gpu_seen", lambda: True)
     assert cpu_hints(instances) == []
 
