@@ -341,7 +341,7 @@ def sd15_workflow(
     }
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     default = Path.home() / ".cache" / "comfy-distributed-tests"
     return Path(os.environ.get("COMFY_DISTRIBUTED_TEST_CACHE") or default)
 
@@ -356,7 +356,7 @@ def random_sd15() -> Path:
     """
     if not COMFYUI_PATH:
         pytest.skip(SKIP_REASON)
-    cache = _cache_dir()
+    cache = cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
     target = cache / CHECKPOINT_NAME
     with open(cache / f"{CHECKPOINT_NAME}.lock", "w") as lock:
