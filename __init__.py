@@ -4,11 +4,11 @@ Everything else lives in the ``comfy_distributed`` package, which imports withou
 """
 
 if __package__:  # loaded by ComfyUI as the custom node package
-    from .comfy_distributed import comfy_adapter
-    from .comfy_distributed.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from .comfy_distributed.comfy import adapter as comfy_adapter
+    from .comfy_distributed.comfy.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 else:  # imported as a plain module by tooling (pytest collecting the repository root)
-    from comfy_distributed import comfy_adapter
-    from comfy_distributed.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+    from comfy_distributed.comfy import adapter as comfy_adapter
+    from comfy_distributed.comfy.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
 
 WEB_DIRECTORY = "./web"
 

@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Callable, Iterator
 
 from comfy_distributed.config import ConfigStore, Settings, WorkerConfig
-from comfy_distributed.jobs import Job, UnitRun
-from comfy_distributed.media_codecs import decode_batch
-from comfy_distributed.orchestrator import Orchestrator
+from comfy_distributed.engine.jobs import Job, UnitRun
+from comfy_distributed.collector.codecs import decode_batch
+from comfy_distributed.collector.orchestrator import Orchestrator
 from comfy_distributed.worker_client import ComfyClient, OutputFile, WorkerClient
 
 from .workload import COLLECTOR, SEED_STEP, TOO_FAST, Workload, config, plain_workflow, workflow, write_config

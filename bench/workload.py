@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from comfy_distributed.config import Settings, WorkerConfig
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 
 COLLECTOR = "3"
 """Node id of the Collector in every benchmark workflow."""
@@ -79,7 +79,7 @@ class Workload:
             return max(unit / speed for speed in self.speeds)
         units = self.total_images // self.unit_size
         if mode == "weighted":
-            from comfy_distributed.plan import weighted_plan
+            from comfy_distributed.engine.plan import weighted_plan
 
             plan = weighted_plan(units, list(self.speeds))
             return max(len(plan.get(k, [])) * unit / speed for k, speed in enumerate(self.speeds))

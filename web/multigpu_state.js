@@ -6,7 +6,7 @@ export const STATUSES = ["idle", "busy", "offline", "disabled", "error", "launch
 
 const GIB = 1024 ** 3;
 
-/** How a user creates the API token, or shows the one there is (comfy_distributed/access.py TOKEN_COMMAND). */
+/** How a user creates the API token, or shows the one there is (comfy_distributed/api/access.py TOKEN_COMMAND). */
 export const TOKEN_COMMAND = "custom_nodes/ComfyUI-Distributed/launch_distributed.sh token";
 export const TOKEN_COMMAND_WINDOWS = "custom_nodes\\ComfyUI-Distributed\\launch_distributed.bat token";
 

@@ -1,7 +1,7 @@
 """A client of the master registered for its ``multigpu.*`` events while it listens.
 
 The master sends those events only to websocket clients registered with ``POST /multigpu/events``
-(:mod:`comfy_distributed.audience`), for a limited time: :func:`registered` registers a client id,
+(:mod:`comfy_distributed.api.audience`), for a limited time: :func:`registered` registers a client id,
 renews it while the block runs and ends it after. ``comfy-distributed run`` follows its job this way;
 so do the real-ComfyUI tests and the benchmarks.
 """
@@ -12,8 +12,8 @@ import asyncio
 import contextlib
 from typing import AsyncIterator
 
-from ..api_routes import EVENTS_PATH
-from ..audience import WATCH_RENEW
+from ..api.routes import EVENTS_PATH
+from ..api.audience import WATCH_RENEW
 from ..errors import WorkerError
 from ..worker_client import ComfyClient
 

@@ -18,7 +18,7 @@ from typing import IO, Any, Callable
 
 from ..errors import RunError, WorkerError, WorkerTimeout
 from ..launcher import command_name
-from ..prompt_hook import JOB_ID_EXTRA_DATA
+from ..comfy.prompt_hook import JOB_ID_EXTRA_DATA
 from ..worker_client import ComfyClient, EventStream, Reply, summarize_rejection
 from .master_events import registered
 from .progress import Progress, ProgressDisplay, apply_event

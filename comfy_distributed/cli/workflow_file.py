@@ -3,7 +3,7 @@
 A file holds a bare API-format graph (what Workflow > Export (API) saves), a ``{"prompt": {...},
 "extra_data": {...}}`` request body, or a workflow in the UI's format (what Workflow > Save and the
 templates hold), which becomes the API format with the master's node definitions
-(:mod:`~comfy_distributed.ui_workflow`), as the UI makes it when it queues.
+(:mod:`~comfy_distributed.graph.ui_workflow`), as the UI makes it when it queues.
 """
 
 from __future__ import annotations
@@ -14,11 +14,11 @@ from pathlib import Path
 from typing import Any, Callable, Mapping
 
 from ..errors import RunError, WorkerError, WorkerUnreachable, WorkflowError
-from ..json_limits import loads_bounded
+from ..config.json_limits import loads_bounded
 from ..launcher import command_name
-from ..ui_workflow import UiWorkflow, is_ui_workflow, parse_ui_workflow, to_api_prompt
+from ..graph.ui_workflow import UiWorkflow, is_ui_workflow, parse_ui_workflow, to_api_prompt
 from ..worker_client import ComfyClient, MIB
-from ..worker_prep import object_info_problem
+from ..cluster.preflight import object_info_problem
 
 MAX_WORKFLOW_BYTES = 32 * MIB
 """Largest workflow file read: far beyond any graph, small enough to hold in memory."""

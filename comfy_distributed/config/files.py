@@ -12,7 +12,7 @@ from typing import Any, Callable
 from pydantic import ValidationError
 
 from ..errors import ConfigError
-from ..json_limits import MAX_DEPTH, nesting_depth
+from .json_limits import MAX_DEPTH, nesting_depth
 from .models import CONFIG_ENV, DEFAULT_CONFIG_PATH, GpuConfig, MAX_CONFIG_BYTES
 from .unknown_keys import unknown_key_warnings
 

@@ -7,7 +7,7 @@ know a "missing nodes" dialog). This starts a master with this extension and one
 templates ComfyUI serves, loads each example through ComfyUI's templates route with no toast, dialog or page
 error, and runs the CPU-sized example from the UI to its end on the master and the worker (the random SD1.5
 checkpoint under the example's checkpoint name). Then, outside the browser: the frontend's own API prompt of each
-example is the example's ``api_workflows/`` graph, and so is what ``comfy_distributed.ui_workflow`` makes of the
+example is the example's ``api_workflows/`` graph, and so is what ``comfy_distributed.graph.ui_workflow`` makes of the
 workflow as the frontend saves it, with the master's ``/object_info``.
 
 ``COMFYUI_FRONT_END_ROOT`` runs the master with a newer frontend (the ``static`` folder of
@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from comfy_distributed.ui_workflow import parse_ui_workflow, to_api_prompt
+from comfy_distributed.graph.ui_workflow import parse_ui_workflow, to_api_prompt
 from tests.browser.browser_support import CHROMIUM, FRONT_END_ROOT, run_driver, skip_reason
 from tests.real.cluster import Cluster
 from tests.real.harness import ComfyInstance, http_json, link_model, random_sd15

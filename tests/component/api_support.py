@@ -12,10 +12,10 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
-from comfy_distributed.api import MultiGPUApi
+from comfy_distributed.api.handlers import MultiGPUApi
 from comfy_distributed.config import ConfigStore
-from comfy_distributed.orchestrator import Orchestrator
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from comfy_distributed.collector.orchestrator import Orchestrator
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 from tests.standin import StandinComfy
 
 TOKEN = "correct-horse-battery-staple"

@@ -16,12 +16,12 @@ import numpy as np
 from PIL import Image
 
 from comfy_distributed.config import ConfigStore
-from comfy_distributed.health import HealthMonitor
-from comfy_distributed.jobs import CollectorResult, Job
-from comfy_distributed.orchestrator import Orchestrator
-from comfy_distributed.queue_balancer import QueueBalancer
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT
-from comfy_distributed.worker_files import FolderSaver
+from comfy_distributed.cluster.health import HealthMonitor
+from comfy_distributed.engine.jobs import CollectorResult, Job
+from comfy_distributed.collector.orchestrator import Orchestrator
+from comfy_distributed.queue_mode.balancer import QueueBalancer
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, JOB_INPUT
+from comfy_distributed.queue_mode.files import FolderSaver
 from tests.comfy_test_nodes import seeded_images
 from tests.component.leaks import SETTLE, LeakCheck, sockets_to, stash_kept
 from tests.standin import StandinComfy

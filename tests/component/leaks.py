@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 import aiohttp
 
-from comfy_distributed.runner import Runner
+from comfy_distributed.engine.runner import Runner
 
 SETTLE = 5.0
 """Seconds a job gets, after the test's last step, to close what it is closing (a session is released

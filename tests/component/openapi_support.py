@@ -22,13 +22,13 @@ from typing import Any, AsyncIterator, Callable
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from comfy_distributed.api import MAX_BODY, MAX_PROMPT_BODY, MAX_RESULT_BODY, OPENAPI_PATH, MultiGPUApi
-from comfy_distributed.api_launch import add_launch_routes
-from comfy_distributed.api_results import JOB_HEADER, MAX_IMAGE_BODY, SHARE_HEADER, WORKER_HEADER
+from comfy_distributed.api.handlers import MAX_BODY, MAX_PROMPT_BODY, MAX_RESULT_BODY, OPENAPI_PATH, MultiGPUApi
+from comfy_distributed.api.launch import add_launch_routes
+from comfy_distributed.api.job_complete import JOB_HEADER, MAX_IMAGE_BODY, SHARE_HEADER, WORKER_HEADER
 from comfy_distributed.config import ConfigStore, GpuConfig, load_config
-from comfy_distributed.jobs import EXTRA_DATA_KEY, Job
-from comfy_distributed.orchestrator import Orchestrator
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from comfy_distributed.engine.jobs import EXTRA_DATA_KEY, Job
+from comfy_distributed.collector.orchestrator import Orchestrator
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 from tests.launcher.helpers import RecordingLauncher
 
 OPENAPI: dict[str, Any] = json.loads(OPENAPI_PATH.read_text(encoding="utf-8"))

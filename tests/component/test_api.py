@@ -8,7 +8,7 @@ import json
 
 import pytest
 
-from comfy_distributed.api import listens_beyond_loopback
+from comfy_distributed.api.handlers import listens_beyond_loopback
 from comfy_distributed.config import load_config
 from tests.component.api_support import TOKEN, Master, first_prompt, png_bytes, workflow, write_config
 from tests.standin import StandinComfy

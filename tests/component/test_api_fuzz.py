@@ -34,10 +34,10 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from comfy_distributed.api import MAX_BODY, TOKEN_ENV
-from comfy_distributed.api_results import JOB_HEADER, SHARE_HEADER, WORKER_HEADER
+from comfy_distributed.api.handlers import MAX_BODY, TOKEN_ENV
+from comfy_distributed.api.job_complete import JOB_HEADER, SHARE_HEADER, WORKER_HEADER
 from comfy_distributed.config import public_view
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 from tests.component.openapi_support import (
     ALLOWED_HOST,
     CONFIG_PATHS,

@@ -19,11 +19,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from comfy_distributed.node_catalog import NODE_CLASS_MAPPINGS
-from comfy_distributed.orchestrator import Orchestrator
-from comfy_distributed.prompt_hook import INVALID_CONFIG_ERROR, make_prompt_handler, make_prompt_middleware
-from comfy_distributed.queue_balancer import QueueBalancer
-from comfy_distributed.workflow import JOB_INPUT
+from comfy_distributed.comfy.node_catalog import NODE_CLASS_MAPPINGS
+from comfy_distributed.collector.orchestrator import Orchestrator
+from comfy_distributed.comfy.prompt_hook import INVALID_CONFIG_ERROR, make_prompt_handler, make_prompt_middleware
+from comfy_distributed.queue_mode.balancer import QueueBalancer
+from comfy_distributed.graph.workflow import JOB_INPUT
 from tests.component.api_support import Master, write_config
 from tests.component.cluster import balancer, plain, workflow
 from tests.standin import nodes as standin_nodes

@@ -8,7 +8,7 @@ import asyncio
 import pytest
 
 from comfy_distributed.events import NOTICE
-from comfy_distributed.workflow import JOB_INPUT
+from comfy_distributed.graph.workflow import JOB_INPUT
 from tests.component.cluster import assert_unit_images, by_position, workflow
 
 

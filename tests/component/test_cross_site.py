@@ -15,10 +15,10 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from comfy_distributed import events
-from comfy_distributed.api import MultiGPUApi
-from comfy_distributed.audience import Audience
+from comfy_distributed.api.handlers import MultiGPUApi
+from comfy_distributed.api.audience import Audience
 from comfy_distributed.config import ConfigStore
-from comfy_distributed.orchestrator import Orchestrator
+from comfy_distributed.collector.orchestrator import Orchestrator
 from tests.component.api_support import TOKEN, Started, write_config
 from tests.waiting import closed_port
 

@@ -14,12 +14,12 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from comfy_distributed import runtime
-from comfy_distributed.host import DetachedHost
-from comfy_distributed.media_codecs import PNG_SIGNATURE
-from comfy_distributed.nodes import MultiGPUCollector, MultiGPUUnitPart
-from comfy_distributed.queue_balancer import QueueBalancer
-from comfy_distributed.tile_nodes import MultiGPUTileMerge, MultiGPUTileSource, MultiGPUTileStart, MultiGPUTileStep
+from comfy_distributed.comfy import runtime
+from comfy_distributed.comfy.host import DetachedHost
+from comfy_distributed.collector.codecs import PNG_SIGNATURE
+from comfy_distributed.collector.nodes import MultiGPUCollector, MultiGPUUnitPart
+from comfy_distributed.queue_mode.balancer import QueueBalancer
+from comfy_distributed.tiles.nodes import MultiGPUTileMerge, MultiGPUTileSource, MultiGPUTileStart, MultiGPUTileStep
 from tests.comfy_test_nodes import DistributedTestTileWork, seeded_images
 from tests.component import api_support
 from tests.component.cluster import workflow

@@ -8,7 +8,7 @@ import json
 import aiohttp
 
 from comfy_distributed.config import ConfigStore
-from comfy_distributed.health import HealthMonitor
+from comfy_distributed.cluster.health import HealthMonitor
 from tests.standin import StandinComfy
 from tests.waiting import closed_port, until
 

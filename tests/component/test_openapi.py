@@ -1,6 +1,6 @@
 """The OpenAPI document against the real /multigpu routes.
 
-The document must be what ``python -m comfy_distributed.openapi`` generates from the code (the route
+The document must be what ``python -m comfy_distributed.api.openapi`` generates from the code (the route
 table, the request and answer models, the config models), structurally valid OpenAPI 3.1, list exactly
 the routes that ``MultiGPUApi.add_routes`` registers, be served unchanged at ``GET /multigpu/openapi.json``,
 and describe what the handlers really do: who may call them (the Host check of a private
@@ -22,15 +22,15 @@ from typing import Any, AsyncIterator
 import pytest
 from aiohttp import web
 
-from comfy_distributed.access import FORBIDDEN_FLAGS
-from comfy_distributed.api_launch import add_launch_routes
-from comfy_distributed.api import MAX_RESULT_BODY, OPENAPI_PATH, MultiGPUApi
-from comfy_distributed.api_results import JOB_HEADER, MAX_IMAGE_BODY, SHARE_HEADER, WORKER_HEADER
+from comfy_distributed.api.access import FORBIDDEN_FLAGS
+from comfy_distributed.api.launch import add_launch_routes
+from comfy_distributed.api.handlers import MAX_RESULT_BODY, OPENAPI_PATH, MultiGPUApi
+from comfy_distributed.api.job_complete import JOB_HEADER, MAX_IMAGE_BODY, SHARE_HEADER, WORKER_HEADER
 from comfy_distributed.config import (
     SECRET_SETTINGS, ConfigStore, MasterConfig, Settings, WorkerConfig, public_view,
 )
-from comfy_distributed.openapi import REGENERATE, render
-from comfy_distributed.orchestrator import Orchestrator
+from comfy_distributed.api.openapi import REGENERATE, render
+from comfy_distributed.collector.orchestrator import Orchestrator
 from tests.component.openapi_support import (
     trickle,
     ALLOWED_HOST,
@@ -131,7 +131,7 @@ def test_document_is_structurally_valid_openapi_3_1():
 
 
 def test_the_generator_checks_and_rewrites_the_file(tmp_path, monkeypatch, capsys):
-    import comfy_distributed.openapi as generator
+    import comfy_distributed.api.openapi as generator
 
     target = tmp_path / "openapi.json"
     monkeypatch.setattr(generator, "OPENAPI_PATH", target)

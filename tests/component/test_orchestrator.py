@@ -12,9 +12,9 @@ import pytest
 
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.errors import JobError
-from comfy_distributed.health import HealthMonitor
-from comfy_distributed.jobs import CollectorResult
-from comfy_distributed.orchestrator import Orchestrator
+from comfy_distributed.cluster.health import HealthMonitor
+from comfy_distributed.engine.jobs import CollectorResult
+from comfy_distributed.collector.orchestrator import Orchestrator
 from tests.component.cluster import Cluster, assert_unit_images, by_position, expected_pixels, pixels, workflow
 from tests.waiting import closed_port, free_port, until
 from tests.standin import StandinComfy

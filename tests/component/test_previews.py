@@ -11,8 +11,8 @@ import aiohttp
 from aiohttp.test_utils import TestClient, TestServer
 
 from comfy_distributed import events
-from comfy_distributed.api import MultiGPUApi
-from comfy_distributed.preview_relay import FRAME_INTERVAL
+from comfy_distributed.api.handlers import MultiGPUApi
+from comfy_distributed.cluster.previews import FRAME_INTERVAL
 from comfy_distributed.worker_client import preview_frames
 from tests.component.cluster import StandinCluster, balancer, plain, workflow
 from tests.standin import StandinComfy

@@ -8,9 +8,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
 from comfy_distributed.config import ConfigStore
-from comfy_distributed.orchestrator import Orchestrator
-from comfy_distributed.prompt_hook import make_prompt_handler, make_prompt_middleware
-from comfy_distributed.workflow import COLLECTOR_CLASS, JOB_INPUT
+from comfy_distributed.collector.orchestrator import Orchestrator
+from comfy_distributed.comfy.prompt_hook import make_prompt_handler, make_prompt_middleware
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, JOB_INPUT
 
 
 class FakeMaster:

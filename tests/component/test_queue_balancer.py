@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from comfy_distributed.queue_balancer import REMOTE_OUTPUT_CLASS
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from comfy_distributed.queue_mode.balancer import REMOTE_OUTPUT_CLASS
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 from tests.component.cluster import balancer, plain
 from tests.standin import StandinComfy
 from tests.waiting import until
@@ -263,8 +263,8 @@ async def test_a_stand_in_waits_at_the_back_of_the_master_s_queue_until_its_work
 
 
 async def test_the_prompt_hook_queues_a_forwarded_prompt_s_stand_in_at_the_back(tmp_path):
-    from comfy_distributed.orchestrator import Orchestrator
-    from comfy_distributed.prompt_hook import make_prompt_handler
+    from comfy_distributed.collector.orchestrator import Orchestrator
+    from comfy_distributed.comfy.prompt_hook import make_prompt_handler
 
     b = balancer(tmp_path, [9001], master_load=3, queue_mode="no_collector")
     b.host = QueueHost()

@@ -9,7 +9,7 @@ import io
 import re
 
 from comfy_distributed import cli, events
-from comfy_distributed.nodes import run_on_master
+from comfy_distributed.collector.nodes import run_on_master
 from tests.component.cluster import workflow
 from tests.waiting import until
 

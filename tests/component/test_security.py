@@ -91,7 +91,7 @@ async def test_rebinding_cannot_launch_set_a_token_or_free_memory(make_master):
 
 
 def test_host_names_and_public_masters():
-    from comfy_distributed.access import host_name, is_public
+    from comfy_distributed.api.access import host_name, is_public
 
     assert host_name("[::1]:8188") == "::1" and host_name("Localhost:1") == "localhost"
     assert host_name("127.0.0.1") == "127.0.0.1" and host_name("evil.example.:80") == "evil.example"
@@ -163,7 +163,7 @@ async def test_unbalanced_quotes_are_a_clear_400(make_master):
 
 
 def test_file_may_still_say_anything(tmp_path):
-    from comfy_distributed.access import forbidden_launch_flags
+    from comfy_distributed.api.access import forbidden_launch_flags
 
     path = write_config(tmp_path / "gpu_config.json", [{"id": 1, "port": 9001, "extra_args": "--base-directory /x"}])
     assert load_config(path).workers[0].extra_args == "--base-directory /x"
@@ -255,8 +255,8 @@ async def test_a_share_owner_cannot_bloat_the_master_either(tmp_path, monkeypatc
 @pytest.mark.parametrize("field,value", [("job_id", ["J"]), ("share_token", {"s": 1}), ("worker_id", 1.0),
                                          ("worker_id", True), ("worker_id", ["1"]), ("job_id", "other")])
 def test_identity_in_the_body_must_equal_its_header_exactly(field, value):
-    from comfy_distributed.access import ApiError
-    from comfy_distributed.api_results import parse_results
+    from comfy_distributed.api.access import ApiError
+    from comfy_distributed.api.job_complete import parse_results
 
     identity = ("J", "1", "s")
     assert parse_results(json.dumps({"worker_id": 1, "job_id": "J", "outputs": {}}).encode(), identity, 1) == {}
@@ -265,7 +265,7 @@ def test_identity_in_the_body_must_equal_its_header_exactly(field, value):
 
 
 def test_nesting_depth_skips_strings_with_escapes_and_brackets():
-    from comfy_distributed.json_limits import MAX_DEPTH, loads_bounded, nesting_depth
+    from comfy_distributed.config.json_limits import MAX_DEPTH, loads_bounded, nesting_depth
 
     assert nesting_depth(b'{"a": "[[[\\\"{{{", "b": [[1]]}') == 3
     assert nesting_depth(b'["' + b"x" * 5_000_000 + b'"]') == 1
@@ -317,7 +317,7 @@ async def test_broken_config_is_a_409_not_a_500(make_master):
 
 
 def test_prompt_with_a_broken_config_fails_loudly_not_on_the_master_alone(tmp_path):
-    from comfy_distributed.orchestrator import Orchestrator
+    from comfy_distributed.collector.orchestrator import Orchestrator
 
     path = tmp_path / "gpu_config.json"
     path.write_bytes(b"[" * 100_000)

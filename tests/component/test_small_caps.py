@@ -18,7 +18,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 
 from comfy_distributed.config import ConfigStore
-from comfy_distributed.health import HealthMonitor
+from comfy_distributed.cluster.health import HealthMonitor
 from comfy_distributed.worker_client import MIB, ComfyClient
 from tests.component.cluster import Cluster, assert_unit_images, by_position, workflow
 from tests.component.openapi_support import JOB_COMPLETE, PNG_B64, ApiUnderTest, trickle

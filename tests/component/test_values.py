@@ -8,7 +8,7 @@ import json
 import numpy as np
 import pytest
 
-from comfy_distributed.plan import plan_job
+from comfy_distributed.engine.plan import plan_job
 from tests.comfy_test_nodes import NODE_CLASS_MAPPINGS as TEST_NODES
 from tests.comfy_test_nodes import DistributedTestTileWork, seeded_images
 from tests.component.cluster import by_position, pixels, workflow

@@ -13,10 +13,10 @@ from aiohttp import web
 
 from comfy_distributed.config import ConfigStore, Settings, WorkerConfig
 from comfy_distributed.errors import WorkerProtocolError
-from comfy_distributed.health import HealthMonitor
-from comfy_distributed.queue_balancer import ForwardedPrompt, QueueBalancer
+from comfy_distributed.cluster.health import HealthMonitor
+from comfy_distributed.queue_mode.balancer import ForwardedPrompt, QueueBalancer
 from comfy_distributed.worker_client import OutputFile, WorkerClient, summarize_rejection
-from comfy_distributed.worker_prep import preflight_problems
+from comfy_distributed.cluster.preflight import preflight_problems
 from tests.component.cluster import Cluster, assert_unit_images, balancer, by_position, plain, workflow
 from tests.standin import StandinComfy
 from tests.waiting import until

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from comfy_distributed.comfy_adapter import confined_output_path, write_new_file
+from comfy_distributed.comfy.adapter import confined_output_path, write_new_file
 
 
 def test_a_workers_file_lands_in_its_own_folder():

@@ -14,7 +14,7 @@ from PIL import Image
 
 from comfy_distributed.config import Settings, WorkerConfig
 from comfy_distributed.errors import WorkerProtocolError
-from comfy_distributed.media_codecs import PNG_SIGNATURE, decode_kind, fits
+from comfy_distributed.collector.codecs import PNG_SIGNATURE, decode_kind, fits
 from comfy_distributed.worker_client import MAX_FILES_PER_OUTPUT, MIB, OutputFile, WorkerClient
 from tests.audio_support import flac_like_comfyui
 from tests.component.cluster import Cluster, assert_unit_images, by_position, workflow
@@ -112,7 +112,7 @@ def test_a_png_bomb_is_refused_from_its_header_without_decoding():
     assert value.untyped_storage().nbytes() <= 16  # no pixels were made
     same = decode_kind("images", [good, good], reference)
     assert fits("images", reference, same) is None and same.shape == (2, 24, 32, 3)
-    from comfy_distributed.media_codecs import CODECS
+    from comfy_distributed.collector.codecs import CODECS
 
     assert CODECS["images"].early([good, png_header_only(30000, 30000)]) is None  # left to the master's check
 

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_distributed.worker_files import FolderSaver
+from comfy_distributed.queue_mode.files import FolderSaver
 from tests.component.cluster import balancer, plain
 from tests.standin import StandinComfy
 

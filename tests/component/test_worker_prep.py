@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from comfy_distributed.errors import JobError
-from comfy_distributed.worker_prep import preflight_problems
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
+from comfy_distributed.cluster.preflight import preflight_problems
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS
 
 
 def load_image_prompt(name: str) -> dict:

@@ -9,13 +9,13 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from comfy_distributed.api import MultiGPUApi
-from comfy_distributed.api_launch import add_launch_routes
+from comfy_distributed.api.handlers import MultiGPUApi
+from comfy_distributed.api.launch import add_launch_routes
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.errors import ConfigError
-from comfy_distributed.health import HealthMonitor
+from comfy_distributed.cluster.health import HealthMonitor
 from comfy_distributed.launcher import LaunchContext, Launcher
-from comfy_distributed.orchestrator import Orchestrator
+from comfy_distributed.collector.orchestrator import Orchestrator
 
 TOKEN = "launch-token-0123456789"
 

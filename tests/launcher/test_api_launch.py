@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from comfy_distributed.api_launch import LAUNCH_PATH, RESTART_PATH
-from comfy_distributed.api_routes import LOGS_PATH
+from comfy_distributed.api.launch import LAUNCH_PATH, RESTART_PATH
+from comfy_distributed.api.routes import LOGS_PATH
 from tests.waiting import free_port, poll
 
 from .helpers import answers, worker, write_config

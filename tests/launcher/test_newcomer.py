@@ -14,11 +14,11 @@ import pytest
 from aiohttp import web
 
 from comfy_distributed import cli, launcher
-from comfy_distributed.comfy_adapter import startup_warnings
+from comfy_distributed.comfy.adapter import startup_warnings
 from comfy_distributed.config import load_config, parse_config
 from comfy_distributed.launcher import command_name, cpu_hints
 from comfy_distributed.errors import RunError
-from comfy_distributed.role import ROLE_ENV, decide_role
+from comfy_distributed.comfy.role import ROLE_ENV, decide_role
 
 from tests.waiting import free_port
 

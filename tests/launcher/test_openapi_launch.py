@@ -1,4 +1,4 @@
-"""The OpenAPI description of the launch routes (in ``comfy_distributed/openapi.json``, generated from
+"""The OpenAPI description of the launch routes (in ``comfy_distributed/api/openapi.json``, generated from
 ``api_routes.LAUNCH_ROUTES`` and their models) against what they do."""
 
 from __future__ import annotations
@@ -11,11 +11,11 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
-from comfy_distributed.api import MAX_BODY, OPENAPI_PATH, MultiGPUApi
-from comfy_distributed.api_launch import LAUNCH_PATH, RESTART_PATH, add_launch_routes
-from comfy_distributed.api_routes import LOGS_PATH
+from comfy_distributed.api.handlers import MAX_BODY, OPENAPI_PATH, MultiGPUApi
+from comfy_distributed.api.launch import LAUNCH_PATH, RESTART_PATH, add_launch_routes
+from comfy_distributed.api.routes import LOGS_PATH
 from comfy_distributed.config import ConfigStore
-from comfy_distributed.orchestrator import Orchestrator
+from comfy_distributed.collector.orchestrator import Orchestrator
 
 from .helpers import RecordingLauncher, write_config
 

@@ -11,7 +11,7 @@ import signal
 
 import pytest
 
-from comfy_distributed.api_launch import RESTART_PATH
+from comfy_distributed.api.launch import RESTART_PATH
 
 from tests.waiting import free_port, poll
 

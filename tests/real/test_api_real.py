@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_distributed.api import TOKEN_ENV
+from comfy_distributed.api.handlers import TOKEN_ENV
 from tests.real.harness import ComfyInstance, requires_comfyui, start_comfyui, submit_prompt, wait_for_history
 from tests.waiting import poll
 

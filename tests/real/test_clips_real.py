@@ -19,7 +19,7 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_distributed.media_codecs import decode_audio
+from comfy_distributed.collector.codecs import decode_audio
 from tests.audio_support import flac_like_comfyui
 from tests.real.cluster import Cluster, run_on_master, worker_failures
 from tests.real.harness import ComfyInstance, http_json, link_model, output_images, requires_comfyui

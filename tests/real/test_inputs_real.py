@@ -126,7 +126,7 @@ def test_a_worker_lacking_the_checkpoint_is_skipped_and_named(cluster, random_sd
 def test_audio_is_collected_in_order(cluster):
     import wave
 
-    from comfy_distributed.media_codecs import decode_audio
+    from comfy_distributed.collector.codecs import decode_audio
 
     if "LoadAudio" not in (http_json("GET", f"{cluster.master.url}/object_info/LoadAudio") or {}):
         pytest.skip("this ComfyUI has no audio nodes (they need torchaudio, which its environment lacks)")

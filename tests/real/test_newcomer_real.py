@@ -9,7 +9,7 @@ import urllib.request
 
 import pytest
 
-from comfy_distributed.access import TOKEN_ENV
+from comfy_distributed.api.access import TOKEN_ENV
 from tests.launcher.helpers import explain
 from tests.real.cluster import image_workflow
 from tests.real.harness import requires_comfyui, start_comfyui

@@ -12,7 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
-from comfy_distributed.api import TOKEN_ENV
+from comfy_distributed.api.handlers import TOKEN_ENV
 from tests.real.cluster import Cluster, decoded, image_workflow, queue_empty, worker_failures
 from tests.real.harness import http_json, output_images, requires_comfyui
 from tests.waiting import poll

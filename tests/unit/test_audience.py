@@ -4,7 +4,7 @@ registration lapsed."""
 from __future__ import annotations
 
 from comfy_distributed import events
-from comfy_distributed.audience import MAX_LISTENERS, WATCH_TTL, Audience
+from comfy_distributed.api.audience import MAX_LISTENERS, WATCH_TTL, Audience
 
 
 def make(now: list[float]) -> tuple[Audience, list[tuple[str, str]]]:

@@ -3,7 +3,7 @@
 import numpy as np
 import torch
 
-from comfy_distributed.media_codecs import decode_audio, decode_kind, fits, join_kind
+from comfy_distributed.collector.codecs import decode_audio, decode_kind, fits, join_kind
 from tests.audio_support import flac_like_comfyui
 
 

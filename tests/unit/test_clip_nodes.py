@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from comfy_distributed.clip_nodes import CLIPS_CLASS, MultiGPUClips, clip_length
-from comfy_distributed.media_codecs import join_kind
-from comfy_distributed.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from comfy_distributed.workflow import JOB_INPUT, mark_master_prompt
+from comfy_distributed.collector.clip_nodes import CLIPS_CLASS, MultiGPUClips, clip_length
+from comfy_distributed.collector.codecs import join_kind
+from comfy_distributed.comfy.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from comfy_distributed.graph.workflow import JOB_INPUT, mark_master_prompt
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -162,7 +162,7 @@ def test_no_frames_is_refused():
 
 def test_the_module_imports_and_plans_clips_without_torch():
     code = ("import sys; sys.modules['torch'] = None\n"
-            "from comfy_distributed.clip_nodes import clip_length\n"
+            "from comfy_distributed.collector.clip_nodes import clip_length\n"
             f"print(clip_length({video_workflow()!r}, '5'))")
     result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr

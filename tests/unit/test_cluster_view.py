@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_distributed.cluster_view import UnitView, cluster_line, cluster_summary, time_left
+from comfy_distributed.cluster.view import UnitView, cluster_line, cluster_summary, time_left
 
 
 def test_time_left_comes_from_the_jobs_own_units():

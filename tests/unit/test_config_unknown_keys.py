@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from comfy_distributed.comfy_adapter import log_config_warnings, startup_warnings
+from comfy_distributed.comfy.adapter import log_config_warnings, startup_warnings
 from comfy_distributed.config import ConfigStore, GpuConfig, load_config, parse_config, unknown_key_warnings
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "gpu_config.example.json"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from comfy_distributed.config import GpuConfig
-from comfy_distributed.plan import describe, plan_job
-from comfy_distributed.scheduler import MASTER, Dispatch, JobScheduler, MasterFree, RunOnMaster, Unit, UnitFailed
-from comfy_distributed.workflow import mark_master_prompt
+from comfy_distributed.engine.plan import describe, plan_job
+from comfy_distributed.engine.scheduler import MASTER, Dispatch, JobScheduler, MasterFree, RunOnMaster, Unit, UnitFailed
+from comfy_distributed.graph.workflow import mark_master_prompt
 
 PROMPT = {
     "1": {"class_type": "EmptyLatentImage", "inputs": {"width": 64, "height": 64, "batch_size": 2}},

@@ -15,9 +15,9 @@ import pytest
 import torch
 from PIL import Image
 
-from comfy_distributed import media_codecs
-from comfy_distributed.jobs import CollectorResult
-from comfy_distributed.media_codecs import (
+from comfy_distributed.collector import codecs as media_codecs
+from comfy_distributed.engine.jobs import CollectorResult
+from comfy_distributed.collector.codecs import (
     PNG_SIGNATURE,
     MediaRefused,
     decode_alone,
@@ -25,8 +25,8 @@ from comfy_distributed.media_codecs import (
     decode_kind,
     png_size,
 )
-from comfy_distributed.nodes import decode_parts
-from comfy_distributed.tiles import plan_tiles, worker_tile
+from comfy_distributed.collector.nodes import decode_parts
+from comfy_distributed.tiles.grid import plan_tiles, worker_tile
 from tests.audio_support import flac_like_comfyui
 
 

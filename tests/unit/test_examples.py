@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 
 from comfy_distributed.config import GpuConfig
-from comfy_distributed.node_catalog import NODE_CLASS_MAPPINGS
-from comfy_distributed.plan import plan_job
-from comfy_distributed.tile_graph import tile_pairs
-from comfy_distributed.values import literals, value_nodes
-from comfy_distributed.workflow import build_worker_prompt, is_link
+from comfy_distributed.comfy.node_catalog import NODE_CLASS_MAPPINGS
+from comfy_distributed.engine.plan import plan_job
+from comfy_distributed.tiles.graph import tile_pairs
+from comfy_distributed.graph.values import literals, value_nodes
+from comfy_distributed.graph.workflow import build_worker_prompt, is_link
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "api_workflows").glob("*.json"))
 CONFIG = GpuConfig.model_validate({"workers": [{"id": 1, "port": 8189}, {"id": 2, "port": 8190}]})

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from comfy_distributed.loaded_models import LoadedModels, model_names
+from comfy_distributed.cluster.loaded_models import LoadedModels, model_names
 
 
 def checkpoint(name, linked=False) -> dict:

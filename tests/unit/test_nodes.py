@@ -8,17 +8,17 @@ import numpy as np
 import torch
 from PIL import Image
 
-from comfy_distributed.media_codecs import decode_png
-from comfy_distributed.media_codecs import quantize_like_png
-from comfy_distributed.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
-from comfy_distributed.nodes import (
+from comfy_distributed.collector.codecs import decode_png
+from comfy_distributed.collector.codecs import quantize_like_png
+from comfy_distributed.comfy.node_catalog import NODE_CLASS_MAPPINGS, NODE_DISPLAY_NAME_MAPPINGS
+from comfy_distributed.collector.nodes import (
     MultiGPUCollector,
     MultiGPUSeedDistributor,
     MultiGPUUnitPart,
     assemble,
     decode_parts,
 )
-from comfy_distributed.jobs import CollectorResult
+from comfy_distributed.engine.jobs import CollectorResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -97,7 +97,7 @@ def test_parts_are_ordered_by_position_and_a_mismatched_size_is_left_out():
 def test_latents_travel_exactly_like_save_latent_writes_them():
     from safetensors.torch import save
 
-    from comfy_distributed.media_codecs import decode_kind, join_kind
+    from comfy_distributed.collector.codecs import decode_kind, join_kind
 
     samples = torch.randn(2, 4, 8, 8, generator=torch.Generator().manual_seed(3))
     blob = save({"latent_tensor": samples.contiguous(), "latent_format_version_0": torch.tensor([])})
@@ -136,9 +136,9 @@ def test_root_package_loads_like_comfyui_loads_custom_nodes():
 
 
 def test_outside_comfyui_the_host_is_detached_and_internal_nodes_say_so():
-    from comfy_distributed import runtime
-    from comfy_distributed.host import DetachedHost
-    from comfy_distributed.nodes import MultiGPURemoteOutput
+    from comfy_distributed.comfy import runtime
+    from comfy_distributed.comfy.host import DetachedHost
+    from comfy_distributed.collector.nodes import MultiGPURemoteOutput
 
     assert runtime.current is None and isinstance(runtime.host(), DetachedHost)
     host = runtime.host()
@@ -152,7 +152,7 @@ def test_outside_comfyui_the_host_is_detached_and_internal_nodes_say_so():
 
 
 def test_units_decoded_as_they_arrived_are_only_joined_and_still_checked():
-    from comfy_distributed.media_codecs import CODECS
+    from comfy_distributed.collector.codecs import CODECS
 
     master = torch.zeros(1, 4, 4, 3, dtype=torch.float16)
     one, wrong = png(np.full((4, 4, 3), 10, dtype=np.uint8)), png(np.full((6, 4, 3), 30, dtype=np.uint8))

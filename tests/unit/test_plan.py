@@ -2,8 +2,8 @@ import pytest
 
 from comfy_distributed.config import parse_config
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.plan import describe, literal_batch, plan_job, unit_sizes, weighted_plan
-from comfy_distributed.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, build_master_rerun, build_worker_prompt
+from comfy_distributed.engine.plan import describe, literal_batch, plan_job, unit_sizes, weighted_plan
+from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, build_master_rerun, build_worker_prompt
 
 
 def prompt(batch=2):

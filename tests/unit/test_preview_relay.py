@@ -6,7 +6,7 @@ import base64
 import time
 
 from comfy_distributed import events
-from comfy_distributed.preview_relay import FRAME_INTERVAL, MAX_WATCHERS, WATCH_TTL, PreviewRelay, PreviewSource
+from comfy_distributed.cluster.previews import FRAME_INTERVAL, MAX_WATCHERS, WATCH_TTL, PreviewRelay, PreviewSource
 from comfy_distributed.worker_client import PreviewFrame
 from tests.waiting import until
 

@@ -1,6 +1,6 @@
 """The scheduler as a pure state machine: events in, actions out, no sockets."""
 
-from comfy_distributed.scheduler import (
+from comfy_distributed.engine.scheduler import (
     Dispatch,
     GiveUp,
     JobScheduler,
@@ -97,7 +97,7 @@ def test_stale_events_are_ignored():
 
 
 def test_dynamic_units_go_to_whoever_is_free():
-    from comfy_distributed.scheduler import Unit
+    from comfy_distributed.engine.scheduler import Unit
 
     s = JobScheduler(units=[Unit(p, p) for p in range(1, 6)], workers=["1", "2"])
     assert s.start() == [Dispatch(1, "1"), Dispatch(2, "2")]
@@ -111,7 +111,7 @@ def test_dynamic_units_go_to_whoever_is_free():
 
 
 def test_weighted_plan_queues_then_failures_are_shared():
-    from comfy_distributed.scheduler import MASTER, Unit
+    from comfy_distributed.engine.scheduler import MASTER, Unit
 
     s = JobScheduler(units=[Unit(p, p) for p in range(1, 6)], workers=["1", "2"],
                      plan={MASTER: [1], "1": [2, 3], "2": [4, 5]})
@@ -125,7 +125,7 @@ def test_weighted_plan_queues_then_failures_are_shared():
 
 
 def test_with_unit_times_a_slow_worker_leaves_the_last_unit_to_a_faster_one():
-    from comfy_distributed.scheduler import Unit
+    from comfy_distributed.engine.scheduler import Unit
 
     now = [100.0]
     s = JobScheduler(units=[Unit(p, p) for p in range(1, 5)], workers=["fast", "slow"], clock=lambda: now[0])
@@ -142,7 +142,7 @@ def test_with_unit_times_a_slow_worker_leaves_the_last_unit_to_a_faster_one():
 
 
 def test_slow_worker_still_takes_work_that_would_otherwise_wait():
-    from comfy_distributed.scheduler import Unit
+    from comfy_distributed.engine.scheduler import Unit
 
     now = [0.0]
     s = JobScheduler(units=[Unit(p, p) for p in range(1, 8)], workers=["fast", "slow"], clock=lambda: now[0])
@@ -154,7 +154,7 @@ def test_slow_worker_still_takes_work_that_would_otherwise_wait():
 
 
 def test_unit_times_are_learnt_from_the_events_in_dynamic_mode_only():
-    from comfy_distributed.scheduler import MASTER, MasterRan, Unit
+    from comfy_distributed.engine.scheduler import MASTER, MasterRan, Unit
 
     s = JobScheduler(units=[Unit(p, p) for p in range(1, 4)], workers=["1"], learns_unit_times=True)
     s.start()
@@ -172,7 +172,7 @@ def test_unit_times_are_learnt_from_the_events_in_dynamic_mode_only():
 
 
 def test_the_scheduler_alone_says_where_each_unit_stands():
-    from comfy_distributed.scheduler import UnitState
+    from comfy_distributed.engine.scheduler import UnitState
 
     s = scheduler(workers=("1", "2", "3"), unavailable={"3": "offline"}, skip_unavailable=True, max_retries=0)
     assert [s.state_of(p) for p in (1, 2, 3)] == [UnitState.PENDING] * 3  # before start
@@ -195,7 +195,7 @@ def test_a_failed_unit_says_whether_it_runs_again():
 
 def test_without_the_master_a_unit_nobody_can_run_is_given_up():
     """A prompt forwarded whole: its candidates try it in their order, each once, then the job settles."""
-    from comfy_distributed.scheduler import Unit
+    from comfy_distributed.engine.scheduler import Unit
 
     s = JobScheduler(units=[Unit(1, 0)], workers=["b", "a"], max_retries=5, master_takes_units=False)
     assert s.start() == [Dispatch(1, "b")]
@@ -206,7 +206,7 @@ def test_without_the_master_a_unit_nobody_can_run_is_given_up():
 
 
 def test_a_worker_absent_at_the_start_joins_and_takes_pending_units():
-    from comfy_distributed.scheduler import WorkerJoined
+    from comfy_distributed.engine.scheduler import WorkerJoined
 
     s = scheduler(workers=("1", "2"), unavailable={"2": "offline"})
     assert s.start() == [Dispatch(1, "1")] and s.absent == {"2"} and s.pending == [2]
@@ -215,7 +215,7 @@ def test_a_worker_absent_at_the_start_joins_and_takes_pending_units():
 
 
 def test_a_worker_that_failed_a_unit_does_not_join_again():
-    from comfy_distributed.scheduler import WorkerJoined
+    from comfy_distributed.engine.scheduler import WorkerJoined
 
     s = scheduler(workers=("1", "2"))
     s.start()
@@ -224,7 +224,7 @@ def test_a_worker_that_failed_a_unit_does_not_join_again():
 
 
 def test_a_skipped_unit_stays_skipped_when_its_worker_joins():
-    from comfy_distributed.scheduler import WorkerJoined
+    from comfy_distributed.engine.scheduler import WorkerJoined
 
     s = scheduler(workers=("1", "2"), unavailable={"2": "offline"}, skip_unavailable=True)
     s.start()

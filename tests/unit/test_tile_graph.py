@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.tile_graph import (
+from comfy_distributed.tiles.graph import (
     build_master_tile,
     build_tile_prompt,
     outside_inputs,
@@ -104,7 +104,7 @@ def test_a_nested_pair_is_refused():
 
 
 def test_a_collector_below_a_tile_pair_is_refused_for_its_workers():
-    from comfy_distributed.workflow import build_worker_prompt
+    from comfy_distributed.graph.workflow import build_worker_prompt
 
     prompt = img2img()
     prompt["12"] = {"class_type": "MultiGPUCollector", "inputs": {"images": ["10", 0]}}
@@ -115,7 +115,7 @@ def test_a_collector_below_a_tile_pair_is_refused_for_its_workers():
 
 def test_a_collector_above_the_split_is_fine():
     """Each GPU makes its images, the Collector gathers them, the tiles then share out every frame."""
-    from comfy_distributed.workflow import build_worker_prompt
+    from comfy_distributed.graph.workflow import build_worker_prompt
 
     prompt = img2img()
     prompt["12"] = {"class_type": "MultiGPUCollector", "inputs": {"images": ["3", 0]}}

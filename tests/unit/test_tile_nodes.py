@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from comfy_distributed.media_codecs import quantize_like_png
-from comfy_distributed.nodes import MultiGPUUnitPart
-from comfy_distributed import tile_nodes
-from comfy_distributed.tile_nodes import (
+from comfy_distributed.collector.codecs import quantize_like_png
+from comfy_distributed.collector.nodes import MultiGPUUnitPart
+from comfy_distributed.tiles import nodes as tile_nodes
+from comfy_distributed.tiles.nodes import (
     MultiGPUTileMerge,
     MultiGPUTileSource,
     MultiGPUTileSplit,
@@ -16,7 +16,7 @@ from comfy_distributed.tile_nodes import (
     MultiGPUTileStep,
     encode_crop,
 )
-from comfy_distributed.tiles import crop, merge, plan_tiles
+from comfy_distributed.tiles.grid import crop, merge, plan_tiles
 from tests.dynamic_prompt import FakeDynamicPrompt
 
 

@@ -7,8 +7,8 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.media_codecs import quantize_like_png
-from comfy_distributed.tiles import ALIGN, crop, merge, plan_tiles
+from comfy_distributed.collector.codecs import quantize_like_png
+from comfy_distributed.tiles.grid import ALIGN, crop, merge, plan_tiles
 
 
 def gradient(width: int, height: int, frames: int = 1) -> torch.Tensor:

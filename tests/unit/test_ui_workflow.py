@@ -15,8 +15,13 @@ from typing import Any
 import pytest
 
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.ui_workflow import (
-    CONTROL, MAX_NODES, dynamic_prompt, parse_ui_workflow, to_api_prompt, widget_layout,
+from comfy_distributed.graph.ui_workflow import (
+    CONTROL,
+    MAX_NODES,
+    dynamic_prompt,
+    parse_ui_workflow,
+    to_api_prompt,
+    widget_layout,
 )
 
 ROOT = Path(__file__).resolve().parents[2]

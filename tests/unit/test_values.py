@@ -8,9 +8,9 @@ import pytest
 
 from comfy_distributed.config import GpuConfig
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.plan import plan_job
-from comfy_distributed.values import MultiGPUValue, literals, read_values, typed, value_for
-from comfy_distributed.workflow import build_master_rerun, build_worker_prompt, flatten_for_single
+from comfy_distributed.engine.plan import plan_job
+from comfy_distributed.graph.values import MultiGPUValue, literals, read_values, typed, value_for
+from comfy_distributed.graph.workflow import build_master_rerun, build_worker_prompt, flatten_for_single
 
 CLASSES = {
     "KSampler": {"required": {"cfg": ("FLOAT", {}), "steps": ("INT", {}), "sampler_name": (["euler", "dpmpp_2m"],),

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from comfy_distributed.worker_client import OutputFile
-from comfy_distributed.worker_files import (
+from comfy_distributed.queue_mode.files import (
     FolderSaver,
     confined_output_path,
     content_problem,

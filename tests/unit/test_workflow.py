@@ -1,7 +1,7 @@
 import pytest
 
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.workflow import (
+from comfy_distributed.graph.workflow import (
     COLLECTOR_CLASS,
     DISTRIBUTOR_CLASS,
     JOB_INPUT,

@@ -211,8 +211,8 @@ test("what the master says about its token is kept: config, status, then a 401 t
                "a master that does not say leaves it unknown");
 });
 
-test("the token command shown is the master's own (comfy_distributed/access.py), and its Windows twin", () => {
-  const access = readFileSync(new URL("../../comfy_distributed/access.py", import.meta.url), "utf8");
+test("the token command shown is the master's own (comfy_distributed/api/access.py), and its Windows twin", () => {
+  const access = readFileSync(new URL("../../comfy_distributed/api/access.py", import.meta.url), "utf8");
   assert.match(access, /^TOKEN_COMMAND = "(.*)"$/m);
   assert.equal(TOKEN_COMMAND, access.match(/^TOKEN_COMMAND = "(.*)"$/m)[1]);
   assert.equal(TOKEN_COMMAND_WINDOWS, TOKEN_COMMAND.replaceAll("/", "\\").replace(".sh ", ".bat "));

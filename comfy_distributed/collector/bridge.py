@@ -1,0 +1,158 @@
+"""The Collector's side of a job, on ComfyUI's execution thread: wait, run units on the master, collect.
+
+A mixin of :class:`~.orchestrator.Orchestrator`. Nothing here runs on the server loop: the loop is
+reached only through ``job.loop.call_soon_threadsafe``, and shared state only under the lock.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from typing import TYPE_CHECKING, Callable
+
+from ..errors import JobError
+from ..engine.jobs import COLLECT_POLL, CollectorResult, Job, TileJob, UnitRun, UnitState
+from ..engine.scheduler import MASTER, Event, MasterFree, MasterRan
+from ..cluster.speeds import Speeds
+from ..graph.workflow import output_key
+
+
+FINISH_WAIT = 5.0
+"""Seconds the last Collector waits for its job's outcome to be sent (the loop is never that busy)."""
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
+
+
+class CollectorBridge:
+    """What a Collector asks of its job while the master's prompt runs."""
+
+    if TYPE_CHECKING:
+        _lock: threading.Lock
+        _jobs: dict[str, Job]
+        speeds: Speeds
+
+        def job(self, job_id: str) -> Job | None: ...
+        def cancel(self, job: Job) -> None: ...
+        def _handle(self, job: Job, event: Event) -> None: ...
+        def _finish(self, job: Job) -> None: ...
+
+    def master_step(self, job_id: str, collector_id: str, have: set[int],
+                    interrupted: Callable[[], bool]) -> "list[UnitRun] | CollectorResult":
+        """What the master does next for this Collector: run units (a list), or finish (the result).
+
+        ``have`` are the positions this Collector already holds. While units wait for a
+        participant, the master offers itself and takes one unit at a time. ``interrupted``
+        is polled so that a Cancel on the master cancels the workers at once.
+        """
+        job = self.job(job_id)
+        if job is None:
+            raise JobError(f"Multi-GPU job {job_id} is unknown: it expired or the master restarted; queue it again")
+        if job.error:
+            raise JobError(job.error)
+        rounds = max(1.0, len(job.units) / (len(job.workers) + 1))  # units per participant (many tiles)
+        bound = job.created + job.settings.worker_timeout * (2 + job.settings.max_retries) * rounds + 30.0
+        self._measure_master(job, have)
+        while True:
+            with self._lock:
+                todo = [job.units[p] for p in job.master_positions if p not in have]
+                if not todo and not job.settled.is_set() and not job.master_asked and job.loop is not None:
+                    job.master_asked = True
+                    job.changed.clear()
+                    job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
+            if todo:
+                job.master_started = time.monotonic()
+                return todo
+            if job.settled.is_set():
+                break
+            job.changed.wait(COLLECT_POLL)
+            if interrupted():
+                self._drop(job)
+                raise JobError("Multi-GPU: interrupted while waiting for the workers")
+            if time.monotonic() > bound:  # every unit run has its own deadline: this only guards against a bug
+                self._drop(job)
+                raise JobError(f"Multi-GPU job {job_id}: the workers did not settle in time")
+        return self._settled_result(job, collector_id)
+
+    def _drop(self, job: Job) -> None:
+        """Cancel the job and forget it at once (its files and crops are not kept until the sweep)."""
+        self.cancel(job)
+        with self._lock:
+            self._jobs.pop(job.job_id, None)
+
+    def _settled_result(self, job: Job, collector_id: str) -> CollectorResult:
+        """What the Collector gets once no unit waits any more; the job's error or lost units raise."""
+        if job.error:
+            self._claim(job, collector_id)
+            raise JobError(job.error)
+        if job.cancelled:
+            raise JobError(f"Multi-GPU job {job.job_id} was cancelled")
+        units = job.unit_list()
+        states = {u.position: job.state_of(u.position) for u in units}
+        given_up = [u for u in units if states[u.position] == UnitState.GIVEN_UP]
+        self._claim(job, collector_id)
+        if given_up:
+            raise JobError("Multi-GPU: " + "; ".join(
+                f"unit {u.position} (seed offset {u.seed_offset}) could not be run: {u.error}" for u in given_up))
+        kinds = job.kinds.get(collector_id, ["images"])
+        return CollectorResult(
+            outputs=[(u, {kind: u.images[output_key(collector_id, kind)] for kind in kinds}) for u in units
+                     if states[u.position] == UnitState.DONE
+                     and all(output_key(collector_id, kind) in u.images for kind in kinds)],
+            master_units=[u for u in units if states[u.position] == UnitState.MASTER],
+            failures=[u for u in units if states[u.position] == UnitState.SKIPPED],
+        )
+
+    def _measure_master(self, job: Job, have: set[int]) -> None:
+        started, job.master_started = job.master_started, 0.0
+        ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
+        if started and ran:
+            took = time.monotonic() - started
+            if not isinstance(job, TileJob):  # a tile's time says nothing of the master's time per image
+                self.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
+            if job.loop is not None:
+                job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))
+
+    def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool],
+                run_on_master: Callable[[UnitRun], None] = lambda unit: None) -> CollectorResult:
+        """The whole Collector loop, with ``run_on_master`` doing the master's units (tests, benchmarks)."""
+        have: set[int] = set()
+        while True:
+            step = self.master_step(job_id, collector_id, have, interrupted)
+            if isinstance(step, CollectorResult):
+                return step
+            for unit in step:
+                run_on_master(unit)
+                have.add(unit.position)
+
+    def _claim(self, job: Job, collector_id: str) -> None:
+        with self._lock:
+            job.claimed.add(collector_id)
+            last = job.claimed >= set(job.collectors)
+            if last:
+                self._jobs.pop(job.job_id, None)
+        if last and job.loop is not None and not job.loop.is_closed():
+            self._finish_before_returning(job)
+
+    def _finish_before_returning(self, job: Job) -> None:
+        """Report the job's outcome on the loop, and wait (briefly) until it is sent: ``multigpu.job_done``
+        then reaches the UI before ComfyUI says the prompt ended (its messages keep the order they were sent in)."""
+        assert job.loop is not None
+        if _running_loop() is job.loop:  # already on the loop (a test calling in): report now
+            self._finish(job)
+            return
+        sent = threading.Event()
+
+        def finish() -> None:
+            try:
+                self._finish(job)
+            finally:
+                sent.set()
+
+        job.loop.call_soon_threadsafe(finish)
+        sent.wait(FINISH_WAIT)

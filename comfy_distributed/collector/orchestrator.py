@@ -1,0 +1,521 @@
+"""Distributed job lifecycle on the master: plan -> dispatch -> follow -> fetch -> hand over.
+
+``prepare`` runs inside ComfyUI's prompt hook (on the server's event loop, before the prompt
+is validated); ``start`` runs once the master accepted the prompt; the Collector node, on
+ComfyUI's execution thread, blocks in ``collect`` until no unit waits for a worker any more.
+A job is planned as units by :func:`.plan.plan_job`; the job's scheduler owns where each unit
+stands, and the :class:`~.runner.Runner` (shared with queue mode's forwards) carries out its
+actions: when a worker fails, its unit is re-run on another worker or on the master with the
+same seed and position. Every unit run is bounded by the worker timeout, so nothing waits
+forever, and the server's event loop is never blocked by a Collector. :class:`CollectorUnits`
+is what a Collector job adds to the runner.
+
+Where each part runs, in one place: this module (planning in the prompt hook, starting,
+preflight) and :mod:`.runner` (carrying out the scheduler's actions, running units) run on
+the server loop; :mod:`.collector_bridge` (``master_step``, ``collect``) on ComfyUI's execution
+thread, reaching the loop only through ``call_soon_threadsafe``; :mod:`.job_book` (lookups,
+reservations, the stash, workers' posted results, cancelling) on either, under the
+orchestrator's lock. The same holds for :mod:`.queue_balancer`: ``route`` and ``start`` on the
+loop, ``wait`` (its stand-in nodes) on the execution thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import events
+from . import media
+from ..config import ConfigStore, GpuConfig, Settings, WorkerConfig
+from ..errors import ConfigError, JobError, WorkerError, WorkerProtocolError, WorkflowError
+from ..engine.plan import JobPlan, plan_job
+from ..cluster.loaded_models import LoadedModels
+from ..cluster.speeds import Speeds
+from ..engine.scheduler import (
+    MASTER,
+    Action,
+    Event as SchedulerEvent,
+    JobScheduler,
+    MasterFree,
+    RunOnMaster,
+    Unit,
+    WorkerJoined,
+)
+from ..graph.workflow import (
+    collector_links,
+    output_key,
+    Prompt,
+    build_worker_prompt,
+    distributed_collectors,
+    mark_master_prompt,
+    validate_prompt_shape,
+)
+from .bridge import CollectorBridge
+from .job_book import JobBook, job_time_left
+from ..engine.jobs import (
+    EXTRA_DATA_KEY,
+    PROGRESS_INTERVAL,
+    STATE_INTERVAL,
+    FINISHED,
+    Job,
+    Notify,
+    TileJob,
+    UnitRun,
+    UnitState,
+)
+from ..tiles.graph import TEMP_SUFFIX, TilePair, build_tile_prompt
+from ..graph.values import Describe, comfy_describe, literals as value_literals
+from ..metrics import Metrics
+from ..engine.runner import JobKind, Runner
+from ..worker_client import PromptResult, WorkerClient
+from ..cluster.preflight import MediaFile, MediaUploads, ObjectInfoCache, check_media_paths, find_media, lacks_of
+
+if TYPE_CHECKING:
+    from ..cluster.health import HealthMonitor
+
+log = logging.getLogger("comfy_distributed")
+
+def _log_notify(event: str, data: dict[str, Any]) -> None:
+    log.debug("event %s %s", event, data)
+
+
+class Orchestrator(JobBook, CollectorBridge):
+    """Owns the distributed jobs of one master."""
+
+    def __init__(self, store: ConfigStore, notify: Notify = _log_notify, health: "HealthMonitor | None" = None,
+                 input_dir: Callable[[], Path | None] = lambda: None,
+                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+        self.store = store
+        self.loop = loop
+        """The server loop: where a job begun on the execution thread (a tile job) is started."""
+        self.describe: Describe = comfy_describe
+        """Node class type -> its INPUT_TYPES(), to type Multi-GPU Values (ComfyUI's classes; tests set their own)."""
+        self.notify = notify
+        self._health: "HealthMonitor | None" = None
+        self.health = health
+        self.input_dir = input_dir
+        """The master's input folder, whose files the workers receive when a prompt loads them."""
+        self.object_info = ObjectInfoCache(lambda worker_id: self.health.epoch(worker_id) if self.health else 0)
+        self._uploads = MediaUploads()
+        self._jobs: dict[str, Job] = {}
+        self._reserved: dict[str, float] = {}
+        self._stash: dict[tuple[str, str], Any] = {}
+        self.speeds = Speeds()
+        self.models = LoadedModels()
+        """The checkpoints each participant ran last (shared with the queue mode, which routes by it)."""
+        self._lock = threading.Lock()
+        self.metrics = Metrics()
+        """The master's counters (``GET /multigpu/metrics``); the queue mode's runner counts into them too."""
+        self.runner: Runner[Job] = Runner(CollectorUnits(self), lambda *event: self.notify(*event), lambda: self.health,
+                                          self.metrics, self.models)
+        self._warming: set[asyncio.Task] = set()
+
+    @property
+    def health(self) -> "HealthMonitor | None":
+        return self._health
+
+    @health.setter
+    def health(self, monitor: "HealthMonitor | None") -> None:
+        """The worker health this orchestrator dispatches by; it hears from it when a worker comes online."""
+        self._health = monitor
+        if monitor is not None:
+            monitor.on_online(self._worker_online)
+
+    async def close(self) -> None:
+        """Close the connections kept to workers (the master shuts down)."""
+        for task in list(self._warming):
+            task.cancel()
+        await asyncio.gather(*self._warming, return_exceptions=True)
+        await self.runner.close()
+
+    # --- planning (server loop, inside the prompt hook) ----------------------------------
+
+    def plan(self, prompt: Prompt, config: GpuConfig) -> JobPlan:
+        """The plan a job for ``prompt`` runs with now (the weights learnt so far); WorkflowError if none."""
+        return plan_job(prompt, config, self.speeds.weights(config))
+
+    def prepare(self, prompt: Prompt, requested_job_id: Any = None) -> tuple[Prompt, Job | None]:
+        """Plan a job for ``prompt`` if it has Collectors and there are enabled workers.
+
+        Returns the prompt the master should run (Collectors marked with the job id) and the
+        job, not yet started. A job that cannot be planned carries its error, which the
+        Collector raises when it runs, so the user sees why instead of a silent single run.
+        """
+        self._sweep()
+        try:
+            collectors = distributed_collectors(validate_prompt_shape(prompt))
+        except WorkflowError:
+            return prompt, None  # not ours to judge: ComfyUI rejects a malformed prompt itself
+        if not collectors:
+            return prompt, None
+        job_id = self._take_reservation(requested_job_id) or uuid.uuid4().hex
+        try:
+            config = self.store.get()
+        except ConfigError as exc:
+            return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
+        if not config.enabled_workers():
+            return prompt, None  # exactly as without our nodes
+        try:
+            planned = self.plan(prompt, config)
+            if planned.why_static:
+                log.warning("Multi-GPU: %s", planned.why_static)
+                self.notify(*events.notice(f"Multi-GPU: {planned.why_static}", job_id))
+            job = self._job(prompt, planned, config, job_id, self.describe)
+            marked = mark_master_prompt(prompt, collectors, job_id, planned.master_batch,
+                                        coordinator=not planned.master_participates)
+            input_dir = self.input_dir()
+            if input_dir is not None:
+                check_media_paths(job.units[min(job.units)].prompt, input_dir)
+        except WorkflowError as exc:
+            return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
+        with self._lock:
+            self._jobs[job_id] = job
+        if planned.master_participates:
+            self.models.ran(MASTER, prompt)
+        return marked, job
+
+    @staticmethod
+    def _job(prompt: Prompt, planned: JobPlan, config: GpuConfig, job_id: str, describe: Describe) -> Job:
+        """The job ``planned`` describes: a unit (with its worker prompt) per position past the master's."""
+        units = {}
+        for p, size in planned.worker_units():
+            values = value_literals(prompt, planned.home(p), describe)
+            units[p] = UnitRun(p, p, build_worker_prompt(prompt, planned.collectors, p, size, values), batch=size,
+                               values=values)
+        first_runs = planned.first_runs()
+        workers = {str(w.id): w for w in config.enabled_workers()}
+        scheduler = JobScheduler(
+            units=[Unit(p, u.seed_offset) for p, u in sorted(units.items())], workers=list(workers),
+            plan=first_runs, max_retries=config.settings.max_retries,
+            skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=planned.mode == "dynamic",
+            master_participates=planned.master_participates)
+        return Job(job_id=job_id, collectors=planned.collectors, units=units, workers=workers,
+                   settings=config.settings, scheduler=scheduler, mode=planned.mode, plan=first_runs,
+                   kinds={c: list(collector_links(prompt, c)) for c in planned.collectors}, batch=planned.batch)
+
+    def start_tiles(self, prompt: Prompt, pair: TilePair, files: "list[list[bytes | Callable[[], bytes]]]",
+                    frames: int,
+                    hints: dict[tuple[str, int], int] | None = None) -> TileJob | None:
+        """Share the tiles of one image with the enabled workers (execution thread, as the Merge runs): a job
+        whose unit at position i + 1 is tile i, begun on the server loop. None when no worker is enabled:
+        the master runs every tile itself. Tiles are handed out one at a time to whoever is free, the
+        master included, and a tile is never left out (a failed one runs elsewhere, at worst on the master).
+
+        ``files[i]``: tile i's PNGs (or functions that make them), its crop first, then its crops of the images
+        cropped per tile; ``hints``
+        says which of them each such image's output (node, slot) is taken from (0: the tile itself)."""
+        config = self.store.get()
+        if not config.enabled_workers() or not files:
+            return None
+        if self.loop is None:
+            raise JobError("Multi-GPU Tile Merge: the extension's server loop is not known; restart ComfyUI")
+        job_id = uuid.uuid4().hex
+        uploads = {i + 1: {(f"multigpu-tile-{job_id}-{i + 1}-{j}.png" if j else f"multigpu-tile-{job_id}-{i + 1}.png"):
+                           data for j, data in enumerate(tile)} for i, tile in enumerate(files)}
+        units = {}
+        for position, named in uploads.items():
+            names = list(named)
+            units[position] = UnitRun(position, 0, build_tile_prompt(
+                prompt, pair, names[0], {key: names[j] for key, j in (hints or {}).items()}), batch=frames)
+        workers = {str(w.id): w for w in config.enabled_workers()}
+        scheduler = JobScheduler(units=[Unit(p, 0) for p in sorted(units)], workers=list(workers), plan=None,
+                                 max_retries=config.settings.max_retries, skip_unavailable=False,
+                                 learns_unit_times=True)
+        job = TileJob(job_id=job_id, collectors=[pair.merge], units=units, workers=workers, settings=config.settings,
+                      scheduler=scheduler, mode="dynamic", kinds={pair.merge: ["images"]}, batch=frames,
+                      uploads=uploads)
+        with self._lock:
+            self._jobs[job_id] = job
+        self.loop.call_soon_threadsafe(self.start, job)
+        return job
+
+    def _failed_job(self, prompt: Prompt, collectors: list[str], job_id: str, error: str) -> tuple[Prompt, Job]:
+        log.error("%s", error)
+        job = Job(job_id=job_id, collectors=collectors, units={}, workers={}, settings=Settings(),
+                  scheduler=JobScheduler([], []), error=error)
+        job.settled.set()
+        with self._lock:
+            self._jobs[job_id] = job
+        return mark_master_prompt(prompt, collectors, job_id), job
+
+    def start(self, job: Job, prompt_id: str | None = None) -> None:
+        """Prepare the workers and dispatch the units; must be called on the event loop that serves ComfyUI."""
+        job.prompt_id = prompt_id
+        if job.settled.is_set() or job.loop is not None:
+            return
+        self.runner.open(job)
+        assert job.loop is not None
+        self.metrics.job_started("tiles" if isinstance(job, TileJob) else "collector")
+        job.loop.create_task(self._begin(job), name=f"multigpu-job-{job.job_id}")
+
+    async def _begin(self, job: Job) -> None:
+        """Preflight and media sync on every worker that looks alive, then the scheduler's first actions."""
+        unavailable = self.health.unavailable() if self.health is not None else {}
+        unavailable = {w: why for w, why in unavailable.items() if w in job.workers}
+        ready = [w for key, w in job.workers.items() if key not in unavailable]
+        try:
+            input_dir = self.input_dir()
+            job.media = await asyncio.to_thread(find_media, job.units[min(job.units)].prompt, input_dir) \
+                if input_dir is not None else []
+            problems = await asyncio.gather(*(self._prepare_worker(job, worker, job.media) for worker in ready))
+        except (WorkflowError, OSError) as exc:
+            self._abort(job, f"Multi-GPU: {exc}")
+            return
+        if job.cancelled:  # cancelled during preflight: dispatch nothing
+            return
+        lacking = {str(w.id): problem for w, problem in zip(ready, problems) if problem}
+        for worker_id, (reason, message) in lacking.items():
+            self.runner.tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], reason, message,
+                                     rerun=not job.settings.skip_offline_workers or reason == "preflight")
+        job.scheduler.unavailable = {**unavailable, **{w: message for w, (_, message) in lacking.items()}}
+        self.runner.begin(job)
+        if job.master_asked:  # the Collector got there first
+            self.runner.handle(job, MasterFree())
+        if unavailable:
+            await self._recheck_absent(job, unavailable)
+
+    # --- workers that come online during a job (server loop) -------------------------------
+
+    async def _recheck_absent(self, job: Job, why: dict[str, str]) -> None:
+        """Workers the health monitor saw offline may have started since its last answer: each is asked now
+        and joins if it answers (one seen online during the preflight joins at once). Only those still
+        absent then are reported as offline, so a worker that was merely starting raises no alarm."""
+        if self.health is not None:
+            for worker_id in why:
+                if self.health.status(worker_id) in ("idle", "busy"):
+                    self._worker_online(worker_id)
+            await asyncio.gather(*self.health.check(set(why)), return_exceptions=True)
+        if job.settings.skip_offline_workers or job.cancelled:
+            return  # its units were skipped, and said so, when the job began
+        for worker_id, reason in why.items():
+            if worker_id in job.scheduler.absent and worker_id not in job.joining:
+                self.runner.tell_failure(job, self._own_unit(job, worker_id), job.workers[worker_id], "offline",
+                                         f"offline at dispatch ({reason})", rerun=True)
+
+    def _worker_online(self, worker_id: str) -> None:
+        """A worker came (back) online: every running job that started without it may now use it."""
+        with self._lock:
+            jobs = [j for j in self._jobs.values() if j.begun and not j.settled.is_set() and not j.cancelled
+                    and worker_id in j.scheduler.absent and worker_id not in j.joining]
+        for job in jobs:
+            job.joining.add(worker_id)
+            asyncio.get_running_loop().create_task(self._join(job, job.workers[worker_id]),
+                                                   name=f"multigpu-join-{job.job_id}-{worker_id}")
+        if not jobs:
+            self._warm(worker_id)
+
+    def _warm(self, worker_id: str) -> None:
+        """Ask a worker that came online for its node classes now, so that the next job's preflight finds
+        them cached and its connection open (a first job after start-up otherwise waits for both)."""
+        try:
+            config = self.store.get()
+        except ConfigError:
+            return
+        worker = next((w for w in config.workers if str(w.id) == worker_id and w.enabled), None)
+        if worker is None:
+            return
+        client = WorkerClient(worker, config.settings, self.runner.sessions.get(worker_id, worker.base_url))
+
+        async def warm() -> None:
+            try:
+                await self.object_info.get(worker, client.object_info)
+            except (WorkerError, RuntimeError) as exc:  # the next job asks again and reports it
+                log.debug("Multi-GPU: worker %s: early GET /object_info failed: %s", worker.display_name, exc)
+
+        task = asyncio.get_running_loop().create_task(warm(), name=f"multigpu-warm-{worker_id}")
+        self._warming.add(task)
+        task.add_done_callback(self._warming.discard)
+
+    async def _join(self, job: Job, worker: WorkerConfig) -> None:
+        """Preflight ``worker`` for ``job``, then let the scheduler give it pending and re-run units."""
+        try:
+            if job.released:
+                return  # the job settled meanwhile: nothing left to join
+            problem = await self._prepare_worker(job, worker, job.media)
+        except RuntimeError:  # the master shut down while the preflight ran (its sessions closed)
+            return
+        finally:
+            job.joining.discard(str(worker.id))
+        if problem is None and not job.settled.is_set():
+            log.info("Multi-GPU: job %s: worker %s answers now and joins", job.job_id, worker.display_name)
+            self.runner.handle(job, WorkerJoined(str(worker.id)))
+        elif problem is not None:
+            log.info("Multi-GPU: job %s: worker %s answers but cannot join: %s", job.job_id, worker.display_name,
+                     problem[1])
+
+    async def _prepare_worker(self, job: Job, worker: WorkerConfig,
+                              media: list[MediaFile]) -> tuple[str, str] | None:
+        """(reason, message) when ``worker`` cannot take part, else None; syncs the job's input files to it."""
+        client = self.runner.client(job, worker)
+        synced = {m.value for m in media}
+        if isinstance(job, TileJob):  # uploaded as each tile is dispatched
+            synced |= {name + TEMP_SUFFIX for named in job.uploads.values() for name in named}
+        own = self._own_unit(job, str(worker.id)) or job.units[min(job.units)]  # its own Multi-GPU Values
+        try:
+            lacks = await lacks_of(self.object_info, worker, client.object_info, own.prompt, synced)
+        except WorkerError as exc:
+            return exc.reason, exc.message
+        if lacks:
+            said = "; ".join(lacks)
+            given = [f"Multi-GPU Value {node_id} gives this worker {value!r}" for node_id, value in own.values.items()
+                     if isinstance(value, str) and repr(value) in said]
+            return "preflight", "lacks " + said + (f" ({'; '.join(given)})" if given else "")
+        try:
+            job.media_names[str(worker.id)] = await self._uploads.sync(
+                media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
+        except WorkerError as exc:
+            return exc.reason, f"the input files could not be uploaded: {exc.message}"
+        return None
+
+    @staticmethod
+    def _own_unit(job: Job, worker_id: str) -> UnitRun | None:
+        if job.plan is None:
+            return None
+        positions = [p for p in job.plan.get(worker_id, []) if p in job.units]
+        return job.units[positions[0]] if positions else None
+
+    def _abort(self, job: Job, error: str) -> None:
+        log.error("%s", error)
+        job.error = error
+        self.runner.settle(job)
+
+    def discard(self, job: Job) -> None:
+        """The master refused the prompt: forget the job before any worker is asked."""
+        with self._lock:
+            self._jobs.pop(job.job_id, None)
+        job.settled.set()
+
+    # --- what the runner and the job book ask of a Collector job (server loop) -------------
+
+    def _handle(self, job: Job, event: SchedulerEvent) -> None:
+        self.runner.handle(job, event)
+
+    def _progress(self, job: Job, force: bool = False) -> None:
+        """Report the job's progress: a unit's own progress at most every PROGRESS_INTERVAL, a change of
+        state at most every STATE_INTERVAL (the last one surely, a moment later): a report lists every
+        unit, so one per change would cost the master work that grows with the square of the workers."""
+        wait = (STATE_INTERVAL if force else PROGRESS_INTERVAL) - (time.monotonic() - job.last_progress)
+        if wait <= 0:
+            self._send_progress(job)
+        elif force and not job.progress_due and job.loop is not None:
+            job.progress_due = True
+            job.loop.call_later(wait, self._flush_progress, job)
+
+    def _flush_progress(self, job: Job) -> None:
+        if job.progress_due and not job.ended:
+            self._send_progress(job)
+
+    def _send_progress(self, job: Job) -> None:
+        job.last_progress, job.progress_due = time.monotonic(), False
+        units = job.unit_list()
+        states = {u.position: job.state_of(u.position) for u in units}
+        done = {u.position: 1.0 if states[u.position] in FINISHED else u.progress for u in units}
+        self.notify(*events.job_progress(job.job_id, round(sum(done.values()) / len(units), 4) if units else 1.0, [
+            events.UnitProgress(position=u.position, state=states[u.position].value,
+                                worker=u.name if u.worker else None, worker_id=u.worker.id if u.worker else None,
+                                progress=round(done[u.position], 4))
+            for u in units], job_time_left(job)))
+
+    def _finish(self, job: Job) -> None:
+        """Report the job's outcome once (server loop)."""
+        if job.ended:
+            return
+        if job.progress_due:
+            self._send_progress(job)  # the last state before the outcome
+        job.ended = True
+        units = job.unit_list()
+        states = {u.position: job.state_of(u.position) for u in units}
+        if job.begun:
+            failed = job.error or any(s == UnitState.GIVEN_UP for s in states.values())
+            self.metrics.job_ended("tiles" if isinstance(job, TileJob) else "collector",
+                                   "cancelled" if job.cancelled else "error" if failed else "done")
+            self.metrics.units_finished(state.value for state in states.values())
+        self.notify(*events.job_done(
+            job.job_id, job.cancelled, sorted({u.name for u in units if states[u.position] == UnitState.DONE}),
+            [u.position for u in units if states[u.position] == UnitState.MASTER],
+            [events.MissingUnit(unit=u.position, worker=u.name, state=states[u.position].value, message=u.error)
+             for u in units if states[u.position] in (UnitState.GIVEN_UP, UnitState.SKIPPED)]))
+
+    def give_master(self, job: Job, positions: tuple[int, ...]) -> None:
+        """Hand units to the Collector waiting on the execution thread."""
+        if not job.scheduler.master_participates:
+            message = (f"Multi-GPU: no worker is left to run unit(s) {', '.join(map(str, positions))}: the master "
+                       "(coordinator only) runs them itself")
+            log.warning("%s", message)
+            self.notify(*events.notice(message, job.job_id))
+        with self._lock:
+            job.master_positions.extend(positions)
+            job.master_asked = False
+        job.changed.set()
+        log.debug("Multi-GPU: job %s: the master runs unit(s) %s", job.job_id, list(positions))
+
+    def _cancel_tasks(self, job: Job) -> None:
+        self.runner.cancel(job)
+        self._finish(job)
+
+
+class CollectorUnits(JobKind[Job]):
+    """A Collector job's units: each brings back its Collectors' files, and the master can run units too."""
+
+    def __init__(self, orchestrator: Orchestrator) -> None:
+        self.orchestrator = orchestrator
+
+    def extra_data(self, job: Job, unit: UnitRun, worker: WorkerConfig) -> dict | None:
+        """What a worker running this extension needs to post its results back itself (job_complete)."""
+        return {EXTRA_DATA_KEY: {"job_id": job.job_id, "worker_id": worker.id, "share_token": unit.token}}
+
+    def wanted(self, job: Job, unit: UnitRun) -> frozenset[str]:
+        return frozenset(output_key(collector, kind) for collector, kinds in job.kinds.items() for kind in kinds)
+
+    async def fetch(self, job: Job, unit: UnitRun, client: WorkerClient, result: PromptResult,
+                    deadline: float) -> dict[str, Any]:
+        files_by_key: dict[str, Any] = {}
+        for collector, kinds in job.kinds.items():
+            for kind in kinds:
+                key = output_key(collector, kind)
+                files = result.files(key, media.BY_NAME[kind].history_key)
+                if not files:
+                    raise WorkerProtocolError(client.name, f"returned no {kind} for Multi-GPU Collector {collector}")
+                expected = unit.batch or job.batch
+                files_by_key[key] = await client.fetch_files(files, deadline, expected=expected)
+                if expected and len(files) <= expected:  # more than the batch: left to the Collector's checks
+                    # decoded now, on a worker thread, while other units still run: the Collector only joins
+                    early = await asyncio.to_thread(media.BY_NAME[kind].codec.early, files_by_key[key])
+                    if early is not None:
+                        unit.decoded[key] = early
+        return files_by_key
+
+    async def unit_prompt(self, job: Job, unit: UnitRun, client: WorkerClient) -> Prompt:
+        """A tile's crops go to the worker's temp folder just before the tile's prompt, which loads them under the
+        names the worker gave them."""
+        if not isinstance(job, TileJob):
+            return unit.prompt
+        named = job.uploads[unit.position]
+        for name, data in list(named.items()):
+            if callable(data):
+                named[name] = await asyncio.to_thread(data)
+        answers = await asyncio.gather(*(client.upload_bytes(data, name, folder="temp", overwrite=True)
+                                         for name, data in named.items() if isinstance(data, bytes)))
+        stored = {}
+        for name, answer in zip(named, answers):
+            given, subfolder = str(answer["name"]), str(answer.get("subfolder") or "")
+            stored[name + TEMP_SUFFIX] = (f"{subfolder}/{given}" if subfolder else given) + TEMP_SUFFIX
+        return {node_id: {**node, "inputs": {**node["inputs"], "image": stored[node["inputs"]["image"]]}}
+                if node.get("class_type") == "LoadImage" and node.get("inputs", {}).get("image") in stored else node
+                for node_id, node in unit.prompt.items()}
+
+    def unit_done(self, job: Job, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
+        if not isinstance(job, TileJob):  # a tile's time says nothing of a worker's time per image
+            self.orchestrator.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), seconds)
+
+    def carry_out(self, job: Job, action: Action) -> None:
+        if isinstance(action, RunOnMaster):
+            self.orchestrator.give_master(job, action.positions)
+
+    def changed(self, job: Job, force: bool) -> None:
+        self.orchestrator._progress(job, force)

@@ -1,0 +1,105 @@
+"""What the extension needs from the ComfyUI it runs in, as one interface.
+
+:class:`~.comfy_adapter.ComfyHost` implements it over ComfyUI's modules (the only code that imports
+them); :class:`DetachedHost` is what the package has outside ComfyUI (tests, scripts, the CLI):
+nothing is running, nothing is interrupted, nothing can be saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from ..worker_client import OutputFile
+    from ..queue_mode.files import NewFile
+
+log = logging.getLogger("comfy_distributed")
+
+
+class Host(Protocol):
+    def notify(self, event: str, data: dict[str, Any]) -> None:
+        """Send an event to the master's UI clients (any thread)."""
+
+    def interrupted(self) -> bool:
+        """Whether the user cancelled the prompt running on the master."""
+
+    def raise_if_interrupted(self) -> None:
+        """Raise ComfyUI's own interrupt exception, so that a cancel shows as a cancel, not an error."""
+
+    def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
+        """A new file for a worker's ``file`` in the master's output (or temp) folder, in the worker's own folder
+        (``worker_tag``): the caller streams the bytes into it, then keeps it under a name no other file has (or
+        drops it). ValueError when a part of its name is refused (see :mod:`.worker_files`)."""
+
+    def running_prompts(self) -> set[str]:
+        """Prompt ids the master is running now."""
+
+    def pending_prompts(self) -> set[str]:
+        """Prompt ids waiting in the master's queue."""
+
+    def finished_prompts(self, prompt_ids: set[str]) -> set[str]:
+        """Those of ``prompt_ids`` that are in the master's history."""
+
+    def free_memory(self) -> None:
+        """What ComfyUI's own ``POST /free`` does: unload models and free memory when the queue allows."""
+
+    def queue_load(self) -> int:
+        """Prompts running or waiting on the master."""
+
+    def is_output_node(self, class_type: str) -> bool:
+        """Whether ComfyUI knows ``class_type`` as an output node."""
+
+    def input_dir(self) -> Path | None:
+        """The master's input folder (files a workflow loads), None when there is none."""
+
+    def next_number(self) -> float | None:
+        """The queue number ComfyUI gives the next prompt queued (None: no queue)."""
+
+    def promote(self, prompt_id: str, number: float) -> bool:
+        """Give a prompt waiting in the master's queue this number (its place in the queue); False when it is not
+        waiting there (it runs already, or is gone)."""
+
+
+class DetachedHost:
+    """The host outside ComfyUI: events are logged, no prompt runs, and nothing can be saved."""
+
+    def notify(self, event: str, data: dict[str, Any]) -> None:
+        log.debug("event %s %s", event, data)
+
+    def interrupted(self) -> bool:
+        return False
+
+    def raise_if_interrupted(self) -> None:
+        return None
+
+    def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
+        raise RuntimeError("Multi-GPU: saving files needs a running ComfyUI")
+
+    def running_prompts(self) -> set[str]:
+        return set()
+
+    def pending_prompts(self) -> set[str]:
+        return set()
+
+    def finished_prompts(self, prompt_ids: set[str]) -> set[str]:
+        return set()
+
+    def free_memory(self) -> None:
+        return None
+
+    def queue_load(self) -> int:
+        return 0
+
+    def is_output_node(self, class_type: str) -> bool:
+        return False
+
+    def input_dir(self) -> Path | None:
+        return None
+
+    def next_number(self) -> float | None:
+        return None
+
+    def promote(self, prompt_id: str, number: float) -> bool:
+        return False

@@ -1,0 +1,183 @@
+"""A distributed job's data: its units, where each runs and what it brought back, and the job around them.
+
+Plain records, changed only on the server loop by the runner and the job's owner
+(:class:`~.orchestrator.Orchestrator`, :class:`~.queue_balancer.QueueBalancer`), under the owner's
+lock where the execution thread reads them too. ``UnitState`` and ``FINISHED`` live in
+:mod:`.scheduler`, the one owner of where a unit stands, and are re-exported here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+
+from ..config import Settings, WorkerConfig
+from .scheduler import FINISHED, JobScheduler, UnitState
+from ..worker_client import Channel
+from ..graph.workflow import Prompt
+
+
+Notify = Callable[[str, dict[str, Any]], None]
+"""Sends an event to the master's UI clients: (event name, JSON-able data)."""
+
+COLLECT_POLL = 0.1
+"""Seconds between interrupt checks while a Collector waits."""
+
+UNCLAIMED_JOB_TTL = 3600.0
+"""Seconds a settled job waits for its Collectors (the master may be busy) before it is dropped."""
+
+RESERVATION_TTL = 600.0
+"""Seconds a job id from ``prepare_job`` stays valid for the prompt that is queued with it."""
+
+PROGRESS_INTERVAL = 0.25
+"""Seconds between two ``multigpu.job_progress`` events of one job that only report units' progress."""
+
+STATE_INTERVAL = 0.05
+"""Seconds between two ``multigpu.job_progress`` events of one job that report units changing state."""
+
+UNKNOWN_BATCH_IMAGES = 64
+"""Images a share may post per Collector when the workflow's batch size is not a literal."""
+
+EXTRA_DATA_KEY = "multigpu"
+"""Key in a worker prompt's ``extra_data`` with what a worker running this extension needs
+to post its results back (job id, worker id, the share's own token)."""
+
+
+@dataclass(slots=True)
+class UnitRun:
+    """One unit of a job: what it runs, where it was last sent, and what it brought back.
+
+    Where it stands is not kept here: :meth:`UnitJob.state_of` asks the job's scheduler.
+    """
+
+    position: int
+    seed_offset: int
+    prompt: Prompt
+    batch: int | None = None
+    """Images in this unit; None: the workflow's own batch size (static mode)."""
+    values: dict[str, Any] = field(default_factory=dict)
+    """Multi-GPU Value node -> the literal this unit uses (its home participant's), wherever it runs."""
+    started: float = 0.0
+    took: float | None = None
+    """Seconds the worker that delivered it took (for the job's time left)."""
+    worker: WorkerConfig | None = None
+    images: dict[str, Any] = field(default_factory=dict)
+    """What the unit brought back, by output key (a Collector's files by kind; a forwarded prompt's files)."""
+    decoded: dict[str, Any] = field(default_factory=dict)
+    """Files already decoded as they arrived, by output key (the Collector then only joins them)."""
+    token: str = ""
+    task: asyncio.Task | None = None
+    progress: float = 0.0
+    causes: list[str] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.worker.display_name if self.worker else f"unit {self.position}"
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.causes) or None
+
+
+@dataclass(slots=True, kw_only=True)
+class UnitJob:
+    """What every kind of job has for the runner: units, the workers that may run them, the scheduler
+    that owns where each unit stands, and the connections of the job while it runs (server loop)."""
+
+    job_id: str
+    units: dict[int, UnitRun]
+    workers: dict[str, WorkerConfig]
+    settings: Settings
+    scheduler: JobScheduler
+    created: float = field(default_factory=time.monotonic)
+    settled: threading.Event = field(default_factory=threading.Event)
+    """Set once no unit waits for a participant or runs on a worker (or the job ended early)."""
+    changed: threading.Event = field(default_factory=threading.Event)
+    begun: bool = False
+    """The scheduler has been started (for a Collector job, after the workers' preflight)."""
+    cancelled: bool = False
+    loop: asyncio.AbstractEventLoop | None = None
+    channels: dict[str, Channel] = field(default_factory=dict)
+    """Per worker: the websocket its units of this job follow."""
+    released: bool = False
+    """Its connections are being released (the job settled)."""
+    closed: bool = False
+    """Its unit tasks have ended and its websockets are closed."""
+    media_names: dict[str, dict[str, str]] = field(default_factory=dict)
+    """Per worker: an input file's value in the prompt -> its name on that worker."""
+    media: list[Any] = field(default_factory=list)
+    """The master's input files the prompt loads (``worker_prep.MediaFile``), for a worker that joins late."""
+    joining: set[str] = field(default_factory=set)
+    """Workers being prepared to join the job after its start."""
+
+    def state_of(self, position: int) -> UnitState:
+        return self.scheduler.state_of(position)
+
+    def unit_list(self) -> list[UnitRun]:
+        return [self.units[p] for p in sorted(self.units)]
+
+    def running_on(self, worker_id: str) -> int:
+        """How many of this job's units run on ``worker_id`` now."""
+        return sum(1 for worker in self.scheduler.running.values() if worker == worker_id)
+
+
+@dataclass(slots=True, kw_only=True)
+class Job(UnitJob):
+    """A Collector job: the units of one prompt's batch spread over the master and the workers."""
+
+    collectors: list[str]
+    error: str | None = None
+    prompt_id: str | None = None
+    claimed: set[str] = field(default_factory=set)
+    last_progress: float = 0.0
+    progress_due: bool = False
+    """A change of state waits to be reported (at most STATE_INTERVAL after the last report)."""
+    ended: bool = False
+    mode: str = "static"
+    plan: dict[str, list[int]] | None = None
+    """Participant (``master`` or a worker id) -> the positions it runs first; None in dynamic mode."""
+    master_positions: list[int] = field(default_factory=list)
+    master_asked: bool = False
+    master_started: float = 0.0
+    kinds: dict[str, list[str]] = field(default_factory=dict)
+    """Per Collector: what it collects (images, latent, audio)."""
+    batch: int | None = None
+    """The workflow's literal batch size, when it has one (for speed measurements)."""
+
+
+@dataclass(slots=True, kw_only=True)
+class TileJob(Job):
+    """A tile job: the tiles of one image (every frame of a batch) between a Tile Split and its Merge, each a
+    unit that a worker or the master runs through the per-tile pipeline. Its one "Collector" is the Merge."""
+
+    uploads: dict[int, dict[str, "bytes | Callable[[], bytes]"]] = field(default_factory=dict)
+    """Per position, by file name in a worker's temp folder: the tile's crop as the worker receives it (a PNG,
+    every frame in one animated PNG), then its crops of the other images cropped per tile. A function makes
+    the PNG the first time the tile goes to a worker (off the loop), so the first tiles leave before the
+    others are encoded and the master's own tiles are never encoded; the PNG is kept for a re-run."""
+
+
+@dataclass(slots=True, frozen=True)
+class ShareLimits:
+    """What one worker's share of a job may carry back: Collectors, and images per Collector."""
+
+    collectors: int
+    images: int
+
+
+@dataclass(slots=True)
+class CollectorResult:
+    """What a Collector needs: each worker unit's files by kind, units the master ran, what failed."""
+
+    outputs: list[tuple[UnitRun, dict[str, Any]]]
+    master_units: list[UnitRun]
+    failures: list[UnitRun]
+
+    @property
+    def images(self) -> list[tuple[UnitRun, list[bytes]]]:
+        return [(unit, files["images"]) for unit, files in self.outputs if "images" in files]
+

@@ -1,0 +1,262 @@
+"""Carries out a scheduler's actions for any kind of job: run units on workers, feed back what happened.
+
+One :class:`Runner` serves every kind of job (a Collector's units, a prompt forwarded whole in queue
+mode, and whatever comes next): it sends a unit's prompt to a worker, follows it to the end within
+the worker timeout, has the job's :class:`JobKind` fetch what the unit brought back, and tells the
+job's scheduler (:mod:`.scheduler`, the one owner of where each unit stands) that the unit finished
+or failed; the scheduler decides what runs next and whether a failed unit is re-run. A kind says
+only what differs: what a unit sends with its prompt, how its results are fetched, and what the
+job does with the scheduler's other actions (run units on the master, say).
+
+Everything here runs on the server's event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import secrets
+import time
+from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+
+from ..metrics import Metrics
+from .. import events
+from ..config import WorkerConfig
+from ..errors import WorkerError
+from .jobs import Notify, UnitJob, UnitRun
+from ..cluster.loaded_models import LoadedModels
+from ..cluster.previews import PreviewRelay, PreviewSource
+from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
+from ..worker_client import Channel, PromptResult, SessionPool, WorkerClient
+from ..cluster.preflight import with_media
+
+if TYPE_CHECKING:
+    from ..cluster.health import HealthMonitor
+
+log = logging.getLogger("comfy_distributed")
+
+J = TypeVar("J", bound=UnitJob)
+
+
+class JobKind(Generic[J]):
+    """What one kind of job adds to the runner. The defaults fit a job with nothing to add."""
+
+    master_runs_given_up = False
+    """Whether the master runs a unit the scheduler gives up (so a worker's failure always means a re-run)."""
+
+    def extra_data(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict | None:
+        """The ``extra_data`` the unit's prompt is queued with on the worker."""
+        return None
+
+    metric_kind: str | None = None
+    """The kind whose end :meth:`Runner.settle` counts in the metrics (None: the owner counts it itself)."""
+
+    async def unit_prompt(self, job: J, unit: UnitRun, client: WorkerClient) -> dict:
+        """The unit's prompt as ``client``'s worker runs it (a kind may first put a file there)."""
+        return unit.prompt
+
+    def wanted(self, job: J, unit: UnitRun) -> frozenset[str]:
+        """The output nodes whose files make the unit's result: once they all reported them on the
+        worker's websocket, the files are fetched without waiting for the prompt's end."""
+        return frozenset()
+
+    async def fetch(self, job: J, unit: UnitRun, client: WorkerClient, result: PromptResult,
+                    deadline: float) -> dict[str, Any]:
+        """What the finished prompt brought back, by output key (kept in ``unit.images``)."""
+        raise NotImplementedError
+
+    def unit_done(self, job: J, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
+        """A worker delivered the unit in ``seconds`` (before the scheduler hears of it)."""
+
+    def carry_out(self, job: J, action: Action) -> None:
+        """An action other than a dispatch (run units on the master, a unit given up or skipped)."""
+
+    def changed(self, job: J, force: bool) -> None:
+        """Something moved (a unit's progress, or its state when ``force``): report it if the kind reports."""
+
+    def failure_job_id(self, job: J) -> str | None:
+        """The job id to name in a ``multigpu.worker_failed`` event (None: none the UI knows)."""
+        return job.job_id
+
+    def settled(self, job: J) -> None:
+        """The job settled (every unit done, given up or cancelled); may be told more than once."""
+
+
+class Runner(Generic[J]):
+    """Runs the units of jobs of one kind (see the module doc); one per job owner."""
+
+    def __init__(self, kind: JobKind[J], notify: Notify, health: Callable[[], "HealthMonitor | None"],
+                 metrics: Metrics | None = None, models: LoadedModels | None = None) -> None:
+        self.kind = kind
+        self.notify = notify
+        self.health = health
+        self.metrics = metrics if metrics is not None else Metrics()
+        """Counted here: re-runs by reason, each worker's busy seconds and images (``GET /multigpu/metrics``)."""
+        self.sessions = SessionPool()
+        """One HTTP session per worker, kept across units and jobs until :meth:`close`."""
+        self.unreleased: dict[int, J] = {}
+        """Jobs opened whose websockets are not closed yet (leak checks read it)."""
+        self.models = models if models is not None else LoadedModels()
+        """The checkpoints each worker was given last (the queue mode routes by them)."""
+        self.previews = PreviewRelay(notify)
+        """The units' preview frames, relayed to the UI while a client registered for previews watches (``POST /multigpu/events``)."""
+
+    def open(self, job: J) -> None:
+        """Bind ``job`` to the running loop (before its first unit runs)."""
+        job.loop = asyncio.get_running_loop()
+        self.unreleased[id(job)] = job
+
+    def client(self, job: J, worker: WorkerConfig) -> WorkerClient:
+        """A client of ``worker`` on its kept session: its connections serve every unit of every job there."""
+        return WorkerClient(worker, job.settings, self.sessions.get(str(worker.id), worker.base_url))
+
+    async def close(self) -> None:
+        """Close the workers' sessions (the master shuts down); a job still running loses its connections."""
+        await self.sessions.close()
+
+    def begin(self, job: J) -> None:
+        """Start the job's scheduler and carry out its first actions."""
+        job.begun = True
+        self.carry_out(job, job.scheduler.start())
+
+    def handle(self, job: J, event: Event) -> None:
+        """Feed ``event`` to the job's scheduler and carry out what it answers."""
+        if not job.begun or job.cancelled:
+            return
+        actions = job.scheduler.handle(event)
+        if not isinstance(event, MasterRan):  # a measurement: it changes no unit, so there is nothing to report
+            self.carry_out(job, actions)
+
+    def carry_out(self, job: J, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Dispatch):
+                self._dispatch(job, job.units[action.position], job.workers[action.worker])
+            else:
+                if isinstance(action, Skip):
+                    self._skip(job, action)
+                self.kind.carry_out(job, action)
+        self.kind.changed(job, True)
+        if job.scheduler.settled():
+            self.settle(job)
+
+    def settle(self, job: J) -> None:
+        """No unit runs or waits any more (or the job ended early): wake the waiting node, free connections."""
+        if self.kind.metric_kind is not None and not job.settled.is_set():
+            states = [job.state_of(p) for p in job.units]
+            self.metrics.job_ended(self.kind.metric_kind, "cancelled" if job.cancelled else
+                                   "master" if UnitState.GIVEN_UP in states else "done")
+        job.settled.set()
+        job.changed.set()
+        self.kind.settled(job)
+        if job.loop is not None and not job.released:
+            job.released = True
+            job.loop.create_task(self._release(job, self.unreleased))
+
+    def cancel(self, job: J) -> None:
+        """Stop every unit of ``job`` (server loop); each one removes and interrupts its prompt on its worker."""
+        job.cancelled = True
+        for unit in job.units.values():
+            if unit.task is not None and not unit.task.done():
+                unit.task.cancel()
+        self.settle(job)
+
+    def _skip(self, job: J, action: Skip) -> None:
+        unit, worker = job.units[action.position], job.workers[action.worker]
+        unit.worker = worker
+        unit.causes.append(action.cause)
+        self.tell_failure(job, unit, worker, "offline", "offline at dispatch; its images are left out "
+                          f"(skip_offline_workers): {action.cause.split(': ', 1)[-1]}", rerun=False)
+
+    def _dispatch(self, job: J, unit: UnitRun, worker: WorkerConfig) -> None:
+        unit.worker, unit.token, unit.progress = worker, secrets.token_urlsafe(24), 0.0
+        unit.started = time.monotonic()
+        unit.task = asyncio.get_running_loop().create_task(self._run_unit(job, unit, worker),
+                                                           name=f"multigpu-{job.job_id}-unit-{unit.position}")
+
+    def _still_running(self, job: J, unit: UnitRun, worker: WorkerConfig) -> bool:
+        return job.scheduler.running.get(unit.position) == str(worker.id) and unit.worker is worker
+
+    async def _run_unit(self, job: J, unit: UnitRun, worker: WorkerConfig) -> None:
+        try:
+            images = await self._run_on(job, unit, worker)
+        except asyncio.CancelledError:
+            if job.state_of(unit.position) == UnitState.DONE:
+                return  # the worker posted its results itself (job_complete)
+            raise
+        except WorkerError as exc:
+            self._unit_failed(job, unit, worker, exc.reason, exc.message)
+            return
+        except Exception as exc:  # a bug of ours must not take the master down
+            log.exception("Multi-GPU: unexpected error while running unit %s on %s", unit.position, worker.display_name)
+            self._unit_failed(job, unit, worker, "internal_error", f"internal error: {exc!r}")
+            return
+        if self._still_running(job, unit, worker):
+            unit.images, unit.progress = images, 1.0
+            took = time.monotonic() - unit.started
+            unit.took = took
+            self.kind.unit_done(job, unit, worker, took)
+            self.metrics.unit_done(str(worker.id), took, unit.batch or getattr(job, "batch", None) or 1)
+            self.handle(job, UnitDone(unit.position, str(worker.id), took))
+
+    async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict[str, Any]:
+        """The unit's prompt run on ``worker`` (its websocket shared with the job's other units there); its
+        preview frames go to the UI while it runs, and the thumbnail goes when it ends there, however it ends."""
+        deadline = time.monotonic() + job.settings.worker_timeout
+
+        def on_progress(value: float, maximum: float) -> None:
+            unit.progress = max(0.0, min(1.0, value / maximum)) if maximum else 0.0
+            self.kind.changed(job, False)
+
+        # the job id the UI knows (None for a forwarded prompt), as a failure names it
+        source = PreviewSource(self.kind.failure_job_id(job), unit.position, worker.id, worker.display_name)
+        client = self.client(job, worker)
+        try:
+            prompt = with_media(await self.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
+            self.models.ran(str(worker.id), prompt)  # it loads the prompt's checkpoint now (its preflight passed)
+            result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
+                                             on_progress=on_progress, wanted=self.kind.wanted(job, unit),
+                                             channel=job.channels.setdefault(str(worker.id), Channel()),
+                                             previews=self.previews.sink(source))
+            return await self.kind.fetch(job, unit, client, result, deadline)
+        finally:
+            self.previews.end(source)
+
+    def _unit_failed(self, job: J, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
+        if not self._still_running(job, unit, worker) or job.cancelled:
+            return
+        unit.causes.append(f"{worker.display_name}: {message}")
+        actions = job.scheduler.handle(UnitFailed(unit.position, str(worker.id), reason, message))
+        rerun = self.kind.master_runs_given_up or job.scheduler.will_rerun(actions, unit.position)
+        self.tell_failure(job, unit, worker, reason, message, rerun=rerun)
+        health = self.health()
+        if health is not None:
+            health.poke()
+        self.carry_out(job, actions)
+
+    def tell_failure(self, job: J, unit: UnitRun | None, worker: WorkerConfig, reason: str, message: str,
+                     rerun: bool) -> None:
+        """Log and send ``multigpu.worker_failed``: which worker, why, and what becomes of its unit."""
+        if rerun and unit is not None:
+            self.metrics.rerun(reason)
+        then = "its unit is re-run elsewhere" if rerun else "no retry left for its unit"
+        if reason == "offline":
+            then = "its unit runs elsewhere" if rerun else "its unit is left out"
+        log.warning("Multi-GPU: job %s: worker %s (id %s)%s: %s; %s", job.job_id, worker.display_name, worker.id,
+                    f" failed unit {unit.position}" if unit else "", message, then)
+        self.notify(*events.worker_failed(worker.id, worker.display_name, reason, message, rerun,
+                                          self.kind.failure_job_id(job), unit.position if unit else None))
+
+    @staticmethod
+    async def _release(job: J, unreleased: dict[int, J]) -> None:
+        """Close the job's websockets once its unit tasks ended (cancelled ones clean up on their workers
+        first); closed even when this is cancelled (the loop shuts down), and never held up by a worker.
+        The HTTP sessions stay: they are the workers', kept for the next job."""
+        tasks = [u.task for u in job.units.values() if u.task is not None]
+        try:
+            await asyncio.gather(*tasks, return_exceptions=True)
+        finally:
+            channels, job.channels = list(job.channels.values()), {}
+            for channel in channels:
+                await channel.close()
+            job.closed = True
+            unreleased.pop(id(job), None)

@@ -1,0 +1,471 @@
+"""Queue mode: whole prompts go where they run soonest, so a queue spreads over every GPU.
+
+When a prompt is queued on the master and queue mode applies to it, the master picks a participant
+for it at once (:meth:`QueueBalancer.route`):
+
+* **Only one that can run it.** A worker whose node classes (its ``/object_info``, as last fetched)
+  lack a node, a model or a choice the prompt needs is not a candidate, and the panel says why once
+  (its list is asked again in the background, so a model added there counts soon). A worker not asked
+  yet is a candidate; it is checked when the prompt is sent to it, like a Collector job's preflight,
+  and the prompt's input files (images, videos, audio of the master's input folder) are uploaded to it.
+* **The least busy**, counting the prompts running and queued there (the master's own queue for the
+  master). Then, with ``queue_routing`` ``model_aware`` (the default), among the least busy the one
+  that ran the prompt's checkpoint last (its model is likely loaded: :mod:`.loaded_models`), then
+  the fastest measured, then the master, then config order. ``least_busy`` keeps the first rule
+  alone: the master on a tie, then config order. Load comes first so that a queue of prompts of one
+  checkpoint still spreads over every GPU rather than waiting on the one that has it loaded.
+
+A prompt sent to a worker starts there at once. The master's own queue holds a stand-in for it: the
+prompt with each of its output nodes replaced by a ``MultiGPURemoteOutput`` node under the same id,
+which, when its turn comes, shows every file the worker's node reported (images, latents, audio,
+the files of video and 3D save nodes) and its other small outputs (text, the animated flag) like a local
+run, so the master's history and UI look as if the master had run the prompt. The files were saved on the
+master as the worker finished, each checked and streamed to disk, within the prompt's budget
+(:mod:`.worker_files`). ComfyUI runs one prompt at a time, and a stand-in waits for its worker:
+so it is queued at the back while the worker runs it (it never holds up the master's own prompts), and
+moved to the place the prompt was queued at as soon as the worker is done (:meth:`QueueBalancer.
+deferred_number`). If the worker fails, dies or lacks something after all, the next candidate takes the
+prompt; if none is left, the master runs it itself (the stand-in expands into the original graph) and
+says why.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from .. import events
+from ..comfy import runtime
+from ..config import ConfigStore, GpuConfig, WorkerConfig
+from ..errors import JobError, WorkerError, WorkerLacks, WorkflowError
+from .outputs import NodeOutput, fetch_outputs
+from ..engine.jobs import UnitJob, UnitRun
+from ..cluster.loaded_models import LoadedModels, model_names
+from ..metrics import Metrics
+from ..engine.runner import JobKind, Runner
+from ..engine.scheduler import MASTER, JobScheduler, Unit, UnitState
+from ..cluster.speeds import Speeds
+from ..graph.values import comfy_describe, comfy_node_class
+from ..graph.workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
+from ..worker_client import MIB, PromptResult, WorkerClient, clip_text
+from .files import OutputSaver
+from ..cluster.preflight import (
+    MediaFile,
+    MediaUploads,
+    ObjectInfoCache,
+    find_media,
+    lacks_of,
+    local_media,
+    preflight_problems,
+)
+
+if TYPE_CHECKING:
+    from ..cluster.health import HealthMonitor
+    from ..comfy.host import Host
+
+log = logging.getLogger("comfy_distributed")
+
+REMOTE_OUTPUT_CLASS = "MultiGPURemoteOutput"
+WAIT_POLL = 0.1
+FORWARD_POSITION = 1
+"""A forwarded prompt is a job of one unit, at this position (its seed is the prompt's own)."""
+
+DEFERRED = 1e12
+"""Queue numbers from here on sort after every prompt queued the usual way (ComfyUI counts from 0 up): where a
+stand-in waits while its worker runs the prompt."""
+
+REFRESH_EVERY = 30.0
+"""Least seconds between two background re-reads of a worker's ``/object_info`` after it was found lacking."""
+
+@dataclass(slots=True, kw_only=True)
+class Forward(UnitJob):
+    """A whole prompt sent to a worker: a job of one unit, which the candidates try in turn."""
+
+    original: Prompt
+    output_nodes: list[str]
+    claimed: set[str] = field(default_factory=set)
+    expanded: bool = False
+    found_media: list[MediaFile] | None = None
+    """The master's input files the prompt loads (found, and hashed, when it is first sent)."""
+    prompt_id: str | None = None
+    """The stand-in's id in the master's queue (known once the master accepted it)."""
+    number: float | None = None
+    """The queue number the prompt would have had; the stand-in gets it once the worker is done (None: it was
+    queued with a number of its own, and keeps it)."""
+
+    @property
+    def forward_id(self) -> str:
+        return self.job_id
+
+    @property
+    def unit(self) -> UnitRun:
+        return self.units[FORWARD_POSITION]
+
+    @property
+    def prompt(self) -> Prompt:
+        """The prompt as the worker runs it (our nodes flattened away)."""
+        return self.unit.prompt
+
+    @property
+    def candidates(self) -> list[WorkerConfig]:
+        return list(self.workers.values())
+
+    @property
+    def state(self) -> str:
+        """pending, running, done, or master (no worker could run it: the master runs it itself)."""
+        state = self.state_of(FORWARD_POSITION)
+        return "master" if state == UnitState.GIVEN_UP else state.value
+
+    @property
+    def worker(self) -> WorkerConfig | None:
+        return self.unit.worker
+
+    @property
+    def outputs(self) -> dict[str, NodeOutput]:
+        return self.unit.images if self.state_of(FORWARD_POSITION) == UnitState.DONE else {}
+
+    @property
+    def causes(self) -> list[str]:
+        return self.unit.causes
+
+    @property
+    def finished(self) -> threading.Event:
+        return self.settled
+
+
+def comfy_master_lacks(prompt: Prompt, synced: set[str]) -> list[str]:
+    """What the master's own ComfyUI lacks to run ``prompt`` (its node classes and their choices, as a worker's
+    ``/object_info`` would list them). Inside ComfyUI only."""
+    info: dict[str, Any] = {}
+    for node in prompt.values():
+        class_type = node.get("class_type") if isinstance(node, dict) else None
+        if isinstance(class_type, str) and comfy_node_class(class_type) is not None:
+            info[class_type] = {"input": comfy_describe(class_type) or {}}  # one that cannot say: taken as able
+    return preflight_problems(prompt, info, synced)
+
+
+def _animated(flag: Any) -> bool:
+    """Whether a node's ``animated`` output (ComfyUI's ``[true]``, a worker's anything) says its images are frames."""
+    return flag is True or isinstance(flag, list) and any(value is True for value in flag)
+
+
+class ForwardedPrompt(JobKind[Forward]):
+    """A forwarded prompt's one unit: checked and given its input files on the worker it is sent to, and
+    bringing back every output of every output node of the prompt."""
+
+    master_runs_given_up = True
+    metric_kind = "queue"
+
+    def __init__(self, balancer: "QueueBalancer") -> None:
+        self.balancer = balancer
+
+    def wanted(self, job: Forward, unit: UnitRun) -> frozenset[str]:
+        return frozenset(job.output_nodes)
+
+    async def unit_prompt(self, job: Forward, unit: UnitRun, client: WorkerClient) -> dict:
+        """The preflight on this worker (WorkerLacks: the next candidate takes it), then the input files."""
+        worker = unit.worker
+        assert worker is not None
+        if job.found_media is None:
+            input_dir = self.balancer.input_dir()
+            try:
+                job.found_media = await asyncio.to_thread(find_media, unit.prompt, input_dir) \
+                    if input_dir is not None else []
+            except (WorkflowError, OSError) as exc:  # checked when routed: the folder changed since
+                raise WorkerLacks(worker.display_name, f"the input files could not be read: {exc}") from None
+        synced = {m.value for m in job.found_media}
+        lacks = await lacks_of(self.balancer.object_info, worker, client.object_info, unit.prompt, synced)
+        if lacks:
+            raise WorkerLacks(worker.display_name, "lacks " + "; ".join(lacks))
+        try:
+            job.media_names[str(worker.id)] = await self.balancer.uploads.sync(
+                job.found_media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
+        except WorkerError as exc:
+            exc.message = f"the input files could not be uploaded: {exc.message}"
+            raise
+        return unit.prompt
+
+    async def fetch(self, job: Forward, unit: UnitRun, client: WorkerClient, result: PromptResult,
+                    deadline: float) -> dict[str, Any]:
+        """Every output node's values, and its files saved on the master (all of them, or none: see
+        :mod:`.forward_outputs`)."""
+        assert unit.worker is not None
+        return await fetch_outputs(client, job.output_nodes, result, self.balancer.saver, f"worker-{unit.worker.id}",
+                                   int(job.settings.max_forward_mb * MIB), deadline)
+
+    def unit_done(self, job: Forward, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
+        """The worker's speed in images per second, learnt from the still images it made (not a video's frames)."""
+        images = sum(len(node.files.get("images", ())) for node in unit.images.values()
+                     if not _animated(node.values.get("animated")))
+        if images:
+            self.balancer.speeds.learn(str(worker.id), float(images), seconds)
+
+    def failure_job_id(self, job: Forward) -> str | None:
+        return None  # the UI knows no job for a forwarded prompt
+
+    def settled(self, job: Forward) -> None:
+        self.balancer.promote(job)
+
+
+class QueueBalancer:
+    """Routes whole prompts (see the module doc). Lives on the master's event loop."""
+
+    def __init__(self, store: ConfigStore, health: "HealthMonitor | None" = None,
+                 notify: Callable[[str, dict[str, Any]], None] | None = None,
+                 master_load: Callable[[], int] = lambda: 0,
+                 is_output_node: Callable[[str], bool] = lambda class_type: False,
+                 metrics: Metrics | None = None, *, object_info: ObjectInfoCache | None = None,
+                 input_dir: Callable[[], Path | None] = lambda: None, speeds: Speeds | None = None,
+                 models: LoadedModels | None = None,
+                 master_lacks: Callable[[Prompt, set[str]], list[str]] | None = None,
+                 host: "Host | None" = None, saver: OutputSaver | None = None) -> None:
+        self.store = store
+        self.health = health
+        self.notify = notify or (lambda event, data: None)
+        self.master_load = master_load
+        self.is_output_node = is_output_node
+        self.object_info = object_info if object_info is not None else \
+            ObjectInfoCache(lambda worker_id: self.health.epoch(worker_id) if self.health else 0)
+        """Each worker's node classes (the orchestrator's cache, shared: one fetch serves both)."""
+        self.input_dir = input_dir
+        self.speeds = speeds if speeds is not None else Speeds()
+        self.models = models if models is not None else LoadedModels()
+        self.uploads = MediaUploads()
+        self.master_lacks = master_lacks
+        """What the master lacks to run a prompt (:func:`comfy_master_lacks`; None: not checked)."""
+        self.host = host
+        """The master's queue, where stand-ins wait at the back and are moved up when done (None: not moved)."""
+        self.saver: OutputSaver = saver or host or runtime.DETACHED
+        """Where a worker's files are saved (the host's output folders; outside ComfyUI nowhere, unless given)."""
+        self._deferred = 0
+        self._forwards: dict[str, Forward] = {}
+        self._lock = threading.Lock()
+        self._told: dict[str, str] = {}
+        """Per participant: what it lacked, as last told (a queue of like prompts says it once, and prompts of two
+        kinds in turn do not say it again each time)."""
+        self._refreshed: dict[str, float] = {}
+        self._tasks: set[asyncio.Task] = set()
+        self.runner: Runner[Forward] = Runner(ForwardedPrompt(self), lambda *event: self.notify(*event),
+                                              lambda: self.health, metrics, self.models)
+
+    async def close(self) -> None:
+        """Close the connections kept to workers (the master shuts down)."""
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.runner.close()
+
+    # --- routing (server loop, in the prompt hook) ----------------------------------------
+
+    def route(self, prompt: Prompt) -> tuple[Prompt, Forward | None]:
+        """The prompt the master should queue, and the forward to start once it is accepted."""
+        try:
+            config = self.store.get()
+        except Exception:  # a broken config is reported by the orchestrator; run locally
+            return prompt, None
+        mode = config.settings.queue_mode
+        has_collector = any(n.get("class_type") == COLLECTOR_CLASS for n in prompt.values() if isinstance(n, dict))
+        if mode == "no_collector" and has_collector:
+            return prompt, None  # a distributed job: the orchestrator's
+        output_nodes = [node_id for node_id, node in prompt.items()
+                        if isinstance(node, dict) and self.is_output_node(str(node.get("class_type")))]
+        if mode == "off" or not output_nodes:
+            return self._kept(prompt, has_collector)
+        try:
+            flat = flatten_for_single(prompt)
+            input_dir = self.input_dir()
+            synced = local_media(flat, input_dir) if input_dir is not None else set()
+        except (WorkflowError, OSError, AttributeError, TypeError):  # malformed: ComfyUI tells the user itself
+            return self._kept(prompt, has_collector)
+        candidates, unchecked = self._able_workers(config, flat, synced)
+        master_able = self._master_able(flat, synced)
+        if not candidates:
+            return self._kept(prompt, has_collector)  # no worker can: the master runs it (or ComfyUI says why not)
+        ranked = self._ranked(config, flat, candidates, master_able)
+        if ranked[0] is None:
+            return self._kept(prompt, has_collector)  # the master is the best place for it
+        forward = self._forward(prompt, flat, output_nodes, config, ranked, unchecked)
+        stand_in = {node_id: {"class_type": REMOTE_OUTPUT_CLASS,
+                              "inputs": {"forward_id": forward.forward_id, "node": node_id},
+                              "_meta": {"title": f"{prompt[node_id].get('class_type')} (on a worker)"}}
+                    for node_id in output_nodes}
+        with self._lock:
+            self._forwards[forward.forward_id] = forward
+        return stand_in, forward
+
+    def _kept(self, prompt: Prompt, has_collector: bool) -> tuple[Prompt, None]:
+        """The master runs ``prompt``: its checkpoint is the master's now (a Collector job's the orchestrator
+        records, as the master may only coordinate it)."""
+        if not has_collector:
+            self.models.ran(MASTER, prompt)
+        return prompt, None
+
+    @staticmethod
+    def _forward(prompt: Prompt, flat: Prompt, output_nodes: list[str], config: GpuConfig,
+                 ranked: list[WorkerConfig | None], unchecked: int) -> Forward:
+        """One unit that the workers take in their order, each once, until one delivers (or none is left). A
+        worker found lacking when the prompt reaches it does not count against ``max_retries``."""
+        workers = {str(w.id): w for w in ranked if w is not None}
+        scheduler = JobScheduler(units=[Unit(FORWARD_POSITION, 0)], workers=list(workers),
+                                 max_retries=config.settings.max_retries + unchecked, master_takes_units=False)
+        unit = UnitRun(FORWARD_POSITION, 0, flat)
+        return Forward(job_id=uuid.uuid4().hex, units={FORWARD_POSITION: unit}, workers=workers,
+                       settings=config.settings, scheduler=scheduler, original=prompt, output_nodes=output_nodes)
+
+    def _able_workers(self, config: GpuConfig, flat: Prompt, synced: set[str]) -> tuple[list[WorkerConfig], int]:
+        """The enabled workers that are up and, as far as their last ``/object_info`` tells, can run ``flat``;
+        and how many of them were not checked (never asked yet: checked when the prompt reaches them)."""
+        unavailable = self.health.unavailable() if self.health is not None else {}
+        able, unchecked = [], 0
+        for worker in config.enabled_workers():
+            key = str(worker.id)
+            if key in unavailable:
+                continue
+            info = self.object_info.peek(worker)
+            lacks = preflight_problems(flat, info, synced) if info is not None else []
+            if lacks:
+                self._tell_lacking(worker, lacks)
+                self._refresh(worker, config)
+                continue
+            unchecked += info is None
+            able.append(worker)
+        return able, unchecked
+
+    def _master_able(self, flat: Prompt, synced: set[str]) -> bool:
+        """Whether the master can run ``flat`` itself (else it goes to a worker even when the master is idle)."""
+        lacks = self.master_lacks(flat, synced) if self.master_lacks is not None else []
+        if lacks:
+            self._tell_lacking(None, lacks)
+        return not lacks
+
+    def _tell_lacking(self, worker: WorkerConfig | None, lacks: list[str]) -> None:
+        """Say once (until it changes) why a participant (None: the master) is given no prompt of this kind."""
+        said = "; ".join(lacks)
+        key = MASTER if worker is None else str(worker.id)
+        if self._told.get(key) == said:
+            return
+        self._told[key] = said
+        who = "the master" if worker is None else f"worker {worker.display_name}"
+        message = f"Multi-GPU queue: {who} is given no prompt it cannot run: it lacks {said}"
+        log.warning("%s", message)
+        self.notify(*events.notice(clip_text(message, 2000)))
+
+    def _refresh(self, worker: WorkerConfig, config: GpuConfig) -> None:
+        """Ask a lacking worker for its node classes again in the background (at most every REFRESH_EVERY s):
+        a model or node added there counts for the next prompt."""
+        key = str(worker.id)
+        now = time.monotonic()
+        if now - self._refreshed.get(key, -REFRESH_EVERY) < REFRESH_EVERY:
+            return
+        self._refreshed[key] = now
+        client = WorkerClient(worker, config.settings, self.runner.sessions.get(key, worker.base_url))
+
+        async def refresh() -> None:
+            try:
+                await self.object_info.get(worker, client.object_info, fresh=True)
+            except (WorkerError, RuntimeError) as exc:  # the prompt that reaches it asks again
+                log.debug("Multi-GPU queue: worker %s: GET /object_info failed: %s", worker.display_name, exc)
+
+        try:
+            task = asyncio.get_running_loop().create_task(refresh(), name=f"multigpu-queue-refresh-{key}")
+        except RuntimeError:  # no loop (a test routing outside one): the next prompt that reaches it asks
+            return
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _ranked(self, config: GpuConfig, flat: Prompt, workers: list[WorkerConfig],
+                master_able: bool = True) -> list[WorkerConfig | None]:
+        """The master (None) and ``workers``, best first, by ``settings.queue_routing`` (see the module doc); a
+        master that cannot run the prompt comes last."""
+        unable = 0 if master_able else 1 << 30
+        loads = [self._load_of_master() + unable] + [self._load_of(w) for w in workers]
+        participants: list[WorkerConfig | None] = [None, *workers]
+        if config.settings.queue_routing == "least_busy":
+            order = sorted(range(len(participants)), key=lambda i: (loads[i], i))
+            return [participants[i] for i in order]
+        names = model_names(flat)
+        keys = [MASTER] + [str(w.id) for w in workers]
+        measured = [config.master.weight or self.speeds.get(MASTER)] + \
+            [w.weight or self.speeds.get(str(w.id)) for w in workers]
+        known = [s for s in measured if s]
+        # not measured: a worker counts as average, the master (its own prompts are not timed) as the fastest, so
+        # that a tie keeps the prompt where it needs no transfer
+        fallback = sum(known) / len(known) if known else 1.0
+        speeds = [measured[0] or max(known, default=1.0)] + [s or fallback for s in measured[1:]]
+        order = sorted(range(len(participants)),
+                       key=lambda i: (loads[i], not self.models.holds(keys[i], names), -speeds[i], i))
+        return [participants[i] for i in order]
+
+    def _load_of(self, worker: WorkerConfig) -> int:
+        key = str(worker.id)
+        with self._lock:
+            inflight = sum(forward.running_on(key) for forward in self._forwards.values())
+        queued = None
+        if self.health is not None:
+            for entry in self.health.snapshot([worker]):
+                queued = entry.get("queue_remaining")
+        return max(inflight, queued or 0)
+
+    def _load_of_master(self) -> int:
+        """The master's queue, less the stand-ins waiting in it (they hold up nothing: see the module doc). Without
+        a host to ask, every stand-in not yet claimed counts as waiting."""
+        pending = self.host.pending_prompts() if self.host is not None else None
+        with self._lock:
+            waiting_stand_ins = sum(1 for f in self._forwards.values() if len(f.claimed) < len(f.output_nodes)
+                                    and (pending is None or f.prompt_id in pending))
+        return max(0, self.master_load() - waiting_stand_ins)
+
+    # --- running forwards (server loop) --------------------------------------------------
+
+    def deferred_number(self, forward: Forward) -> float | None:
+        """The queue number for ``forward``'s stand-in while its worker runs the prompt: after every prompt
+        queued the usual way. None (the usual number) outside ComfyUI."""
+        number = self.host.next_number() if self.host is not None else None
+        if number is None:
+            return None
+        forward.number = number - 0.5  # between the prompt queued before it and the next one
+        self._deferred += 1
+        return DEFERRED + self._deferred
+
+    def promote(self, forward: Forward) -> None:
+        """The worker is done (or no worker can): the stand-in takes the place the prompt was queued at."""
+        if forward.number is not None and forward.prompt_id is not None and self.host is not None:
+            self.host.promote(forward.prompt_id, forward.number)
+
+    def start(self, forward: Forward, prompt_id: str | None = None) -> None:
+        forward.prompt_id = prompt_id
+        self.runner.metrics.job_started("queue")
+        self.runner.open(forward)
+        self.runner.begin(forward)
+
+    def discard(self, forward: Forward) -> None:
+        with self._lock:
+            self._forwards.pop(forward.forward_id, None)
+
+    # --- the stand-in nodes (ComfyUI's execution thread) ---------------------------------
+
+    def wait(self, forward_id: str, node_id: str, interrupted: Callable[[], bool]) -> Forward:
+        """Block until the forwarded prompt has ended; the caller takes its node's files."""
+        with self._lock:
+            forward = self._forwards.get(forward_id)
+        if forward is None:
+            raise JobError(f"Multi-GPU queue: forwarded prompt {forward_id} is unknown (the master restarted?)")
+        bound = time.monotonic() + forward.settings.worker_timeout * (2 + forward.settings.max_retries) + 30
+        while not forward.settled.wait(WAIT_POLL):
+            if interrupted():
+                if forward.loop is not None and not forward.loop.is_closed():
+                    forward.loop.call_soon_threadsafe(self.runner.cancel, forward)
+                raise JobError("Multi-GPU queue: interrupted")
+            if time.monotonic() > bound:
+                raise JobError("Multi-GPU queue: the forwarded prompt did not end in time")
+        with self._lock:
+            forward.claimed.add(node_id)
+            if len(forward.claimed) >= len(forward.output_nodes):
+                self._forwards.pop(forward_id, None)
+        return forward
