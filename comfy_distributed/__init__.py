@@ -1,3 +1,21 @@
-"""ComfyUI-Distributed: one ComfyUI over many GPUs. The importable core needs no ComfyUI."""
+"""ComfyUI-Distributed: one ComfyUI over many GPUs. The importable core needs no ComfyUI.
+
+The package's map, by layer from the bottom (imports only point down):
+
+- foundations: :mod:`.errors` (one error tree), :mod:`.events` (every ``multigpu.*`` event),
+  :mod:`.metrics` (the master's counters);
+- :mod:`.config`: ``gpu_config.json`` as typed models, bounded JSON reading;
+- :mod:`.graph`: API-format prompt surgery (worker prompts, Values), the UI format converted;
+- :mod:`.worker_client`: one remote ComfyUI over its native HTTP + websocket API;
+- :mod:`.cluster`: the participants (health, preflight, speeds, loaded models, previews);
+- :mod:`.engine`: plan, the pure scheduler, the runner and a job's records;
+- the job kinds: :mod:`.collector` (a Collector's batch), :mod:`.tiles` (tiles of one image),
+  :mod:`.queue_mode` (whole prompts);
+- :mod:`.api`: the ``/multigpu`` routes, their guard, models and OpenAPI document;
+- :mod:`.comfy`: where the extension meets the ComfyUI it runs in;
+- tools: :mod:`.launcher` (starting instances, local and SSH), :mod:`.cli` (``comfy-distributed ...``).
+
+``docs/architecture.md`` follows one job through them.
+"""
 
 __version__ = "0.1.0"

@@ -66,7 +66,7 @@ def notice(message: str, job_id: str | None = None) -> Event:
 def preview(job_id: str | None, position: int, worker_id: int | str, worker: str, mime: str | None,
             data: str | None) -> Event:
     """A worker's preview frame of its unit (``data``: the image in base64, ``mime`` its type), relayed only while
-    the panel watches (:mod:`.preview_relay`); ``data`` None: the unit ended there, drop its thumbnail."""
+    the panel watches (:mod:`.cluster.previews`); ``data`` None: the unit ended there, drop its thumbnail."""
     return PREVIEW, {"job_id": job_id, "position": position, "worker_id": worker_id, "worker": worker, "mime": mime,
                      "data": data}
 

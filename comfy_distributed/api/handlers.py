@@ -1,9 +1,9 @@
 """The HTTP API under ``/multigpu/``: config, settings, job plans, VRAM, worker callback, status.
 
-Every handler reads its body as the route's request model (:mod:`.api_models`) and answers JSON; a
+Every handler reads its body as the route's request model (:mod:`.schemas_in`) and answers JSON; a
 bad request gets a 4xx whose ``error`` names the problem. State-changing endpoints require the API
 token whenever one is configured, and always when the master listens beyond loopback. Which route
-needs what is the route table's (:mod:`.api_routes`), from which ``python -m comfy_distributed.api.openapi``
+needs what is the route table's (:mod:`.routes`), from which ``python -m comfy_distributed.api.openapi``
 also writes ``openapi.json`` beside this module, served at ``GET /multigpu/openapi.json``.
 """
 

@@ -2,7 +2,7 @@
 UI's start, restart and log buttons.
 
 The first two start processes and the third reads logs, so all need the same token as the other control
-endpoints (``authorize`` raises :class:`~.api.ApiError` 401). A local worker is started by the launcher's process manager, a
+endpoints (``authorize`` raises :class:`~.handlers.ApiError` 401). A local worker is started by the launcher's process manager, a
 worker with an ``ssh`` block over SSH. The answer comes once the process is started (not once it is
 ready); the health monitor shows the worker as ``launching`` until it answers or
 ``settings.launch_timeout`` runs out. ``launch`` reports each worker (``ok: false`` with the

@@ -2,8 +2,8 @@
 
 Run ``python -m comfy_distributed.api.openapi`` after changing a route, a request or answer model, or a
 config model; ``--check`` only says whether the file is up to date (a test does the same). The
-document is assembled from the route table (:mod:`.api_routes`: paths, who may call them, statuses),
-the request models (:mod:`.api_models`), the answer models (:mod:`.api_answers`) and the config
+document is assembled from the route table (:mod:`.routes`: paths, who may call them, statuses),
+the request models (:mod:`.schemas_in`), the answer models (:mod:`.schemas_out`) and the config
 models (what the API shows of the config), so nothing in it is written by hand twice.
 """
 

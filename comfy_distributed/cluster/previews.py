@@ -5,7 +5,7 @@ follows its unit on (:mod:`.worker_client.preview_frames`). The master relays th
 ``multigpu.preview`` events, for a thumbnail on the worker's card, under three rules:
 
 * **Only while someone watches.** A client registered for the events with ``previews`` (``POST
-  /multigpu/events``, :mod:`.audience`: the panel while it is open) holds a lease here under its client
+  /multigpu/events``, :mod:`..api.audience`: the panel while it is open) holds a lease here under its client
   id; a lease lapses after :data:`WATCH_TTL`. With no fresh lease a frame is
   dropped as it is read, unparsed, and nothing is sent: a master without an open panel pays nothing.
 * **At most a few a second per unit.** A frame is sent at once if the unit's last one left at least

@@ -3,7 +3,7 @@
 Each kind says how it travels: its ComfyUI type, the core output node that writes it on a worker
 (and that node's input), the key of those files in the worker's ``/history``, and the codec that
 decodes the files, checks that they fit the master's own value and joins the values of every
-position (:mod:`.media_codecs`, loaded only when a value is decoded: planning needs no torch).
+position (:mod:`.codecs`, loaded only when a value is decoded: planning needs no torch).
 """
 
 from __future__ import annotations

@@ -3,19 +3,19 @@
 ``prepare`` runs inside ComfyUI's prompt hook (on the server's event loop, before the prompt
 is validated); ``start`` runs once the master accepted the prompt; the Collector node, on
 ComfyUI's execution thread, blocks in ``collect`` until no unit waits for a worker any more.
-A job is planned as units by :func:`.plan.plan_job`; the job's scheduler owns where each unit
-stands, and the :class:`~.runner.Runner` (shared with queue mode's forwards) carries out its
+A job is planned as units by :func:`..engine.plan.plan_job`; the job's scheduler owns where each unit
+stands, and the :class:`~..engine.runner.Runner` (shared with queue mode's forwards) carries out its
 actions: when a worker fails, its unit is re-run on another worker or on the master with the
 same seed and position. Every unit run is bounded by the worker timeout, so nothing waits
 forever, and the server's event loop is never blocked by a Collector. :class:`CollectorUnits`
 is what a Collector job adds to the runner.
 
 Where each part runs, in one place: this module (planning in the prompt hook, starting,
-preflight) and :mod:`.runner` (carrying out the scheduler's actions, running units) run on
-the server loop; :mod:`.collector_bridge` (``master_step``, ``collect``) on ComfyUI's execution
+preflight) and :mod:`..engine.runner` (carrying out the scheduler's actions, running units) run on
+the server loop; :mod:`.bridge` (``master_step``, ``collect``) on ComfyUI's execution
 thread, reaching the loop only through ``call_soon_threadsafe``; :mod:`.job_book` (lookups,
 reservations, the stash, workers' posted results, cancelling) on either, under the
-orchestrator's lock. The same holds for :mod:`.queue_balancer`: ``route`` and ``start`` on the
+orchestrator's lock. The same holds for :mod:`..queue_mode.balancer`: ``route`` and ``start`` on the
 loop, ``wait`` (its stand-in nodes) on the execution thread.
 """
 

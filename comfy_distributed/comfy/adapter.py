@@ -66,7 +66,7 @@ class ComfyHost:
         self.audience = Audience(server.send_sync)
 
     def notify(self, event: str, data: dict[str, Any]) -> None:
-        """To the clients registered for the events only (:mod:`.audience`), never to every socket."""
+        """To the clients registered for the events only (:mod:`..api.audience`), never to every socket."""
         self.audience.notify(event, data)
 
     def interrupted(self) -> bool:

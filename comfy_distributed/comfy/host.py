@@ -1,6 +1,6 @@
 """What the extension needs from the ComfyUI it runs in, as one interface.
 
-:class:`~.comfy_adapter.ComfyHost` implements it over ComfyUI's modules (the only code that imports
+:class:`~.adapter.ComfyHost` implements it over ComfyUI's modules (the only code that imports
 them); :class:`DetachedHost` is what the package has outside ComfyUI (tests, scripts, the CLI):
 nothing is running, nothing is interrupted, nothing can be saved.
 """
@@ -31,7 +31,7 @@ class Host(Protocol):
     def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
         """A new file for a worker's ``file`` in the master's output (or temp) folder, in the worker's own folder
         (``worker_tag``): the caller streams the bytes into it, then keeps it under a name no other file has (or
-        drops it). ValueError when a part of its name is refused (see :mod:`.worker_files`)."""
+        drops it). ValueError when a part of its name is refused (see :mod:`..queue_mode.files`)."""
 
     def running_prompts(self) -> set[str]:
         """Prompt ids the master is running now."""

@@ -1,7 +1,7 @@
 """A distributed job's data: its units, where each runs and what it brought back, and the job around them.
 
 Plain records, changed only on the server loop by the runner and the job's owner
-(:class:`~.orchestrator.Orchestrator`, :class:`~.queue_balancer.QueueBalancer`), under the owner's
+(:class:`~..collector.orchestrator.Orchestrator`, :class:`~..queue_mode.balancer.QueueBalancer`), under the owner's
 lock where the execution thread reads them too. ``UnitState`` and ``FINISHED`` live in
 :mod:`.scheduler`, the one owner of where a unit stands, and are re-exported here.
 """

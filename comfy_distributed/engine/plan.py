@@ -115,7 +115,7 @@ def plan_job(prompt: Prompt, config: GpuConfig, weights: list[float] | None = No
     """Plan ``prompt`` over the master and the enabled workers of ``config``.
 
     ``weights`` (master first, then the enabled workers) place the units of a weighted job: the
-    orchestrator's :meth:`~.speeds.Speeds.weights`; None: the configured weights, else 1.
+    orchestrator's :meth:`~..cluster.speeds.Speeds.weights`; None: the configured weights, else 1.
     Raises WorkflowError for a prompt that cannot be distributed.
     """
     validate_prompt_shape(prompt)

@@ -10,7 +10,7 @@ for it at once (:meth:`QueueBalancer.route`):
   and the prompt's input files (images, videos, audio of the master's input folder) are uploaded to it.
 * **The least busy**, counting the prompts running and queued there (the master's own queue for the
   master). Then, with ``queue_routing`` ``model_aware`` (the default), among the least busy the one
-  that ran the prompt's checkpoint last (its model is likely loaded: :mod:`.loaded_models`), then
+  that ran the prompt's checkpoint last (its model is likely loaded: :mod:`..cluster.loaded_models`), then
   the fastest measured, then the master, then config order. ``least_busy`` keeps the first rule
   alone: the master on a tie, then config order. Load comes first so that a queue of prompts of one
   checkpoint still spreads over every GPU rather than waiting on the one that has it loaded.
@@ -21,7 +21,7 @@ which, when its turn comes, shows every file the worker's node reported (images,
 the files of video and 3D save nodes) and its other small outputs (text, the animated flag) like a local
 run, so the master's history and UI look as if the master had run the prompt. The files were saved on the
 master as the worker finished, each checked and streamed to disk, within the prompt's budget
-(:mod:`.worker_files`). ComfyUI runs one prompt at a time, and a stand-in waits for its worker:
+(:mod:`.files`). ComfyUI runs one prompt at a time, and a stand-in waits for its worker:
 so it is queued at the back while the worker runs it (it never holds up the master's own prompts), and
 moved to the place the prompt was queued at as soon as the worker is done (:meth:`QueueBalancer.
 deferred_number`). If the worker fails, dies or lacks something after all, the next candidate takes the
@@ -194,7 +194,7 @@ class ForwardedPrompt(JobKind[Forward]):
     async def fetch(self, job: Forward, unit: UnitRun, client: WorkerClient, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         """Every output node's values, and its files saved on the master (all of them, or none: see
-        :mod:`.forward_outputs`)."""
+        :mod:`.outputs`)."""
         assert unit.worker is not None
         return await fetch_outputs(client, job.output_nodes, result, self.balancer.saver, f"worker-{unit.worker.id}",
                                    int(job.settings.max_forward_mb * MIB), deadline)

@@ -12,7 +12,7 @@ token; ``/view`` forces a download only for html, js and css. So a worker's file
 
 A kept file is written as a hidden temporary file in its destination folder (:class:`NewFile`), then named
 with a hard link: never over an existing file, never out of the worker's own folder.
-:mod:`.forward_outputs` streams a forwarded prompt's files into such files.
+:mod:`.outputs` streams a forwarded prompt's files into such files.
 """
 
 from __future__ import annotations
@@ -259,7 +259,7 @@ class OutputSaver(Protocol):
 
 
 class FolderSaver:
-    """Saves a worker's files under two folders (output and temp), as :class:`~.comfy_adapter.ComfyHost` does
+    """Saves a worker's files under two folders (output and temp), as :class:`~..comfy.adapter.ComfyHost` does
     with ComfyUI's."""
 
     def __init__(self, output: str | os.PathLike[str], temp: str | os.PathLike[str] | None = None) -> None:

@@ -1,5 +1,5 @@
 """What a prompt sent whole to a worker (queue mode) brings back: each output node's small values, and its files,
-checked and streamed into the master's folders (:mod:`.worker_files` says which are taken and how they are written).
+checked and streamed into the master's folders (:mod:`.files` says which are taken and how they are written).
 
 Every file's name and type is checked before one is fetched; each is then streamed from the worker's ``/view``
 into a hidden temporary file in its destination folder, its first bytes checked against its type, its size
