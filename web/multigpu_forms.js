@@ -1,5 +1,5 @@
 // Validation of the worker form and the settings table, mirroring gpu_config.json's rules
-// (comfy_distributed/config.py) so that a mistake is shown next to its field before any request.
+// (comfy_distributed/config/models.py) so that a mistake is shown next to its field before any request.
 // The master validates again; its answer is shown when it disagrees. Pure: unit-tested with node:test.
 
 import { workerAddress } from "./multigpu_state.js";
