@@ -55,8 +55,7 @@ class CollectorBridge:
             raise JobError(f"Multi-GPU job {job_id} is unknown: it expired or the master restarted; queue it again")
         if job.error:
             raise JobError(job.error)
-        rounds = max(1.0, len(job.units) / (len(job.workers) + 1))  # units per participant (many tiles)
-        bound = job.created + job.settings.worker_timeout * (2 + job.settings.max_retries) * rounds + 30.0
+        bound = job.deadline()
         self._measure_master(job, have)
         while True:
             with self._lock:
@@ -97,15 +96,15 @@ class CollectorBridge:
         given_up = [u for u in units if states[u.position] == UnitState.GIVEN_UP]
         self._claim(job, collector_id)
         if given_up:
-            raise JobError("Multi-GPU: " + "; ".join(
-                f"unit {u.position} (seed offset {u.seed_offset}) could not be run: {u.error}" for u in given_up))
+            raise JobError("Multi-GPU: " + "; ".join(f"unit {u.position} (seed offset {u.seed_offset}) could not be "
+                                                     f"run: {job.record(u.position).error}" for u in given_up))
         kinds = job.kinds.get(collector_id, ["images"])
         return CollectorResult(
-            outputs=[(u, {kind: u.images[output_key(collector_id, kind)] for kind in kinds}) for u in units
-                     if states[u.position] == UnitState.DONE
+            outputs=[(job.collected(u.position), {kind: u.images[output_key(collector_id, kind)] for kind in kinds})
+                     for u in units if states[u.position] == UnitState.DONE
                      and all(output_key(collector_id, kind) in u.images for kind in kinds)],
             master_units=[u for u in units if states[u.position] == UnitState.MASTER],
-            failures=[u for u in units if states[u.position] == UnitState.SKIPPED],
+            failures=[job.collected(u.position) for u in units if states[u.position] == UnitState.SKIPPED],
         )
 
     def _measure_master(self, job: Job, have: set[int]) -> None:

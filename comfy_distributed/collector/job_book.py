@@ -55,7 +55,7 @@ class JobBook:
         job = self.job(job_id)
         if job is None or job.error:
             raise UnknownJob(f"no job {str(job_id)[:64]} is waiting for results")
-        unit = next((u for u in job.units.values() if u.worker is not None and str(u.worker.id) == str(worker_id)
+        unit = next((u for u in job.units.values() if job.record(u.position).worker == str(worker_id)
                      and u.token and hmac.compare_digest(u.token.encode(), str(token).encode())), None)
         if unit is None:
             raise ResultRejected("worker_id and share_token do not match a unit of this job", status=403)
@@ -84,7 +84,7 @@ class JobBook:
             raise ResultRejected("every Collector needs at least one image")
         unit.images = {collector: list(images) for collector, images in outputs.items()}
         unit.progress = 1.0
-        self._handle(job, UnitDone(unit.position, str(worker_id)))
+        self._handle(job, UnitDone(unit.position, str(worker_id), job.record(unit.position).attempt))
         if unit.task is not None and not unit.task.done():
             unit.task.cancel()  # the pulling task sees the unit done and stops quietly
 
@@ -144,7 +144,7 @@ class JobBook:
             for job_id in [j for j, expires in self._reserved.items() if expires < now]:
                 del self._reserved[job_id]
             stale = [j for j in self._jobs.values()
-                     if now > j.created + j.settings.worker_timeout * (2 + j.settings.max_retries) + UNCLAIMED_JOB_TTL]
+                     if now > j.deadline() + UNCLAIMED_JOB_TTL]
             for job in stale:
                 self._jobs.pop(job.job_id, None)
         for job in stale:
@@ -159,8 +159,9 @@ class JobBook:
                 "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(),
                 "error": job.error, "eta_seconds": job_time_left(job),
                 "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": job.state_of(u.position).value,
-                           "worker_id": u.worker.id if u.worker else None, "progress": round(u.progress, 4),
-                           "errors": list(u.causes)} for u in job.unit_list()],
+                           "worker_id": getattr(job.worker_of(u.position), "id", None),
+                           "progress": round(u.progress, 4), "errors": list(job.record(u.position).causes)}
+                          for u in job.unit_list()],
             }
             for job in jobs
         ]
@@ -171,7 +172,7 @@ def job_time_left(job: Job) -> float | None:
     now = time.monotonic()
     views = []
     for unit in job.unit_list():
-        state = job.state_of(unit.position).value
-        elapsed = now - unit.started if state == "running" and unit.started else None
-        views.append(UnitView(state, unit.progress, elapsed, unit.took))
+        record = job.record(unit.position)
+        elapsed = now - record.started if record.state == UnitState.RUNNING and record.started else None
+        views.append(UnitView(record.state.value, unit.progress, elapsed, record.seconds))
     return time_left(views)

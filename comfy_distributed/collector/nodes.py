@@ -163,7 +163,7 @@ def decode_parts(reference: dict[str, Any] | None, result: Any, collector_id: st
 def _left_out(unit: Any, collector_id: str, reason: str, problem: str, notify: Callable[[str, dict], None],
               job_id: str | None) -> None:
     message = f"{problem}; left out"
-    notify(*events.worker_failed(unit.worker.id, unit.name, reason, message, rerun=False, job_id=job_id,
+    notify(*events.worker_failed(unit.worker_id, unit.name, reason, message, rerun=False, job_id=job_id,
                                  unit=unit.position))
     log.warning("Multi-GPU Collector %s: worker %s: %s", collector_id, unit.name, message)
 

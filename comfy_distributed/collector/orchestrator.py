@@ -193,7 +193,8 @@ class Orchestrator(JobBook, CollectorBridge):
             units=[Unit(p, u.seed_offset) for p, u in sorted(units.items())], workers=list(workers),
             plan=first_runs, max_retries=config.settings.max_retries,
             skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=planned.mode == "dynamic",
-            master_participates=planned.master_participates)
+            master_participates=planned.master_participates,
+            names={key: w.display_name for key, w in workers.items()})
         return Job(job_id=job_id, collectors=planned.collectors, units=units, workers=workers,
                    settings=config.settings, scheduler=scheduler, mode=planned.mode, plan=first_runs,
                    kinds={c: list(collector_links(prompt, c)) for c in planned.collectors}, batch=planned.batch)
@@ -225,7 +226,7 @@ class Orchestrator(JobBook, CollectorBridge):
         workers = {str(w.id): w for w in config.enabled_workers()}
         scheduler = JobScheduler(units=[Unit(p, 0) for p in sorted(units)], workers=list(workers), plan=None,
                                  max_retries=config.settings.max_retries, skip_unavailable=False,
-                                 learns_unit_times=True)
+                                 learns_unit_times=True, names={key: w.display_name for key, w in workers.items()})
         job = TileJob(job_id=job_id, collectors=[pair.merge], units=units, workers=workers, settings=config.settings,
                       scheduler=scheduler, mode="dynamic", kinds={pair.merge: ["images"]}, batch=frames,
                       uploads=uploads)
@@ -417,7 +418,8 @@ class Orchestrator(JobBook, CollectorBridge):
         done = {u.position: 1.0 if states[u.position] in FINISHED else u.progress for u in units}
         self.notify(*events.job_progress(job.job_id, round(sum(done.values()) / len(units), 4) if units else 1.0, [
             events.UnitProgress(position=u.position, state=states[u.position].value,
-                                worker=u.name if u.worker else None, worker_id=u.worker.id if u.worker else None,
+                                worker=job.name_of(u.position) if job.worker_of(u.position) else None,
+                                worker_id=getattr(job.worker_of(u.position), "id", None),
                                 progress=round(done[u.position], 4))
             for u in units], job_time_left(job)))
 
@@ -436,9 +438,10 @@ class Orchestrator(JobBook, CollectorBridge):
                                    "cancelled" if job.cancelled else "error" if failed else "done")
             self.metrics.units_finished(state.value for state in states.values())
         self.notify(*events.job_done(
-            job.job_id, job.cancelled, sorted({u.name for u in units if states[u.position] == UnitState.DONE}),
+            job.job_id, job.cancelled, sorted({job.name_of(u.position) for u in units if states[u.position] == UnitState.DONE}),
             [u.position for u in units if states[u.position] == UnitState.MASTER],
-            [events.MissingUnit(unit=u.position, worker=u.name, state=states[u.position].value, message=u.error)
+            [events.MissingUnit(unit=u.position, worker=job.name_of(u.position), state=states[u.position].value,
+                                message=job.record(u.position).error)
              for u in units if states[u.position] in (UnitState.GIVEN_UP, UnitState.SKIPPED)]))
 
     def give_master(self, job: Job, positions: tuple[int, ...]) -> None:

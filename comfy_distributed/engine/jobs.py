@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 
 from ..config import Settings, WorkerConfig
-from .scheduler import FINISHED, JobScheduler, UnitState
+from .scheduler import FINISHED, JobScheduler, UnitRecord, UnitState
 from ..worker_client import Channel
 from ..graph.workflow import Prompt
 
@@ -39,6 +39,9 @@ PROGRESS_INTERVAL = 0.25
 STATE_INTERVAL = 0.05
 """Seconds between two ``multigpu.job_progress`` events of one job that report units changing state."""
 
+DEADLINE_MARGIN = 30.0
+"""Seconds added to a job's deadline (:meth:`UnitJob.deadline`)."""
+
 UNKNOWN_BATCH_IMAGES = 64
 """Images a share may post per Collector when the workflow's batch size is not a literal."""
 
@@ -49,9 +52,10 @@ to post its results back (job id, worker id, the share's own token)."""
 
 @dataclass(slots=True)
 class UnitRun:
-    """One unit of a job: what it runs, where it was last sent, and what it brought back.
+    """One unit of a job: what it runs and what it brought back.
 
-    Where it stands is not kept here: :meth:`UnitJob.state_of` asks the job's scheduler.
+    Where it stands, where it runs, its attempts and why they failed are its record's, which the job's scheduler
+    owns (:meth:`UnitJob.record`); nothing of that is kept here.
     """
 
     position: int
@@ -61,26 +65,14 @@ class UnitRun:
     """Images in this unit; None: the workflow's own batch size (static mode)."""
     values: dict[str, Any] = field(default_factory=dict)
     """Multi-GPU Value node -> the literal this unit uses (its home participant's), wherever it runs."""
-    started: float = 0.0
-    took: float | None = None
-    """Seconds the worker that delivered it took (for the job's time left)."""
-    worker: WorkerConfig | None = None
     images: dict[str, Any] = field(default_factory=dict)
     """What the unit brought back, by output key (a Collector's files by kind; a forwarded prompt's files)."""
     decoded: dict[str, Any] = field(default_factory=dict)
     """Files already decoded as they arrived, by output key (the Collector then only joins them)."""
     token: str = ""
+    """The current attempt's share token: a worker running this extension posts its results with it."""
     task: asyncio.Task | None = None
     progress: float = 0.0
-    causes: list[str] = field(default_factory=list)
-
-    @property
-    def name(self) -> str:
-        return self.worker.display_name if self.worker else f"unit {self.position}"
-
-    @property
-    def error(self) -> str | None:
-        return "; ".join(self.causes) or None
 
 
 @dataclass(slots=True, kw_only=True)
@@ -117,12 +109,40 @@ class UnitJob:
     def state_of(self, position: int) -> UnitState:
         return self.scheduler.state_of(position)
 
+    def record(self, position: int) -> UnitRecord:
+        """The unit's one record (state, worker, attempt, causes), the scheduler's."""
+        return self.scheduler.record(position)
+
+    def worker_of(self, position: int) -> WorkerConfig | None:
+        """The worker the unit was last sent to (None: never sent to one)."""
+        worker = self.scheduler.record(position).worker
+        return self.workers.get(worker) if worker is not None else None
+
+    def name_of(self, position: int) -> str:
+        """The name of the worker the unit was last sent to, or ``unit N``."""
+        worker = self.worker_of(position)
+        return worker.display_name if worker is not None else f"unit {position}"
+
+    def collected(self, position: int) -> Collected:
+        """The unit as a Collector receives it."""
+        unit, worker = self.units[position], self.worker_of(position)
+        return Collected(position, unit.seed_offset, unit.batch, unit.decoded, worker.id if worker else None,
+                         self.name_of(position), self.record(position).error)
+
     def unit_list(self) -> list[UnitRun]:
         return [self.units[p] for p in sorted(self.units)]
 
+    def deadline(self, start: float | None = None) -> float:
+        """The latest the job can settle, from ``start`` (its creation): every unit run has its own worker
+        timeout, so this only guards a wait against a bug. Each participant's share of the units, each tried
+        ``1 + max_retries`` times, one more round, and a margin."""
+        rounds = max(1.0, len(self.units) / (len(self.workers) + 1))
+        per_round = self.settings.worker_timeout * (2 + self.settings.max_retries)
+        return (self.created if start is None else start) + per_round * rounds + DEADLINE_MARGIN
+
     def running_on(self, worker_id: str) -> int:
         """How many of this job's units run on ``worker_id`` now."""
-        return sum(1 for worker in self.scheduler.running.values() if worker == worker_id)
+        return self.scheduler.running_on(worker_id)
 
 
 @dataclass(slots=True, kw_only=True)
@@ -169,15 +189,30 @@ class ShareLimits:
     images: int
 
 
+@dataclass(slots=True, frozen=True)
+class Collected:
+    """A unit as a Collector receives it: what it brought, and who ran it (read from its record once)."""
+
+    position: int
+    seed_offset: int
+    batch: int | None
+    decoded: dict[str, Any]
+    worker_id: int | str | None
+    name: str
+    """The worker's name, or ``unit N``."""
+    error: str | None
+    """Why it was left out (a skipped unit)."""
+
+
 @dataclass(slots=True)
 class CollectorResult:
     """What a Collector needs: each worker unit's files by kind, units the master ran, what failed."""
 
-    outputs: list[tuple[UnitRun, dict[str, Any]]]
+    outputs: list[tuple[Collected, dict[str, Any]]]
     master_units: list[UnitRun]
-    failures: list[UnitRun]
+    failures: list[Collected]
 
     @property
-    def images(self) -> list[tuple[UnitRun, list[bytes]]]:
+    def images(self) -> list[tuple[Collected, list[bytes]]]:
         return [(unit, files["images"]) for unit, files in self.outputs if "images" in files]
 

@@ -130,7 +130,7 @@ class Runner(Generic[J]):
     def carry_out(self, job: J, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Dispatch):
-                self._dispatch(job, job.units[action.position], job.workers[action.worker])
+                self._dispatch(job, job.units[action.position], job.workers[action.worker], action.attempt)
             else:
                 if isinstance(action, Skip):
                     self._skip(job, action)
@@ -162,21 +162,16 @@ class Runner(Generic[J]):
 
     def _skip(self, job: J, action: Skip) -> None:
         unit, worker = job.units[action.position], job.workers[action.worker]
-        unit.worker = worker
-        unit.causes.append(action.cause)
         self.tell_failure(job, unit, worker, "offline", "offline at dispatch; its images are left out "
-                          f"(skip_offline_workers): {action.cause.split(': ', 1)[-1]}", rerun=False)
+                          f"(skip_offline_workers): {action.reason}", rerun=False)
 
-    def _dispatch(self, job: J, unit: UnitRun, worker: WorkerConfig) -> None:
-        unit.worker, unit.token, unit.progress = worker, secrets.token_urlsafe(24), 0.0
-        unit.started = time.monotonic()
-        unit.task = asyncio.get_running_loop().create_task(self._run_unit(job, unit, worker),
+    def _dispatch(self, job: J, unit: UnitRun, worker: WorkerConfig, attempt: int) -> None:
+        unit.token, unit.progress = secrets.token_urlsafe(24), 0.0
+        unit.task = asyncio.get_running_loop().create_task(self._run_unit(job, unit, worker, attempt),
                                                            name=f"multigpu-{job.job_id}-unit-{unit.position}")
 
-    def _still_running(self, job: J, unit: UnitRun, worker: WorkerConfig) -> bool:
-        return job.scheduler.running.get(unit.position) == str(worker.id) and unit.worker is worker
-
-    async def _run_unit(self, job: J, unit: UnitRun, worker: WorkerConfig) -> None:
+    async def _run_unit(self, job: J, unit: UnitRun, worker: WorkerConfig, attempt: int) -> None:
+        began = time.monotonic()
         try:
             images = await self._run_on(job, unit, worker)
         except asyncio.CancelledError:
@@ -184,19 +179,18 @@ class Runner(Generic[J]):
                 return  # the worker posted its results itself (job_complete)
             raise
         except WorkerError as exc:
-            self._unit_failed(job, unit, worker, exc.reason, exc.message)
+            self._unit_failed(job, unit, worker, attempt, exc.reason, exc.message)
             return
         except Exception as exc:  # a bug of ours must not take the master down
             log.exception("Multi-GPU: unexpected error while running unit %s on %s", unit.position, worker.display_name)
-            self._unit_failed(job, unit, worker, "internal_error", f"internal error: {exc!r}")
+            self._unit_failed(job, unit, worker, attempt, "internal_error", f"internal error: {exc!r}")
             return
-        if self._still_running(job, unit, worker):
+        if job.scheduler.is_current(unit.position, attempt):
             unit.images, unit.progress = images, 1.0
-            took = time.monotonic() - unit.started
-            unit.took = took
+            took = time.monotonic() - began
             self.kind.unit_done(job, unit, worker, took)
             self.metrics.unit_done(str(worker.id), took, unit.batch or getattr(job, "batch", None) or 1)
-            self.handle(job, UnitDone(unit.position, str(worker.id), took))
+            self.handle(job, UnitDone(unit.position, str(worker.id), attempt, took))
 
     async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict[str, Any]:
         """The unit's prompt run on ``worker`` (its websocket shared with the job's other units there); its
@@ -221,11 +215,11 @@ class Runner(Generic[J]):
         finally:
             self.previews.end(source)
 
-    def _unit_failed(self, job: J, unit: UnitRun, worker: WorkerConfig, reason: str, message: str) -> None:
-        if not self._still_running(job, unit, worker) or job.cancelled:
+    def _unit_failed(self, job: J, unit: UnitRun, worker: WorkerConfig, attempt: int, reason: str,
+                     message: str) -> None:
+        if not job.scheduler.is_current(unit.position, attempt) or job.cancelled:
             return
-        unit.causes.append(f"{worker.display_name}: {message}")
-        actions = job.scheduler.handle(UnitFailed(unit.position, str(worker.id), reason, message))
+        actions = job.scheduler.handle(UnitFailed(unit.position, str(worker.id), attempt, reason, message))
         rerun = self.kind.master_runs_given_up or job.scheduler.will_rerun(actions, unit.position)
         self.tell_failure(job, unit, worker, reason, message, rerun=rerun)
         health = self.health()

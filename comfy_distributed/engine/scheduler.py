@@ -5,7 +5,12 @@ is worker k's share, and its seed offset equals its position, so a unit gives th
 images wherever it runs. Events go in (a unit finished or failed, the master became free),
 actions come out (dispatch a unit to a worker, run units on the master, give a unit up).
 The runner (:mod:`.runner`) carries the actions out; tests feed events and read actions.
-Where a unit stands (:class:`UnitState`) is asked of the scheduler, never kept elsewhere.
+
+Each unit has one :class:`UnitRecord` here (state, worker, attempt, start, causes, time taken), and nothing
+else keeps a copy: the rest of the master asks the scheduler. Every dispatch is a new *attempt* of its unit;
+a dispatch carries its attempt number, and so does the answer, so a result from an attempt that was given
+up on is recognised by one comparison (:meth:`JobScheduler.is_current`). :meth:`JobScheduler.validate`
+checks the invariants (the unit tests call it after every step).
 """
 
 from __future__ import annotations
@@ -49,6 +54,29 @@ class Unit:
     seed_offset: int
 
 
+@dataclass(slots=True)
+class UnitRecord:
+    """Everything the master knows of where one unit stands; owned by its job's scheduler."""
+
+    position: int
+    seed_offset: int
+    state: UnitState = UnitState.PENDING
+    worker: "WorkerId | None" = None
+    """The worker it was last sent to (or skipped on); a unit the master runs keeps the last one."""
+    attempt: int = 0
+    """Attempts so far (dispatches to a worker and runs on the master); an answer names the attempt it ends."""
+    started: float | None = None
+    """When the current attempt on a worker started (the scheduler's clock)."""
+    causes: list[str] = field(default_factory=list)
+    """Why attempts failed or the unit was left out, each as ``name: message``."""
+    seconds: float | None = None
+    """How long the worker that delivered it took."""
+
+    @property
+    def error(self) -> str | None:
+        return "; ".join(self.causes) or None
+
+
 # --- events ---------------------------------------------------------------------------
 
 
@@ -56,6 +84,8 @@ class Unit:
 class UnitDone:
     position: int
     worker: WorkerId
+    attempt: int
+    """The attempt this answers (the one of its :class:`Dispatch`)."""
     seconds: float | None = None
     """How long the unit took on that worker (None: not measured, e.g. results the worker posted itself)."""
 
@@ -64,6 +94,7 @@ class UnitDone:
 class UnitFailed:
     position: int
     worker: WorkerId
+    attempt: int
     reason: str
     message: str
 
@@ -97,6 +128,7 @@ Event = Union[UnitDone, UnitFailed, MasterFree, MasterRan, WorkerJoined]
 class Dispatch:
     position: int
     worker: WorkerId
+    attempt: int
 
 
 @dataclass(slots=True, frozen=True)
@@ -106,8 +138,9 @@ class RunOnMaster:
 
 @dataclass(slots=True, frozen=True)
 class GiveUp:
+    """A unit left out after its last attempt failed (its record says why)."""
+
     position: int
-    causes: tuple[str, ...]
 
 
 @dataclass(slots=True, frozen=True)
@@ -116,7 +149,8 @@ class Skip:
 
     position: int
     worker: WorkerId
-    cause: str
+    reason: str
+    """Why the worker was unavailable."""
 
 
 Action = Union[Dispatch, RunOnMaster, GiveUp, Skip]
@@ -151,28 +185,30 @@ class JobScheduler:
     whole), a unit that no worker is left to run is given up at once, so the job settles."""
     master_participates: bool = True
     """False (a coordinator-only master): the master takes units only once no worker is left to run them."""
+    names: dict[WorkerId, str] = field(default_factory=dict)
+    """Worker id -> the name a cause gives it (its id when absent)."""
+    learns_unit_times: bool = False
+    """Dynamic mode: place shared units by how long a unit took each participant in this job."""
+    clock: Callable[[], float] = time.monotonic
 
+    records: dict[int, UnitRecord] = field(init=False)
+    """Every unit's one record, by position."""
     queues: dict[str, list[int]] = field(default_factory=dict)
+    """Per participant: the pending units planned for it, in order."""
     shared: list[int] = field(default_factory=list)
-    running: dict[int, WorkerId] = field(default_factory=dict)
-    on_master: list[int] = field(default_factory=list)
-    done: set[int] = field(default_factory=set)
-    given_up: dict[int, tuple[str, ...]] = field(default_factory=dict)
-    skipped: set[int] = field(default_factory=set)
-    attempts: dict[int, int] = field(default_factory=dict)
-    causes: dict[int, list[str]] = field(default_factory=dict)
+    """Pending units any participant may take, in position order."""
     excluded: set[WorkerId] = field(default_factory=set)
+    """Workers that take no (more) units: failed one, or unavailable."""
     absent: set[WorkerId] = field(default_factory=set)
     """Excluded because unavailable at the start, not for failing a unit: they may still join."""
     master_free: bool = False
-    learns_unit_times: bool = False
-    """Dynamic mode: place shared units by how long a unit took each participant in this job."""
     unit_seconds: dict[str, float] = field(default_factory=dict)
     """Seconds a unit took each participant in this job (a moving average), learnt from ``UnitDone.seconds``
     and ``MasterRan``."""
-    clock: Callable[[], float] = time.monotonic
-    started: dict[int, float] = field(default_factory=dict)
     master_busy_until: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.records = {u.position: UnitRecord(u.position, u.seed_offset) for u in self.units}
 
     @classmethod
     def static(cls, workers: list[WorkerId], **kwargs) -> "JobScheduler":
@@ -180,48 +216,83 @@ class JobScheduler:
         units = [Unit(k + 1, k + 1) for k in range(len(workers))]
         return cls(units, list(workers), plan={w: [k + 1] for k, w in enumerate(workers)}, **kwargs)
 
+    # --- queries --------------------------------------------------------------------------
+
     @property
     def pending(self) -> list[int]:
         """Units waiting for a participant, planned or shared."""
         return [p for queue in self.queues.values() for p in queue] + list(self.shared)
 
+    def record(self, position: int) -> UnitRecord:
+        return self.records[position]
+
     def state_of(self, position: int) -> UnitState:
         """Where the unit at ``position`` stands now."""
-        if position in self.done:
-            return UnitState.DONE
-        if position in self.given_up:
-            return UnitState.GIVEN_UP
-        if position in self.skipped:
-            return UnitState.SKIPPED
-        if position in self.running:
-            return UnitState.RUNNING
-        if position in self.on_master:
-            return UnitState.MASTER
-        return UnitState.PENDING
+        return self.records[position].state
+
+    def positions(self, state: UnitState) -> list[int]:
+        """The units in ``state``, in position order."""
+        return sorted(p for p, r in self.records.items() if r.state is state)
+
+    def running_on(self, worker: WorkerId) -> int:
+        """How many units run on ``worker`` now."""
+        return sum(1 for r in self.records.values() if r.state is UnitState.RUNNING and r.worker == worker)
+
+    def is_current(self, position: int, attempt: int) -> bool:
+        """Whether ``attempt`` of the unit still runs on its worker: its answer counts (else it is stale)."""
+        record = self.records.get(position)
+        return record is not None and record.state is UnitState.RUNNING and record.attempt == attempt
 
     def will_rerun(self, actions: list[Action], position: int) -> bool:
         """Whether the unit at ``position`` runs again after the ``actions`` a failure of it returned."""
         return not any(isinstance(a, GiveUp) and a.position == position for a in actions)
+
+    def settled(self) -> bool:
+        """No unit waits for a participant or runs on a worker: the Collector can finish."""
+        return not any(r.state in (UnitState.PENDING, UnitState.RUNNING) for r in self.records.values())
+
+    def validate(self) -> None:
+        """Raise AssertionError when the records contradict each other or the queues (tests call it after
+        every step)."""
+        queued = self.pending
+        assert len(queued) == len(set(queued)), f"a unit queued twice: {queued}"
+        busy: set[WorkerId] = set()
+        for position, record in self.records.items():
+            assert (record.state is UnitState.PENDING) == (position in queued), \
+                f"unit {position} is {record.state} but {'' if position in queued else 'not '}queued"
+            assert record.attempt <= 1 + self.max_retries, f"unit {position}: {record.attempt} tries"
+            if record.state is UnitState.RUNNING:
+                assert record.worker is not None and record.worker not in busy, f"unit {position}: its worker runs two"
+                assert record.worker not in self.excluded and record.attempt >= 1 and record.started is not None
+                busy.add(record.worker)
+            if record.state is UnitState.DONE:
+                assert record.worker is not None, f"unit {position} is done by nobody"
+            if record.state in (UnitState.GIVEN_UP, UnitState.SKIPPED):
+                assert record.causes, f"unit {position} was left out with no cause"
+        assert self.absent <= self.excluded, "an absent worker takes units"
+
+    # --- events in, actions out -----------------------------------------------------------
 
     def start(self) -> list[Action]:
         planned = set()
         for participant, positions in (self.plan or {}).items():
             self.queues[participant] = list(positions)
             planned.update(positions)
-        self.shared = [u.position for u in self.units if u.position not in planned]
+        self.shared = [p for p in sorted(self.records) if p not in planned]
         actions: list[Action] = []
         for worker in self.workers:
             if worker not in self.unavailable:
                 continue
             self.excluded.add(worker)
             self.absent.add(worker)
-            cause = f"{worker}: {self.unavailable[worker]}"
+            cause = f"{self._name(worker)}: {self.unavailable[worker]}"
             for position in self.queues.pop(worker, []):
+                record = self.records[position]
+                record.causes.append(cause)
                 if self.skip_unavailable:
-                    self.skipped.add(position)
-                    actions.append(Skip(position, worker, cause))
+                    record.state, record.worker = UnitState.SKIPPED, worker
+                    actions.append(Skip(position, worker, self.unavailable[worker]))
                 else:
-                    self.causes.setdefault(position, []).append(cause)
                     self.shared.append(position)
         self.shared.sort()
         return self._assign() + actions
@@ -231,23 +302,15 @@ class JobScheduler:
             self._learn(MASTER, event.seconds)
             return []
         if isinstance(event, UnitDone):
-            if self.running.get(event.position) == event.worker:
-                del self.running[event.position]
-                self.done.add(event.position)
+            if self.is_current(event.position, event.attempt):
+                record = self.records[event.position]
+                record.state, record.seconds = UnitState.DONE, event.seconds
                 if event.seconds is not None:
                     self._learn(event.worker, event.seconds)
         elif isinstance(event, UnitFailed):
-            if self.running.get(event.position) != event.worker:
+            if not self.is_current(event.position, event.attempt):
                 return []  # stale: the unit was already finished or moved
-            del self.running[event.position]
-            self.excluded.add(event.worker)
-            self.shared.extend(self.queues.pop(event.worker, []))
-            self.causes.setdefault(event.position, []).append(f"{event.worker}: {event.message}")
-            if self.attempts.get(event.position, 0) > self.max_retries:
-                self.shared.sort()
-                return [self._give_up(event.position)] + self._assign()
-            self.shared.append(event.position)
-            self.shared.sort()
+            return self._failed(event)
         elif isinstance(event, MasterFree):
             self.master_free = True
         elif isinstance(event, WorkerJoined) and event.worker in self.absent:
@@ -255,10 +318,22 @@ class JobScheduler:
             self.excluded.discard(event.worker)  # it takes pending and re-run units from now on
         return self._assign()
 
-    def _give_up(self, position: int) -> GiveUp:
-        causes = tuple(self.causes.get(position, ()))
-        self.given_up[position] = causes
-        return GiveUp(position, causes)
+    def _failed(self, event: UnitFailed) -> list[Action]:
+        record = self.records[event.position]
+        record.causes.append(f"{self._name(event.worker)}: {event.message}")
+        self.excluded.add(event.worker)
+        self.shared.extend(self.queues.pop(event.worker, []))
+        if record.attempt > self.max_retries:
+            record.state = UnitState.GIVEN_UP
+            self.shared.sort()
+            return [GiveUp(event.position)] + self._assign()
+        record.state = UnitState.PENDING
+        self.shared.append(event.position)
+        self.shared.sort()
+        return self._assign()
+
+    def _name(self, worker: WorkerId) -> str:
+        return self.names.get(worker, worker)
 
     def _learn(self, participant: str, seconds: float) -> None:
         if not self.learns_unit_times or seconds <= 0:
@@ -266,15 +341,11 @@ class JobScheduler:
         previous = self.unit_seconds.get(participant)
         self.unit_seconds[participant] = seconds if previous is None else (previous + seconds) / 2
 
-    def settled(self) -> bool:
-        """No unit waits for a participant or runs on a worker: the Collector can finish."""
-        return not self.running and not self.pending
-
     def _dispatch(self, position: int, worker: WorkerId) -> Dispatch:
-        self.running[position] = worker
-        self.started[position] = self.clock()
-        self.attempts[position] = self.attempts.get(position, 0) + 1
-        return Dispatch(position, worker)
+        record = self.records[position]
+        record.state, record.worker, record.started = UnitState.RUNNING, worker, self.clock()
+        record.attempt += 1
+        return Dispatch(position, worker, record.attempt)
 
     def _next_for(self, participant: str) -> int | None:
         own = self.queues.get(participant)
@@ -296,8 +367,8 @@ class JobScheduler:
         if mine is None:
             return True
         now = self.clock()
-        busy_until = {worker: self.started[position] + self.unit_seconds[worker]
-                      for position, worker in self.running.items() if worker in self.unit_seconds}
+        busy_until = {r.worker: (r.started or now) + self.unit_seconds[r.worker] for r in self.records.values()
+                      if r.state is UnitState.RUNNING and r.worker in self.unit_seconds}
         free: dict[str, float] = {participant: now}
         for worker in self.workers:
             if worker != participant and worker not in self.excluded and worker in self.unit_seconds:
@@ -313,7 +384,7 @@ class JobScheduler:
 
     def _assign(self) -> list[Action]:
         actions: list[Action] = []
-        busy = set(self.running.values())
+        busy = {r.worker for r in self.records.values() if r.state is UnitState.RUNNING}
         for worker in self.workers:
             if worker in self.excluded or worker in busy:
                 continue
@@ -325,10 +396,15 @@ class JobScheduler:
             if position is not None:
                 self.master_free = False
                 self.master_busy_until = self.clock() + self.unit_seconds.get(MASTER, 0.0)
-                self.attempts[position] = self.attempts.get(position, 0) + 1
-                self.on_master.append(position)
+                record = self.records[position]
+                record.state = UnitState.MASTER
+                record.attempt += 1
                 actions.append(RunOnMaster((position,)))
         if not self.master_takes_units and self.shared and set(self.workers) <= self.excluded:
-            actions += [self._give_up(position) for position in self.shared]  # nobody is left to run them
+            for position in self.shared:  # nobody is left to run them
+                record = self.records[position]
+                record.state = UnitState.GIVEN_UP
+                record.causes = record.causes or ["no worker is left to run it"]
+                actions.append(GiveUp(position))
             self.shared.clear()
         return actions

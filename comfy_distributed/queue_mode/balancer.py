@@ -124,7 +124,7 @@ class Forward(UnitJob):
 
     @property
     def worker(self) -> WorkerConfig | None:
-        return self.unit.worker
+        return self.worker_of(FORWARD_POSITION)
 
     @property
     def outputs(self) -> dict[str, NodeOutput]:
@@ -132,7 +132,7 @@ class Forward(UnitJob):
 
     @property
     def causes(self) -> list[str]:
-        return self.unit.causes
+        return self.record(FORWARD_POSITION).causes
 
     @property
     def finished(self) -> threading.Event:
@@ -170,8 +170,7 @@ class ForwardedPrompt(JobKind[Forward]):
 
     async def unit_prompt(self, job: Forward, unit: UnitRun, client: WorkerClient) -> dict:
         """The preflight on this worker (WorkerLacks: the next candidate takes it), then the input files."""
-        worker = unit.worker
-        assert worker is not None
+        worker = client.worker
         if job.found_media is None:
             input_dir = self.balancer.input_dir()
             try:
@@ -195,8 +194,7 @@ class ForwardedPrompt(JobKind[Forward]):
                     deadline: float) -> dict[str, Any]:
         """Every output node's values, and its files saved on the master (all of them, or none: see
         :mod:`.outputs`)."""
-        assert unit.worker is not None
-        return await fetch_outputs(client, job.output_nodes, result, self.balancer.saver, f"worker-{unit.worker.id}",
+        return await fetch_outputs(client, job.output_nodes, result, self.balancer.saver, f"worker-{client.worker.id}",
                                    int(job.settings.max_forward_mb * MIB), deadline)
 
     def unit_done(self, job: Forward, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
@@ -313,7 +311,8 @@ class QueueBalancer:
         worker found lacking when the prompt reaches it does not count against ``max_retries``."""
         workers = {str(w.id): w for w in ranked if w is not None}
         scheduler = JobScheduler(units=[Unit(FORWARD_POSITION, 0)], workers=list(workers),
-                                 max_retries=config.settings.max_retries + unchecked, master_takes_units=False)
+                                 max_retries=config.settings.max_retries + unchecked, master_takes_units=False,
+                                 names={key: w.display_name for key, w in workers.items()})
         unit = UnitRun(FORWARD_POSITION, 0, flat)
         return Forward(job_id=uuid.uuid4().hex, units={FORWARD_POSITION: unit}, workers=workers,
                        settings=config.settings, scheduler=scheduler, original=prompt, output_nodes=output_nodes)
@@ -456,7 +455,7 @@ class QueueBalancer:
             forward = self._forwards.get(forward_id)
         if forward is None:
             raise JobError(f"Multi-GPU queue: forwarded prompt {forward_id} is unknown (the master restarted?)")
-        bound = time.monotonic() + forward.settings.worker_timeout * (2 + forward.settings.max_retries) + 30
+        bound = forward.deadline(time.monotonic())
         while not forward.settled.wait(WAIT_POLL):
             if interrupted():
                 if forward.loop is not None and not forward.loop.is_closed():

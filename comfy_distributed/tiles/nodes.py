@@ -373,7 +373,7 @@ def _take_worker_tiles(tiles: TileRun, outputs: list, have: dict[int, Any], noti
                                               unit.decoded.get(tiles.merge), reference)
         except MediaRefused as exc:
             message = f"sent {exc}; the master runs its tile"
-            notify(*events.worker_failed(unit.worker.id, unit.name, exc.reason, message, rerun=True,
+            notify(*events.worker_failed(unit.worker_id, unit.name, exc.reason, message, rerun=True,
                                          job_id=tiles.job_id, unit=unit.position))
             log.warning("Multi-GPU Tile Merge %s: worker %s: %s", tiles.merge, unit.name, message)
             refused.append(unit.position)

@@ -252,6 +252,6 @@ async def test_concurrent_results_for_one_share_the_first_wins(tmp_path):
         statuses = sorted(reply.status for reply in replies)
         assert statuses == [200] + [409] * 39, statuses
         winner = next(n for n, reply in enumerate(replies) if reply.status == 200)
-        unit = next(u for u in job.units.values() if u.worker is not None and str(u.worker.id) == "stub")
+        unit = next(u for u in job.units.values() if job.record(u.position).worker == "stub")
         assert job.state_of(unit.position) == "done" and unit.images == {"3": [PNG + bytes([winner])]}
         assert api.path.read_bytes() == api.original

@@ -96,8 +96,9 @@ async def test_a_coordinator_only_master_refuses_a_bomb_as_its_first_unit(standi
     cluster.orchestrator.start(job)
     (images, _, _) = await asyncio.to_thread(MultiGPUCollector().collect, prompt=marked, unique_id="3")
     (bomb,) = host.failures()
-    assert bomb["unit"] == first.position and bomb["worker"] == first.name and bomb["job_id"] == job.job_id
-    assert bomb["message"].startswith(f"Worker {first.name}: sent a 7000x7000 image") and not bomb["rerun"]
+    name = job.name_of(first.position)
+    assert bomb["unit"] == first.position and bomb["worker"] == name and bomb["job_id"] == job.job_id
+    assert bomb["message"].startswith(f"Worker {name}: sent a 7000x7000 image") and not bomb["rerun"]
     assert tuple(images.shape) == (2 * (len(job.units) - 1), 24, 32, 3)  # every other unit, the bomb left out
 
 

@@ -708,7 +708,7 @@ async def test_job_complete_reads_what_the_share_may_carry_and_no_more(tmp_path)
     async with harness(tmp_path, JOB_COMPLETE) as api:
         share = await api.open_share()
         job = api.started_jobs[-1]
-        unit = next(u for u in job.units.values() if u.worker is not None and str(u.worker.id) == str(share["worker_id"]))
+        unit = next(u for u in job.units.values() if job.record(u.position).worker == str(share["worker_id"]))
         images = unit.batch or job.batch  # static mode: every share is the workflow's own batch
         assert images == 2, (unit.batch, job.batch)
         limit = result_body_limit(api)

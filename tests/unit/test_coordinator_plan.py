@@ -58,8 +58,8 @@ def test_the_masters_collector_loses_its_links_so_nothing_above_it_runs_there():
 def test_the_scheduler_gives_the_master_nothing_while_a_worker_can_run_it():
     scheduler = JobScheduler([Unit(0, 0), Unit(1, 1), Unit(2, 2)], ["1", "2"], plan={"1": [1], "2": [2]},
                              master_participates=False)
-    assert scheduler.start() == [Dispatch(1, "1"), Dispatch(2, "2")]
+    assert scheduler.start() == [Dispatch(1, "1", 1), Dispatch(2, "2", 1)]
     assert scheduler.handle(MasterFree()) == []  # unit 0 waits for a worker
-    assert scheduler.handle(UnitFailed(1, "1", "http", "boom")) == []  # worker 1 is out; worker 2 is busy
-    actions = scheduler.handle(UnitFailed(2, "2", "http", "boom"))
+    assert scheduler.handle(UnitFailed(1, "1", 1, "http", "boom")) == []  # worker 1 is out; worker 2 is busy
+    actions = scheduler.handle(UnitFailed(2, "2", 1, "http", "boom"))
     assert actions == [RunOnMaster((0,))]  # no worker is left: the master steps in

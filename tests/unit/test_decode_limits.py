@@ -8,7 +8,6 @@ import io
 import struct
 import tracemalloc
 import zlib
-from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -16,7 +15,7 @@ import torch
 from PIL import Image
 
 from comfy_distributed.collector import codecs as media_codecs
-from comfy_distributed.engine.jobs import CollectorResult
+from comfy_distributed.engine.jobs import Collected, CollectorResult
 from comfy_distributed.collector.codecs import (
     PNG_SIGNATURE,
     MediaRefused,
@@ -52,9 +51,8 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def unit(position: int, name: str, batch: int | None = None):
-    return SimpleNamespace(position=position, name=name, error=None, worker=SimpleNamespace(id=position),
-                           decoded={}, batch=batch)
+def unit(position: int, name: str, batch: int | None = None) -> Collected:
+    return Collected(position, position, batch, {}, position, name, None)
 
 
 def small_peak(call) -> tuple[object, int]:

@@ -2,7 +2,6 @@ import importlib.util
 import io
 import sys
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 import torch
@@ -18,7 +17,7 @@ from comfy_distributed.collector.nodes import (
     assemble,
     decode_parts,
 )
-from comfy_distributed.engine.jobs import CollectorResult
+from comfy_distributed.engine.jobs import Collected, CollectorResult
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -29,9 +28,8 @@ def png(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def unit(position: int, name: str, error: str | None = None, decoded: dict | None = None):
-    return SimpleNamespace(position=position, name=name, error=error, worker=SimpleNamespace(id=name),
-                           decoded=decoded or {})
+def unit(position: int, name: str, error: str | None = None, decoded: dict | None = None) -> Collected:
+    return Collected(position, position, None, decoded or {}, name, name, error)
 
 
 SHOWN = {"Multi-GPU Collector", "Multi-GPU Distributor", "Multi-GPU Tile Split", "Multi-GPU Tile Merge",
