@@ -88,7 +88,7 @@ def test_openapi_is_served(cluster):
     master = cluster[0]
     status, body = call(master.url, "/multigpu/openapi.json")
     assert status == 200
-    assert body == json.loads((ROOT / "comfy_distributed" / "openapi.json").read_text())
+    assert body == json.loads((ROOT / "comfy_distributed" / "api" / "openapi.json").read_text())
 
 
 def test_status_sees_real_workers(cluster):
