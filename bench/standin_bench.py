@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.config import ConfigStore, Settings, WorkerConfig
 from comfy_distributed.engine.jobs import Job, UnitRun
 from comfy_distributed.collector.codecs import decode_batch
@@ -108,7 +109,7 @@ class Bench:
 
     def orchestrator(self, ports: list[int], mode: str, workload: Workload) -> Orchestrator:
         path = self.base_dir / f"scenario-{next(self.scenarios)}" / "gpu_config.json"
-        return Orchestrator(ConfigStore(write_config(path, config(ports, mode, workload))))
+        return Orchestrator(Cluster(ConfigStore(write_config(path, config(ports, mode, workload)))))
 
     async def job(self, orchestrator: Orchestrator, workload: Workload, mode: str, decode: bool = False) -> JobRun:
         """One job from planning to the Collector's result; a fresh seed so nothing is cached."""
@@ -152,6 +153,7 @@ class Bench:
             return [await self.job(orchestrator, workload, mode, decode) for _ in range(repeats)]
         finally:
             await orchestrator.close()
+            await orchestrator.cluster.close()
 
 
 async def released(job: Job, timeout: float = 10.0) -> None:

@@ -8,7 +8,8 @@ differ, and a JS test checks that the panel handles every one). Payload keys are
 
 from __future__ import annotations
 
-from typing import Any, TypedDict
+import logging
+from typing import Any, Callable, TypedDict
 
 WORKER_STATUS = "multigpu.worker_status"
 JOB_PROGRESS = "multigpu.job_progress"
@@ -19,6 +20,14 @@ PREVIEW = "multigpu.preview"
 NAMES = (WORKER_STATUS, JOB_PROGRESS, JOB_DONE, WORKER_FAILED, NOTICE, PREVIEW)
 
 Event = tuple[str, dict[str, Any]]
+
+Notify = Callable[[str, dict[str, Any]], None]
+"""Sends an event to the master's UI clients: (event name, JSON-able data)."""
+
+
+def log_notify(event: str, data: dict[str, Any]) -> None:
+    """Where events go with no UI to send them to (tests, tools): the debug log."""
+    logging.getLogger("comfy_distributed").debug("event %s %s", event, data)
 
 
 class UnitProgress(TypedDict):

@@ -13,7 +13,7 @@ import asyncio
 import json
 import logging
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import aiohttp
 from aiohttp import web
@@ -51,7 +51,6 @@ from ..metrics import CONTENT_TYPE
 from .openapi import OPENAPI_PATH
 from ..collector.orchestrator import Orchestrator
 from ..engine.plan import describe
-from ..cluster.previews import PreviewRelay
 from ..worker_client import WorkerClient, worker_session
 
 log = logging.getLogger("comfy_distributed")
@@ -92,7 +91,7 @@ class MultiGPUApi:
     def __init__(self, store: ConfigStore, orchestrator: Orchestrator, *, public: bool = False,
                  free_master: Callable[[], None] | None = None, health: HealthMonitor | None = None,
                  env_token: str | None = None, master_queue: Callable[[], int | None] = lambda: None,
-                 previews: Sequence[PreviewRelay] | None = None, audience: Audience | None = None,
+                 audience: Audience | None = None,
                  cors_origin: str | None = None) -> None:
         self.health = health
         self.master_queue = master_queue
@@ -107,9 +106,6 @@ class MultiGPUApi:
         self._status_cache: tuple[float, list[dict[str, Any]]] | None = None
         self.guard = Guard(public, self.token, self._allowed_hosts, cors_origin)
         self._results = ResultIntake(orchestrator)
-        self.previews = tuple(previews) if previews is not None else (orchestrator.runner.previews,)
-        """The relays a client's preview lease goes to: one per runner of units (the orchestrator's, the queue
-        mode's)."""
         self.audience = audience if audience is not None else Audience(lambda event, data, client_id: None)
         """The clients the master's events go to (``POST /multigpu/events``)."""
 
@@ -126,14 +122,15 @@ class MultiGPUApi:
             routes.route(route.method, route.path)(self._wrap(handlers[route.operation_id], route.access))
 
     def make_app(self) -> web.Application:
-        """A standalone app with these routes (tests, tools); its clean-up also closes the orchestrator's
-        connections to workers, as the master's does when it stops."""
+        """A standalone app with these routes (tests, tools); its clean-up also stops the orchestrator and closes
+        its cluster's connections to workers, as the master's does when it stops."""
         routes = web.RouteTableDef()
         self.add_routes(routes)
         app = web.Application(client_max_size=MAX_RESULT_BODY)
         app.add_routes(routes)
         app.on_cleanup.append(lambda _app: self.close())
         app.on_cleanup.append(lambda _app: self.orchestrator.close())
+        app.on_cleanup.append(lambda _app: self.orchestrator.cluster.close())
         return app
 
     async def close(self) -> None:
@@ -344,16 +341,15 @@ class MultiGPUApi:
             if not job["settled"]:
                 for unit in job["units"]:
                     states[unit["state"]] = states.get(unit["state"], 0) + 1
-        text = self.orchestrator.metrics.render(states, workers)
+        text = self.orchestrator.cluster.metrics.render(states, workers)
         return web.Response(text=text, headers={"Content-Type": CONTENT_TYPE})
 
     async def watch_events(self, request: web.Request) -> web.Response:
         body = await read_model(request, WatchEventsRequest, MAX_BODY)
         expires_in = self.audience.watch(body.client_id, body.on, body.previews)
-        for relay in self.previews:
-            relay.watch(body.client_id, body.on and body.previews)
-        return web.json_response({"on": expires_in > 0, "expires_in": expires_in,
-                                  "previews": any(relay.watched() for relay in self.previews)})
+        previews = self.orchestrator.cluster.previews  # the one relay of every job owner's units
+        previews.watch(body.client_id, body.on and body.previews)
+        return web.json_response({"on": expires_in > 0, "expires_in": expires_in, "previews": previews.watched()})
 
     async def openapi(self, request: web.Request) -> web.Response:
         return web.json_response(json.loads(OPENAPI_PATH.read_text(encoding="utf-8")))

@@ -92,7 +92,7 @@ class ResultIntake:
         """How long the body may take: a slow LAN's time for its declared size (else the cap), plus the
         request timeout of the settings."""
         try:
-            base = self.orchestrator.store.get().settings.request_timeout
+            base = self.orchestrator.cluster.store.get().settings.request_timeout
         except ConfigError:
             base = Settings().request_timeout
         size = request.content_length if request.content_length is not None else limit

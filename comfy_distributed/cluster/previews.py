@@ -27,7 +27,7 @@ from typing import Callable
 
 from .. import events
 from ..api.audience import WATCH_TTL
-from ..engine.jobs import Notify
+from ..events import Notify
 from ..worker_client import PreviewFrame, PreviewSink
 
 

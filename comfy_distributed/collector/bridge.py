@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Callable
 from ..errors import JobError
 from ..engine.jobs import COLLECT_POLL, CollectorResult, Job, TileJob, UnitRun, UnitState
 from ..engine.scheduler import MASTER, Event, MasterFree, MasterRan
-from ..cluster.speeds import Speeds
+from ..cluster.core import Cluster
 from ..graph.workflow import output_key
 
 
@@ -35,7 +35,7 @@ class CollectorBridge:
     if TYPE_CHECKING:
         _lock: threading.Lock
         _jobs: dict[str, Job]
-        speeds: Speeds
+        cluster: Cluster
 
         def job(self, job_id: str) -> Job | None: ...
         def cancel(self, job: Job) -> None: ...
@@ -113,7 +113,7 @@ class CollectorBridge:
         if started and ran:
             took = time.monotonic() - started
             if not isinstance(job, TileJob):  # a tile's time says nothing of the master's time per image
-                self.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
+                self.cluster.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
             if job.loop is not None:
                 job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))
 

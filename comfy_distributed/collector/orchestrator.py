@@ -27,15 +27,14 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import Any, Callable
 
 from .. import events
 from . import media
-from ..config import ConfigStore, GpuConfig, Settings, WorkerConfig
+from ..config import GpuConfig, Settings, WorkerConfig
 from ..errors import ConfigError, JobError, WorkerError, WorkerProtocolError, WorkflowError
 from ..engine.plan import JobPlan, plan_job
-from ..cluster.loaded_models import LoadedModels
-from ..cluster.speeds import Speeds
+from ..cluster.core import Cluster
 from ..engine.scheduler import (
     MASTER,
     Action,
@@ -63,81 +62,49 @@ from ..engine.jobs import (
     STATE_INTERVAL,
     FINISHED,
     Job,
-    Notify,
     TileJob,
     UnitRun,
     UnitState,
 )
 from ..tiles.graph import TEMP_SUFFIX, TilePair, build_tile_prompt
 from ..graph.values import Describe, comfy_describe, literals as value_literals
-from ..metrics import Metrics
 from ..engine.runner import JobKind, Runner
 from ..worker_client import PromptResult, WorkerClient
-from ..cluster.preflight import MediaFile, MediaUploads, ObjectInfoCache, check_media_paths, find_media, lacks_of
-
-if TYPE_CHECKING:
-    from ..cluster.health import HealthMonitor
+from ..cluster.preflight import MediaFile, check_media_paths, find_media, lacks_of
 
 log = logging.getLogger("comfy_distributed")
 
-def _log_notify(event: str, data: dict[str, Any]) -> None:
-    log.debug("event %s %s", event, data)
-
-
 class Orchestrator(JobBook, CollectorBridge):
-    """Owns the distributed jobs of one master."""
+    """Owns the distributed jobs of one master, on its cluster (shared with the queue mode)."""
 
-    def __init__(self, store: ConfigStore, notify: Notify = _log_notify, health: "HealthMonitor | None" = None,
-                 input_dir: Callable[[], Path | None] = lambda: None,
+    def __init__(self, cluster: Cluster, input_dir: Callable[[], Path | None] = lambda: None,
                  loop: asyncio.AbstractEventLoop | None = None) -> None:
-        self.store = store
+        self.cluster = cluster
         self.loop = loop
         """The server loop: where a job begun on the execution thread (a tile job) is started."""
         self.describe: Describe = comfy_describe
         """Node class type -> its INPUT_TYPES(), to type Multi-GPU Values (ComfyUI's classes; tests set their own)."""
-        self.notify = notify
-        self._health: "HealthMonitor | None" = None
-        self.health = health
         self.input_dir = input_dir
         """The master's input folder, whose files the workers receive when a prompt loads them."""
-        self.object_info = ObjectInfoCache(lambda worker_id: self.health.epoch(worker_id) if self.health else 0)
-        self._uploads = MediaUploads()
         self._jobs: dict[str, Job] = {}
         self._reserved: dict[str, float] = {}
         self._stash: dict[tuple[str, str], Any] = {}
-        self.speeds = Speeds()
-        self.models = LoadedModels()
-        """The checkpoints each participant ran last (shared with the queue mode, which routes by it)."""
         self._lock = threading.Lock()
-        self.metrics = Metrics()
-        """The master's counters (``GET /multigpu/metrics``); the queue mode's runner counts into them too."""
-        self.runner: Runner[Job] = Runner(CollectorUnits(self), lambda *event: self.notify(*event), lambda: self.health,
-                                          self.metrics, self.models)
+        self.runner: Runner[Job] = Runner(CollectorUnits(self), cluster)
         self._warming: set[asyncio.Task] = set()
-
-    @property
-    def health(self) -> "HealthMonitor | None":
-        return self._health
-
-    @health.setter
-    def health(self, monitor: "HealthMonitor | None") -> None:
-        """The worker health this orchestrator dispatches by; it hears from it when a worker comes online."""
-        self._health = monitor
-        if monitor is not None:
-            monitor.on_online(self._worker_online)
+        cluster.on_online(self._worker_online)
 
     async def close(self) -> None:
-        """Close the connections kept to workers (the master shuts down)."""
+        """Stop warming workers up (the master shuts down; the cluster closes the connections)."""
         for task in list(self._warming):
             task.cancel()
         await asyncio.gather(*self._warming, return_exceptions=True)
-        await self.runner.close()
 
     # --- planning (server loop, inside the prompt hook) ----------------------------------
 
     def plan(self, prompt: Prompt, config: GpuConfig) -> JobPlan:
         """The plan a job for ``prompt`` runs with now (the weights learnt so far); WorkflowError if none."""
-        return plan_job(prompt, config, self.speeds.weights(config))
+        return plan_job(prompt, config, self.cluster.speeds.weights(config))
 
     def prepare(self, prompt: Prompt, requested_job_id: Any = None) -> tuple[Prompt, Job | None]:
         """Plan a job for ``prompt`` if it has Collectors and there are enabled workers.
@@ -155,7 +122,7 @@ class Orchestrator(JobBook, CollectorBridge):
             return prompt, None
         job_id = self._take_reservation(requested_job_id) or uuid.uuid4().hex
         try:
-            config = self.store.get()
+            config = self.cluster.store.get()
         except ConfigError as exc:
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
         if not config.enabled_workers():
@@ -164,7 +131,7 @@ class Orchestrator(JobBook, CollectorBridge):
             planned = self.plan(prompt, config)
             if planned.why_static:
                 log.warning("Multi-GPU: %s", planned.why_static)
-                self.notify(*events.notice(f"Multi-GPU: {planned.why_static}", job_id))
+                self.cluster.notify(*events.notice(f"Multi-GPU: {planned.why_static}", job_id))
             job = self._job(prompt, planned, config, job_id, self.describe)
             marked = mark_master_prompt(prompt, collectors, job_id, planned.master_batch,
                                         coordinator=not planned.master_participates)
@@ -176,7 +143,7 @@ class Orchestrator(JobBook, CollectorBridge):
         with self._lock:
             self._jobs[job_id] = job
         if planned.master_participates:
-            self.models.ran(MASTER, prompt)
+            self.cluster.models.ran(MASTER, prompt)
         return marked, job
 
     @staticmethod
@@ -210,7 +177,7 @@ class Orchestrator(JobBook, CollectorBridge):
         ``files[i]``: tile i's PNGs (or functions that make them), its crop first, then its crops of the images
         cropped per tile; ``hints``
         says which of them each such image's output (node, slot) is taken from (0: the tile itself)."""
-        config = self.store.get()
+        config = self.cluster.store.get()
         if not config.enabled_workers() or not files:
             return None
         if self.loop is None:
@@ -251,12 +218,12 @@ class Orchestrator(JobBook, CollectorBridge):
             return
         self.runner.open(job)
         assert job.loop is not None
-        self.metrics.job_started("tiles" if isinstance(job, TileJob) else "collector")
+        self.cluster.metrics.job_started("tiles" if isinstance(job, TileJob) else "collector")
         job.loop.create_task(self._begin(job), name=f"multigpu-job-{job.job_id}")
 
     async def _begin(self, job: Job) -> None:
         """Preflight and media sync on every worker that looks alive, then the scheduler's first actions."""
-        unavailable = self.health.unavailable() if self.health is not None else {}
+        unavailable = self.cluster.health.unavailable() if self.cluster.health is not None else {}
         unavailable = {w: why for w, why in unavailable.items() if w in job.workers}
         ready = [w for key, w in job.workers.items() if key not in unavailable]
         try:
@@ -286,11 +253,11 @@ class Orchestrator(JobBook, CollectorBridge):
         """Workers the health monitor saw offline may have started since its last answer: each is asked now
         and joins if it answers (one seen online during the preflight joins at once). Only those still
         absent then are reported as offline, so a worker that was merely starting raises no alarm."""
-        if self.health is not None:
+        if self.cluster.health is not None:
             for worker_id in why:
-                if self.health.status(worker_id) in ("idle", "busy"):
+                if self.cluster.health.status(worker_id) in ("idle", "busy"):
                     self._worker_online(worker_id)
-            await asyncio.gather(*self.health.check(set(why)), return_exceptions=True)
+            await asyncio.gather(*self.cluster.health.check(set(why)), return_exceptions=True)
         if job.settings.skip_offline_workers or job.cancelled:
             return  # its units were skipped, and said so, when the job began
         for worker_id, reason in why.items():
@@ -314,17 +281,17 @@ class Orchestrator(JobBook, CollectorBridge):
         """Ask a worker that came online for its node classes now, so that the next job's preflight finds
         them cached and its connection open (a first job after start-up otherwise waits for both)."""
         try:
-            config = self.store.get()
+            config = self.cluster.store.get()
         except ConfigError:
             return
         worker = next((w for w in config.workers if str(w.id) == worker_id and w.enabled), None)
         if worker is None:
             return
-        client = WorkerClient(worker, config.settings, self.runner.sessions.get(worker_id, worker.base_url))
+        client = self.cluster.client(worker, config.settings)
 
         async def warm() -> None:
             try:
-                await self.object_info.get(worker, client.object_info)
+                await self.cluster.object_info.get(worker, client.object_info)
             except (WorkerError, RuntimeError) as exc:  # the next job asks again and reports it
                 log.debug("Multi-GPU: worker %s: early GET /object_info failed: %s", worker.display_name, exc)
 
@@ -358,7 +325,7 @@ class Orchestrator(JobBook, CollectorBridge):
             synced |= {name + TEMP_SUFFIX for named in job.uploads.values() for name in named}
         own = self._own_unit(job, str(worker.id)) or job.units[min(job.units)]  # its own Multi-GPU Values
         try:
-            lacks = await lacks_of(self.object_info, worker, client.object_info, own.prompt, synced)
+            lacks = await lacks_of(self.cluster.object_info, worker, client.object_info, own.prompt, synced)
         except WorkerError as exc:
             return exc.reason, exc.message
         if lacks:
@@ -367,7 +334,7 @@ class Orchestrator(JobBook, CollectorBridge):
                      if isinstance(value, str) and repr(value) in said]
             return "preflight", "lacks " + said + (f" ({'; '.join(given)})" if given else "")
         try:
-            job.media_names[str(worker.id)] = await self._uploads.sync(
+            job.media_names[str(worker.id)] = await self.cluster.uploads.sync(
                 media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
         except WorkerError as exc:
             return exc.reason, f"the input files could not be uploaded: {exc.message}"
@@ -416,7 +383,7 @@ class Orchestrator(JobBook, CollectorBridge):
         units = job.unit_list()
         states = {u.position: job.state_of(u.position) for u in units}
         done = {u.position: 1.0 if states[u.position] in FINISHED else u.progress for u in units}
-        self.notify(*events.job_progress(job.job_id, round(sum(done.values()) / len(units), 4) if units else 1.0, [
+        self.cluster.notify(*events.job_progress(job.job_id, round(sum(done.values()) / len(units), 4) if units else 1.0, [
             events.UnitProgress(position=u.position, state=states[u.position].value,
                                 worker=job.name_of(u.position) if job.worker_of(u.position) else None,
                                 worker_id=getattr(job.worker_of(u.position), "id", None),
@@ -434,10 +401,10 @@ class Orchestrator(JobBook, CollectorBridge):
         states = {u.position: job.state_of(u.position) for u in units}
         if job.begun:
             failed = job.error or any(s == UnitState.GIVEN_UP for s in states.values())
-            self.metrics.job_ended("tiles" if isinstance(job, TileJob) else "collector",
+            self.cluster.metrics.job_ended("tiles" if isinstance(job, TileJob) else "collector",
                                    "cancelled" if job.cancelled else "error" if failed else "done")
-            self.metrics.units_finished(state.value for state in states.values())
-        self.notify(*events.job_done(
+            self.cluster.metrics.units_finished(state.value for state in states.values())
+        self.cluster.notify(*events.job_done(
             job.job_id, job.cancelled, sorted({job.name_of(u.position) for u in units if states[u.position] == UnitState.DONE}),
             [u.position for u in units if states[u.position] == UnitState.MASTER],
             [events.MissingUnit(unit=u.position, worker=job.name_of(u.position), state=states[u.position].value,
@@ -450,7 +417,7 @@ class Orchestrator(JobBook, CollectorBridge):
             message = (f"Multi-GPU: no worker is left to run unit(s) {', '.join(map(str, positions))}: the master "
                        "(coordinator only) runs them itself")
             log.warning("%s", message)
-            self.notify(*events.notice(message, job.job_id))
+            self.cluster.notify(*events.notice(message, job.job_id))
         with self._lock:
             job.master_positions.extend(positions)
             job.master_asked = False
@@ -514,7 +481,7 @@ class CollectorUnits(JobKind[Job]):
 
     def unit_done(self, job: Job, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
         if not isinstance(job, TileJob):  # a tile's time says nothing of a worker's time per image
-            self.orchestrator.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), seconds)
+            self.orchestrator.cluster.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), seconds)
 
     def carry_out(self, job: Job, action: Action) -> None:
         if isinstance(action, RunOnMaster):

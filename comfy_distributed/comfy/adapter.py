@@ -16,6 +16,7 @@ from ..api.launch import add_launch_routes
 from ..api.audience import Audience
 from ..config import ConfigStore, GpuConfig, unknown_key_warnings
 from ..errors import ConfigError
+from ..cluster.core import Cluster
 from ..collector.orchestrator import Orchestrator
 from ..cluster.health import HealthMonitor
 from ..launcher import master_launcher_factory
@@ -164,10 +165,9 @@ def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_to
           comfyui_root: Path, cors_origin: str | None) -> None:
     """The extension's parts on ComfyUI's server: the prompt hook, the routes, the background tasks."""
     health = HealthMonitor(store, host.notify)
-    orchestrator = Orchestrator(store, host.notify, health, input_dir=host.input_dir, loop=server.loop)
-    balancer = QueueBalancer(store, health, host.notify, host.queue_load, host.is_output_node,
-                             metrics=orchestrator.metrics, object_info=orchestrator.object_info,
-                             input_dir=host.input_dir, speeds=orchestrator.speeds, models=orchestrator.models,
+    cluster = Cluster(store, host.notify, health)
+    orchestrator = Orchestrator(cluster, input_dir=host.input_dir, loop=server.loop)
+    balancer = QueueBalancer(cluster, host.queue_load, host.is_output_node, input_dir=host.input_dir,
                              master_lacks=comfy_master_lacks, host=host)
     runtime.current = runtime.Extension(host, orchestrator, balancer)
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
@@ -175,7 +175,7 @@ def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_to
                                                          host.is_output_node))
     api = MultiGPUApi(store, orchestrator, public=public, free_master=host.free_memory, health=health,
                       master_queue=host.queue_load, env_token=env_token,
-                      previews=(orchestrator.runner.previews, balancer.runner.previews), audience=host.audience,
+                      audience=host.audience,
                       cors_origin=cors_origin)
     api.add_routes(server.routes)
     add_launch_routes(server.routes, store, health, master_launcher_factory(store, comfyui_root), api.authorize)
@@ -187,7 +187,7 @@ def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_to
     server.loop.call_soon_threadsafe(start_background)  # runs once ComfyUI's loop runs
 
     async def close_connections(_app: Any) -> None:
-        for part in (orchestrator, balancer, health, api):
+        for part in (orchestrator, balancer, health, api, cluster):
             await part.close()
 
     server.app.on_cleanup.append(close_connections)

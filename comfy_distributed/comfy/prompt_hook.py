@@ -130,7 +130,7 @@ def make_prompt_middleware(orchestrator: Orchestrator, running_prompts: Callable
     ``running_prompts`` and ``pending_prompts`` give the ids in the master's queue; ``is_output_node`` says
     whether a class type is an output node (ComfyUI's ``OUTPUT_NODE``; None: the nodes nothing links to).
     """
-    gate = ConfigGate(orchestrator.store, is_output_node)
+    gate = ConfigGate(orchestrator.cluster.store, is_output_node)
 
     @web.middleware
     async def multigpu_prompt_middleware(request: web.Request, handler: Callable) -> web.StreamResponse:

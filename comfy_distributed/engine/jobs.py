@@ -21,9 +21,6 @@ from ..worker_client import Channel
 from ..graph.workflow import Prompt
 
 
-Notify = Callable[[str, dict[str, Any]], None]
-"""Sends an event to the master's UI clients: (event name, JSON-able data)."""
-
 COLLECT_POLL = 0.1
 """Seconds between interrupt checks while a Collector waits."""
 

@@ -17,21 +17,17 @@ import asyncio
 import logging
 import secrets
 import time
-from typing import TYPE_CHECKING, Any, Callable, Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
-from ..metrics import Metrics
 from .. import events
+from ..cluster.core import Cluster
+from ..cluster.preflight import with_media
+from ..cluster.previews import PreviewSource
 from ..config import WorkerConfig
 from ..errors import WorkerError
-from .jobs import Notify, UnitJob, UnitRun
-from ..cluster.loaded_models import LoadedModels
-from ..cluster.previews import PreviewRelay, PreviewSource
+from ..worker_client import Channel, PromptResult, WorkerClient
+from .jobs import UnitJob, UnitRun
 from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
-from ..worker_client import Channel, PromptResult, SessionPool, WorkerClient
-from ..cluster.preflight import with_media
-
-if TYPE_CHECKING:
-    from ..cluster.health import HealthMonitor
 
 log = logging.getLogger("comfy_distributed")
 
@@ -83,23 +79,14 @@ class JobKind(Generic[J]):
 
 
 class Runner(Generic[J]):
-    """Runs the units of jobs of one kind (see the module doc); one per job owner."""
+    """Runs the units of jobs of one kind (see the module doc); one per job owner, all on one cluster: its
+    sessions, previews, counters and loaded models are the cluster's."""
 
-    def __init__(self, kind: JobKind[J], notify: Notify, health: Callable[[], "HealthMonitor | None"],
-                 metrics: Metrics | None = None, models: LoadedModels | None = None) -> None:
+    def __init__(self, kind: JobKind[J], cluster: Cluster) -> None:
         self.kind = kind
-        self.notify = notify
-        self.health = health
-        self.metrics = metrics if metrics is not None else Metrics()
-        """Counted here: re-runs by reason, each worker's busy seconds and images (``GET /multigpu/metrics``)."""
-        self.sessions = SessionPool()
-        """One HTTP session per worker, kept across units and jobs until :meth:`close`."""
+        self.cluster = cluster
         self.unreleased: dict[int, J] = {}
         """Jobs opened whose websockets are not closed yet (leak checks read it)."""
-        self.models = models if models is not None else LoadedModels()
-        """The checkpoints each worker was given last (the queue mode routes by them)."""
-        self.previews = PreviewRelay(notify)
-        """The units' preview frames, relayed to the UI while a client registered for previews watches (``POST /multigpu/events``)."""
 
     def open(self, job: J) -> None:
         """Bind ``job`` to the running loop (before its first unit runs)."""
@@ -107,12 +94,8 @@ class Runner(Generic[J]):
         self.unreleased[id(job)] = job
 
     def client(self, job: J, worker: WorkerConfig) -> WorkerClient:
-        """A client of ``worker`` on its kept session: its connections serve every unit of every job there."""
-        return WorkerClient(worker, job.settings, self.sessions.get(str(worker.id), worker.base_url))
-
-    async def close(self) -> None:
-        """Close the workers' sessions (the master shuts down); a job still running loses its connections."""
-        await self.sessions.close()
+        """A client of ``worker`` on the cluster's kept session."""
+        return self.cluster.client(worker, job.settings)
 
     def begin(self, job: J) -> None:
         """Start the job's scheduler and carry out its first actions."""
@@ -143,7 +126,7 @@ class Runner(Generic[J]):
         """No unit runs or waits any more (or the job ended early): wake the waiting node, free connections."""
         if self.kind.metric_kind is not None and not job.settled.is_set():
             states = [job.state_of(p) for p in job.units]
-            self.metrics.job_ended(self.kind.metric_kind, "cancelled" if job.cancelled else
+            self.cluster.metrics.job_ended(self.kind.metric_kind, "cancelled" if job.cancelled else
                                    "master" if UnitState.GIVEN_UP in states else "done")
         job.settled.set()
         job.changed.set()
@@ -189,7 +172,7 @@ class Runner(Generic[J]):
             unit.images, unit.progress = images, 1.0
             took = time.monotonic() - began
             self.kind.unit_done(job, unit, worker, took)
-            self.metrics.unit_done(str(worker.id), took, unit.batch or getattr(job, "batch", None) or 1)
+            self.cluster.metrics.unit_done(str(worker.id), took, unit.batch or getattr(job, "batch", None) or 1)
             self.handle(job, UnitDone(unit.position, str(worker.id), attempt, took))
 
     async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict[str, Any]:
@@ -206,14 +189,14 @@ class Runner(Generic[J]):
         client = self.client(job, worker)
         try:
             prompt = with_media(await self.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
-            self.models.ran(str(worker.id), prompt)  # it loads the prompt's checkpoint now (its preflight passed)
+            self.cluster.models.ran(str(worker.id), prompt)  # it loads the prompt's checkpoint now (its preflight passed)
             result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
                                              on_progress=on_progress, wanted=self.kind.wanted(job, unit),
                                              channel=job.channels.setdefault(str(worker.id), Channel()),
-                                             previews=self.previews.sink(source))
+                                             previews=self.cluster.previews.sink(source))
             return await self.kind.fetch(job, unit, client, result, deadline)
         finally:
-            self.previews.end(source)
+            self.cluster.previews.end(source)
 
     def _unit_failed(self, job: J, unit: UnitRun, worker: WorkerConfig, attempt: int, reason: str,
                      message: str) -> None:
@@ -222,22 +205,21 @@ class Runner(Generic[J]):
         actions = job.scheduler.handle(UnitFailed(unit.position, str(worker.id), attempt, reason, message))
         rerun = self.kind.master_runs_given_up or job.scheduler.will_rerun(actions, unit.position)
         self.tell_failure(job, unit, worker, reason, message, rerun=rerun)
-        health = self.health()
-        if health is not None:
-            health.poke()
+        if self.cluster.health is not None:
+            self.cluster.health.poke()
         self.carry_out(job, actions)
 
     def tell_failure(self, job: J, unit: UnitRun | None, worker: WorkerConfig, reason: str, message: str,
                      rerun: bool) -> None:
         """Log and send ``multigpu.worker_failed``: which worker, why, and what becomes of its unit."""
         if rerun and unit is not None:
-            self.metrics.rerun(reason)
+            self.cluster.metrics.rerun(reason)
         then = "its unit is re-run elsewhere" if rerun else "no retry left for its unit"
         if reason == "offline":
             then = "its unit runs elsewhere" if rerun else "its unit is left out"
         log.warning("Multi-GPU: job %s: worker %s (id %s)%s: %s; %s", job.job_id, worker.display_name, worker.id,
                     f" failed unit {unit.position}" if unit else "", message, then)
-        self.notify(*events.worker_failed(worker.id, worker.display_name, reason, message, rerun,
+        self.cluster.notify(*events.worker_failed(worker.id, worker.display_name, reason, message, rerun,
                                           self.kind.failure_job_id(job), unit.position if unit else None))
 
     @staticmethod

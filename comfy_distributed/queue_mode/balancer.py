@@ -42,23 +42,20 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from .. import events
 from ..comfy import runtime
-from ..config import ConfigStore, GpuConfig, WorkerConfig
+from ..config import GpuConfig, WorkerConfig
 from ..errors import JobError, WorkerError, WorkerLacks, WorkflowError
 from .outputs import NodeOutput, fetch_outputs
 from ..engine.jobs import UnitJob, UnitRun
-from ..cluster.loaded_models import LoadedModels, model_names
-from ..metrics import Metrics
+from ..cluster.core import Cluster
+from ..cluster.loaded_models import model_names
 from ..engine.runner import JobKind, Runner
 from ..engine.scheduler import MASTER, JobScheduler, Unit, UnitState
-from ..cluster.speeds import Speeds
 from ..graph.values import comfy_describe, comfy_node_class
 from ..graph.workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
 from ..worker_client import MIB, PromptResult, WorkerClient, clip_text
 from .files import OutputSaver
 from ..cluster.preflight import (
     MediaFile,
-    MediaUploads,
-    ObjectInfoCache,
     find_media,
     lacks_of,
     local_media,
@@ -66,7 +63,6 @@ from ..cluster.preflight import (
 )
 
 if TYPE_CHECKING:
-    from ..cluster.health import HealthMonitor
     from ..comfy.host import Host
 
 log = logging.getLogger("comfy_distributed")
@@ -179,11 +175,11 @@ class ForwardedPrompt(JobKind[Forward]):
             except (WorkflowError, OSError) as exc:  # checked when routed: the folder changed since
                 raise WorkerLacks(worker.display_name, f"the input files could not be read: {exc}") from None
         synced = {m.value for m in job.found_media}
-        lacks = await lacks_of(self.balancer.object_info, worker, client.object_info, unit.prompt, synced)
+        lacks = await lacks_of(self.balancer.cluster.object_info, worker, client.object_info, unit.prompt, synced)
         if lacks:
             raise WorkerLacks(worker.display_name, "lacks " + "; ".join(lacks))
         try:
-            job.media_names[str(worker.id)] = await self.balancer.uploads.sync(
+            job.media_names[str(worker.id)] = await self.balancer.cluster.uploads.sync(
                 job.found_media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
         except WorkerError as exc:
             exc.message = f"the input files could not be uploaded: {exc.message}"
@@ -202,7 +198,7 @@ class ForwardedPrompt(JobKind[Forward]):
         images = sum(len(node.files.get("images", ())) for node in unit.images.values()
                      if not _animated(node.values.get("animated")))
         if images:
-            self.balancer.speeds.learn(str(worker.id), float(images), seconds)
+            self.balancer.cluster.speeds.learn(str(worker.id), float(images), seconds)
 
     def failure_job_id(self, job: Forward) -> str | None:
         return None  # the UI knows no job for a forwarded prompt
@@ -214,27 +210,16 @@ class ForwardedPrompt(JobKind[Forward]):
 class QueueBalancer:
     """Routes whole prompts (see the module doc). Lives on the master's event loop."""
 
-    def __init__(self, store: ConfigStore, health: "HealthMonitor | None" = None,
-                 notify: Callable[[str, dict[str, Any]], None] | None = None,
-                 master_load: Callable[[], int] = lambda: 0,
-                 is_output_node: Callable[[str], bool] = lambda class_type: False,
-                 metrics: Metrics | None = None, *, object_info: ObjectInfoCache | None = None,
-                 input_dir: Callable[[], Path | None] = lambda: None, speeds: Speeds | None = None,
-                 models: LoadedModels | None = None,
+    def __init__(self, cluster: Cluster, master_load: Callable[[], int] = lambda: 0,
+                 is_output_node: Callable[[str], bool] = lambda class_type: False, *,
+                 input_dir: Callable[[], Path | None] = lambda: None,
                  master_lacks: Callable[[Prompt, set[str]], list[str]] | None = None,
                  host: "Host | None" = None, saver: OutputSaver | None = None) -> None:
-        self.store = store
-        self.health = health
-        self.notify = notify or (lambda event, data: None)
+        self.cluster = cluster
+        """What it shares with the Collector's orchestrator: config, health, node classes, speeds, models..."""
         self.master_load = master_load
         self.is_output_node = is_output_node
-        self.object_info = object_info if object_info is not None else \
-            ObjectInfoCache(lambda worker_id: self.health.epoch(worker_id) if self.health else 0)
-        """Each worker's node classes (the orchestrator's cache, shared: one fetch serves both)."""
         self.input_dir = input_dir
-        self.speeds = speeds if speeds is not None else Speeds()
-        self.models = models if models is not None else LoadedModels()
-        self.uploads = MediaUploads()
         self.master_lacks = master_lacks
         """What the master lacks to run a prompt (:func:`comfy_master_lacks`; None: not checked)."""
         self.host = host
@@ -249,22 +234,20 @@ class QueueBalancer:
         kinds in turn do not say it again each time)."""
         self._refreshed: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.runner: Runner[Forward] = Runner(ForwardedPrompt(self), lambda *event: self.notify(*event),
-                                              lambda: self.health, metrics, self.models)
+        self.runner: Runner[Forward] = Runner(ForwardedPrompt(self), cluster)
 
     async def close(self) -> None:
-        """Close the connections kept to workers (the master shuts down)."""
+        """Stop its background re-reads (the master shuts down; the cluster closes the connections)."""
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.runner.close()
 
     # --- routing (server loop, in the prompt hook) ----------------------------------------
 
     def route(self, prompt: Prompt) -> tuple[Prompt, Forward | None]:
         """The prompt the master should queue, and the forward to start once it is accepted."""
         try:
-            config = self.store.get()
+            config = self.cluster.store.get()
         except Exception:  # a broken config is reported by the orchestrator; run locally
             return prompt, None
         mode = config.settings.queue_mode
@@ -301,7 +284,7 @@ class QueueBalancer:
         """The master runs ``prompt``: its checkpoint is the master's now (a Collector job's the orchestrator
         records, as the master may only coordinate it)."""
         if not has_collector:
-            self.models.ran(MASTER, prompt)
+            self.cluster.models.ran(MASTER, prompt)
         return prompt, None
 
     @staticmethod
@@ -320,13 +303,13 @@ class QueueBalancer:
     def _able_workers(self, config: GpuConfig, flat: Prompt, synced: set[str]) -> tuple[list[WorkerConfig], int]:
         """The enabled workers that are up and, as far as their last ``/object_info`` tells, can run ``flat``;
         and how many of them were not checked (never asked yet: checked when the prompt reaches them)."""
-        unavailable = self.health.unavailable() if self.health is not None else {}
+        unavailable = self.cluster.health.unavailable() if self.cluster.health is not None else {}
         able, unchecked = [], 0
         for worker in config.enabled_workers():
             key = str(worker.id)
             if key in unavailable:
                 continue
-            info = self.object_info.peek(worker)
+            info = self.cluster.object_info.peek(worker)
             lacks = preflight_problems(flat, info, synced) if info is not None else []
             if lacks:
                 self._tell_lacking(worker, lacks)
@@ -353,7 +336,7 @@ class QueueBalancer:
         who = "the master" if worker is None else f"worker {worker.display_name}"
         message = f"Multi-GPU queue: {who} is given no prompt it cannot run: it lacks {said}"
         log.warning("%s", message)
-        self.notify(*events.notice(clip_text(message, 2000)))
+        self.cluster.notify(*events.notice(clip_text(message, 2000)))
 
     def _refresh(self, worker: WorkerConfig, config: GpuConfig) -> None:
         """Ask a lacking worker for its node classes again in the background (at most every REFRESH_EVERY s):
@@ -363,11 +346,11 @@ class QueueBalancer:
         if now - self._refreshed.get(key, -REFRESH_EVERY) < REFRESH_EVERY:
             return
         self._refreshed[key] = now
-        client = WorkerClient(worker, config.settings, self.runner.sessions.get(key, worker.base_url))
+        client = self.cluster.client(worker, config.settings)
 
         async def refresh() -> None:
             try:
-                await self.object_info.get(worker, client.object_info, fresh=True)
+                await self.cluster.object_info.get(worker, client.object_info, fresh=True)
             except (WorkerError, RuntimeError) as exc:  # the prompt that reaches it asks again
                 log.debug("Multi-GPU queue: worker %s: GET /object_info failed: %s", worker.display_name, exc)
 
@@ -390,15 +373,15 @@ class QueueBalancer:
             return [participants[i] for i in order]
         names = model_names(flat)
         keys = [MASTER] + [str(w.id) for w in workers]
-        measured = [config.master.weight or self.speeds.get(MASTER)] + \
-            [w.weight or self.speeds.get(str(w.id)) for w in workers]
+        measured = [config.master.weight or self.cluster.speeds.get(MASTER)] + \
+            [w.weight or self.cluster.speeds.get(str(w.id)) for w in workers]
         known = [s for s in measured if s]
         # not measured: a worker counts as average, the master (its own prompts are not timed) as the fastest, so
         # that a tie keeps the prompt where it needs no transfer
         fallback = sum(known) / len(known) if known else 1.0
         speeds = [measured[0] or max(known, default=1.0)] + [s or fallback for s in measured[1:]]
         order = sorted(range(len(participants)),
-                       key=lambda i: (loads[i], not self.models.holds(keys[i], names), -speeds[i], i))
+                       key=lambda i: (loads[i], not self.cluster.models.holds(keys[i], names), -speeds[i], i))
         return [participants[i] for i in order]
 
     def _load_of(self, worker: WorkerConfig) -> int:
@@ -406,8 +389,8 @@ class QueueBalancer:
         with self._lock:
             inflight = sum(forward.running_on(key) for forward in self._forwards.values())
         queued = None
-        if self.health is not None:
-            for entry in self.health.snapshot([worker]):
+        if self.cluster.health is not None:
+            for entry in self.cluster.health.snapshot([worker]):
                 queued = entry.get("queue_remaining")
         return max(inflight, queued or 0)
 
@@ -439,7 +422,7 @@ class QueueBalancer:
 
     def start(self, forward: Forward, prompt_id: str | None = None) -> None:
         forward.prompt_id = prompt_id
-        self.runner.metrics.job_started("queue")
+        self.cluster.metrics.job_started("queue")
         self.runner.open(forward)
         self.runner.begin(forward)
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from aiohttp.test_utils import TestClient, TestServer
 from PIL import Image
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.api.handlers import MultiGPUApi
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.collector.orchestrator import Orchestrator
@@ -36,7 +37,7 @@ class Master:
         self.path = path
         self.store = ConfigStore(path)
         self.events: list[tuple[str, dict]] = []
-        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)))
+        self.orchestrator = Orchestrator(Cluster(self.store, lambda e, d: self.events.append((e, d))))
         self.freed = 0
         self.api = MultiGPUApi(self.store, self.orchestrator, public=public, free_master=self._free)
         self.client = TestClient(TestServer(self.api.make_app()))

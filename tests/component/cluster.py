@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from comfy_distributed.cluster import core
+from comfy_distributed.events import log_notify
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.cluster.health import HealthMonitor
 from comfy_distributed.engine.jobs import CollectorResult, Job
@@ -50,7 +52,7 @@ class Cluster:
         self.path.write_text(json.dumps({"workers": workers, "settings": settings}))
         self.events: list[tuple[str, dict]] = []
         self.store = ConfigStore(self.path)
-        self.orchestrator = Orchestrator(self.store, lambda e, d: self.events.append((e, d)), health,
+        self.orchestrator = Orchestrator(core.Cluster(self.store, lambda e, d: self.events.append((e, d)), health),
                                          input_dir=lambda: input_dir)
 
     async def __aenter__(self) -> "Cluster":
@@ -60,8 +62,9 @@ class Cluster:
         await self.close()
 
     async def close(self) -> None:
-        """Close the orchestrator's kept sessions to the workers (the standin_cluster fixture does it itself)."""
+        """Close the cluster's kept sessions to the workers (the standin_cluster fixture does it itself)."""
         await self.orchestrator.close()
+        await self.orchestrator.cluster.close()
 
     def start(self, prompt: dict) -> Job:
         marked, job = self.orchestrator.prepare(prompt)
@@ -171,8 +174,8 @@ def balancer(tmp_path, ports, master_load=1, events: list | None = None, input_d
     path = tmp_path / "gpu_config.json"
     path.write_text(json.dumps({"workers": [{"id": i + 1, "name": f"GPU {i + 1}", "port": p}
                                             for i, p in enumerate(ports)], "settings": settings}))
-    return QueueBalancer(ConfigStore(path), notify=lambda event, data: events.append((event, data)) if events is not None else None,
-                         master_load=lambda: master_load,
+    notify = (lambda event, data: events.append((event, data))) if events is not None else log_notify
+    return QueueBalancer(core.Cluster(ConfigStore(path), notify), master_load=lambda: master_load,
                          is_output_node=lambda class_type: class_type in OUTPUT_CLASSES,
                          input_dir=lambda: input_dir, master_lacks=master_lacks,
                          saver=FolderSaver(tmp_path / "master-output", tmp_path / "master-temp"))

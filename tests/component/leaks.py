@@ -73,9 +73,9 @@ class LeakCheck:
                 "its websockets" for runner in self.runners for job in runner.unreleased.values()]
 
     async def close_runners(self) -> None:
-        """Close the workers' sessions each runner keeps across jobs, as a master does when it stops."""
-        for runner in self.runners:
-            await runner.close()
+        """Close the workers' sessions each runner's cluster keeps across jobs, as a master does when it stops."""
+        for cluster in {id(runner.cluster): runner.cluster for runner in self.runners}.values():
+            await cluster.close()
 
     def pending_tasks(self) -> list[asyncio.Task]:
         """Tasks created since the check began that have not finished (the caller's own task excepted)."""

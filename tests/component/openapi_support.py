@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator, Callable
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.api.handlers import MAX_BODY, MAX_PROMPT_BODY, MAX_RESULT_BODY, OPENAPI_PATH, MultiGPUApi
 from comfy_distributed.api.launch import add_launch_routes
 from comfy_distributed.api.job_complete import JOB_HEADER, MAX_IMAGE_BODY, SHARE_HEADER, WORKER_HEADER
@@ -380,7 +381,7 @@ class ApiUnderTest:
             self.path.write_text(text, encoding="utf-8")
             self.original = self.path.read_bytes()
             self.store = ConfigStore(self.path)
-            self.orchestrator = Orchestrator(self.store, lambda event, data: self.events.append((event, data)))
+            self.orchestrator = Orchestrator(Cluster(self.store, lambda event, data: self.events.append((event, data))))
             self.api = MultiGPUApi(self.store, self.orchestrator, public=self.public, free_master=self.free_master)
             app = self.api.make_app()
             launch_routes = web.RouteTableDef()

@@ -224,10 +224,10 @@ async def test_a_collector_no_output_needs_is_not_a_reason_to_refuse(standin_clu
 
 async def test_queue_mode_with_an_invalid_file_keeps_plain_prompts_on_the_master(tmp_path, masters):
     balance = balancer(tmp_path, [closed_port()], master_load=5, queue_mode="all")
-    orchestrator = Orchestrator(balance.store)
+    orchestrator = Orchestrator(balance.cluster)
     try:
         master = await masters(orchestrator, tmp_path, balance)
-        break_file(balance.store.path, "a bad field")
+        break_file(balance.cluster.store.path, "a bad field")
         status, _ = await master.post({"prompt": plain()})
         assert status == 200 and master.queued[0]["prompt"] == plain(), "not routed: the master runs it"
         status, answer = await master.post({"prompt": workflow()})
@@ -235,6 +235,7 @@ async def test_queue_mode_with_an_invalid_file_keeps_plain_prompts_on_the_master
     finally:
         await balance.close()
         await orchestrator.close()
+        await orchestrator.cluster.close()
 
 
 async def test_status_lists_the_unknown_keys_of_every_level(tmp_path):

@@ -14,6 +14,7 @@ import json
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed import events
 from comfy_distributed.api.handlers import MultiGPUApi
 from comfy_distributed.api.audience import Audience
@@ -54,7 +55,7 @@ class Master:
         self.sent: list[tuple[str, dict, str]] = []
         self.audience = Audience(lambda event, data, client_id: self.sent.append((event, data, client_id)))
         store = ConfigStore(path)
-        self.orchestrator = Orchestrator(store, self.audience.notify)
+        self.orchestrator = Orchestrator(Cluster(store, self.audience.notify))
         self.api = MultiGPUApi(store, self.orchestrator, public=public, audience=self.audience,
                                cors_origin=cors_origin)
         self.client = TestClient(TestServer(self.api.make_app()))

@@ -73,7 +73,7 @@ def running(monkeypatch):
 
     def install(orchestrator) -> RecordingHost:
         host = RecordingHost()
-        made.append(QueueBalancer(orchestrator.store))
+        made.append(QueueBalancer(orchestrator.cluster))
         monkeypatch.setattr(runtime, "current", runtime.Extension(host, orchestrator, made[-1]))
         return host
 
@@ -136,6 +136,7 @@ async def test_a_bomb_posted_with_job_complete_is_refused_too(tmp_path, running)
         finally:
             await master.client.close()
             await master.orchestrator.close()
+            await master.orchestrator.cluster.close()
 
 
 TILE_PROMPT = {

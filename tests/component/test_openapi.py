@@ -22,6 +22,7 @@ from typing import Any, AsyncIterator
 import pytest
 from aiohttp import web
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.api.access import FORBIDDEN_FLAGS
 from comfy_distributed.api.launch import add_launch_routes
 from comfy_distributed.api.handlers import MAX_RESULT_BODY, OPENAPI_PATH, MultiGPUApi
@@ -187,7 +188,7 @@ def test_openapi_spec_validator_agrees_when_installed():
 def registered_routes() -> set[tuple[str, str]]:
     store = ConfigStore(Path("unused-never-read.json"))
     routes = web.RouteTableDef()
-    MultiGPUApi(store, Orchestrator(store)).add_routes(routes)
+    MultiGPUApi(store, Orchestrator(Cluster(store))).add_routes(routes)
     add_launch_routes(routes, store, None, lambda: None, lambda request: None)
     found = set()
     for route in routes:

@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from comfy_distributed.cluster import core
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.errors import JobError
 from comfy_distributed.cluster.health import HealthMonitor
@@ -121,7 +122,7 @@ async def test_offline_worker_at_dispatch_has_its_unit_run_elsewhere(tmp_path, t
     try:
         await health.beat()
         assert health.status(2) == "offline" and health.status(1) == "idle"
-        cluster.orchestrator.health = health
+        cluster.orchestrator.cluster.health = health
         job = cluster.start(workflow(seed=42))
         await until(lambda: job.settled.is_set())
         result = await cluster.collect(job)
@@ -138,7 +139,7 @@ async def test_offline_worker_is_skipped_when_the_setting_says_so(tmp_path, two_
     health = HealthMonitor(cluster.store)
     try:
         await health.beat()
-        cluster.orchestrator.health = health
+        cluster.orchestrator.cluster.health = health
         result = await cluster.run(workflow())
     finally:
         await health.close()
@@ -206,7 +207,7 @@ async def test_deleting_the_master_prompt_cancels_its_job(tmp_path, two_workers)
 async def test_no_enabled_workers_leaves_the_prompt_alone(tmp_path):
     path = tmp_path / "gpu_config.json"
     path.write_text(json.dumps({"workers": [{"id": 1, "port": 8189, "enabled": False}]}))
-    orchestrator = Orchestrator(ConfigStore(path))
+    orchestrator = Orchestrator(core.Cluster(ConfigStore(path)))
     prompt = workflow()
     marked, job = orchestrator.prepare(prompt)
     assert job is None and marked is prompt
@@ -215,7 +216,7 @@ async def test_no_enabled_workers_leaves_the_prompt_alone(tmp_path):
 async def test_bad_config_fails_the_collector_with_the_reason(tmp_path):
     path = tmp_path / "gpu_config.json"
     path.write_text('{"workers": [{"id": 1, "port": "eighty"}]}')
-    orchestrator = Orchestrator(ConfigStore(path))
+    orchestrator = Orchestrator(core.Cluster(ConfigStore(path)))
     marked, job = orchestrator.prepare(workflow())
     assert job is not None
     with pytest.raises(JobError, match=r"gpu_config.json: workers\[0\].port"):
@@ -280,7 +281,7 @@ async def test_dynamic_mode_gives_more_units_to_the_faster_worker(tmp_path, two_
         ran[unit.name] = ran.get(unit.name, 0) + 1
     assert ran.get("GPU 1", 0) > ran.get("GPU 2", 0)
     assert sum(ran.values()) + len(result.master_units) == 11
-    assert cluster.orchestrator.speeds["1"] > cluster.orchestrator.speeds["2"]  # learned, kept for the next job
+    assert cluster.orchestrator.cluster.speeds["1"] > cluster.orchestrator.cluster.speeds["2"]  # learned, kept for the next job
 
 
 async def test_a_unit_completes_when_its_files_are_reported_not_when_the_prompt_ends(tmp_path, two_workers):
@@ -313,7 +314,7 @@ async def _late_worker_cluster(tmp_path, w1, port):
     health = HealthMonitor(cluster.store)
     await health.beat()
     assert health.status(2) == "offline"
-    cluster.orchestrator.health = health
+    cluster.orchestrator.cluster.health = health
     return cluster, health
 
 
@@ -392,7 +393,7 @@ async def test_a_worker_coming_online_is_asked_for_its_nodes_before_the_first_jo
     w1, w2 = two_workers
     cluster = Cluster(tmp_path, [w1.port, w2.port])
     health = HealthMonitor(cluster.store)
-    cluster.orchestrator.health = health
+    cluster.orchestrator.cluster.health = health
     try:
         await health.beat()  # both come online: each is asked at once, with no job running
         await until(lambda: w1.request_counts["/object_info"] == 1 and w2.request_counts["/object_info"] == 1)

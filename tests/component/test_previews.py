@@ -30,7 +30,7 @@ def timed(cluster: StandinCluster) -> list[tuple[float, str, dict]]:
         cluster.events.append((name, data))
         seen.append((time.monotonic(), name, data))
 
-    cluster.orchestrator.notify = notify
+    cluster.orchestrator.cluster.notify = notify
     return seen
 
 
@@ -65,7 +65,7 @@ async def test_previews_reach_the_ui_while_a_panel_watches(standin_cluster):
         assert min(gaps) >= FRAME_INTERVAL - 0.02, gaps  # at most three a second
         assert last == {"job_id": job.job_id, "position": position, "worker_id": worker_id,
                         "worker": f"GPU {worker_id}", "mime": None, "data": None}  # the unit's end
-    assert len(cluster.orchestrator.runner.previews) == 0
+    assert len(cluster.orchestrator.cluster.previews) == 0
 
 
 async def test_without_a_watcher_no_frame_is_read_and_nothing_is_sent(standin_cluster, monkeypatch):
@@ -84,7 +84,7 @@ async def test_a_watch_that_ends_stops_the_frames_but_the_thumbnail_still_goes(s
     cluster = await standin_cluster(workers=1)
     cluster.workers[0].preview_method = "auto"
     seen = timed(cluster)
-    relay = cluster.orchestrator.runner.previews
+    relay = cluster.orchestrator.cluster.previews
     relay.watch("panel", True)
     job = cluster.start(workflow(delay=DELAY))
     await until(lambda: previews_of(seen, 1), 20, "a first frame")
@@ -102,7 +102,7 @@ async def test_a_unit_lost_with_its_worker_drops_its_thumbnail(standin_cluster):
     w1, w2 = cluster.workers
     w1.preview_method = w2.preview_method = "latent2rgb"
     seen = timed(cluster)
-    cluster.orchestrator.runner.previews.watch("panel", True)
+    cluster.orchestrator.cluster.previews.watch("panel", True)
     job = cluster.start(workflow(delay=DELAY * 2))
     await until(lambda: previews_of(seen, 1), 20, "a first frame of worker 1")
     await w1.stop()
@@ -118,7 +118,7 @@ async def test_a_cancelled_job_drops_its_thumbnails(standin_cluster):
     cluster = await standin_cluster(workers=1)
     cluster.workers[0].preview_method = "latent2rgb"
     seen = timed(cluster)
-    cluster.orchestrator.runner.previews.watch("panel", True)
+    cluster.orchestrator.cluster.previews.watch("panel", True)
     job = cluster.start(workflow(delay=DELAY * 4))
     await until(lambda: previews_of(seen, 1), 20, "a first frame")
     cluster.orchestrator.cancel(job)
@@ -132,8 +132,8 @@ async def test_a_forwarded_prompt_shows_its_previews_too(standin_cluster, tmp_pa
     worker.preview_method = "latent2rgb"
     queue = balancer(tmp_path, [worker.port], queue_mode="no_collector")
     sent: list[dict] = []
-    queue.notify = lambda name, data: sent.append(data) if name == events.PREVIEW else None
-    queue.runner.previews.watch("panel", True)
+    queue.cluster.notify = lambda name, data: sent.append(data) if name == events.PREVIEW else None
+    queue.cluster.previews.watch("panel", True)
     prompt = plain()
     prompt["1"]["inputs"]["delay"] = 1.0
     _, forward = queue.route(prompt)
@@ -144,6 +144,7 @@ async def test_a_forwarded_prompt_shows_its_previews_too(standin_cluster, tmp_pa
         assert done.state == "done"
     finally:
         await queue.close()
+        await queue.cluster.close()
     assert len(sent) >= 2 and sent[-1]["data"] is None
     assert {(d["job_id"], d["position"], d["worker_id"]) for d in sent} == {(None, sent[0]["position"], 1)}
 

@@ -7,6 +7,7 @@ import json
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.collector.orchestrator import Orchestrator
 from comfy_distributed.comfy.prompt_hook import make_prompt_handler, make_prompt_middleware
@@ -56,7 +57,7 @@ def prompt(invalid: bool = False) -> dict:
 
 class RecordingOrchestrator(Orchestrator):
     def __init__(self, store: ConfigStore) -> None:
-        super().__init__(store)
+        super().__init__(Cluster(store))
         self.started: list[str] = []
         self.master_prompt_ids: list[str | None] = []  # not prompt_ids: that is a method of JobBook
         self.discarded: list[str] = []

@@ -109,6 +109,7 @@ async def test_a_worker_that_lacks_a_node_is_never_given_the_prompt_and_the_user
         assert len(notices) == 1 and "worker GPU 1" in notices[0] and "DistributedTestImage" in notices[0]
         assert w1.received == []
         await b.close()
+        await b.cluster.close()
 
 
 async def test_when_no_worker_can_run_it_the_master_keeps_it(tmp_path):
@@ -119,6 +120,7 @@ async def test_when_no_worker_can_run_it_the_master_keeps_it(tmp_path):
         routed, forward = b.route(plain(seed=4))
         assert forward is None and routed["2"]["class_type"] == "SaveImage"
         await b.close()
+        await b.cluster.close()
 
 
 async def test_a_master_that_lacks_a_model_sends_the_prompt_on_even_when_idle(tmp_path):
@@ -131,6 +133,7 @@ async def test_a_master_that_lacks_a_model_sends_the_prompt_on_even_when_idle(tm
         (notice,) = [data["message"] for name, data in events if name == "multigpu.notice"]
         assert "the master" in notice and "big.safetensors" in notice
         await b.close()
+        await b.cluster.close()
 
 
 async def test_the_input_files_a_prompt_loads_are_sent_with_it(tmp_path):
@@ -147,6 +150,7 @@ async def test_the_input_files_a_prompt_loads_are_sent_with_it(tmp_path):
         ((file, saved),) = done.outputs["2"].files["images"]
         assert np.array(Image.open(saved.path)).max() == 77
         await b.close()
+        await b.cluster.close()
 
 
 async def test_a_latent_output_comes_back_with_its_file(tmp_path):
@@ -165,15 +169,16 @@ async def test_a_latent_output_comes_back_with_its_file(tmp_path):
         assert header["latent_tensor"]["shape"] == [1, 4, 2, 2]
         assert data == (w1.base_dir / "output" / "latents" / file.filename).read_bytes()
         await b.close()
+        await b.cluster.close()
 
 
 async def test_of_two_idle_workers_the_one_that_ran_the_checkpoint_gets_it(tmp_path):
     async with StandinComfy(tmp_path / "w1", name="w1") as w1, StandinComfy(tmp_path / "w2", name="w2") as w2:
         b = balancer(tmp_path, [w1.port, w2.port], master_load=5, queue_mode="no_collector")
-        b.models.ran("2", with_checkpoint(plain(), "sdxl.safetensors"))
+        b.cluster.models.ran("2", with_checkpoint(plain(), "sdxl.safetensors"))
         done = await run_forward(b, with_checkpoint(plain(seed=11), "sd15.safetensors"))
         assert done.worker.port == w1.port  # nobody ran sd15: the first in config order
-        assert b.models.last("1") == {"sd15.safetensors"}  # recorded when it was sent there
+        assert b.cluster.models.last("1") == {"sd15.safetensors"}  # recorded when it was sent there
         _, forward = b.route(with_checkpoint(plain(seed=12), "sdxl.safetensors"))
         assert [w.port for w in forward.candidates] == [w2.port, w1.port]
         b.discard(forward)
@@ -181,6 +186,7 @@ async def test_of_two_idle_workers_the_one_that_ran_the_checkpoint_gets_it(tmp_p
         assert [w.port for w in forward.candidates] == [w1.port, w2.port]
         b.discard(forward)
         await b.close()
+        await b.cluster.close()
 
 
 async def test_load_comes_before_the_loaded_checkpoint_and_speed_breaks_ties(tmp_path):
@@ -193,21 +199,22 @@ async def test_load_comes_before_the_loaded_checkpoint_and_speed_breaks_ties(tmp
         assert [w.port for w in forward.candidates] == [w2.port, w1.port]
         b.discard(forward)
         await asyncio.to_thread(b.wait, busy.forward_id, "2", lambda: False)
-        b.speeds.learn("2", 4.0, 1.0)  # GPU 2 is the faster one: with both idle and neither holding sd21, it wins
+        b.cluster.speeds.learn("2", 4.0, 1.0)  # GPU 2 is the faster one: with both idle and neither holding sd21, it wins
         _, forward = b.route(with_checkpoint(plain(seed=22), "sd21.safetensors"))
         assert [w.port for w in forward.candidates] == [w2.port, w1.port]
         b.discard(forward)
         await b.close()
+        await b.cluster.close()
 
 
 async def test_the_least_busy_setting_keeps_the_old_rule(tmp_path):
     b = balancer(tmp_path, [9001, 9002], master_load=5, queue_mode="no_collector", queue_routing="least_busy")
-    b.models.ran("2", with_checkpoint(plain(), "sd15.safetensors"))
-    b.speeds.learn("2", 10.0, 1.0)
+    b.cluster.models.ran("2", with_checkpoint(plain(), "sd15.safetensors"))
+    b.cluster.speeds.learn("2", 10.0, 1.0)
     _, forward = b.route(with_checkpoint(plain(seed=30), "sd15.safetensors"))
     assert [w.port for w in forward.candidates] == [9001, 9002]  # config order, whatever GPU 2 ran or how fast
     idle_master = balancer(tmp_path, [9001], master_load=0, queue_mode="no_collector", queue_routing="least_busy")
-    idle_master.models.ran("1", with_checkpoint(plain(), "sd15.safetensors"))
+    idle_master.cluster.models.ran("1", with_checkpoint(plain(), "sd15.safetensors"))
     assert idle_master.route(with_checkpoint(plain(), "sd15.safetensors"))[1] is None  # a tie: the master keeps it
 
 
@@ -227,6 +234,7 @@ async def test_a_worker_that_dies_with_the_prompt_hands_it_to_the_next(tmp_path)
         (failed,) = [data for name, data in events if name == "multigpu.worker_failed"]
         assert failed["worker"] == "GPU 1" and failed["rerun"] is True
         await b.close()
+        await b.cluster.close()
 
 
 class QueueHost:
@@ -260,6 +268,7 @@ async def test_a_stand_in_waits_at_the_back_of_the_master_s_queue_until_its_work
         await asyncio.to_thread(b.wait, forward.forward_id, "2", lambda: False)
         assert host.promoted == [("p-50", 6.5)]
         await b.close()
+        await b.cluster.close()
 
 
 async def test_the_prompt_hook_queues_a_forwarded_prompt_s_stand_in_at_the_back(tmp_path):
@@ -268,7 +277,7 @@ async def test_the_prompt_hook_queues_a_forwarded_prompt_s_stand_in_at_the_back(
 
     b = balancer(tmp_path, [9001], master_load=3, queue_mode="no_collector")
     b.host = QueueHost()
-    handler = make_prompt_handler(Orchestrator(b.store), b)
+    handler = make_prompt_handler(Orchestrator(b.cluster), b)
     routed = handler({"prompt": plain(seed=51), "client_id": "c"})
     assert routed["prompt"]["2"]["class_type"] == REMOTE_OUTPUT_CLASS and routed["number"] >= 1e12
     kept = handler({"prompt": plain(seed=52), "client_id": "c", "front": True})

@@ -13,6 +13,7 @@ import tracemalloc
 
 import pytest
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.config import ConfigStore, load_config
 from comfy_distributed.errors import ConfigError
 from tests.component.api_support import TOKEN, Master, Started, first_prompt, png_bytes, workflow, write_config
@@ -321,7 +322,7 @@ def test_prompt_with_a_broken_config_fails_loudly_not_on_the_master_alone(tmp_pa
 
     path = tmp_path / "gpu_config.json"
     path.write_bytes(b"[" * 100_000)
-    _, job = Orchestrator(ConfigStore(path)).prepare(workflow())
+    _, job = Orchestrator(Cluster(ConfigStore(path))).prepare(workflow())
     assert job is not None and "nested too deeply" in (job.error or "")
 
 
@@ -355,3 +356,4 @@ async def test_stash_is_freed_when_a_master_rerun_is_cancelled(tmp_path, monkeyp
             await asyncio.sleep(0.02)
         assert job.closed
         await master.orchestrator.close()  # the workers' sessions, kept across jobs, close with the master
+        await master.orchestrator.cluster.close()

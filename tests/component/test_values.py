@@ -43,7 +43,7 @@ async def test_each_unit_gets_its_participants_value(tmp_path, standin_cluster, 
     cluster = await standin_cluster(workers=2, scheduling_mode=mode, unit_size=1)
     cluster.orchestrator.describe = describe
     prompt = gain_workflow(mode)
-    planned = plan_job(prompt, cluster.orchestrator.store.get())
+    planned = plan_job(prompt, cluster.orchestrator.cluster.store.get())
     job = cluster.start(prompt)
     assert all(unit.values == {"5": GAINS[planned.home(p)]} for p, unit in job.units.items())
     result = await cluster.collect(job)

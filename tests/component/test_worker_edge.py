@@ -138,13 +138,15 @@ async def test_a_forward_keeps_a_node_s_small_values_and_drops_a_huge_one(tmp_pa
         output = done.outputs["2"]
         assert output.values == {"text": ["a caption"], "animated": True}  # "huge" left out, with a warning
         assert [f.filename for f, _ in output.files["images"]] == ["q_00001_.png"]
-        assert b.speeds.get("1") is None  # an animation's frames say nothing of images per second
+        assert b.cluster.speeds.get("1") is None  # an animation's frames say nothing of images per second
         await b.close()
+        await b.cluster.close()
     async with StandinComfy(tmp_path / "w2", name="w2") as w2:
         b = balancer(tmp_path, [w2.port], queue_mode="no_collector")
         assert (await _forward_and_wait(b, seconds=15)).state == "done"
-        assert b.speeds.get("1") is not None  # a still image is learnt from
+        assert b.cluster.speeds.get("1") is not None  # a still image is learnt from
         await b.close()
+        await b.cluster.close()
 
 
 @pytest.mark.parametrize("key", ["", "k" * 65])

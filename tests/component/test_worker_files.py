@@ -49,6 +49,7 @@ async def forward(tmp_path: Path, worker: StandinComfy, events: list | None = No
         return await asyncio.to_thread(b.wait, sent.forward_id, "2", lambda: False)
     finally:
         await b.close()
+        await b.cluster.close()
 
 
 async def test_a_worker_s_files_land_in_its_own_folder_and_the_node_shows_them(tmp_path):

@@ -9,6 +9,7 @@ from typing import Any
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.api.handlers import MultiGPUApi
 from comfy_distributed.api.launch import add_launch_routes
 from comfy_distributed.config import ConfigStore
@@ -37,7 +38,7 @@ class LaunchApi:
         self.root, self.state, self.config = root, state, config
         self.store = ConfigStore(config)
         self.health = RecordingHealth(self.store)
-        api = MultiGPUApi(self.store, Orchestrator(self.store), health=self.health)
+        api = MultiGPUApi(self.store, Orchestrator(Cluster(self.store)), health=self.health)
         routes = web.RouteTableDef()
         add_launch_routes(routes, self.store, self.health, self.launcher, api.authorize)
         app = web.Application()

@@ -11,6 +11,7 @@ import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 
+from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.api.handlers import MAX_BODY, OPENAPI_PATH, MultiGPUApi
 from comfy_distributed.api.launch import LAUNCH_PATH, RESTART_PATH, add_launch_routes
 from comfy_distributed.api.routes import LOGS_PATH
@@ -83,7 +84,7 @@ class DocApi:
             self.config.write_text(config_text)
         store = ConfigStore(self.config)
         self.calls: list[tuple[str, str]] = []
-        api = MultiGPUApi(store, Orchestrator(store))
+        api = MultiGPUApi(store, Orchestrator(Cluster(store)))
         routes = web.RouteTableDef()
         add_launch_routes(routes, store, None, lambda: RecordingLauncher(store.get(), self.calls), api.authorize)
         app = web.Application()
