@@ -12,7 +12,7 @@ import time
 from typing import TYPE_CHECKING, Callable
 
 from ..errors import JobError
-from ..engine.jobs import COLLECT_POLL, CollectorResult, Job, TileJob, UnitRun, UnitState
+from ..engine.jobs import COLLECT_POLL, CollectorResult, Job, UnitRun, UnitState
 from ..engine.scheduler import MASTER, Event, MasterFree, MasterRan
 from ..cluster.core import Cluster
 from ..graph.workflow import output_key
@@ -112,7 +112,7 @@ class CollectorBridge:
         ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
         if started and ran:
             took = time.monotonic() - started
-            if not isinstance(job, TileJob):  # a tile's time says nothing of the master's time per image
+            if job.kind.learns_speeds:  # a tile's time says nothing of the master's time per image
                 self.cluster.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
             if job.loop is not None:
                 job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))

@@ -27,12 +27,12 @@ import threading
 import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, TypeVar
 
 from .. import events
 from . import media
 from ..config import GpuConfig, Settings, WorkerConfig
-from ..errors import ConfigError, JobError, WorkerError, WorkerProtocolError, WorkflowError
+from ..errors import ConfigError, WorkerError, WorkerProtocolError, WorkflowError
 from ..engine.plan import JobPlan, plan_job
 from ..cluster.core import Cluster
 from ..engine.scheduler import (
@@ -62,17 +62,18 @@ from ..engine.jobs import (
     STATE_INTERVAL,
     FINISHED,
     Job,
-    TileJob,
     UnitRun,
     UnitState,
 )
-from ..tiles.graph import TEMP_SUFFIX, TilePair, build_tile_prompt
 from ..graph.values import Describe, comfy_describe, literals as value_literals
 from ..engine.runner import JobKind, Runner
 from ..worker_client import PromptResult, WorkerClient
 from ..cluster.preflight import MediaFile, check_media_paths, find_media, lacks_of
 
 log = logging.getLogger("comfy_distributed")
+
+CJ = TypeVar("CJ", bound=Job)
+"""A Collector job, or one of its kind (a tile job)."""
 
 class Orchestrator(JobBook, CollectorBridge):
     """Owns the distributed jobs of one master, on its cluster (shared with the queue mode)."""
@@ -90,7 +91,9 @@ class Orchestrator(JobBook, CollectorBridge):
         self._reserved: dict[str, float] = {}
         self._stash: dict[tuple[str, str], Any] = {}
         self._lock = threading.Lock()
-        self.runner: Runner[Job] = Runner(CollectorUnits(self), cluster)
+        self.units_kind: CollectorUnits[Job] = CollectorUnits(self)
+        """What a Collector job adds to the runner (a tile job has its own kind)."""
+        self.runner: Runner[Job] = Runner(cluster)
         self._warming: set[asyncio.Task] = set()
         cluster.on_online(self._worker_online)
 
@@ -146,8 +149,7 @@ class Orchestrator(JobBook, CollectorBridge):
             self.cluster.models.ran(MASTER, prompt)
         return marked, job
 
-    @staticmethod
-    def _job(prompt: Prompt, planned: JobPlan, config: GpuConfig, job_id: str, describe: Describe) -> Job:
+    def _job(self, prompt: Prompt, planned: JobPlan, config: GpuConfig, job_id: str, describe: Describe) -> Job:
         """The job ``planned`` describes: a unit (with its worker prompt) per position past the master's."""
         units = {}
         for p, size in planned.worker_units():
@@ -162,49 +164,20 @@ class Orchestrator(JobBook, CollectorBridge):
             skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=planned.mode == "dynamic",
             master_participates=planned.master_participates,
             names={key: w.display_name for key, w in workers.items()})
-        return Job(job_id=job_id, collectors=planned.collectors, units=units, workers=workers,
+        return Job(job_id=job_id, kind=self.units_kind, collectors=planned.collectors, units=units, workers=workers,
                    settings=config.settings, scheduler=scheduler, mode=planned.mode, plan=first_runs,
                    kinds={c: list(collector_links(prompt, c)) for c in planned.collectors}, batch=planned.batch)
 
-    def start_tiles(self, prompt: Prompt, pair: TilePair, files: "list[list[bytes | Callable[[], bytes]]]",
-                    frames: int,
-                    hints: dict[tuple[str, int], int] | None = None) -> TileJob | None:
-        """Share the tiles of one image with the enabled workers (execution thread, as the Merge runs): a job
-        whose unit at position i + 1 is tile i, begun on the server loop. None when no worker is enabled:
-        the master runs every tile itself. Tiles are handed out one at a time to whoever is free, the
-        master included, and a tile is never left out (a failed one runs elsewhere, at worst on the master).
-
-        ``files[i]``: tile i's PNGs (or functions that make them), its crop first, then its crops of the images
-        cropped per tile; ``hints``
-        says which of them each such image's output (node, slot) is taken from (0: the tile itself)."""
-        config = self.cluster.store.get()
-        if not config.enabled_workers() or not files:
-            return None
-        if self.loop is None:
-            raise JobError("Multi-GPU Tile Merge: the extension's server loop is not known; restart ComfyUI")
-        job_id = uuid.uuid4().hex
-        uploads = {i + 1: {(f"multigpu-tile-{job_id}-{i + 1}-{j}.png" if j else f"multigpu-tile-{job_id}-{i + 1}.png"):
-                           data for j, data in enumerate(tile)} for i, tile in enumerate(files)}
-        units = {}
-        for position, named in uploads.items():
-            names = list(named)
-            units[position] = UnitRun(position, 0, build_tile_prompt(
-                prompt, pair, names[0], {key: names[j] for key, j in (hints or {}).items()}), batch=frames)
-        workers = {str(w.id): w for w in config.enabled_workers()}
-        scheduler = JobScheduler(units=[Unit(p, 0) for p in sorted(units)], workers=list(workers), plan=None,
-                                 max_retries=config.settings.max_retries, skip_unavailable=False,
-                                 learns_unit_times=True, names={key: w.display_name for key, w in workers.items()})
-        job = TileJob(job_id=job_id, collectors=[pair.merge], units=units, workers=workers, settings=config.settings,
-                      scheduler=scheduler, mode="dynamic", kinds={pair.merge: ["images"]}, batch=frames,
-                      uploads=uploads)
+    def begin_soon(self, job: Job) -> None:
+        """Keep ``job`` and start it on the server loop (from the execution thread: a tile job, as its Merge runs)."""
+        assert self.loop is not None
         with self._lock:
-            self._jobs[job_id] = job
+            self._jobs[job.job_id] = job
         self.loop.call_soon_threadsafe(self.start, job)
-        return job
 
     def _failed_job(self, prompt: Prompt, collectors: list[str], job_id: str, error: str) -> tuple[Prompt, Job]:
         log.error("%s", error)
-        job = Job(job_id=job_id, collectors=collectors, units={}, workers={}, settings=Settings(),
+        job = Job(job_id=job_id, kind=self.units_kind, collectors=collectors, units={}, workers={}, settings=Settings(),
                   scheduler=JobScheduler([], []), error=error)
         job.settled.set()
         with self._lock:
@@ -218,7 +191,7 @@ class Orchestrator(JobBook, CollectorBridge):
             return
         self.runner.open(job)
         assert job.loop is not None
-        self.cluster.metrics.job_started("tiles" if isinstance(job, TileJob) else "collector")
+        self.cluster.metrics.job_started(job.kind.name)
         job.loop.create_task(self._begin(job), name=f"multigpu-job-{job.job_id}")
 
     async def _begin(self, job: Job) -> None:
@@ -321,8 +294,7 @@ class Orchestrator(JobBook, CollectorBridge):
         """(reason, message) when ``worker`` cannot take part, else None; syncs the job's input files to it."""
         client = self.runner.client(job, worker)
         synced = {m.value for m in media}
-        if isinstance(job, TileJob):  # uploaded as each tile is dispatched
-            synced |= {name + TEMP_SUFFIX for named in job.uploads.values() for name in named}
+        synced |= job.kind.synced(job)
         own = self._own_unit(job, str(worker.id)) or job.units[min(job.units)]  # its own Multi-GPU Values
         try:
             lacks = await lacks_of(self.cluster.object_info, worker, client.object_info, own.prompt, synced)
@@ -401,7 +373,7 @@ class Orchestrator(JobBook, CollectorBridge):
         states = {u.position: job.state_of(u.position) for u in units}
         if job.begun:
             failed = job.error or any(s == UnitState.GIVEN_UP for s in states.values())
-            self.cluster.metrics.job_ended("tiles" if isinstance(job, TileJob) else "collector",
+            self.cluster.metrics.job_ended(job.kind.name,
                                    "cancelled" if job.cancelled else "error" if failed else "done")
             self.cluster.metrics.units_finished(state.value for state in states.values())
         self.cluster.notify(*events.job_done(
@@ -429,20 +401,22 @@ class Orchestrator(JobBook, CollectorBridge):
         self._finish(job)
 
 
-class CollectorUnits(JobKind[Job]):
+class CollectorUnits(JobKind[CJ]):
     """A Collector job's units: each brings back its Collectors' files, and the master can run units too."""
+
+    name = "collector"
 
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator
 
-    def extra_data(self, job: Job, unit: UnitRun, worker: WorkerConfig) -> dict | None:
+    def extra_data(self, job: CJ, unit: UnitRun, worker: WorkerConfig) -> dict | None:
         """What a worker running this extension needs to post its results back itself (job_complete)."""
         return {EXTRA_DATA_KEY: {"job_id": job.job_id, "worker_id": worker.id, "share_token": unit.token}}
 
-    def wanted(self, job: Job, unit: UnitRun) -> frozenset[str]:
+    def wanted(self, job: CJ, unit: UnitRun) -> frozenset[str]:
         return frozenset(output_key(collector, kind) for collector, kinds in job.kinds.items() for kind in kinds)
 
-    async def fetch(self, job: Job, unit: UnitRun, client: WorkerClient, result: PromptResult,
+    async def fetch(self, job: CJ, unit: UnitRun, client: WorkerClient, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         files_by_key: dict[str, Any] = {}
         for collector, kinds in job.kinds.items():
@@ -460,32 +434,15 @@ class CollectorUnits(JobKind[Job]):
                         unit.decoded[key] = early
         return files_by_key
 
-    async def unit_prompt(self, job: Job, unit: UnitRun, client: WorkerClient) -> Prompt:
-        """A tile's crops go to the worker's temp folder just before the tile's prompt, which loads them under the
-        names the worker gave them."""
-        if not isinstance(job, TileJob):
-            return unit.prompt
-        named = job.uploads[unit.position]
-        for name, data in list(named.items()):
-            if callable(data):
-                named[name] = await asyncio.to_thread(data)
-        answers = await asyncio.gather(*(client.upload_bytes(data, name, folder="temp", overwrite=True)
-                                         for name, data in named.items() if isinstance(data, bytes)))
-        stored = {}
-        for name, answer in zip(named, answers):
-            given, subfolder = str(answer["name"]), str(answer.get("subfolder") or "")
-            stored[name + TEMP_SUFFIX] = (f"{subfolder}/{given}" if subfolder else given) + TEMP_SUFFIX
-        return {node_id: {**node, "inputs": {**node["inputs"], "image": stored[node["inputs"]["image"]]}}
-                if node.get("class_type") == "LoadImage" and node.get("inputs", {}).get("image") in stored else node
-                for node_id, node in unit.prompt.items()}
+    def unit_done(self, job: CJ, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
+        self.orchestrator.cluster.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), seconds)
 
-    def unit_done(self, job: Job, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
-        if not isinstance(job, TileJob):  # a tile's time says nothing of a worker's time per image
-            self.orchestrator.cluster.speeds.learn(str(worker.id), float(unit.batch or job.batch or 1), seconds)
+    def unit_images(self, job: CJ, unit: UnitRun) -> int:
+        return unit.batch or job.batch or 1
 
-    def carry_out(self, job: Job, action: Action) -> None:
+    def carry_out(self, job: CJ, action: Action) -> None:
         if isinstance(action, RunOnMaster):
             self.orchestrator.give_master(job, action.positions)
 
-    def changed(self, job: Job, force: bool) -> None:
+    def changed(self, job: CJ, force: bool) -> None:
         self.orchestrator._progress(job, force)

@@ -12,13 +12,16 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any
 
 
 from ..config import Settings, WorkerConfig
 from .scheduler import FINISHED, JobScheduler, UnitRecord, UnitState
 from ..worker_client import Channel
 from ..graph.workflow import Prompt
+
+if TYPE_CHECKING:
+    from .runner import JobKind
 
 
 COLLECT_POLL = 0.1
@@ -78,6 +81,8 @@ class UnitJob:
     that owns where each unit stands, and the connections of the job while it runs (server loop)."""
 
     job_id: str
+    kind: "JobKind[Any]"
+    """What its kind adds to the runner: how a unit is sent and fetched, what the job does with the rest."""
     units: dict[int, UnitRun]
     workers: dict[str, WorkerConfig]
     settings: Settings
@@ -164,18 +169,6 @@ class Job(UnitJob):
     """Per Collector: what it collects (images, latent, audio)."""
     batch: int | None = None
     """The workflow's literal batch size, when it has one (for speed measurements)."""
-
-
-@dataclass(slots=True, kw_only=True)
-class TileJob(Job):
-    """A tile job: the tiles of one image (every frame of a batch) between a Tile Split and its Merge, each a
-    unit that a worker or the master runs through the per-tile pipeline. Its one "Collector" is the Merge."""
-
-    uploads: dict[int, dict[str, "bytes | Callable[[], bytes]"]] = field(default_factory=dict)
-    """Per position, by file name in a worker's temp folder: the tile's crop as the worker receives it (a PNG,
-    every frame in one animated PNG), then its crops of the other images cropped per tile. A function makes
-    the PNG the first time the tile goes to a worker (off the loop), so the first tiles leave before the
-    others are encoded and the master's own tiles are never encoded; the PNG is kept for a re-run."""
 
 
 @dataclass(slots=True, frozen=True)

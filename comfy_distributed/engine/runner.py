@@ -37,15 +37,26 @@ J = TypeVar("J", bound=UnitJob)
 class JobKind(Generic[J]):
     """What one kind of job adds to the runner. The defaults fit a job with nothing to add."""
 
+    name = "units"
+    """The kind's name in the metrics (``jobs_started_total{kind=...}``)."""
+
     master_runs_given_up = False
     """Whether the master runs a unit the scheduler gives up (so a worker's failure always means a re-run)."""
+
+    learns_speeds = True
+    """Whether a unit's time says how fast its participant makes images (a tile's does not)."""
 
     def extra_data(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict | None:
         """The ``extra_data`` the unit's prompt is queued with on the worker."""
         return None
 
-    metric_kind: str | None = None
-    """The kind whose end :meth:`Runner.settle` counts in the metrics (None: the owner counts it itself)."""
+    counts_its_end = False
+    """Whether :meth:`Runner.settle` counts the job's end in the metrics (else its owner does, when it reports it)."""
+
+    def synced(self, job: J) -> set[str]:
+        """Values of the unit prompts' file inputs that reach a worker with the unit (a preflight takes them as
+        present)."""
+        return set()
 
     async def unit_prompt(self, job: J, unit: UnitRun, client: WorkerClient) -> dict:
         """The unit's prompt as ``client``'s worker runs it (a kind may first put a file there)."""
@@ -64,6 +75,10 @@ class JobKind(Generic[J]):
     def unit_done(self, job: J, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
         """A worker delivered the unit in ``seconds`` (before the scheduler hears of it)."""
 
+    def unit_images(self, job: J, unit: UnitRun) -> int:
+        """How many images the unit made (the metrics count them)."""
+        return unit.batch or 1
+
     def carry_out(self, job: J, action: Action) -> None:
         """An action other than a dispatch (run units on the master, a unit given up or skipped)."""
 
@@ -79,11 +94,10 @@ class JobKind(Generic[J]):
 
 
 class Runner(Generic[J]):
-    """Runs the units of jobs of one kind (see the module doc); one per job owner, all on one cluster: its
-    sessions, previews, counters and loaded models are the cluster's."""
+    """Runs the units of jobs, each by its own kind (``job.kind``; see the module doc); one per job owner, all
+    on one cluster: its sessions, previews, counters and loaded models are the cluster's."""
 
-    def __init__(self, kind: JobKind[J], cluster: Cluster) -> None:
-        self.kind = kind
+    def __init__(self, cluster: Cluster) -> None:
         self.cluster = cluster
         self.unreleased: dict[int, J] = {}
         """Jobs opened whose websockets are not closed yet (leak checks read it)."""
@@ -117,20 +131,20 @@ class Runner(Generic[J]):
             else:
                 if isinstance(action, Skip):
                     self._skip(job, action)
-                self.kind.carry_out(job, action)
-        self.kind.changed(job, True)
+                job.kind.carry_out(job, action)
+        job.kind.changed(job, True)
         if job.scheduler.settled():
             self.settle(job)
 
     def settle(self, job: J) -> None:
         """No unit runs or waits any more (or the job ended early): wake the waiting node, free connections."""
-        if self.kind.metric_kind is not None and not job.settled.is_set():
+        if job.kind.counts_its_end and not job.settled.is_set():
             states = [job.state_of(p) for p in job.units]
-            self.cluster.metrics.job_ended(self.kind.metric_kind, "cancelled" if job.cancelled else
+            self.cluster.metrics.job_ended(job.kind.name, "cancelled" if job.cancelled else
                                    "master" if UnitState.GIVEN_UP in states else "done")
         job.settled.set()
         job.changed.set()
-        self.kind.settled(job)
+        job.kind.settled(job)
         if job.loop is not None and not job.released:
             job.released = True
             job.loop.create_task(self._release(job, self.unreleased))
@@ -171,8 +185,8 @@ class Runner(Generic[J]):
         if job.scheduler.is_current(unit.position, attempt):
             unit.images, unit.progress = images, 1.0
             took = time.monotonic() - began
-            self.kind.unit_done(job, unit, worker, took)
-            self.cluster.metrics.unit_done(str(worker.id), took, unit.batch or getattr(job, "batch", None) or 1)
+            job.kind.unit_done(job, unit, worker, took)
+            self.cluster.metrics.unit_done(str(worker.id), took, job.kind.unit_images(job, unit))
             self.handle(job, UnitDone(unit.position, str(worker.id), attempt, took))
 
     async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict[str, Any]:
@@ -182,19 +196,19 @@ class Runner(Generic[J]):
 
         def on_progress(value: float, maximum: float) -> None:
             unit.progress = max(0.0, min(1.0, value / maximum)) if maximum else 0.0
-            self.kind.changed(job, False)
+            job.kind.changed(job, False)
 
         # the job id the UI knows (None for a forwarded prompt), as a failure names it
-        source = PreviewSource(self.kind.failure_job_id(job), unit.position, worker.id, worker.display_name)
+        source = PreviewSource(job.kind.failure_job_id(job), unit.position, worker.id, worker.display_name)
         client = self.client(job, worker)
         try:
-            prompt = with_media(await self.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
+            prompt = with_media(await job.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
             self.cluster.models.ran(str(worker.id), prompt)  # it loads the prompt's checkpoint now (its preflight passed)
-            result = await client.run_prompt(prompt, deadline, self.kind.extra_data(job, unit, worker),
-                                             on_progress=on_progress, wanted=self.kind.wanted(job, unit),
+            result = await client.run_prompt(prompt, deadline, job.kind.extra_data(job, unit, worker),
+                                             on_progress=on_progress, wanted=job.kind.wanted(job, unit),
                                              channel=job.channels.setdefault(str(worker.id), Channel()),
                                              previews=self.cluster.previews.sink(source))
-            return await self.kind.fetch(job, unit, client, result, deadline)
+            return await job.kind.fetch(job, unit, client, result, deadline)
         finally:
             self.cluster.previews.end(source)
 
@@ -203,7 +217,7 @@ class Runner(Generic[J]):
         if not job.scheduler.is_current(unit.position, attempt) or job.cancelled:
             return
         actions = job.scheduler.handle(UnitFailed(unit.position, str(worker.id), attempt, reason, message))
-        rerun = self.kind.master_runs_given_up or job.scheduler.will_rerun(actions, unit.position)
+        rerun = job.kind.master_runs_given_up or job.scheduler.will_rerun(actions, unit.position)
         self.tell_failure(job, unit, worker, reason, message, rerun=rerun)
         if self.cluster.health is not None:
             self.cluster.health.poke()
@@ -220,7 +234,7 @@ class Runner(Generic[J]):
         log.warning("Multi-GPU: job %s: worker %s (id %s)%s: %s; %s", job.job_id, worker.display_name, worker.id,
                     f" failed unit {unit.position}" if unit else "", message, then)
         self.cluster.notify(*events.worker_failed(worker.id, worker.display_name, reason, message, rerun,
-                                          self.kind.failure_job_id(job), unit.position if unit else None))
+                                          job.kind.failure_job_id(job), unit.position if unit else None))
 
     @staticmethod
     async def _release(job: J, unreleased: dict[int, J]) -> None:

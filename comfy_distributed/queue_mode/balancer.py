@@ -155,8 +155,9 @@ class ForwardedPrompt(JobKind[Forward]):
     """A forwarded prompt's one unit: checked and given its input files on the worker it is sent to, and
     bringing back every output of every output node of the prompt."""
 
+    name = "queue"
     master_runs_given_up = True
-    metric_kind = "queue"
+    counts_its_end = True
 
     def __init__(self, balancer: "QueueBalancer") -> None:
         self.balancer = balancer
@@ -234,7 +235,8 @@ class QueueBalancer:
         kinds in turn do not say it again each time)."""
         self._refreshed: dict[str, float] = {}
         self._tasks: set[asyncio.Task] = set()
-        self.runner: Runner[Forward] = Runner(ForwardedPrompt(self), cluster)
+        self.kind = ForwardedPrompt(self)
+        self.runner: Runner[Forward] = Runner(cluster)
 
     async def close(self) -> None:
         """Stop its background re-reads (the master shuts down; the cluster closes the connections)."""
@@ -287,8 +289,7 @@ class QueueBalancer:
             self.cluster.models.ran(MASTER, prompt)
         return prompt, None
 
-    @staticmethod
-    def _forward(prompt: Prompt, flat: Prompt, output_nodes: list[str], config: GpuConfig,
+    def _forward(self, prompt: Prompt, flat: Prompt, output_nodes: list[str], config: GpuConfig,
                  ranked: list[WorkerConfig | None], unchecked: int) -> Forward:
         """One unit that the workers take in their order, each once, until one delivers (or none is left). A
         worker found lacking when the prompt reaches it does not count against ``max_retries``."""
@@ -297,7 +298,7 @@ class QueueBalancer:
                                  max_retries=config.settings.max_retries + unchecked, master_takes_units=False,
                                  names={key: w.display_name for key, w in workers.items()})
         unit = UnitRun(FORWARD_POSITION, 0, flat)
-        return Forward(job_id=uuid.uuid4().hex, units={FORWARD_POSITION: unit}, workers=workers,
+        return Forward(job_id=uuid.uuid4().hex, kind=self.kind, units={FORWARD_POSITION: unit}, workers=workers,
                        settings=config.settings, scheduler=scheduler, original=prompt, output_nodes=output_nodes)
 
     def _able_workers(self, config: GpuConfig, flat: Prompt, synced: set[str]) -> tuple[list[WorkerConfig], int]:

@@ -6,7 +6,7 @@ pipeline never runs on the whole image; instead the Merge expands (ComfyUI graph
 - ``MultiGPUTileStart``, fed the Split's own inputs and every image from outside that the pipeline takes: cuts
   the image into tiles (``tiles.plan_tiles``), and each of those images that has the image's size the same way
   (a tile ControlNet's hint), quantizes each crop as an 8-bit PNG would, and starts a tile job with the enabled
-  workers (``Orchestrator.start_tiles``);
+  workers (:func:`.jobs.start_tiles`);
 - ``MultiGPUTileStep``: asks the job what the master does next. Tiles for the master expand into a copy of the
   pipeline per tile fed by a ``MultiGPUTileSource`` (the tile's crop), gathered by ``MultiGPUUnitPart`` nodes,
   then another Step; once every tile is in, the Step blends them (``tiles.merge``) and outputs the image.
@@ -37,6 +37,7 @@ from .graph import (
     tile_pipeline,
 )
 from .grid import ALIGN, TileGrid, crop, merge, plan_tiles, worker_tile
+from .jobs import start_tiles
 from ..graph.values import comfy_node_class
 from ..graph.workflow import TILED_UPSCALE_CLASS
 
@@ -282,8 +283,8 @@ class MultiGPUTileStart:
         if runtime.current is not None:
             files = [[partial(encode_crop, c) for c in each] for each in cropped]  # encoded as each tile leaves
             try:
-                job = runtime.current.orchestrator.start_tiles(prompt, pair, [list(f) for f in zip(*files)],
-                                                               int(image.shape[0]), hints=index)
+                job = start_tiles(runtime.current.orchestrator, prompt, pair, [list(f) for f in zip(*files)],
+                                  int(image.shape[0]), hints=index)
             except (WorkflowError, JobError, ConfigError) as exc:  # ConfigError: the file broke after queueing
                 raise RuntimeError(f"{who}: {exc}") from None
             job_id = job.job_id if job is not None else None

@@ -16,6 +16,7 @@ import torch
 from comfy_distributed.errors import JobError
 from comfy_distributed.collector.codecs import decode_batch, quantize_like_png
 from comfy_distributed.tiles.graph import tile_pairs
+from comfy_distributed.tiles.jobs import start_tiles
 from comfy_distributed.tiles.nodes import encode_crop
 from comfy_distributed.tiles.grid import crop, merge, plan_tiles
 from tests.comfy_test_nodes import DistributedTestTileWork, seeded_images
@@ -73,7 +74,7 @@ async def run_tiles(cluster: Cluster, prompt: dict, master_delay: float = 0.0):
         (out,) = DistributedTestTileWork().work(crops[position - 1], work["gain"], work["scale"], 0.0, guide)
         return quantize_like_png(out)  # as MultiGPUUnitPart does
 
-    job = await asyncio.to_thread(cluster.orchestrator.start_tiles, prompt, pair, files, int(image.shape[0]), hints)
+    job = await asyncio.to_thread(start_tiles, cluster.orchestrator, prompt, pair, files, int(image.shape[0]), hints)
     mine: dict[int, torch.Tensor] = {}
     if job is None:
         tiles = {p: on_master(p) for p in range(1, len(grid.tiles) + 1)}
@@ -193,7 +194,7 @@ async def test_interrupting_the_master_cancels_every_outstanding_tile(tmp_path, 
     image = _image_of(prompt, "1")
     grid = plan_tiles(200, 136, 64, 64, 16, 16)
     files = [[encode_crop(quantize_like_png(crop(image, t)))] for t in grid.tiles]
-    job = await asyncio.to_thread(cluster.orchestrator.start_tiles, prompt, pair, files, 1)
+    job = await asyncio.to_thread(start_tiles, cluster.orchestrator, prompt, pair, files, 1)
     await until(lambda: all(w.received for w in cluster.workers))
     with pytest.raises(JobError, match="interrupted"):
         await asyncio.to_thread(cluster.orchestrator.collect, job.job_id, pair.merge, lambda: True, lambda unit: None)
