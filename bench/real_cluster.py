@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,6 +24,17 @@ from tests.waiting import free_port
 
 MASTER = "master"
 ONLINE = ("idle", "busy")
+
+
+def unavailable() -> str | None:
+    """Why the real suite cannot run here, or None."""
+    path = os.environ.get("COMFYUI_PATH")
+    if not path:
+        return ("COMFYUI_PATH is not set (a ComfyUI checkout; COMFYUI_PYTHON names its interpreter, "
+                "default its venv/.venv)")
+    if not (Path(path) / "main.py").is_file():
+        return f"COMFYUI_PATH={path} has no main.py"
+    return None
 
 
 def together(calls: list[Callable[[], Any]]) -> None:

@@ -25,7 +25,7 @@ from comfy_distributed.worker_client import ComfyClient, finished
 from tests.real.harness import http_json
 
 from .figures import Figure, machine, median, seconds_list, table
-from .real_cluster import BenchCluster
+from .real_cluster import BenchCluster, unavailable
 from .real_jobs import BenchError, RealBench
 from .workload import Workload, plain_workflow
 
@@ -114,8 +114,6 @@ def spread(bench: RealBench, repeats: int) -> list[Figure]:
 
 
 def main() -> int:
-    from .real_suite import unavailable
-
     if why := unavailable():
         print(f"skipped: {why}", file=sys.stderr)
         return 0

@@ -21,7 +21,7 @@ from tests.comfy_test_nodes import DELAY_SCALE_ENV
 
 from . import real_queue, real_tiles
 from .figures import Figure, Target, median, seconds_list
-from .real_cluster import BenchCluster
+from .real_cluster import BenchCluster, unavailable
 from .real_jobs import BenchError, RealBench, RealRun, breakdown, fetch_last_outputs
 from .workload import MIXED, SLOW_SCALE, Workload, available_modes
 
@@ -42,17 +42,6 @@ class Params:
 
 FULL = Params(repeats=3, first_jobs=3, overhead_jobs=10)
 QUICK = Params(repeats=1, first_jobs=1, overhead_jobs=3)
-
-
-def unavailable() -> str | None:
-    """Why the real suite cannot run here, or None."""
-    path = os.environ.get("COMFYUI_PATH")
-    if not path:
-        return ("COMFYUI_PATH is not set (a ComfyUI checkout; COMFYUI_PYTHON names its interpreter, "
-                "default its venv/.venv)")
-    if not (Path(path) / "main.py").is_file():
-        return f"COMFYUI_PATH={path} has no main.py"
-    return None
 
 
 def first_job(bench: RealBench) -> RealRun:

@@ -26,8 +26,9 @@ def run_suite(suite: str, quick: bool) -> tuple[list[Figure], list[str]] | None:
 
         return standin_suite.run(quick)
     from . import real_suite
+    from .real_cluster import unavailable
 
-    if why := real_suite.unavailable():
+    if why := unavailable():
         print(f"real suite skipped: {why}", file=sys.stderr)
         return None
     return real_suite.run(quick)
