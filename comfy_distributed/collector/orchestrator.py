@@ -66,7 +66,8 @@ from ..engine.jobs import (
     UnitState,
 )
 from ..graph.values import Describe, comfy_describe, literals as value_literals
-from ..engine.runner import JobKind, Runner
+from ..engine.jobs import JobKind
+from ..engine.runner import Runner
 from ..worker_client import PromptResult, WorkerClient
 from ..cluster.preflight import MediaFile, check_media_paths, find_media, lacks_of
 

@@ -12,16 +12,13 @@ import asyncio
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Generic, TypeVar
 
 
 from ..config import Settings, WorkerConfig
-from .scheduler import FINISHED, JobScheduler, UnitRecord, UnitState
-from ..worker_client import Channel
+from .scheduler import FINISHED, Action, JobScheduler, UnitRecord, UnitState
+from ..worker_client import Channel, PromptResult, WorkerClient
 from ..graph.workflow import Prompt
-
-if TYPE_CHECKING:
-    from .runner import JobKind
 
 
 COLLECT_POLL = 0.1
@@ -145,6 +142,68 @@ class UnitJob:
     def running_on(self, worker_id: str) -> int:
         """How many of this job's units run on ``worker_id`` now."""
         return self.scheduler.running_on(worker_id)
+
+
+J = TypeVar("J", bound="UnitJob")
+
+
+class JobKind(Generic[J]):
+    """What one kind of job adds to the runner. The defaults fit a job with nothing to add."""
+
+    name = "units"
+    """The kind's name in the metrics (``jobs_started_total{kind=...}``)."""
+
+    master_runs_given_up = False
+    """Whether the master runs a unit the scheduler gives up (so a worker's failure always means a re-run)."""
+
+    learns_speeds = True
+    """Whether a unit's time says how fast its participant makes images (a tile's does not)."""
+
+    def extra_data(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict | None:
+        """The ``extra_data`` the unit's prompt is queued with on the worker."""
+        return None
+
+    counts_its_end = False
+    """Whether :meth:`Runner.settle` counts the job's end in the metrics (else its owner does, when it reports it)."""
+
+    def synced(self, job: J) -> set[str]:
+        """Values of the unit prompts' file inputs that reach a worker with the unit (a preflight takes them as
+        present)."""
+        return set()
+
+    async def unit_prompt(self, job: J, unit: UnitRun, client: WorkerClient) -> dict:
+        """The unit's prompt as ``client``'s worker runs it (a kind may first put a file there)."""
+        return unit.prompt
+
+    def wanted(self, job: J, unit: UnitRun) -> frozenset[str]:
+        """The output nodes whose files make the unit's result: once they all reported them on the
+        worker's websocket, the files are fetched without waiting for the prompt's end."""
+        return frozenset()
+
+    async def fetch(self, job: J, unit: UnitRun, client: WorkerClient, result: PromptResult,
+                    deadline: float) -> dict[str, Any]:
+        """What the finished prompt brought back, by output key (kept in ``unit.images``)."""
+        raise NotImplementedError
+
+    def unit_done(self, job: J, unit: UnitRun, worker: WorkerConfig, seconds: float) -> None:
+        """A worker delivered the unit in ``seconds`` (before the scheduler hears of it)."""
+
+    def unit_images(self, job: J, unit: UnitRun) -> int:
+        """How many images the unit made (the metrics count them)."""
+        return unit.batch or 1
+
+    def carry_out(self, job: J, action: Action) -> None:
+        """An action other than a dispatch (run units on the master, a unit given up or skipped)."""
+
+    def changed(self, job: J, force: bool) -> None:
+        """Something moved (a unit's progress, or its state when ``force``): report it if the kind reports."""
+
+    def failure_job_id(self, job: J) -> str | None:
+        """The job id to name in a ``multigpu.worker_failed`` event (None: none the UI knows)."""
+        return job.job_id
+
+    def settled(self, job: J) -> None:
+        """The job settled (every unit done, given up or cancelled); may be told more than once."""
 
 
 @dataclass(slots=True, kw_only=True)

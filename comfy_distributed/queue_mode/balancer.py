@@ -41,14 +41,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from .. import events
-from ..comfy import runtime
+from ..comfy.host import DetachedHost
 from ..config import GpuConfig, WorkerConfig
 from ..errors import JobError, WorkerError, WorkerLacks, WorkflowError
 from .outputs import NodeOutput, fetch_outputs
 from ..engine.jobs import UnitJob, UnitRun
 from ..cluster.core import Cluster
 from ..cluster.loaded_models import model_names
-from ..engine.runner import JobKind, Runner
+from ..engine.jobs import JobKind
+from ..engine.runner import Runner
 from ..engine.scheduler import MASTER, JobScheduler, Unit, UnitState
 from ..graph.values import comfy_describe, comfy_node_class
 from ..graph.workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
@@ -225,7 +226,7 @@ class QueueBalancer:
         """What the master lacks to run a prompt (:func:`comfy_master_lacks`; None: not checked)."""
         self.host = host
         """The master's queue, where stand-ins wait at the back and are moved up when done (None: not moved)."""
-        self.saver: OutputSaver = saver or host or runtime.DETACHED
+        self.saver: OutputSaver = saver or host or DetachedHost()
         """Where a worker's files are saved (the host's output folders; outside ComfyUI nowhere, unless given)."""
         self._deferred = 0
         self._forwards: dict[str, Forward] = {}
