@@ -1,4 +1,4 @@
-"""The nodes users place: Multi-GPU Distributor (seed) and Multi-GPU Collector (images).
+"""The nodes users place: Multi-GPU Distributor (seed), Multi-GPU Collector (images) and Multi-GPU Value.
 
 On the master they run inside ComfyUI; on workers they never run, because each worker
 receives a copy in which the Distributor is a literal seed and the Collector a core
@@ -15,7 +15,7 @@ from typing import Any, Callable
 from .. import events
 from . import media
 from ..comfy import runtime
-from ..errors import JobError
+from ..errors import JobError, WorkflowError
 from ..graph.workflow import (
     COLLECTOR_CLASS,
     DISTRIBUTOR_CLASS,
@@ -25,13 +25,14 @@ from ..graph.workflow import (
     SCHEDULING_INPUT,
     SCHEDULING_MODES,
     SEED_MODULUS,
+    VALUE_CLASS,
     build_master_rerun,
     output_key,
 )
+from ..graph.values import ANY, DEFAULT_INPUT, MASTER, VALUES_INPUT, read_values, value_for
 
 log = logging.getLogger("comfy_distributed")
 
-REMOTE_OUTPUT_CLASS = "MultiGPURemoteOutput"
 PART_CLASS = "MultiGPUUnitPart"
 ASSEMBLE_CLASS = "MultiGPUAssemble"
 PARTS_TYPE = "MULTIGPU_PARTS"
@@ -97,12 +98,6 @@ class MultiGPUCollector:
         return next_step(prompt or {}, job_id, collector_id, {0: own})
 
 
-def _running() -> runtime.Extension:
-    if runtime.current is None:
-        raise RuntimeError("Multi-GPU: this prompt carries a distributed job, but the extension is not running here")
-    return runtime.current
-
-
 def as_outputs(values: dict[str, Any]) -> tuple:
     """The Collector's outputs in the media registry's order; a kind not collected is None."""
     return tuple(values.get(kind) for kind in media.NAMES)
@@ -110,7 +105,7 @@ def as_outputs(values: dict[str, Any]) -> tuple:
 
 def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dict[str, Any]]) -> Any:
     """Ask the orchestrator what the master does next: run units here, or assemble the output."""
-    extension = _running()
+    extension = runtime.running()
     orchestrator, host = extension.orchestrator, extension.host
     job = orchestrator.job(job_id)
     batch = job.batch if job is not None else None  # read now: the job is forgotten once its result is taken
@@ -260,61 +255,49 @@ class MultiGPUAssemble:
                 "hidden": {"prompt": "PROMPT"}}
 
     def assemble(self, parts: tuple, job_id: str, collector: str, prompt: dict | None = None) -> Any:
-        collected = dict(_running().orchestrator.take_stash(job_id, collector))
+        collected = dict(runtime.running().orchestrator.take_stash(job_id, collector))
         for position, values in parts:
             collected[position] = values
         return next_step(prompt or {}, job_id, collector, collected)
 
 
-class MultiGPURemoteOutput:
-    """Internal: stands, in the master's queue, for an output node of a prompt sent whole to a worker."""
+class MultiGPUValue:
+    """One value per GPU: ``default`` for the master (and workers without their own), ``values`` by worker id."""
 
-    CATEGORY = "multigpu/internal"
-    DESCRIPTION = INTERNAL_NOTE
-    DEPRECATED = True  # ComfyUI's only way to hide a node: the frontend leaves deprecated nodes out of the library
-    RETURN_TYPES = ()
-    OUTPUT_NODE = True
-    FUNCTION = "deliver"
+    CATEGORY = "multigpu"
+    DESCRIPTION = (
+        "Multi-GPU Value: gives each GPU its own value for whatever it feeds (a prompt text, a CFG, a LoRA "
+        "strength, a checkpoint...). The master uses 'default'; 'values' holds a value per worker id, as JSON "
+        "such as {\"1\": 6.5, \"2\": 8}; a worker without one uses 'default'. Every input it feeds must have the "
+        "same type."
+    )
+    RETURN_TYPES = (ANY,)
+    RETURN_NAMES = ("value",)
+    FUNCTION = "value"
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {"forward_id": ("STRING", {"default": ""}), "node": ("STRING", {"default": ""})}}
+        return {"required": {
+            DEFAULT_INPUT: ("STRING", {"default": "", "tooltip": "the master's value (and that of workers without "
+                                                                 "their own)"}),
+            VALUES_INPUT: ("STRING", {"default": "{}", "multiline": True,
+                                      "tooltip": "JSON: a value per worker id, such as {\"1\": 6.5, \"2\": 8}"}),
+        }, "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
 
-    def deliver(self, forward_id: str, node: str) -> dict[str, Any]:
-        extension = _running()
-        host = extension.host
+    @classmethod
+    def VALIDATE_INPUTS(cls, **_inputs: Any) -> bool:
+        return True  # checked when the prompt is planned, with what the node feeds
+
+    def value(self, default: Any, values: str = "{}", unique_id: str | None = None,
+              prompt: dict | None = None) -> tuple[Any]:
+        node_id = str(unique_id)
         try:
-            forward = extension.balancer.wait(forward_id, node, host.interrupted)
-        except JobError as exc:
-            host.raise_if_interrupted()
+            if prompt and node_id in prompt:
+                return (value_for(prompt, node_id, MASTER, runtime.host().describe),)
+            read_values({node_id: {"inputs": {DEFAULT_INPUT: default, VALUES_INPUT: values}}}, node_id)
+        except WorkflowError as exc:
             raise RuntimeError(str(exc)) from None
-        if forward.state == "master":  # no worker could run it: the master runs the original prompt
-            if forward.expanded:
-                return {"ui": {}}
-            forward.expanded = True
-            message = "Multi-GPU queue: no worker could run the prompt, the master runs it: " + "; ".join(forward.causes)
-            log.warning("%s", message)
-            host.notify(*events.notice(message))
-            return {"ui": {}, "result": (), "expand": prefixed(forward.original, f"{node}.multigpu.")}
-        output = forward.outputs.get(node)
-        if output is None:
-            return {"ui": {}}
-        ui: dict[str, Any] = dict(output.values)
-        for key, files in output.files.items():  # images, latents, audio, a video's file: saved as they came
-            ui[key] = [saved.reference for _, saved in files]
-        return {"ui": ui}
-
-
-def prefixed(prompt: dict, prefix: str) -> dict:
-    """A copy of ``prompt`` with every node id (and link) under ``prefix``, for a graph expansion."""
-    from ..graph.workflow import is_link
-
-    return {
-        prefix + node_id: {**node, "inputs": {
-            name: [prefix + str(value[0]), value[1]] if is_link(value) else value
-            for name, value in node.get("inputs", {}).items()}}
-        for node_id, node in prompt.items()
-    }
+        return (default,)
 
 
 NODE_CLASS_MAPPINGS = {
@@ -322,12 +305,12 @@ NODE_CLASS_MAPPINGS = {
     COLLECTOR_CLASS: MultiGPUCollector,
     PART_CLASS: MultiGPUUnitPart,
     ASSEMBLE_CLASS: MultiGPUAssemble,
-    REMOTE_OUTPUT_CLASS: MultiGPURemoteOutput,
+    VALUE_CLASS: MultiGPUValue,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     DISTRIBUTOR_CLASS: "Multi-GPU Distributor",
     COLLECTOR_CLASS: "Multi-GPU Collector",
     PART_CLASS: "Multi-GPU unit part (internal)",
     ASSEMBLE_CLASS: "Multi-GPU assemble (internal)",
-    REMOTE_OUTPUT_CLASS: "Multi-GPU output from a worker (internal)",
+    VALUE_CLASS: "Multi-GPU Value",
 }

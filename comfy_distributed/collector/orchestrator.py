@@ -65,7 +65,7 @@ from ..engine.jobs import (
     UnitRun,
     UnitState,
 )
-from ..graph.values import Describe, comfy_describe, literals as value_literals
+from ..graph.values import Describe, literals as value_literals, no_description
 from ..engine.jobs import JobKind
 from ..engine.runner import Runner
 from ..worker_client import PromptResult, WorkerClient
@@ -80,12 +80,12 @@ class Orchestrator(JobBook, CollectorBridge):
     """Owns the distributed jobs of one master, on its cluster (shared with the queue mode)."""
 
     def __init__(self, cluster: Cluster, input_dir: Callable[[], Path | None] = lambda: None,
-                 loop: asyncio.AbstractEventLoop | None = None) -> None:
+                 loop: asyncio.AbstractEventLoop | None = None, describe: Describe = no_description) -> None:
         self.cluster = cluster
         self.loop = loop
         """The server loop: where a job begun on the execution thread (a tile job) is started."""
-        self.describe: Describe = comfy_describe
-        """Node class type -> its INPUT_TYPES(), to type Multi-GPU Values (ComfyUI's classes; tests set their own)."""
+        self.describe = describe
+        """Node class type -> its INPUT_TYPES(), to type Multi-GPU Values (the host's: ComfyUI's classes)."""
         self.input_dir = input_dir
         """The master's input folder, whose files the workers receive when a prompt loads them."""
         self._jobs: dict[str, Job] = {}

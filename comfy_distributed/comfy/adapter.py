@@ -1,4 +1,6 @@
-"""The one module that touches ComfyUI's internals; imported only inside a running ComfyUI."""
+"""The one module that imports ComfyUI's own modules (its server, queue, folders, node classes and samplers);
+imported only inside a running ComfyUI. Everything else reaches ComfyUI through the :class:`~.host.Host` it
+implements here (:class:`ComfyHost`), or :class:`~.host.DetachedHost` outside it."""
 
 from __future__ import annotations
 
@@ -7,7 +9,7 @@ import logging
 import os
 import sys
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 from . import runtime
 from ..api.access import TOKEN_ENV, is_public
@@ -21,7 +23,8 @@ from ..collector.orchestrator import Orchestrator
 from ..cluster.health import HealthMonitor
 from ..launcher import master_launcher_factory
 from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
-from ..queue_mode.balancer import QueueBalancer, comfy_master_lacks
+from ..queue_mode.balancer import QueueBalancer
+from ..cluster.preflight import preflight_problems
 from .role import decide_role, passive_line
 from ..worker_client import OutputFile
 from ..queue_mode.files import FolderSaver, NewFile, confined_output_path, write_new_file
@@ -103,6 +106,34 @@ class ComfyHost:
     def is_output_node(self, class_type: str) -> bool:
         return bool(getattr(self._nodes.NODE_CLASS_MAPPINGS.get(class_type), "OUTPUT_NODE", False))
 
+    def node_class(self, class_type: Any) -> Any:
+        return self._nodes.NODE_CLASS_MAPPINGS.get(class_type) if isinstance(class_type, str) else None
+
+    def describe(self, class_type: str) -> Mapping[str, Any] | None:
+        node_class = self.node_class(class_type)
+        if node_class is None:
+            return None
+        try:
+            described = node_class.INPUT_TYPES()
+        except Exception:  # a node pack's class that cannot say: its values stay text
+            return None
+        return described if isinstance(described, dict) else None
+
+    def sampler_choices(self) -> tuple[list[str], list[str]]:
+        import comfy.samplers
+
+        return list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
+
+    def master_lacks(self, prompt: dict[str, Any], synced: set[str]) -> list[str]:
+        """What the master's own ComfyUI lacks to run ``prompt`` (its node classes and their choices, as a worker's
+        ``/object_info`` would list them): the queue mode keeps a prompt only where it can run."""
+        info: dict[str, Any] = {}
+        for node in prompt.values():
+            class_type = node.get("class_type") if isinstance(node, dict) else None
+            if isinstance(class_type, str) and self.node_class(class_type) is not None:
+                info[class_type] = {"input": self.describe(class_type) or {}}  # one that cannot say: taken as able
+        return preflight_problems(prompt, info, synced)
+
     def input_dir(self) -> Path | None:
         return Path(self._folders.get_input_directory())
 
@@ -136,6 +167,7 @@ def install() -> bool:
     server = getattr(PromptServer, "instance", None)
     if server is None:
         return False
+    host = runtime.installed = ComfyHost(server)  # the nodes ask it for node classes and samplers (a worker's too)
     store = ConfigStore()
     port = getattr(cli_args.args, "port", None)
     try:
@@ -157,7 +189,7 @@ def install() -> bool:
             log.warning("Multi-GPU: %s", warning)
     store.report_warnings(log_config_warnings(str(store.path)))
     comfyui_root = Path(sys.modules[PromptServer.__module__].__file__ or ".").resolve().parent  # main.py's folder
-    _wire(server, ComfyHost(server), store, public, env_token, comfyui_root, cors_origin)
+    _wire(server, host, store, public, env_token, comfyui_root, cors_origin)
     return True
 
 
@@ -166,9 +198,9 @@ def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_to
     """The extension's parts on ComfyUI's server: the prompt hook, the routes, the background tasks."""
     health = HealthMonitor(store, host.notify)
     cluster = Cluster(store, host.notify, health)
-    orchestrator = Orchestrator(cluster, input_dir=host.input_dir, loop=server.loop)
+    orchestrator = Orchestrator(cluster, input_dir=host.input_dir, loop=server.loop, describe=host.describe)
     balancer = QueueBalancer(cluster, host.queue_load, host.is_output_node, input_dir=host.input_dir,
-                             master_lacks=comfy_master_lacks, host=host)
+                             master_lacks=host.master_lacks, host=host)
     runtime.current = runtime.Extension(host, orchestrator, balancer)
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
     server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts,

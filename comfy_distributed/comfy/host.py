@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Mapping, Protocol
 
 if TYPE_CHECKING:
     from ..worker_client import OutputFile
@@ -61,9 +61,23 @@ class Host(Protocol):
         """Give a prompt waiting in the master's queue this number (its place in the queue); False when it is not
         waiting there (it runs already, or is gone)."""
 
+    def node_class(self, class_type: Any) -> Any:
+        """ComfyUI's node class for ``class_type`` (None for a class it lacks)."""
+
+    def describe(self, class_type: str) -> Mapping[str, Any] | None:
+        """The class's ``INPUT_TYPES()`` (None for a class it lacks, or one that cannot say)."""
+
+    def sampler_choices(self) -> tuple[list[str], list[str]]:
+        """ComfyUI's sampler and scheduler names."""
+
+
+SAMPLERS_FALLBACK = ["euler"]
+SCHEDULERS_FALLBACK = ["normal"]
+
 
 class DetachedHost:
-    """The host outside ComfyUI: events are logged, no prompt runs, and nothing can be saved."""
+    """The host outside ComfyUI (tests, tools): events are logged, no prompt runs, nothing can be saved, and no
+    node class is known."""
 
     def notify(self, event: str, data: dict[str, Any]) -> None:
         log.debug("event %s %s", event, data)
@@ -103,3 +117,12 @@ class DetachedHost:
 
     def promote(self, prompt_id: str, number: float) -> bool:
         return False
+
+    def node_class(self, class_type: Any) -> Any:
+        return None
+
+    def describe(self, class_type: str) -> Mapping[str, Any] | None:
+        return None
+
+    def sampler_choices(self) -> tuple[list[str], list[str]]:
+        return list(SAMPLERS_FALLBACK), list(SCHEDULERS_FALLBACK)

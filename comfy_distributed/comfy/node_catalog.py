@@ -1,13 +1,14 @@
-"""Every node class this extension gives ComfyUI: the Collector's (``nodes``), the Value node (``values``), the
-tiles' (``tile_nodes``) and the Clips node (``clip_nodes``)."""
+"""Every node class this extension gives ComfyUI: the Collector's and the Value node (``collector.nodes``), the
+Clips node (``collector.clip_nodes``), the tiles' (``tiles.nodes``) and the queue mode's stand-in
+(``queue_mode.nodes``)."""
 
 from __future__ import annotations
 
 from ..collector import clip_nodes, nodes
+from ..queue_mode import nodes as queue_nodes
 from ..tiles import nodes as tile_nodes
-from ..graph import values
 
-NODE_CLASS_MAPPINGS = {**nodes.NODE_CLASS_MAPPINGS, **values.NODE_CLASS_MAPPINGS, **tile_nodes.NODE_CLASS_MAPPINGS,
-                       **clip_nodes.NODE_CLASS_MAPPINGS}
-NODE_DISPLAY_NAME_MAPPINGS = {**nodes.NODE_DISPLAY_NAME_MAPPINGS, **values.NODE_DISPLAY_NAME_MAPPINGS,
-                              **tile_nodes.NODE_DISPLAY_NAME_MAPPINGS, **clip_nodes.NODE_DISPLAY_NAME_MAPPINGS}
+_PACKS = (nodes, clip_nodes, tile_nodes, queue_nodes)
+
+NODE_CLASS_MAPPINGS = {name: cls for pack in _PACKS for name, cls in pack.NODE_CLASS_MAPPINGS.items()}
+NODE_DISPLAY_NAME_MAPPINGS = {name: shown for pack in _PACKS for name, shown in pack.NODE_DISPLAY_NAME_MAPPINGS.items()}

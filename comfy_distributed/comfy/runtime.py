@@ -27,9 +27,21 @@ class Extension:
 current: Extension | None = None
 """The running extension; None outside a ComfyUI master (or on a passive worker)."""
 
+installed: Host | None = None
+"""The host of the ComfyUI that loaded the extension, whatever its role (None outside ComfyUI)."""
+
 DETACHED: Host = DetachedHost()
 
 
 def host() -> Host:
-    """The running extension's host, else the detached one."""
-    return current.host if current is not None else DETACHED
+    """The running extension's host, else that of the ComfyUI that loaded it, else the detached one."""
+    if current is not None:
+        return current.host
+    return installed if installed is not None else DETACHED
+
+
+def running() -> Extension:
+    """The running extension, for a node that needs it (a prompt that carries a job it started)."""
+    if current is None:
+        raise RuntimeError("Multi-GPU: this prompt carries a distributed job, but the extension is not running here")
+    return current

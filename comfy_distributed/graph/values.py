@@ -42,25 +42,9 @@ class AnyType(str):
 ANY = AnyType("*")
 
 
-def comfy_node_class(class_type: Any) -> Any:
-    """The node class ComfyUI has for ``class_type`` (inside ComfyUI only; None elsewhere or for a class it lacks)."""
-    try:
-        import nodes as comfy_nodes
-    except ImportError:
-        return None
-    return comfy_nodes.NODE_CLASS_MAPPINGS.get(class_type)
-
-
-def comfy_describe(class_type: str) -> Mapping[str, Any] | None:
-    """ComfyUI's own node classes' INPUT_TYPES() (None outside ComfyUI or for a class it lacks)."""
-    node_class = comfy_node_class(class_type)
-    if node_class is None:
-        return None
-    try:
-        described = node_class.INPUT_TYPES()
-    except Exception:  # a node pack's class that cannot say: its values stay text
-        return None
-    return described if isinstance(described, dict) else None
+def no_description(class_type: str) -> Mapping[str, Any] | None:
+    """Outside ComfyUI no node class says what it takes: every value stays text."""
+    return None
 
 
 def value_nodes(prompt: Prompt) -> list[str]:
@@ -179,46 +163,3 @@ def value_for(prompt: Prompt, node_id: str, owner: str | None, describe: Describ
 def literals(prompt: Prompt, owner: str | None, describe: Describe) -> dict[str, Any]:
     """Every Value node's literal for ``owner``: what a unit of that participant gets."""
     return {node_id: value_for(prompt, node_id, owner, describe) for node_id in value_nodes(prompt)}
-
-
-class MultiGPUValue:
-    """One value per GPU: ``default`` for the master (and workers without their own), ``values`` by worker id."""
-
-    CATEGORY = "multigpu"
-    DESCRIPTION = (
-        "Multi-GPU Value: gives each GPU its own value for whatever it feeds (a prompt text, a CFG, a LoRA "
-        "strength, a checkpoint...). The master uses 'default'; 'values' holds a value per worker id, as JSON "
-        "such as {\"1\": 6.5, \"2\": 8}; a worker without one uses 'default'. Every input it feeds must have the "
-        "same type."
-    )
-    RETURN_TYPES = (ANY,)
-    RETURN_NAMES = ("value",)
-    FUNCTION = "value"
-
-    @classmethod
-    def INPUT_TYPES(cls) -> dict[str, Any]:
-        return {"required": {
-            DEFAULT_INPUT: ("STRING", {"default": "", "tooltip": "the master's value (and that of workers without "
-                                                                 "their own)"}),
-            VALUES_INPUT: ("STRING", {"default": "{}", "multiline": True,
-                                      "tooltip": "JSON: a value per worker id, such as {\"1\": 6.5, \"2\": 8}"}),
-        }, "hidden": {"unique_id": "UNIQUE_ID", "prompt": "PROMPT"}}
-
-    @classmethod
-    def VALIDATE_INPUTS(cls, **_inputs: Any) -> bool:
-        return True  # checked when the prompt is planned, with what the node feeds
-
-    def value(self, default: Any, values: str = "{}", unique_id: str | None = None,
-              prompt: dict | None = None) -> tuple[Any]:
-        node_id = str(unique_id)
-        try:
-            if prompt and node_id in prompt:
-                return (value_for(prompt, node_id, MASTER, comfy_describe),)
-            read_values({node_id: {"inputs": {DEFAULT_INPUT: default, VALUES_INPUT: values}}}, node_id)
-        except WorkflowError as exc:
-            raise RuntimeError(str(exc)) from None
-        return (default,)
-
-
-NODE_CLASS_MAPPINGS = {VALUE_CLASS: MultiGPUValue}
-NODE_DISPLAY_NAME_MAPPINGS = {VALUE_CLASS: "Multi-GPU Value"}

@@ -51,7 +51,6 @@ from ..cluster.loaded_models import model_names
 from ..engine.jobs import JobKind
 from ..engine.runner import Runner
 from ..engine.scheduler import MASTER, JobScheduler, Unit, UnitState
-from ..graph.values import comfy_describe, comfy_node_class
 from ..graph.workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
 from ..worker_client import MIB, PromptResult, WorkerClient, clip_text
 from .files import OutputSaver
@@ -136,17 +135,6 @@ class Forward(UnitJob):
         return self.settled
 
 
-def comfy_master_lacks(prompt: Prompt, synced: set[str]) -> list[str]:
-    """What the master's own ComfyUI lacks to run ``prompt`` (its node classes and their choices, as a worker's
-    ``/object_info`` would list them). Inside ComfyUI only."""
-    info: dict[str, Any] = {}
-    for node in prompt.values():
-        class_type = node.get("class_type") if isinstance(node, dict) else None
-        if isinstance(class_type, str) and comfy_node_class(class_type) is not None:
-            info[class_type] = {"input": comfy_describe(class_type) or {}}  # one that cannot say: taken as able
-    return preflight_problems(prompt, info, synced)
-
-
 def _animated(flag: Any) -> bool:
     """Whether a node's ``animated`` output (ComfyUI's ``[true]``, a worker's anything) says its images are frames."""
     return flag is True or isinstance(flag, list) and any(value is True for value in flag)
@@ -223,7 +211,7 @@ class QueueBalancer:
         self.is_output_node = is_output_node
         self.input_dir = input_dir
         self.master_lacks = master_lacks
-        """What the master lacks to run a prompt (:func:`comfy_master_lacks`; None: not checked)."""
+        """What the master lacks to run a prompt (the host's ``master_lacks``; None: not checked)."""
         self.host = host
         """The master's queue, where stand-ins wait at the back and are moved up when done (None: not moved)."""
         self.saver: OutputSaver = saver or host or DetachedHost()

@@ -38,7 +38,6 @@ from .graph import (
 )
 from .grid import ALIGN, TileGrid, crop, merge, plan_tiles, worker_tile
 from .jobs import start_tiles
-from ..graph.values import comfy_node_class
 from ..graph.workflow import TILED_UPSCALE_CLASS
 
 log = logging.getLogger("comfy_distributed")
@@ -147,7 +146,7 @@ def _natural(name: str) -> tuple:
 
 def _output_type(prompt: dict[str, Any], key: tuple[str, int]) -> str | None:
     """The type of a node's output, from ComfyUI's node classes (None outside ComfyUI or when unknown)."""
-    node_class = comfy_node_class(prompt.get(key[0], {}).get("class_type"))
+    node_class = runtime.host().node_class(prompt.get(key[0], {}).get("class_type"))
     try:
         types = tuple(node_class.RETURN_TYPES) if node_class is not None else ()
     except Exception:  # a node pack's class that cannot say: its outputs are shared, never cropped
@@ -420,19 +419,6 @@ def _blend(tiles: TileRun, have: dict[int, Any]) -> Any:
         raise RuntimeError(f"Multi-GPU Tile Merge {tiles.merge}: {exc}") from None
 
 
-SAMPLERS_FALLBACK = ["euler"]
-SCHEDULERS_FALLBACK = ["normal"]
-
-
-def _sampler_choices() -> tuple[list[str], list[str]]:
-    """ComfyUI's samplers and schedulers (the fallbacks only outside ComfyUI: tests, tools)."""
-    try:
-        import comfy.samplers
-    except ImportError:
-        return SAMPLERS_FALLBACK, SCHEDULERS_FALLBACK
-    return list(comfy.samplers.KSampler.SAMPLERS), list(comfy.samplers.KSampler.SCHEDULERS)
-
-
 class MultiGPUTiledUpscale:
     """Upscale, then an img2img pass over tiles shared by every GPU: Split -> VAE Encode -> KSampler -> VAE Decode
     -> Merge, made by graph expansion (the same machinery as placing those nodes by hand)."""
@@ -449,7 +435,7 @@ class MultiGPUTiledUpscale:
 
     @classmethod
     def INPUT_TYPES(cls) -> dict[str, Any]:
-        samplers, schedulers = _sampler_choices()
+        samplers, schedulers = runtime.host().sampler_choices()
         return {
             "required": {
                 "image": ("IMAGE",), "model": ("MODEL",), "positive": ("CONDITIONING",),

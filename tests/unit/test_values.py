@@ -9,7 +9,8 @@ import pytest
 from comfy_distributed.config import GpuConfig
 from comfy_distributed.errors import WorkflowError
 from comfy_distributed.engine.plan import plan_job
-from comfy_distributed.graph.values import MultiGPUValue, literals, read_values, typed, value_for
+from comfy_distributed.collector.nodes import MultiGPUValue
+from comfy_distributed.graph.values import literals, read_values, typed, value_for
 from comfy_distributed.graph.workflow import build_master_rerun, build_worker_prompt, flatten_for_single
 
 CLASSES = {
