@@ -16,7 +16,8 @@ from typing import Any, Callable, Mapping
 from ..errors import RunError, WorkerError, WorkerUnreachable, WorkflowError
 from ..config.json_limits import loads_bounded
 from ..launcher import command_name
-from ..graph.ui_workflow import UiWorkflow, is_ui_workflow, parse_ui_workflow, to_api_prompt
+from ..graph.ui_format import UiWorkflow, is_ui_workflow, parse_ui_workflow
+from ..graph.ui_workflow import to_api_prompt
 from ..worker_client import ComfyClient, MIB
 from ..cluster.preflight import object_info_problem
 

@@ -20,7 +20,7 @@ It follows the frontend's ``graphToPrompt`` (ComfyUI_frontend 1.27, the one Comf
 * ``Note``, ``MarkdownNote`` and nodes connected to nothing whose class the master lacks are skipped;
 * a STRING widget with ``dynamicPrompts`` has its comments removed and ``{a|b}`` choices made.
 
-What it cannot convert faithfully it refuses with a :class:`~.errors.WorkflowError` that says why and
+The workflow is read by :mod:`.ui_format`. What it cannot convert faithfully it refuses with a :class:`~.errors.WorkflowError` that says why and
 points to Export (API): subgraphs, group nodes, a connected node whose class the master lacks, an input
 only the browser fills in (a webcam, a 3D view), widget values that do not match the class.
 """
@@ -33,19 +33,18 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from ..errors import WorkflowError
+from .ui_format import (
+    BYPASSED,
+    EXPORT_HINT,
+    MUTED,
+    NOTES,
+    PRIMITIVE,
+    REROUTE,
+    UiNode,
+    UiWorkflow,
+    refuse,
+)
 
-EXPORT_HINT = "open the workflow in ComfyUI, use Workflow > Export (API) and run the file it saves"
-
-MAX_NODES = 10_000
-MAX_LINKS = 50_000
-MAX_SLOTS = 1_000
-"""Inputs, outputs or widget values of one node: far more than any node class declares."""
-MAX_NAME = 256
-
-MUTED, BYPASSED = 2, 4
-REROUTE, PRIMITIVE = "Reroute", "PrimitiveNode"
-NOTES = frozenset({"Note", "MarkdownNote"})
-"""Nodes of the UI only that never reach a prompt."""
 WIDGET_TYPES = frozenset({"INT", "FLOAT", "STRING", "BOOLEAN", "COMBO"})
 UPLOAD_OPTIONS = ("image_upload", "video_upload", "animated_image_upload", "audio_upload")
 """A combo with one of these gets an upload button, whose value the UI saves after the required widgets."""
@@ -54,164 +53,11 @@ BROWSER_ONLY_TYPES = frozenset({"WEBCAM", "LOAD_3D", "LOAD_3D_ANIMATION", "PREVI
 CONTROL, FILTER, UPLOAD = "control_after_generate", "control_filter_list", "upload"
 
 
-@dataclass(slots=True, frozen=True)
-class Slot:
-    """An input of a node in the file: its name, its type and the link that feeds it, if any."""
-
-    name: str
-    type: str
-    link: int | None
-
-
-@dataclass(slots=True, frozen=True)
-class Link:
-    origin: str
-    origin_slot: int
-
-
-@dataclass(slots=True, frozen=True)
-class UiNode:
-    id: str
-    type: str
-    mode: int
-    inputs: tuple[Slot, ...]
-    outputs: tuple[str, ...]
-    """The type of each output."""
-    widgets_values: list[Any] | dict[str, Any] | None
-
-    @property
-    def label(self) -> str:
-        return f"node {self.id} ({self.type})"
-
-
-@dataclass(slots=True, frozen=True)
-class UiWorkflow:
-    """A UI-format workflow whose shape has been checked; node ids as the API writes them (strings)."""
-
-    nodes: dict[str, UiNode]
-    links: dict[int, Link]
-    fed_by: dict[str, list[tuple[str, int]]]
-    """Per node id, the (target node, input slot) of each link that starts at it."""
-
-
 @dataclass(slots=True)
 class Converted:
     prompt: dict[str, dict[str, Any]]
     skipped: list[str] = field(default_factory=list)
     """The nodes left out that a user may not expect to be (a node of a class the master lacks)."""
-
-
-def is_ui_workflow(data: Any) -> bool:
-    """Whether ``data`` claims to be in the UI's format (it has a list of nodes)."""
-    return isinstance(data, dict) and isinstance(data.get("nodes"), list)
-
-
-def _refuse(problem: str) -> WorkflowError:
-    return WorkflowError(f"{problem}. To run it: {EXPORT_HINT}")
-
-
-def _node_id(value: Any, where: str) -> str:
-    if isinstance(value, bool) or not isinstance(value, (int, str)) or not 0 < len(str(value)) <= 64:
-        raise _refuse(f"{where} is not a node id")
-    return str(value)
-
-
-def _slot_index(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 <= value < MAX_SLOTS:
-        raise _refuse(f"{where} is not a slot number")
-    return value
-
-
-def _type_name(value: Any) -> str:
-    """A slot's type: a name, or LiteGraph's numbers for events and 'anything'."""
-    return value if isinstance(value, str) else str(value) if isinstance(value, int) else ""
-
-
-def _name(value: Any, where: str) -> str:
-    """A slot's name ("" on a Reroute)."""
-    if not isinstance(value, str) or len(value) > MAX_NAME:
-        raise _refuse(f"{where} has no name")
-    return value
-
-
-def parse_ui_workflow(data: Any) -> UiWorkflow:
-    """The workflow's nodes and links, each checked for shape and size; refusals that need no node classes."""
-    if not is_ui_workflow(data):
-        raise _refuse("the file is not a workflow in the UI's format (an object with a list of nodes)")
-    definitions = data.get("definitions")
-    if isinstance(definitions, dict) and definitions.get("subgraphs"):
-        raise _refuse("the workflow has subgraphs (definitions.subgraphs), which this conversion does not expand")
-    extra = data.get("extra")
-    if isinstance(extra, dict) and extra.get("groupNodes"):
-        raise _refuse("the workflow has group nodes (extra.groupNodes), which this conversion does not expand")
-    raw_nodes, raw_links = data["nodes"], data.get("links", [])
-    if not raw_nodes:
-        raise _refuse("the workflow has no nodes")
-    if len(raw_nodes) > MAX_NODES or not isinstance(raw_links, list) or len(raw_links) > MAX_LINKS:
-        raise _refuse(f"the workflow's nodes and links must be lists of at most {MAX_NODES} and {MAX_LINKS}")
-    links: dict[int, Link] = {}
-    fed_by: dict[str, list[tuple[str, int]]] = {}
-    for index, raw in enumerate(raw_links):
-        link_id, link, target, slot = _parse_link(raw, f"links[{index}]")
-        if link_id in links:
-            raise _refuse(f"links[{index}]: link {link_id} appears twice")
-        links[link_id] = link
-        fed_by.setdefault(link.origin, []).append((target, slot))
-    nodes: dict[str, UiNode] = {}
-    for index, raw in enumerate(raw_nodes):
-        node = _parse_node(raw, f"nodes[{index}]")
-        if node.id in nodes:
-            raise _refuse(f"nodes[{index}]: node id {node.id} appears twice")
-        if node.type.startswith(("workflow>", "workflow/")):
-            raise _refuse(f"{node.label} is a group node, which this conversion does not expand")
-        nodes[node.id] = node
-    return UiWorkflow(nodes, links, fed_by)
-
-
-def _parse_link(raw: Any, where: str) -> tuple[int, Link, str, int]:
-    """A link as a list ``[id, origin, origin_slot, target, target_slot, type]`` (version 0.4) or an object (1)."""
-    if isinstance(raw, list) and len(raw) >= 5:
-        link_id, origin, origin_slot, target, target_slot = raw[:5]
-    elif isinstance(raw, dict):
-        link_id, origin, origin_slot = raw.get("id"), raw.get("origin_id"), raw.get("origin_slot")
-        target, target_slot = raw.get("target_id"), raw.get("target_slot")
-    else:
-        raise _refuse(f"{where} is not a link ([id, from node, from slot, to node, to slot, type])")
-    if isinstance(link_id, bool) or not isinstance(link_id, int):
-        raise _refuse(f"{where} has no link id")
-    link = Link(_node_id(origin, f"{where}'s origin"), _slot_index(origin_slot, f"{where}'s origin slot"))
-    return link_id, link, _node_id(target, f"{where}'s target"), _slot_index(target_slot, f"{where}'s target slot")
-
-
-def _parse_node(raw: Any, where: str) -> UiNode:
-    if not isinstance(raw, dict):
-        raise _refuse(f"{where} is not an object")
-    node_id = _node_id(raw.get("id"), f"{where}'s id")
-    where = f"node {node_id}"
-    node_type = raw.get("type")
-    if not isinstance(node_type, str) or not 0 < len(node_type) <= MAX_NAME:
-        raise _refuse(f"{where} has no type")
-    mode = raw.get("mode", 0)
-    if isinstance(mode, bool) or not isinstance(mode, int):
-        raise _refuse(f"{where}'s mode is not a number")
-    inputs = [] if raw.get("inputs") is None else raw["inputs"]
-    outputs = [] if raw.get("outputs") is None else raw["outputs"]
-    values = raw.get("widgets_values")
-    if not isinstance(inputs, list) or not isinstance(outputs, list) or len(inputs) > MAX_SLOTS \
-            or len(outputs) > MAX_SLOTS:
-        raise _refuse(f"{where}'s inputs and outputs must be lists of at most {MAX_SLOTS}")
-    if values is not None and (not isinstance(values, (list, dict)) or len(values) > MAX_SLOTS):
-        raise _refuse(f"{where}'s widgets_values must be a list or an object of at most {MAX_SLOTS} values")
-    slots = []
-    for index, item in enumerate(inputs):
-        if not isinstance(item, dict):
-            raise _refuse(f"{where}'s input {index} is not an object")
-        link = item.get("link")
-        if link is not None and (isinstance(link, bool) or not isinstance(link, int)):
-            raise _refuse(f"{where}'s input {index} has a link that is not a link id")
-        slots.append(Slot(_name(item.get("name"), f"{where}'s input {index}"), _type_name(item.get("type")), link))
-    kinds = tuple(_type_name(item.get("type")) if isinstance(item, dict) else "" for item in outputs)
-    return UiNode(node_id, node_type, mode, tuple(slots), kinds, values)
 
 
 # --- widget values --------------------------------------------------------------------------------------
@@ -254,7 +100,7 @@ def widget_layout(class_type: str, info: Mapping[str, Any]) -> WidgetLayout:
             kind = spec[0] if isinstance(spec, list) and spec else None
             options = spec[1] if isinstance(spec, list) and len(spec) > 1 and isinstance(spec[1], dict) else {}
             if isinstance(kind, str) and kind in BROWSER_ONLY_TYPES:
-                raise _refuse(f"the master's {class_type} has an input ({name}, {kind}) that only the browser fills "
+                raise refuse(f"the master's {class_type} has an input ({name}, {kind}) that only the browser fills "
                               "in when it queues")
             combo = isinstance(kind, list) or kind == "COMBO"
             if not combo and kind not in WIDGET_TYPES:
@@ -295,7 +141,7 @@ def widget_inputs(node: UiNode, layout: WidgetLayout, linked: set[str]) -> dict[
     if isinstance(values, dict):
         missing = [name for name in wanted if name not in values and name not in linked]
         if missing:
-            raise _refuse(f"{node.label}: its widgets_values has no {', '.join(missing)}")
+            raise refuse(f"{node.label}: its widgets_values has no {', '.join(missing)}")
         return {name: values[name] for name in wanted if name in values}
     values = values or []
     for layout_slots in layout.candidates():
@@ -306,7 +152,7 @@ def widget_inputs(node: UiNode, layout: WidgetLayout, linked: set[str]) -> dict[
         # widgets an extension adds after the node's own save what they hold: nothing, when they hold no value
         if len(values) < len(layout_slots) or any(v not in (None, "") for v in values[len(layout_slots):]):
             names = ", ".join(layout_slots) or "none"
-            raise _refuse(f"{node.label} has {len(values)} widget value(s), but the master's {node.type} takes "
+            raise refuse(f"{node.label} has {len(values)} widget value(s), but the master's {node.type} takes "
                           f"{len(layout_slots)} ({names}): the file was saved with another version of the node")
     return {name: value for name, value in zip(layout_slots, values)
             if name in layout.inputs and name not in layout.forced}
@@ -383,24 +229,24 @@ class Resolver:
               ) -> Origin | None:
         key = (node.id, "in", slot)
         if key in seen:
-            raise _refuse(f"{node.label}: its input {node.inputs[slot].name} is fed in a circle")
+            raise refuse(f"{node.label}: its input {node.inputs[slot].name} is fed in a circle")
         seen.add(key)
         link_id = node.inputs[slot].link
         if link_id is None:
             return None
         link = self.workflow.links.get(link_id)
         if link is None:
-            raise _refuse(f"{node.label}: its input {node.inputs[slot].name} names link {link_id}, which the "
+            raise refuse(f"{node.label}: its input {node.inputs[slot].name} names link {link_id}, which the "
                           "workflow's links do not have")
         origin = self.workflow.nodes.get(link.origin)
         if origin is None:
-            raise _refuse(f"link {link_id} starts at node {link.origin}, which the workflow does not have")
+            raise refuse(f"link {link_id} starts at node {link.origin}, which the workflow does not have")
         return self.output(origin, link.origin_slot, want if want is not None else node.inputs[slot].type, seen)
 
     def output(self, node: UiNode, slot: int, want: str, seen: set[tuple[str, str, int]]) -> Origin | None:
         key = (node.id, "out", slot)
         if key in seen:
-            raise _refuse(f"{node.label}: its output {slot} is fed in a circle")
+            raise refuse(f"{node.label}: its output {slot} is fed in a circle")
         seen.add(key)
         if node.mode == BYPASSED:
             index = self._bypass_input(node, slot, want)
@@ -413,7 +259,7 @@ class Resolver:
     def _bypass_input(node: UiNode, slot: int, want: str) -> int:
         """The input whose value a bypassed node passes on to its output ``slot`` (-1: none)."""
         if slot >= len(node.outputs):
-            raise _refuse(f"a link starts at output {slot} of {node.label}, which has no such output")
+            raise refuse(f"a link starts at output {slot} of {node.label}, which has no such output")
         output_type = node.outputs[slot]
         if want in ("*", ""):
             return slot if len(node.inputs) > slot else 0 if node.inputs else -1
@@ -489,5 +335,5 @@ def to_api_prompt(workflow: UiWorkflow, object_info: Mapping[str, Any], rng: ran
         entry["inputs"] = {k: v for k, v in entry["inputs"].items()
                            if not (isinstance(v, list) and len(v) == 2 and v[0] not in converted.prompt)}
     if not converted.prompt:
-        raise _refuse("the workflow has no node the master can run (every node is muted, bypassed or a note)")
+        raise refuse("the workflow has no node the master can run (every node is muted, bypassed or a note)")
     return converted

@@ -24,7 +24,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from comfy_distributed.graph.ui_workflow import parse_ui_workflow, to_api_prompt
+from comfy_distributed.graph.ui_format import parse_ui_workflow
+from comfy_distributed.graph.ui_workflow import to_api_prompt
 from tests.browser.browser_support import CHROMIUM, FRONT_END_ROOT, run_driver, skip_reason
 from tests.real.cluster import Cluster
 from tests.real.harness import ComfyInstance, http_json, link_model, random_sd15

@@ -15,14 +15,8 @@ from typing import Any
 import pytest
 
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.graph.ui_workflow import (
-    CONTROL,
-    MAX_NODES,
-    dynamic_prompt,
-    parse_ui_workflow,
-    to_api_prompt,
-    widget_layout,
-)
+from comfy_distributed.graph.ui_format import MAX_NODES, parse_ui_workflow
+from comfy_distributed.graph.ui_workflow import CONTROL, dynamic_prompt, to_api_prompt, widget_layout
 
 ROOT = Path(__file__).resolve().parents[2]
 OBJECT_INFO = json.loads((Path(__file__).resolve().parent / "data" / "object_info_examples.json").read_text())
