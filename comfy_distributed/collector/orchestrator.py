@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
-import time
 import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
@@ -55,18 +54,10 @@ from ..graph.workflow import (
     validate_prompt_shape,
 )
 from .bridge import CollectorBridge
-from .job_book import JobBook, job_time_left
-from ..engine.jobs import (
-    EXTRA_DATA_KEY,
-    PROGRESS_INTERVAL,
-    STATE_INTERVAL,
-    FINISHED,
-    Job,
-    UnitRun,
-    UnitState,
-)
+from .job_book import JobBook
+from .reports import report_outcome, report_progress
+from ..engine.jobs import EXTRA_DATA_KEY, Job, JobKind, UnitRun
 from ..graph.values import Describe, literals as value_literals, no_description
-from ..engine.jobs import JobKind
 from ..engine.runner import Runner
 from ..worker_client import PromptResult, WorkerClient
 from ..cluster.preflight import MediaFile, check_media_paths, find_media, lacks_of
@@ -337,52 +328,11 @@ class Orchestrator(JobBook, CollectorBridge):
         self.runner.handle(job, event)
 
     def _progress(self, job: Job, force: bool = False) -> None:
-        """Report the job's progress: a unit's own progress at most every PROGRESS_INTERVAL, a change of
-        state at most every STATE_INTERVAL (the last one surely, a moment later): a report lists every
-        unit, so one per change would cost the master work that grows with the square of the workers."""
-        wait = (STATE_INTERVAL if force else PROGRESS_INTERVAL) - (time.monotonic() - job.last_progress)
-        if wait <= 0:
-            self._send_progress(job)
-        elif force and not job.progress_due and job.loop is not None:
-            job.progress_due = True
-            job.loop.call_later(wait, self._flush_progress, job)
-
-    def _flush_progress(self, job: Job) -> None:
-        if job.progress_due and not job.ended:
-            self._send_progress(job)
-
-    def _send_progress(self, job: Job) -> None:
-        job.last_progress, job.progress_due = time.monotonic(), False
-        units = job.unit_list()
-        states = {u.position: job.state_of(u.position) for u in units}
-        done = {u.position: 1.0 if states[u.position] in FINISHED else u.progress for u in units}
-        self.cluster.notify(*events.job_progress(job.job_id, round(sum(done.values()) / len(units), 4) if units else 1.0, [
-            events.UnitProgress(position=u.position, state=states[u.position].value,
-                                worker=job.name_of(u.position) if job.worker_of(u.position) else None,
-                                worker_id=getattr(job.worker_of(u.position), "id", None),
-                                progress=round(done[u.position], 4))
-            for u in units], job_time_left(job)))
+        report_progress(self.cluster.notify, job, force)
 
     def _finish(self, job: Job) -> None:
         """Report the job's outcome once (server loop)."""
-        if job.ended:
-            return
-        if job.progress_due:
-            self._send_progress(job)  # the last state before the outcome
-        job.ended = True
-        units = job.unit_list()
-        states = {u.position: job.state_of(u.position) for u in units}
-        if job.begun:
-            failed = job.error or any(s == UnitState.GIVEN_UP for s in states.values())
-            self.cluster.metrics.job_ended(job.kind.name,
-                                   "cancelled" if job.cancelled else "error" if failed else "done")
-            self.cluster.metrics.units_finished(state.value for state in states.values())
-        self.cluster.notify(*events.job_done(
-            job.job_id, job.cancelled, sorted({job.name_of(u.position) for u in units if states[u.position] == UnitState.DONE}),
-            [u.position for u in units if states[u.position] == UnitState.MASTER],
-            [events.MissingUnit(unit=u.position, worker=job.name_of(u.position), state=states[u.position].value,
-                                message=job.record(u.position).error)
-             for u in units if states[u.position] in (UnitState.GIVEN_UP, UnitState.SKIPPED)]))
+        report_outcome(self.cluster, job)
 
     def give_master(self, job: Job, positions: tuple[int, ...]) -> None:
         """Hand units to the Collector waiting on the execution thread."""
