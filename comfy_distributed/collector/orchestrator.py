@@ -28,6 +28,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
+from ..engine.transport import UnitTransport
 from .. import events
 from . import media
 from ..config import GpuConfig, Settings, WorkerConfig
@@ -59,7 +60,7 @@ from .reports import report_outcome, report_progress
 from ..engine.jobs import EXTRA_DATA_KEY, Job, JobKind, UnitRun
 from ..graph.values import Describe, literals as value_literals, no_description
 from ..engine.runner import Runner
-from ..worker_client import PromptResult, WorkerClient
+from ..worker_client import PromptResult
 from ..cluster.preflight import MediaFile, check_media_paths, find_media, lacks_of
 
 log = logging.getLogger("comfy_distributed")
@@ -367,7 +368,7 @@ class CollectorUnits(JobKind[CJ]):
     def wanted(self, job: CJ, unit: UnitRun) -> frozenset[str]:
         return frozenset(output_key(collector, kind) for collector, kinds in job.kinds.items() for kind in kinds)
 
-    async def fetch(self, job: CJ, unit: UnitRun, client: WorkerClient, result: PromptResult,
+    async def fetch(self, job: CJ, unit: UnitRun, client: UnitTransport, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         files_by_key: dict[str, Any] = {}
         for collector, kinds in job.kinds.items():

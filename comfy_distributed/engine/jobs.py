@@ -15,9 +15,10 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 
+from .transport import UnitTransport
 from ..config import Settings, WorkerConfig
 from .scheduler import FINISHED, Action, JobScheduler, UnitRecord, UnitState
-from ..worker_client import Channel, PromptResult, WorkerClient
+from ..worker_client import Channel, PromptResult
 from ..graph.workflow import Prompt
 
 
@@ -171,7 +172,7 @@ class JobKind(Generic[J]):
         present)."""
         return set()
 
-    async def unit_prompt(self, job: J, unit: UnitRun, client: WorkerClient) -> dict:
+    async def unit_prompt(self, job: J, unit: UnitRun, client: UnitTransport) -> dict:
         """The unit's prompt as ``client``'s worker runs it (a kind may first put a file there)."""
         return unit.prompt
 
@@ -180,7 +181,7 @@ class JobKind(Generic[J]):
         worker's websocket, the files are fetched without waiting for the prompt's end."""
         return frozenset()
 
-    async def fetch(self, job: J, unit: UnitRun, client: WorkerClient, result: PromptResult,
+    async def fetch(self, job: J, unit: UnitRun, client: UnitTransport, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         """What the finished prompt brought back, by output key (kept in ``unit.images``)."""
         raise NotImplementedError

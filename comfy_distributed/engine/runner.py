@@ -25,8 +25,9 @@ from ..cluster.preflight import with_media
 from ..cluster.previews import PreviewSource
 from ..config import WorkerConfig
 from ..errors import WorkerError
-from ..worker_client import Channel, WorkerClient
+from ..worker_client import Channel
 from .jobs import JobKind, UnitJob, UnitRun
+from .transport import UnitTransport
 from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
 
 log = logging.getLogger("comfy_distributed")
@@ -48,8 +49,9 @@ class Runner(Generic[J]):
         job.loop = asyncio.get_running_loop()
         self.unreleased[id(job)] = job
 
-    def client(self, job: J, worker: WorkerConfig) -> WorkerClient:
-        """A client of ``worker`` on the cluster's kept session."""
+    def client(self, job: J, worker: WorkerConfig) -> UnitTransport:
+        """How a unit of ``job`` reaches ``worker`` (:mod:`.transport`): today the direct client on the cluster's
+        kept session."""
         return self.cluster.client(worker, job.settings)
 
     def begin(self, job: J) -> None:

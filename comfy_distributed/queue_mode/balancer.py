@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+from ..engine.transport import UnitTransport
 from .. import events
 from ..comfy.host import DetachedHost
 from ..config import GpuConfig, WorkerConfig
@@ -52,7 +53,7 @@ from ..engine.jobs import JobKind
 from ..engine.runner import Runner
 from ..engine.scheduler import MASTER, JobScheduler, Unit, UnitState
 from ..graph.workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
-from ..worker_client import MIB, PromptResult, WorkerClient, clip_text
+from ..worker_client import MIB, PromptResult, clip_text
 from .files import OutputSaver
 from ..cluster.preflight import (
     MediaFile,
@@ -154,7 +155,7 @@ class ForwardedPrompt(JobKind[Forward]):
     def wanted(self, job: Forward, unit: UnitRun) -> frozenset[str]:
         return frozenset(job.output_nodes)
 
-    async def unit_prompt(self, job: Forward, unit: UnitRun, client: WorkerClient) -> dict:
+    async def unit_prompt(self, job: Forward, unit: UnitRun, client: UnitTransport) -> dict:
         """The preflight on this worker (WorkerLacks: the next candidate takes it), then the input files."""
         worker = client.worker
         if job.found_media is None:
@@ -176,7 +177,7 @@ class ForwardedPrompt(JobKind[Forward]):
             raise
         return unit.prompt
 
-    async def fetch(self, job: Forward, unit: UnitRun, client: WorkerClient, result: PromptResult,
+    async def fetch(self, job: Forward, unit: UnitRun, client: UnitTransport, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         """Every output node's values, and its files saved on the master (all of them, or none: see
         :mod:`.outputs`)."""

@@ -16,12 +16,10 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import aiohttp
-
+from ..engine.transport import UnitTransport
 from ..errors import WorkerAnswerTooLarge, WorkerError, WorkerProtocolError
-from ..worker_client import MAX_FILES_PER_OUTPUT, ComfyClient, OutputFile, PromptResult, clip_text
+from ..worker_client import MAX_FILES_PER_OUTPUT, OutputFile, PromptResult, clip_text
 from ..worker_client.answers import size_text
-from ..worker_client.transport import redirect_target, status_text
 from .files import HEAD_BYTES, NewFile, OutputSaver, SavedFile, content_problem, name_problem, type_problem
 
 log = logging.getLogger("comfy_distributed")
@@ -73,7 +71,7 @@ class Listed:
                f"{clip_text(file.filename, 120)!r}"
 
 
-def reported_outputs(output_nodes: list[str], client: ComfyClient,
+def reported_outputs(output_nodes: list[str], client: UnitTransport,
                      result: PromptResult) -> tuple[dict[str, NodeOutput], list[Listed]]:
     """Each output node's small values, and the files its keys list (checked to be file entries)."""
     outputs: dict[str, NodeOutput] = {}
@@ -121,7 +119,7 @@ def refuse_names(worker: str, listed: list[Listed]) -> None:
                                                   "files is kept")
 
 
-async def fetch_outputs(client: ComfyClient, output_nodes: list[str], result: PromptResult, saver: OutputSaver,
+async def fetch_outputs(client: UnitTransport, output_nodes: list[str], result: PromptResult, saver: OutputSaver,
                         worker_tag: str, budget: int, deadline: float) -> dict[str, NodeOutput]:
     """What each of ``output_nodes`` reported in ``result``: its values, and its files saved by ``saver`` in the
     worker's folder (``worker_tag``), all of them within ``budget`` bytes, or none."""
@@ -132,7 +130,7 @@ async def fetch_outputs(client: ComfyClient, output_nodes: list[str], result: Pr
     return outputs
 
 
-async def fetch_forward_files(client: ComfyClient, listed: list[Listed], saver: OutputSaver, worker_tag: str,
+async def fetch_forward_files(client: UnitTransport, listed: list[Listed], saver: OutputSaver, worker_tag: str,
                               budget: int, deadline: float) -> list[list[tuple[OutputFile, SavedFile]]]:
     """Every listed file streamed into the master's folders, per item of ``listed``: all kept, or none.
 
@@ -189,39 +187,31 @@ class _Download:
     """One file streamed from the worker's ``/view`` into its new file: its signature checked on its first bytes,
     its size against the file cap and what is left of the prompt's budget."""
 
-    def __init__(self, client: ComfyClient, item: Listed, file: OutputFile, target: NewFile, budget: int,
+    def __init__(self, client: UnitTransport, item: Listed, file: OutputFile, target: NewFile, budget: int,
                  left: int) -> None:
         self.client, self.item, self.file, self.target = client, item, file, target
         self.budget, self.limit = budget, min(client.max_file_bytes, left)
 
     async def run(self, deadline: float) -> int:
         """The file's size, once all of it is written."""
-        params = {"filename": self.file.filename, "subfolder": self.file.subfolder, "type": self.file.type}
-        return await self.client._exchange("GET", "/view", self._read, params=params,
-                                           timeout=max(deadline - time.monotonic(), 0.001))
-
-    async def _read(self, response: aiohttp.ClientResponse, what: str) -> int:
-        _refuse_status(self.client, response, what)
-        if response.content_length is not None and response.content_length > self.limit:
-            raise self._too_much(response, response.content_length)
-        head: bytes | None = b""
-        size = 0
-        async for chunk in response.content.iter_any():
-            size += len(chunk)
-            if size > self.limit:
-                raise self._too_much(response, size)
-            if head is not None and len(head) + len(chunk) < HEAD_BYTES:
-                head += chunk
-                continue
-            self._write(chunk if head is None else self._checked(head + chunk))
-            head = None
-        if head is not None:
-            self._write(self._checked(head))
+        self.head: bytes | None = b""
+        size = await self.client.stream_view(self.file, self._receive, self.limit, self._too_much,
+                                             timeout=max(deadline - time.monotonic(), 0.001))
+        if self.head is not None:
+            self._write(self._checked(self.head))
         try:
             self.target.close()
         except OSError as exc:
             raise self._disk_error(exc) from None
         return size
+
+    def _receive(self, chunk: bytes) -> None:
+        """Its first bytes are held until its signature can be checked, the rest written as they come."""
+        if self.head is not None and len(self.head) + len(chunk) < HEAD_BYTES:
+            self.head += chunk
+            return
+        self._write(chunk if self.head is None else self._checked(self.head + chunk))
+        self.head = None
 
     def _checked(self, head: bytes) -> bytes:
         problem = content_problem(self.file.filename, head)
@@ -241,8 +231,7 @@ class _Download:
         return WorkerError(self.client.name, f"{self.item.where(self.file)}: the master could not write it: "
                                              f"{exc.strerror or exc}")
 
-    def _too_much(self, response: aiohttp.ClientResponse, size: int) -> WorkerError:
-        response.close()  # nothing more is read from this connection
+    def _too_much(self, size: int) -> WorkerError:
         where, cap = self.item.where(self.file), self.client.max_file_bytes
         if size > cap:
             return WorkerAnswerTooLarge(self.client.name, f"GET /view: {where} is larger than the file cap of "
@@ -251,12 +240,3 @@ class _Download:
         return WorkerProtocolError(self.client.name, f"GET /view: the prompt's files pass its budget of "
                                                      f"{size_text(self.budget)} (settings.max_forward_mb) at {where}; "
                                                      "the rest is not fetched and none is kept")
-
-
-def _refuse_status(client: ComfyClient, response: aiohttp.ClientResponse, what: str) -> None:
-    """As the client refuses any answer but a success: a redirect is not followed, an error status is named."""
-    if 300 <= response.status < 400:
-        target = redirect_target(client.base_url + "/view", response.headers.get("Location"))
-        raise WorkerProtocolError(client.name, f"{what}: redirected to {target}, not followed")
-    if response.status >= 300:
-        raise WorkerProtocolError(client.name, f"{what}: {status_text(response.status)}")

@@ -13,13 +13,13 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
+from ..engine.transport import UnitTransport
 from ..collector.orchestrator import CollectorUnits
 from ..config import WorkerConfig
 from ..engine.jobs import Job, UnitRun
 from ..engine.scheduler import JobScheduler, Unit
 from ..errors import JobError
 from ..graph.workflow import Prompt
-from ..worker_client import WorkerClient
 from .graph import TEMP_SUFFIX, TilePair, build_tile_prompt
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ class TileUnits(CollectorUnits["TileJob"]):
         """The crops are uploaded as each tile is dispatched: a preflight takes them as present."""
         return {name + TEMP_SUFFIX for named in job.uploads.values() for name in named}
 
-    async def unit_prompt(self, job: TileJob, unit: UnitRun, client: WorkerClient) -> Prompt:
+    async def unit_prompt(self, job: TileJob, unit: UnitRun, client: UnitTransport) -> Prompt:
         """A tile's crops go to the worker's temp folder just before the tile's prompt, which loads them under the
         names the worker gave them."""
         named = job.uploads[unit.position]

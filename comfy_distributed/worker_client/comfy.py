@@ -262,6 +262,34 @@ class ComfyClient:
             raise WorkerProtocolError(self.name, f"GET /history: the entry of prompt {prompt_id} {problem}")
         return entry
 
+    async def stream_view(self, output: OutputFile, receive: Callable[[bytes], None], limit: int,
+                          too_large: Callable[[int], WorkerError], timeout: float | None = None) -> int:
+        """The file's bytes handed to ``receive`` as they arrive, never more than ``limit`` of them (past it the
+        connection is dropped and ``too_large(size)`` raised); its size. For files written to disk as they come
+        (queue mode), where :meth:`view` would hold a whole file in memory."""
+        params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
+
+        async def read(response: aiohttp.ClientResponse, what: str) -> int:
+            if 300 <= response.status < 400:
+                target = redirect_target(self.base_url + "/view", response.headers.get("Location"))
+                raise WorkerProtocolError(self.name, f"{what}: redirected to {target}, not followed")
+            if response.status >= 300:
+                raise WorkerProtocolError(self.name, f"{what}: {status_text(response.status)}")
+            size = response.content_length or 0
+            if size > limit:
+                response.close()  # nothing more is read from this connection
+                raise too_large(size)
+            size = 0
+            async for chunk in response.content.iter_any():
+                size += len(chunk)
+                if size > limit:
+                    response.close()
+                    raise too_large(size)
+                receive(chunk)
+            return size
+
+        return await self._exchange("GET", "/view", read, params=params, timeout=timeout)
+
     async def view(self, output: OutputFile, timeout: float | None = None, limit: int | None = None) -> bytes:
         """The file's bytes exactly as the instance wrote them, up to ``limit`` (:attr:`max_file_bytes`)."""
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
