@@ -1,7 +1,7 @@
 """Every ``multigpu.*`` event the master sends to its UI clients, each built by one function here.
 
 An event is ``(name, payload)``, sent with ComfyUI's ``send_sync``. The panel listens to the names
-listed in ``web/multigpu_events.js``, generated from :data:`NAMES` (a test fails when the two
+listed in ``web/multigpu_contract.js``, generated from :data:`NAMES` (:mod:`.api.panel_contract`; a test fails when the two
 differ, and a JS test checks that the panel handles every one). Payload keys are always present,
 ``None`` where a value does not apply, so the panel and the CLI never guess.
 """
@@ -78,20 +78,3 @@ def preview(job_id: str | None, position: int, worker_id: int | str, worker: str
     the panel watches (:mod:`.cluster.previews`); ``data`` None: the unit ended there, drop its thumbnail."""
     return PREVIEW, {"job_id": job_id, "position": position, "worker_id": worker_id, "worker": worker, "mime": mime,
                      "data": data}
-
-
-def panel_module() -> str:
-    """The text of ``web/multigpu_events.js``: the event names for the panel (``python -m comfy_distributed.events``
-    rewrites the file)."""
-    names = "".join(f'  {name.split(".", 1)[1].upper()}: "{name}",\n' for name in NAMES)
-    return ("// The master's multigpu.* events, generated from comfy_distributed/events.py (NAMES) by\n"
-            "// `python -m comfy_distributed.events`; a test fails when this file and NAMES differ.\n"
-            f"export const EVENTS = Object.freeze({{\n{names}}});\n")
-
-
-if __name__ == "__main__":
-    from pathlib import Path
-
-    target = Path(__file__).resolve().parent.parent / "web" / "multigpu_events.js"
-    target.write_text(panel_module(), encoding="utf-8")
-    print(f"wrote {target}")

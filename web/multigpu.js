@@ -9,10 +9,10 @@ import { createActions } from "./multigpu_actions.js";
 import { createClient } from "./multigpu_client.js";
 import { keepRegistered, listen } from "./multigpu_listen.js";
 import { mountPanel } from "./multigpu_panel.js";
+import { VALUE_NODE } from "./multigpu_contract.js";
 import { createStore, initialState, readValueNode, reduce } from "./multigpu_state.js";
 
 const TAB_ID = "multigpu";
-const VALUE_NODE = "MultiGPUValue";
 const VALUES_EVERY_MS = 1000;
 
 function notify(severity, summary, detail, life = 6000) {
@@ -51,7 +51,7 @@ function fedInput(node) {
 /** The open workflow's Value nodes, for the worker cards (sent to the store, which ignores an unchanged list). */
 function shareWorkflowValues() {
   try {
-    const values = graphNodes().filter((node) => node.type === VALUE_NODE)
+    const values = graphNodes().filter((node) => node.type === VALUE_NODE.CLASS)
       .map((node) => readValueNode(node.id, node.title, node.widgets, fedInput(node)));
     store.dispatch({ type: "workflowValues", values });
   } catch (error) {
@@ -62,7 +62,7 @@ function shareWorkflowValues() {
 /** A table in a Value node: one row per configured worker, its value (empty: the default). It writes the
  *  node's `values` widget (JSON by worker id), which stays the one that is saved and sent. */
 function attachValueTable(node) {
-  const valuesWidget = (node.widgets || []).find((w) => w.name === "values");
+  const valuesWidget = (node.widgets || []).find((w) => w.name === VALUE_NODE.VALUES);
   if (!valuesWidget || typeof node.addDOMWidget !== "function") return;
   const table = document.createElement("table");
   table.className = "mgpu-value-table";
@@ -131,7 +131,7 @@ function attachValueTable(node) {
 app.registerExtension({
   name: "ComfyUI-Distributed.multigpu",
   async beforeRegisterNodeDef(nodeType, nodeData) {
-    if (nodeData.name !== VALUE_NODE) return;
+    if (nodeData.name !== VALUE_NODE.CLASS) return;
     const created = nodeType.prototype.onNodeCreated;
     nodeType.prototype.onNodeCreated = function (...args) {
       const result = created ? created.apply(this, args) : undefined;

@@ -1,13 +1,15 @@
-// Validation of the worker form and the settings table, mirroring gpu_config.json's rules
-// (comfy_distributed/config/models.py) so that a mistake is shown next to its field before any request.
+// Validation of the worker form and the settings table, by gpu_config.json's rules (the worker form's come from
+// the config model through multigpu_contract.js, the settings' from GET /multigpu/config), so that a mistake is
+// shown next to its field before any request.
 // The master validates again; its answer is shown when it disagrees. Pure: unit-tested with node:test.
 
+import { WORKER_RULES } from "./multigpu_contract.js";
 import { workerAddress } from "./multigpu_state.js";
 
 const HOSTNAME = /^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$/;
 const IPV4 = /^(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)(\.(25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)){3}$/;
 const IPV6 = /^[0-9A-Fa-f:.]+$/;
-const WORKER_ID = /^[A-Za-z0-9_.-]{1,64}$/;
+const WORKER_ID = new RegExp(WORKER_RULES.id_pattern);
 const CONTROL = /[\x00-\x1f\x7f]/;
 const INTEGER = /^[+-]?\d+$/;
 const NUMBER = /^[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?$/;
@@ -46,7 +48,9 @@ export function hostError(value) {
 function parseInteger(text, { min, max, field }) {
   if (!INTEGER.test(text)) return { error: `${field} must be a whole number` };
   const value = Number(text);
-  if (value < min || value > max) return { error: `${field} must be between ${min} and ${max}` };
+  if (max === null || max === undefined) {
+    if (value < min) return { error: `${field} must be ${min} or more` };
+  } else if (value < min || value > max) return { error: `${field} must be between ${min} and ${max}` };
   return { value };
 }
 
@@ -61,7 +65,7 @@ export function validateWorker(form, { workers = [], editing = null } = {}) {
   const values = {};
 
   const name = String(form.name ?? "");
-  const nameError = plainText(name, 100);
+  const nameError = plainText(name, WORKER_RULES.name.max_length);
   if (nameError) errors.name = `Name: ${nameError}`;
   values.name = name.trim();
 
@@ -73,7 +77,7 @@ export function validateWorker(form, { workers = [], editing = null } = {}) {
   const port = text("port");
   if (port === "") errors.port = "Port is required";
   else {
-    const parsed = parseInteger(port, { min: 1, max: 65535, field: "Port" });
+    const parsed = parseInteger(port, { ...WORKER_RULES.port, field: "Port" });
     if (parsed.error) errors.port = parsed.error;
     values.port = parsed.value;
   }
@@ -81,13 +85,13 @@ export function validateWorker(form, { workers = [], editing = null } = {}) {
   const cuda = text("cuda_device");
   if (cuda === "") values.cuda_device = null;
   else {
-    const parsed = parseInteger(cuda, { min: 0, max: 1024, field: "CUDA device" });
+    const parsed = parseInteger(cuda, { ...WORKER_RULES.cuda_device, field: "CUDA device" });
     if (parsed.error) errors.cuda_device = parsed.error;
     values.cuda_device = parsed.value;
   }
 
   const extra = String(form.extra_args ?? "");
-  const extraError = plainText(extra, 2000);
+  const extraError = plainText(extra, WORKER_RULES.extra_args.max_length);
   if (extraError) errors.extra_args = `Extra arguments: ${extraError}`;
   values.extra_args = extra.trim();
 

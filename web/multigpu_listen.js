@@ -1,7 +1,7 @@
-// What the panel does with the master's events: the multigpu.* ones (names from multigpu_events.js) and
+// What the panel does with the master's events: the multigpu.* ones (names from multigpu_contract.js) and
 // ComfyUI's own. Kept apart from multigpu.js (which needs the frontend's app) so that a Node test can check it.
 
-import { EVENTS } from "./multigpu_events.js";
+import { EVENTS } from "./multigpu_contract.js";
 import { renewMs } from "./multigpu_state.js";
 
 const OFFLINE_LOG_LINES = 8;

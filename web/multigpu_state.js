@@ -2,13 +2,12 @@
 // and the view models the DOM layer draws. No DOM and no network here, so it is unit-tested
 // with node:test (tests/web/) and survives frontend updates untouched.
 
-export const STATUSES = ["idle", "busy", "offline", "disabled", "error", "launching"];
+import {
+  TOKEN_COMMAND, TOKEN_COMMAND_WINDOWS, UNIT_ORDER, VALUE_NODE, WORKER_STATUSES,
+} from "./multigpu_contract.js";
 
 const GIB = 1024 ** 3;
 
-/** How a user creates the API token, or shows the one there is (comfy_distributed/api/access.py TOKEN_COMMAND). */
-export const TOKEN_COMMAND = "custom_nodes/ComfyUI-Distributed/launch_distributed.sh token";
-export const TOKEN_COMMAND_WINDOWS = "custom_nodes\\ComfyUI-Distributed\\launch_distributed.bat token";
 
 /** Shown instead of the panel where GET /multigpu/config is ComfyUI's own 404: the extension is passive there. */
 export const PASSIVE_MESSAGE = "This ComfyUI is not a Multi-GPU master: the extension is passive here (a worker, "
@@ -62,14 +61,12 @@ function withoutKeys(object, keys) {
 }
 
 function jobFromSummary(job) {
-  // GET /multigpu/status lists jobs without an overall progress: derive it as the backend does
-  const finished = { done: 1, skipped: 1, given_up: 1 };
+  // GET /multigpu/status gives each job's progress and its units as multigpu.job_progress does (JobSummary)
   const units = (job.units || []).map((u) => ({
-    position: u.position, state: u.state, worker_id: u.worker_id ?? null, worker: null,
-    progress: finished[u.state] ?? (u.progress || 0),
+    position: u.position, state: u.state, worker_id: u.worker_id ?? null, worker: u.worker ?? null,
+    progress: Number(u.progress) || 0,
   }));
-  const total = units.reduce((sum, u) => sum + u.progress, 0);
-  return { progress: units.length ? total / units.length : 0, units };
+  return { progress: Number(job.progress) || 0, units };
 }
 
 const PREVIEW_TYPES = ["image/jpeg", "image/png"];
@@ -262,7 +259,7 @@ export function formatCuda(device) {
 }
 
 export function statusLabel(status) {
-  const text = STATUSES.includes(status) ? status : "unknown";
+  const text = WORKER_STATUSES.includes(status) ? status : "unknown";
   return text[0].toUpperCase() + text.slice(1);
 }
 
@@ -271,8 +268,6 @@ export function displayName(worker) {
 }
 
 // --- view models -------------------------------------------------------------------------
-
-const UNIT_ORDER = { running: 0, pending: 1, master: 2, done: 3, skipped: 4, given_up: 5 };
 
 /** The unit of a running job that a worker card shows (units name the worker; newer backends add worker_id). */
 export function workerProgress(worker, jobs) {
@@ -354,13 +349,13 @@ export function readValueNode(id, title, widgets, target) {
   const widget = (name) => (widgets || []).find((w) => w && w.name === name);
   let values = {};
   try {
-    const parsed = JSON.parse((widget("values") || {}).value || "{}");
+    const parsed = JSON.parse((widget(VALUE_NODE.VALUES) || {}).value || "{}");
     if (parsed && typeof parsed === "object" && !Array.isArray(parsed)) values = parsed;
   } catch (error) {
     values = {};
   }
   const named = title && title !== "Multi-GPU Value" ? title : `Value ${id}`;
-  return { id: String(id), label: target ? `${named} (${target})` : named, default: (widget("default") || {}).value ?? "", values };
+  return { id: String(id), label: target ? `${named} (${target})` : named, default: (widget(VALUE_NODE.DEFAULT) || {}).value ?? "", values };
 }
 
 export function masterCard(state, location) {
@@ -439,7 +434,7 @@ export function summary(state) {
   const cards = workerCards(state);
   const counts = {};
   for (const card of cards) counts[card.status] = (counts[card.status] || 0) + 1;
-  const parts = STATUSES.filter((s) => counts[s]).map((s) => `${counts[s]} ${s}`);
+  const parts = WORKER_STATUSES.filter((s) => counts[s]).map((s) => `${counts[s]} ${s}`);
   const noun = cards.length === 1 ? "worker" : "workers";
   return cards.length ? `${cards.length} ${noun}: ${parts.join(", ")}` : "No workers configured";
 }

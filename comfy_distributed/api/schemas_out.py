@@ -18,6 +18,7 @@ from pydantic_core import CoreSchema
 
 from .schemas_in import WorkerId, unset
 from ..cluster.health import STATUSES
+from ..engine.scheduler import UnitState
 from ..graph.workflow import SCHEDULING_MODES
 
 SCHEMA_REF = "#/components/schemas/{model}"
@@ -187,10 +188,34 @@ class ClusterSummary(BaseModel):
     line: str = Field(description="all of it as one line, as the panel and `comfy-distributed status` show it")
 
 
+class UnitSummary(BaseModel):
+    """One unit of a job: where it stands and who runs it (the scheduler's record of it)."""
+
+    position: int = Field(description="its place in the output: 0 the master's batch, k + 1 worker k's share")
+    seed_offset: int
+    state: UnitState
+    worker_id: Optional[WorkerId] = Field(description="the worker it was last sent to (null: none yet)")
+    worker: Optional[str] = Field(description="that worker's name")
+    progress: float = Field(description="0 to 1; a finished unit (done, skipped, given_up) counts as 1")
+    errors: list[str] = Field(description="why attempts of it failed or it was left out, each 'worker: message'")
+
+
+class JobSummary(BaseModel):
+    """A job that runs or waits for its Collectors, as the panel shows it."""
+
+    job_id: str
+    prompt_id: Optional[str]
+    settled: bool = Field(description="no unit waits for a participant or runs on a worker")
+    error: Optional[str]
+    eta_seconds: Optional[float] = Field(description="estimated seconds left, from its own units (null: unknown)")
+    progress: float = Field(description="0 to 1, as multigpu.job_progress reports it")
+    units: list[UnitSummary]
+
+
 class Status(BaseModel):
     master: MasterStatus
     workers: list[WorkerStatus]
-    jobs: list[dict[str, Any]]
+    jobs: list[JobSummary]
     cluster: ClusterSummary
     config_warnings: list[str] = Field(
         description="keys of gpu_config.json that no part of the schema knows, one line each, naming where it is "

@@ -154,17 +154,21 @@ class JobBook:
         """Jobs that are running or waiting for their Collectors, for the status endpoint."""
         with self._lock:
             jobs = list(self._jobs.values())
-        return [
-            {
-                "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(),
-                "error": job.error, "eta_seconds": job_time_left(job),
-                "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": job.state_of(u.position).value,
-                           "worker_id": getattr(job.worker_of(u.position), "id", None),
-                           "progress": round(u.progress, 4), "errors": list(job.record(u.position).causes)}
-                          for u in job.unit_list()],
-            }
-            for job in jobs
-        ]
+        return [self._summary(job) for job in jobs]
+
+    @staticmethod
+    def _summary(job: Job) -> dict[str, Any]:
+        """One job as ``GET /multigpu/status`` lists it (``schemas_out.JobSummary``): the panel shows it as it is."""
+        overall, each = job.progress()
+        return {
+            "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(), "error": job.error,
+            "eta_seconds": job_time_left(job), "progress": overall,
+            "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": job.state_of(u.position).value,
+                       "worker_id": getattr(job.worker_of(u.position), "id", None),
+                       "worker": job.name_of(u.position) if job.worker_of(u.position) else None,
+                       "progress": round(each[u.position], 4), "errors": list(job.record(u.position).causes)}
+                      for u in job.unit_list()],
+        }
 
 
 def job_time_left(job: Job) -> float | None:

@@ -11,7 +11,7 @@ import time
 
 from .. import events
 from ..cluster.core import Cluster
-from ..engine.jobs import FINISHED, PROGRESS_INTERVAL, STATE_INTERVAL, Job, UnitState
+from ..engine.jobs import PROGRESS_INTERVAL, STATE_INTERVAL, Job, UnitState
 from ..events import Notify
 from .job_book import job_time_left
 
@@ -36,8 +36,8 @@ def _send_progress(notify: Notify, job: Job) -> None:
     job.last_progress, job.progress_due = time.monotonic(), False
     units = job.unit_list()
     states = {u.position: job.state_of(u.position) for u in units}
-    done = {u.position: 1.0 if states[u.position] in FINISHED else u.progress for u in units}
-    notify(*events.job_progress(job.job_id, round(sum(done.values()) / len(units), 4) if units else 1.0, [
+    overall, done = job.progress()
+    notify(*events.job_progress(job.job_id, overall, [
         events.UnitProgress(position=u.position, state=states[u.position].value,
                             worker=job.name_of(u.position) if job.worker_of(u.position) else None,
                             worker_id=getattr(job.worker_of(u.position), "id", None),

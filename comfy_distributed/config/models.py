@@ -12,6 +12,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 
 CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
+MAX_WORKER_NAME = 100
+"""Characters of a worker's (or the master's) name."""
+MAX_EXTRA_ARGS = 2000
+"""Characters of an instance's extra command-line arguments."""
+
 PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 """The extension's folder (the git clone in ``custom_nodes``)."""
 DEFAULT_CONFIG_PATH = PACKAGE_ROOT / "gpu_config.json"
@@ -93,7 +98,7 @@ class MasterConfig(_Model):
 
     _python = field_validator("python")(classmethod(lambda cls, v: _path_text(v, "python")))
 
-    _extra_args = field_validator("extra_args")(classmethod(lambda cls, v: _plain_text(v, "extra_args", 2000)))
+    _extra_args = field_validator("extra_args")(classmethod(lambda cls, v: _plain_text(v, "extra_args", MAX_EXTRA_ARGS)))
 
 
 class WorkerConfig(_Model):
@@ -115,8 +120,8 @@ class WorkerConfig(_Model):
 
     _python = field_validator("python")(classmethod(lambda cls, v: _path_text(v, "python")))
 
-    _name = field_validator("name")(classmethod(lambda cls, v: _plain_text(v, "name", 100)))
-    _extra_args = field_validator("extra_args")(classmethod(lambda cls, v: _plain_text(v, "extra_args", 2000)))
+    _name = field_validator("name")(classmethod(lambda cls, v: _plain_text(v, "name", MAX_WORKER_NAME)))
+    _extra_args = field_validator("extra_args")(classmethod(lambda cls, v: _plain_text(v, "extra_args", MAX_EXTRA_ARGS)))
 
     @field_validator("headers")
     @classmethod

@@ -132,6 +132,12 @@ class UnitJob:
     def unit_list(self) -> list[UnitRun]:
         return [self.units[p] for p in sorted(self.units)]
 
+    def progress(self) -> tuple[float, dict[int, float]]:
+        """The job's progress (0 to 1) and each unit's: a finished unit counts whole, whatever it reported; what
+        ``multigpu.job_progress`` and ``GET /multigpu/status`` both say."""
+        each = {p: 1.0 if self.state_of(p) in FINISHED else unit.progress for p, unit in sorted(self.units.items())}
+        return (round(sum(each.values()) / len(each), 4) if each else 1.0), each
+
     def deadline(self, start: float | None = None) -> float:
         """The latest the job can settle, from ``start`` (its creation): every unit run has its own worker
         timeout, so this only guards a wait against a bug. Each participant's share of the units, each tried

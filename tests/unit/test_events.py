@@ -6,13 +6,30 @@ import re
 from pathlib import Path
 
 from comfy_distributed import events
+from comfy_distributed.api import panel_contract
+from comfy_distributed.api.access import TOKEN_COMMAND
+from comfy_distributed.cluster.health import STATUSES
+from comfy_distributed.engine.scheduler import UnitState
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def test_the_panels_event_names_are_generated_from_the_module():
-    committed = (ROOT / "web" / "multigpu_events.js").read_text(encoding="utf-8")
-    assert committed == events.panel_module(), "run `python -m comfy_distributed.events` and commit web/"
+def test_the_panels_contract_is_generated_from_the_python_facts():
+    committed = panel_contract.TARGET.read_text(encoding="utf-8")
+    assert committed == panel_contract.panel_module(), f"run `{panel_contract.REGENERATE}` and commit web/"
+    facts = panel_contract.facts()
+    assert list(facts["EVENTS"].values()) == list(events.NAMES)
+    assert set(facts["WORKER_STATUSES"]) == set(STATUSES) and set(facts["UNIT_ORDER"]) == {s.value for s in UnitState}
+    assert facts["TOKEN_COMMAND"] == TOKEN_COMMAND and facts["TOKEN_COMMAND_WINDOWS"].endswith(".bat token")
+
+
+def test_no_panel_module_copies_a_fact_of_the_contract():
+    copies = re.compile(r'"(launch_distributed\.(sh|bat) token|MultiGPUValue|given_up|multigpu\.[a-z_]+)"')
+    offenders = [f"{path.name}:{number}: {line.strip()}" for path in (ROOT / "web").glob("*.js")
+                 if path.name != "multigpu_contract.js"
+                 for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1)
+                 if copies.search(line)]
+    assert offenders == [], "the panel imports these from multigpu_contract.js"
 
 
 def test_no_event_is_named_outside_the_events_module():

@@ -259,3 +259,21 @@ test("setting the API token also keeps it in this browser", async () => {
   assert.equal(storage.getItem(TOKEN_STORAGE_KEY), "fresh-token-0123456789");
   assert.equal(store.state.auth.configured, true);
 });
+
+test("every client method asks for a route and method that the master's OpenAPI document has", async () => {
+  const { readFileSync } = await import("node:fs");
+  const doc = JSON.parse(readFileSync(new URL("../../comfy_distributed/api/openapi.json", import.meta.url), "utf8"));
+  const { fetchApi, calls } = fakeFetch({});
+  const client = createClient(fetchApi, memoryStorage());
+  const methods = Object.entries(client).filter(([name, value]) => typeof value === "function"
+    && !["setToken", "token", "hasToken"].includes(name));
+  for (const [name, method] of methods) {
+    await method.call(client, 1, true, false).catch(() => null);
+    const call = calls.at(-1);
+    assert.ok(call, `${name} sent no request`);
+    if (!call.path.startsWith("/multigpu/")) continue;  // ComfyUI's own routes (/system_stats) are not ours
+    const operation = (doc.paths[call.path] || {})[call.method.toLowerCase()];
+    assert.ok(operation, `${name}: ${call.method} ${call.path} is not in openapi.json`);
+  }
+  assert.ok(methods.length >= 12, `the client's methods: ${methods.map(([n]) => n)}`);
+});

@@ -1,9 +1,9 @@
-// The panel handles every multigpu.* event the master sends (names from web/multigpu_events.js, which a Python
+// The panel handles every multigpu.* event the master sends (names from web/multigpu_contract.js, which a Python
 // test keeps equal to comfy_distributed/events.py), and a notice reaches the user as a toast.
 import { test } from "node:test";
 import assert from "node:assert/strict";
 
-import { EVENTS } from "../../web/multigpu_events.js";
+import { EVENTS } from "../../web/multigpu_contract.js";
 import { keepRegistered, listen } from "../../web/multigpu_listen.js";
 
 function fakeApi() {

@@ -3,6 +3,7 @@ import assert from "node:assert/strict";
 import { readFileSync } from "node:fs";
 import { test } from "node:test";
 
+import { WORKER_RULES } from "../../web/multigpu_contract.js";
 import { hostError, parseSetting, settingRows, validateWorker, workerForm } from "../../web/multigpu_forms.js";
 
 // the master's settings_form (GET /multigpu/config), as comfy_distributed.config.settings_form() makes it; a Python
@@ -103,4 +104,15 @@ test("setting values are checked against the model's bounds", () => {
   assert.match(parseSetting(rows.api_token, "short").error, /16 to 256/);
   assert.deepEqual(parseSetting(rows.api_token, "a-long-enough-token-1"), { value: "a-long-enough-token-1" });
   assert.match(parseSetting({ kind: "json", label: "Mystery" }, "{}").error, /gpu_config.json/);
+});
+
+test("the worker form checks a field as the config model does (rules from multigpu_contract.js)", () => {
+  const form = { id: "", name: "GPU", host: "", port: "8190", cuda_device: "2048", extra_args: "" };
+  assert.deepEqual(validateWorker(form).errors, {}, "the config has no upper bound on cuda_device, nor has the form");
+  assert.equal(WORKER_RULES.cuda_device.max, null);
+  const bad = validateWorker({ ...form, cuda_device: "-1", port: String(WORKER_RULES.port.max + 1),
+                               name: "x".repeat(WORKER_RULES.name.max_length + 1) }).errors;
+  assert.equal(bad.cuda_device, "CUDA device must be 0 or more");
+  assert.equal(bad.port, "Port must be between 1 and 65535");
+  assert.ok(bad.name.includes(`at most ${WORKER_RULES.name.max_length} characters`));
 });
