@@ -46,6 +46,7 @@ from ..comfy.host import DetachedHost
 from ..config import GpuConfig, WorkerConfig
 from ..errors import JobError, WorkerError, WorkerLacks, WorkflowError
 from .outputs import NodeOutput, fetch_outputs
+from .routing import Candidate, rank
 from ..engine.jobs import UnitJob, UnitRun
 from ..cluster.core import Cluster
 from ..cluster.loaded_models import model_names
@@ -357,23 +358,13 @@ class QueueBalancer:
         """The master (None) and ``workers``, best first, by ``settings.queue_routing`` (see the module doc); a
         master that cannot run the prompt comes last."""
         unable = 0 if master_able else 1 << 30
-        loads = [self._load_of_master() + unable] + [self._load_of(w) for w in workers]
         participants: list[WorkerConfig | None] = [None, *workers]
-        if config.settings.queue_routing == "least_busy":
-            order = sorted(range(len(participants)), key=lambda i: (loads[i], i))
-            return [participants[i] for i in order]
         names = model_names(flat)
-        keys = [MASTER] + [str(w.id) for w in workers]
-        measured = [config.master.weight or self.cluster.speeds.get(MASTER)] + \
-            [w.weight or self.cluster.speeds.get(str(w.id)) for w in workers]
-        known = [s for s in measured if s]
-        # not measured: a worker counts as average, the master (its own prompts are not timed) as the fastest, so
-        # that a tie keeps the prompt where it needs no transfer
-        fallback = sum(known) / len(known) if known else 1.0
-        speeds = [measured[0] or max(known, default=1.0)] + [s or fallback for s in measured[1:]]
-        order = sorted(range(len(participants)),
-                       key=lambda i: (loads[i], not self.cluster.models.holds(keys[i], names), -speeds[i], i))
-        return [participants[i] for i in order]
+        candidates = [Candidate(self._load_of_master() + unable, self.cluster.models.holds(MASTER, names),
+                                config.master.weight or self.cluster.speeds.get(MASTER))]
+        candidates += [Candidate(self._load_of(w), self.cluster.models.holds(str(w.id), names),
+                                 w.weight or self.cluster.speeds.get(str(w.id))) for w in workers]
+        return [participants[i] for i in rank(candidates, config.settings.queue_routing)]
 
     def _load_of(self, worker: WorkerConfig) -> int:
         key = str(worker.id)
