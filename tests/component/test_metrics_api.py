@@ -9,6 +9,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from tests.component.api_support import Master, write_config
 from tests.component.cluster import workflow
 from tests.standin import StandinComfy
+from tests.waiting import until
 
 TOKEN = "metrics-token-0123456789abcdef"
 
@@ -27,7 +28,7 @@ async def test_metrics_count_a_job_and_its_worker(tmp_path):
             _, job = made.orchestrator.prepare(workflow(seed=3, batch=2))
             made.orchestrator.start(job)
             await asyncio.to_thread(made.orchestrator.collect, job.job_id, "3", lambda: False)
-            await asyncio.sleep(0.1)  # the job's end is reported on the loop
+            await until(lambda: job.ended, what="the job's end reported on the loop")
             response = await made.client.get("/multigpu/metrics")
             assert response.status == 200
             assert response.headers["Content-Type"].startswith("text/plain; version=0.0.4")

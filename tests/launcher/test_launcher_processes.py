@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -124,14 +125,22 @@ def test_all_slow_then_no_duplicates_status_stop_restart(site):
                                str(site.root), "--config", str(site.config), "--state-dir", str(site.state)],
                               cwd=REPO, env={**environment, "PYTHONUNBUFFERED": "1"}, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
+    seen: list[str] = []
+    reader = threading.Thread(target=lambda: seen.extend(iter(follow.stdout.readline, "")), daemon=True)
+    reader.start()
     try:
-        time.sleep(2.5)  # it shows the tail, then waits for more
+        poll(lambda: any("worker-2.log <==" in line for line in seen), 20, "logs -f showing the tail")
         assert site.cli("stop", "2").returncode == 0
-        time.sleep(2.5)
+        poll(lambda: any("fake-comfyui: stopped" in line for line in seen), 20,
+             "the line written after it started following")
     finally:
         follow.send_signal(signal.SIGINT)
-        out, err = follow.communicate(timeout=10)
-    assert "fake-comfyui: stopped" in out, out + err  # written after it started following
+        follow.wait(timeout=10)
+        reader.join(timeout=10)
+        err = follow.stderr.read()
+        follow.stdout.close()
+        follow.stderr.close()
+    assert any("fake-comfyui: stopped" in line for line in seen), "".join(seen) + err
     assert follow.returncode == 0
     never = site.cli("logs", "master", "-n", "2")
     assert never.returncode == 0 and "master" in never.stdout
