@@ -33,7 +33,7 @@ from .. import events
 from . import media
 from ..config import GpuConfig, Settings, WorkerConfig
 from ..errors import ConfigError, WorkerError, WorkerProtocolError, WorkflowError
-from ..engine.plan import JobPlan, plan_job
+from ..engine.plan import JobPlan, PlannedJob, plan_job, plan_prompt
 from ..cluster.core import Cluster
 from ..engine.scheduler import (
     MASTER,
@@ -46,10 +46,8 @@ from ..engine.scheduler import (
     WorkerJoined,
 )
 from ..graph.workflow import (
-    collector_links,
     output_key,
     Prompt,
-    build_worker_prompt,
     distributed_collectors,
     mark_master_prompt,
     validate_prompt_shape,
@@ -58,7 +56,7 @@ from .bridge import CollectorBridge
 from .job_book import JobBook
 from .reports import report_outcome, report_progress
 from ..engine.jobs import EXTRA_DATA_KEY, Job, JobKind, UnitRun
-from ..graph.values import Describe, literals as value_literals, no_description
+from ..graph.values import Describe, no_description
 from ..engine.runner import Runner
 from ..worker_client import PromptResult
 from ..cluster.preflight import MediaFile, check_media_paths, find_media, lacks_of
@@ -124,42 +122,38 @@ class Orchestrator(JobBook, CollectorBridge):
         if not config.enabled_workers():
             return prompt, None  # exactly as without our nodes
         try:
-            planned = self.plan(prompt, config)
-            if planned.why_static:
-                log.warning("Multi-GPU: %s", planned.why_static)
-                self.cluster.notify(*events.notice(f"Multi-GPU: {planned.why_static}", job_id))
-            job = self._job(prompt, planned, config, job_id, self.describe)
-            marked = mark_master_prompt(prompt, collectors, job_id, planned.master_batch,
-                                        coordinator=not planned.master_participates)
+            planned = plan_prompt(prompt, config, self.cluster.speeds.weights(config), self.describe, job_id)
+            if planned.plan.why_static:
+                log.warning("Multi-GPU: %s", planned.plan.why_static)
+                self.cluster.notify(*events.notice(f"Multi-GPU: {planned.plan.why_static}", job_id))
             input_dir = self.input_dir()
-            if input_dir is not None:
-                check_media_paths(job.units[min(job.units)].prompt, input_dir)
+            if input_dir is not None and planned.units:
+                check_media_paths(planned.units[0].prompt, input_dir)
         except WorkflowError as exc:
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
+        job = self._job(planned, config, job_id)
         with self._lock:
             self._jobs[job_id] = job
-        if planned.master_participates:
+        if planned.plan.master_participates:
             self.cluster.models.ran(MASTER, prompt)
-        return marked, job
+        return planned.marked, job
 
-    def _job(self, prompt: Prompt, planned: JobPlan, config: GpuConfig, job_id: str, describe: Describe) -> Job:
-        """The job ``planned`` describes: a unit (with its worker prompt) per position past the master's."""
-        units = {}
-        for p, size in planned.worker_units():
-            values = value_literals(prompt, planned.home(p), describe)
-            units[p] = UnitRun(p, p, build_worker_prompt(prompt, planned.collectors, p, size, values), batch=size,
-                               values=values)
-        first_runs = planned.first_runs()
+    def _job(self, planned: PlannedJob, config: GpuConfig, job_id: str) -> Job:
+        """The job ``planned`` describes, with its scheduler: a unit per position past the master's."""
+        plan = planned.plan
+        units = {u.position: UnitRun(u.position, u.position, u.prompt, batch=u.batch, values=u.values)
+                 for u in planned.units}
+        first_runs = plan.first_runs()
         workers = {str(w.id): w for w in config.enabled_workers()}
         scheduler = JobScheduler(
             units=[Unit(p, u.seed_offset) for p, u in sorted(units.items())], workers=list(workers),
             plan=first_runs, max_retries=config.settings.max_retries,
-            skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=planned.mode == "dynamic",
-            master_participates=planned.master_participates,
+            skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=plan.mode == "dynamic",
+            master_participates=plan.master_participates,
             names={key: w.display_name for key, w in workers.items()})
-        return Job(job_id=job_id, kind=self.units_kind, collectors=planned.collectors, units=units, workers=workers,
-                   settings=config.settings, scheduler=scheduler, mode=planned.mode, plan=first_runs,
-                   kinds={c: list(collector_links(prompt, c)) for c in planned.collectors}, batch=planned.batch)
+        return Job(job_id=job_id, kind=self.units_kind, collectors=plan.collectors, units=units, workers=workers,
+                   settings=config.settings, scheduler=scheduler, mode=plan.mode, plan=first_runs,
+                   kinds=planned.kinds, batch=plan.batch)
 
     def begin_soon(self, job: Job) -> None:
         """Keep ``job`` and start it on the server loop (from the execution thread: a tile job, as its Merge runs)."""

@@ -1,7 +1,9 @@
 """Who takes part in a job, with which seed, and where their images land in the output.
 
 Pure functions of the prompt and the config. One :func:`plan_job` serves the orchestrator (when it
-plans a job) and ``POST /multigpu/prepare_job`` (when a client asks what would run, :func:`describe`).
+plans a job) and ``POST /multigpu/prepare_job`` (when a client asks what would run, :func:`describe`);
+:func:`plan_prompt` is the whole job in one pass: that plan, each unit with its Values and worker prompt, and
+the master's marked prompt, which the orchestrator then carries out.
 """
 
 from __future__ import annotations
@@ -13,12 +15,16 @@ from ..config import GpuConfig, Settings
 from ..errors import WorkflowError
 from .scheduler import MASTER
 from ..cluster.speeds import Speeds
+from ..graph.values import Describe, literals as value_literals
 from ..graph.workflow import (
     MASTER_ROLE_INPUT,
     MASTER_ROLES,
     SCHEDULING_INPUT,
     SCHEDULING_MODES,
     batch_source,
+    build_worker_prompt,
+    collector_links,
+    mark_master_prompt,
     DISTRIBUTOR_CLASS,
     Prompt,
     distributed_collectors,
@@ -145,6 +151,45 @@ def plan_job(prompt: Prompt, config: GpuConfig, weights: list[float] | None = No
     if mode == "dynamic":
         owners = {0: MASTER} if takes_part else {}
     return JobPlan(mode, why_static, collectors, people, batch, sizes, owners, takes_part)
+
+
+@dataclass(slots=True, frozen=True)
+class UnitPlan:
+    """One unit past the master's own graph run: its place, its batch, its Values and the prompt a worker runs."""
+
+    position: int
+    batch: int | None
+    values: dict[str, Any]
+    """Multi-GPU Value node -> the literal of the unit's home participant."""
+    prompt: Prompt
+
+
+@dataclass(slots=True, frozen=True)
+class PlannedJob:
+    """A queued prompt's whole job, decided in one pass (:func:`plan_prompt`)."""
+
+    plan: JobPlan
+    units: list[UnitPlan]
+    marked: Prompt
+    """The prompt the master runs: its Collectors marked with the job id (and the master's batch)."""
+    kinds: dict[str, list[str]]
+    """Per Collector: what it collects (images, latent, audio)."""
+
+
+def plan_prompt(prompt: Prompt, config: GpuConfig, weights: list[float] | None, describe_node: Describe,
+                job_id: str) -> PlannedJob:
+    """The whole job ``prompt`` makes: the plan (:func:`plan_job`), each unit's Values and worker prompt, and the
+    master's marked prompt. Raises WorkflowError for a prompt that cannot be distributed."""
+    planned = plan_job(prompt, config, weights)
+    units = []
+    for position, size in planned.worker_units():
+        values = value_literals(prompt, planned.home(position), describe_node)
+        units.append(UnitPlan(position, size, values,
+                              build_worker_prompt(prompt, planned.collectors, position, size, values)))
+    marked = mark_master_prompt(prompt, planned.collectors, job_id, planned.master_batch,
+                                coordinator=not planned.master_participates)
+    kinds = {collector: list(collector_links(prompt, collector)) for collector in planned.collectors}
+    return PlannedJob(planned, units, marked, kinds)
 
 
 def master_participates(prompt: Prompt, collectors: list[str], config: GpuConfig) -> bool:

@@ -72,3 +72,20 @@ def test_one_plan_runs_and_is_described():
     worker_1 = described["participants"][1]["name"]
     assert [u["planned"] for u in described["units"]] == ["master", "master"] + [worker_1] * 4
     assert planned.worker_units() == [(p, 1) for p in range(1, 6)]
+
+
+def test_the_whole_job_is_planned_in_one_pass():
+    """plan_prompt: the plan, each unit's Values and worker prompt, and the master's marked prompt, together."""
+    from comfy_distributed.engine.plan import plan_prompt
+    from comfy_distributed.graph.workflow import JOB_INPUT
+
+    config = parse_config({"workers": [{"id": 1, "port": 8189}, {"id": 2, "port": 8190}]})
+    p = prompt()
+    planned = plan_prompt(p, config, None, lambda class_type: None, "job-1")
+    assert planned.plan.mode == "static" and planned.plan == plan_job(p, config)
+    assert [(u.position, u.batch) for u in planned.units] == [(1, None), (2, None)]
+    for unit in planned.units:
+        assert unit.prompt == build_worker_prompt(p, ["4"], unit.position, None, {})
+        assert unit.prompt["2"]["inputs"]["seed"] == 100 + unit.position
+    assert planned.marked["4"]["inputs"][JOB_INPUT] == "job-1" and JOB_INPUT not in p["4"]["inputs"]
+    assert planned.kinds == {"4": ["images"]}
