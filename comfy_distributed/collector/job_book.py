@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from ..cluster.view import UnitView, time_left
 from ..errors import JobError, ResultRejected, UnknownJob
 from ..engine.jobs import RESERVATION_TTL, UNCLAIMED_JOB_TTL, UNKNOWN_BATCH_IMAGES, Job, ShareLimits, UnitRun, UnitState
+from ..engine.runner import Runner
 from ..engine.scheduler import Event, UnitDone
 
 log = logging.getLogger("comfy_distributed")
@@ -31,7 +32,7 @@ class JobBook:
         _stash: dict[tuple[str, str], Any]
 
         def _handle(self, job: Job, event: Event) -> None: ...
-        def _cancel_tasks(self, job: Job) -> None: ...
+        runner: Runner[Job]
 
     def reserve(self) -> str:
         """A job id for ``prepare_job``; a prompt queued with it in ``extra_data`` uses it."""
@@ -112,12 +113,11 @@ class JobBook:
             return len(self._stash)
 
     def cancel(self, job: Job) -> None:
-        """Stop every unit of ``job``; each one removes and interrupts its prompt on its worker."""
-        job.cancelled = True
+        """Stop every unit of ``job`` (any thread): its waiting Collector wakes at once, its kept outputs are
+        dropped, and the runner stops its units (:meth:`~..engine.runner.Runner.cancel_soon`)."""
+        self.runner.cancel_soon(job)  # cancelled first: a Collector woken next must see it
         job.settled.set()
         self._drop_stash(job.job_id)
-        if job.loop is not None and not job.loop.is_closed():
-            job.loop.call_soon_threadsafe(self._cancel_tasks, job)
 
     def cancel_prompts(self, prompt_ids: set[str], reason: str) -> int:
         """Cancel the jobs of these master prompts (deleted from the queue, interrupted, ended)."""

@@ -342,9 +342,6 @@ class Orchestrator(JobBook, CollectorBridge):
         job.changed.set()
         log.debug("Multi-GPU: job %s: the master runs unit(s) %s", job.job_id, list(positions))
 
-    def _cancel_tasks(self, job: Job) -> None:
-        self.runner.cancel(job)
-        self._finish(job)
 
 
 class CollectorUnits(JobKind[CJ]):
@@ -392,3 +389,8 @@ class CollectorUnits(JobKind[CJ]):
 
     def changed(self, job: CJ, force: bool) -> None:
         self.orchestrator._progress(job, force)
+
+    def settled(self, job: CJ) -> None:
+        """A cancelled job reports its outcome now; one that settled on its own does when its Collectors claim it."""
+        if job.cancelled:
+            self.orchestrator._finish(job)

@@ -92,6 +92,13 @@ class Runner(Generic[J]):
             job.released = True
             job.loop.create_task(self._release(job, self.unreleased))
 
+    def cancel_soon(self, job: J) -> None:
+        """The one way to cancel a job, from any thread: it is cancelled at once (nothing more is dispatched or
+        taken from it), and :meth:`cancel` stops its units on the server loop."""
+        job.cancelled = True
+        if job.loop is not None and not job.loop.is_closed():
+            job.loop.call_soon_threadsafe(self.cancel, job)
+
     def cancel(self, job: J) -> None:
         """Stop every unit of ``job`` (server loop); each one removes and interrupts its prompt on its worker."""
         job.cancelled = True

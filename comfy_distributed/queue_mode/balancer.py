@@ -423,8 +423,7 @@ class QueueBalancer:
         bound = forward.deadline(time.monotonic())
         while not forward.settled.wait(WAIT_POLL):
             if interrupted():
-                if forward.loop is not None and not forward.loop.is_closed():
-                    forward.loop.call_soon_threadsafe(self.runner.cancel, forward)
+                self.runner.cancel_soon(forward)
                 raise JobError("Multi-GPU queue: interrupted")
             if time.monotonic() > bound:
                 raise JobError("Multi-GPU queue: the forwarded prompt did not end in time")
