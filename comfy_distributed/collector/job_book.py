@@ -160,12 +160,12 @@ class JobBook:
     def _summary(job: Job) -> dict[str, Any]:
         """One job as ``GET /multigpu/status`` lists it (``schemas_out.JobSummary``): the panel shows it as it is."""
         overall, each = job.progress()
+        shown = {u.position: job.shown_worker(u.position) for u in job.unit_list()}
         return {
             "job_id": job.job_id, "prompt_id": job.prompt_id, "settled": job.settled.is_set(), "error": job.error,
             "eta_seconds": job_time_left(job), "progress": overall,
             "units": [{"position": u.position, "seed_offset": u.seed_offset, "state": job.state_of(u.position).value,
-                       "worker_id": getattr(job.worker_of(u.position), "id", None),
-                       "worker": job.name_of(u.position) if job.worker_of(u.position) else None,
+                       "worker_id": shown[u.position][0], "worker": shown[u.position][1],
                        "progress": round(each[u.position], 4), "errors": list(job.record(u.position).causes)}
                       for u in job.unit_list()],
         }

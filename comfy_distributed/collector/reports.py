@@ -37,10 +37,10 @@ def _send_progress(notify: Notify, job: Job) -> None:
     units = job.unit_list()
     states = {u.position: job.state_of(u.position) for u in units}
     overall, done = job.progress()
+    shown = {u.position: job.shown_worker(u.position) for u in units}
     notify(*events.job_progress(job.job_id, overall, [
         events.UnitProgress(position=u.position, state=states[u.position].value,
-                            worker=job.name_of(u.position) if job.worker_of(u.position) else None,
-                            worker_id=getattr(job.worker_of(u.position), "id", None),
+                            worker=shown[u.position][1], worker_id=shown[u.position][0],
                             progress=round(done[u.position], 4))
         for u in units], job_time_left(job)))
 

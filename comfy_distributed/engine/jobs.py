@@ -118,6 +118,11 @@ class UnitJob:
         worker = self.scheduler.record(position).worker
         return self.workers.get(worker) if worker is not None else None
 
+    def shown_worker(self, position: int) -> tuple[int | str | None, str | None]:
+        """(id, name) of the worker the unit was last sent to, as events and the status show it; (None, None)."""
+        worker = self.worker_of(position)
+        return (worker.id, worker.display_name) if worker is not None else (None, None)
+
     def name_of(self, position: int) -> str:
         """The name of the worker the unit was last sent to, or ``unit N``."""
         worker = self.worker_of(position)

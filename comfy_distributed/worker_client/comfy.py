@@ -173,9 +173,7 @@ class ComfyClient:
     async def _answer(self, response: aiohttp.ClientResponse, what: str, path: str, limit: int,
                       rejectable: bool) -> bytes:
         """The body of a successful answer; a redirect, a rejection or an error status raised as ours."""
-        if 300 <= response.status < 400:
-            target = redirect_target(self.base_url + path, response.headers.get("Location"))
-            raise WorkerProtocolError(self.name, f"{what}: redirected to {target}, not followed")
+        self._refuse_redirect(response, what, path)
         if response.status == 400 and rejectable:
             parsed = json_or_none(await self._read_capped(response, what, MAX_JSON_BYTES))
             raise WorkerRejected(self.name, summarize_rejection(parsed), node_errors(parsed))
@@ -183,6 +181,12 @@ class ComfyClient:
             await self._log_error_body(response, what)
             raise WorkerProtocolError(self.name, f"{what}: {status_text(response.status)}")
         return await self._read_capped(response, what, limit)
+
+    def _refuse_redirect(self, response: aiohttp.ClientResponse, what: str, path: str) -> None:
+        """A redirect is never followed (per-worker headers would travel to the other address): it is refused."""
+        if 300 <= response.status < 400:
+            target = redirect_target(self.base_url + path, response.headers.get("Location"))
+            raise WorkerProtocolError(self.name, f"{what}: redirected to {target}, not followed")
 
     async def _read_capped(self, response: aiohttp.ClientResponse, what: str, limit: int) -> bytes:
         """The body, refused as soon as it is known to pass ``limit`` bytes (its header says so, or it does)."""
@@ -270,9 +274,7 @@ class ComfyClient:
         params = {"filename": output.filename, "subfolder": output.subfolder, "type": output.type}
 
         async def read(response: aiohttp.ClientResponse, what: str) -> int:
-            if 300 <= response.status < 400:
-                target = redirect_target(self.base_url + "/view", response.headers.get("Location"))
-                raise WorkerProtocolError(self.name, f"{what}: redirected to {target}, not followed")
+            self._refuse_redirect(response, what, "/view")
             if response.status >= 300:
                 raise WorkerProtocolError(self.name, f"{what}: {status_text(response.status)}")
             size = response.content_length or 0
