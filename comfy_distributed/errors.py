@@ -15,13 +15,16 @@
     │       └── WorkerAnswerTooLarge  an answer past its size cap (refused, not read further)
     ├── LaunchError                 an instance could not be started, found or stopped
     ├── RunError                    the CLI's ``run``: a workflow file, an ``--set``, or the master's answer
+    ├── PoolError                   the shared pool (Redis): redis-py missing, a unit no agent can run
+    │   ├── PoolUnavailable         Redis unreachable, refused us, or timed out (retried with backoff)
+    │   └── PoolProtocolError       something read from Redis that is not the pool's protocol (refused)
     └── JobError                    a distributed job as a whole (unknown job, cancelled)
         ├── UnknownJob              no such job (expired, finished, or never planned)
         └── ResultRejected          a worker's callback that does not match its job
 
 Third-party exceptions (aiohttp, asyncio timeouts, JSON) are converted at the edge, in
-``worker_client``, with ``raise ... from exc``. The ``Worker*`` errors also come from a
-``ComfyClient`` that talks to an instance that is not a configured worker (the CLI's master,
+``worker_client`` (redis-py's in ``pool.connection``), with ``raise ... from exc``. The ``Worker*`` errors also
+come from a ``ComfyClient`` that talks to an instance that is not a configured worker (the CLI's master,
 a URL the launcher probes): it names that instance, and its caller turns them into its own
 (``RunError``, a probe's result).
 """
@@ -100,6 +103,18 @@ class LaunchError(DistributedError):
 
 class RunError(DistributedError):
     """The CLI's ``run`` could not queue, follow or save a workflow; the message says what to do."""
+
+
+class PoolError(DistributedError):
+    """The shared pool could not be used; the message says what to do."""
+
+
+class PoolUnavailable(PoolError):
+    """Redis did not answer, refused the connection or our credentials: worth retrying later."""
+
+
+class PoolProtocolError(PoolError):
+    """A key or stream entry that does not have the pool protocol's shape or size; it is refused, not used."""
 
 
 class JobError(DistributedError):

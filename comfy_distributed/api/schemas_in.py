@@ -36,6 +36,7 @@ from pydantic_core import CoreSchema, PydanticCustomError
 
 from .access import FORBIDDEN_FLAGS, ApiError
 from ..config import Settings, WorkerConfig
+from ..config.models import FILE_ONLY_SETTINGS
 
 Body = TypeVar("Body", bound=BaseModel)
 
@@ -180,7 +181,7 @@ class RemoveWorkerRequest(RequestBody):
     worker_id: WorkerId
 
 
-SETTING_KEYS = tuple(Settings.model_fields)
+SETTING_KEYS = tuple(key for key in Settings.model_fields if key not in FILE_ONLY_SETTINGS)
 
 
 def _known_setting(key: str) -> str:

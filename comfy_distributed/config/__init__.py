@@ -7,7 +7,8 @@ since a misspelled key silently does nothing. A file that does not validate is r
 defaults.
 
 :mod:`.models` holds the model, :mod:`.files` reading, saving and the shared :class:`ConfigStore`,
-:mod:`.unknown_keys` the warnings about keys the model does not know.
+:mod:`.unknown_keys` the warnings about keys the model does not know, :mod:`.pool` ``settings.pool`` (the shared
+pool's Redis URL, shown only without its password).
 """
 
 from ..errors import ConfigError
@@ -23,6 +24,7 @@ from .files import (
 from .models import (
     CONFIG_ENV,
     DEFAULT_CONFIG_PATH,
+    FILE_ONLY_SETTINGS,
     MAX_CONFIG_BYTES,
     PACKAGE_ROOT,
     REDACTED,
@@ -35,11 +37,12 @@ from .models import (
     public_view,
     settings_form,
 )
+from .pool import PoolConfig, redacted_url
 from .unknown_keys import unknown_key_warnings, worker_label
 
 __all__ = [
-    "CONFIG_ENV", "DEFAULT_CONFIG_PATH", "MAX_CONFIG_BYTES", "PACKAGE_ROOT", "REDACTED", "SECRET_SETTINGS",
-    "ConfigError", "ConfigStore", "GpuConfig", "MasterConfig", "Settings", "SshConfig", "WorkerConfig", "config_path",
-    "format_validation_error", "load_config", "parse_config", "public_view", "save_config", "set_api_token",
-    "settings_form", "unknown_key_warnings", "worker_label",
+    "CONFIG_ENV", "DEFAULT_CONFIG_PATH", "FILE_ONLY_SETTINGS", "MAX_CONFIG_BYTES", "PACKAGE_ROOT", "REDACTED",
+    "SECRET_SETTINGS", "ConfigError", "ConfigStore", "GpuConfig", "MasterConfig", "PoolConfig", "Settings", "SshConfig",
+    "WorkerConfig", "config_path", "format_validation_error", "load_config", "parse_config", "public_view",
+    "redacted_url", "save_config", "set_api_token", "settings_form", "unknown_key_warnings", "worker_label",
 ]

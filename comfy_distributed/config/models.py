@@ -10,6 +10,8 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from .pool import PoolConfig
+
 
 CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
 MAX_WORKER_NAME = 100
@@ -240,6 +242,10 @@ class Settings(_Model):
                                 "prompt's files"}, description="most MiB of files, all together, that one prompt sent "
                                 "to a worker in queue mode may bring back (a video, its frames...); streamed to disk "
                                 "and refused past it")
+    pool: PoolConfig | None = Field(None, description=(
+        "the shared GPU pool on Redis: {\"url\": \"redis://[user:password@]host:port/db\" (rediss:// for TLS), "
+        "\"name\": \"default\"}; set in gpu_config.json or COMFY_DISTRIBUTED_POOL, never through the API (the "
+        "password is shown as ***)"))
 
     @field_validator("allowed_hosts")
     @classmethod
@@ -258,6 +264,9 @@ class Settings(_Model):
 
 SECRET_SETTINGS = frozenset({"api_token"})
 REDACTED = "***"
+FILE_ONLY_SETTINGS = frozenset({"pool"})
+"""Settings the API shows (redacted) but never changes: the pool's URL holds a password and says where the master
+sends every prompt it distributes."""
 
 
 def settings_form() -> list[dict[str, Any]]:
@@ -295,6 +304,7 @@ def public_view(config: "GpuConfig") -> dict[str, Any]:
     """The config as the API shows it: no token, header values masked, the SSH block reduced to its host,
     and none of the unknown keys (a user's notes may hold anything)."""
     settings = {k: v for k, v in _known(config.settings).items() if k not in SECRET_SETTINGS}
+    settings["pool"] = config.settings.pool.public() if config.settings.pool is not None else None
     workers = []
     for worker in config.workers:
         data = _known(worker)
@@ -358,4 +368,9 @@ def public_view_schemas() -> dict[str, dict[str, Any]]:
         "anyOf": [{"type": "object", "properties": {"host": {"type": "string"}}, "required": ["host"],
                    "additionalProperties": False}, {"type": "null"}],
         "description": "set for a worker the launcher starts over SSH; only its host is shown"}
-    return {"master": shown(MasterConfig), "worker": worker, "settings": shown(Settings, SECRET_SETTINGS)}
+    settings = shown(Settings, SECRET_SETTINGS)
+    settings["properties"]["pool"] = {
+        "anyOf": [{"type": "object", "properties": {"url": {"type": "string"}, "name": {"type": "string"}},
+                   "required": ["url", "name"], "additionalProperties": False}, {"type": "null"}],
+        "description": "the shared pool; its URL without the password"}
+    return {"master": shown(MasterConfig), "worker": worker, "settings": settings}
