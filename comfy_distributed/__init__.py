@@ -11,6 +11,7 @@ The package's map, by layer from the bottom (imports only point down):
 - :mod:`.engine`: plan, the pure scheduler, the runner and a job's records;
 - the job kinds: :mod:`.collector` (a Collector's batch), :mod:`.tiles` (tiles of one image),
   :mod:`.queue_mode` (whole prompts);
+- :mod:`.pool`: the shared GPU pool on Redis (the agent, and the master's broker client);
 - :mod:`.api`: the ``/multigpu`` routes, their guard, models and OpenAPI document;
 - :mod:`.comfy`: where the extension meets the ComfyUI it runs in;
 - tools: :mod:`.launcher` (starting instances, local and SSH), :mod:`.cli` (``comfy-distributed ...``).

@@ -1,0 +1,106 @@
+"""The master's reply stream, read and sorted out: each checked reply goes to the queue of the unit attempt it is for.
+
+One task per master reads ``reply:{master_id}`` with plain ``XREAD`` (the master is its only reader, so no group is
+needed) and deletes what it has read, so the stream holds only what is not read yet. Each entry is checked
+(:func:`.protocol.decode_reply`: shapes, each file against the master's file cap, all of them against a total), then
+handed to the queue registered for its ``(job_id, position, attempt)``; a reply nobody watches (a late duplicate of
+an attempt the engine gave up, a unit of a job that ended) is dropped, and a reply that does not fit the protocol is
+logged and dropped. Redis going away pauses the reading (with backoff), never ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Callable
+
+from ..errors import PoolError, PoolProtocolError, PoolUnavailable
+from .connection import Backoff, redis_errors
+from .protocol import UnitReply, decode_reply
+
+log = logging.getLogger("comfy_distributed")
+
+READ_COUNT = 4
+"""Entries read at once: a done entry holds a unit's files, and redis-py reads an answer whole."""
+READ_BLOCK_MS = 500
+"""How long one XREAD waits for an entry: also how long :meth:`ReplyInbox.run` takes to notice it should stop."""
+
+Key = tuple[str, int, int]
+
+
+class ReplyInbox:
+    """Reads one master's replies and routes them to the queues of :meth:`watch`."""
+
+    def __init__(self, client: Callable[[], Any], stream: str, url: str, max_file_bytes: int,
+                 max_reply_bytes: int, finished: Callable[[UnitReply], None]) -> None:
+        self._client, self.stream, self._url = client, stream, url
+        self.max_file_bytes, self.max_reply_bytes = max_file_bytes, max_reply_bytes
+        self._finished = finished
+        """Told of every done or failed reply (the broker forgets the attempt's entry)."""
+        self._queues: dict[Key, asyncio.Queue[UnitReply]] = {}
+        self.last_id = "0-0"
+        self.dropped = 0
+        """Replies refused or nobody watched (for tests and logs)."""
+
+    def watch(self, key: Key) -> asyncio.Queue[UnitReply]:
+        return self._queues.setdefault(key, asyncio.Queue())
+
+    def unwatch(self, key: Key) -> None:
+        self._queues.pop(key, None)
+
+    def unwatch_job(self, job_id: str) -> None:
+        for key in [key for key in self._queues if key[0] == job_id]:
+            del self._queues[key]
+
+    def deliver(self, reply: UnitReply) -> None:
+        """Hand ``reply`` to its watcher (the broker's own failures, e.g. units Redis lost, come this way too)."""
+        if reply.kind in ("done", "failed"):
+            self._finished(reply)
+        queue = self._queues.get(reply.key)
+        if queue is None:
+            self.dropped += 1
+            log.debug("Multi-GPU pool: a %s reply for job %s unit %d attempt %d that nobody waits for; dropped",
+                      reply.kind, reply.job_id, reply.position, reply.attempt)
+            return
+        queue.put_nowait(reply)
+
+    async def run(self, stopping: asyncio.Event) -> None:
+        """Read until ``stopping`` is set; Redis unreachable is waited out with backoff. It ends between two reads
+        rather than being cancelled in one: redis-py can hang when a command is cancelled while it connects."""
+        backoff, said = Backoff(), False
+        while not stopping.is_set():
+            try:
+                await self._read_once()
+                backoff.reset()
+                said = False
+            except PoolUnavailable as exc:
+                if not said:
+                    log.warning("Multi-GPU pool: reading replies paused: %s; retrying", exc)
+                    said = True
+                await backoff.wait(stopping)
+            except PoolError as exc:
+                log.warning("Multi-GPU pool: reading replies: %s; retrying", exc)
+                await backoff.wait(stopping)
+
+    async def _read_once(self) -> None:
+        client = self._client()
+        with redis_errors(f"XREAD {self.stream}", self._url):
+            answer = await client.xread({self.stream: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
+        read = []
+        for _stream, entries in answer or []:
+            for entry_id, fields in entries:
+                read.append(entry_id)
+                self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
+                self._route(self.last_id, fields)
+        if read:
+            with redis_errors(f"XDEL {self.stream}", self._url):
+                await client.xdel(self.stream, *read)
+
+    def _route(self, entry_id: str, fields: Any) -> None:
+        try:
+            reply = decode_reply(fields if isinstance(fields, dict) else {}, self.max_file_bytes, self.max_reply_bytes)
+        except PoolProtocolError as exc:
+            self.dropped += 1
+            log.warning("Multi-GPU pool: reply %s refused: %s", entry_id, exc)
+            return
+        self.deliver(reply)
