@@ -5,7 +5,7 @@ modes, all of them in one table (:data:`.modes.MODES`). User errors are printed 
 traceback) and give exit code 1.
 
 The package, by concept: :mod:`.site` (where ComfyUI, the config and the state folder are),
-:mod:`.instances` (start, stop, status), :mod:`.maintenance` (venv, updates, token), ``run`` in
+:mod:`.instances` (start, stop, status), :mod:`.agent` (a pool agent), :mod:`.maintenance` (venv, updates, token), ``run`` in
 :mod:`.run` with :mod:`.workflow_file`, :mod:`.progress` and :mod:`.results`, and :mod:`.modes`.
 """
 

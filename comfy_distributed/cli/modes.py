@@ -9,6 +9,7 @@ from typing import Callable
 
 from ..errors import DistributedError
 from ..launcher import command_name
+from .agent import agent_arguments, cmd_agent
 from .instances import cmd_launch, cmd_logs, cmd_restart, cmd_status, cmd_stop, cmd_watch
 from .maintenance import cmd_token, cmd_update, cmd_update_nodes, cmd_venv
 from .run import DEFAULT_OUTPUT, DEFAULT_TIMEOUT, cmd_run
@@ -67,6 +68,9 @@ MODES: tuple[Mode, ...] = (
     Mode("logs", "the last lines of a launched instance's log (master, a worker id or name); -f follows it",
          cmd_logs, _logs, in_menu=False),
     Mode("run", "queue a workflow (UI or API format) on the master, show progress, save the images", cmd_run, _run,
+         in_menu=False),
+    Mode("agent", "run a pool agent beside one plain ComfyUI: it takes units from the pool's Redis and runs them "
+                  "there (--pool URL [--comfyui http://127.0.0.1:8188] [--name NAME] [--tags a,b])", cmd_agent, agent_arguments,
          in_menu=False),
     Mode("token", "create the API token, save it in gpu_config.json (readable by you only) and say how to use it", cmd_token,
          _token),

@@ -1,0 +1,71 @@
+"""``agent``: run a pool agent beside one plain ComfyUI, until Ctrl+C (or SIGTERM).
+
+The first signal lets the unit it runs finish, then it leaves; a second one gives that unit back to the pool at
+once (the master runs it elsewhere). A ComfyUI that does not answer yet is waited for, not an error: the agent says
+so and takes units once it answers. A bad pool URL, name or tag is an error before anything starts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+
+from ..errors import PoolError
+from .site import say
+
+DEFAULT_COMFYUI = "http://127.0.0.1:8188"
+
+
+def agent_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--pool", required=True, metavar="URL",
+                        help="the pool's Redis: redis://[user:password@]host:port/db (rediss:// for TLS)")
+    parser.add_argument("--pool-name", default="default", metavar="NAME", help="the pool on that Redis")
+    parser.add_argument("--name", metavar="NAME", help="how masters show this agent (default: agent-<id>)")
+    parser.add_argument("--tags", default="", metavar="a,b",
+                        help="what this GPU offers, e.g. gpu48,video: a job that requires tags runs only on agents "
+                             "with all of them")
+
+
+def cmd_agent(args: argparse.Namespace) -> int:
+    from ..pool.agent import Agent
+    from ..pool.connection import redis_asyncio
+    from ..pool.settings import describe, parse_pool
+
+    pool = parse_pool(args.pool, args.pool_name, "--pool")
+    comfyui = getattr(args, "comfyui", None) or DEFAULT_COMFYUI  # the common --comfyui: here an address
+    if not comfyui.startswith(("http://", "https://")):
+        raise PoolError(f"--comfyui {comfyui[:200]!r}: for an agent, give its ComfyUI's address, e.g. "
+                        f"{DEFAULT_COMFYUI}")
+    redis_asyncio()  # redis-py missing: said now, not from inside the loop
+    tags = [tag.strip() for tag in args.tags.split(",") if tag.strip()]
+    agent = Agent(pool.url, comfyui, pool=pool.name, name=args.name, tags=tags, say=say)
+    say(f"Starting agent {agent.name} for {describe(pool)}; Ctrl+C finishes the running unit and stops, twice "
+        "gives it back")
+    asyncio.run(_run(agent))
+    return 0
+
+
+async def _run(agent: object) -> None:
+    from ..pool.agent import Agent
+
+    assert isinstance(agent, Agent)
+    loop = asyncio.get_running_loop()
+    signals = 0
+
+    def on_signal() -> None:
+        nonlocal signals
+        signals += 1
+        agent.stop(give_back=signals > 1)
+        say("giving the running unit back and stopping" if signals > 1 else
+            "stopping after the running unit (again: give it back now)")
+
+    for number in (signal.SIGINT, signal.SIGTERM):
+        try:
+            loop.add_signal_handler(number, on_signal)
+        except (NotImplementedError, RuntimeError):  # Windows: Ctrl+C raises KeyboardInterrupt instead
+            pass
+    try:
+        await agent.run()
+    except PoolError as exc:
+        raise PoolError(f"agent {agent.name}: {exc}") from None

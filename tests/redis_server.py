@@ -1,0 +1,79 @@
+"""A real ``redis-server`` on a free loopback port for the pool's tests: started, restarted on the same port, stopped.
+
+It keeps nothing on disk (``--save ""``, no append-only file), so a restart is what Redis without persistence does:
+every key gone. :func:`redis_server_path` is None where Debian's ``redis-server`` is not installed (``.ci/run``
+installs it); the fixtures skip then, saying so.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.waiting import LOOPBACK, free_port, poll
+
+START_TIMEOUT = 10.0
+
+
+def redis_server_path() -> str | None:
+    found = shutil.which("redis-server")
+    if found:
+        return found
+    return next((p for p in ("/usr/bin/redis-server", "/usr/sbin/redis-server") if Path(p).is_file()), None)
+
+
+def answers_ping(port: int) -> bool:
+    try:
+        with socket.create_connection((LOOPBACK, port), timeout=0.5) as sock:
+            sock.sendall(b"PING\r\n")
+            return sock.recv(64).startswith(b"+PONG")
+    except OSError:
+        return False
+
+
+class RedisServer:
+    """One ``redis-server`` process on ``127.0.0.1:port``, working in ``folder``."""
+
+    def __init__(self, folder: Path, executable: str) -> None:
+        self.folder, self.executable = folder, executable
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://{LOOPBACK}:{self.port}/0"
+
+    def start(self) -> None:
+        """Start it (on the same port as before, after :meth:`stop`) and wait until it answers PING."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        log = (self.folder / "redis.log").open("ab")
+        self.process = subprocess.Popen(
+            [self.executable, "--port", str(self.port), "--bind", LOOPBACK, "--save", "", "--appendonly", "no",
+             "--dir", str(self.folder), "--protected-mode", "yes", "--daemonize", "no"],
+            stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        log.close()
+        process = self.process
+        poll(lambda: answers_ping(self.port) or process.poll() is not None, START_TIMEOUT, "redis-server answers")
+        if process.poll() is not None:
+            raise RuntimeError(f"redis-server exited with {process.returncode}: "
+                               f"{(self.folder / 'redis.log').read_text(errors='replace')[-2000:]}")
+
+    def stop(self) -> None:
+        """Stop it (SIGTERM, then SIGKILL after 5 s): every key is lost."""
+        process, self.process = self.process, None
+        if process is None:
+            return
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(5)
+        time.sleep(0.05)  # let the port be free again before a restart binds it
+
+    def restart(self) -> None:
+        self.stop()
+        self.start()

@@ -1,0 +1,26 @@
+"""``comfy-distributed agent``: its place in the help, and its usage errors, said before anything starts."""
+
+from __future__ import annotations
+
+import pytest
+
+from comfy_distributed.cli import main
+
+
+def test_the_agent_mode_is_in_the_help(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "agent" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["agent", "--pool", "http://redis:6379"], "--pool: must start with redis://"),
+    (["agent", "--pool", "redis://h", "--comfyui", "/opt/ComfyUI"], "give its ComfyUI's address"),
+    (["agent", "--pool", "redis://h", "--name", "a\tb"], "agent name"),
+    (["agent", "--pool", "redis://h", "--tags", "ok,not ok"], "agent tag 'not ok'"),
+    (["agent", "--pool", "redis://:secret@h:1/x"], "/DB"),
+])
+def test_bad_agent_arguments_are_one_line_errors(capsys, argv, words):
+    assert main(argv) == 1
+    error = capsys.readouterr().err
+    assert words in error and "secret" not in error and "Traceback" not in error
