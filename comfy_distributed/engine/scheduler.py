@@ -65,6 +65,9 @@ class UnitRecord:
     """The worker it was last sent to (or skipped on); a unit the master runs keeps the last one."""
     attempt: int = 0
     """Attempts so far (dispatches to a worker and runs on the master); an answer names the attempt it ends."""
+    uncounted: int = 0
+    """Attempts that ended before the unit ran (a worker found lacking when it reached it): they do not count
+    against ``max_retries``."""
     started: float | None = None
     """When the current attempt on a worker started (the scheduler's clock)."""
     causes: list[str] = field(default_factory=list)
@@ -97,6 +100,12 @@ class UnitFailed:
     attempt: int
     reason: str
     message: str
+
+    @property
+    def counts(self) -> bool:
+        """Whether the attempt counts against ``max_retries``: not when the worker lacked what the unit needs
+        (its preflight failed), since the unit never ran there."""
+        return self.reason != "preflight"
 
 
 @dataclass(slots=True, frozen=True)
@@ -260,7 +269,7 @@ class JobScheduler:
         for position, record in self.records.items():
             assert (record.state is UnitState.PENDING) == (position in queued), \
                 f"unit {position} is {record.state} but {'' if position in queued else 'not '}queued"
-            assert record.attempt <= 1 + self.max_retries, f"unit {position}: {record.attempt} tries"
+            assert record.attempt - record.uncounted <= 1 + self.max_retries, f"unit {position}: {record.attempt} tries"
             if record.state is UnitState.RUNNING:
                 assert record.worker is not None and record.worker not in busy, f"unit {position}: its worker runs two"
                 assert record.worker not in self.excluded and record.attempt >= 1 and record.started is not None
@@ -323,7 +332,8 @@ class JobScheduler:
         record.causes.append(f"{self._name(event.worker)}: {event.message}")
         self.excluded.add(event.worker)
         self.shared.extend(self.queues.pop(event.worker, []))
-        if record.attempt > self.max_retries:
+        record.uncounted += not event.counts
+        if record.attempt - record.uncounted > self.max_retries:
             record.state = UnitState.GIVEN_UP
             self.shared.sort()
             return [GiveUp(event.position)] + self._assign()

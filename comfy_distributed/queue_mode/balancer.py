@@ -97,44 +97,15 @@ class Forward(UnitJob):
     """The queue number the prompt would have had; the stand-in gets it once the worker is done (None: it was
     queued with a number of its own, and keeps it)."""
 
-    @property
-    def forward_id(self) -> str:
-        return self.job_id
-
-    @property
-    def unit(self) -> UnitRun:
-        return self.units[FORWARD_POSITION]
-
-    @property
-    def prompt(self) -> Prompt:
-        """The prompt as the worker runs it (our nodes flattened away)."""
-        return self.unit.prompt
-
-    @property
-    def candidates(self) -> list[WorkerConfig]:
-        return list(self.workers.values())
-
-    @property
     def state(self) -> str:
         """pending, running, done, or master (no worker could run it: the master runs it itself)."""
         state = self.state_of(FORWARD_POSITION)
         return "master" if state == UnitState.GIVEN_UP else state.value
 
-    @property
-    def worker(self) -> WorkerConfig | None:
-        return self.worker_of(FORWARD_POSITION)
-
-    @property
     def outputs(self) -> dict[str, NodeOutput]:
-        return self.unit.images if self.state_of(FORWARD_POSITION) == UnitState.DONE else {}
-
-    @property
-    def causes(self) -> list[str]:
-        return self.record(FORWARD_POSITION).causes
-
-    @property
-    def finished(self) -> threading.Event:
-        return self.settled
+        """Each output node's values and saved files, once a worker delivered them (else nothing)."""
+        unit = self.units[FORWARD_POSITION]
+        return unit.images if self.state_of(FORWARD_POSITION) == UnitState.DONE else {}
 
 
 def _animated(flag: Any) -> bool:
@@ -257,20 +228,20 @@ class QueueBalancer:
             synced = local_media(flat, input_dir) if input_dir is not None else set()
         except (WorkflowError, OSError, AttributeError, TypeError):  # malformed: ComfyUI tells the user itself
             return self._kept(prompt, has_collector)
-        candidates, unchecked = self._able_workers(config, flat, synced)
+        candidates = self._able_workers(config, flat, synced)
         master_able = self._master_able(flat, synced)
         if not candidates:
             return self._kept(prompt, has_collector)  # no worker can: the master runs it (or ComfyUI says why not)
         ranked = self._ranked(config, flat, candidates, master_able)
         if ranked[0] is None:
             return self._kept(prompt, has_collector)  # the master is the best place for it
-        forward = self._forward(prompt, flat, output_nodes, config, ranked, unchecked)
+        forward = self._forward(prompt, flat, output_nodes, config, ranked)
         stand_in = {node_id: {"class_type": REMOTE_OUTPUT_CLASS,
-                              "inputs": {"forward_id": forward.forward_id, "node": node_id},
+                              "inputs": {"forward_id": forward.job_id, "node": node_id},
                               "_meta": {"title": f"{prompt[node_id].get('class_type')} (on a worker)"}}
                     for node_id in output_nodes}
         with self._lock:
-            self._forwards[forward.forward_id] = forward
+            self._forwards[forward.job_id] = forward
         return stand_in, forward
 
     def _kept(self, prompt: Prompt, has_collector: bool) -> tuple[Prompt, None]:
@@ -281,22 +252,23 @@ class QueueBalancer:
         return prompt, None
 
     def _forward(self, prompt: Prompt, flat: Prompt, output_nodes: list[str], config: GpuConfig,
-                 ranked: list[WorkerConfig | None], unchecked: int) -> Forward:
-        """One unit that the workers take in their order, each once, until one delivers (or none is left). A
-        worker found lacking when the prompt reaches it does not count against ``max_retries``."""
+                 ranked: list[WorkerConfig | None]) -> Forward:
+        """One unit that the workers take in their order (the scheduler offers a shared unit to its workers in
+        the order given), each once, until one delivers (or none is left). A worker found lacking when the prompt
+        reaches it does not count against ``max_retries`` (:attr:`..engine.scheduler.UnitFailed.counts`)."""
         workers = {str(w.id): w for w in ranked if w is not None}
         scheduler = JobScheduler(units=[Unit(FORWARD_POSITION, 0)], workers=list(workers),
-                                 max_retries=config.settings.max_retries + unchecked, master_takes_units=False,
+                                 max_retries=config.settings.max_retries, master_takes_units=False,
                                  names={key: w.display_name for key, w in workers.items()})
         unit = UnitRun(FORWARD_POSITION, 0, flat)
         return Forward(job_id=uuid.uuid4().hex, kind=self.kind, units={FORWARD_POSITION: unit}, workers=workers,
                        settings=config.settings, scheduler=scheduler, original=prompt, output_nodes=output_nodes)
 
-    def _able_workers(self, config: GpuConfig, flat: Prompt, synced: set[str]) -> tuple[list[WorkerConfig], int]:
-        """The enabled workers that are up and, as far as their last ``/object_info`` tells, can run ``flat``;
-        and how many of them were not checked (never asked yet: checked when the prompt reaches them)."""
+    def _able_workers(self, config: GpuConfig, flat: Prompt, synced: set[str]) -> list[WorkerConfig]:
+        """The enabled workers that are up and, as far as their last ``/object_info`` tells, can run ``flat`` (one
+        never asked yet is checked when the prompt reaches it)."""
         unavailable = self.cluster.health.unavailable() if self.cluster.health is not None else {}
-        able, unchecked = [], 0
+        able = []
         for worker in config.enabled_workers():
             key = str(worker.id)
             if key in unavailable:
@@ -307,9 +279,8 @@ class QueueBalancer:
                 self._tell_lacking(worker, lacks)
                 self._refresh(worker, config)
                 continue
-            unchecked += info is None
             able.append(worker)
-        return able, unchecked
+        return able
 
     def _master_able(self, flat: Prompt, synced: set[str]) -> bool:
         """Whether the master can run ``flat`` itself (else it goes to a worker even when the master is idle)."""
@@ -410,7 +381,7 @@ class QueueBalancer:
 
     def discard(self, forward: Forward) -> None:
         with self._lock:
-            self._forwards.pop(forward.forward_id, None)
+            self._forwards.pop(forward.job_id, None)
 
     # --- the stand-in nodes (ComfyUI's execution thread) ---------------------------------
 

@@ -11,7 +11,7 @@ from ..collector.nodes import INTERNAL_NOTE
 from ..comfy import runtime
 from ..errors import JobError
 from ..graph.workflow import is_link
-from .balancer import REMOTE_OUTPUT_CLASS
+from .balancer import FORWARD_POSITION, REMOTE_OUTPUT_CLASS
 
 log = logging.getLogger("comfy_distributed")
 
@@ -38,15 +38,16 @@ class MultiGPURemoteOutput:
         except JobError as exc:
             host.raise_if_interrupted()
             raise RuntimeError(str(exc)) from None
-        if forward.state == "master":  # no worker could run it: the master runs the original prompt
+        if forward.state() == "master":  # no worker could run it: the master runs the original prompt
             if forward.expanded:
                 return {"ui": {}}
             forward.expanded = True
-            message = "Multi-GPU queue: no worker could run the prompt, the master runs it: " + "; ".join(forward.causes)
+            causes = forward.record(FORWARD_POSITION).causes
+            message = "Multi-GPU queue: no worker could run the prompt, the master runs it: " + "; ".join(causes)
             log.warning("%s", message)
             host.notify(*events.notice(message))
             return {"ui": {}, "result": (), "expand": prefixed(forward.original, f"{node}.multigpu.")}
-        output = forward.outputs.get(node)
+        output = forward.outputs().get(node)
         if output is None:
             return {"ui": {}}
         ui: dict[str, Any] = dict(output.values)
