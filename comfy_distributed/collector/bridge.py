@@ -58,18 +58,16 @@ class CollectorBridge:
         bound = job.deadline()
         self._measure_master(job, have)
         while True:
-            with self._lock:
-                todo = [job.units[p] for p in job.master_positions if p not in have]
-                if not todo and not job.settled.is_set() and not job.master_asked and job.loop is not None:
-                    job.master_asked = True
-                    job.changed.clear()
-                    job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
-            if todo:
-                job.master_started = time.monotonic()
-                return todo
+            may_ask = not job.settled.is_set() and job.loop is not None
+            positions, ask = job.master.take(have, may_ask)
+            if ask:
+                assert job.loop is not None
+                job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
+            if positions:
+                return [job.units[p] for p in positions]
             if job.settled.is_set():
                 break
-            job.changed.wait(COLLECT_POLL)
+            job.master.wait(COLLECT_POLL)
             if interrupted():
                 self._drop(job)
                 raise JobError("Multi-GPU: interrupted while waiting for the workers")
@@ -108,14 +106,18 @@ class CollectorBridge:
         )
 
     def _measure_master(self, job: Job, have: set[int]) -> None:
-        started, job.master_started = job.master_started, 0.0
-        ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
-        if started and ran:
-            took = time.monotonic() - started
-            if job.kind.learns_speeds:  # a tile's time says nothing of the master's time per image
-                self.cluster.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
-            if job.loop is not None:
-                job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))
+        """The master's last units ran (the Collector is back): their time feeds its speed and the scheduler."""
+        ran = job.master.ran()
+        if ran is None:
+            return
+        took, positions = ran
+        units = [job.units[p] for p in positions if p in have and p in job.units]
+        if not units:
+            return
+        if job.kind.learns_speeds:  # a tile's time says nothing of the master's time per image
+            self.cluster.speeds.learn(MASTER, float(units[-1].batch or 0), took)
+        if job.loop is not None:
+            job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))
 
     def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool],
                 run_on_master: Callable[[UnitRun], None] = lambda unit: None) -> CollectorResult:

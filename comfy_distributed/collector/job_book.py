@@ -117,6 +117,7 @@ class JobBook:
         dropped, and the runner stops its units (:meth:`~..engine.runner.Runner.cancel_soon`)."""
         self.runner.cancel_soon(job)  # cancelled first: a Collector woken next must see it
         job.settled.set()
+        job.master.wake()
         self._drop_stash(job.job_id)
 
     def cancel_prompts(self, prompt_ids: set[str], reason: str) -> int:

@@ -152,7 +152,7 @@ class Orchestrator(JobBook, CollectorBridge):
             master_participates=plan.master_participates,
             names={key: w.display_name for key, w in workers.items()})
         return Job(job_id=job_id, kind=self.units_kind, collectors=plan.collectors, units=units, workers=workers,
-                   settings=config.settings, scheduler=scheduler, mode=plan.mode, plan=first_runs,
+                   settings=config.settings, scheduler=scheduler, mode=plan.mode,
                    kinds=planned.kinds, batch=plan.batch)
 
     def begin_soon(self, job: Job) -> None:
@@ -202,7 +202,7 @@ class Orchestrator(JobBook, CollectorBridge):
                                      rerun=not job.settings.skip_offline_workers or reason == "preflight")
         job.scheduler.unavailable = {**unavailable, **{w: message for w, (_, message) in lacking.items()}}
         self.runner.begin(job)
-        if job.master_asked:  # the Collector got there first
+        if job.master.asked:  # the Collector got there first
             self.runner.handle(job, MasterFree())
         if unavailable:
             await self._recheck_absent(job, unavailable)
@@ -301,9 +301,9 @@ class Orchestrator(JobBook, CollectorBridge):
 
     @staticmethod
     def _own_unit(job: Job, worker_id: str) -> UnitRun | None:
-        if job.plan is None:
+        if job.scheduler.plan is None:
             return None
-        positions = [p for p in job.plan.get(worker_id, []) if p in job.units]
+        positions = [p for p in job.scheduler.plan.get(worker_id, []) if p in job.units]
         return job.units[positions[0]] if positions else None
 
     def _abort(self, job: Job, error: str) -> None:
@@ -336,10 +336,7 @@ class Orchestrator(JobBook, CollectorBridge):
                        "(coordinator only) runs them itself")
             log.warning("%s", message)
             self.cluster.notify(*events.notice(message, job.job_id))
-        with self._lock:
-            job.master_positions.extend(positions)
-            job.master_asked = False
-        job.changed.set()
+        job.master.give(positions)
         log.debug("Multi-GPU: job %s: the master runs unit(s) %s", job.job_id, list(positions))
 
 
@@ -391,6 +388,8 @@ class CollectorUnits(JobKind[CJ]):
         self.orchestrator._progress(job, force)
 
     def settled(self, job: CJ) -> None:
-        """A cancelled job reports its outcome now; one that settled on its own does when its Collectors claim it."""
+        """The waiting Collector wakes; a cancelled job reports its outcome now, one that settled on its own does
+        when its Collectors claim it."""
+        job.master.wake()
         if job.cancelled:
             self.orchestrator._finish(job)

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 
+from .handoff import MasterHandoff
 from .transport import UnitTransport
 from ..config import Settings, WorkerConfig
 from .scheduler import FINISHED, Action, JobScheduler, UnitRecord, UnitState
@@ -88,7 +89,6 @@ class UnitJob:
     created: float = field(default_factory=time.monotonic)
     settled: threading.Event = field(default_factory=threading.Event)
     """Set once no unit waits for a participant or runs on a worker (or the job ended early)."""
-    changed: threading.Event = field(default_factory=threading.Event)
     begun: bool = False
     """The scheduler has been started (for a Collector job, after the workers' preflight)."""
     cancelled: bool = False
@@ -231,11 +231,8 @@ class Job(UnitJob):
     """A change of state waits to be reported (at most STATE_INTERVAL after the last report)."""
     ended: bool = False
     mode: str = "static"
-    plan: dict[str, list[int]] | None = None
-    """Participant (``master`` or a worker id) -> the positions it runs first; None in dynamic mode."""
-    master_positions: list[int] = field(default_factory=list)
-    master_asked: bool = False
-    master_started: float = 0.0
+    master: MasterHandoff = field(default_factory=MasterHandoff)
+    """The units the master runs, handed from the loop to the Collector on the execution thread."""
     kinds: dict[str, list[str]] = field(default_factory=dict)
     """Per Collector: what it collects (images, latent, audio)."""
     batch: int | None = None

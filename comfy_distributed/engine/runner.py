@@ -86,7 +86,6 @@ class Runner(Generic[J]):
             self.cluster.metrics.job_ended(job.kind.name, "cancelled" if job.cancelled else
                                    "master" if UnitState.GIVEN_UP in states else "done")
         job.settled.set()
-        job.changed.set()
         job.kind.settled(job)
         if job.loop is not None and not job.released:
             job.released = True
