@@ -1,20 +1,21 @@
 """The Collector's side of a job, on ComfyUI's execution thread: wait, run units on the master, collect.
 
-A mixin of :class:`~.orchestrator.Orchestrator`. Nothing here runs on the server loop: the loop is
-reached only through ``job.loop.call_soon_threadsafe``, and shared state only under the lock.
+A part of :class:`~.orchestrator.Orchestrator` on the owner's base (:class:`~..engine.owner.JobOwner`). Nothing
+here runs on the server loop: the loop is reached only through ``job.loop.call_soon_threadsafe``, the units the
+master runs through the job's :class:`~..engine.handoff.MasterHandoff`, and shared state only under the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from ..errors import JobError
 from ..engine.jobs import COLLECT_POLL, CollectorResult, Job, UnitRun, UnitState
-from ..engine.scheduler import MASTER, Event, MasterFree, MasterRan
-from ..cluster.core import Cluster
+from ..engine.scheduler import MASTER, MasterFree, MasterRan
+from ..engine.owner import JobOwner
+from .reports import report_outcome
 from ..graph.workflow import output_key
 
 
@@ -29,18 +30,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class CollectorBridge:
+class CollectorBridge(JobOwner[Job]):
     """What a Collector asks of its job while the master's prompt runs."""
-
-    if TYPE_CHECKING:
-        _lock: threading.Lock
-        _jobs: dict[str, Job]
-        cluster: Cluster
-
-        def job(self, job_id: str) -> Job | None: ...
-        def cancel(self, job: Job) -> None: ...
-        def _handle(self, job: Job, event: Event) -> None: ...
-        def _finish(self, job: Job) -> None: ...
 
     def master_step(self, job_id: str, collector_id: str, have: set[int],
                     interrupted: Callable[[], bool]) -> "list[UnitRun] | CollectorResult":
@@ -68,19 +59,8 @@ class CollectorBridge:
             if job.settled.is_set():
                 break
             job.master.wait(COLLECT_POLL)
-            if interrupted():
-                self._drop(job)
-                raise JobError("Multi-GPU: interrupted while waiting for the workers")
-            if time.monotonic() > bound:  # every unit run has its own deadline: this only guards against a bug
-                self._drop(job)
-                raise JobError(f"Multi-GPU job {job_id}: the workers did not settle in time")
+            self.still_waiting(job, interrupted, bound, "Multi-GPU")
         return self._settled_result(job, collector_id)
-
-    def _drop(self, job: Job) -> None:
-        """Cancel the job and forget it at once (its files and crops are not kept until the sweep)."""
-        self.cancel(job)
-        with self._lock:
-            self._jobs.pop(job.job_id, None)
 
     def _settled_result(self, job: Job, collector_id: str) -> CollectorResult:
         """What the Collector gets once no unit waits any more; the job's error or lost units raise."""
@@ -132,13 +112,12 @@ class CollectorBridge:
                 have.add(unit.position)
 
     def _claim(self, job: Job, collector_id: str) -> None:
-        with self._lock:
-            job.claimed.add(collector_id)
-            last = job.claimed >= set(job.collectors)
-            if last:
-                self._jobs.pop(job.job_id, None)
-        if last and job.loop is not None and not job.loop.is_closed():
+        if self.claim(job, collector_id, job.collectors) and job.loop is not None and not job.loop.is_closed():
             self._finish_before_returning(job)
+
+    def _finish(self, job: Job) -> None:
+        """Report the job's outcome once (server loop)."""
+        report_outcome(self.cluster, job)
 
     def _finish_before_returning(self, job: Job) -> None:
         """Report the job's outcome on the loop, and wait (briefly) until it is sent: ``multigpu.job_done``

@@ -105,6 +105,10 @@ class UnitJob:
     """The master's input files the prompt loads (``worker_prep.MediaFile``), for a worker that joins late."""
     joining: set[str] = field(default_factory=set)
     """Workers being prepared to join the job after its start."""
+    prompt_id: str | None = None
+    """The master's prompt the job belongs to (its id in the master's queue, once the master accepted it)."""
+    claimed: set[str] = field(default_factory=set)
+    """The outputs (Collectors, stand-ins' nodes) that took their part of the job."""
 
     def state_of(self, position: int) -> UnitState:
         return self.scheduler.state_of(position)
@@ -224,8 +228,6 @@ class Job(UnitJob):
 
     collectors: list[str]
     error: str | None = None
-    prompt_id: str | None = None
-    claimed: set[str] = field(default_factory=set)
     last_progress: float = 0.0
     progress_due: bool = False
     """A change of state waits to be reported (at most STATE_INTERVAL after the last report)."""

@@ -284,5 +284,5 @@ async def test_the_prompt_hook_queues_a_forwarded_prompt_s_stand_in_at_the_back(
     assert kept["prompt"]["2"]["class_type"] == REMOTE_OUTPUT_CLASS and "number" not in kept  # the client's place
     own = handler({"prompt": plain(seed=53), "number": 3})
     assert own["number"] == 3
-    for forward in list(b._forwards.values()):
+    for forward in list(b._jobs.values()):
         b.discard(forward)
