@@ -47,7 +47,7 @@ from ..errors import ConfigError, WorkerError, WorkflowError
 from ..cluster.health import HealthMonitor
 from ..engine.jobs import RESERVATION_TTL
 from ..cluster.view import cluster_line, cluster_summary
-from ..metrics import CONTENT_TYPE
+from ..cluster.metrics import CONTENT_TYPE
 from .openapi import OPENAPI_PATH
 from ..collector.orchestrator import Orchestrator
 from ..engine.plan import describe

@@ -29,7 +29,7 @@ from typing import Any, Callable, TypeVar
 
 from ..engine.transport import UnitTransport
 from .. import events
-from . import media
+from ..graph import media
 from ..config import GpuConfig, Settings, WorkerConfig
 from ..errors import ConfigError, WorkerError, WorkerProtocolError, WorkflowError
 from ..engine.plan import JobPlan, PlannedJob, plan_job, plan_prompt
@@ -323,7 +323,9 @@ class CollectorUnits(JobKind[CJ]):
                 files_by_key[key] = await client.fetch_files(files, deadline, expected=expected)
                 if expected and len(files) <= expected:  # more than the batch: left to the Collector's checks
                     # decoded now, on a worker thread, while other units still run: the Collector only joins
-                    early = await asyncio.to_thread(media.BY_NAME[kind].codec.early, files_by_key[key])
+                    from .codecs import CODECS  # torch, once a unit's files are here
+
+                    early = await asyncio.to_thread(CODECS[kind].early, files_by_key[key])
                     if early is not None:
                         unit.decoded[key] = early
         return files_by_key

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Union
 
+from ..config.models import MASTER as MASTER  # the master's participant name, beside the scheduler that plans with it
+
 WorkerId = str
 """Worker ids as strings, so that 1 and "1" are the same worker."""
 
@@ -165,8 +167,6 @@ class Skip:
 Action = Union[Dispatch, RunOnMaster, GiveUp, Skip]
 
 
-MASTER = "master"
-"""The participant name of the master in plans."""
 
 
 @dataclass(slots=True)

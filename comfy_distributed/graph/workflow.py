@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable, Mapping
 
-from ..collector import media
+from . import media
 from ..errors import WorkflowError
 
 COLLECTOR_CLASS = "MultiGPUCollector"

@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from ..engine.transport import UnitTransport
 from .. import events
-from ..comfy.host import DetachedHost
 from ..config import GpuConfig, WorkerConfig
 from ..errors import JobError, WorkerError, WorkerLacks, WorkflowError
 from .outputs import NodeOutput, fetch_outputs
@@ -53,7 +52,7 @@ from ..engine.owner import JobOwner
 from ..engine.scheduler import MASTER, JobScheduler, Unit, UnitState
 from ..graph.workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
 from ..worker_client import MIB, PromptResult, clip_text
-from .files import OutputSaver
+from .files import NoFolders, OutputSaver
 from ..cluster.preflight import (
     MediaFile,
     local_media,
@@ -61,7 +60,7 @@ from ..cluster.preflight import (
 )
 
 if TYPE_CHECKING:
-    from ..comfy.host import Host
+    from ..host.interface import Host
 
 log = logging.getLogger("comfy_distributed")
 
@@ -170,7 +169,7 @@ class QueueBalancer(JobOwner[Forward]):
         """What the master lacks to run a prompt (the host's ``master_lacks``; None: not checked)."""
         self.host = host
         """The master's queue, where stand-ins wait at the back and are moved up when done (None: not moved)."""
-        self.saver: OutputSaver = saver or host or DetachedHost()
+        self.saver: OutputSaver = saver or NoFolders()
         """Where a worker's files are saved (the host's output folders; outside ComfyUI nowhere, unless given)."""
         self._deferred = 0
         self._told: dict[str, str] = {}

@@ -8,10 +8,10 @@ from typing import Any
 
 from .. import events
 from ..collector.nodes import INTERNAL_NOTE
-from ..comfy import runtime
+from ..host import runtime
 from ..errors import JobError
 from ..graph.workflow import is_link
-from .balancer import FORWARD_POSITION, REMOTE_OUTPUT_CLASS
+from .balancer import FORWARD_POSITION, REMOTE_OUTPUT_CLASS, QueueBalancer
 
 log = logging.getLogger("comfy_distributed")
 
@@ -33,8 +33,9 @@ class MultiGPURemoteOutput:
     def deliver(self, forward_id: str, node: str) -> dict[str, Any]:
         extension = runtime.running()
         host = extension.host
+        balancer: QueueBalancer = extension.balancer
         try:
-            forward = extension.balancer.wait(forward_id, node, host.interrupted)
+            forward = balancer.wait(forward_id, node, host.interrupted)
         except JobError as exc:
             host.raise_if_interrupted()
             raise RuntimeError(str(exc)) from None

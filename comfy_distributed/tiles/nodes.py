@@ -21,10 +21,10 @@ import io
 import logging
 from dataclasses import dataclass, field
 from functools import partial
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .. import events
-from ..comfy import runtime
+from ..host import runtime
 from ..errors import ConfigError, JobError, WorkflowError
 from ..collector.nodes import INTERNAL_NOTE, PART_CLASS, PARTS_TYPE
 from .graph import (
@@ -38,6 +38,9 @@ from .graph import (
 )
 from .grid import ALIGN, TileGrid, crop, merge, plan_tiles, worker_tile
 from .jobs import start_tiles
+
+if TYPE_CHECKING:
+    from ..collector.orchestrator import Orchestrator
 
 log = logging.getLogger("comfy_distributed")
 
@@ -342,7 +345,8 @@ def _job_step(prompt: dict, tiles: TileRun, have: dict[int, Any], step_id: str, 
     """The job's next step for the master; once it ended, its tiles checked and blended. A tile a worker sent
     wrong (not its size, not a PNG...) is run on the master instead: the job is over, the tile job goes on here."""
     assert runtime.current is not None and tiles.job_id is not None
-    orchestrator, host = runtime.current.orchestrator, runtime.current.host
+    orchestrator: Orchestrator = runtime.current.orchestrator
+    host = runtime.current.host
     try:
         step = orchestrator.master_step(tiles.job_id, tiles.merge, set(have), host.interrupted)
     except JobError as exc:
