@@ -50,7 +50,7 @@ from ..cluster.view import cluster_line, cluster_summary
 from ..cluster.metrics import CONTENT_TYPE
 from .openapi import OPENAPI_PATH
 from ..collector.orchestrator import Orchestrator
-from ..engine.plan import describe
+from ..engine.plan import plan_summary
 from ..worker_client import WorkerClient, worker_session
 
 log = logging.getLogger("comfy_distributed")
@@ -258,7 +258,7 @@ class MultiGPUApi:
         prompt = (await read_model(request, PrepareJobRequest, MAX_PROMPT_BODY)).prompt
         try:
             config = self._config()
-            plan = describe(prompt, self.orchestrator.plan(prompt, config))  # the plan a job would run with now
+            plan = plan_summary(prompt, self.orchestrator.plan(prompt, config))  # the plan a job would run with now
         except WorkflowError as exc:
             raise ApiError(400, str(exc)) from None
         if not plan["collectors"]:

@@ -132,7 +132,7 @@ class Orchestrator(JobBook, CollectorBridge):
         workers = {str(w.id): w for w in config.enabled_workers()}
         scheduler = JobScheduler(
             units=[Unit(p, u.seed_offset) for p, u in sorted(units.items())], workers=list(workers),
-            plan=first_runs, max_retries=config.settings.max_retries,
+            first_runs=first_runs, max_retries=config.settings.max_retries,
             skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=plan.mode == "dynamic",
             master_participates=plan.master_participates,
             names={key: w.display_name for key, w in workers.items()})
@@ -268,9 +268,9 @@ class Orchestrator(JobBook, CollectorBridge):
 
     @staticmethod
     def _own_unit(job: Job, worker_id: str) -> UnitRun | None:
-        if job.scheduler.plan is None:
+        if job.scheduler.first_runs is None:
             return None
-        positions = [p for p in job.scheduler.plan.get(worker_id, []) if p in job.units]
+        positions = [p for p in job.scheduler.first_runs.get(worker_id, []) if p in job.units]
         return job.units[positions[0]] if positions else None
 
     def _abort(self, job: Job, error: str) -> None:

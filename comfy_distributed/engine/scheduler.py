@@ -173,7 +173,7 @@ Action = Union[Dispatch, RunOnMaster, GiveUp, Skip]
 class JobScheduler:
     """Assigns units to participants and re-assigns the units of failed workers.
 
-    ``plan`` gives each participant (worker ids, and ``MASTER``) the units it should run
+    ``first_runs`` gives each participant (worker ids, and ``MASTER``) the units it should run
     (static: worker k its own unit; weighted: blocks by weight). Units in no plan are
     shared: the next free participant takes one (dynamic). A worker that fails a unit
     takes no further part in the job and its units become shared. Each unit is tried at
@@ -184,7 +184,8 @@ class JobScheduler:
     units: list[Unit]
     """Units outside the master's own graph run (position 0), in position order."""
     workers: list[WorkerId]
-    plan: dict[str, list[int]] | None = None
+    first_runs: dict[str, list[int]] | None = None
+    """The job plan's first runs (``engine.plan.JobPlan.first_runs``); None: every unit is shared (dynamic)."""
     unavailable: dict[WorkerId, str] = field(default_factory=dict)
     """Workers known to be down at dispatch, with why."""
     max_retries: int = 2
@@ -223,7 +224,7 @@ class JobScheduler:
     def static(cls, workers: list[WorkerId], **kwargs) -> "JobScheduler":
         """The original README's plan: worker k runs unit k + 1 (its own batch with seed + k + 1)."""
         units = [Unit(k + 1, k + 1) for k in range(len(workers))]
-        return cls(units, list(workers), plan={w: [k + 1] for k, w in enumerate(workers)}, **kwargs)
+        return cls(units, list(workers), first_runs={w: [k + 1] for k, w in enumerate(workers)}, **kwargs)
 
     # --- queries --------------------------------------------------------------------------
 
@@ -284,7 +285,7 @@ class JobScheduler:
 
     def start(self) -> list[Action]:
         planned = set()
-        for participant, positions in (self.plan or {}).items():
+        for participant, positions in (self.first_runs or {}).items():
             self.queues[participant] = list(positions)
             planned.update(positions)
         self.shared = [p for p in sorted(self.records) if p not in planned]

@@ -141,7 +141,7 @@ def test_dynamic_units_go_to_whoever_is_free():
 
 def test_weighted_plan_queues_then_failures_are_shared():
     s = Checked(units=[Unit(p, p) for p in range(1, 6)], workers=["1", "2"],
-                plan={MASTER: [1], "1": [2, 3], "2": [4, 5]})
+                first_runs={MASTER: [1], "1": [2, 3], "2": [4, 5]})
     assert s.start() == [Dispatch(2, "1", 1), Dispatch(4, "2", 1)]
     assert s.handle(UnitFailed(4, "2", 1, "timeout", "t")) == []  # its own queue (5) and 4 become shared
     assert s.shared == [4, 5]
