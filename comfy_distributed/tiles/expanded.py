@@ -169,12 +169,17 @@ class TileRun:
         return nodes, links
 
 
-class MultiGPUTileStart:
-    """Internal: cuts the image into tiles and shares them out (see the module doc)."""
+class InternalNode:
+    """A node the Merge expands into: hidden from the node library, as the Collector's internal nodes."""
 
     CATEGORY = "multigpu/internal"
     DESCRIPTION = INTERNAL_NOTE
-    DEPRECATED = True  # hidden from the node library, as the Collector's internal nodes
+    DEPRECATED = True
+
+
+class MultiGPUTileStart(InternalNode):
+    """Internal: cuts the image into tiles and shares them out (see the module doc)."""
+
     RETURN_TYPES = (TILES_TYPE,)
     FUNCTION = "start"
 
@@ -228,12 +233,9 @@ class MultiGPUTileStart:
         return (TileRun(merge, pair, grid, crops, job_id, hints),)
 
 
-class MultiGPUTileSource:
+class MultiGPUTileSource(InternalNode):
     """Internal: one tile's crop, as the master's copy of the pipeline gets it."""
 
-    CATEGORY = "multigpu/internal"
-    DESCRIPTION = INTERNAL_NOTE
-    DEPRECATED = True
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "source"
 
@@ -249,12 +251,9 @@ class MultiGPUTileSource:
         return (tiles.crops[position - 1],)
 
 
-class MultiGPUTileStep:
+class MultiGPUTileStep(InternalNode):
     """Internal: the master's next step for a tile job: run tiles here, or blend them all (see the module doc)."""
 
-    CATEGORY = "multigpu/internal"
-    DESCRIPTION = INTERNAL_NOTE
-    DEPRECATED = True
     RETURN_TYPES = ("IMAGE",)
     FUNCTION = "step"
 
