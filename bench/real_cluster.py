@@ -18,9 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.real.cluster import ROOT, TEST_NODES
-from tests.real.harness import ComfyInstance, http_json, start_comfyui
-from tests.waiting import free_port
+from harness.comfy_process import ROOT, TEST_NODES, ComfyInstance, free_port, http_json, start_comfyui
 
 MASTER = "master"
 ONLINE = ("idle", "busy")

@@ -21,6 +21,8 @@ from comfy_distributed.cli.master_events import registered
 from comfy_distributed.errors import WorkerError, WorkerTimeout
 from comfy_distributed.worker_client import ComfyClient, PromptResult
 
+from harness.comfy_process import history_entry
+
 from .figures import median
 from .real_cluster import BenchCluster
 from .workload import COLLECTOR, SEED_STEP, TOO_FAST, Workload, config, plain_workflow, workflow
@@ -68,7 +70,6 @@ class RealBench:
 
         Events carry ``t``, their arrival in seconds after the POST, for breakdowns.
         """
-        from tests.real.cluster import history_entry
 
         seconds, prompt_id, events = asyncio.run(follow(self.cluster.master.url, prompt))
         entry = history_entry(self.cluster.master.url, prompt_id)

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from comfy_distributed.errors import WorkerError, WorkerTimeout
 from comfy_distributed.worker_client import ComfyClient, finished
-from tests.real.harness import http_json
+from harness.comfy_process import history_entry, http_json
 
 from .figures import Figure, machine, median, seconds_list, table
 from .real_cluster import BenchCluster, unavailable
@@ -62,7 +62,6 @@ async def _queue_and_wait(url: str, prompts: list[dict], timeout: float) -> tupl
 
 def queued(bench: RealBench, prompts: list[dict], timeout: float = 300) -> tuple[float, list[dict]]:
     """The queue's seconds, and each prompt's history entry on the master (every one checked for its image)."""
-    from tests.real.cluster import history_entry
 
     seconds, prompt_ids = asyncio.run(_queue_and_wait(bench.cluster.master.url, prompts, timeout))
     entries = [history_entry(bench.cluster.master.url, p) for p in prompt_ids]

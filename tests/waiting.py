@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import inspect
-import socket
 import time
 from typing import Any, Callable
 
-LOOPBACK = "127.0.0.1"
+from harness.comfy_process import LOOPBACK, free_port
+
+__all__ = ["LOOPBACK", "closed_port", "free_port", "poll", "until", "until_empty"]
 
 
 async def until(condition: Callable[[], Any], timeout: float = 20.0, what: str = "condition",
@@ -58,13 +59,6 @@ def poll(condition: Callable[[], Any], timeout: float, what: str, interval: floa
             raise AssertionError(f"{what}: not within {timeout} s")
         time.sleep(interval)
     return time.monotonic() - started
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that was free a moment ago (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((LOOPBACK, 0))
-        return int(sock.getsockname()[1])
 
 
 def closed_port() -> int:

@@ -20,9 +20,8 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from .. import events
+from ..cluster.previews import WATCH_TTL
 
-WATCH_TTL = 30.0
-"""Seconds a registration lasts; the panel renews it every :data:`WATCH_RENEW` seconds."""
 
 WATCH_RENEW = WATCH_TTL / 3
 """How often a listener renews: at a third of the life the master answers (the panel's ``previewRenewMs``),

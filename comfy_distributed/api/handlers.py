@@ -47,10 +47,10 @@ from ..errors import ConfigError, WorkerError, WorkflowError
 from ..cluster.health import HealthMonitor
 from ..engine.jobs import RESERVATION_TTL
 from ..cluster.view import cluster_line, cluster_summary
-from ..metrics import CONTENT_TYPE
+from ..cluster.metrics import CONTENT_TYPE
 from .openapi import OPENAPI_PATH
 from ..collector.orchestrator import Orchestrator
-from ..engine.plan import describe
+from ..engine.plan import plan_summary
 from ..worker_client import WorkerClient, worker_session
 
 log = logging.getLogger("comfy_distributed")
@@ -258,7 +258,7 @@ class MultiGPUApi:
         prompt = (await read_model(request, PrepareJobRequest, MAX_PROMPT_BODY)).prompt
         try:
             config = self._config()
-            plan = describe(prompt, self.orchestrator.plan(prompt, config))  # the plan a job would run with now
+            plan = plan_summary(prompt, self.orchestrator.plan(prompt, config))  # the plan a job would run with now
         except WorkflowError as exc:
             raise ApiError(400, str(exc)) from None
         if not plan["collectors"]:

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Callable
 
 from ..config import ConfigStore, Settings, WorkerConfig
 from ..events import Notify, log_notify
-from ..metrics import Metrics
+from .metrics import Metrics
 from ..worker_client import SessionPool, WorkerClient
 from .loaded_models import LoadedModels
 from .preflight import MediaUploads, ObjectInfoCache

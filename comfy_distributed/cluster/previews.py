@@ -26,10 +26,13 @@ from dataclasses import dataclass
 from typing import Callable
 
 from .. import events
-from ..api.audience import WATCH_TTL
 from ..events import Notify
 from ..worker_client import PreviewFrame, PreviewSink
 
+
+WATCH_TTL = 30.0
+"""Seconds a registration for the events (and the previews) lasts; the panel renews it every
+:data:`..api.audience.WATCH_RENEW` seconds."""
 
 FRAME_INTERVAL = 1 / 3
 """Least seconds between two frames of one unit sent to the UI (at most three a second)."""

@@ -7,7 +7,7 @@ these speeds as input; only :meth:`Speeds.learn` changes them.
 from __future__ import annotations
 
 from ..config import GpuConfig
-from ..engine.scheduler import MASTER
+from ..config.models import MASTER
 
 SMOOTHING = 0.3
 """Weight of the newest measurement in a participant's moving average."""

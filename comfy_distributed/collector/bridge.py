@@ -1,20 +1,21 @@
 """The Collector's side of a job, on ComfyUI's execution thread: wait, run units on the master, collect.
 
-A mixin of :class:`~.orchestrator.Orchestrator`. Nothing here runs on the server loop: the loop is
-reached only through ``job.loop.call_soon_threadsafe``, and shared state only under the lock.
+A part of :class:`~.orchestrator.Orchestrator` on the owner's base (:class:`~..engine.owner.JobOwner`). Nothing
+here runs on the server loop: the loop is reached only through ``job.loop.call_soon_threadsafe``, the units the
+master runs through the job's :class:`~..engine.handoff.MasterHandoff`, and shared state only under the lock.
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
-import time
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 from ..errors import JobError
 from ..engine.jobs import COLLECT_POLL, CollectorResult, Job, UnitRun, UnitState
-from ..engine.scheduler import MASTER, Event, MasterFree, MasterRan
-from ..cluster.core import Cluster
+from ..engine.scheduler import MASTER, MasterFree, MasterRan
+from ..engine.owner import JobOwner
+from .reports import report_outcome
 from ..graph.workflow import output_key
 
 
@@ -29,18 +30,8 @@ def _running_loop() -> asyncio.AbstractEventLoop | None:
         return None
 
 
-class CollectorBridge:
+class CollectorBridge(JobOwner[Job]):
     """What a Collector asks of its job while the master's prompt runs."""
-
-    if TYPE_CHECKING:
-        _lock: threading.Lock
-        _jobs: dict[str, Job]
-        cluster: Cluster
-
-        def job(self, job_id: str) -> Job | None: ...
-        def cancel(self, job: Job) -> None: ...
-        def _handle(self, job: Job, event: Event) -> None: ...
-        def _finish(self, job: Job) -> None: ...
 
     def master_step(self, job_id: str, collector_id: str, have: set[int],
                     interrupted: Callable[[], bool]) -> "list[UnitRun] | CollectorResult":
@@ -58,31 +49,18 @@ class CollectorBridge:
         bound = job.deadline()
         self._measure_master(job, have)
         while True:
-            with self._lock:
-                todo = [job.units[p] for p in job.master_positions if p not in have]
-                if not todo and not job.settled.is_set() and not job.master_asked and job.loop is not None:
-                    job.master_asked = True
-                    job.changed.clear()
-                    job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
-            if todo:
-                job.master_started = time.monotonic()
-                return todo
+            may_ask = not job.settled.is_set() and job.loop is not None
+            positions, ask = job.master.take(have, may_ask)
+            if ask:
+                assert job.loop is not None
+                job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
+            if positions:
+                return [job.units[p] for p in positions]
             if job.settled.is_set():
                 break
-            job.changed.wait(COLLECT_POLL)
-            if interrupted():
-                self._drop(job)
-                raise JobError("Multi-GPU: interrupted while waiting for the workers")
-            if time.monotonic() > bound:  # every unit run has its own deadline: this only guards against a bug
-                self._drop(job)
-                raise JobError(f"Multi-GPU job {job_id}: the workers did not settle in time")
+            job.master.wait(COLLECT_POLL)
+            self.still_waiting(job, interrupted, bound, "Multi-GPU")
         return self._settled_result(job, collector_id)
-
-    def _drop(self, job: Job) -> None:
-        """Cancel the job and forget it at once (its files and crops are not kept until the sweep)."""
-        self.cancel(job)
-        with self._lock:
-            self._jobs.pop(job.job_id, None)
 
     def _settled_result(self, job: Job, collector_id: str) -> CollectorResult:
         """What the Collector gets once no unit waits any more; the job's error or lost units raise."""
@@ -108,14 +86,18 @@ class CollectorBridge:
         )
 
     def _measure_master(self, job: Job, have: set[int]) -> None:
-        started, job.master_started = job.master_started, 0.0
-        ran = [job.units[p] for p in job.master_positions if p in have and p in job.units]
-        if started and ran:
-            took = time.monotonic() - started
-            if job.kind.learns_speeds:  # a tile's time says nothing of the master's time per image
-                self.cluster.speeds.learn(MASTER, float(ran[-1].batch or 0), took)
-            if job.loop is not None:
-                job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))
+        """The master's last units ran (the Collector is back): their time feeds its speed and the scheduler."""
+        ran = job.master.ran()
+        if ran is None:
+            return
+        took, positions = ran
+        units = [job.units[p] for p in positions if p in have and p in job.units]
+        if not units:
+            return
+        if job.kind.learns_speeds:  # a tile's time says nothing of the master's time per image
+            self.cluster.speeds.learn(MASTER, float(units[-1].batch or 0), took)
+        if job.loop is not None:
+            job.loop.call_soon_threadsafe(self._handle, job, MasterRan(took))
 
     def collect(self, job_id: str, collector_id: str, interrupted: Callable[[], bool],
                 run_on_master: Callable[[UnitRun], None] = lambda unit: None) -> CollectorResult:
@@ -130,13 +112,12 @@ class CollectorBridge:
                 have.add(unit.position)
 
     def _claim(self, job: Job, collector_id: str) -> None:
-        with self._lock:
-            job.claimed.add(collector_id)
-            last = job.claimed >= set(job.collectors)
-            if last:
-                self._jobs.pop(job.job_id, None)
-        if last and job.loop is not None and not job.loop.is_closed():
+        if self.claim(job, collector_id, job.collectors) and job.loop is not None and not job.loop.is_closed():
             self._finish_before_returning(job)
+
+    def _finish(self, job: Job) -> None:
+        """Report the job's outcome once (server loop)."""
+        report_outcome(self.cluster, job)
 
     def _finish_before_returning(self, job: Job) -> None:
         """Report the job's outcome on the loop, and wait (briefly) until it is sent: ``multigpu.job_done``

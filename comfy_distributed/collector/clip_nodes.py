@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from . import media
+from ..graph import media
 from ..engine.plan import literal_batch_size
 from ..graph.workflow import COLLECTOR_CLASS, JOB_INPUT, Prompt, is_link, upstream
 

@@ -1,38 +1,32 @@
-"""The master's book of jobs: reservations, lookups, the Collectors' stash, results posted by workers, cancelling.
+"""The master's book of Collector jobs: reservations, the Collectors' stash, results posted by workers, cancelling.
 
-A mixin of :class:`~.orchestrator.Orchestrator`, which owns the state named below. Its lock guards
-everything here, because both the server loop and ComfyUI's execution thread call these methods.
+A part of :class:`~.orchestrator.Orchestrator` on the owner's base (:class:`~..engine.owner.JobOwner`: jobs by id
+under one lock). Its lock guards everything here, because both the server loop and ComfyUI's execution thread
+call these methods.
 """
 
 from __future__ import annotations
 
 import hmac
 import logging
-import threading
 import time
 import uuid
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from ..cluster.view import UnitView, time_left
 from ..errors import JobError, ResultRejected, UnknownJob
 from ..engine.jobs import RESERVATION_TTL, UNCLAIMED_JOB_TTL, UNKNOWN_BATCH_IMAGES, Job, ShareLimits, UnitRun, UnitState
-from ..engine.runner import Runner
-from ..engine.scheduler import Event, UnitDone
+from ..engine.owner import JobOwner
+from ..engine.scheduler import UnitDone
 
 log = logging.getLogger("comfy_distributed")
 
 
-class JobBook:
-    """Jobs by id, job ids reserved by ``prepare_job``, and what the Collectors keep between steps (any thread)."""
+class JobBook(JobOwner[Job]):
+    """Job ids reserved by ``prepare_job``, and what the Collectors keep between steps (any thread)."""
 
-    if TYPE_CHECKING:
-        _lock: threading.Lock
-        _jobs: dict[str, Job]
-        _reserved: dict[str, float]
-        _stash: dict[tuple[str, str], Any]
-
-        def _handle(self, job: Job, event: Event) -> None: ...
-        runner: Runner[Job]
+    _reserved: dict[str, float]
+    _stash: dict[tuple[str, str], Any]
 
     def reserve(self) -> str:
         """A job id for ``prepare_job``; a prompt queued with it in ``extra_data`` uses it."""
@@ -117,6 +111,7 @@ class JobBook:
         dropped, and the runner stops its units (:meth:`~..engine.runner.Runner.cancel_soon`)."""
         self.runner.cancel_soon(job)  # cancelled first: a Collector woken next must see it
         job.settled.set()
+        job.master.wake()
         self._drop_stash(job.job_id)
 
     def cancel_prompts(self, prompt_ids: set[str], reason: str) -> int:
@@ -133,10 +128,6 @@ class JobBook:
     def prompt_ids(self) -> set[str]:
         with self._lock:
             return {j.prompt_id for j in self._jobs.values() if j.prompt_id}
-
-    def job(self, job_id: str) -> Job | None:
-        with self._lock:
-            return self._jobs.get(job_id)
 
     def _sweep(self) -> None:
         now = time.monotonic()

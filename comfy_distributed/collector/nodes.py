@@ -10,11 +10,11 @@ unit itself. Torch is imported lazily so the package imports without it.
 from __future__ import annotations
 
 import logging
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from .. import events
-from . import media
-from ..comfy import runtime
+from ..graph import media
+from ..host import runtime
 from ..errors import JobError, WorkflowError
 from ..graph.workflow import (
     COLLECTOR_CLASS,
@@ -31,11 +31,22 @@ from ..graph.workflow import (
 )
 from ..graph.values import ANY, DEFAULT_INPUT, MASTER, VALUES_INPUT, read_values, value_for
 
+if TYPE_CHECKING:
+    from .codecs import Codec
+    from .orchestrator import Orchestrator
+
 log = logging.getLogger("comfy_distributed")
 
 PART_CLASS = "MultiGPUUnitPart"
 ASSEMBLE_CLASS = "MultiGPUAssemble"
 PARTS_TYPE = "MULTIGPU_PARTS"
+
+
+def _codec(kind: str) -> Codec:
+    """The codec of a media kind (:mod:`.codecs`, imported when a value is first decoded: planning needs no torch)."""
+    from .codecs import CODECS
+
+    return CODECS[kind]
 
 
 class MultiGPUSeedDistributor:
@@ -106,7 +117,8 @@ def as_outputs(values: dict[str, Any]) -> tuple:
 def next_step(prompt: dict, job_id: str, collector_id: str, parts: dict[int, dict[str, Any]]) -> Any:
     """Ask the orchestrator what the master does next: run units here, or assemble the output."""
     extension = runtime.running()
-    orchestrator, host = extension.orchestrator, extension.host
+    orchestrator: Orchestrator = extension.orchestrator
+    host = extension.host
     job = orchestrator.job(job_id)
     batch = job.batch if job is not None else None  # read now: the job is forgotten once its result is taken
     try:
@@ -143,7 +155,7 @@ def decode_parts(reference: dict[str, Any] | None, result: Any, collector_id: st
             _left_out(unit, collector_id, exc.reason, f"sent {exc}", notify, job_id)
             continue
         problem = None if reference is None else next(
-            (why for kind, value in decoded.items() if (why := media.BY_NAME[kind].codec.fits(reference[kind], value))),
+            (why for kind, value in decoded.items() if (why := _codec(kind).fits(reference[kind], value))),
             None)
         if problem:
             _left_out(unit, collector_id, "size_mismatch", problem, notify, job_id)
@@ -169,7 +181,7 @@ def _decode_unit(unit: Any, collector_id: str, files: dict[str, list[bytes]], re
     reference, or alone when there is none yet)."""
     decoded = {}
     for kind, blobs in files.items():
-        codec = media.BY_NAME[kind].codec
+        codec = _codec(kind)
         early = unit.decoded.get(output_key(collector_id, kind))
         if reference is None:
             decoded[kind] = early if early is not None else codec.alone(blobs, batch)
@@ -181,7 +193,7 @@ def _decode_unit(unit: Any, collector_id: str, files: dict[str, list[bytes]], re
 
 def assemble(parts: dict[int, dict[str, Any]], collector_id: str) -> dict[str, Any]:
     """Every kind, all positions in order."""
-    joined = {kind: media.BY_NAME[kind].codec.join([parts[p][kind] for p in sorted(parts) if kind in parts[p]])
+    joined = {kind: _codec(kind).join([parts[p][kind] for p in sorted(parts) if kind in parts[p]])
               for kind in parts[min(parts)]}
     log.info("Multi-GPU Collector %s: %s from %d units", collector_id,
              ", ".join(f"{kind}" for kind in joined), len(parts))

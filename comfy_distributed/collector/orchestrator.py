@@ -23,14 +23,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
 from ..engine.transport import UnitTransport
 from .. import events
-from . import media
+from ..graph import media
 from ..config import GpuConfig, Settings, WorkerConfig
 from ..errors import ConfigError, WorkerError, WorkerProtocolError, WorkflowError
 from ..engine.plan import JobPlan, PlannedJob, plan_job, plan_prompt
@@ -38,7 +37,6 @@ from ..cluster.core import Cluster
 from ..engine.scheduler import (
     MASTER,
     Action,
-    Event as SchedulerEvent,
     JobScheduler,
     MasterFree,
     RunOnMaster,
@@ -54,12 +52,11 @@ from ..graph.workflow import (
 )
 from .bridge import CollectorBridge
 from .job_book import JobBook
-from .reports import report_outcome, report_progress
+from .reports import report_progress
 from ..engine.jobs import EXTRA_DATA_KEY, Job, JobKind, UnitRun
 from ..graph.values import Describe, no_description
-from ..engine.runner import Runner
 from ..worker_client import PromptResult
-from ..cluster.preflight import MediaFile, check_media_paths, find_media, lacks_of
+from ..cluster.preflight import MediaFile, check_media_paths
 
 log = logging.getLogger("comfy_distributed")
 
@@ -67,32 +64,21 @@ CJ = TypeVar("CJ", bound=Job)
 """A Collector job, or one of its kind (a tile job)."""
 
 class Orchestrator(JobBook, CollectorBridge):
-    """Owns the distributed jobs of one master, on its cluster (shared with the queue mode)."""
+    """Owns the distributed jobs of one master, on its cluster (shared with the queue mode); the owner of jobs of
+    the Collector's and the tiles' kinds (:class:`~..engine.owner.JobOwner`)."""
 
     def __init__(self, cluster: Cluster, input_dir: Callable[[], Path | None] = lambda: None,
                  loop: asyncio.AbstractEventLoop | None = None, describe: Describe = no_description) -> None:
-        self.cluster = cluster
+        super().__init__(cluster, input_dir)
         self.loop = loop
         """The server loop: where a job begun on the execution thread (a tile job) is started."""
         self.describe = describe
         """Node class type -> its INPUT_TYPES(), to type Multi-GPU Values (the host's: ComfyUI's classes)."""
-        self.input_dir = input_dir
-        """The master's input folder, whose files the workers receive when a prompt loads them."""
-        self._jobs: dict[str, Job] = {}
         self._reserved: dict[str, float] = {}
         self._stash: dict[tuple[str, str], Any] = {}
-        self._lock = threading.Lock()
         self.units_kind: CollectorUnits[Job] = CollectorUnits(self)
         """What a Collector job adds to the runner (a tile job has its own kind)."""
-        self.runner: Runner[Job] = Runner(cluster)
-        self._warming: set[asyncio.Task] = set()
         cluster.on_online(self._worker_online)
-
-    async def close(self) -> None:
-        """Stop warming workers up (the master shuts down; the cluster closes the connections)."""
-        for task in list(self._warming):
-            task.cancel()
-        await asyncio.gather(*self._warming, return_exceptions=True)
 
     # --- planning (server loop, inside the prompt hook) ----------------------------------
 
@@ -132,8 +118,7 @@ class Orchestrator(JobBook, CollectorBridge):
         except WorkflowError as exc:
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
         job = self._job(planned, config, job_id)
-        with self._lock:
-            self._jobs[job_id] = job
+        self.keep(job)
         if planned.plan.master_participates:
             self.cluster.models.ran(MASTER, prompt)
         return planned.marked, job
@@ -147,19 +132,18 @@ class Orchestrator(JobBook, CollectorBridge):
         workers = {str(w.id): w for w in config.enabled_workers()}
         scheduler = JobScheduler(
             units=[Unit(p, u.seed_offset) for p, u in sorted(units.items())], workers=list(workers),
-            plan=first_runs, max_retries=config.settings.max_retries,
+            first_runs=first_runs, max_retries=config.settings.max_retries,
             skip_unavailable=config.settings.skip_offline_workers, learns_unit_times=plan.mode == "dynamic",
             master_participates=plan.master_participates,
             names={key: w.display_name for key, w in workers.items()})
         return Job(job_id=job_id, kind=self.units_kind, collectors=plan.collectors, units=units, workers=workers,
-                   settings=config.settings, scheduler=scheduler, mode=plan.mode, plan=first_runs,
+                   settings=config.settings, scheduler=scheduler, mode=plan.mode,
                    kinds=planned.kinds, batch=plan.batch)
 
     def begin_soon(self, job: Job) -> None:
         """Keep ``job`` and start it on the server loop (from the execution thread: a tile job, as its Merge runs)."""
         assert self.loop is not None
-        with self._lock:
-            self._jobs[job.job_id] = job
+        self.keep(job)
         self.loop.call_soon_threadsafe(self.start, job)
 
     def _failed_job(self, prompt: Prompt, collectors: list[str], job_id: str, error: str) -> tuple[Prompt, Job]:
@@ -167,18 +151,12 @@ class Orchestrator(JobBook, CollectorBridge):
         job = Job(job_id=job_id, kind=self.units_kind, collectors=collectors, units={}, workers={}, settings=Settings(),
                   scheduler=JobScheduler([], []), error=error)
         job.settled.set()
-        with self._lock:
-            self._jobs[job_id] = job
+        self.keep(job)
         return mark_master_prompt(prompt, collectors, job_id), job
 
-    def start(self, job: Job, prompt_id: str | None = None) -> None:
-        """Prepare the workers and dispatch the units; must be called on the event loop that serves ComfyUI."""
-        job.prompt_id = prompt_id
-        if job.settled.is_set() or job.loop is not None:
-            return
-        self.runner.open(job)
+    def launch(self, job: Job) -> None:
+        """Prepare the workers, then dispatch the units (on the event loop that serves ComfyUI)."""
         assert job.loop is not None
-        self.cluster.metrics.job_started(job.kind.name)
         job.loop.create_task(self._begin(job), name=f"multigpu-job-{job.job_id}")
 
     async def _begin(self, job: Job) -> None:
@@ -187,9 +165,7 @@ class Orchestrator(JobBook, CollectorBridge):
         unavailable = {w: why for w, why in unavailable.items() if w in job.workers}
         ready = [w for key, w in job.workers.items() if key not in unavailable]
         try:
-            input_dir = self.input_dir()
-            job.media = await asyncio.to_thread(find_media, job.units[min(job.units)].prompt, input_dir) \
-                if input_dir is not None else []
+            job.media = await self.found_media(job.units[min(job.units)].prompt)
             problems = await asyncio.gather(*(self._prepare_worker(job, worker, job.media) for worker in ready))
         except (WorkflowError, OSError) as exc:
             self._abort(job, f"Multi-GPU: {exc}")
@@ -202,7 +178,7 @@ class Orchestrator(JobBook, CollectorBridge):
                                      rerun=not job.settings.skip_offline_workers or reason == "preflight")
         job.scheduler.unavailable = {**unavailable, **{w: message for w, (_, message) in lacking.items()}}
         self.runner.begin(job)
-        if job.master_asked:  # the Collector got there first
+        if job.master.asked:  # the Collector got there first
             self.runner.handle(job, MasterFree())
         if unavailable:
             await self._recheck_absent(job, unavailable)
@@ -255,9 +231,7 @@ class Orchestrator(JobBook, CollectorBridge):
             except (WorkerError, RuntimeError) as exc:  # the next job asks again and reports it
                 log.debug("Multi-GPU: worker %s: early GET /object_info failed: %s", worker.display_name, exc)
 
-        task = asyncio.get_running_loop().create_task(warm(), name=f"multigpu-warm-{worker_id}")
-        self._warming.add(task)
-        task.add_done_callback(self._warming.discard)
+        self.spawn(warm(), name=f"multigpu-warm-{worker_id}")
 
     async def _join(self, job: Job, worker: WorkerConfig) -> None:
         """Preflight ``worker`` for ``job``, then let the scheduler give it pending and re-run units."""
@@ -280,11 +254,9 @@ class Orchestrator(JobBook, CollectorBridge):
                               media: list[MediaFile]) -> tuple[str, str] | None:
         """(reason, message) when ``worker`` cannot take part, else None; syncs the job's input files to it."""
         client = self.runner.client(job, worker)
-        synced = {m.value for m in media}
-        synced |= job.kind.synced(job)
         own = self._own_unit(job, str(worker.id)) or job.units[min(job.units)]  # its own Multi-GPU Values
         try:
-            lacks = await lacks_of(self.cluster.object_info, worker, client.object_info, own.prompt, synced)
+            lacks = await self.ready_worker(job, client, own.prompt, media)
         except WorkerError as exc:
             return exc.reason, exc.message
         if lacks:
@@ -292,18 +264,13 @@ class Orchestrator(JobBook, CollectorBridge):
             given = [f"Multi-GPU Value {node_id} gives this worker {value!r}" for node_id, value in own.values.items()
                      if isinstance(value, str) and repr(value) in said]
             return "preflight", "lacks " + said + (f" ({'; '.join(given)})" if given else "")
-        try:
-            job.media_names[str(worker.id)] = await self.cluster.uploads.sync(
-                media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
-        except WorkerError as exc:
-            return exc.reason, f"the input files could not be uploaded: {exc.message}"
         return None
 
     @staticmethod
     def _own_unit(job: Job, worker_id: str) -> UnitRun | None:
-        if job.plan is None:
+        if job.scheduler.first_runs is None:
             return None
-        positions = [p for p in job.plan.get(worker_id, []) if p in job.units]
+        positions = [p for p in job.scheduler.first_runs.get(worker_id, []) if p in job.units]
         return job.units[positions[0]] if positions else None
 
     def _abort(self, job: Job, error: str) -> None:
@@ -311,23 +278,10 @@ class Orchestrator(JobBook, CollectorBridge):
         job.error = error
         self.runner.settle(job)
 
-    def discard(self, job: Job) -> None:
-        """The master refused the prompt: forget the job before any worker is asked."""
-        with self._lock:
-            self._jobs.pop(job.job_id, None)
-        job.settled.set()
-
     # --- what the runner and the job book ask of a Collector job (server loop) -------------
-
-    def _handle(self, job: Job, event: SchedulerEvent) -> None:
-        self.runner.handle(job, event)
 
     def _progress(self, job: Job, force: bool = False) -> None:
         report_progress(self.cluster.notify, job, force)
-
-    def _finish(self, job: Job) -> None:
-        """Report the job's outcome once (server loop)."""
-        report_outcome(self.cluster, job)
 
     def give_master(self, job: Job, positions: tuple[int, ...]) -> None:
         """Hand units to the Collector waiting on the execution thread."""
@@ -336,10 +290,7 @@ class Orchestrator(JobBook, CollectorBridge):
                        "(coordinator only) runs them itself")
             log.warning("%s", message)
             self.cluster.notify(*events.notice(message, job.job_id))
-        with self._lock:
-            job.master_positions.extend(positions)
-            job.master_asked = False
-        job.changed.set()
+        job.master.give(positions)
         log.debug("Multi-GPU: job %s: the master runs unit(s) %s", job.job_id, list(positions))
 
 
@@ -372,7 +323,9 @@ class CollectorUnits(JobKind[CJ]):
                 files_by_key[key] = await client.fetch_files(files, deadline, expected=expected)
                 if expected and len(files) <= expected:  # more than the batch: left to the Collector's checks
                     # decoded now, on a worker thread, while other units still run: the Collector only joins
-                    early = await asyncio.to_thread(media.BY_NAME[kind].codec.early, files_by_key[key])
+                    from .codecs import CODECS  # torch, once a unit's files are here
+
+                    early = await asyncio.to_thread(CODECS[kind].early, files_by_key[key])
                     if early is not None:
                         unit.decoded[key] = early
         return files_by_key
@@ -391,6 +344,8 @@ class CollectorUnits(JobKind[CJ]):
         self.orchestrator._progress(job, force)
 
     def settled(self, job: CJ) -> None:
-        """A cancelled job reports its outcome now; one that settled on its own does when its Collectors claim it."""
+        """The waiting Collector wakes; a cancelled job reports its outcome now, one that settled on its own does
+        when its Collectors claim it."""
+        job.master.wake()
         if job.cancelled:
             self.orchestrator._finish(job)

@@ -1,8 +1,8 @@
-"""Where the extension meets the ComfyUI it runs in.
+"""Where the extension meets the ComfyUI it runs in: the top of the package, which wires everything below.
 
-:mod:`.host` is what the extension needs from ComfyUI as one interface (``DetachedHost`` outside it);
-:mod:`.adapter` its implementation over ComfyUI's server and queue and ``install``, called by the repository's
-root ``__init__``; :mod:`.prompt_hook` turns a queued prompt into a distributed job (or a forwarded one);
-:mod:`.runtime` holds the running extension (host, orchestrator, queue balancer) for the nodes;
-:mod:`.role` says whether this ComfyUI is the master or a worker; :mod:`.node_catalog` lists every node class.
+:mod:`.adapter` implements :class:`~..host.interface.Host` over ComfyUI's server and queue (the only module that
+imports ComfyUI's) and ``install``, called by the repository's root ``__init__``, which puts the running
+extension in :mod:`..host.runtime` for the nodes; :mod:`.prompt_hook` turns a queued prompt into a distributed job
+(or a forwarded one); :mod:`.role` says whether this ComfyUI is the master or a worker; :mod:`.node_catalog` lists
+every node class.
 """

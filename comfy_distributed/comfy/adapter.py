@@ -1,6 +1,6 @@
 """The one module that imports ComfyUI's own modules (its server, queue, folders, node classes and samplers);
-imported only inside a running ComfyUI. Everything else reaches ComfyUI through the :class:`~.host.Host` it
-implements here (:class:`ComfyHost`), or :class:`~.host.DetachedHost` outside it."""
+imported only inside a running ComfyUI. Everything else reaches ComfyUI through the :class:`~..host.interface.Host` it
+implements here (:class:`ComfyHost`), or :class:`~..host.interface.DetachedHost` outside it."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-from . import runtime
+from ..host import runtime
 from ..api.access import TOKEN_ENV, is_public
 from ..api.handlers import MultiGPUApi
 from ..api.launch import add_launch_routes
@@ -58,7 +58,7 @@ def log_config_warnings(source: str) -> Callable[[list[str]], None]:
 
 
 class ComfyHost:
-    """The :class:`~.host.Host` of a running ComfyUI: its server, queue, folders and interrupt flag."""
+    """The :class:`~..host.interface.Host` of a running ComfyUI: its server, queue, folders and interrupt flag."""
 
     def __init__(self, server: Any) -> None:
         import comfy.model_management as model_management
@@ -200,7 +200,7 @@ def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_to
     cluster = Cluster(store, host.notify, health)
     orchestrator = Orchestrator(cluster, input_dir=host.input_dir, loop=server.loop, describe=host.describe)
     balancer = QueueBalancer(cluster, host.queue_load, host.is_output_node, input_dir=host.input_dir,
-                             master_lacks=host.master_lacks, host=host)
+                             master_lacks=host.master_lacks, host=host, saver=host)
     runtime.current = runtime.Extension(host, orchestrator, balancer)
     server.add_on_prompt_handler(make_prompt_handler(orchestrator, balancer))
     server.app.middlewares.append(make_prompt_middleware(orchestrator, host.running_prompts, host.pending_prompts,

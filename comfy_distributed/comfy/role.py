@@ -16,8 +16,8 @@ from typing import Mapping
 
 from ..api.access import is_loopback_name
 from ..config import GpuConfig, WorkerConfig
+from ..config.models import ROLE_ENV
 
-ROLE_ENV = "COMFY_DISTRIBUTED_ROLE"
 ROLES = ("master", "worker")
 
 

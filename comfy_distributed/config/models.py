@@ -14,6 +14,10 @@ from .pool import PoolConfig
 
 
 CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
+MASTER = "master"
+"""The master's name as a participant (in plans, speeds, loaded models), beside the workers' ids."""
+ROLE_ENV = "COMFY_DISTRIBUTED_ROLE"
+"""Set by the launcher to tell a ComfyUI it runs as the master or a worker (``comfy.role`` reads it)."""
 MAX_WORKER_NAME = 100
 """Characters of a worker's (or the master's) name."""
 MAX_EXTRA_ARGS = 2000

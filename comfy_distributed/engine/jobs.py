@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 
+from .handoff import MasterHandoff
 from .transport import UnitTransport
 from ..config import Settings, WorkerConfig
 from .scheduler import FINISHED, Action, JobScheduler, UnitRecord, UnitState
@@ -88,7 +89,6 @@ class UnitJob:
     created: float = field(default_factory=time.monotonic)
     settled: threading.Event = field(default_factory=threading.Event)
     """Set once no unit waits for a participant or runs on a worker (or the job ended early)."""
-    changed: threading.Event = field(default_factory=threading.Event)
     begun: bool = False
     """The scheduler has been started (for a Collector job, after the workers' preflight)."""
     cancelled: bool = False
@@ -105,6 +105,10 @@ class UnitJob:
     """The master's input files the prompt loads (``worker_prep.MediaFile``), for a worker that joins late."""
     joining: set[str] = field(default_factory=set)
     """Workers being prepared to join the job after its start."""
+    prompt_id: str | None = None
+    """The master's prompt the job belongs to (its id in the master's queue, once the master accepted it)."""
+    claimed: set[str] = field(default_factory=set)
+    """The outputs (Collectors, stand-ins' nodes) that took their part of the job."""
 
     def state_of(self, position: int) -> UnitState:
         return self.scheduler.state_of(position)
@@ -224,18 +228,13 @@ class Job(UnitJob):
 
     collectors: list[str]
     error: str | None = None
-    prompt_id: str | None = None
-    claimed: set[str] = field(default_factory=set)
     last_progress: float = 0.0
     progress_due: bool = False
     """A change of state waits to be reported (at most STATE_INTERVAL after the last report)."""
     ended: bool = False
     mode: str = "static"
-    plan: dict[str, list[int]] | None = None
-    """Participant (``master`` or a worker id) -> the positions it runs first; None in dynamic mode."""
-    master_positions: list[int] = field(default_factory=list)
-    master_asked: bool = False
-    master_started: float = 0.0
+    master: MasterHandoff = field(default_factory=MasterHandoff)
+    """The units the master runs, handed from the loop to the Collector on the execution thread."""
     kinds: dict[str, list[str]] = field(default_factory=dict)
     """Per Collector: what it collects (images, latent, audio)."""
     batch: int | None = None

@@ -1,7 +1,7 @@
 """Who takes part in a job, with which seed, and where their images land in the output.
 
 Pure functions of the prompt and the config. One :func:`plan_job` serves the orchestrator (when it
-plans a job) and ``POST /multigpu/prepare_job`` (when a client asks what would run, :func:`describe`);
+plans a job) and ``POST /multigpu/prepare_job`` (when a client asks what would run, :func:`plan_summary`);
 :func:`plan_prompt` is the whole job in one pass: that plan, each unit with its Values and worker prompt, and
 the master's marked prompt, which the orchestrator then carries out.
 """
@@ -201,7 +201,7 @@ def master_participates(prompt: Prompt, collectors: list[str], config: GpuConfig
     return config.master.participates
 
 
-def describe(prompt: Prompt, job: JobPlan) -> dict[str, Any]:
+def plan_summary(prompt: Prompt, job: JobPlan) -> dict[str, Any]:
     """``job`` (planned for ``prompt`` by :func:`plan_job`) as JSON: participants, each Distributor's seed
     per participant, output ranges, units and who runs them first."""
     seeds = {node_id: distributor_seed(prompt, node_id) for node_id in nodes_of_class(prompt, DISTRIBUTOR_CLASS)}

@@ -2,7 +2,7 @@
 
 One :class:`Runner` serves every kind of job (a Collector's units, a prompt forwarded whole in queue
 mode, and whatever comes next): it sends a unit's prompt to a worker, follows it to the end within
-the worker timeout, has the job's :class:`JobKind` fetch what the unit brought back, and tells the
+the worker timeout, has the job's :class:`~.jobs.JobKind` fetch what the unit brought back, and tells the
 job's scheduler (:mod:`.scheduler`, the one owner of where each unit stands) that the unit finished
 or failed; the scheduler decides what runs next and whether a failed unit is re-run. A kind says
 only what differs: what a unit sends with its prompt, how its results are fetched, and what the
@@ -26,7 +26,7 @@ from ..cluster.previews import PreviewSource
 from ..config import WorkerConfig
 from ..errors import WorkerError
 from ..worker_client import Channel
-from .jobs import JobKind, UnitJob, UnitRun
+from .jobs import UnitJob, UnitRun
 from .transport import UnitTransport
 from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
 
@@ -86,7 +86,6 @@ class Runner(Generic[J]):
             self.cluster.metrics.job_ended(job.kind.name, "cancelled" if job.cancelled else
                                    "master" if UnitState.GIVEN_UP in states else "done")
         job.settled.set()
-        job.changed.set()
         job.kind.settled(job)
         if job.loop is not None and not job.released:
             job.released = True

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from enum import Enum
 from typing import Callable, Union
 
+from ..config.models import MASTER as MASTER  # the master's participant name, beside the scheduler that plans with it
+
 WorkerId = str
 """Worker ids as strings, so that 1 and "1" are the same worker."""
 
@@ -65,6 +67,9 @@ class UnitRecord:
     """The worker it was last sent to (or skipped on); a unit the master runs keeps the last one."""
     attempt: int = 0
     """Attempts so far (dispatches to a worker and runs on the master); an answer names the attempt it ends."""
+    uncounted: int = 0
+    """Attempts that ended before the unit ran (a worker found lacking when it reached it): they do not count
+    against ``max_retries``."""
     started: float | None = None
     """When the current attempt on a worker started (the scheduler's clock)."""
     causes: list[str] = field(default_factory=list)
@@ -97,6 +102,12 @@ class UnitFailed:
     attempt: int
     reason: str
     message: str
+
+    @property
+    def counts(self) -> bool:
+        """Whether the attempt counts against ``max_retries``: not when the worker lacked what the unit needs
+        (its preflight failed), since the unit never ran there."""
+        return self.reason != "preflight"
 
 
 @dataclass(slots=True, frozen=True)
@@ -156,15 +167,13 @@ class Skip:
 Action = Union[Dispatch, RunOnMaster, GiveUp, Skip]
 
 
-MASTER = "master"
-"""The participant name of the master in plans."""
 
 
 @dataclass(slots=True)
 class JobScheduler:
     """Assigns units to participants and re-assigns the units of failed workers.
 
-    ``plan`` gives each participant (worker ids, and ``MASTER``) the units it should run
+    ``first_runs`` gives each participant (worker ids, and ``MASTER``) the units it should run
     (static: worker k its own unit; weighted: blocks by weight). Units in no plan are
     shared: the next free participant takes one (dynamic). A worker that fails a unit
     takes no further part in the job and its units become shared. Each unit is tried at
@@ -175,7 +184,8 @@ class JobScheduler:
     units: list[Unit]
     """Units outside the master's own graph run (position 0), in position order."""
     workers: list[WorkerId]
-    plan: dict[str, list[int]] | None = None
+    first_runs: dict[str, list[int]] | None = None
+    """The job plan's first runs (``engine.plan.JobPlan.first_runs``); None: every unit is shared (dynamic)."""
     unavailable: dict[WorkerId, str] = field(default_factory=dict)
     """Workers known to be down at dispatch, with why."""
     max_retries: int = 2
@@ -214,7 +224,7 @@ class JobScheduler:
     def static(cls, workers: list[WorkerId], **kwargs) -> "JobScheduler":
         """The original README's plan: worker k runs unit k + 1 (its own batch with seed + k + 1)."""
         units = [Unit(k + 1, k + 1) for k in range(len(workers))]
-        return cls(units, list(workers), plan={w: [k + 1] for k, w in enumerate(workers)}, **kwargs)
+        return cls(units, list(workers), first_runs={w: [k + 1] for k, w in enumerate(workers)}, **kwargs)
 
     # --- queries --------------------------------------------------------------------------
 
@@ -260,7 +270,7 @@ class JobScheduler:
         for position, record in self.records.items():
             assert (record.state is UnitState.PENDING) == (position in queued), \
                 f"unit {position} is {record.state} but {'' if position in queued else 'not '}queued"
-            assert record.attempt <= 1 + self.max_retries, f"unit {position}: {record.attempt} tries"
+            assert record.attempt - record.uncounted <= 1 + self.max_retries, f"unit {position}: {record.attempt} tries"
             if record.state is UnitState.RUNNING:
                 assert record.worker is not None and record.worker not in busy, f"unit {position}: its worker runs two"
                 assert record.worker not in self.excluded and record.attempt >= 1 and record.started is not None
@@ -275,7 +285,7 @@ class JobScheduler:
 
     def start(self) -> list[Action]:
         planned = set()
-        for participant, positions in (self.plan or {}).items():
+        for participant, positions in (self.first_runs or {}).items():
             self.queues[participant] = list(positions)
             planned.update(positions)
         self.shared = [p for p in sorted(self.records) if p not in planned]
@@ -323,7 +333,8 @@ class JobScheduler:
         record.causes.append(f"{self._name(event.worker)}: {event.message}")
         self.excluded.add(event.worker)
         self.shared.extend(self.queues.pop(event.worker, []))
-        if record.attempt > self.max_retries:
+        record.uncounted += not event.counts
+        if record.attempt - record.uncounted > self.max_retries:
             record.state = UnitState.GIVEN_UP
             self.shared.sort()
             return [GiveUp(event.position)] + self._assign()

@@ -18,13 +18,13 @@ import json
 import math
 from typing import Any, Callable, Mapping
 
+from ..config.models import MASTER as MASTER  # a Value's key for the master
 from ..errors import WorkflowError
 from .workflow import VALUE_CLASS, Prompt, is_link, _node_sort_key
 
 VALUES_INPUT = "values"
 DEFAULT_INPUT = "default"
 MAX_VALUES_CHARS = 64 * 1024
-MASTER = "master"
 
 Describe = Callable[[str], "Mapping[str, Any] | None"]
 """A node class type -> its INPUT_TYPES() dict, None when unknown."""

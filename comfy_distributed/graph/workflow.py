@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 from typing import Any, Iterable, Mapping
 
-from ..collector import media
+from . import media
 from ..errors import WorkflowError
 
 COLLECTOR_CLASS = "MultiGPUCollector"
@@ -30,7 +30,7 @@ TILE_SPLIT_CLASS = "MultiGPUTileSplit"
 TILE_MERGE_CLASS = "MultiGPUTileMerge"
 TILED_UPSCALE_CLASS = "MultiGPUTiledUpscale"
 TILE_CLASSES = (TILE_SPLIT_CLASS, TILE_MERGE_CLASS, TILED_UPSCALE_CLASS)
-"""The tile nodes (``tile_nodes``): they never run on a worker."""
+"""The tile nodes (``tiles.nodes``, ``tiles.expanded``): they never run on a worker."""
 VALUE_CLASS = "MultiGPUValue"
 """The Multi-GPU Value node (``values``): a worker's copy holds its literal value instead."""
 

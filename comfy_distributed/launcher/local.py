@@ -10,7 +10,7 @@ from typing import Callable, Protocol
 
 from ..config import CONFIG_ENV
 from ..errors import LaunchError
-from ..comfy.role import ROLE_ENV
+from ..config.models import ROLE_ENV
 from .model import LOG_TAIL_LINES, Instance, LaunchContext, Record, STATE_ENV
 from .discovery import ROOT_HINT, find_python, split_args
 from .processes import exit_code, is_process_id, process_alive, read_log_tail, spawn_detached, start_token, terminate

@@ -31,18 +31,15 @@ says why.
 
 from __future__ import annotations
 
-import asyncio
 import logging
-import threading
 import time
 import uuid
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from ..engine.transport import UnitTransport
 from .. import events
-from ..comfy.host import DetachedHost
 from ..config import GpuConfig, WorkerConfig
 from ..errors import JobError, WorkerError, WorkerLacks, WorkflowError
 from .outputs import NodeOutput, fetch_outputs
@@ -51,21 +48,19 @@ from ..engine.jobs import UnitJob, UnitRun
 from ..cluster.core import Cluster
 from ..cluster.loaded_models import model_names
 from ..engine.jobs import JobKind
-from ..engine.runner import Runner
+from ..engine.owner import JobOwner
 from ..engine.scheduler import MASTER, JobScheduler, Unit, UnitState
 from ..graph.workflow import COLLECTOR_CLASS, Prompt, flatten_for_single
 from ..worker_client import MIB, PromptResult, clip_text
-from .files import OutputSaver
+from .files import NoFolders, OutputSaver
 from ..cluster.preflight import (
     MediaFile,
-    find_media,
-    lacks_of,
     local_media,
     preflight_problems,
 )
 
 if TYPE_CHECKING:
-    from ..comfy.host import Host
+    from ..host.interface import Host
 
 log = logging.getLogger("comfy_distributed")
 
@@ -87,54 +82,22 @@ class Forward(UnitJob):
 
     original: Prompt
     output_nodes: list[str]
-    claimed: set[str] = field(default_factory=set)
     expanded: bool = False
     found_media: list[MediaFile] | None = None
     """The master's input files the prompt loads (found, and hashed, when it is first sent)."""
-    prompt_id: str | None = None
-    """The stand-in's id in the master's queue (known once the master accepted it)."""
     number: float | None = None
     """The queue number the prompt would have had; the stand-in gets it once the worker is done (None: it was
     queued with a number of its own, and keeps it)."""
 
-    @property
-    def forward_id(self) -> str:
-        return self.job_id
-
-    @property
-    def unit(self) -> UnitRun:
-        return self.units[FORWARD_POSITION]
-
-    @property
-    def prompt(self) -> Prompt:
-        """The prompt as the worker runs it (our nodes flattened away)."""
-        return self.unit.prompt
-
-    @property
-    def candidates(self) -> list[WorkerConfig]:
-        return list(self.workers.values())
-
-    @property
     def state(self) -> str:
         """pending, running, done, or master (no worker could run it: the master runs it itself)."""
         state = self.state_of(FORWARD_POSITION)
         return "master" if state == UnitState.GIVEN_UP else state.value
 
-    @property
-    def worker(self) -> WorkerConfig | None:
-        return self.worker_of(FORWARD_POSITION)
-
-    @property
     def outputs(self) -> dict[str, NodeOutput]:
-        return self.unit.images if self.state_of(FORWARD_POSITION) == UnitState.DONE else {}
-
-    @property
-    def causes(self) -> list[str]:
-        return self.record(FORWARD_POSITION).causes
-
-    @property
-    def finished(self) -> threading.Event:
-        return self.settled
+        """Each output node's values and saved files, once a worker delivered them (else nothing)."""
+        unit = self.units[FORWARD_POSITION]
+        return unit.images if self.state_of(FORWARD_POSITION) == UnitState.DONE else {}
 
 
 def _animated(flag: Any) -> bool:
@@ -160,22 +123,13 @@ class ForwardedPrompt(JobKind[Forward]):
         """The preflight on this worker (WorkerLacks: the next candidate takes it), then the input files."""
         worker = client.worker
         if job.found_media is None:
-            input_dir = self.balancer.input_dir()
             try:
-                job.found_media = await asyncio.to_thread(find_media, unit.prompt, input_dir) \
-                    if input_dir is not None else []
+                job.found_media = await self.balancer.found_media(unit.prompt)
             except (WorkflowError, OSError) as exc:  # checked when routed: the folder changed since
                 raise WorkerLacks(worker.display_name, f"the input files could not be read: {exc}") from None
-        synced = {m.value for m in job.found_media}
-        lacks = await lacks_of(self.balancer.cluster.object_info, worker, client.object_info, unit.prompt, synced)
+        lacks = await self.balancer.ready_worker(job, client, unit.prompt, job.found_media)
         if lacks:
             raise WorkerLacks(worker.display_name, "lacks " + "; ".join(lacks))
-        try:
-            job.media_names[str(worker.id)] = await self.balancer.cluster.uploads.sync(
-                job.found_media, lambda m: client.upload_input(m.path, m.name, m.subfolder))
-        except WorkerError as exc:
-            exc.message = f"the input files could not be uploaded: {exc.message}"
-            raise
         return unit.prompt
 
     async def fetch(self, job: Forward, unit: UnitRun, client: UnitTransport, result: PromptResult,
@@ -199,41 +153,30 @@ class ForwardedPrompt(JobKind[Forward]):
         self.balancer.promote(job)
 
 
-class QueueBalancer:
-    """Routes whole prompts (see the module doc). Lives on the master's event loop."""
+class QueueBalancer(JobOwner[Forward]):
+    """Routes whole prompts (see the module doc); the owner of forwarded prompts (:class:`~..engine.owner.JobOwner`).
+    Lives on the master's event loop."""
 
     def __init__(self, cluster: Cluster, master_load: Callable[[], int] = lambda: 0,
                  is_output_node: Callable[[str], bool] = lambda class_type: False, *,
                  input_dir: Callable[[], Path | None] = lambda: None,
                  master_lacks: Callable[[Prompt, set[str]], list[str]] | None = None,
                  host: "Host | None" = None, saver: OutputSaver | None = None) -> None:
-        self.cluster = cluster
-        """What it shares with the Collector's orchestrator: config, health, node classes, speeds, models..."""
+        super().__init__(cluster, input_dir)
         self.master_load = master_load
         self.is_output_node = is_output_node
-        self.input_dir = input_dir
         self.master_lacks = master_lacks
         """What the master lacks to run a prompt (the host's ``master_lacks``; None: not checked)."""
         self.host = host
         """The master's queue, where stand-ins wait at the back and are moved up when done (None: not moved)."""
-        self.saver: OutputSaver = saver or host or DetachedHost()
+        self.saver: OutputSaver = saver or NoFolders()
         """Where a worker's files are saved (the host's output folders; outside ComfyUI nowhere, unless given)."""
         self._deferred = 0
-        self._forwards: dict[str, Forward] = {}
-        self._lock = threading.Lock()
         self._told: dict[str, str] = {}
         """Per participant: what it lacked, as last told (a queue of like prompts says it once, and prompts of two
         kinds in turn do not say it again each time)."""
         self._refreshed: dict[str, float] = {}
-        self._tasks: set[asyncio.Task] = set()
         self.kind = ForwardedPrompt(self)
-        self.runner: Runner[Forward] = Runner(cluster)
-
-    async def close(self) -> None:
-        """Stop its background re-reads (the master shuts down; the cluster closes the connections)."""
-        for task in list(self._tasks):
-            task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
 
     # --- routing (server loop, in the prompt hook) ----------------------------------------
 
@@ -257,20 +200,19 @@ class QueueBalancer:
             synced = local_media(flat, input_dir) if input_dir is not None else set()
         except (WorkflowError, OSError, AttributeError, TypeError):  # malformed: ComfyUI tells the user itself
             return self._kept(prompt, has_collector)
-        candidates, unchecked = self._able_workers(config, flat, synced)
+        candidates = self._able_workers(config, flat, synced)
         master_able = self._master_able(flat, synced)
         if not candidates:
             return self._kept(prompt, has_collector)  # no worker can: the master runs it (or ComfyUI says why not)
         ranked = self._ranked(config, flat, candidates, master_able)
         if ranked[0] is None:
             return self._kept(prompt, has_collector)  # the master is the best place for it
-        forward = self._forward(prompt, flat, output_nodes, config, ranked, unchecked)
+        forward = self._forward(prompt, flat, output_nodes, config, ranked)
         stand_in = {node_id: {"class_type": REMOTE_OUTPUT_CLASS,
-                              "inputs": {"forward_id": forward.forward_id, "node": node_id},
+                              "inputs": {"forward_id": forward.job_id, "node": node_id},
                               "_meta": {"title": f"{prompt[node_id].get('class_type')} (on a worker)"}}
                     for node_id in output_nodes}
-        with self._lock:
-            self._forwards[forward.forward_id] = forward
+        self.keep(forward)
         return stand_in, forward
 
     def _kept(self, prompt: Prompt, has_collector: bool) -> tuple[Prompt, None]:
@@ -281,22 +223,23 @@ class QueueBalancer:
         return prompt, None
 
     def _forward(self, prompt: Prompt, flat: Prompt, output_nodes: list[str], config: GpuConfig,
-                 ranked: list[WorkerConfig | None], unchecked: int) -> Forward:
-        """One unit that the workers take in their order, each once, until one delivers (or none is left). A
-        worker found lacking when the prompt reaches it does not count against ``max_retries``."""
+                 ranked: list[WorkerConfig | None]) -> Forward:
+        """One unit that the workers take in their order (the scheduler offers a shared unit to its workers in
+        the order given), each once, until one delivers (or none is left). A worker found lacking when the prompt
+        reaches it does not count against ``max_retries`` (:attr:`..engine.scheduler.UnitFailed.counts`)."""
         workers = {str(w.id): w for w in ranked if w is not None}
         scheduler = JobScheduler(units=[Unit(FORWARD_POSITION, 0)], workers=list(workers),
-                                 max_retries=config.settings.max_retries + unchecked, master_takes_units=False,
+                                 max_retries=config.settings.max_retries, master_takes_units=False,
                                  names={key: w.display_name for key, w in workers.items()})
         unit = UnitRun(FORWARD_POSITION, 0, flat)
         return Forward(job_id=uuid.uuid4().hex, kind=self.kind, units={FORWARD_POSITION: unit}, workers=workers,
                        settings=config.settings, scheduler=scheduler, original=prompt, output_nodes=output_nodes)
 
-    def _able_workers(self, config: GpuConfig, flat: Prompt, synced: set[str]) -> tuple[list[WorkerConfig], int]:
-        """The enabled workers that are up and, as far as their last ``/object_info`` tells, can run ``flat``;
-        and how many of them were not checked (never asked yet: checked when the prompt reaches them)."""
+    def _able_workers(self, config: GpuConfig, flat: Prompt, synced: set[str]) -> list[WorkerConfig]:
+        """The enabled workers that are up and, as far as their last ``/object_info`` tells, can run ``flat`` (one
+        never asked yet is checked when the prompt reaches it)."""
         unavailable = self.cluster.health.unavailable() if self.cluster.health is not None else {}
-        able, unchecked = [], 0
+        able = []
         for worker in config.enabled_workers():
             key = str(worker.id)
             if key in unavailable:
@@ -307,9 +250,8 @@ class QueueBalancer:
                 self._tell_lacking(worker, lacks)
                 self._refresh(worker, config)
                 continue
-            unchecked += info is None
             able.append(worker)
-        return able, unchecked
+        return able
 
     def _master_able(self, flat: Prompt, synced: set[str]) -> bool:
         """Whether the master can run ``flat`` itself (else it goes to a worker even when the master is idle)."""
@@ -347,11 +289,9 @@ class QueueBalancer:
                 log.debug("Multi-GPU queue: worker %s: GET /object_info failed: %s", worker.display_name, exc)
 
         try:
-            task = asyncio.get_running_loop().create_task(refresh(), name=f"multigpu-queue-refresh-{key}")
+            self.spawn(refresh(), name=f"multigpu-queue-refresh-{key}")
         except RuntimeError:  # no loop (a test routing outside one): the next prompt that reaches it asks
             return
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
 
     def _ranked(self, config: GpuConfig, flat: Prompt, workers: list[WorkerConfig],
                 master_able: bool = True) -> list[WorkerConfig | None]:
@@ -369,7 +309,7 @@ class QueueBalancer:
     def _load_of(self, worker: WorkerConfig) -> int:
         key = str(worker.id)
         with self._lock:
-            inflight = sum(forward.running_on(key) for forward in self._forwards.values())
+            inflight = sum(forward.running_on(key) for forward in self._jobs.values())
         queued = None
         if self.cluster.health is not None:
             for entry in self.cluster.health.snapshot([worker]):
@@ -381,7 +321,7 @@ class QueueBalancer:
         a host to ask, every stand-in not yet claimed counts as waiting."""
         pending = self.host.pending_prompts() if self.host is not None else None
         with self._lock:
-            waiting_stand_ins = sum(1 for f in self._forwards.values() if len(f.claimed) < len(f.output_nodes)
+            waiting_stand_ins = sum(1 for f in self._jobs.values() if len(f.claimed) < len(f.output_nodes)
                                     and (pending is None or f.prompt_id in pending))
         return max(0, self.master_load() - waiting_stand_ins)
 
@@ -402,33 +342,15 @@ class QueueBalancer:
         if forward.number is not None and forward.prompt_id is not None and self.host is not None:
             self.host.promote(forward.prompt_id, forward.number)
 
-    def start(self, forward: Forward, prompt_id: str | None = None) -> None:
-        forward.prompt_id = prompt_id
-        self.cluster.metrics.job_started("queue")
-        self.runner.open(forward)
-        self.runner.begin(forward)
-
-    def discard(self, forward: Forward) -> None:
-        with self._lock:
-            self._forwards.pop(forward.forward_id, None)
-
     # --- the stand-in nodes (ComfyUI's execution thread) ---------------------------------
 
     def wait(self, forward_id: str, node_id: str, interrupted: Callable[[], bool]) -> Forward:
         """Block until the forwarded prompt has ended; the caller takes its node's files."""
-        with self._lock:
-            forward = self._forwards.get(forward_id)
+        forward = self.job(forward_id)
         if forward is None:
             raise JobError(f"Multi-GPU queue: forwarded prompt {forward_id} is unknown (the master restarted?)")
         bound = forward.deadline(time.monotonic())
         while not forward.settled.wait(WAIT_POLL):
-            if interrupted():
-                self.runner.cancel_soon(forward)
-                raise JobError("Multi-GPU queue: interrupted")
-            if time.monotonic() > bound:
-                raise JobError("Multi-GPU queue: the forwarded prompt did not end in time")
-        with self._lock:
-            forward.claimed.add(node_id)
-            if len(forward.claimed) >= len(forward.output_nodes):
-                self._forwards.pop(forward_id, None)
+            self.still_waiting(forward, interrupted, bound, "Multi-GPU queue")
+        self.claim(forward, node_id, forward.output_nodes)
         return forward

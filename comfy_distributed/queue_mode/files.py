@@ -258,6 +258,13 @@ class OutputSaver(Protocol):
         """A new file for a worker's ``file`` in the master's output (or temp) folder; ValueError if refused."""
 
 
+class NoFolders:
+    """Where a worker's files go outside ComfyUI (tests, tools): nowhere, said as an error."""
+
+    def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
+        raise RuntimeError("Multi-GPU: saving files needs a running ComfyUI")
+
+
 class FolderSaver:
     """Saves a worker's files under two folders (output and temp), as :class:`~..comfy.adapter.ComfyHost` does
     with ComfyUI's."""

@@ -8,10 +8,10 @@ from typing import Any
 
 from .. import events
 from ..collector.nodes import INTERNAL_NOTE
-from ..comfy import runtime
+from ..host import runtime
 from ..errors import JobError
 from ..graph.workflow import is_link
-from .balancer import REMOTE_OUTPUT_CLASS
+from .balancer import FORWARD_POSITION, REMOTE_OUTPUT_CLASS, QueueBalancer
 
 log = logging.getLogger("comfy_distributed")
 
@@ -33,20 +33,22 @@ class MultiGPURemoteOutput:
     def deliver(self, forward_id: str, node: str) -> dict[str, Any]:
         extension = runtime.running()
         host = extension.host
+        balancer: QueueBalancer = extension.balancer
         try:
-            forward = extension.balancer.wait(forward_id, node, host.interrupted)
+            forward = balancer.wait(forward_id, node, host.interrupted)
         except JobError as exc:
             host.raise_if_interrupted()
             raise RuntimeError(str(exc)) from None
-        if forward.state == "master":  # no worker could run it: the master runs the original prompt
+        if forward.state() == "master":  # no worker could run it: the master runs the original prompt
             if forward.expanded:
                 return {"ui": {}}
             forward.expanded = True
-            message = "Multi-GPU queue: no worker could run the prompt, the master runs it: " + "; ".join(forward.causes)
+            causes = forward.record(FORWARD_POSITION).causes
+            message = "Multi-GPU queue: no worker could run the prompt, the master runs it: " + "; ".join(causes)
             log.warning("%s", message)
             host.notify(*events.notice(message))
             return {"ui": {}, "result": (), "expand": prefixed(forward.original, f"{node}.multigpu.")}
-        output = forward.outputs.get(node)
+        output = forward.outputs().get(node)
         if output is None:
             return {"ui": {}}
         ui: dict[str, Any] = dict(output.values)

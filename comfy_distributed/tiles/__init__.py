@@ -3,5 +3,6 @@
 :mod:`.grid` cuts the grid, crops a tile and blends the feathered merge; :mod:`.graph` finds Split/Merge pairs in
 a prompt and builds each tile's worker prompt; :mod:`.jobs` is the tile job, a job kind of its own
 (:class:`~.jobs.TileUnits`: the crops uploaded before each tile), started on the orchestrator; :mod:`.nodes` are
-the nodes users place and the internal ones they expand into, and :mod:`.upscale` the Tiled Upscale node.
+the nodes users place, :mod:`.expanded` the internal ones a Merge expands into, and :mod:`.upscale` the Tiled
+Upscale node.
 """

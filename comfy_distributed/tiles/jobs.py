@@ -94,7 +94,7 @@ def start_tiles(orchestrator: "Orchestrator", prompt: Prompt, pair: TilePair,
         units[position] = UnitRun(position, 0, build_tile_prompt(
             prompt, pair, names[0], {key: names[j] for key, j in (hints or {}).items()}), batch=frames)
     workers = {str(w.id): w for w in config.enabled_workers()}
-    scheduler = JobScheduler(units=[Unit(p, 0) for p in sorted(units)], workers=list(workers), plan=None,
+    scheduler = JobScheduler(units=[Unit(p, 0) for p in sorted(units)], workers=list(workers), first_runs=None,
                              max_retries=config.settings.max_retries, skip_unavailable=False,
                              learns_unit_times=True, names={key: w.display_name for key, w in workers.items()})
     job = TileJob(job_id=job_id, kind=TileUnits(orchestrator), collectors=[pair.merge], units=units, workers=workers,

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..comfy import runtime
+from ..host import runtime
 from ..graph.workflow import TILED_UPSCALE_CLASS
 from .graph import TILE_MERGE_CLASS, TILE_SPLIT_CLASS
-from .nodes import size_input
+from .expanded import size_input
 
 
 class MultiGPUTiledUpscale:

@@ -14,8 +14,8 @@ from typing import Any, Callable
 import pytest
 import torch
 
-from comfy_distributed.comfy import runtime
-from comfy_distributed.comfy.host import DetachedHost
+from comfy_distributed.host import runtime
+from comfy_distributed.host.interface import DetachedHost
 from comfy_distributed.collector.codecs import PNG_SIGNATURE
 from comfy_distributed.collector.nodes import MultiGPUCollector, MultiGPUUnitPart
 from comfy_distributed.queue_mode.balancer import QueueBalancer

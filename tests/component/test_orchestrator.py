@@ -397,7 +397,7 @@ async def test_a_worker_coming_online_is_asked_for_its_nodes_before_the_first_jo
     try:
         await health.beat()  # both come online: each is asked at once, with no job running
         await until(lambda: w1.request_counts["/object_info"] == 1 and w2.request_counts["/object_info"] == 1)
-        await until(lambda: not cluster.orchestrator._warming)
+        await until(lambda: not cluster.orchestrator._tasks)
         ports = {w.name: set(w.http_client_ports) for w in (w1, w2)}
         result = await cluster.run(workflow(seed=42))
         assert result.failures == [] and result.master_units == [] and len(result.images) == 2

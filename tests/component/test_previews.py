@@ -140,8 +140,8 @@ async def test_a_forwarded_prompt_shows_its_previews_too(standin_cluster, tmp_pa
     assert forward is not None
     queue.start(forward)
     try:
-        done = await asyncio.to_thread(queue.wait, forward.forward_id, "2", lambda: False)
-        assert done.state == "done"
+        done = await asyncio.to_thread(queue.wait, forward.job_id, "2", lambda: False)
+        assert done.state() == "done"
     finally:
         await queue.close()
         await queue.cluster.close()

@@ -17,7 +17,7 @@ from comfy_distributed.errors import JobError
 from comfy_distributed.collector.codecs import decode_batch, quantize_like_png
 from comfy_distributed.tiles.graph import tile_pairs
 from comfy_distributed.tiles.jobs import start_tiles
-from comfy_distributed.tiles.nodes import encode_crop
+from comfy_distributed.tiles.expanded import encode_crop
 from comfy_distributed.tiles.grid import crop, merge, plan_tiles
 from tests.comfy_test_nodes import DistributedTestTileWork, seeded_images
 from tests.component.cluster import Cluster

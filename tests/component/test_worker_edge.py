@@ -14,7 +14,7 @@ from aiohttp import web
 from comfy_distributed.config import ConfigStore, Settings, WorkerConfig
 from comfy_distributed.errors import WorkerProtocolError
 from comfy_distributed.cluster.health import HealthMonitor
-from comfy_distributed.queue_mode.balancer import ForwardedPrompt, QueueBalancer
+from comfy_distributed.queue_mode.balancer import FORWARD_POSITION, ForwardedPrompt, QueueBalancer
 from comfy_distributed.worker_client import OutputFile, WorkerClient, summarize_rejection
 from comfy_distributed.cluster.preflight import preflight_problems
 from tests.component.cluster import Cluster, assert_unit_images, balancer, by_position, plain, workflow
@@ -106,7 +106,7 @@ async def _forward_and_wait(b: QueueBalancer, seconds: float) -> Any:
     assert forward is not None
     b.start(forward)
     give_up = time.monotonic() + seconds
-    return await asyncio.to_thread(b.wait, forward.forward_id, "2", lambda: time.monotonic() > give_up)
+    return await asyncio.to_thread(b.wait, forward.job_id, "2", lambda: time.monotonic() > give_up)
 
 
 @pytest.mark.parametrize("shape", sorted(HISTORY_SHAPES))
@@ -118,8 +118,8 @@ async def test_a_malformed_history_entry_ends_a_forward_at_once_and_the_master_r
         started = time.monotonic()
         done = await _forward_and_wait(b, seconds=15)
         assert time.monotonic() - started < 10  # well within the 60 s worker timeout
-        assert done.state == "master" and done.outputs == {}
-        (cause,) = done.causes
+        assert done.state() == "master" and done.outputs() == {}
+        (cause,) = done.record(FORWARD_POSITION).causes
         assert cause.startswith("GPU 1: ") and "history" in cause
 
 
@@ -134,8 +134,8 @@ async def test_a_forward_keeps_a_node_s_small_values_and_drops_a_huge_one(tmp_pa
         w1.drop_ws_after_start = True
         b = balancer(tmp_path, [w1.port], queue_mode="no_collector", max_retries=0)
         done = await _forward_and_wait(b, seconds=15)
-        assert done.state == "done"
-        output = done.outputs["2"]
+        assert done.state() == "done"
+        output = done.outputs()["2"]
         assert output.values == {"text": ["a caption"], "animated": True}  # "huge" left out, with a warning
         assert [f.filename for f, _ in output.files["images"]] == ["q_00001_.png"]
         assert b.cluster.speeds.get("1") is None  # an animation's frames say nothing of images per second
@@ -143,7 +143,7 @@ async def test_a_forward_keeps_a_node_s_small_values_and_drops_a_huge_one(tmp_pa
         await b.cluster.close()
     async with StandinComfy(tmp_path / "w2", name="w2") as w2:
         b = balancer(tmp_path, [w2.port], queue_mode="no_collector")
-        assert (await _forward_and_wait(b, seconds=15)).state == "done"
+        assert (await _forward_and_wait(b, seconds=15)).state() == "done"
         assert b.cluster.speeds.get("1") is not None  # a still image is learnt from
         await b.close()
         await b.cluster.close()
@@ -156,8 +156,8 @@ async def test_a_forward_with_an_odd_output_key_is_refused(tmp_path, key):
         w1.drop_ws_after_start = True
         b = balancer(tmp_path, [w1.port], queue_mode="no_collector", max_retries=0)
         done = await _forward_and_wait(b, seconds=15)
-        assert done.state == "master"
-        (cause,) = done.causes
+        assert done.state() == "master"
+        (cause,) = done.record(FORWARD_POSITION).causes
         assert "empty or longer than 64 characters" in cause
 
 
@@ -168,8 +168,8 @@ async def test_an_unexpected_error_in_a_forward_still_releases_the_waiting_node(
     monkeypatch.setattr(ForwardedPrompt, "unit_prompt", broken)
     b = balancer(tmp_path, [9], queue_mode="no_collector", max_retries=0)
     done = await _forward_and_wait(b, seconds=10)
-    assert done.state == "master"
-    assert done.causes == ["GPU 1: internal error: KeyError('something we did not foresee')"]
+    assert done.state() == "master"
+    assert done.record(FORWARD_POSITION).causes == ["GPU 1: internal error: KeyError('something we did not foresee')"]
     assert done.running_on("1") == 0  # the worker counts no load from it any more
 
 

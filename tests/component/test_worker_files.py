@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from comfy_distributed.queue_mode.files import FolderSaver
+from comfy_distributed.queue_mode.balancer import FORWARD_POSITION
 from tests.component.cluster import balancer, plain
 from tests.standin import StandinComfy
 
@@ -46,7 +47,7 @@ async def forward(tmp_path: Path, worker: StandinComfy, events: list | None = No
     assert sent is not None
     b.start(sent)
     try:
-        return await asyncio.to_thread(b.wait, sent.forward_id, "2", lambda: False)
+        return await asyncio.to_thread(b.wait, sent.job_id, "2", lambda: False)
     finally:
         await b.close()
         await b.cluster.close()
@@ -55,8 +56,8 @@ async def forward(tmp_path: Path, worker: StandinComfy, events: list | None = No
 async def test_a_worker_s_files_land_in_its_own_folder_and_the_node_shows_them(tmp_path):
     async with StandinComfy(tmp_path / "w1", name="w1") as w1:
         done = await forward(tmp_path, w1)
-        assert done.state == "done", done.causes
-        ((file, saved),) = done.outputs["2"].files["images"]
+        assert done.state() == "done", done.record(FORWARD_POSITION).causes
+        ((file, saved),) = done.outputs()["2"].files["images"]
         assert saved.reference == {"filename": file.filename, "subfolder": "worker-1", "type": "output"}
         assert saved.path.read_bytes() == (w1.base_dir / "output" / file.filename).read_bytes()
         assert files_under(tmp_path / "master-output") == [f"worker-1/{file.filename}"]  # no temporary file left
@@ -83,8 +84,8 @@ async def test_a_hostile_file_is_refused_with_its_reason_and_nothing_of_the_prom
         w1.drop_ws_after_start = True  # the files come from the (tampered) history
         events: list = []
         done = await forward(tmp_path, w1, events)
-        assert done.state == "master" and done.outputs == {}  # no other worker: the master runs the prompt itself
-        (cause,) = done.causes
+        assert done.state() == "master" and done.outputs() == {}  # no other worker: the master runs the prompt itself
+        (cause,) = done.record(FORWARD_POSITION).causes
         assert cause.startswith("GPU 1: ") and words in cause and "output node 2 images" in cause, cause
         (failed,) = [data for event, data in events if event == "multigpu.worker_failed"]
         assert failed["reason"] == "protocol_error" and words in failed["message"]
@@ -101,8 +102,8 @@ async def test_files_past_the_prompt_s_budget_are_refused_part_way_and_none_is_k
         w1.tamper_json = {"/history/{prompt_id}": listing([("", name) for name in names])}
         w1.drop_ws_after_start = True
         done = await forward(tmp_path, w1, max_forward_mb=1)
-        assert done.state == "master"
-        (cause,) = done.causes
+        assert done.state() == "master"
+        (cause,) = done.record(FORWARD_POSITION).causes
         assert "budget of 1 MiB (settings.max_forward_mb)" in cause and "frame2.png" in cause, cause
         assert w1.request_counts["/view"] == 3  # the third passed the budget: the fourth was never asked for
         assert files_under(tmp_path / "master-output") == []
@@ -120,8 +121,8 @@ async def test_a_large_file_is_streamed_to_disk_not_held_in_memory(tmp_path):
             _, peak = tracemalloc.get_traced_memory()
         finally:
             tracemalloc.stop()
-        assert done.state == "done", done.causes
-        ((_, saved),) = done.outputs["2"].files["gifs"]
+        assert done.state() == "done", done.record(FORWARD_POSITION).causes
+        ((_, saved),) = done.outputs()["2"].files["gifs"]
         assert saved.reference == {"filename": "clip.mp4", "subfolder": "worker-1/clips", "type": "output"}
         assert saved.path.stat().st_size == size + 12
         assert peak < size / 3, f"the master held {peak / 2**20:.1f} MiB for a {size / 2**20:.0f} MiB file"

@@ -15,10 +15,9 @@ from PIL import Image
 from comfy_distributed.cli.master_events import registered
 from comfy_distributed.errors import WorkerError
 from comfy_distributed.worker_client import ComfyClient
+from harness.comfy_process import ROOT, TEST_NODES, history_entry  # noqa: F401  (re-exported)
 from tests.real.harness import ComfyInstance, http_json, start_comfyui
 
-ROOT = Path(__file__).resolve().parents[2]
-TEST_NODES = ROOT / "tests" / "comfy_test_nodes"
 
 
 class Cluster:
@@ -90,17 +89,6 @@ async def run_on_master(master: ComfyInstance, prompt: dict, timeout: float = 60
         raise AssertionError(f"{master.name}: {exc.message} (did it crash?)\n{master.log_tail()}") from exc
     entry = history_entry(master.url, followed.prompt_id)
     return entry, [event for _, event in followed.events], followed.seconds
-
-
-def history_entry(url: str, prompt_id: str) -> dict:
-    """The finished prompt's history entry, whether it succeeded or not."""
-    deadline = time.monotonic() + 30
-    while True:
-        entry = (http_json("GET", f"{url}/history/{prompt_id}") or {}).get(prompt_id)
-        if entry:
-            return entry
-        assert time.monotonic() < deadline, f"no history for {prompt_id}"
-        time.sleep(0.05)
 
 
 def decoded(blobs: list[bytes]) -> list[np.ndarray]:

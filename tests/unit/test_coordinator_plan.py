@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from comfy_distributed.config import GpuConfig
-from comfy_distributed.engine.plan import describe, plan_job
+from comfy_distributed.engine.plan import plan_summary, plan_job
 from comfy_distributed.engine.scheduler import MASTER, Dispatch, JobScheduler, MasterFree, RunOnMaster, Unit, UnitFailed
 from comfy_distributed.graph.workflow import mark_master_prompt
 
@@ -33,7 +33,7 @@ def test_a_coordinator_master_gives_unit_0_to_the_workers():
     assert planned.worker_units() == [(0, None), (1, None), (2, None)]
     assert planned.first_runs() == {"1": [1], "2": [2]}  # unit 0 goes to whoever is free first
     assert planned.home(0) == MASTER  # it keeps the master's seed offset and values
-    assert describe(PROMPT, planned)["master_participates"] is False
+    assert plan_summary(PROMPT, planned)["master_participates"] is False
 
 
 def test_weighted_units_are_shared_by_the_workers_alone():
@@ -56,7 +56,7 @@ def test_the_masters_collector_loses_its_links_so_nothing_above_it_runs_there():
 
 
 def test_the_scheduler_gives_the_master_nothing_while_a_worker_can_run_it():
-    scheduler = JobScheduler([Unit(0, 0), Unit(1, 1), Unit(2, 2)], ["1", "2"], plan={"1": [1], "2": [2]},
+    scheduler = JobScheduler([Unit(0, 0), Unit(1, 1), Unit(2, 2)], ["1", "2"], first_runs={"1": [1], "2": [2]},
                              master_participates=False)
     assert scheduler.start() == [Dispatch(1, "1", 1), Dispatch(2, "2", 1)]
     assert scheduler.handle(MasterFree()) == []  # unit 0 waits for a worker

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from comfy_distributed.metrics import Metrics
+from comfy_distributed.cluster.metrics import Metrics
 
 
 def parsed(text: str) -> dict[str, dict[tuple, float]]:

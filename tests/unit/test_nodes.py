@@ -134,8 +134,8 @@ def test_root_package_loads_like_comfyui_loads_custom_nodes():
 
 
 def test_outside_comfyui_the_host_is_detached_and_internal_nodes_say_so():
-    from comfy_distributed.comfy import runtime
-    from comfy_distributed.comfy.host import DetachedHost
+    from comfy_distributed.host import runtime
+    from comfy_distributed.host.interface import DetachedHost
     from comfy_distributed.queue_mode.nodes import MultiGPURemoteOutput
 
     assert runtime.current is None and isinstance(runtime.host(), DetachedHost)

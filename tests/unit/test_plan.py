@@ -2,7 +2,7 @@ import pytest
 
 from comfy_distributed.config import parse_config
 from comfy_distributed.errors import WorkflowError
-from comfy_distributed.engine.plan import describe, literal_batch, plan_job, unit_sizes, weighted_plan
+from comfy_distributed.engine.plan import plan_summary, literal_batch, plan_job, unit_sizes, weighted_plan
 from comfy_distributed.graph.workflow import COLLECTOR_CLASS, DISTRIBUTOR_CLASS, build_master_rerun, build_worker_prompt
 
 
@@ -53,9 +53,9 @@ def test_master_rerun_copies_only_what_the_unit_changes():
     assert set(same_batch) == {"q.2", "q.3"}  # static re-run: the latent is reused too
 
 
-def test_describe_plans_participants_and_ranges():
+def test_the_plan_summary_names_participants_and_ranges():
     config = parse_config({"workers": [{"id": 1, "port": 9001}, {"id": 2, "port": 9002, "enabled": False}]})
-    plan = describe(prompt(), plan_job(prompt(), config))
+    plan = plan_summary(prompt(), plan_job(prompt(), config))
     assert [(p["role"], p["seeds"]["9"]) for p in plan["participants"]] == [("master", 100), ("worker", 101)]
     assert plan["outputs"]["4"]["ranges"] == [[0, 2], [2, 4]]
 
@@ -66,7 +66,7 @@ def test_one_plan_runs_and_is_described():
                            "settings": {"scheduling_mode": "weighted", "unit_size": 1}})
     p = prompt()
     planned = plan_job(p, config, weights=[1.0, 3.0, 0.0])
-    described = describe(p, planned)
+    described = plan_summary(p, planned)
     assert described["mode"] == planned.mode == "weighted"
     assert planned.first_runs() == {"master": [1], "1": [2, 3, 4, 5]}  # 6 units by weights 1 : 3 : 0
     worker_1 = described["participants"][1]["name"]

@@ -141,7 +141,7 @@ def test_dynamic_units_go_to_whoever_is_free():
 
 def test_weighted_plan_queues_then_failures_are_shared():
     s = Checked(units=[Unit(p, p) for p in range(1, 6)], workers=["1", "2"],
-                plan={MASTER: [1], "1": [2, 3], "2": [4, 5]})
+                first_runs={MASTER: [1], "1": [2, 3], "2": [4, 5]})
     assert s.start() == [Dispatch(2, "1", 1), Dispatch(4, "2", 1)]
     assert s.handle(UnitFailed(4, "2", 1, "timeout", "t")) == []  # its own queue (5) and 4 become shared
     assert s.shared == [4, 5]
@@ -222,6 +222,18 @@ def test_without_the_master_a_unit_nobody_can_run_is_given_up():
     assert s.handle(UnitFailed(1, "a", 2, "timeout", "slow")) == [GiveUp(1)]
     assert s.settled() and s.state_of(1) == "given_up" and s.record(1).causes == ["b: gone", "a: slow"]
     assert s.handle(MasterFree()) == []  # the master is no participant here
+
+
+def test_a_worker_that_lacks_what_the_unit_needs_costs_no_retry():
+    """A candidate found lacking when the prompt reaches it: the unit never ran there, so the next candidate
+    still gets its full ``max_retries``; a real failure after that counts."""
+    s = Checked(units=[Unit(1, 0)], workers=["a", "b", "c"], max_retries=1, master_takes_units=False)
+    assert s.start() == [Dispatch(1, "a", 1)]
+    assert s.handle(UnitFailed(1, "a", 1, "preflight", "lacks node X")) == [Dispatch(1, "b", 2)]
+    assert s.handle(UnitFailed(1, "b", 2, "timeout", "slow")) == [Dispatch(1, "c", 3)]
+    assert s.record(1).uncounted == 1
+    assert s.handle(UnitFailed(1, "c", 3, "timeout", "slow too")) == [GiveUp(1)]
+    assert s.record(1).causes == ["a: lacks node X", "b: slow", "c: slow too"]
 
 
 def test_a_unit_no_worker_was_there_to_try_says_so():

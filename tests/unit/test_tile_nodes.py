@@ -14,8 +14,8 @@ from comfy_distributed.tiles.nodes import (
     MultiGPUTileSplit,
     MultiGPUTileStart,
     MultiGPUTileStep,
-    encode_crop,
 )
+from comfy_distributed.tiles.expanded import encode_crop
 from comfy_distributed.tiles.grid import crop, merge, plan_tiles
 from tests.dynamic_prompt import FakeDynamicPrompt
 
@@ -112,7 +112,7 @@ def test_an_image_of_the_splits_size_is_cropped_per_tile_for_the_masters_tiles(m
               "3": {"class_type": "GuidedWork", "inputs": {"image": ["2", 0], "depth": ["5", 0], "other": ["6", 0],
                                                            "again": ["1", 0], "vae": ["7", 2]}}}
     types = {("1", 0): "IMAGE", ("5", 0): "IMAGE", ("6", 0): "IMAGE", ("7", 2): "VAE"}
-    monkeypatch.setattr(tile_nodes, "_output_type", lambda _prompt, key: types.get(tuple(key)))
+    monkeypatch.setattr(tile_nodes, "output_type", lambda _prompt, key: types.get(tuple(key)))
     dyn = FakeDynamicPrompt(prompt)
     graph = MultiGPUTileMerge().merge(None, "4", dyn)["expand"]
     start = graph["4.multigpu.tiles.start"]["inputs"]

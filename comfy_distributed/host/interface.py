@@ -9,11 +9,8 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Mapping, Protocol
+from typing import Any, Mapping, Protocol
 
-if TYPE_CHECKING:
-    from ..worker_client import OutputFile
-    from ..queue_mode.files import NewFile
 
 log = logging.getLogger("comfy_distributed")
 
@@ -27,11 +24,6 @@ class Host(Protocol):
 
     def raise_if_interrupted(self) -> None:
         """Raise ComfyUI's own interrupt exception, so that a cancel shows as a cancel, not an error."""
-
-    def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
-        """A new file for a worker's ``file`` in the master's output (or temp) folder, in the worker's own folder
-        (``worker_tag``): the caller streams the bytes into it, then keeps it under a name no other file has (or
-        drops it). ValueError when a part of its name is refused (see :mod:`..queue_mode.files`)."""
 
     def running_prompts(self) -> set[str]:
         """Prompt ids the master is running now."""
@@ -87,9 +79,6 @@ class DetachedHost:
 
     def raise_if_interrupted(self) -> None:
         return None
-
-    def save_output(self, file: OutputFile, worker_tag: str) -> NewFile:
-        raise RuntimeError("Multi-GPU: saving files needs a running ComfyUI")
 
     def running_prompts(self) -> set[str]:
         return set()

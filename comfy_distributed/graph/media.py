@@ -1,18 +1,14 @@
 """What a Collector can collect: one registry of media kinds, in the Collector's output order.
 
 Each kind says how it travels: its ComfyUI type, the core output node that writes it on a worker
-(and that node's input), the key of those files in the worker's ``/history``, and the codec that
-decodes the files, checks that they fit the master's own value and joins the values of every
-position (:mod:`.codecs`, loaded only when a value is decoded: planning needs no torch).
+(and that node's input) and the key of those files in the worker's ``/history``. The codec that
+decodes a kind's files, checks that they fit the master's own value and joins the values of every
+position is the Collector's (:data:`..collector.codecs.CODECS`, by the kind's name: planning needs no torch).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from .codecs import Codec
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,12 +23,6 @@ class MediaKind:
     """Where that node lists its files in the worker's ``/history`` outputs."""
     worker_literals: tuple[tuple[str, str], ...] = ()
     """Literal inputs the worker node needs besides the link."""
-
-    @property
-    def codec(self) -> Codec:
-        from .codecs import CODECS
-
-        return CODECS[self.name]
 
 
 KINDS: tuple[MediaKind, ...] = (

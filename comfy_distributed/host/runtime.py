@@ -1,27 +1,27 @@
 """The extension as it runs inside a ComfyUI master: its host, its orchestrator and its queue balancer.
 
 ComfyUI creates the nodes itself, so they find the running extension here. Set once by
-``comfy_adapter.install``; outside ComfyUI (tests, scripts) there is none and the nodes pass
+``comfy.adapter.install``; outside ComfyUI (tests, scripts) there is none and the nodes pass
 their inputs through.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Any
 
-from .host import DetachedHost, Host
-
-if TYPE_CHECKING:
-    from ..collector.orchestrator import Orchestrator
-    from ..queue_mode.balancer import QueueBalancer
+from .interface import DetachedHost, Host
 
 
 @dataclass(slots=True, frozen=True)
 class Extension:
+    """The running extension's parts. The job owners are typed where they are taken (a node names the owner it
+    asks, ``collector.orchestrator.Orchestrator`` or ``queue_mode.balancer.QueueBalancer``), so that this module
+    stays below every folder whose nodes find them here."""
+
     host: Host
-    orchestrator: Orchestrator
-    balancer: QueueBalancer
+    orchestrator: Any
+    balancer: Any
 
 
 current: Extension | None = None
