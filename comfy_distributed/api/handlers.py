@@ -257,7 +257,8 @@ class MultiGPUApi:
     async def prepare_job(self, request: web.Request) -> web.Response:
         prompt = (await read_model(request, PrepareJobRequest, MAX_PROMPT_BODY)).prompt
         try:
-            config = self._config()
+            self._config()  # a broken file: said as the other routes say it
+            config = self.orchestrator.cluster.config()  # with the pool's live agents, as a job is planned
             plan = plan_summary(prompt, self.orchestrator.plan(prompt, config))  # the plan a job would run with now
         except WorkflowError as exc:
             raise ApiError(400, str(exc)) from None

@@ -30,7 +30,7 @@ def agent_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_agent(args: argparse.Namespace) -> int:
     from ..pool.agent import Agent
     from ..pool.connection import redis_asyncio
-    from ..pool.settings import describe, parse_pool
+    from ..pool.settings import pool_label, parse_pool
 
     pool = parse_pool(args.pool, args.pool_name, "--pool")
     comfyui = getattr(args, "comfyui", None) or DEFAULT_COMFYUI  # the common --comfyui: here an address
@@ -40,7 +40,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     redis_asyncio()  # redis-py missing: said now, not from inside the loop
     tags = [tag.strip() for tag in args.tags.split(",") if tag.strip()]
     agent = Agent(pool.url, comfyui, pool=pool.name, name=args.name, tags=tags, say=say)
-    say(f"Starting agent {agent.name} for {describe(pool)}; Ctrl+C finishes the running unit and stops, twice "
+    say(f"Starting agent {agent.name} for {pool_label(pool)}; Ctrl+C finishes the running unit and stops, twice "
         "gives it back")
     asyncio.run(_run(agent))
     return 0

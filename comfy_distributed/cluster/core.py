@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Callable
 
-from ..config import ConfigStore, Settings, WorkerConfig
+from ..config import ConfigStore, GpuConfig, Settings, WorkerConfig
 from ..events import Notify, log_notify
 from .metrics import Metrics
 from ..worker_client import SessionPool, WorkerClient
@@ -20,6 +20,8 @@ from .previews import PreviewRelay
 from .speeds import Speeds
 
 if TYPE_CHECKING:
+    from ..engine.transport import UnitTransport
+    from ..pool.member import PoolMember
     from .health import HealthMonitor
 
 
@@ -46,6 +48,8 @@ class Cluster:
         self.uploads = MediaUploads()
         """Input files sent to workers, with one bound on how many at once."""
         self.health = health
+        self.pool: "PoolMember | None" = None
+        """This master in its shared pool, when one is configured: its live agents are participants too."""
 
     @property
     def health(self) -> "HealthMonitor | None":
@@ -68,10 +72,31 @@ class Cluster:
     def _epoch(self, worker_id: str) -> int:
         return self._health.epoch(worker_id) if self._health is not None else 0
 
-    def client(self, worker: WorkerConfig, settings: Settings) -> WorkerClient:
-        """A client of ``worker`` on its kept session: its connections serve every unit of every job there."""
+    def config(self) -> GpuConfig:
+        """The config a job is planned with now: the file's, and a slot per live agent of the pool among its
+        enabled workers (:meth:`..pool.member.PoolMember.with_slots`). ConfigError when the file is broken."""
+        config = self.store.get()
+        return self.pool.with_slots(config) if self.pool is not None else config
+
+    def client(self, worker: WorkerConfig, settings: Settings, job_id: str = "") -> "UnitTransport":
+        """How ``worker`` is reached for ``job_id``: a slot of the pool through the pool, any other worker directly,
+        on its kept session (its connections serve every unit of every job there)."""
+        if self.pool is not None and self.pool.owns(worker):
+            return self.pool.transport(worker, settings, job_id)
+        return self.direct(worker, settings)
+
+    def direct(self, worker: WorkerConfig, settings: Settings) -> WorkerClient:
+        """A client of a configured worker on its kept session."""
         return WorkerClient(worker, settings, self.sessions.get(str(worker.id), worker.base_url))
 
+    async def job_ended(self, job_id: str) -> None:
+        """A job released its connections: the pool forgets it (its units not taken yet are deleted)."""
+        if self.pool is not None:
+            await self.pool.close_job(job_id)
+
     async def close(self) -> None:
-        """Close the workers' sessions (the master shuts down); a job still running loses its connections."""
+        """Close the workers' sessions and leave the pool (the master shuts down); a job still running loses its
+        connections."""
         await self.sessions.close()
+        if self.pool is not None:
+            await self.pool.close()

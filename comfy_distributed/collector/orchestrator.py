@@ -102,7 +102,7 @@ class Orchestrator(JobBook, CollectorBridge):
             return prompt, None
         job_id = self._take_reservation(requested_job_id) or uuid.uuid4().hex
         try:
-            config = self.cluster.store.get()
+            config = self.cluster.config()
         except ConfigError as exc:
             return self._failed_job(prompt, collectors, job_id, f"Multi-GPU: {exc}")
         if not config.enabled_workers():

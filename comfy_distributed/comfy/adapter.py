@@ -17,7 +17,7 @@ from ..api.handlers import MultiGPUApi
 from ..api.launch import add_launch_routes
 from ..api.audience import Audience
 from ..config import ConfigStore, GpuConfig, unknown_key_warnings
-from ..errors import ConfigError
+from ..errors import ConfigError, PoolError
 from ..cluster.core import Cluster
 from ..collector.orchestrator import Orchestrator
 from ..cluster.health import HealthMonitor
@@ -25,6 +25,7 @@ from ..launcher import master_launcher_factory
 from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
 from ..queue_mode.balancer import QueueBalancer
 from ..cluster.preflight import preflight_problems
+from ..pool.member import member_for
 from .role import decide_role, passive_line
 from ..worker_client import OutputFile
 from ..queue_mode.files import FolderSaver, NewFile, confined_output_path, write_new_file
@@ -189,15 +190,20 @@ def install() -> bool:
             log.warning("Multi-GPU: %s", warning)
     store.report_warnings(log_config_warnings(str(store.path)))
     comfyui_root = Path(sys.modules[PromptServer.__module__].__file__ or ".").resolve().parent  # main.py's folder
-    _wire(server, host, store, public, env_token, comfyui_root, cors_origin)
+    cluster = Cluster(store, host.notify, HealthMonitor(store, host.notify))
+    try:
+        cluster.pool = member_for(config.settings if config is not None else None)
+    except PoolError as exc:  # a malformed COMFY_DISTRIBUTED_POOL: the master runs without the pool, saying why
+        log.error("Multi-GPU pool: %s", exc)
+    _wire(server, host, cluster, public, env_token, comfyui_root, cors_origin)
     return True
 
 
-def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_token: str | None,
+def _wire(server: Any, host: ComfyHost, cluster: Cluster, public: bool, env_token: str | None,
           comfyui_root: Path, cors_origin: str | None) -> None:
     """The extension's parts on ComfyUI's server: the prompt hook, the routes, the background tasks."""
-    health = HealthMonitor(store, host.notify)
-    cluster = Cluster(store, host.notify, health)
+    store, health = cluster.store, cluster.health
+    assert health is not None
     orchestrator = Orchestrator(cluster, input_dir=host.input_dir, loop=server.loop, describe=host.describe)
     balancer = QueueBalancer(cluster, host.queue_load, host.is_output_node, input_dir=host.input_dir,
                              master_lacks=host.master_lacks, host=host, saver=host)
@@ -214,6 +220,8 @@ def _wire(server: Any, host: ComfyHost, store: ConfigStore, public: bool, env_to
 
     def start_background() -> None:
         health.start()
+        if cluster.pool is not None:
+            cluster.pool.start()  # joins in the background: a pool that does not answer yet holds up nothing
         server.loop.create_task(reap_finished_prompts(orchestrator, host.finished_prompts), name="multigpu-reaper")
 
     server.loop.call_soon_threadsafe(start_background)  # runs once ComfyUI's loop runs

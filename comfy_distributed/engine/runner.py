@@ -50,9 +50,9 @@ class Runner(Generic[J]):
         self.unreleased[id(job)] = job
 
     def client(self, job: J, worker: WorkerConfig) -> UnitTransport:
-        """How a unit of ``job`` reaches ``worker`` (:mod:`.transport`): today the direct client on the cluster's
-        kept session."""
-        return self.cluster.client(worker, job.settings)
+        """How a unit of ``job`` reaches ``worker`` (:mod:`.transport`): the direct client on the cluster's kept
+        session, or for a slot of the shared pool the pool's transport (:meth:`..cluster.core.Cluster.client`)."""
+        return self.cluster.client(worker, job.settings, job.job_id)
 
     def begin(self, job: J) -> None:
         """Start the job's scheduler and carry out its first actions."""
@@ -89,7 +89,7 @@ class Runner(Generic[J]):
         job.kind.settled(job)
         if job.loop is not None and not job.released:
             job.released = True
-            job.loop.create_task(self._release(job, self.unreleased))
+            job.loop.create_task(self._release(job))
 
     def cancel_soon(self, job: J) -> None:
         """The one way to cancel a job, from any thread: it is cancelled at once (nothing more is dispatched or
@@ -119,7 +119,7 @@ class Runner(Generic[J]):
     async def _run_unit(self, job: J, unit: UnitRun, worker: WorkerConfig, attempt: int) -> None:
         began = time.monotonic()
         try:
-            images = await self._run_on(job, unit, worker)
+            images = await self._run_on(job, unit, worker, attempt)
         except asyncio.CancelledError:
             if job.state_of(unit.position) == UnitState.DONE:
                 return  # the worker posted its results itself (job_complete)
@@ -138,7 +138,7 @@ class Runner(Generic[J]):
             self.cluster.metrics.unit_done(str(worker.id), took, job.kind.unit_images(job, unit))
             self.handle(job, UnitDone(unit.position, str(worker.id), attempt, took))
 
-    async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict[str, Any]:
+    async def _run_on(self, job: J, unit: UnitRun, worker: WorkerConfig, attempt: int) -> dict[str, Any]:
         """The unit's prompt run on ``worker`` (its websocket shared with the job's other units there); its
         preview frames go to the UI while it runs, and the thumbnail goes when it ends there, however it ends."""
         deadline = time.monotonic() + job.settings.worker_timeout
@@ -156,7 +156,8 @@ class Runner(Generic[J]):
             result = await client.run_prompt(prompt, deadline, job.kind.extra_data(job, unit, worker),
                                              on_progress=on_progress, wanted=job.kind.wanted(job, unit),
                                              channel=job.channels.setdefault(str(worker.id), Channel()),
-                                             previews=self.cluster.previews.sink(source))
+                                             previews=self.cluster.previews.sink(source),
+                                             unit=(unit.position, attempt))
             return await job.kind.fetch(job, unit, client, result, deadline)
         finally:
             self.cluster.previews.end(source)
@@ -185,8 +186,7 @@ class Runner(Generic[J]):
         self.cluster.notify(*events.worker_failed(worker.id, worker.display_name, reason, message, rerun,
                                           job.kind.failure_job_id(job), unit.position if unit else None))
 
-    @staticmethod
-    async def _release(job: J, unreleased: dict[int, J]) -> None:
+    async def _release(self, job: J) -> None:
         """Close the job's websockets once its unit tasks ended (cancelled ones clean up on their workers
         first); closed even when this is cancelled (the loop shuts down), and never held up by a worker.
         The HTTP sessions stay: they are the workers', kept for the next job."""
@@ -197,5 +197,6 @@ class Runner(Generic[J]):
             channels, job.channels = list(job.channels.values()), {}
             for channel in channels:
                 await channel.close()
+            await self.cluster.job_ended(job.job_id)
             job.closed = True
-            unreleased.pop(id(job), None)
+            self.unreleased.pop(id(job), None)

@@ -3,10 +3,9 @@
 Everything the engine does to a worker goes through this one interface: ask what it can run, put the unit's
 input files there, submit the unit's prompt and follow it to its end (``run_prompt``: submit, follow, and on a
 cancel remove and interrupt it), and fetch what it made, whole or streamed. The scheduler and the job kinds do not
-know which transport ran a unit. Today's implementation is the direct one,
-:class:`~..worker_client.WorkerClient` (ComfyUI's own HTTP + websocket API on the worker's address); a second
-one (a broker between the master and workers that dial out) plugs in through :meth:`..cluster.core.Cluster.client`
-without touching the scheduler or a kind.
+know which transport ran a unit. There are two, chosen per worker by :meth:`..cluster.core.Cluster.client`: the
+direct one, :class:`~..worker_client.WorkerClient` (ComfyUI's own HTTP + websocket API on the worker's address),
+and the shared pool's, :class:`~..pool.member.PoolTransport` (a unit put into Redis for agents that dial out).
 """
 
 from __future__ import annotations
@@ -48,10 +47,11 @@ class UnitTransport(Protocol):
     async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None,
                          on_progress: Callable[[float, float], None] | None = None,
                          wanted: frozenset[str] = frozenset(), channel: Channel | None = None,
-                         previews: PreviewSink | None = None) -> PromptResult:
+                         previews: PreviewSink | None = None, unit: tuple[int, int] | None = None) -> PromptResult:
         """Run ``prompt`` to its end (or until its ``wanted`` outputs reported) by ``deadline``; its outputs. A
         cancel removes and interrupts it on the worker. ``channel``: the job's connection to this worker, where
-        the transport keeps one (the direct one's websocket)."""
+        the transport keeps one (the direct one's websocket). ``unit``: the (position, attempt) this run is, for a
+        transport that names it (the pool's, so that an answer to an older attempt is told apart)."""
 
     async def fetch_files(self, files: list[OutputFile], deadline: float, expected: int | None = None) -> list[bytes]:
         """Each file's bytes, in order, within what one output may bring back."""

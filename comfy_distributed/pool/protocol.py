@@ -119,6 +119,8 @@ class FileRef(Wire):
     sha256: Sha256
     name: Annotated[str, StringConstraints(pattern=r"^[^/\\\x00-\x1f\x7f]{1,255}$")]
     subfolder: Annotated[str, StringConstraints(pattern=r"^[^\\\x00-\x1f\x7f]{0,255}$")] = ""
+    folder: Literal["input", "temp"] = "input"
+    """Where the agent puts it: ComfyUI's input folder, or its temp folder (a tile's crop: ``name [temp]``)."""
 
     @field_validator("name", "subfolder")
     @classmethod
@@ -169,6 +171,9 @@ class ReplyHead(Wire):
     max: float | None = None
     error: Annotated[str, StringConstraints(max_length=MAX_ERROR_TEXT)] | None = None
     outputs: dict[Name, dict[Name, list[OutputRef]]] = Field(default_factory=dict, max_length=10_000)
+    values: dict[Name, dict[Name, Any]] = Field(default_factory=dict, max_length=10_000)
+    """A done reply: the output nodes' other outputs (text, a video's ``animated`` flag), as ComfyUI reported them;
+    within the head's size cap."""
     mime: Literal["image/jpeg", "image/png"] | None = None
 
 
@@ -196,6 +201,7 @@ class UnitReply:
     max: float = 0.0
     error: str = ""
     outputs: dict[str, dict[str, list[ReturnedFile]]] = field(default_factory=dict)
+    values: dict[str, dict[str, Any]] = field(default_factory=dict)
     preview: PreviewFrame | None = None
 
     @property
@@ -257,7 +263,8 @@ def decode_reply(fields: Mapping[Any, Any], max_file_bytes: int, max_total_bytes
         return UnitReply("failed", *ids, error=head.error or "the agent gave no reason")
     if kind == "preview":
         return UnitReply("preview", *ids, preview=_preview(fields, head))
-    return UnitReply("done", *ids, outputs=_returned(fields, head, max_file_bytes, max_total_bytes))
+    return UnitReply("done", *ids, outputs=_returned(fields, head, max_file_bytes, max_total_bytes),
+                     values={node: dict(values) for node, values in head.values.items()})
 
 
 def _preview(fields: Mapping[Any, Any], head: ReplyHead) -> PreviewFrame:
@@ -294,5 +301,10 @@ def _returned(fields: Mapping[Any, Any], head: ReplyHead, max_file: int,
 
 
 def reply_fields(kind: ReplyKind, head: ReplyHead, blobs: Mapping[str, bytes] | None = None) -> dict[str, bytes]:
-    """A reply entry's fields: its kind, its head, and the bytes the head names (``f0``... or ``image``)."""
-    return {"kind": kind.encode(), "head": encode(head), **(blobs or {})}
+    """A reply entry's fields: its kind, its head, and the bytes the head names (``f0``... or ``image``).
+    PoolProtocolError when the head passes its cap (the master would refuse it: the unit fails saying why)."""
+    data = encode(head)
+    if len(data) > MAX_HEAD_BYTES:
+        raise PoolProtocolError(f"its {kind} reply's head is {len(data)} bytes of JSON (outputs' names and "
+                                f"values), more than the cap of {MAX_HEAD_BYTES}")
+    return {"kind": kind.encode(), "head": data, **(blobs or {})}

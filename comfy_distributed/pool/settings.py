@@ -37,6 +37,6 @@ def pool_config(settings: Settings | None = None, environ: Mapping[str, str] | N
     return settings.pool if settings is not None else None
 
 
-def describe(pool: PoolConfig) -> str:
+def pool_label(pool: PoolConfig) -> str:
     """The pool in a message: its name and its URL without the password."""
     return f"pool {pool.name!r} at {redacted_url(pool.url)}"

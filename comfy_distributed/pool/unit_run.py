@@ -98,8 +98,9 @@ class ReplySender:
 
 
 def file_value(ref: FileRef) -> str:
-    """How the unit's prompt names an input file: ``subfolder/name``, or ``name``."""
-    return f"{ref.subfolder}/{ref.name}" if ref.subfolder else ref.name
+    """How the unit's prompt names an input file: ``subfolder/name``, or ``name`` (a temp file with `` [temp]``)."""
+    value = f"{ref.subfolder}/{ref.name}" if ref.subfolder else ref.name
+    return value + " [temp]" if ref.folder == "temp" else value
 
 
 async def upload_inputs(redis: Any, url: str, keys: PoolKeys, comfy: WorkerClient,
@@ -116,10 +117,14 @@ async def upload_inputs(redis: Any, url: str, keys: PoolKeys, comfy: WorkerClien
                              f"{size_text(MAX_INPUT_FILE_BYTES)}")
         if data is None or digest_of(data) != ref.sha256:
             raise UnitFailed(f"input file {ref.name} is not in the pool (expired?) or not the content it is named by")
-        answer = await comfy.upload_bytes(data, ref.name, ref.subfolder)
+        answer = await comfy.upload_bytes(data, ref.name, ref.subfolder, folder=ref.folder,
+                                          overwrite=ref.folder == "temp")
         uploaded = f"{answer.get('subfolder')}/{answer['name']}" if answer.get("subfolder") else answer["name"]
-        names[file_value(ref)] = uploaded
-        names[file_value(ref) + " [input]"] = uploaded + " [input]"
+        if ref.folder == "temp":
+            names[file_value(ref)] = uploaded + " [temp]"
+        else:
+            names[file_value(ref)] = uploaded
+            names[file_value(ref) + " [input]"] = uploaded + " [input]"
     return names
 
 
@@ -147,6 +152,19 @@ def output_refs(result: PromptResult, wanted: list[str]) -> list[tuple[str, str,
                 continue
             found += [(node_id, kind, output_file(result.worker, node_id, kind, e)) for e in entries]
     return found
+
+
+def output_values(result: PromptResult, wanted: list[str]) -> dict[str, dict[str, Any]]:
+    """What the output nodes reported besides files (text, flags), by node (the ``wanted`` ones when it names
+    some): a forwarded prompt shows them on the master as the node did here."""
+    values: dict[str, dict[str, Any]] = {}
+    for node_id, node in result.outputs.items():
+        if wanted and node_id not in wanted:
+            continue
+        for kind, entries in node.items():
+            if not (isinstance(entries, list) and entries and all(isinstance(e, dict) for e in entries)):
+                values.setdefault(node_id, {})[kind] = entries
+    return values
 
 
 async def fetch_outputs(comfy: WorkerClient, result: PromptResult, unit: UnitEntry,
@@ -185,4 +203,7 @@ async def run_unit(comfy: WorkerClient, redis: Any, url: str, keys: PoolKeys, ca
         await sender.failed(f"agent {sender.head.agent_name}: {exc}")
         return
     await sender.stop()
-    await sender.send("done", blobs, outputs=outputs)
+    try:
+        await sender.send("done", blobs, outputs=outputs, values=output_values(result, unit.wanted))
+    except PoolProtocolError as exc:
+        await sender.failed(f"agent {sender.head.agent_name}: {exc}")

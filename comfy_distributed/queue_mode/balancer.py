@@ -183,7 +183,7 @@ class QueueBalancer(JobOwner[Forward]):
     def route(self, prompt: Prompt) -> tuple[Prompt, Forward | None]:
         """The prompt the master should queue, and the forward to start once it is accepted."""
         try:
-            config = self.cluster.store.get()
+            config = self.cluster.config()
         except Exception:  # a broken config is reported by the orchestrator; run locally
             return prompt, None
         mode = config.settings.queue_mode

@@ -80,7 +80,7 @@ def start_tiles(orchestrator: "Orchestrator", prompt: Prompt, pair: TilePair,
     ``files[i]``: tile i's PNGs (or functions that make them), its crop first, then its crops of the images
     cropped per tile; ``hints`` says which of them each such image's output (node, slot) is taken from (0: the
     tile itself)."""
-    config = orchestrator.cluster.store.get()
+    config = orchestrator.cluster.config()
     if not config.enabled_workers() or not files:
         return None
     if orchestrator.loop is None:

@@ -70,7 +70,7 @@ class WorkerClient(ComfyClient):
     async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None,
                          on_progress: Callable[[float, float], None] | None = None,
                          wanted: frozenset[str] = frozenset(), channel: Channel | None = None,
-                         previews: PreviewSink | None = None) -> PromptResult:
+                         previews: PreviewSink | None = None, unit: tuple[int, int] | None = None) -> PromptResult:
         """Submit ``prompt``, follow it until its ``wanted`` output nodes have reported (else until it
         ends), and return its outputs.
 

@@ -1,0 +1,298 @@
+"""The engine's way into the pool: live agents as participants, and a unit sent to one as a pool transport.
+
+A master with a pool configured (:mod:`.settings`) holds one :class:`PoolMember` on its cluster. It keeps the pool's
+live agents (their heartbeats, re-read every :data:`AGENTS_EVERY` seconds) and offers one *slot* per agent whose
+ComfyUI answers as an enabled worker of the config a job is planned with (:meth:`PoolMember.with_slots`): the
+scheduler, the job kinds and the collection treat a slot as any worker. Which agent runs a slot's unit is the
+pool's choice, not the master's: the unit goes into the job's stream in Redis, and the first free agent that can
+run it takes it (fair share between masters and capability matching happen there, :mod:`.agent`).
+
+:class:`PoolTransport` is the :class:`~..engine.transport.UnitTransport` of one slot for one job. Its input files go
+into Redis once per content; its ``run_prompt`` submits one entry per attempt (the engine's attempt number, so a
+late duplicate is one comparison), follows the agent's replies (progress, previews, the files it made), and every
+:data:`RECLAIM_EVERY` seconds asks Redis whether the agent that took it stopped heartbeating: that attempt fails
+("agent NAME stopped heartbeating") and the engine re-runs the unit with the same seed and position, counted
+against ``max_retries``. A unit that no live agent can run fails at once, naming what is missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+from ..config import GpuConfig, Settings, WorkerConfig
+from ..errors import PoolError, WorkerError, WorkerExecutionFailed, WorkerLacks, WorkerProtocolError, WorkerTimeout
+from ..worker_client import DEFAULT_MAX_FILE_BYTES, Channel, OutputFile, PreviewSink, PromptResult
+from .broker import LiveAgent, PoolBroker
+from .connection import Backoff, end_tasks, pause_unless
+from .caps import needs_of
+from .protocol import FileRef, UnitEntry, UnitReply
+from .settings import pool_config, pool_label
+from .unit_run import file_value
+
+log = logging.getLogger("comfy_distributed")
+
+SLOT_PREFIX = "pool-"
+"""The id of a pool slot as a worker: ``pool-1``, ``pool-2``... (a configured worker's id cannot hold a ``-``
+after ``pool`` by accident: ids are the user's, so the slots are told apart by :meth:`PoolMember.owns`)."""
+SLOT_PORT = 1
+"""A slot's port: it has no address (nothing connects to it), but a worker config needs one."""
+SLOT_HOST = "pool.invalid"
+"""A slot's host: a name that resolves nowhere (RFC 2606), should anything try."""
+AGENTS_EVERY = 2.0
+"""Seconds between two reads of the pool's heartbeats."""
+RECLAIM_EVERY = 5.0
+"""Seconds between two checks, while a unit waits, for the entry of an agent that stopped heartbeating."""
+JOIN_RETRY_LONGEST = 60.0
+"""The longest pause between two tries to reach the pool's Redis at start."""
+DEAD_AFTER_MS = 20_000
+"""An entry its agent has not touched for this long (it refreshes every 5 s while it runs it): the agent died."""
+
+
+class PoolMember:
+    """This master in its pool: the broker, the live agents, the slots they give (see the module doc)."""
+
+    def __init__(self, broker: PoolBroker, label: str) -> None:
+        self.broker = broker
+        self.label = label
+        """The pool in messages (its name and URL without the password)."""
+        self.agents: list[LiveAgent] = []
+        self.slots: dict[str, WorkerConfig] = {}
+        self.joined = False
+        """Whether Redis answered once: before, the pool gives no slot."""
+        self._stopping = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._opened: set[str] = set()
+        self.files: dict[str, dict[str, FileRef]] = {}
+        """Per job: how its prompts name an input file (``sub/name``, ``name [temp]``) -> the file in the pool."""
+
+    def start(self) -> None:
+        """Join the pool in the background on the running loop: reach Redis (again and again, with a growing
+        pause, while it does not answer), then read the agents every :data:`AGENTS_EVERY` seconds."""
+        self._task = asyncio.get_running_loop().create_task(self.run(), name="multigpu-pool")
+
+    async def run(self) -> None:
+        await self._join()
+        said = False
+        while not self._stopping.is_set():
+            await pause_unless(self._stopping, AGENTS_EVERY)
+            try:
+                await self.refresh()
+                said = False
+            except PoolError as exc:
+                if not said:
+                    log.warning("Multi-GPU pool: %s: its agents could not be read: %s; retrying", self.label, exc)
+                    said = True
+
+    async def _join(self) -> None:
+        backoff, said = Backoff(1.0, JOIN_RETRY_LONGEST), False
+        while not self._stopping.is_set():
+            try:
+                await self.broker.connect()
+                await self.refresh()
+            except PoolError as exc:
+                if not said:
+                    log.warning("Multi-GPU pool: %s cannot be reached yet: %s; trying again", self.label, exc)
+                    said = True
+                await self.broker.close()
+                await backoff.wait(self._stopping)
+                continue
+            self.joined = True
+            log.info("Multi-GPU pool: joined %s: %d live agent(s)", self.label, len(self.agents))
+            return
+
+    async def close(self) -> None:
+        """Leave the pool (the master shuts down): its open jobs' leases lapse and the agents drop them."""
+        self._stopping.set()
+        if self._task is not None:
+            await end_tasks([self._task], AGENTS_EVERY + 1.0)
+        await self.broker.close()
+
+    async def refresh(self) -> None:
+        """Read the live agents; one slot per agent whose ComfyUI answers."""
+        self.agents = [agent for agent in await self.broker.agents() if agent.heartbeat.comfyui]
+        self.slots = {f"{SLOT_PREFIX}{k}": WorkerConfig(id=f"{SLOT_PREFIX}{k}", name=f"pool {k}", port=SLOT_PORT,
+                                                        host=SLOT_HOST)
+                      for k in range(1, len(self.agents) + 1)}
+
+    def owns(self, worker: WorkerConfig) -> bool:
+        return self.slots.get(str(worker.id)) is worker
+
+    def with_slots(self, config: GpuConfig) -> GpuConfig:
+        """``config`` with a slot per live agent among its enabled workers: the participants of a job planned now."""
+        if not self.slots:
+            return config
+        return config.model_copy(update={"workers": [*config.workers, *self.slots.values()]})
+
+    def object_info(self) -> dict[str, Any]:
+        """What some live agent can run, in ``/object_info``'s shape (a preflight against a slot asks this)."""
+        info: dict[str, Any] = {}
+        for agent in self.agents:
+            for class_type, inputs in (agent.caps.classes if agent.caps is not None else {}).items():
+                required = info.setdefault(class_type, {"input": {"required": {}}})["input"]["required"]
+                for name, choices in inputs.items():
+                    known = required.setdefault(name, [[]])[0]
+                    known.extend(c for c in choices if c not in known)
+        return info
+
+    def uploaded(self, job_id: str) -> list[str]:
+        """How the job's prompts name its input files in the pool (a unit brings them: no agent needs to have
+        them)."""
+        return [value for named in self.files.get(job_id, {}) for value in (named, named + " [input]")]
+
+    async def open_job(self, job_id: str, prompt: dict) -> None:
+        """Make the job known to the agents (once), with what its first unit needs of them."""
+        if job_id not in self._opened:
+            self._opened.add(job_id)
+            await self.broker.open_job(job_id, needs_of(prompt, self.uploaded(job_id)))
+
+    async def close_job(self, job_id: str) -> None:
+        self.files.pop(job_id, None)
+        if job_id in self._opened:
+            self._opened.discard(job_id)
+            try:
+                await self.broker.close_job(job_id)
+            except PoolError as exc:  # its lease lapses: the agents drop it anyway
+                log.warning("Multi-GPU pool: job %s not closed: %s", job_id, exc)
+
+    def transport(self, slot: WorkerConfig, settings: Settings, job_id: str) -> PoolTransport:
+        return PoolTransport(self, slot, settings, job_id)
+
+
+class PoolTransport:
+    """One slot of the pool for one job, as the engine uses a worker (see the module doc)."""
+
+    def __init__(self, member: PoolMember, slot: WorkerConfig, settings: Settings, job_id: str) -> None:
+        self.member, self.slot, self.settings, self.job_id = member, slot, settings, job_id
+        self._made: dict[tuple[str, str, str], bytes] = {}
+
+    @property
+    def name(self) -> str:
+        return self.slot.display_name
+
+    @property
+    def worker(self) -> WorkerConfig:
+        return self.slot
+
+    @property
+    def max_file_bytes(self) -> int:
+        return DEFAULT_MAX_FILE_BYTES
+
+    async def object_info(self) -> dict:
+        return self.member.object_info()
+
+    async def upload_input(self, path: Path, name: str, subfolder: str = "") -> dict:
+        data = await asyncio.to_thread(path.read_bytes)
+        return await self.upload_bytes(data, name, subfolder)
+
+    async def upload_bytes(self, data: bytes, name: str, subfolder: str = "", folder: str = "input",
+                           overwrite: bool = False) -> dict:
+        """The bytes go into the pool once per content; the agent that takes a unit naming them uploads them to
+        its ComfyUI under this name."""
+        if folder not in ("input", "temp"):
+            raise WorkerError(self.name, f"the pool carries input and temp files, not {folder!r} ones")
+        try:
+            sha = await self.member.broker.put_file(data)
+            ref = FileRef(sha256=sha, name=name, subfolder=subfolder, folder="temp" if folder == "temp" else "input")
+        except (PoolError, ValueError) as exc:
+            raise WorkerError(self.name, f"the input file {name!r} could not go into the pool: {exc}") from None
+        self.member.files.setdefault(self.job_id, {})[file_value(ref)] = ref
+        return {"name": name, "subfolder": subfolder, "type": folder}
+
+    def _files_of(self, prompt: dict) -> list[FileRef]:
+        """The job's input files that ``prompt`` names (a LoadImage's ``image``: ``name``, ``sub/name``, with
+        `` [input]`` or, for a temp file, `` [temp]``)."""
+        values = {v.removesuffix(" [input]") for node in prompt.values() if isinstance(node, dict)
+                  for v in (node.get("inputs") or {}).values() if isinstance(v, str)}
+        return [ref for named, ref in self.member.files.get(self.job_id, {}).items() if named in values]
+
+    async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None,
+                         on_progress: Callable[[float, float], None] | None = None,
+                         wanted: frozenset[str] = frozenset(), channel: Channel | None = None,
+                         previews: PreviewSink | None = None, unit: tuple[int, int] | None = None) -> PromptResult:
+        position, attempt = unit if unit is not None else (0, 0)
+        needs = needs_of(prompt, self.member.uploaded(self.job_id))
+        able = [agent for agent in self.member.agents if not agent.lacks(needs)]
+        if not able:
+            lacks = sorted({l for agent in self.member.agents for l in agent.lacks(needs)}) or ["a live agent"]
+            raise WorkerLacks(self.name, f"no live agent of {self.member.label} can run it: it lacks "
+                                         + "; ".join(lacks[:8]))
+        entry = UnitEntry(job_id=self.job_id, position=position, attempt=attempt, prompt=prompt,
+                          files=self._files_of(prompt), wanted=sorted(wanted),
+                          deadline=time.time() + max(0.0, deadline - time.monotonic()),
+                          previews=previews is not None and previews.wanted())
+        broker = self.member.broker
+        replies = broker.watch(self.job_id, position, attempt)
+        try:
+            await self.member.open_job(self.job_id, prompt)
+            await broker.submit(self.job_id, entry)
+            return await self._follow(replies, position, attempt, deadline, on_progress, previews)
+        except PoolError as exc:
+            raise WorkerError(self.name, str(exc)) from None
+        finally:
+            broker.unwatch(self.job_id, position, attempt)
+
+    async def _follow(self, replies: asyncio.Queue[UnitReply], position: int, attempt: int, deadline: float,
+                      on_progress: Callable[[float, float], None] | None, previews: PreviewSink | None) -> PromptResult:
+        next_check = time.monotonic() + RECLAIM_EVERY
+        while True:
+            now = time.monotonic()
+            if now >= deadline:
+                raise WorkerTimeout(self.name, "no agent of the pool finished the unit before the worker timeout")
+            try:
+                reply = await asyncio.wait_for(replies.get(), timeout=max(0.01, min(deadline, next_check) - now))
+            except asyncio.TimeoutError:
+                if time.monotonic() >= next_check:
+                    next_check = time.monotonic() + RECLAIM_EVERY
+                    for dead in await self.member.broker.reclaim(self.job_id, DEAD_AFTER_MS):
+                        if (dead.position, dead.attempt) == (position, attempt):
+                            raise WorkerError(self.name, dead.message) from None
+                continue
+            if reply.kind == "progress" and on_progress is not None:
+                on_progress(reply.value, reply.max)
+            elif reply.kind == "preview" and previews is not None and reply.preview is not None:
+                previews.show(reply.preview)
+            elif reply.kind == "failed":
+                raise WorkerExecutionFailed(self.name, f"agent {reply.agent_name}: {reply.error}")
+            elif reply.kind == "done":
+                return self._result(reply)
+
+    def _result(self, reply: UnitReply) -> PromptResult:
+        outputs: dict[str, dict[str, Any]] = {node: dict(values) for node, values in reply.values.items()}
+        for node_id, kinds in reply.outputs.items():
+            for key, files in kinds.items():
+                for file in files:
+                    self._made[(file.filename, file.subfolder, file.type)] = file.data
+                outputs.setdefault(node_id, {})[key] = [
+                    {"filename": f.filename, "subfolder": f.subfolder, "type": f.type} for f in files]
+        return PromptResult(f"pool-{reply.job_id}-{reply.position}-{reply.attempt}", outputs,
+                            f"{self.name} (agent {reply.agent_name})")
+
+    def _bytes(self, file: OutputFile) -> bytes:
+        data = self._made.get((file.filename, file.subfolder, file.type))
+        if data is None:
+            raise WorkerProtocolError(self.name, f"the agent sent no file {file.filename!r}")
+        return data
+
+    async def fetch_files(self, files: list[OutputFile], deadline: float, expected: int | None = None) -> list[bytes]:
+        return [self._bytes(file) for file in files]
+
+    async def stream_view(self, output: OutputFile, receive: Callable[[bytes], None], limit: int,
+                          too_large: Callable[[int], WorkerError], timeout: float | None = None) -> int:
+        data = self._bytes(output)
+        if len(data) > limit:
+            raise too_large(len(data))
+        receive(data)
+        return len(data)
+
+
+def member_for(settings: Settings | None) -> PoolMember | None:
+    """The pool this master joins (``COMFY_DISTRIBUTED_POOL``, else ``settings.pool``), not joined yet; None: no
+    pool. PoolError for a malformed ``COMFY_DISTRIBUTED_POOL``."""
+    pool = pool_config(settings)
+    if pool is None:
+        return None
+    return PoolMember(PoolBroker(pool.url, pool.name), pool_label(pool))

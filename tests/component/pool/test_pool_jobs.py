@@ -1,0 +1,95 @@
+"""Distributed jobs on the pool, end to end through the engine: a master with no configured worker plans a Collector
+job over the pool's live agents (one slot each), the units go through Redis to agents in front of stand-in ComfyUIs,
+and the Collector gets the same images, in the same order, as from workers it reaches directly."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from comfy_distributed.errors import PoolError
+from comfy_distributed.pool.broker import PoolBroker
+from comfy_distributed.pool.member import PoolMember, member_for
+from tests.component.cluster import Cluster, assert_unit_images, by_position, workflow
+from tests.component.pool.pool_support import PoolSite
+from tests.waiting import until
+
+
+async def pool_master(site: PoolSite, tmp_path, agents: int, **settings) -> Cluster:
+    """A master whose config lists no worker, in the pool of ``site`` once ``agents`` agents are live there."""
+    master = Cluster(tmp_path, [], **settings)
+    member = PoolMember(PoolBroker(site.redis.url, "default"), "the test pool")
+    master.orchestrator.cluster.pool = member
+    member.start()
+    await until(lambda: member.joined and len(member.slots) == agents, 20, f"{agents} slot(s)")
+    return master
+
+
+async def two_agents(site: PoolSite, delay_node: bool = False) -> list:
+    agents = [site.agent(await site.standin(f"gpu{k}"), f"gpu{k}") for k in (1, 2)]
+    await site.ready(*agents)
+    return agents
+
+
+async def test_a_collector_job_runs_on_the_pools_agents_with_each_units_seed(pool, tmp_path):
+    await two_agents(pool)
+    async with await pool_master(pool, tmp_path, 2) as master:
+        result = await master.run(workflow(seed=42))
+        assert sorted(by_position(result)) == [1, 2]
+        assert_unit_images(result, 1, 43)
+        assert_unit_images(result, 2, 44)
+        assert {name for name, _ in by_position(result).values()} == {"pool 1", "pool 2"}
+        assert not master.failure_messages()
+
+
+async def test_the_pools_jobs_are_closed_in_redis_when_they_end(pool, tmp_path):
+    await two_agents(pool)
+    async with await pool_master(pool, tmp_path, 2) as master:
+        await master.run(workflow(seed=5))
+        broker = master.orchestrator.cluster.pool.broker
+
+        async def no_open_job() -> bool:
+            return not await broker._client().zrange(broker.keys.jobs, 0, -1)
+
+        await until(no_open_job, 10, "the job taken off the pool")
+
+
+async def test_a_unit_no_live_agent_can_run_fails_fast_and_the_master_runs_it(pool, tmp_path):
+    await two_agents(pool)
+    async with await pool_master(pool, tmp_path, 2, max_retries=0) as master:
+        prompt = workflow(seed=7)
+        prompt["5"] = {"class_type": "NodeNobodyHas", "inputs": {"image": ["1", 0]}}
+        prompt["3"]["inputs"]["images"] = ["5", 0]  # on the way to the Collector: every unit needs it
+        job = master.start(prompt)
+        result = await master.collect(job)
+        messages = master.failure_messages()
+        assert messages and all("NodeNobodyHas" in m for m in messages), messages
+        assert sorted(unit.position for unit in result.master_units) == [1, 2]  # re-run on the master
+
+
+async def test_a_unit_whose_agent_dies_is_reclaimed_and_rerun_with_the_same_seed(pool, tmp_path, monkeypatch):
+    from comfy_distributed.pool import member as member_module
+
+    monkeypatch.setattr(member_module, "RECLAIM_EVERY", 0.3)
+    monkeypatch.setattr(member_module, "DEAD_AFTER_MS", 1500)
+    agents = await two_agents(pool)
+    slow = pool.standins[0]
+    slow.gate = asyncio.Event()  # gpu1 holds every prompt until released: its agent dies while it runs one
+    async with await pool_master(pool, tmp_path, 2) as master:
+        job = master.start(workflow(seed=42))
+        await until(lambda: agents[0].busy is not None, 20, "gpu1's agent running a unit")
+        await pool.kill(agents[0])
+        result = await master.collect(job)
+        assert_unit_images(result, 1, 43)
+        assert_unit_images(result, 2, 44)
+        assert any("stopped heartbeating" in m for m in master.failure_messages()), master.failure_messages()
+
+
+def test_a_malformed_pool_url_in_the_environment_is_said_without_the_password(monkeypatch):
+    monkeypatch.setenv("COMFY_DISTRIBUTED_POOL", "http://user:secret@host:6379")
+    with pytest.raises(PoolError) as caught:
+        member_for(None)
+    assert "COMFY_DISTRIBUTED_POOL" in str(caught.value) and "secret" not in str(caught.value)
+    monkeypatch.delenv("COMFY_DISTRIBUTED_POOL")
+    assert member_for(None) is None
