@@ -316,6 +316,7 @@ class MultiGPUApi:
             "jobs": jobs,
             "cluster": {**cluster, "line": cluster_line(cluster)},
             "config_warnings": unknown_key_warnings(config),
+            "pool": self.orchestrator.cluster.pool.status() if self.orchestrator.cluster.pool is not None else None,
         })
 
     async def _probe(self, worker: WorkerConfig, settings: Settings) -> dict[str, Any]:

@@ -212,11 +212,32 @@ class JobSummary(BaseModel):
     units: list[UnitSummary]
 
 
+class PoolAgent(BaseModel):
+    """An agent of the shared pool whose heartbeat is current."""
+
+    id: str
+    name: str
+    tags: list[str]
+    comfyui: bool = Field(description="whether its ComfyUI answers (an agent whose ComfyUI does not takes no unit)")
+    busy: Optional[dict[str, Any]] = Field(description="the unit it runs ({job_id, position, attempt, master}); "
+                                                       "null when idle")
+    checkpoint: Optional[str] = Field(description="the checkpoint its ComfyUI loaded last, when known")
+
+
+class PoolStatus(BaseModel):
+    """The shared pool this master joined (``settings.pool`` or ``COMFY_DISTRIBUTED_POOL``)."""
+
+    pool: str = Field(description="its name and Redis URL, without the password")
+    joined: bool = Field(description="whether Redis answered: before, the pool gives no participant")
+    agents: list[PoolAgent]
+
+
 class Status(BaseModel):
     master: MasterStatus
     workers: list[WorkerStatus]
     jobs: list[JobSummary]
     cluster: ClusterSummary
+    pool: Optional[PoolStatus] = Field(None, description="the shared pool, when one is configured")
     config_warnings: list[str] = Field(
         description="keys of gpu_config.json that no part of the schema knows, one line each, naming where it is "
                     "(a worker by its id and name) and the known key it is nearest to, e.g. \"worker 2 (GPU 1): "

@@ -19,9 +19,9 @@ from .preflight import MediaUploads, ObjectInfoCache
 from .previews import PreviewRelay
 from .speeds import Speeds
 
+from .transport import SharedPool, UnitTransport
+
 if TYPE_CHECKING:
-    from ..engine.transport import UnitTransport
-    from ..pool.member import PoolMember
     from .health import HealthMonitor
 
 
@@ -48,7 +48,7 @@ class Cluster:
         self.uploads = MediaUploads()
         """Input files sent to workers, with one bound on how many at once."""
         self.health = health
-        self.pool: "PoolMember | None" = None
+        self.pool: SharedPool | None = None
         """This master in its shared pool, when one is configured: its live agents are participants too."""
 
     @property
@@ -78,7 +78,7 @@ class Cluster:
         config = self.store.get()
         return self.pool.with_slots(config) if self.pool is not None else config
 
-    def client(self, worker: WorkerConfig, settings: Settings, job_id: str = "") -> "UnitTransport":
+    def client(self, worker: WorkerConfig, settings: Settings, job_id: str = "") -> UnitTransport:
         """How ``worker`` is reached for ``job_id``: a slot of the pool through the pool, any other worker directly,
         on its kept session (its connections serve every unit of every job there)."""
         if self.pool is not None and self.pool.owns(worker):

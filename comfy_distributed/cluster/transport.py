@@ -11,9 +11,9 @@ and the shared pool's, :class:`~..pool.member.PoolTransport` (a unit put into Re
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Callable, Protocol
+from typing import Any, Callable, Protocol
 
-from ..config import WorkerConfig
+from ..config import GpuConfig, Settings, WorkerConfig
 from ..errors import WorkerError
 from ..worker_client import Channel, OutputFile, PreviewSink, PromptResult
 
@@ -59,3 +59,26 @@ class UnitTransport(Protocol):
     async def stream_view(self, output: OutputFile, receive: Callable[[bytes], None], limit: int,
                           too_large: Callable[[int], WorkerError], timeout: float | None = None) -> int:
         """A file's bytes handed to ``receive`` as they arrive, at most ``limit`` of them; its size."""
+
+
+class SharedPool(Protocol):
+    """A pool of workers the master reaches through a broker (:class:`~..pool.member.PoolMember`), as the cluster
+    uses it: its participants now, and the transport of each."""
+
+    def owns(self, worker: WorkerConfig) -> bool:
+        """Whether ``worker`` is one of the pool's slots (else a configured worker)."""
+
+    def with_slots(self, config: GpuConfig) -> GpuConfig:
+        """``config`` with the pool's slots among its enabled workers."""
+
+    def transport(self, slot: WorkerConfig, settings: Settings, job_id: str) -> UnitTransport:
+        """How a unit of ``job_id`` reaches ``slot``."""
+
+    async def close_job(self, job_id: str) -> None:
+        """The job ended: the pool forgets it."""
+
+    def status(self) -> dict[str, Any]:
+        """The pool as ``GET /multigpu/status`` shows it (``schemas_out.PoolStatus``)."""
+
+    async def close(self) -> None:
+        """Leave the pool."""

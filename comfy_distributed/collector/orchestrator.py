@@ -27,7 +27,7 @@ import uuid
 from pathlib import Path
 from typing import Any, Callable, TypeVar
 
-from ..engine.transport import UnitTransport
+from ..cluster.transport import UnitTransport
 from .. import events
 from ..graph import media
 from ..config import GpuConfig, Settings, WorkerConfig
@@ -169,6 +169,10 @@ class Orchestrator(JobBook, CollectorBridge):
             problems = await asyncio.gather(*(self._prepare_worker(job, worker, job.media) for worker in ready))
         except (WorkflowError, OSError) as exc:
             self._abort(job, f"Multi-GPU: {exc}")
+            return
+        except Exception as exc:  # a bug of ours: the job ends saying so, and its Collector does not wait for it
+            log.exception("Multi-GPU: job %s could not begin", job.job_id)
+            self._abort(job, f"Multi-GPU: internal error while the job began: {exc!r}")
             return
         if job.cancelled:  # cancelled during preflight: dispatch nothing
             return

@@ -192,10 +192,15 @@ def install() -> bool:
     comfyui_root = Path(sys.modules[PromptServer.__module__].__file__ or ".").resolve().parent  # main.py's folder
     cluster = Cluster(store, host.notify, HealthMonitor(store, host.notify))
     try:
-        cluster.pool = member_for(config.settings if config is not None else None)
+        pool = member_for(config.settings if config is not None else None)
     except PoolError as exc:  # a malformed COMFY_DISTRIBUTED_POOL: the master runs without the pool, saying why
+        pool = None
         log.error("Multi-GPU pool: %s", exc)
+    cluster.pool = pool
     _wire(server, host, cluster, public, env_token, comfyui_root, cors_origin)
+    if pool is not None:
+        server.loop.call_soon_threadsafe(pool.start)  # joins in the background, holding up nothing
+
     return True
 
 
@@ -220,8 +225,6 @@ def _wire(server: Any, host: ComfyHost, cluster: Cluster, public: bool, env_toke
 
     def start_background() -> None:
         health.start()
-        if cluster.pool is not None:
-            cluster.pool.start()  # joins in the background: a pool that does not answer yet holds up nothing
         server.loop.create_task(reap_finished_prompts(orchestrator, host.finished_prompts), name="multigpu-reaper")
 
     server.loop.call_soon_threadsafe(start_background)  # runs once ComfyUI's loop runs

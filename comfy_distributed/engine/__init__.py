@@ -4,5 +4,5 @@
 :mod:`.scheduler` is the pure state machine that owns where each unit stands (events in, actions out, no I/O);
 :mod:`.runner` carries its actions out for any job kind (runs a unit on a worker, feeds back what happened);
 :mod:`.jobs` holds a job's records (its units and what they brought back) and the :class:`~.jobs.JobKind` each runs
-by; :mod:`.transport` is the seam through which a unit reaches a worker (today ComfyUI's HTTP + websocket API).
+by; a unit reaches its worker through :mod:`..cluster.transport`'s seam (ComfyUI's HTTP + websocket API, or the pool).
 """

@@ -16,7 +16,7 @@ from typing import Any, Generic, TypeVar
 
 
 from .handoff import MasterHandoff
-from .transport import UnitTransport
+from ..cluster.transport import UnitTransport
 from ..config import Settings, WorkerConfig
 from .scheduler import FINISHED, Action, JobScheduler, UnitRecord, UnitState
 from ..worker_client import Channel, PromptResult

@@ -24,7 +24,7 @@ from ..graph.workflow import Prompt
 from .jobs import UnitJob
 from .runner import Runner
 from .scheduler import Event
-from .transport import UnitTransport
+from ..cluster.transport import UnitTransport
 
 log = logging.getLogger("comfy_distributed")
 

@@ -27,7 +27,7 @@ from ..config import WorkerConfig
 from ..errors import WorkerError
 from ..worker_client import Channel
 from .jobs import UnitJob, UnitRun
-from .transport import UnitTransport
+from ..cluster.transport import UnitTransport
 from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
 
 log = logging.getLogger("comfy_distributed")

@@ -12,8 +12,8 @@ missing). The map, from the wire up:
 - :mod:`.connection`: redis-py's client and its errors converted into ours, and backoff;
 - :mod:`.broker`: :class:`~.broker.PoolBroker`, the master's side (jobs, leases, files, units, reclaim), with
   :mod:`.inbox` reading its replies;
-- :mod:`.agent`: :class:`~.agent.Agent`, the agent's loops, with :mod:`.unit_run` running one unit on its ComfyUI.
-
-The engine's pool transport (a :class:`~..engine.transport.UnitTransport` over a broker) is not part of this
-package yet.
+- :mod:`.agent`: :class:`~.agent.Agent`, the agent's loops, with :mod:`.unit_run` running one unit on its ComfyUI;
+- :mod:`.member`: the master in its pool for the engine: :class:`~.member.PoolMember` (the live agents as slots, one
+  participant each) and :class:`~.member.PoolTransport` (a :class:`~..cluster.transport.UnitTransport` over the
+  broker), which :meth:`..cluster.core.Cluster.client` hands out for a slot.
 """

@@ -26,7 +26,7 @@ from typing import Any, Iterable
 from ..errors import PoolError, PoolProtocolError, PoolUnavailable
 from ..worker_client import DEFAULT_MAX_FILE_BYTES, MIB
 from ..worker_client.answers import size_text
-from .caps import digest_of, lacks, tags_fit
+from .caps import digest_of, lacks
 from .connection import SOCKET_TIMEOUT, end_tasks, ensure_group, open_redis, pause_unless, redis_errors
 from .inbox import READ_BLOCK_MS, ReplyInbox
 from .keys import FILE_TTL, GROUP, LEASE_INTERVAL, LEASE_TTL, UNITS_MAXLEN, PoolKeys

@@ -7,7 +7,7 @@ scheduler, the job kinds and the collection treat a slot as any worker. Which ag
 pool's choice, not the master's: the unit goes into the job's stream in Redis, and the first free agent that can
 run it takes it (fair share between masters and capability matching happen there, :mod:`.agent`).
 
-:class:`PoolTransport` is the :class:`~..engine.transport.UnitTransport` of one slot for one job. Its input files go
+:class:`PoolTransport` is the :class:`~..cluster.transport.UnitTransport` of one slot for one job. Its input files go
 into Redis once per content; its ``run_prompt`` submits one entry per attempt (the engine's attempt number, so a
 late duplicate is one comparison), follows the agent's replies (progress, previews, the files it made), and every
 :data:`RECLAIM_EVERY` seconds asks Redis whether the agent that took it stopped heartbeating: that attempt fails
@@ -59,7 +59,10 @@ class PoolMember:
         self.broker = broker
         self.label = label
         """The pool in messages (its name and URL without the password)."""
+        self.live: list[LiveAgent] = []
+        """Every agent whose heartbeat is current."""
         self.agents: list[LiveAgent] = []
+        """Those whose ComfyUI answers: one slot each."""
         self.slots: dict[str, WorkerConfig] = {}
         self.joined = False
         """Whether Redis answered once: before, the pool gives no slot."""
@@ -113,10 +116,18 @@ class PoolMember:
 
     async def refresh(self) -> None:
         """Read the live agents; one slot per agent whose ComfyUI answers."""
-        self.agents = [agent for agent in await self.broker.agents() if agent.heartbeat.comfyui]
+        self.live = await self.broker.agents()
+        self.agents = [agent for agent in self.live if agent.heartbeat.comfyui]
         self.slots = {f"{SLOT_PREFIX}{k}": WorkerConfig(id=f"{SLOT_PREFIX}{k}", name=f"pool {k}", port=SLOT_PORT,
                                                         host=SLOT_HOST)
                       for k in range(1, len(self.agents) + 1)}
+
+    def status(self) -> dict[str, Any]:
+        """The pool as ``GET /multigpu/status`` shows it: its live agents, what each runs."""
+        return {"pool": self.label, "joined": self.joined, "agents": [
+            {"id": a.id, "name": a.name, "tags": list(a.heartbeat.tags), "comfyui": a.heartbeat.comfyui,
+             "busy": a.heartbeat.busy.model_dump() if a.heartbeat.busy is not None else None,
+             "checkpoint": a.heartbeat.checkpoint} for a in self.live]}
 
     def owns(self, worker: WorkerConfig) -> bool:
         return self.slots.get(str(worker.id)) is worker

@@ -38,7 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
-from ..engine.transport import UnitTransport
+from ..cluster.transport import UnitTransport
 from .. import events
 from ..config import GpuConfig, WorkerConfig
 from ..errors import JobError, WorkerError, WorkerLacks, WorkflowError

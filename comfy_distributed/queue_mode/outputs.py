@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..engine.transport import UnitTransport
+from ..cluster.transport import UnitTransport
 from ..errors import WorkerAnswerTooLarge, WorkerError, WorkerProtocolError
 from ..worker_client import MAX_FILES_PER_OUTPUT, OutputFile, PromptResult, clip_text
 from ..worker_client.answers import size_text

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable
 
-from ..engine.transport import UnitTransport
+from ..cluster.transport import UnitTransport
 from ..collector.orchestrator import CollectorUnits
 from ..config import WorkerConfig
 from ..engine.jobs import Job, UnitRun

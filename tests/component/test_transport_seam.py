@@ -1,6 +1,6 @@
 """The transport seam held to its word: a second transport, in memory, runs a Collector job and a tile-free queue
 of re-runs through the same scheduler, runner and job kind, with no socket, and the images land as with
-ComfyUI's HTTP API (``engine/transport``: a second implementation of a seam is the test of the seam)."""
+ComfyUI's HTTP API (``cluster/transport``: a second implementation of a seam is the test of the seam)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from PIL import Image
 from comfy_distributed.cluster import core
 from comfy_distributed.collector.orchestrator import Orchestrator
 from comfy_distributed.config import ConfigStore, Settings, WorkerConfig
-from comfy_distributed.engine.transport import UnitTransport
+from comfy_distributed.cluster.transport import UnitTransport
 from comfy_distributed.errors import WorkerError, WorkerUnreachable
 from comfy_distributed.graph.workflow import JOB_INPUT
 from comfy_distributed.worker_client import Channel, OutputFile, PreviewSink, PromptResult
@@ -57,7 +57,7 @@ class MemoryTransport:
     async def run_prompt(self, prompt: dict, deadline: float, extra_data: dict | None = None,
                          on_progress: Callable[[float, float], None] | None = None,
                          wanted: frozenset[str] = frozenset(), channel: Channel | None = None,
-                         previews: PreviewSink | None = None) -> PromptResult:
+                         previews: PreviewSink | None = None, unit: tuple[int, int] | None = None) -> PromptResult:
         self.ran.append((self.name, prompt))
         if self.fail:
             raise WorkerUnreachable(self.name, "gone (memory transport)")
@@ -99,7 +99,7 @@ class MemoryCluster(core.Cluster):
         self.ran: list[tuple[str, dict]] = []
         self.failing = failing
 
-    def client(self, worker: WorkerConfig, settings: Settings) -> UnitTransport:
+    def client(self, worker: WorkerConfig, settings: Settings, job_id: str = "") -> UnitTransport:
         return MemoryTransport(worker, self.ran, fail=worker.display_name in self.failing)
 
 

@@ -19,7 +19,6 @@ from harness.comfy_process import ROOT, TEST_NODES, history_entry  # noqa: F401 
 from tests.real.harness import ComfyInstance, http_json, start_comfyui
 
 
-
 class Cluster:
     """Workers with the test node pack (``workers``), workers without it (``plain``), then the master.
 

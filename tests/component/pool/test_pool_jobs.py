@@ -7,22 +7,34 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+import torch
 
 from comfy_distributed.errors import PoolError
 from comfy_distributed.pool.broker import PoolBroker
 from comfy_distributed.pool.member import PoolMember, member_for
-from tests.component.cluster import Cluster, assert_unit_images, by_position, workflow
+from comfy_distributed.cluster import core
+from comfy_distributed.queue_mode.balancer import FORWARD_POSITION
+from tests.component.cluster import (Cluster, assert_unit_images, balancer, by_position, pixels,
+                                     plain, workflow)
+from tests.comfy_test_nodes import seeded_images
 from tests.component.pool.pool_support import PoolSite
+from tests.component.test_tiles import alone  # noqa: F401  (the fixture: the image of the master alone)
 from tests.waiting import until
+
+
+async def join(cluster: core.Cluster, site: PoolSite, agents: int) -> PoolMember:
+    """``cluster`` in the pool of ``site``, once ``agents`` agents are live there (one slot each)."""
+    member = PoolMember(PoolBroker(site.redis.url, "default"), "the test pool")
+    cluster.pool = member
+    member.start()
+    await until(lambda: member.joined and len(member.slots) == agents, 20, f"{agents} slot(s)")
+    return member
 
 
 async def pool_master(site: PoolSite, tmp_path, agents: int, **settings) -> Cluster:
     """A master whose config lists no worker, in the pool of ``site`` once ``agents`` agents are live there."""
     master = Cluster(tmp_path, [], **settings)
-    member = PoolMember(PoolBroker(site.redis.url, "default"), "the test pool")
-    master.orchestrator.cluster.pool = member
-    member.start()
-    await until(lambda: member.joined and len(member.slots) == agents, 20, f"{agents} slot(s)")
+    await join(master.orchestrator.cluster, site, agents)
     return master
 
 
@@ -93,3 +105,33 @@ def test_a_malformed_pool_url_in_the_environment_is_said_without_the_password(mo
     assert "COMFY_DISTRIBUTED_POOL" in str(caught.value) and "secret" not in str(caught.value)
     monkeypatch.delenv("COMFY_DISTRIBUTED_POOL")
     assert member_for(None) is None
+
+
+async def test_a_prompt_forwarded_in_queue_mode_runs_on_an_agent_and_its_files_come_back(pool, tmp_path):
+    await two_agents(pool)
+    queue = balancer(tmp_path, [], queue_mode="no_collector")
+    try:
+        await join(queue.cluster, pool, 2)
+        _, forward = queue.route(plain(seed=4))
+        assert forward is not None and [w.display_name for w in forward.workers.values()] == ["pool 1", "pool 2"]
+        queue.start(forward)
+        done = await asyncio.to_thread(queue.wait, forward.job_id, "2", lambda: False)
+        assert done.state() == "done", done.record(FORWARD_POSITION).causes
+        ((_, saved),) = done.outputs()["2"].files["images"]
+        seeded = seeded_images(4, 1, 8, 8).numpy()[0]  # saved as ComfyUI's SaveImage does (clipped, then truncated)
+        assert pixels(saved.path.read_bytes()).tolist() == (seeded * 255).clip(0, 255).astype("uint8").tolist()
+    finally:
+        await queue.close()
+        await queue.cluster.close()
+
+
+async def test_tiles_shared_over_the_pool_give_the_image_of_the_master_alone(pool, tmp_path, alone):
+    from tests.component.test_tiles import run_tiles, tile_workflow
+
+    await two_agents(pool)
+    prompt = tile_workflow(delay=0.05)
+    async with await pool_master(pool, tmp_path, 2) as master:
+        merged, job, on_master = await run_tiles(master, prompt, master_delay=0.05)
+        assert job is not None and len(job.units) == 12
+        assert torch.equal(merged, await alone(prompt))
+        assert len(on_master) < 12  # the agents took tiles
