@@ -49,14 +49,17 @@ class CollectorBridge(JobOwner[Job]):
         bound = job.deadline()
         self._measure_master(job, have)
         while True:
-            may_ask = not job.settled.is_set() and job.loop is not None
-            positions, ask = job.master.take(have, may_ask)
+            # settled is read BEFORE the hand-off: the loop gives the master its last units before the job settles,
+            # so once settled is seen, a take sees every unit given; read after, a unit given between the take and
+            # the read would be left out of the Collector's output (an image lost)
+            settled = job.settled.is_set()
+            positions, ask = job.master.take(have, not settled and job.loop is not None)
             if ask:
                 assert job.loop is not None
                 job.loop.call_soon_threadsafe(self._handle, job, MasterFree())
             if positions:
                 return [job.units[p] for p in positions]
-            if job.settled.is_set():
+            if settled:
                 break
             job.master.wait(COLLECT_POLL)
             self.still_waiting(job, interrupted, bound, "Multi-GPU")

@@ -4,7 +4,8 @@ The scheduler decides on the loop that the master runs units (``RunOnMaster``, c
 Collector, waiting on the execution thread, takes them (:meth:`take`) and runs them in the master's own prompt.
 When it has nothing to run, it says the master is free once (``take`` answers ``ask``) and the caller tells the
 scheduler on the loop (``MasterFree``). Everything the two sides share about it is here, under one lock, with one
-event that wakes the waiting side: units given, the job settled (:meth:`wake`).
+event that wakes the waiting side: units given, the job settled (:meth:`wake`). The loop gives the master its last
+units before the job settles, so the waiting side reads "settled" before it takes: what it takes then is complete.
 """
 
 from __future__ import annotations
