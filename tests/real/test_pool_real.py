@@ -56,11 +56,11 @@ class PoolSite:
         self.instances.append(self.master)
 
     def agent(self, name: str, instance: ComfyInstance) -> None:
-        log = open(self.base / f"agent-{name}.log", "ab")  # noqa: SIM115 - closed with the process (stop)
-        self.agents[name] = subprocess.Popen(
-            [sys.executable, "-m", "comfy_distributed", "agent", "--pool", self.redis.url, "--comfyui", instance.url,
-             "--name", name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True)
+        with open(self.base / f"agent-{name}.log", "ab") as log:  # the agent holds its own copy of the handle
+            self.agents[name] = subprocess.Popen(
+                [sys.executable, "-m", "comfy_distributed", "agent", "--pool", self.redis.url, "--comfyui",
+                 instance.url, "--name", name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL, start_new_session=True)
 
     def agent_log(self, name: str) -> str:
         return (self.base / f"agent-{name}.log").read_text(errors="replace")[-4000:]
