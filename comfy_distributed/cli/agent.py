@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import signal
+from pathlib import Path
 
 from ..errors import PoolError
 from .site import say
@@ -33,10 +34,7 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from ..pool.settings import pool_label, parse_pool
 
     pool = parse_pool(args.pool, args.pool_name, "--pool")
-    comfyui = getattr(args, "comfyui", None) or DEFAULT_COMFYUI  # the common --comfyui: here an address
-    if not comfyui.startswith(("http://", "https://")):
-        raise PoolError(f"--comfyui {comfyui[:200]!r}: for an agent, give its ComfyUI's address, e.g. "
-                        f"{DEFAULT_COMFYUI}")
+    comfyui = comfyui_address(getattr(args, "comfyui", None))
     redis_asyncio()  # redis-py missing: said now, not from inside the loop
     tags = [tag.strip() for tag in args.tags.split(",") if tag.strip()]
     agent = Agent(pool.url, comfyui, pool=pool.name, name=args.name, tags=tags, say=say)
@@ -44,6 +42,17 @@ def cmd_agent(args: argparse.Namespace) -> int:
         "gives it back")
     asyncio.run(_run(agent))
     return 0
+
+
+def comfyui_address(value: str | None) -> str:
+    """The address of the agent's ComfyUI from the common ``--comfyui``: an address as given; none, or ComfyUI's
+    own folder (what the ``launch_distributed`` wrappers pass first), its default address on this machine."""
+    if not value or (Path(value) / "main.py").is_file():
+        return DEFAULT_COMFYUI
+    if not value.startswith(("http://", "https://")):
+        raise PoolError(f"--comfyui {value[:200]!r}: for an agent, give its ComfyUI's address, e.g. "
+                        f"{DEFAULT_COMFYUI}")
+    return value
 
 
 async def _run(agent: object) -> None:

@@ -24,3 +24,13 @@ def test_bad_agent_arguments_are_one_line_errors(capsys, argv, words):
     assert main(argv) == 1
     error = capsys.readouterr().err
     assert words in error and "secret" not in error and "Traceback" not in error
+
+
+def test_the_wrappers_comfyui_folder_means_its_default_address(tmp_path):
+    """``launch_distributed.sh agent --pool URL`` passes ComfyUI's folder first; an address given after wins."""
+    from comfy_distributed.cli.agent import DEFAULT_COMFYUI, comfyui_address
+
+    (tmp_path / "main.py").write_text("")
+    assert comfyui_address(str(tmp_path)) == DEFAULT_COMFYUI
+    assert comfyui_address(None) == DEFAULT_COMFYUI
+    assert comfyui_address("http://127.0.0.1:8190") == "http://127.0.0.1:8190"
