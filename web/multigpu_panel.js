@@ -5,7 +5,8 @@
 import { button, h, meter, setAvailable, setText } from "./multigpu_dom.js";
 import { createSettings, createWorkerForm } from "./multigpu_editors.js";
 import {
-  PASSIVE_MESSAGE, activeJobs, clusterLine, configWarnings, launchableIds, masterCard, pollIntervalMs, summary,
+  PASSIVE_MESSAGE, activeJobs, clusterLine, configWarnings, launchableIds, masterCard, pollIntervalMs, poolLines,
+  summary,
   tokenPrompt, workerCards,
 } from "./multigpu_state.js";
 
@@ -202,6 +203,7 @@ function createHeader({ actions, store }) {
   const clusterText = h("div", { class: "mgpu-summary mgpu-cluster", dataset: { part: "cluster" } });
   const banner = h("div", { class: "mgpu-banner", role: "alert", hidden: true });
   const warnings = createConfigWarnings();
+  const pool = createPoolList();
   const launchAll = button("pi-play", "Launch workers", () => actions.launch(launchableIds(store.state)),
                            { action: "launch-all", title: "Launch every enabled worker that is offline" });
   const toolbar = h("div", { class: "mgpu-toolbar" }, launchAll,
@@ -210,7 +212,8 @@ function createHeader({ actions, store }) {
     h("span", { class: "mgpu-spacer" }),
     button("pi-refresh", "Refresh", () => actions.refresh(), { action: "refresh", iconOnly: true }));
   const el = h("div", { class: "mgpu-header" },
-    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, clusterText, toolbar, banner, warnings.el);
+    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, clusterText, pool.el, toolbar, banner,
+    warnings.el);
   return {
     el,
     update(state) {
@@ -219,6 +222,7 @@ function createHeader({ actions, store }) {
       setText(clusterText, state.passive ? null : clusterLine(state));
       setText(banner, state.passive ? null : state.error);
       warnings.update(state.passive ? [] : configWarnings(state));
+      pool.update(state.passive ? [] : poolLines(state));
       setAvailable(launchAll, true, launchableIds(state).length > 0);
     },
   };
@@ -240,6 +244,24 @@ function createConfigWarnings() {
       if (lines === shown) return;
       shown = lines;
       list.replaceChildren(...lines.map((line) => h("li", { class: "mgpu-warning", text: line })));
+    },
+  };
+}
+
+/** The shared pool and its agents (GET /multigpu/status' pool): a list of lines, hidden without a pool; redrawn only
+ *  when a line changes. */
+function createPoolList() {
+  const list = h("ul", { class: "mgpu-pool", dataset: { part: "pool" }, hidden: true });
+  let shown = "";
+  return {
+    el: list,
+    update(lines) {
+      list.hidden = lines.length === 0;
+      const text = lines.join("\n");
+      if (text === shown) return;
+      shown = text;
+      list.replaceChildren(...lines.map((line, i) => h("li", { class: i ? "mgpu-pool-agent" : "mgpu-pool-title",
+                                                                text: line })));
     },
   };
 }

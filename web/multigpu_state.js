@@ -28,6 +28,7 @@ export function initialState() {
     workflowValues: [], // the open workflow's Multi-GPU Value nodes: {id, label, default, values: {worker id: value}}
     cluster: null,     // GET /multigpu/status' cluster summary ({line, prompts_running, ...})
     previews: {},      // worker id -> {jobId, position, src}: the last multigpu.preview frame of the unit it runs
+    pool: null,        // GET /multigpu/status' pool: the shared pool and its live agents (null: no pool)
     configWarnings: [], // GET /multigpu/status' config_warnings: what in gpu_config.json changes nothing, one line each
   };
 }
@@ -129,7 +130,8 @@ export function reduce(state, action) {
         ? data.config_warnings.filter((line) => typeof line === "string" && line.trim()) : [];
       const configWarnings = JSON.stringify(warnings) === JSON.stringify(state.configWarnings)
         ? state.configWarnings : warnings;
-      return { ...state, workers, jobs, auth, error: null, cluster: data.cluster || null, configWarnings };
+      const pool = data.pool && typeof data.pool === "object" ? data.pool : null;
+      return { ...state, workers, jobs, auth, error: null, cluster: data.cluster || null, configWarnings, pool };
     }
     case "worker_status": {
       if (data.id === undefined || data.id === null) return state;
@@ -423,6 +425,25 @@ export function formatDuration(seconds) {
  *  warning box above the cards: GET /multigpu/status' config_warnings, one line each (none from an older master). */
 export function configWarnings(state) {
   return state.configWarnings || [];
+}
+
+/** The shared pool, one line for it and one per live agent (what it runs), from GET /multigpu/status' pool; none
+ *  without a pool. Every value is the master's text, shown as text. */
+export function poolLines(state) {
+  const pool = state.pool;
+  if (!pool || typeof pool.pool !== "string") return [];
+  if (!pool.joined) return [`Shared ${pool.pool}: not reached yet (the master keeps trying)`];
+  const agents = (Array.isArray(pool.agents) ? pool.agents : []).filter((a) => a && typeof a.name === "string");
+  const busy = agents.filter((a) => a.busy).length;
+  const lines = [`Shared ${pool.pool}: ${agents.length} agent${agents.length === 1 ? "" : "s"}`
+                 + (busy ? `, ${busy} running a unit` : "")];
+  for (const agent of agents) {
+    const tags = Array.isArray(agent.tags) && agent.tags.length ? ` [${agent.tags.join(", ")}]` : "";
+    const what = !agent.comfyui ? "its ComfyUI does not answer"
+      : agent.busy ? `running unit ${agent.busy.position} of job ${String(agent.busy.job_id).slice(0, 8)}` : "idle";
+    lines.push(`${agent.name}${tags}: ${what}`);
+  }
+  return lines;
 }
 
 /** The master's one line about the whole cluster (prompts, units, time left), from GET /multigpu/status. */
