@@ -1,8 +1,8 @@
-"""A real ``redis-server`` on a free loopback port for the pool's tests: started, restarted on the same port, stopped.
+"""A real ``redis-server`` on a free loopback port for the pool: started, restarted on the same port, stopped.
 
 It keeps nothing on disk (``--save ""``, no append-only file), so a restart is what Redis without persistence does:
 every key gone. :func:`redis_server_path` is None where Debian's ``redis-server`` is not installed (``.ci/run``
-installs it); the fixtures skip then, saying so.
+installs it); the tests skip then, saying so. The pool's tests and benchmarks both use it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.waiting import LOOPBACK, free_port, poll
+from .comfy_process import LOOPBACK, free_port
 
 START_TIMEOUT = 10.0
 
@@ -56,7 +56,12 @@ class RedisServer:
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
         log.close()
         process = self.process
-        poll(lambda: answers_ping(self.port) or process.poll() is not None, START_TIMEOUT, "redis-server answers")
+        deadline = time.monotonic() + START_TIMEOUT
+        while not answers_ping(self.port) and process.poll() is None:
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"redis-server did not answer PING within {START_TIMEOUT:.0f} s")
+            time.sleep(0.02)
         if process.poll() is not None:
             raise RuntimeError(f"redis-server exited with {process.returncode}: "
                                f"{(self.folder / 'redis.log').read_text(errors='replace')[-2000:]}")

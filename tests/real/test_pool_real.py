@@ -21,7 +21,7 @@ from comfy_distributed.pool.settings import POOL_ENV
 from tests.real.cluster import ROOT, TEST_NODES, decoded, image_workflow, run_on_master, worker_failures
 from tests.real.harness import (ComfyInstance, comfyui_python, http_json, output_images, requires_comfyui,
                                 start_comfyui)
-from tests.redis_server import RedisServer, redis_server_path
+from harness.redis_server import RedisServer, redis_server_path
 from tests.waiting import poll
 
 pytestmark = [requires_comfyui, pytest.mark.timeout(900)]

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.redis_server import RedisServer, redis_server_path
+from harness.redis_server import RedisServer, redis_server_path
 from tests.waiting import LOOPBACK
 
 if TYPE_CHECKING:

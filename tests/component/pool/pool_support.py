@@ -12,7 +12,7 @@ from comfy_distributed.pool.agent import Agent, AgentTiming
 from comfy_distributed.pool.broker import LiveAgent, PoolBroker
 from comfy_distributed.pool.caps import needs_of
 from comfy_distributed.pool.protocol import UnitEntry, UnitReply
-from tests.redis_server import RedisServer
+from harness.redis_server import RedisServer
 from tests.standin import StandinComfy
 from tests.waiting import until
 
