@@ -1,7 +1,7 @@
 """Run the benchmarks and print their ratios; ``--write`` keeps them in bench/RESULTS.md.
 
     python -m bench.run                        # stand-in suite (about a minute, no ComfyUI needed)
-    python -m bench.run --suite all --write    # and real ComfyUI when COMFYUI_PATH is set
+    python -m bench.run --suite all --write    # and real ComfyUI when COMFYUI_PATH is set (real, then the pool)
     python -m bench.run --quick                # the stand-in suite in seconds (CI smoke)
     python -m bench.run --profile              # where the master spends its CPU with 64 workers
 """
@@ -16,7 +16,7 @@ import time
 
 from .figures import Figure, machine, table, write_results
 
-SUITES = ("standin", "real")
+SUITES = ("standin", "real", "pool")
 
 
 def run_suite(suite: str, quick: bool) -> tuple[list[Figure], list[str]] | None:
@@ -25,12 +25,14 @@ def run_suite(suite: str, quick: bool) -> tuple[list[Figure], list[str]] | None:
         from . import standin_suite
 
         return standin_suite.run(quick)
-    from . import real_suite
+    from . import real_pool, real_suite
     from .real_cluster import unavailable
 
     if why := unavailable():
-        print(f"real suite skipped: {why}", file=sys.stderr)
+        print(f"{suite} suite skipped: {why}", file=sys.stderr)
         return None
+    if suite == "pool":
+        return real_pool.run(1 if quick else 3), real_pool.NOTES
     return real_suite.run(quick)
 
 
