@@ -52,7 +52,7 @@ class AgentTiming:
 
     heartbeat: float = HEARTBEAT_INTERVAL
     heartbeat_ttl: int = HEARTBEAT_TTL
-    idle: float = 0.3
+    idle: float = 0.1
     """Pause when no job had a unit for it."""
     comfyui_check: float = 5.0
     caps_reread: float = CAPS_REREAD
