@@ -5,10 +5,13 @@
 - ``tests/audio_support.py``: audio encoded as ComfyUI writes it;
 - ``tests/component/cluster.py``: an orchestrator or a queue balancer over stand-in workers, and
   ``standin_clusters``, behind the ``standin_cluster`` fixture below;
+- ``tests/component/tiles_support.py``: the tile workflow, the master's side of a tile job, the master alone;
+- ``tests/component/pool/pool_support.py`` and ``harness/redis_server.py``: the pool's sites on a real Redis;
 - ``tests/component/leaks.py``: what a test left behind (pending tasks, open sessions and sockets, a stash);
 - ``tests/component/api_support.py`` and ``openapi_support.py``: the /multigpu API under test;
 - ``tests/launcher/helpers.py``, ``scripted_master.py``, ``launch_api.py``: the launcher and ``run``;
-- ``tests/real/harness.py``, ``cluster.py``, ``launched_site.py``: real ComfyUI processes (tier 3).
+- ``tests/real/harness.py``, ``cluster.py``, ``launched_site.py``: real ComfyUI processes (tier 3), over
+  ``harness/comfy_process.py`` (shared with the benchmarks).
 
 Fixtures:
 
@@ -38,6 +41,7 @@ pytest.register_assert_rewrite(
     "tests.component.api_support",
     "tests.component.cluster",
     "tests.component.openapi_support",
+    "tests.component.tiles_support",
     "tests.launcher.launch_api",
     "tests.launcher.scripted_master",
     "tests.real.launched_site",

@@ -18,7 +18,7 @@ from tests.component.cluster import (Cluster, assert_unit_images, balancer, by_p
                                      plain, workflow)
 from tests.comfy_test_nodes import seeded_images
 from tests.component.pool.pool_support import PoolSite
-from tests.component.test_tiles import alone  # noqa: F401  (the fixture: the image of the master alone)
+from tests.component.tiles_support import alone, run_tiles, tile_workflow  # noqa: F401  (alone: a fixture)
 from tests.waiting import until
 
 
@@ -126,8 +126,6 @@ async def test_a_prompt_forwarded_in_queue_mode_runs_on_an_agent_and_its_files_c
 
 
 async def test_tiles_shared_over_the_pool_give_the_image_of_the_master_alone(pool, tmp_path, alone):
-    from tests.component.test_tiles import run_tiles, tile_workflow
-
     await two_agents(pool)
     prompt = tile_workflow(delay=0.05)
     async with await pool_master(pool, tmp_path, 2) as master:
