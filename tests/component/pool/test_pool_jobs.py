@@ -133,3 +133,33 @@ async def test_tiles_shared_over_the_pool_give_the_image_of_the_master_alone(poo
         assert job is not None and len(job.units) == 12
         assert torch.equal(merged, await alone(prompt))
         assert len(on_master) < 12  # the agents took tiles
+
+
+@pytest.mark.parametrize("hold", [0.0, 6.5], ids=["units end at once", "units end after the master looked"])
+async def test_redis_restarted_mid_job_the_job_still_ends_with_every_image(pool, tmp_path, hold):
+    """Redis without persistence restarts while the agents run the job's units (every key gone). Units that end
+    before the master's next lease refresh (every 5 s) come back as usual: the agents and the master reconnect.
+    Once the master sees its job gone, it opens it again and fails the attempts Redis lost, saying so: they run
+    again (here on the master), and the agents' late answers to them are dropped. Either way the job ends whole."""
+    for standin in (await pool.standin("gpu1"), await pool.standin("gpu2")):
+        standin.gate = asyncio.Event()  # the units wait on their ComfyUI until Redis has restarted
+        pool.agent(standin, standin.name)
+    async with await pool_master(pool, tmp_path, 2, max_retries=2) as master:
+        job = master.start(workflow(seed=42))
+        await until(lambda: all(s.received for s in pool.standins), 20, "both agents running a unit")
+        pool.redis.restart()
+        await asyncio.sleep(hold)
+        for standin in pool.standins:
+            standin.gate.set()
+        result = await master.collect(job)
+        images = {position: name for position, (name, _) in by_position(result).items()}
+        ran_here = sorted(unit.position for unit in result.master_units)
+        lost = [m for m in master.failure_messages() if "Redis lost the unit" in m]
+        said = (master.failure_messages(), images, ran_here)
+        if hold:
+            assert len(lost) == 2 and ran_here == [1, 2], said
+        else:
+            assert not lost and sorted(images) == [1, 2], said
+        assert sorted([*images, *ran_here]) == [1, 2], (images, ran_here)
+        for position in images:
+            assert_unit_images(result, position, 42 + position)
