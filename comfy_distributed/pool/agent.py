@@ -248,7 +248,9 @@ class Agent:
         jobs = await self._eligible_jobs()
         weights = [(job.job_id, job.weight) for job in jobs.values()]
         empty: list[str] = []
-        for job_id in fairness.order(weights, self.credit):
+        loaded = {job.job_id for job in jobs.values() if self.checkpoint is not None and any(
+            self.checkpoint in values for inputs in job.needs.choices.values() for values in inputs.values())}
+        for job_id in fairness.order(weights, self.credit, loaded):
             taken = await self._take(jobs[job_id])
             if taken is None:
                 empty.append(job_id)

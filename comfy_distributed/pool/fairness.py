@@ -7,8 +7,8 @@ and a small job submitted behind a big one gets a unit on each agent's next turn
 (the job record's, default 1) gives a job that much more of the pool. An agent tries the jobs in :func:`order`;
 the first that has a unit for it is served and :func:`charge` books it.
 
-Not done: preferring, among jobs of equal credit, the one whose checkpoint the agent's ComfyUI has loaded (the
-heartbeat publishes that checkpoint for when it is).
+Among jobs of equal credit, one whose units load the checkpoint the agent's ComfyUI ran last comes first (its model
+is likely still loaded, as queue routing prefers): that costs no fairness, since only ties are reordered.
 """
 
 from __future__ import annotations
@@ -18,10 +18,11 @@ from typing import Collection, Mapping, Sequence
 Credit = Mapping[str, float]
 
 
-def order(eligible: Sequence[tuple[str, float]], credit: Credit) -> list[str]:
+def order(eligible: Sequence[tuple[str, float]], credit: Credit, loaded: Collection[str] = ()) -> list[str]:
     """The eligible jobs (``(job_id, weight)``, oldest first) in the order to try them: most credit after this
-    turn's earnings first; a tie goes to the older job."""
-    ranked = sorted(enumerate(eligible), key=lambda item: (-(credit.get(item[1][0], 0.0) + item[1][1]), item[0]))
+    turn's earnings first; a tie goes to a job in ``loaded`` (its checkpoint is the agent's last), then the older."""
+    ranked = sorted(enumerate(eligible), key=lambda item: (-(credit.get(item[1][0], 0.0) + item[1][1]),
+                                                           item[1][0] not in loaded, item[0]))
     return [job_id for _, (job_id, _) in ranked]
 
 

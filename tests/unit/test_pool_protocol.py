@@ -145,3 +145,11 @@ def test_a_job_without_work_earns_nothing_and_a_new_job_gets_the_next_turn():
     assert fairness.order(both, credit)[0] == "big", "a tie goes to the older job"
     credit = fairness.charge(both, credit, "big")
     assert fairness.order(both, credit)[0] == "small", "the small job runs within one unit of the big one"
+
+
+def test_a_tie_goes_to_the_job_of_the_agents_loaded_checkpoint_and_only_a_tie():
+    jobs = [("old", 1.0), ("same-model", 1.0)]
+    assert fairness.order(jobs, {}) == ["old", "same-model"]
+    assert fairness.order(jobs, {}, loaded={"same-model"}) == ["same-model", "old"], "a tie: the loaded model first"
+    credit = fairness.charge(jobs, {}, "same-model")
+    assert fairness.order(jobs, credit, loaded={"same-model"}) == ["old", "same-model"], "never at fairness' cost"
