@@ -112,11 +112,14 @@ function attachValueTable(node) {
     render();
     return previousCallback ? previousCallback.apply(this, args) : undefined;
   };
-  let workers = null;
+  // redrawn when the workers' ids or names change, not each time the config is read again: a redraw replaces
+  // the inputs, and a value being typed into one would be lost
+  let shown = null;
   const unsubscribe = store.subscribe((state) => {
-    const next = state.config && state.config.workers;
-    if (next !== workers) {
-      workers = next;
+    const workers = (state.config && state.config.workers) || [];
+    const next = JSON.stringify(workers.map((worker) => [String(worker.id), worker.name || ""]));
+    if (next !== shown) {
+      shown = next;
       render();
     }
   });
