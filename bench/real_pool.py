@@ -15,15 +15,13 @@ runs again elsewhere).
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
+from harness.agent_process import kill_agent, start_agent, stop_agent
 from harness.comfy_process import ROOT, TEST_NODES, ComfyInstance, http_json, start_comfyui
 from harness.redis_server import RedisServer, redis_server_path
 
@@ -58,13 +56,8 @@ class PoolMaster:
                                     custom_nodes={"ComfyUI-Distributed": ROOT, "comfy_test_nodes": TEST_NODES},
                                     env={"COMFY_DISTRIBUTED_CONFIG": str(self.config_path),
                                          "COMFY_DISTRIBUTED_POOL": redis.url})
-        self.agents: dict[str, subprocess.Popen] = {}
-        for worker in workers:
-            with open(base / f"agent-{worker.name}.log", "ab") as log:
-                self.agents[worker.name] = subprocess.Popen(
-                    [sys.executable, "-m", "comfy_distributed", "agent", "--pool", redis.url, "--comfyui",
-                     worker.url, "--name", worker.name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                    stdin=subprocess.DEVNULL, start_new_session=True)
+        self.agents = {worker.name: start_agent(redis.url, worker.url, worker.name, base / f"agent-{worker.name}.log")
+                       for worker in workers}
 
     def ready_agents(self) -> int:
         pool = http_json("GET", f"{self.master.url}/multigpu/status", timeout=5).get("pool") or {}
@@ -79,18 +72,11 @@ class PoolMaster:
         time.sleep(2.5)  # the slots follow the agents read every 2 s
 
     def kill(self, name: str) -> None:
-        os.killpg(self.agents[name].pid, signal.SIGKILL)
-        self.agents[name].wait()
+        kill_agent(self.agents[name])
 
     def stop(self) -> None:
         for process in self.agents.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_agent(process)
         self.master.stop()
 
 

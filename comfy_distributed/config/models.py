@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .pool import PoolConfig
+from .pool import HOSTNAME as _HOSTNAME, PoolConfig, is_ip as _is_ip
 
 
 CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
@@ -28,7 +27,6 @@ PACKAGE_ROOT = Path(__file__).resolve().parent.parent.parent
 DEFAULT_CONFIG_PATH = PACKAGE_ROOT / "gpu_config.json"
 MAX_CONFIG_BYTES = 4 * 1024 * 1024
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*$")
 
 class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", validate_assignment=True, strict=False)
@@ -192,14 +190,6 @@ class WorkerConfig(_Model):
         if ":" in host and not host.startswith("["):
             host = f"[{host}]"
         return f"http://{host}:{self.port}"
-
-
-def _is_ip(value: str) -> bool:
-    try:
-        ipaddress.ip_address(value)
-    except ValueError:
-        return False
-    return True
 
 
 SECONDS: dict[str, Any] = {"unit": "s"}

@@ -24,11 +24,13 @@ POOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 TLS_QUERY_KEYS = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_check_hostname"})
 """The only query keys a ``rediss://`` URL may carry: a private CA, and whether to check the certificate."""
 
-_HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
-                       r"[A-Za-z0-9])?)*$")
+HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
+                      r"[A-Za-z0-9])?)*$")
+"""A DNS host name (labels of letters, digits and inner hyphens); a worker's host and the pool's are checked by it."""
 
 
-def _is_ip(value: str) -> bool:
+def is_ip(value: str) -> bool:
+    """Whether ``value`` is an IPv4 or IPv6 address."""
     try:
         ipaddress.ip_address(value)
     except ValueError:
@@ -49,7 +51,7 @@ def check_pool_url(value: str) -> str:
     if parts.scheme not in ("redis", "rediss"):
         raise ValueError("must start with redis:// (or rediss:// for TLS), e.g. redis://127.0.0.1:6379/0")
     host = parts.hostname or ""
-    if not (_is_ip(host) or _HOSTNAME.match(host)):
+    if not (is_ip(host) or HOSTNAME.match(host)):
         raise ValueError("must name a host: redis://[user:password@]host[:port][/db]")
     try:
         port = parts.port

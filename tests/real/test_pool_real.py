@@ -6,10 +6,7 @@ an agent killed with SIGKILL while it runs a unit changes nothing in them."""
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,6 +18,7 @@ from comfy_distributed.pool.settings import POOL_ENV
 from tests.real.cluster import ROOT, TEST_NODES, decoded, image_workflow, run_on_master, worker_failures
 from tests.real.harness import (ComfyInstance, comfyui_python, http_json, output_images, requires_comfyui,
                                 start_comfyui)
+from harness.agent_process import kill_agent, start_agent, stop_agent
 from harness.redis_server import RedisServer, redis_server_path
 from tests.waiting import poll
 
@@ -56,29 +54,17 @@ class PoolSite:
         self.instances.append(self.master)
 
     def agent(self, name: str, instance: ComfyInstance) -> None:
-        with open(self.base / f"agent-{name}.log", "ab") as log:  # the agent holds its own copy of the handle
-            self.agents[name] = subprocess.Popen(
-                [sys.executable, "-m", "comfy_distributed", "agent", "--pool", self.redis.url, "--comfyui",
-                 instance.url, "--name", name], cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
-                stdin=subprocess.DEVNULL, start_new_session=True)
+        self.agents[name] = start_agent(self.redis.url, instance.url, name, self.base / f"agent-{name}.log")
 
     def agent_log(self, name: str) -> str:
         return (self.base / f"agent-{name}.log").read_text(errors="replace")[-4000:]
 
     def kill_agent(self, name: str) -> None:
-        process = self.agents[name]
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+        kill_agent(self.agents[name])
 
     def stop(self) -> None:
         for process in self.agents.values():
-            if process.poll() is None:
-                os.killpg(process.pid, signal.SIGTERM)
-                try:
-                    process.wait(timeout=20)
-                except subprocess.TimeoutExpired:
-                    os.killpg(process.pid, signal.SIGKILL)
-                    process.wait()
+            stop_agent(process)
         for instance in self.instances:
             instance.stop()
         self.redis.stop()
