@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 
-from comfy_distributed.pool.caps import needs_of
-from comfy_distributed.pool.keys import GROUP
 from comfy_distributed.pool.protocol import MAX_UNIT_BYTES
 from comfy_distributed.errors import PoolUnavailable
 from tests.component.pool.pool_support import image_prompt, outcome, unit
@@ -96,6 +94,7 @@ async def test_entries_that_do_not_fit_the_protocol_are_refused_and_the_agent_ca
     await broker.submit("job1", unit("job1", 0, prompt))
     done, _ = await outcome(replies)
     assert done.kind == "done", done.error
+    await until(lambda: agent.served, 10, "the agent's record of the unit")  # written just after its done reply
     assert agent.refused == 6 and agent.served == [("job1", 0, 0)]
     assert await redis.xlen(stream) == 0, "refused entries are acknowledged and deleted"
     assert [a.name for a in await broker.agents()] == ["gpu1"]

@@ -22,6 +22,7 @@ async def test_two_masters_jobs_each_get_about_half_of_two_agents(pool):
     for queue in watched:
         done, _ = await outcome(queue)
         assert done.kind == "done", done.error
+    await until(lambda: sum(len(a.served) for a in agents) == 12, 10, "the agents' records of every unit")
     for agent in agents:
         jobs = [job for job, _, _ in agent.served]
         assert abs(jobs.count("big-a") - jobs.count("big-b")) <= 1, f"{agent.name} served {jobs}"
@@ -42,5 +43,6 @@ async def test_a_small_job_behind_a_big_one_starts_within_one_unit(pool):
     taken_before = len(agent.served)
     done, _ = await outcome(replies)
     assert done.kind == "done", done.error
-    position = agent.served.index(("small", 0, 0))
+    await until(lambda: ("small", 0, 0) in agent.served, 10, "the agent's record of the small unit")  # written
+    position = agent.served.index(("small", 0, 0))  # just after its done reply is sent
     assert position <= taken_before + 1, f"served {agent.served}"

@@ -37,6 +37,7 @@ async def test_a_unit_comes_back_as_a_direct_run_gives_it(pool):
     assert [f.type for f in images] == ["temp", "temp"]
     progress = [r for r in before if r.kind == "progress"]
     assert progress and progress[-1].max == 10 and len(progress) <= 10, "throttled progress of the 10 steps"
+    await until(lambda: agent.served, 10, "the agent's record of the unit")  # written just after its done reply
     assert agent.served == [("job1", 0, 0)]
     client = broker._client()
     assert await client.xlen(broker.keys.units("job1")) == 0, "the entry is acknowledged and deleted"
