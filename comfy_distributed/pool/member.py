@@ -36,8 +36,8 @@ from .unit_run import file_value
 log = logging.getLogger("comfy_distributed")
 
 SLOT_PREFIX = "pool-"
-"""The id of a pool slot as a worker: ``pool-1``, ``pool-2``... (a configured worker's id cannot hold a ``-``
-after ``pool`` by accident: ids are the user's, so the slots are told apart by :meth:`PoolMember.owns`)."""
+"""The id of a pool slot as a worker: ``pool-1``, ``pool-2``... A configured worker may have such an id too: slots
+are told apart by identity (:meth:`PoolMember.owns`), and one that would share a worker's id is left out."""
 SLOT_PORT = 1
 """A slot's port: it has no address (nothing connects to it), but a worker config needs one."""
 SLOT_HOST = "pool.invalid"
@@ -64,6 +64,11 @@ class PoolMember:
         self.agents: list[LiveAgent] = []
         """Those whose ComfyUI answers: one slot each."""
         self.slots: dict[str, WorkerConfig] = {}
+        """The slots live agents give now (``pool-1`` ... ``pool-N``)."""
+        self._issued: dict[str, WorkerConfig] = {}
+        """Every slot ever given, by id, each the same object from then on: a job planned with slot k keeps
+        reaching the pool through it after the agents were read again, or went away."""
+        self._warned: set[str] = set()
         self.joined = False
         """Whether Redis answered once: before, the pool gives no slot."""
         self._stopping = asyncio.Event()
@@ -118,9 +123,13 @@ class PoolMember:
         """Read the live agents; one slot per agent whose ComfyUI answers."""
         self.live = await self.broker.agents()
         self.agents = [agent for agent in self.live if agent.heartbeat.comfyui]
-        self.slots = {f"{SLOT_PREFIX}{k}": WorkerConfig(id=f"{SLOT_PREFIX}{k}", name=f"pool {k}", port=SLOT_PORT,
-                                                        host=SLOT_HOST)
-                      for k in range(1, len(self.agents) + 1)}
+        self.slots = {str(slot.id): slot for slot in map(self._slot, range(1, len(self.agents) + 1))}
+
+    def _slot(self, k: int) -> WorkerConfig:
+        key = f"{SLOT_PREFIX}{k}"
+        if key not in self._issued:
+            self._issued[key] = WorkerConfig(id=key, name=f"pool {k}", port=SLOT_PORT, host=SLOT_HOST)
+        return self._issued[key]
 
     def status(self) -> dict[str, Any]:
         """The pool as ``GET /multigpu/status`` shows it: its live agents, what each runs."""
@@ -130,13 +139,19 @@ class PoolMember:
              "checkpoint": a.heartbeat.checkpoint} for a in self.live]}
 
     def owns(self, worker: WorkerConfig) -> bool:
-        return self.slots.get(str(worker.id)) is worker
+        """Whether ``worker`` is a slot this pool gave (a configured worker of the same id is not)."""
+        return self._issued.get(str(worker.id)) is worker
 
     def with_slots(self, config: GpuConfig) -> GpuConfig:
-        """``config`` with a slot per live agent among its enabled workers: the participants of a job planned now."""
-        if not self.slots:
-            return config
-        return config.model_copy(update={"workers": [*config.workers, *self.slots.values()]})
+        """``config`` with a slot per live agent among its enabled workers: the participants of a job planned now.
+        A slot whose id a configured worker already has is left out (and said once): a worker's id is the user's."""
+        taken = {str(worker.id) for worker in config.workers}
+        slots = [slot for key, slot in self.slots.items() if key not in taken]
+        for key in sorted(set(self.slots) & taken - self._warned):
+            self._warned.add(key)
+            log.warning("Multi-GPU pool: a configured worker has the id %s, which a slot of %s would have: that slot "
+                        "is left out (give the worker another id)", key, self.label)
+        return config.model_copy(update={"workers": [*config.workers, *slots]}) if slots else config
 
     def object_info(self) -> dict[str, Any]:
         """What some live agent can run, in ``/object_info``'s shape (a preflight against a slot asks this)."""

@@ -1,0 +1,50 @@
+"""A master's pool slots: each stays the same participant while a job holds it, whatever the agents do meanwhile,
+and never takes a configured worker's place."""
+
+from __future__ import annotations
+
+import asyncio
+
+from comfy_distributed.config import GpuConfig, WorkerConfig
+from comfy_distributed.pool.broker import LiveAgent
+from comfy_distributed.pool.member import PoolMember
+from comfy_distributed.pool.protocol import Heartbeat
+
+
+class Heartbeats:
+    """What a member reads of its broker here: the live agents, as the test sets them."""
+
+    def __init__(self) -> None:
+        self.live: list[LiveAgent] = []
+
+    async def agents(self) -> list[LiveAgent]:
+        return self.live
+
+
+def agents(count: int) -> list[LiveAgent]:
+    return [LiveAgent(Heartbeat(id=f"a{k}", name=f"gpu{k}", comfyui=True), None) for k in range(count)]
+
+
+def test_a_slot_stays_the_pools_while_a_job_holds_it():
+    heartbeats = Heartbeats()
+    member = PoolMember(heartbeats, "the test pool")  # type: ignore[arg-type]
+    heartbeats.live = agents(2)
+    asyncio.run(member.refresh())
+    planned = member.with_slots(GpuConfig()).workers
+    heartbeats.live = agents(2)
+    asyncio.run(member.refresh())  # read again (every 2 s while a job runs)
+    assert [member.owns(slot) for slot in planned] == [True, True]
+    heartbeats.live = agents(1)
+    asyncio.run(member.refresh())  # an agent went away: the job's slot 2 still reaches the pool
+    assert member.owns(planned[1]) and list(member.slots) == ["pool-1"]
+
+
+def test_a_slot_never_takes_a_configured_workers_place():
+    heartbeats = Heartbeats()
+    member = PoolMember(heartbeats, "the test pool")  # type: ignore[arg-type]
+    heartbeats.live = agents(2)
+    asyncio.run(member.refresh())
+    mine = WorkerConfig(id="pool-1", name="my GPU", port=8189)
+    workers = member.with_slots(GpuConfig(workers=[mine])).workers
+    assert [str(w.id) for w in workers] == ["pool-1", "pool-2"] and workers[0] is mine
+    assert not member.owns(mine) and member.owns(workers[1])
