@@ -25,7 +25,7 @@ from typing import Any, Callable
 
 from ..config import GpuConfig, Settings, WorkerConfig
 from ..errors import PoolError, WorkerError, WorkerExecutionFailed, WorkerLacks, WorkerProtocolError, WorkerTimeout
-from ..worker_client import DEFAULT_MAX_FILE_BYTES, Channel, OutputFile, PreviewSink, PromptResult
+from ..worker_client import DEFAULT_MAX_FILE_BYTES, Channel, Limits, OutputFile, PreviewSink, PromptResult
 from .broker import LiveAgent, PoolBroker
 from .connection import Backoff, end_tasks, pause_unless
 from .caps import needs_of
@@ -205,7 +205,8 @@ class PoolTransport:
 
     @property
     def max_file_bytes(self) -> int:
-        return DEFAULT_MAX_FILE_BYTES
+        """The same cap as a configured worker's (``settings.max_file_mb``)."""
+        return Limits.from_settings(self.settings).max_file_bytes
 
     async def object_info(self) -> dict:
         return self.member.object_info()
@@ -321,4 +322,5 @@ def member_for(settings: Settings | None) -> PoolMember | None:
     pool = pool_config(settings)
     if pool is None:
         return None
-    return PoolMember(PoolBroker(pool.url, pool.name), pool_label(pool))
+    cap = Limits.from_settings(settings).max_file_bytes if settings is not None else DEFAULT_MAX_FILE_BYTES
+    return PoolMember(PoolBroker(pool.url, pool.name, max_file_bytes=cap), pool_label(pool))
