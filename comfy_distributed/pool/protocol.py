@@ -67,7 +67,7 @@ M = TypeVar("M", bound=BaseModel)
 class Wire(BaseModel):
     """A value read from Redis: keys we do not know are ignored (a newer member may add some)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(extra="ignore", frozen=True, allow_inf_nan=False)  # a number is a real number
 
 
 class Needs(Wire):
