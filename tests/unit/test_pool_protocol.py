@@ -64,10 +64,12 @@ def test_values_read_from_redis_are_refused_for_size_or_shape():
     assert decode(UnitEntry, json.dumps(good).encode(), MAX_UNIT_BYTES, "u").prompt["1"]["class_type"] == "X"
     for change in ({"prompt": {}}, {"prompt": {"1": {"inputs": {}}}}, {"position": -1},
                    {"files": [{"sha256": "0" * 64, "name": "../x.png"}]},
-                   {"files": [{"sha256": "0" * 64, "name": "x.png", "subfolder": "a/../.."}]},
-                   {"deadline": 1e999}):  # an infinite deadline: a number must be finite
+                   {"files": [{"sha256": "0" * 64, "name": "x.png", "subfolder": "a/../.."}]}):
         with pytest.raises(PoolProtocolError):
             decode(UnitEntry, json.dumps({**good, **change}).encode(), MAX_UNIT_BYTES, "u")
+    infinite = json.dumps(good).replace('"deadline": 1.0', '"deadline": 1e999').encode()  # valid JSON, infinite
+    with pytest.raises(PoolProtocolError, match="finite"):
+        decode(UnitEntry, infinite, MAX_UNIT_BYTES, "u")
 
 
 def test_a_done_reply_carries_its_files_within_the_caps():
