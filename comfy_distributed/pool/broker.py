@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable
 
 from ..errors import PoolError, PoolProtocolError, PoolUnavailable
-from ..worker_client import DEFAULT_MAX_FILE_BYTES, MIB
+from ..worker_client import DEFAULT_MAX_FILE_BYTES, MIB, clip_text
 from ..worker_client.answers import size_text
 from .caps import digest_of, lacks
 from .connection import SOCKET_TIMEOUT, end_tasks, ensure_group, open_redis, pause_unless, redis_errors
@@ -256,7 +256,8 @@ class PoolBroker:
 
     async def reclaim(self, job_id: str, idle_ms: int) -> list[Reclaimed]:
         """The unit attempts of ``job_id`` taken by an agent that has not touched them for ``idle_ms``: each
-        entry is acknowledged and deleted (it will not run again) and returned, for the engine to re-run."""
+        entry is acknowledged and deleted (it will not run again), its attempt failed to whoever watches it (so
+        that whichever of the job's waiting units asks, each hears of its own), and returned."""
         client, stream = self._client(), self.keys.units(job_id)
         with redis_errors(f"XPENDING units of job {job_id}", self.url):
             pending = await client.xpending_range(stream, GROUP, "-", "+", RECLAIM_BATCH, idle=idle_ms)
@@ -271,7 +272,10 @@ class PoolBroker:
                     pipe.xdel(stream, entry_id)
                     await pipe.execute()
             if unit is not None:
-                found.append(Reclaimed(unit[0], unit[1], agent, self._names.get(agent, agent), entry_id))
+                dead = Reclaimed(unit[0], unit[1], agent, clip_text(self._names.get(agent, agent), 100), entry_id)
+                found.append(dead)
+                self.inbox.deliver(UnitReply("failed", job_id, dead.position, dead.attempt, agent, dead.agent_name,
+                                             error=dead.message))
         return found
 
     async def _attempt_of(self, job_id: str, entry_id: str) -> tuple[int, int] | None:

@@ -274,16 +274,14 @@ class PoolTransport:
             except asyncio.TimeoutError:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + RECLAIM_EVERY
-                    for dead in await self.member.broker.reclaim(self.job_id, DEAD_AFTER_MS):
-                        if (dead.position, dead.attempt) == (position, attempt):
-                            raise WorkerError(self.name, dead.message) from None
+                    await self.member.broker.reclaim(self.job_id, DEAD_AFTER_MS)  # each waiter hears of its own
                 continue
             if reply.kind == "progress" and on_progress is not None:
                 on_progress(reply.value, reply.max)
             elif reply.kind == "preview" and previews is not None and reply.preview is not None:
                 previews.show(reply.preview)
-            elif reply.kind == "failed":
-                raise WorkerExecutionFailed(self.name, f"agent {reply.agent_name}: {reply.error}")
+            elif reply.kind == "failed":  # its text names the agent (or the pool) already
+                raise WorkerExecutionFailed(self.name, reply.error)
             elif reply.kind == "done":
                 return self._result(reply)
 

@@ -36,7 +36,9 @@ async def test_a_killed_agents_unit_is_reclaimed_and_runs_again_elsewhere(pool):
     await broker.submit("job1", unit("job1", 0, prompt, attempt=1))
     done, _ = await outcome(second)
     assert (done.kind, done.attempt, done.agent) == ("done", 1, survivor.id)
-    assert first.empty(), "the killed attempt sent nothing"
+    told = first.get_nowait()  # the broker failed it as it reclaimed it, to whoever waits for it
+    assert (told.kind, told.attempt, told.error) == ("failed", 0, "agent dying stopped heartbeating")
+    assert first.empty(), "the killed agent itself sent nothing"
 
 
 async def test_an_agent_stopped_with_give_back_hands_its_unit_back_at_once(pool):

@@ -5,6 +5,7 @@ and the Collector gets the same images, in the same order, as from workers it re
 from __future__ import annotations
 
 import asyncio
+import json
 
 import pytest
 import torch
@@ -80,22 +81,38 @@ async def test_a_unit_no_live_agent_can_run_fails_fast_and_the_master_runs_it(po
         assert sorted(unit.position for unit in result.master_units) == [1, 2]  # re-run on the master
 
 
-async def test_a_unit_whose_agent_dies_is_reclaimed_and_rerun_with_the_same_seed(pool, tmp_path, monkeypatch):
+async def test_a_unit_whose_agent_dies_is_told_to_its_waiter_and_rerun_with_the_same_seed(pool, tmp_path,
+                                                                                        monkeypatch):
+    """Both units of the job run at once, one agent dies. Whichever of the job's waiting units asks Redis for dead
+    agents' entries (here the test, first), the one whose agent died hears of it and is re-run on the pool with its
+    own seed (the master only coordinates), and the other keeps waiting for its own agent."""
     from comfy_distributed.pool import member as member_module
 
-    monkeypatch.setattr(member_module, "RECLAIM_EVERY", 0.3)
-    monkeypatch.setattr(member_module, "DEAD_AFTER_MS", 1500)
+    monkeypatch.setattr(member_module, "RECLAIM_EVERY", 60.0)  # the test asks Redis itself, as another waiter
     agents = await two_agents(pool)
-    slow = pool.standins[0]
-    slow.gate = asyncio.Event()  # gpu1 holds every prompt until released: its agent dies while it runs one
-    async with await pool_master(pool, tmp_path, 2) as master:
+    for standin in pool.standins:
+        standin.gate = asyncio.Event()  # both units stay running until released
+    master = await pool_master(pool, tmp_path, 2, worker_timeout=300)
+    config = json.loads(master.path.read_text())
+    master.path.write_text(json.dumps({**config, "master": {"participates": False}}))
+    async with master:
         job = master.start(workflow(seed=42))
-        await until(lambda: agents[0].busy is not None, 20, "gpu1's agent running a unit")
+        await until(lambda: all(a.busy is not None for a in agents), 20, "both agents running a unit")
+        dying = agents[0].busy.position  # the pool chose which unit each agent took
         await pool.kill(agents[0])
+        broker = master.orchestrator.cluster.pool.broker
+
+        async def taken_by_another_waiter() -> list:  # as the other unit's transport may ask first
+            return await broker.reclaim(job.job_id, 1000)
+
+        assert [dead.position for dead in await until(taken_by_another_waiter, 20, "the dead entry")] == [dying]
+        await until(lambda: any("stopped heartbeating" in m for m in master.failure_messages()), 20,
+                    "the dead agent's unit reported to the master")
+        pool.standins[1].gate.set()  # the living agent finishes its own unit, then the re-run
         result = await master.collect(job)
         assert_unit_images(result, 1, 43)
         assert_unit_images(result, 2, 44)
-        assert any("stopped heartbeating" in m for m in master.failure_messages()), master.failure_messages()
+        assert not result.master_units
 
 
 def test_a_malformed_pool_url_in_the_environment_is_said_without_the_password(monkeypatch):
