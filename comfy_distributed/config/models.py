@@ -238,7 +238,8 @@ class Settings(_Model):
                                 "and refused past it")
     pool: PoolConfig | None = Field(None, description=(
         "the shared GPU pool on Redis: {\"url\": \"redis://[user:password@]host:port/db\" (rediss:// for TLS), "
-        "\"name\": \"default\"}; set in gpu_config.json or COMFY_DISTRIBUTED_POOL, never through the API (the "
+        "\"name\": \"default\", \"tags\": [tags an agent must offer to run this master's units], \"weight\": "
+        "this master's share against other masters, 1 by default}; set in gpu_config.json or COMFY_DISTRIBUTED_POOL, never through the API (the "
         "password is shown as ***)"))
 
     @field_validator("allowed_hosts")
@@ -364,7 +365,9 @@ def public_view_schemas() -> dict[str, dict[str, Any]]:
         "description": "set for a worker the launcher starts over SSH; only its host is shown"}
     settings = shown(Settings, SECRET_SETTINGS)
     settings["properties"]["pool"] = {
-        "anyOf": [{"type": "object", "properties": {"url": {"type": "string"}, "name": {"type": "string"}},
-                   "required": ["url", "name"], "additionalProperties": False}, {"type": "null"}],
+        "anyOf": [{"type": "object", "properties": {"url": {"type": "string"}, "name": {"type": "string"},
+                                                    "tags": {"type": "array", "items": {"type": "string"}},
+                                                    "weight": {"type": "number"}},
+                   "required": ["url", "name", "tags", "weight"], "additionalProperties": False}, {"type": "null"}],
         "description": "the shared pool; its URL without the password"}
     return {"master": shown(MasterConfig), "worker": worker, "settings": settings}

@@ -13,13 +13,18 @@ import re
 from typing import Any
 from urllib.parse import parse_qsl, quote, urlsplit
 
-from pydantic import BaseModel, ConfigDict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_POOL_URL = 2000
 """Characters of a pool URL (a long password included)."""
 
 POOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 """A pool's name: it becomes part of every Redis key of the pool (``cdp:{name}:...``)."""
+
+POOL_TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""A tag an agent offers and a master's units may require (``gpu48``, ``video``)."""
+MAX_POOL_TAGS = 32
+MAX_POOL_WEIGHT = 1000.0
 
 TLS_QUERY_KEYS = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_check_hostname"})
 """The only query keys a ``rediss://`` URL may carry: a private CA, and whether to check the certificate."""
@@ -90,12 +95,19 @@ def redacted_url(url: str) -> str:
 
 
 class PoolConfig(BaseModel):
-    """``settings.pool``: ``{"url": "redis://[user:password@]host:port/db", "name": "default"}``."""
+    """``settings.pool``: ``{"url": "redis://[user:password@]host:port/db", "name": "default", "tags": [],
+    "weight": 1}``.
+
+    ``tags``: every unit of this master goes only to agents that offer all of them (``["gpu48"]`` keeps its work on
+    the 48 GB cards). ``weight``: this master's share of the pool while other masters wait too (2: twice the agents
+    of a master of weight 1)."""
 
     model_config = ConfigDict(extra="allow", validate_assignment=True)
 
     url: str
     name: str = "default"
+    tags: list[str] = Field(default_factory=list, max_length=MAX_POOL_TAGS)
+    weight: float = Field(1.0, gt=0, le=MAX_POOL_WEIGHT, allow_inf_nan=False)
 
     @field_validator("url")
     @classmethod
@@ -109,9 +121,17 @@ class PoolConfig(BaseModel):
             raise ValueError("must be 1 to 64 letters, digits, '_', '.', '-' (it is part of every key of the pool)")
         return value
 
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: list[str]) -> list[str]:
+        bad = [tag for tag in value if not POOL_TAG.fullmatch(tag)]
+        if bad:
+            raise ValueError(f"tag {bad[0][:64]!r}: 1 to 64 letters, digits, '_', '.', '-'")
+        return sorted(set(value))
+
     def public(self) -> dict[str, Any]:
         """What the API shows: the URL without its password."""
-        return {"url": redacted_url(self.url), "name": self.name}
+        return {"url": redacted_url(self.url), "name": self.name, "tags": list(self.tags), "weight": self.weight}
 
     @property
     def has_password(self) -> bool:

@@ -29,7 +29,7 @@ from ..worker_client import DEFAULT_MAX_FILE_BYTES, Channel, Limits, OutputFile,
 from .broker import LiveAgent, PoolBroker
 from .connection import Backoff, end_tasks, pause_unless
 from .caps import needs_of
-from .protocol import FileRef, UnitEntry, UnitReply
+from .protocol import FileRef, Needs, UnitEntry, UnitReply, encode
 from .settings import pool_config, pool_label
 from .unit_run import file_value
 
@@ -55,14 +55,22 @@ DEAD_AFTER_MS = 20_000
 class PoolMember:
     """This master in its pool: the broker, the live agents, the slots they give (see the module doc)."""
 
-    def __init__(self, broker: PoolBroker, label: str) -> None:
+    def __init__(self, broker: PoolBroker, label: str, tags: list[str] | None = None, weight: float = 1.0) -> None:
         self.broker = broker
         self.label = label
         """The pool in messages (its name and URL without the password)."""
+        self.tags = sorted(set(tags or []))
+        """The tags an agent must offer to run this master's units (``settings.pool.tags``)."""
+        self.weight = weight
+        """This master's share of the pool against other masters' (``settings.pool.weight``)."""
         self.live: list[LiveAgent] = []
         """Every agent whose heartbeat is current."""
         self.agents: list[LiveAgent] = []
-        """Those whose ComfyUI answers: one slot each."""
+        """Those whose ComfyUI answers and that offer this master's tags: one slot each."""
+        self._able: dict[bytes, list[LiveAgent]] = {}
+        """Per a unit's needs (as JSON): those of :attr:`agents` that can run it, until the agents are read again."""
+        self._reclaimed: dict[str, float] = {}
+        """Per job: when Redis was last asked for its dead agents' entries (one ask serves all its waiting units)."""
         self.slots: dict[str, WorkerConfig] = {}
         """The slots live agents give now (``pool-1`` ... ``pool-N``)."""
         self._issued: dict[str, WorkerConfig] = {}
@@ -122,7 +130,9 @@ class PoolMember:
     async def refresh(self) -> None:
         """Read the live agents; one slot per agent whose ComfyUI answers."""
         self.live = await self.broker.agents()
-        self.agents = [agent for agent in self.live if agent.heartbeat.comfyui]
+        tags = set(self.tags)
+        self.agents = [agent for agent in self.live if agent.heartbeat.comfyui and tags <= set(agent.heartbeat.tags)]
+        self._able = {}
         self.slots = {str(slot.id): slot for slot in map(self._slot, range(1, len(self.agents) + 1))}
 
     def _slot(self, k: int) -> WorkerConfig:
@@ -173,10 +183,11 @@ class PoolMember:
         """Make the job known to the agents (once), with what its first unit needs of them."""
         if job_id not in self._opened:
             self._opened.add(job_id)
-            await self.broker.open_job(job_id, needs_of(prompt, self.uploaded(job_id)))
+            await self.broker.open_job(job_id, needs_of(prompt, self.uploaded(job_id)), self.tags, self.weight)
 
     async def close_job(self, job_id: str) -> None:
         self.files.pop(job_id, None)
+        self._reclaimed.pop(job_id, None)
         if job_id in self._opened:
             self._opened.discard(job_id)
             try:
@@ -186,6 +197,27 @@ class PoolMember:
 
     def transport(self, slot: WorkerConfig, settings: Settings, job_id: str) -> PoolTransport:
         return PoolTransport(self, slot, settings, job_id)
+
+    def able(self, needs: Needs) -> list[LiveAgent]:
+        """The slot-giving agents that can run a unit with ``needs`` (worked out once per needs and reading of the
+        agents: a job's units share their needs, and a pool may have hundreds of agents)."""
+        key = encode(needs)
+        if key not in self._able:
+            self._able[key] = [agent for agent in self.agents if not agent.lacks(needs)]
+        return self._able[key]
+
+    def lacking(self, needs: Needs) -> list[str]:
+        """What the live agents lack for ``needs`` (each problem once): why no agent can run such a unit."""
+        missing = {l for agent in self.live for l in agent.lacks(needs, self.tags)}
+        return sorted(missing) or [f"a live agent{' with the tags ' + ', '.join(self.tags) if self.tags else ''}"]
+
+    async def reclaim(self, job_id: str) -> None:
+        """Ask Redis for the job's entries whose agent died, at most every :data:`RECLAIM_EVERY` seconds per job:
+        each reclaimed attempt is failed to the unit that waits for it (:meth:`PoolBroker.reclaim`)."""
+        now = time.monotonic()
+        if now - self._reclaimed.get(job_id, float("-inf")) >= RECLAIM_EVERY:
+            self._reclaimed[job_id] = now
+            await self.broker.reclaim(job_id, DEAD_AFTER_MS)
 
 
 class PoolTransport:
@@ -242,11 +274,9 @@ class PoolTransport:
                          previews: PreviewSink | None = None, unit: tuple[int, int] | None = None) -> PromptResult:
         position, attempt = unit if unit is not None else (0, 0)
         needs = needs_of(prompt, self.member.uploaded(self.job_id))
-        able = [agent for agent in self.member.agents if not agent.lacks(needs)]
-        if not able:
-            lacks = sorted({l for agent in self.member.agents for l in agent.lacks(needs)}) or ["a live agent"]
+        if not self.member.able(needs):
             raise WorkerLacks(self.name, f"no live agent of {self.member.label} can run it: it lacks "
-                                         + "; ".join(lacks[:8]))
+                                         + "; ".join(self.member.lacking(needs)[:8]))
         entry = UnitEntry(job_id=self.job_id, position=position, attempt=attempt, prompt=prompt,
                           files=self._files_of(prompt), wanted=sorted(wanted),
                           deadline=time.time() + max(0.0, deadline - time.monotonic()),
@@ -274,7 +304,7 @@ class PoolTransport:
             except asyncio.TimeoutError:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + RECLAIM_EVERY
-                    await self.member.broker.reclaim(self.job_id, DEAD_AFTER_MS)  # each waiter hears of its own
+                    await self.member.reclaim(self.job_id)  # each waiter hears of its own
                 continue
             if reply.kind == "progress" and on_progress is not None:
                 on_progress(reply.value, reply.max)
@@ -321,4 +351,4 @@ def member_for(settings: Settings | None) -> PoolMember | None:
     if pool is None:
         return None
     cap = Limits.from_settings(settings).max_file_bytes if settings is not None else DEFAULT_MAX_FILE_BYTES
-    return PoolMember(PoolBroker(pool.url, pool.name, max_file_bytes=cap), pool_label(pool))
+    return PoolMember(PoolBroker(pool.url, pool.name, max_file_bytes=cap), pool_label(pool), pool.tags, pool.weight)

@@ -40,7 +40,7 @@ def test_the_environment_wins_over_the_file_and_the_api_never_shows_the_password
     assert pool_config(config.settings, {POOL_ENV: "redis://other:1"}).url == "redis://other:1"
     assert pool_config(None, {}) is None
     shown = public_view(config)["settings"]["pool"]
-    assert shown == {"url": "redis://:***@h:6379/0", "name": "lab"} and "pw" not in json.dumps(public_view(config))
+    assert shown == {"url": "redis://:***@h:6379/0", "name": "lab", "tags": [], "weight": 1.0} and "pw" not in json.dumps(public_view(config))
     assert public_view(GpuConfig())["settings"]["pool"] is None
 
 

@@ -6,11 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 
 import pytest
 import torch
 
-from comfy_distributed.errors import PoolError
+from comfy_distributed.errors import PoolError, WorkerLacks
 from comfy_distributed.pool.broker import PoolBroker
 from comfy_distributed.pool.member import PoolMember, member_for
 from comfy_distributed.cluster import core
@@ -180,3 +181,61 @@ async def test_redis_restarted_mid_job_the_job_still_ends_with_every_image(pool,
         assert sorted([*images, *ran_here]) == [1, 2], (images, ran_here)
         for position in images:
             assert_unit_images(result, position, 42 + position)
+
+
+async def test_a_master_with_tags_plans_and_sends_its_units_only_to_agents_that_offer_them(pool, tmp_path):
+    tagged = pool.agent(await pool.standin("big"), "big", tags=["gpu48", "video"])
+    plain_agent = pool.agent(await pool.standin("small"), "small", tags=["gpu12"])
+    await pool.ready(tagged, plain_agent)
+    master = Cluster(tmp_path, [])
+    member = PoolMember(PoolBroker(pool.redis.url, "default"), "the test pool", tags=["gpu48"], weight=3.0)
+    master.orchestrator.cluster.pool = member
+    member.start()
+    await until(lambda: member.joined and len(member.live) == 2, 20, "both agents live")
+    async with master:
+        assert [agent.name for agent in member.agents] == ["big"] and len(member.slots) == 1
+        result = await master.run(workflow(seed=11))
+        assert sorted(by_position(result)) == [1]
+        assert_unit_images(result, 1, 12)
+        assert [job for job, _, _ in tagged.served] and not plain_agent.served
+
+
+async def test_a_unit_no_agent_with_the_masters_tags_can_run_fails_fast_naming_the_tag(pool, tmp_path):
+    agent = pool.agent(await pool.standin("small"), "small", tags=["gpu12"])
+    await pool.ready(agent)
+    member = PoolMember(PoolBroker(pool.redis.url, "default"), "the test pool", tags=["gpu48"], weight=2.5)
+    await member.broker.connect()
+    try:
+        await member.refresh()
+        assert len(member.live) == 1 and not member.agents and not member.slots
+        transport = member.transport(member._slot(1), core.Settings(), "job-tags")
+        with pytest.raises(WorkerLacks) as caught:
+            await transport.run_prompt(plain(seed=1), time.monotonic() + 30)
+        assert "tag gpu48" in str(caught.value), caught.value
+        await member.open_job("job-tags", plain(seed=1))
+        raw = await member.broker._client().get(member.broker.keys.job("job-tags"))
+        record = json.loads(raw)
+        assert (record["tags"], record["weight"]) == (["gpu48"], 2.5)
+        await asyncio.sleep(0.3)  # the agent's turns see the job, and pass it by
+        assert not agent.served
+        await member.close_job("job-tags")
+    finally:
+        await member.broker.close()
+
+
+def test_settings_pool_tags_and_weight_are_checked_and_kept_with_a_url_from_the_environment(monkeypatch):
+    from comfy_distributed.config import Settings
+    from comfy_distributed.pool.settings import pool_config
+
+    settings = Settings.model_validate({"pool": {"url": "redis://h:1/0", "tags": ["video", "gpu48", "video"],
+                                                 "weight": 2}})
+    assert settings.pool.tags == ["gpu48", "video"] and settings.pool.weight == 2.0
+    assert settings.pool.public() == {"url": "redis://h:1/0", "name": "default", "tags": ["gpu48", "video"],
+                                      "weight": 2.0}
+    pool = pool_config(settings, {"COMFY_DISTRIBUTED_POOL": "redis://other:2/0"})
+    assert (pool.url, pool.tags, pool.weight) == ("redis://other:2/0", ["gpu48", "video"], 2.0)
+    for bad, said in (({"tags": ["no spaces"]}, "tag 'no spaces'"), ({"weight": 0}, "weight"),
+                      ({"weight": float("inf")}, "weight"), ({"tags": "gpu48"}, "tags")):
+        with pytest.raises(Exception) as caught:
+            Settings.model_validate({"pool": {"url": "redis://h:1/0", **bad}})
+        assert said in str(caught.value), caught.value
