@@ -21,6 +21,8 @@ MISSING_REDIS = "the pool needs redis-py: pip install 'redis>=5'"
 CONNECT_TIMEOUT = 5.0
 SOCKET_TIMEOUT = 15.0
 """Longer than any blocking read we issue (at most a few seconds), so a timeout means a dead connection."""
+MAX_CONNECTIONS = 64
+"""Connections one client (a master's broker, an agent) opens to Redis at most."""
 
 
 class NoGroup(PoolError):
@@ -38,10 +40,18 @@ def redis_asyncio() -> ModuleType:
 
 def open_redis(url: str) -> Any:
     """A redis-py asyncio client for ``url`` (no connection is made until the first command); bytes in, bytes
-    out, so file bytes and JSON travel unchanged."""
+    out, so file bytes and JSON travel unchanged.
+
+    At most :data:`MAX_CONNECTIONS` connections; a command that finds them all in use waits for one (up to
+    :data:`SOCKET_TIMEOUT` seconds) instead of failing: a master whose hundreds of pool slots submit their units at
+    the same moment would otherwise pass redis-py's default cap (100 in redis-py 8) and lose those units."""
     aioredis = redis_asyncio()
-    return aioredis.from_url(url, socket_connect_timeout=CONNECT_TIMEOUT, socket_timeout=SOCKET_TIMEOUT,
-                             decode_responses=False, health_check_interval=30, retry_on_timeout=False)
+    pool = aioredis.BlockingConnectionPool.from_url(
+        url, max_connections=MAX_CONNECTIONS, timeout=SOCKET_TIMEOUT, socket_connect_timeout=CONNECT_TIMEOUT,
+        socket_timeout=SOCKET_TIMEOUT, decode_responses=False, health_check_interval=30, retry_on_timeout=False)
+    client = aioredis.Redis(connection_pool=pool)
+    client.auto_close_connection_pool = True  # aclose() closes the pool too, as from_url's client does
+    return client
 
 
 @contextlib.contextmanager
