@@ -2,8 +2,9 @@
 
 Each agent keeps its own credit per job and runs a smooth weighted round robin (the one nginx uses): each time it
 serves a unit, every eligible job earns its weight and the served job pays the total. With equal weights that is a
-plain round robin that starts after the job served last, so two masters' jobs each get about half of the agents,
-and a small job submitted behind a big one gets a unit on each agent's next turn, not after the big one. A weight
+plain round robin that starts after the job served last, so two masters' jobs each get about half of the agents.
+A tie goes to a job the agent has not booked yet, so a small job submitted behind a big one is served on the next
+turn of whichever agent frees first, not after the big one (nor a turn later). A weight
 (the job record's, default 1) gives a job that much more of the pool. An agent tries the jobs in :func:`order`;
 the first that has a unit for it is served and :func:`charge` books it.
 
@@ -20,9 +21,10 @@ Credit = Mapping[str, float]
 
 def order(eligible: Sequence[tuple[str, float]], credit: Credit, loaded: Collection[str] = ()) -> list[str]:
     """The eligible jobs (``(job_id, weight)``, oldest first) in the order to try them: most credit after this
-    turn's earnings first; a tie goes to a job in ``loaded`` (its checkpoint is the agent's last), then the older."""
+    turn's earnings first; a tie goes to a job not booked in ``credit`` yet (new work starts at once), then to one
+    in ``loaded`` (its checkpoint is the agent's last), then to the older."""
     ranked = sorted(enumerate(eligible), key=lambda item: (-(credit.get(item[1][0], 0.0) + item[1][1]),
-                                                           item[1][0] not in loaded, item[0]))
+                                                           item[1][0] in credit, item[1][0] not in loaded, item[0]))
     return [job_id for _, (job_id, _) in ranked]
 
 

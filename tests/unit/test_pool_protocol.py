@@ -145,9 +145,14 @@ def test_a_job_without_work_earns_nothing_and_a_new_job_gets_the_next_turn():
     for _ in range(7):  # a big job alone for a while
         credit = fairness.charge([("big", 1.0)], credit, "big")
     both = [("big", 1.0), ("small", 1.0)]
-    assert fairness.order(both, credit)[0] == "big", "a tie goes to the older job"
-    credit = fairness.charge(both, credit, "big")
-    assert fairness.order(both, credit)[0] == "small", "the small job runs within one unit of the big one"
+    assert fairness.order(both, credit)[0] == "small", "the small job has the very next turn"
+    served = []
+    for _ in range(10):
+        served.append(fairness.order(both, credit)[0])
+        credit = fairness.charge(both, credit, served[-1])
+    assert served[0] == "small" and served.count("small") == 5, f"then they share evenly: {served}"
+    old = [("a", 1.0), ("b", 1.0)]
+    assert fairness.order(old, fairness.charge(old, {}, "b"))[0] == "a", "booked jobs: as before"
 
 
 def test_a_tie_goes_to_the_job_of_the_agents_loaded_checkpoint_and_only_a_tie():
