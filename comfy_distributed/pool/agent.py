@@ -7,7 +7,10 @@ It connects out to Redis only (no port of its own, no route to or from a master)
 - the ComfyUI watch: whether its ComfyUI answers (an agent whose ComfyUI does not takes no unit, and says so), and
   its ``/object_info`` read again every :data:`.keys.CAPS_REREAD` seconds and whenever it comes back;
 - the work loop: the open jobs it can run (lease alive, needs met by its caps, tags a subset of its own), tried in
-  the fair order of :mod:`.fairness`; the first with a unit for it is served (:mod:`.unit_run`).
+  the fair order of :mod:`.fairness`; the first with a unit for it is served (:mod:`.unit_run`). When none had one,
+  it blocks in Redis on the pool's wake-up stream (every unit a master adds adds an entry there) for at most
+  :data:`.keys.WAKE_WAIT` seconds: an idle agent costs Redis one command a few seconds, and starts a new unit as
+  soon as it is added.
 
 Everything read from Redis is checked; a unit entry that does not fit the protocol is acknowledged, deleted and
 logged, never run and never fatal. Redis unreachable or restarted: every loop retries with backoff, and a units
@@ -33,7 +36,7 @@ from . import fairness
 from .caps import caps_json, caps_of, digest_of, lacks, tags_fit
 from .connection import (SOCKET_TIMEOUT, Backoff, NoGroup, end_tasks, ensure_group, open_redis, pause_unless,
                          redis_errors)
-from .keys import CAPS_REREAD, CAPS_TTL, GROUP, HEARTBEAT_INTERVAL, HEARTBEAT_TTL, PoolKeys
+from .keys import CAPS_REREAD, CAPS_TTL, GROUP, HEARTBEAT_INTERVAL, HEARTBEAT_TTL, WAKE_WAIT, PoolKeys
 from .protocol import (AGENT_NAME, MAX_JOB_BYTES, MAX_TAGS, MAX_UNIT_BYTES, TAG, Busy, Caps, Heartbeat,
                        JobRecord, ReplyHead, UnitEntry, decode, encode, field_of)
 from .unit_run import ReplySender, run_unit
@@ -52,12 +55,12 @@ class AgentTiming:
 
     heartbeat: float = HEARTBEAT_INTERVAL
     heartbeat_ttl: int = HEARTBEAT_TTL
-    idle: float = 0.1
-    """Pause when no job had a unit for it."""
+    idle: float = WAKE_WAIT
+    """The longest wait for a wake-up when no job had a unit for it."""
     comfyui_check: float = 5.0
     caps_reread: float = CAPS_REREAD
-    progress: float = 0.25
-    """At most four progress (or preview) replies a second."""
+    progress: float = 1.0
+    """At most one progress (or preview) reply a second: a master with hundreds of agents reads every one."""
 
 
 def check_identity(name: str, tags: list[str]) -> None:
@@ -106,6 +109,8 @@ class Agent:
         """(job, position, attempt) of every unit it ran to a reply, in order (for tests and the log)."""
         self.refused = 0
         self._redis: Any = None
+        self._woken = "0-0"
+        """The newest wake-up entry seen before the last look at the jobs: a wait for work starts after it."""
         self._stopping = asyncio.Event()
         self._give_back = False
         self._unit: asyncio.Task[None] | None = None
@@ -239,7 +244,7 @@ class Agent:
                 await backoff.wait(self._stopping)
                 continue
             if not served:
-                await pause_unless(self._stopping, self.timing.idle)
+                await self._wait_for_work()
 
     async def _turn(self) -> bool:
         """Serve one unit of the fairest job that has one for this agent; False when none had."""
@@ -260,11 +265,25 @@ class Agent:
             return True
         return False
 
+    async def _wait_for_work(self) -> None:
+        """Until a master adds a unit after the last look at the jobs, or :attr:`AgentTiming.idle` seconds; a
+        plain pause while its ComfyUI is not ready (it would take nothing anyway)."""
+        if not self.comfyui_up or self.caps is None:
+            await pause_unless(self._stopping, self.timing.idle)
+            return
+        with redis_errors("XREAD wake", self.url):
+            await self._redis.xread({self.keys.wake: self._woken}, count=1, block=max(1, int(self.timing.idle * 1000)))
+
     async def _eligible_jobs(self) -> dict[str, JobRecord]:
         """The open jobs this agent can run, oldest first; jobs whose master is long gone are taken off the list."""
         client = self._redis
         with redis_errors("ZRANGE jobs", self.url):
-            ids = [_text(raw) for raw in await client.zrange(self.keys.jobs, 0, MAX_JOBS_SEEN - 1)]
+            async with client.pipeline(transaction=False) as pipe:
+                pipe.xrevrange(self.keys.wake, count=1)
+                pipe.zrange(self.keys.jobs, 0, MAX_JOBS_SEEN - 1)
+                newest, raw_ids = await pipe.execute()
+            self._woken = _text(newest[0][0]) if newest else "0-0"
+            ids = [_text(raw) for raw in raw_ids]
             if not ids:
                 return {}
             async with client.pipeline(transaction=False) as pipe:

@@ -23,13 +23,14 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any, Iterable
 
+from ..config import redacted_url
 from ..errors import PoolError, PoolProtocolError, PoolUnavailable
 from ..worker_client import DEFAULT_MAX_FILE_BYTES, MIB, clip_text
 from ..worker_client.answers import size_text
 from .caps import digest_of, lacks
 from .connection import SOCKET_TIMEOUT, end_tasks, ensure_group, open_redis, pause_unless, redis_errors
 from .inbox import READ_BLOCK_MS, ReplyInbox
-from .keys import FILE_TTL, GROUP, LEASE_INTERVAL, LEASE_TTL, UNITS_MAXLEN, PoolKeys
+from .keys import FILE_TTL, GROUP, LEASE_INTERVAL, LEASE_TTL, UNITS_MAXLEN, WAKE_MAXLEN, PoolKeys
 from .protocol import (MAX_CAPS_BYTES, MAX_HEARTBEAT_BYTES, MAX_UNIT_BYTES, Caps, Heartbeat, JobRecord, Needs,
                        UnitEntry, UnitReply, decode, encode, field_of)
 
@@ -40,6 +41,8 @@ MAX_AGENTS = 10_000
 JOB_TTL_FACTOR = 3
 """A job's record and units stream live this many lease lifetimes unless refreshed: a dead master's job goes away."""
 RECLAIM_BATCH = 1000
+SUBMIT_BATCH = 500
+"""Unit attempts sent to Redis in one pipeline at most."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -81,6 +84,17 @@ class Reclaimed:
 
 
 @dataclass(slots=True)
+class _Outgoing:
+    """A unit attempt on its way into its job's stream, and the future of its entry id."""
+
+    job_id: str
+    position: int
+    attempt: int
+    data: bytes
+    done: asyncio.Future[str]
+
+
+@dataclass(slots=True)
 class _OpenJob:
     record: JobRecord
     submitted: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -103,8 +117,13 @@ class PoolBroker:
         self._jobs: dict[str, _OpenJob] = {}
         self._names: dict[str, str] = {}
         self._caps: dict[str, Caps] = {}
+        self._beats: dict[bytes, Heartbeat] = {}
+        """The heartbeats read last, by their bytes."""
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = asyncio.Event()
+        self._outbox: list[_Outgoing] = []
+        """Unit attempts submitted and not yet sent: those of one moment go to Redis in one round trip."""
+        self._sending: asyncio.Task[None] | None = None
         self.inbox = ReplyInbox(self._client, self.keys.reply(self.master_id), url, max_file_bytes,
                                 max_reply_bytes, self._finished)
 
@@ -137,6 +156,8 @@ class PoolBroker:
         """Stop the tasks and close the connection; open jobs are left to expire (call close_job first)."""
         tasks, self._tasks = self._tasks, []
         self._stopping.set()
+        if self._sending is not None:  # the units submitted last reach Redis (or fail) before the connection goes
+            await asyncio.gather(self._sending, return_exceptions=True)
         await end_tasks(tasks, READ_BLOCK_MS / 1000 + SOCKET_TIMEOUT)
         client, self._redis = self._redis, None
         if client is not None:
@@ -150,18 +171,25 @@ class PoolBroker:
         with redis_errors("SCAN agents", self.url):
             keys = [key async for key in client.scan_iter(match=self.keys.agent_pattern, count=1000)][:MAX_AGENTS]
             raws = await client.mget(keys) if keys else []
-        live = []
+        live, beats = [], {}
         for key, raw in zip(keys, raws):
             if raw is None:
                 continue  # expired between SCAN and MGET
-            try:
-                beat = decode(Heartbeat, raw, MAX_HEARTBEAT_BYTES, f"heartbeat {key!r}")
-            except PoolProtocolError as exc:
-                log.warning("Multi-GPU pool: %s; skipped", exc)
+            beat = self._beats.get(raw) or self._heartbeat(key, raw)
+            if beat is None:
                 continue
+            beats[raw] = beat
             self._names[beat.id] = beat.name
             live.append(LiveAgent(beat, await self._caps_of(beat.caps)))
+        self._beats = beats  # an agent's heartbeat changes when its state does: the others are not decoded again
         return sorted(live, key=lambda agent: (agent.name, agent.id))
+
+    def _heartbeat(self, key: Any, raw: bytes) -> Heartbeat | None:
+        try:
+            return decode(Heartbeat, raw, MAX_HEARTBEAT_BYTES, f"heartbeat {key!r}")
+        except PoolProtocolError as exc:
+            log.warning("Multi-GPU pool: %s; skipped", exc)
+            return None
 
     async def _caps_of(self, digest: str | None) -> Caps | None:
         if digest is None:
@@ -223,20 +251,57 @@ class PoolBroker:
                 await pipe.execute()
 
     async def submit(self, job_id: str, unit: UnitEntry) -> str:
-        """Add one unit attempt to the job's stream; its entry id. Watch its replies first (:meth:`watch`)."""
-        job = self._jobs.get(job_id)
-        if job is None or unit.job_id != job_id:
+        """Add one unit attempt to the job's stream; its entry id. Watch its replies first (:meth:`watch`).
+
+        The attempts submitted in the same moment (a job's first units, hundreds with a big pool) go to Redis in
+        one pipeline with one wake-up entry for the idle agents (:data:`.keys.WAKE_MAXLEN`)."""
+        if self._jobs.get(job_id) is None or unit.job_id != job_id:
             raise PoolError(f"unit {unit.position} names job {unit.job_id}, which this broker has not opened")
         data = encode(unit)
         if len(data) > MAX_UNIT_BYTES:
             raise PoolError(f"unit {unit.position} of job {job_id} is {len(data)} bytes of JSON, more than the "
                             f"pool's cap of {size_text(MAX_UNIT_BYTES)}")
-        with redis_errors(f"XADD units of job {job_id}", self.url):
-            entry = await self._client().xadd(self.keys.units(job_id), {"unit": data}, maxlen=UNITS_MAXLEN,
-                                              approximate=True)
-        entry_id = entry.decode() if isinstance(entry, bytes) else str(entry)
-        job.submitted[entry_id] = (unit.position, unit.attempt)
-        return entry_id
+        outgoing = _Outgoing(job_id, unit.position, unit.attempt, data, asyncio.get_running_loop().create_future())
+        self._outbox.append(outgoing)
+        if self._sending is None or self._sending.done():
+            self._sending = asyncio.create_task(self._send_outbox(), name="pool-submit")
+        return await outgoing.done
+
+    async def _send_outbox(self) -> None:
+        await asyncio.sleep(0)  # the units submitted in this moment join the batch
+        while self._outbox:
+            batch = [item for item in self._outbox[:SUBMIT_BATCH] if not item.done.done()]  # cancelled: not sent
+            del self._outbox[:SUBMIT_BATCH]
+            if batch:
+                await self._send_batch(batch)
+
+    async def _send_batch(self, batch: list[_Outgoing]) -> None:
+        try:
+            with redis_errors(f"XADD units of job {batch[0].job_id}", self.url):
+                async with self._client().pipeline(transaction=False) as pipe:
+                    for item in batch:
+                        pipe.xadd(self.keys.units(item.job_id), {"unit": item.data}, maxlen=UNITS_MAXLEN,
+                                  approximate=True)
+                    pipe.xadd(self.keys.wake, {"job": batch[-1].job_id.encode()}, maxlen=WAKE_MAXLEN,
+                              approximate=True)  # after the units: an agent it wakes finds them
+                    answers = await pipe.execute(raise_on_error=False)
+        except PoolError as exc:
+            for item in batch:
+                if not item.done.done():
+                    item.done.set_exception(exc)
+            return
+        for item, answer in zip(batch, answers):
+            if item.done.done():
+                continue
+            if isinstance(answer, Exception):
+                item.done.set_exception(PoolError(f"XADD units of job {item.job_id}: Redis at "
+                                                  f"{redacted_url(self.url)} answered: {clip_text(answer, 200)}"))
+                continue
+            entry_id = answer.decode() if isinstance(answer, bytes) else str(answer)
+            job = self._jobs.get(item.job_id)
+            if job is not None:
+                job.submitted[entry_id] = (item.position, item.attempt)
+            item.done.set_result(entry_id)
 
     # --- replies ---------------------------------------------------------------------------------
 

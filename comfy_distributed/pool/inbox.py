@@ -11,6 +11,7 @@ logged and dropped. Redis going away pauses the reading (with backoff), never en
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from typing import Any, Callable
 
@@ -39,6 +40,8 @@ class ReplyInbox:
         """Told of every done or failed reply (the broker forgets the attempt's entry)."""
         self._queues: dict[Key, asyncio.Queue[UnitReply]] = {}
         self.last_id = "0-0"
+        self._read: list[Any] = []
+        """Entries read and routed, deleted from the stream with the next read."""
         self.dropped = 0
         """Replies refused or nobody watched (for tests and logs)."""
 
@@ -81,20 +84,28 @@ class ReplyInbox:
             except PoolError as exc:
                 log.warning("Multi-GPU pool: reading replies: %s; retrying", exc)
                 await backoff.wait(stopping)
+        if self._read:
+            with contextlib.suppress(PoolError):
+                with redis_errors(f"XDEL {self.stream}", self._url):
+                    await self._client().xdel(self.stream, *self._read)
+            self._read = []
 
     async def _read_once(self) -> None:
+        """Read what came (waiting up to :data:`READ_BLOCK_MS`), route it; the entries read before are deleted in
+        the same round trip (a done reply's files must not stay in Redis until the stream is trimmed)."""
         client = self._client()
         with redis_errors(f"XREAD {self.stream}", self._url):
-            answer = await client.xread({self.stream: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
-        read = []
+            async with client.pipeline(transaction=False) as pipe:
+                if self._read:
+                    pipe.xdel(self.stream, *self._read)
+                pipe.xread({self.stream: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
+                answer = (await pipe.execute())[-1]
+        self._read = []
         for _stream, entries in answer or []:
             for entry_id, fields in entries:
-                read.append(entry_id)
+                self._read.append(entry_id)
                 self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                 self._route(self.last_id, fields)
-        if read:
-            with redis_errors(f"XDEL {self.stream}", self._url):
-                await client.xdel(self.stream, *read)
 
     def _route(self, entry_id: str, fields: Any) -> None:
         try:

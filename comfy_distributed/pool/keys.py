@@ -18,6 +18,9 @@ key                         type         what, who writes it, how long it lives
 ``file:{sha256}``           string       an input file's bytes, SET NX EX :data:`FILE_TTL` (content-addressed)
 ``reply:{master_id}``       stream       what agents send back to one master (progress, done, failed, preview),
                                          read with plain XREAD; EX :data:`REPLY_TTL` after each entry
+``wake``                    stream       one small entry per unit attempt a master adds (its job id), trimmed to about
+                                         :data:`WAKE_MAXLEN`: an idle agent blocks on it (``XREAD BLOCK``) instead of
+                                         asking every job again and again
 ==========================  ===========  ===========================================================================
 
 Delivery: an agent takes an entry with ``XREADGROUP GROUP agents {agent_id} COUNT 1 ... >`` and, while it runs the
@@ -52,6 +55,11 @@ UNITS_MAXLEN = 100_000
 """Approximate trim of a units stream on each add: a safety net only (finished entries are deleted), so the engine
 must not keep more open units than this in one job."""
 REPLY_MAXLEN = 10_000
+"""Approximate trim of a reply stream on each add; the master also deletes each entry it has read."""
+WAKE_MAXLEN = 1000
+"""Approximate trim of the wake-up stream: only its newest entries matter."""
+WAKE_WAIT = 2.0
+"""Seconds an idle agent waits for a wake-up before it looks at the open jobs again anyway."""
 """Approximate trim of a reply stream on each add; the master also deletes each entry it has read."""
 
 
@@ -90,3 +98,7 @@ class PoolKeys:
 
     def reply(self, master_id: str) -> str:
         return f"{self.base}reply:{master_id}"
+
+    @property
+    def wake(self) -> str:
+        return self.base + "wake"

@@ -68,6 +68,8 @@ class PoolMember:
         self.agents: list[LiveAgent] = []
         """Those whose ComfyUI answers and that offer this master's tags: one slot each."""
         self._able: dict[bytes, list[LiveAgent]] = {}
+        self._info: dict[str, Any] | None = None
+        """:meth:`object_info`, until the agents are read again."""
         """Per a unit's needs (as JSON): those of :attr:`agents` that can run it, until the agents are read again."""
         self._reclaimed: dict[str, float] = {}
         """Per job: when Redis was last asked for its dead agents' entries (one ask serves all its waiting units)."""
@@ -132,7 +134,7 @@ class PoolMember:
         self.live = await self.broker.agents()
         tags = set(self.tags)
         self.agents = [agent for agent in self.live if agent.heartbeat.comfyui and tags <= set(agent.heartbeat.tags)]
-        self._able = {}
+        self._able, self._info = {}, None
         self.slots = {str(slot.id): slot for slot in map(self._slot, range(1, len(self.agents) + 1))}
 
     def _slot(self, k: int) -> WorkerConfig:
@@ -164,14 +166,25 @@ class PoolMember:
         return config.model_copy(update={"workers": [*config.workers, *slots]}) if slots else config
 
     def object_info(self) -> dict[str, Any]:
-        """What some live agent can run, in ``/object_info``'s shape (a preflight against a slot asks this)."""
+        """What some live agent can run, in ``/object_info``'s shape (a preflight against a slot asks this); merged
+        once per reading of the agents (every slot of every job asks)."""
+        if self._info is None:
+            self._info = self._merged_info()
+        return self._info
+
+    def _merged_info(self) -> dict[str, Any]:
         info: dict[str, Any] = {}
-        for agent in self.agents:
-            for class_type, inputs in (agent.caps.classes if agent.caps is not None else {}).items():
+        seen: set[str] = set()
+        caps = {agent.heartbeat.caps: agent.caps for agent in self.agents if agent.caps is not None}
+        for one in caps.values():  # agents of the same install share their caps
+            for class_type, inputs in one.classes.items():
                 required = info.setdefault(class_type, {"input": {"required": {}}})["input"]["required"]
                 for name, choices in inputs.items():
                     known = required.setdefault(name, [[]])[0]
-                    known.extend(c for c in choices if c not in known)
+                    for choice in choices:
+                        if (key := f"{class_type}\0{name}\0{choice}") not in seen:
+                            seen.add(key)
+                            known.append(choice)
         return info
 
     def uploaded(self, job_id: str) -> list[str]:
