@@ -395,13 +395,14 @@ class JobScheduler:
 
     def _assign(self) -> list[Action]:
         actions: list[Action] = []
-        busy = {r.worker for r in self.records.values() if r.state is UnitState.RUNNING}
-        for worker in self.workers:
-            if worker in self.excluded or worker in busy:
-                continue
-            position = self._next_for(worker)
-            if position is not None:
-                actions.append(self._dispatch(position, worker))
+        if self.shared or any(self.queues.values()):  # else no worker has a unit to take: skip the walk over all
+            busy = {r.worker for r in self.records.values() if r.state is UnitState.RUNNING}
+            for worker in self.workers:
+                if worker in self.excluded or worker in busy:
+                    continue
+                position = self._next_for(worker)
+                if position is not None:
+                    actions.append(self._dispatch(position, worker))
         if self.master_free and (self.master_participates or set(self.workers) <= self.excluded):
             position = self._next_for(MASTER)
             if position is not None:
