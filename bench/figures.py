@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Iterable
 
 RESULTS_PATH = Path(__file__).resolve().parent / "RESULTS.md"
-DECIMALS = {"ratio": 3, "ms": 1, "MB/s": 0, "s": 2}
+DECIMALS = {"ratio": 3, "ms": 1, "MB/s": 0, "s": 2, "units": 2}
 
 
 @dataclass(slots=True, frozen=True)

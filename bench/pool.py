@@ -6,6 +6,11 @@ with real workers. The child prints ``{"ports": [...]}`` once every stand-in lis
 stops when its stdin is closed.
 
     python -m bench.pool --scales 1,1,3 --dir /tmp/pool   # the child side, started by StandinPool
+
+With ``agents`` (a pool's Redis URL), each stand-in also gets a pool agent beside it in the child (the project's own
+:class:`~comfy_distributed.pool.agent.Agent`, with its default timing), and the ports are printed once every
+agent has published what its stand-in can run. Each unit an agent served is then written, on stop, to
+``served.jsonl`` in the directory: ``{"agent", "job", "position", "started", "ended"}`` (wall-clock seconds).
 """
 
 from __future__ import annotations
@@ -22,8 +27,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-READY_TIMEOUT = 60.0
-STOP_TIMEOUT = 10.0
+READY_TIMEOUT = 120.0
+STOP_TIMEOUT = 20.0
 
 
 class PoolError(RuntimeError):
@@ -33,9 +38,10 @@ class PoolError(RuntimeError):
 class StandinPool:
     """``with StandinPool([1, 1, 3], tmp) as pool: pool.ports`` -- one stand-in per delay scale."""
 
-    def __init__(self, scales: list[float], base_dir: Path) -> None:
+    def __init__(self, scales: list[float], base_dir: Path, agents: str | None = None) -> None:
         self.scales = scales
         self.base_dir = Path(base_dir)
+        self.agents = agents
         self.ports: list[int] = []
         self._process: subprocess.Popen | None = None
 
@@ -45,7 +51,7 @@ class StandinPool:
         with log:
             self._process = subprocess.Popen(
                 [sys.executable, "-m", "bench.pool", "--scales", ",".join(map(str, self.scales)),
-                 "--dir", str(self.base_dir)],
+                 "--dir", str(self.base_dir), *(["--agents", self.agents] if self.agents else [])],
                 cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log,
             )
         try:
@@ -102,7 +108,13 @@ class StandinPool:
             process.stdout.close()
 
 
-async def serve(scales: list[float], base_dir: Path) -> None:
+    def served(self) -> list[dict]:
+        """The units the child's agents served (after :meth:`stop`)."""
+        path = self.base_dir / "served.jsonl"
+        return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
+
+
+async def serve(scales: list[float], base_dir: Path, agents_url: str | None = None) -> None:
     from tests.standin import StandinComfy
 
     async with contextlib.AsyncExitStack() as stack:
@@ -111,16 +123,55 @@ async def serve(scales: list[float], base_dir: Path) -> None:
             server = await stack.enter_async_context(StandinComfy(base_dir / f"w{index}", name=f"w{index}"))
             server.execution_delay_scale = scale
             servers.append(server)
+        agents = await start_agents(agents_url, servers, base_dir) if agents_url else []
         print(json.dumps({"ports": [s.port for s in servers]}), flush=True)
-        await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sys.stdin.buffer.read)
+        finally:
+            await stop_agents(agents, base_dir)
+
+
+async def start_agents(url: str, servers: list, base_dir: Path) -> list:
+    """An agent beside each stand-in, each unit it serves timed; returned once all of them can take units."""
+    from comfy_distributed.pool import agent as agent_module
+    from comfy_distributed.pool.agent import Agent
+
+    served: list[dict] = []
+    real_run_unit = agent_module.run_unit
+
+    async def timed_run_unit(comfy, redis, pool_url, keys, caps, unit, sender) -> None:
+        started = time.time()
+        await real_run_unit(comfy, redis, pool_url, keys, caps, unit, sender)
+        served.append({"agent": comfy.worker.name, "job": unit.job_id, "position": unit.position,
+                       "started": started, "ended": time.time()})
+
+    agent_module.run_unit = timed_run_unit  # type: ignore[assignment]
+    agents = [Agent(url, s.url, name=f"a{index}") for index, s in enumerate(servers)]
+    tasks = [asyncio.create_task(agent.run()) for agent in agents]
+    deadline = time.monotonic() + READY_TIMEOUT - 10
+    while not all(a.comfyui_up and a.caps is not None for a in agents):
+        if time.monotonic() > deadline or any(t.done() for t in tasks):
+            raise RuntimeError("the stand-ins' agents did not all get ready")
+        await asyncio.sleep(0.2)
+    start_agents.served = served  # type: ignore[attr-defined]
+    return list(zip(agents, tasks))
+
+
+async def stop_agents(agents: list, base_dir: Path) -> None:
+    for agent, _ in agents:
+        agent.stop(give_back=True)
+    await asyncio.gather(*(task for _, task in agents), return_exceptions=True)
+    served = getattr(start_agents, "served", [])
+    (base_dir / "served.jsonl").write_text("".join(json.dumps(item) + "\n" for item in served))
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--scales", required=True, help="comma-separated execution_delay_scale, one per stand-in")
     parser.add_argument("--dir", required=True, type=Path, help="base directory of the stand-ins")
+    parser.add_argument("--agents", metavar="REDIS_URL", help="a pool agent beside each stand-in, on this Redis")
     args = parser.parse_args(argv)
-    asyncio.run(serve([float(s) for s in args.scales.split(",")], args.dir))
+    asyncio.run(serve([float(s) for s in args.scales.split(",")], args.dir, args.agents))
 
 
 if __name__ == "__main__":
