@@ -1,12 +1,14 @@
-// The Multi-GPU sidebar panel: a master card, a card per worker, the running jobs, the worker form
-// and the settings. It draws the store's state and calls the actions; the store is fed by the
-// websocket listeners in multigpu.js, so the panel only polls for VRAM (no faster than the health TTL).
+// The Multi-GPU sidebar panel: a master card, a card per worker, the running jobs, the worker form, the shared
+// pool's agents (multigpu_pool_panel.js) and the settings. It draws the store's state and calls the actions; the
+// store is fed by the websocket listeners in multigpu.js, so the panel only polls for VRAM (no faster than the
+// health TTL).
 
 import { button, h, meter, setAvailable, setText } from "./multigpu_dom.js";
 import { createSettings, createWorkerForm } from "./multigpu_editors.js";
+import { poolSummary } from "./multigpu_pool.js";
+import { createPoolSection } from "./multigpu_pool_panel.js";
 import {
-  PASSIVE_MESSAGE, activeJobs, clusterLine, configWarnings, launchableIds, masterCard, pollIntervalMs, poolLines,
-  summary,
+  PASSIVE_MESSAGE, activeJobs, clusterLine, configWarnings, launchableIds, masterCard, pollIntervalMs, summary,
   tokenPrompt, workerCards,
 } from "./multigpu_state.js";
 
@@ -203,7 +205,6 @@ function createHeader({ actions, store }) {
   const clusterText = h("div", { class: "mgpu-summary mgpu-cluster", dataset: { part: "cluster" } });
   const banner = h("div", { class: "mgpu-banner", role: "alert", hidden: true });
   const warnings = createConfigWarnings();
-  const pool = createPoolList();
   const launchAll = button("pi-play", "Launch workers", () => actions.launch(launchableIds(store.state)),
                            { action: "launch-all", title: "Launch every enabled worker that is offline" });
   const toolbar = h("div", { class: "mgpu-toolbar" }, launchAll,
@@ -212,17 +213,16 @@ function createHeader({ actions, store }) {
     h("span", { class: "mgpu-spacer" }),
     button("pi-refresh", "Refresh", () => actions.refresh(), { action: "refresh", iconOnly: true }));
   const el = h("div", { class: "mgpu-header" },
-    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, clusterText, pool.el, toolbar, banner,
-    warnings.el);
+    h("div", { class: "mgpu-title", text: "Multi-GPU" }), summaryText, clusterText, toolbar, banner, warnings.el);
   return {
     el,
     update(state) {
       toolbar.hidden = state.passive;  // its buttons would only fail where the routes are missing
-      setText(summaryText, state.passive ? null : state.config ? summary(state) : "Loading…");
+      setText(summaryText, state.passive ? null : state.config
+        ? [summary(state), poolSummary(state)].filter(Boolean).join(" · ") : "Loading…");
       setText(clusterText, state.passive ? null : clusterLine(state));
       setText(banner, state.passive ? null : state.error);
       warnings.update(state.passive ? [] : configWarnings(state));
-      pool.update(state.passive ? [] : poolLines(state));
       setAvailable(launchAll, true, launchableIds(state).length > 0);
     },
   };
@@ -244,24 +244,6 @@ function createConfigWarnings() {
       if (lines === shown) return;
       shown = lines;
       list.replaceChildren(...lines.map((line) => h("li", { class: "mgpu-warning", text: line })));
-    },
-  };
-}
-
-/** The shared pool and its agents (GET /multigpu/status' pool): a list of lines, hidden without a pool; redrawn only
- *  when a line changes. */
-function createPoolList() {
-  const list = h("ul", { class: "mgpu-pool", dataset: { part: "pool" }, hidden: true });
-  let shown = "";
-  return {
-    el: list,
-    update(lines) {
-      list.hidden = lines.length === 0;
-      const text = lines.join("\n");
-      if (text === shown) return;
-      shown = text;
-      list.replaceChildren(...lines.map((line, i) => h("li", { class: i ? "mgpu-pool-agent" : "mgpu-pool-title",
-                                                                text: line })));
     },
   };
 }
@@ -311,9 +293,10 @@ export function mountPanel(root, { store, actions, client, confirm, showPreviews
   const notice = createPassiveNotice();
   const parts = [createTokenPrompt({ actions, client, store }), createJobList(), createCardList(ctx)];
   const settings = createSettings({ client, actions });
+  const pool = createPoolSection();
   const content = h("div", { class: "mgpu-content" }, parts.map((part) => part.el),
     h("div", { class: "mgpu-add" }, button("pi-plus", "Add worker", () => workerForm.open(null), { action: "add-worker" })),
-    workerForm.el, settings.el);
+    workerForm.el, pool.el, settings.el);
   root.replaceChildren(h("div", { class: "mgpu-panel" }, header.el, notice.el, content));
 
   const update = (state) => {
@@ -321,7 +304,7 @@ export function mountPanel(root, { store, actions, client, confirm, showPreviews
     notice.update(state);
     content.hidden = state.passive;
     if (state.passive) return;  // cards, forms and settings stay as they were until a master answers
-    for (const part of [...parts, settings]) part.update(state);
+    for (const part of [...parts, pool, settings]) part.update(state);
   };
   let timer = null;
   let alive = true;

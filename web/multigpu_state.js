@@ -427,25 +427,6 @@ export function configWarnings(state) {
   return state.configWarnings || [];
 }
 
-/** The shared pool, one line for it and one per live agent (what it runs), from GET /multigpu/status' pool; none
- *  without a pool. Every value is the master's text, shown as text. */
-export function poolLines(state) {
-  const pool = state.pool;
-  if (!pool || typeof pool.pool !== "string") return [];
-  if (!pool.joined) return [`Shared ${pool.pool}: not reached yet (the master keeps trying)`];
-  const agents = (Array.isArray(pool.agents) ? pool.agents : []).filter((a) => a && typeof a.name === "string");
-  const busy = agents.filter((a) => a.busy).length;
-  const lines = [`Shared ${pool.pool}: ${agents.length} agent${agents.length === 1 ? "" : "s"}`
-                 + (busy ? `, ${busy} running a unit` : "")];
-  for (const agent of agents) {
-    const tags = Array.isArray(agent.tags) && agent.tags.length ? ` [${agent.tags.join(", ")}]` : "";
-    const what = !agent.comfyui ? "its ComfyUI does not answer"
-      : agent.busy ? `running unit ${agent.busy.position} of job ${String(agent.busy.job_id).slice(0, 8)}` : "idle";
-    lines.push(`${agent.name}${tags}: ${what}`);
-  }
-  return lines;
-}
-
 /** The master's one line about the whole cluster (prompts, units, time left), from GET /multigpu/status. */
 export function clusterLine(state) {
   return state.cluster && typeof state.cluster.line === "string" ? state.cluster.line : null;

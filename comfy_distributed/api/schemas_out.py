@@ -229,6 +229,8 @@ class PoolStatus(BaseModel):
 
     pool: str = Field(description="its name and Redis URL, without the password")
     joined: bool = Field(description="whether Redis answered: before, the pool gives no participant")
+    master: str = Field(description="this master's id in the pool: an agent whose busy.master is this id runs a unit "
+                                    "of this master's jobs, another id a unit of another master's")
     agents: list[PoolAgent]
 
 

@@ -144,8 +144,9 @@ class PoolMember:
         return self._issued[key]
 
     def status(self) -> dict[str, Any]:
-        """The pool as ``GET /multigpu/status`` shows it: its live agents, what each runs."""
-        return {"pool": self.label, "joined": self.joined, "agents": [
+        """The pool as ``GET /multigpu/status`` shows it: its live agents, what each runs, and this master's id in
+        the pool (an agent's ``busy.master``: whether the unit it runs is this master's or another's)."""
+        return {"pool": self.label, "joined": self.joined, "master": self.broker.master_id, "agents": [
             {"id": a.id, "name": a.name, "tags": list(a.heartbeat.tags), "comfyui": a.heartbeat.comfyui,
              "busy": a.heartbeat.busy.model_dump() if a.heartbeat.busy is not None else None,
              "checkpoint": a.heartbeat.checkpoint} for a in self.live]}

@@ -460,6 +460,40 @@ async function run() {
     fs.writeFileSync(plan.config_path, JSON.stringify(config));
     return text;
   });
+
+  await step("a pool's agents as cards, a hostile agent's words as text (the pool added to the status)", async () => {
+    // no Redis here: the master's own status answer, with a pool as a master that joined one gives it
+    const hostile = '<img src=x onerror="window.__mgpuInjected = true">';
+    const pool = { pool: "pool 'browser' at redis://127.0.0.1:6379/0", joined: true, master: "m-self", agents: [
+      { id: "a1", name: hostile, tags: [hostile], comfyui: true, checkpoint: hostile,
+        busy: { job_id: "0123456789abcdef", position: 1, attempt: 2, master: "m-other" } },
+      { id: "a2", name: "Idle agent", tags: [], comfyui: false, busy: null, checkpoint: null },
+    ] };
+    const withPool = async (route) => {
+      const response = await route.fetch();
+      await route.fulfill({ response, json: { ...(await response.json()), pool } });
+    };
+    await page.route("**/multigpu/status", withPool);
+    try {
+      const agent = page.locator('.mgpu-pool .mgpu-card[data-agent-id="a1"]');
+      await agent.waitFor({ timeout: 5000 + plan.ttl * 2000 });
+      const name = await agent.locator('[data-part="name"]').textContent();
+      if (name !== hostile) throw new Error(`the agent's name shows as "${name}"`);
+      const unit = await agent.locator('[data-part="unit"]').textContent();
+      if (!unit.includes("(another master's)")) throw new Error(`its unit shows as "${unit}"`);
+      if (await page.locator(".mgpu-pool img").count()) throw new Error("an agent's words became an element");
+      if (await agent.locator("button").count()) throw new Error("an agent's card has a button");
+      if (await page.evaluate(() => window.__mgpuInjected)) throw new Error("an agent's words ran as markup");
+      const down = await page.locator('.mgpu-card[data-agent-id="a2"]').getAttribute("data-status");
+      if (down !== "error") throw new Error(`an agent without ComfyUI shows as ${down}`);
+      const summaryLine = await page.locator(".mgpu-header .mgpu-summary").first().textContent();
+      if (!summaryLine.includes("2 pool agents")) throw new Error(`the summary says "${summaryLine}"`);
+      await shot("09-pool-agents", { panelOnly: true });
+      return summaryLine;
+    } finally {
+      await page.unroute("**/multigpu/status", withPool);
+    }
+  });
 }
 
 let code = 0;

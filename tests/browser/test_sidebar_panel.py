@@ -9,8 +9,9 @@ progress, sees a worker's live preview on its card while it samples the random S
 workers run with ``--preview-method latent2rgb``) and sees it go when the unit ends, clears VRAM, disables a worker, kills another mid-job and sees it offline within the
 health TTL, launches it again and reads its log from the card (and the cluster's line in the
 header), adds and removes a worker, edits a setting, fills a Multi-GPU Value node's per-worker
-table and sees each card show its value, and sees the master's card say when it only
-coordinates. Screenshots go to ``test-artifacts/browser/``.
+table and sees each card show its value, sees the master's card say when it only
+coordinates, and sees a pool's agents as cards (the pool added to the master's status answer in the browser: no
+Redis here), a hostile agent's name, tags and checkpoint shown as text. Screenshots go to ``test-artifacts/browser/``.
 
 Skipped, with the reason, without ``COMFYUI_PATH``, Node.js, ``node_modules/playwright-core``
 (``npm ci``) or a Chromium (``apt-get install chromium``; ``CHROMIUM_PATH`` names another one).
@@ -137,7 +138,7 @@ def test_sidebar_panel_in_chromium(tmp_path: Path, sd15_checkpoint: Path) -> Non
 
         report = json.loads(Path(plan["report"]).read_text())
         launched.extend(report["launched_pids"])
-        assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) == 20, report["steps"]
+        assert all(step["ok"] for step in report["steps"]) and len(report["steps"]) == 21, report["steps"]
         assert not report["extension_errors"], report["extension_errors"]
         assert report["timings"]["offline_after_kill_s"] <= HEALTH_TTL
         assert report["skipped"] == [], f"steps skipped in the browser: {report['skipped']}"

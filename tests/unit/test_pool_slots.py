@@ -5,14 +5,17 @@ from __future__ import annotations
 
 import asyncio
 
+from comfy_distributed.api.schemas_out import PoolStatus
 from comfy_distributed.config import GpuConfig, WorkerConfig
 from comfy_distributed.pool.broker import LiveAgent
 from comfy_distributed.pool.member import PoolMember
-from comfy_distributed.pool.protocol import Heartbeat
+from comfy_distributed.pool.protocol import Busy, Heartbeat
 
 
 class Heartbeats:
     """What a member reads of its broker here: the live agents, as the test sets them."""
+
+    master_id = "master-a"
 
     def __init__(self) -> None:
         self.live: list[LiveAgent] = []
@@ -48,3 +51,14 @@ def test_a_slot_never_takes_a_configured_workers_place():
     workers = member.with_slots(GpuConfig(workers=[mine])).workers
     assert [str(w.id) for w in workers] == ["pool-1", "pool-2"] and workers[0] is mine
     assert not member.owns(mine) and member.owns(workers[1])
+
+
+def test_the_pools_status_names_this_master_so_that_its_units_are_told_from_anothers():
+    heartbeats = Heartbeats()
+    member = PoolMember(heartbeats, "the test pool")  # type: ignore[arg-type]
+    heartbeats.live = [LiveAgent(Heartbeat(id="a0", name="gpu0", tags=["gpu24"], comfyui=True, checkpoint="sd15",
+                                           busy=Busy(job_id="j1", position=2, attempt=1, master="master-b")), None)]
+    asyncio.run(member.refresh())
+    shown = PoolStatus.model_validate(member.status())
+    assert shown.master == "master-a" and shown.agents[0].busy == {"job_id": "j1", "position": 2, "attempt": 1,
+                                                                  "master": "master-b"}

@@ -5,7 +5,7 @@ import { test } from "node:test";
 import { TOKEN_COMMAND, TOKEN_COMMAND_WINDOWS } from "../../web/multigpu_contract.js";
 import {
   PASSIVE_MESSAGE, activeJobs, createStore, formatAddress, formatBytes,
-  clusterLine, formatDuration, initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs, poolLines,
+  clusterLine, formatDuration, initialState, launchableIds, masterCard, memoryLabel, pollIntervalMs,
   renewMs,
   previewSource, readValueNode, reduce, summary, tokenPrompt,
   valueLines, vramUsage, workerAddress, workerCards, workerProgress,
@@ -352,25 +352,4 @@ test("the registration for the events is renewed at a third of its life, 10 s wh
   assert.equal(renewMs({ on: true, expires_in: 30 }), 10000);
   assert.equal(renewMs(null), 10000);
   assert.equal(renewMs({ expires_in: 0.3 }), 1000);
-});
-
-test("the shared pool: a line for it, one per live agent with what it runs, none without a pool", () => {
-  assert.deepEqual(poolLines(run({ type: "status", data: { workers: [], jobs: [] } })), []);
-  const waiting = { pool: "pool 'team' at redis://h:6379/0", joined: false, agents: [] };
-  assert.deepEqual(poolLines(run({ type: "status", data: { workers: [], jobs: [], pool: waiting } })),
-                   ["Shared pool 'team' at redis://h:6379/0: not reached yet (the master keeps trying)"]);
-  const pool = {
-    pool: "pool 'team' at redis://h:6379/0", joined: true, agents: [
-      { id: "a", name: "Ana 4090", tags: ["gpu24"], comfyui: true, checkpoint: null,
-        busy: { job_id: "0123456789abcdef", position: 2, attempt: 1, master: "m" } },
-      { id: "b", name: "<b>Bo</b>", tags: [], comfyui: true, busy: null, checkpoint: null },
-      { id: "c", name: "Cy", tags: [], comfyui: false, busy: null, checkpoint: null },
-    ],
-  };
-  assert.deepEqual(poolLines(run({ type: "status", data: { workers: [], jobs: [], pool } })), [
-    "Shared pool 'team' at redis://h:6379/0: 3 agents, 1 running a unit",
-    "Ana 4090 [gpu24]: running unit 2 of job 01234567",
-    "<b>Bo</b>: idle",  // shown as text (textContent), never as markup
-    "Cy: its ComfyUI does not answer",
-  ]);
 });
