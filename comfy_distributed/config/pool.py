@@ -28,6 +28,12 @@ HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])
                       r"[A-Za-z0-9])?)*$")
 """A DNS host name (labels of letters, digits and inner hyphens); a worker's host and the pool's are checked by it."""
 
+TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""An agent's tag (what its GPU offers, e.g. ``gpu48``): from ``--tags`` or a worker's ``pool_tags``."""
+MAX_TAGS = 32
+AGENT_NAME = re.compile(r"[\w .:@()+-]{1,100}")
+"""An agent's display name: letters, digits, spaces and ``_ . : @ ( ) + -``, at most 100 characters."""
+
 
 def is_ip(value: str) -> bool:
     """Whether ``value`` is an IPv4 or IPv6 address."""

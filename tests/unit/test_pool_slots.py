@@ -48,3 +48,25 @@ def test_a_slot_never_takes_a_configured_workers_place():
     workers = member.with_slots(GpuConfig(workers=[mine])).workers
     assert [str(w.id) for w in workers] == ["pool-1", "pool-2"] and workers[0] is mine
     assert not member.owns(mine) and member.owns(workers[1])
+
+
+def test_a_worker_given_to_the_pool_is_reached_through_the_pool_only(tmp_path):
+    """Its agent's slot is how the master reaches it: the worker itself is no direct participant then (its GPU would
+    be asked twice); without a pool it is a worker like any other."""
+    import json
+
+    from comfy_distributed.cluster.core import Cluster
+    from comfy_distributed.config import ConfigStore
+
+    path = tmp_path / "gpu_config.json"
+    path.write_text(json.dumps({"workers": [{"id": 1, "port": 8189, "pool_agent": True},
+                                            {"id": 2, "port": 8190}]}))
+    cluster = Cluster(ConfigStore(path), lambda event, data: None)
+    assert [str(w.id) for w in cluster.config().workers] == ["1", "2"]
+    heartbeats = Heartbeats()
+    heartbeats.live = agents(1)
+    cluster.pool = member = PoolMember(heartbeats, "the test pool")  # type: ignore[arg-type]
+    asyncio.run(member.refresh())
+    assert [str(w.id) for w in cluster.config().workers] == ["2", "pool-1"]
+    cluster.pool = None  # the stand-in broker has nothing to close
+    asyncio.run(cluster.close())
