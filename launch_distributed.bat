@@ -2,8 +2,8 @@
 rem ComfyUI-Distributed launcher: runs "comfy-distributed MODE ..." with ComfyUI's own Python.
 rem Keep it in the extension's folder (ComfyUI\custom_nodes\ComfyUI-Distributed) or copy it into ComfyUI's folder.
 rem   launch_distributed.bat all-slow        no argument: a menu
-rem Modes: master, workers, all-fast, all-slow, stop [NAME], status, restart NAME, run WORKFLOW.json,
-rem        token, venv, update, update-nodes (details: launch_distributed.bat --help)
+rem Modes: master, workers, all-fast, all-slow, stop [NAME], status, restart NAME, logs NAME, run WORKFLOW.json,
+rem        agent, token, venv, update, update-nodes (details: launch_distributed.bat --help)
 setlocal EnableExtensions
 set "HERE=%~dp0"
 set "EXT="

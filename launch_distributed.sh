@@ -2,8 +2,8 @@
 # ComfyUI-Distributed launcher: runs `comfy-distributed MODE ...` with ComfyUI's own Python.
 # Keep it in the extension's folder (ComfyUI/custom_nodes/ComfyUI-Distributed) or copy it into ComfyUI's folder.
 #   ./launch_distributed.sh all-slow        no argument: a menu
-# Modes: master, workers, all-fast, all-slow, stop [NAME], status, restart NAME, run WORKFLOW.json,
-#        token, venv, update, update-nodes (details: ./launch_distributed.sh --help)
+# Modes: master, workers, all-fast, all-slow, stop [NAME], status, restart NAME, logs NAME, run WORKFLOW.json,
+#        agent, token, venv, update, update-nodes (details: ./launch_distributed.sh --help)
 set -eu
 here=$(CDPATH='' cd -- "$(dirname -- "$0")" && pwd)
 ext=""

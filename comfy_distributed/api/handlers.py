@@ -41,6 +41,7 @@ from ..config import (
     WorkerConfig,
     public_view,
     settings_form,
+    pool_agent_warnings,
     unknown_key_warnings,
 )
 from ..errors import ConfigError, WorkerError, WorkflowError
@@ -309,14 +310,15 @@ class MultiGPUApi:
                 self._status_cache = (time.monotonic(), list(probed))
             workers = self._status_cache[1]
         jobs = self.orchestrator.jobs_summary()
+        pool = self.orchestrator.cluster.pool
         cluster = cluster_summary(self.master_queue(), workers, jobs)
         return web.json_response({
             "master": {"status": "online", **self._auth_info(config)},
             "workers": workers,
             "jobs": jobs,
             "cluster": {**cluster, "line": cluster_line(cluster)},
-            "config_warnings": unknown_key_warnings(config),
-            "pool": self.orchestrator.cluster.pool.status() if self.orchestrator.cluster.pool is not None else None,
+            "config_warnings": [*unknown_key_warnings(config), *pool_agent_warnings(config, pool is not None)],
+            "pool": pool.status() if pool is not None else None,
         })
 
     async def _probe(self, worker: WorkerConfig, settings: Settings) -> dict[str, Any]:

@@ -129,6 +129,10 @@ HEADERS = ("HTTP headers sent on every request to this worker; values are shown 
            "stored value, except when host or port changes: then the values must be sent again (a '***' is refused), "
            "and stored headers that are not sent again are dropped, so that no secret follows the worker to a new "
            "address")
+POOL_AGENT = ("give this worker to the shared pool: with a pool configured, the launcher starts a pool agent beside it "
+              "(a worker it starts on this machine only) and the master reaches it through the pool only")
+POOL_TAGS = ("the tags of its pool agent, e.g. [\"gpu48\"]: a job that requires tags runs only on agents that have all "
+             "of them")
 
 
 class RequestBody(BaseModel):
@@ -154,6 +158,8 @@ class WorkerFields(RequestBody):
     cuda_device: Annotated[Any, FromConfig(WorkerConfig, "cuda_device")] = unset()
     extra_args: Annotated[Any, FromConfig(WorkerConfig, "extra_args")] = unset(description=EXTRA_ARGS)
     headers: Annotated[Any, FromConfig(WorkerConfig, "headers")] = unset(description=HEADERS)
+    pool_agent: Annotated[Any, FromConfig(WorkerConfig, "pool_agent")] = unset(description=POOL_AGENT)
+    pool_tags: Annotated[Any, FromConfig(WorkerConfig, "pool_tags")] = unset(description=POOL_TAGS)
 
 
 class UpdateWorkerRequest(WorkerFields):

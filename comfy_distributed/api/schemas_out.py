@@ -244,7 +244,8 @@ class Status(BaseModel):
         description="keys of gpu_config.json that no part of the schema knows, one line each, naming where it is "
                     "(a worker by its id and name) and the known key it is nearest to, e.g. \"worker 2 (GPU 1): "
                     "unknown key 'enabeld' (did you mean 'enabled'?) is ignored\"; they are kept in the file but "
-                    "change nothing. Keys that begin with _ are notes and not listed")
+                    "change nothing. Keys that begin with _ are notes and not listed. Then a worker's pool_agent "
+                    "(or pool_tags) that does nothing: no pool configured, or a worker not started on this machine")
 
 
 class LaunchOutcome(BaseModel):

@@ -2,25 +2,30 @@
 
 The first signal lets the unit it runs finish, then it leaves; a second one gives that unit back to the pool at
 once (the master runs it elsewhere). A ComfyUI that does not answer yet is waited for, not an error: the agent says
-so and takes units once it answers. A bad pool URL, name or tag is an error before anything starts.
+so and takes units once it answers. A bad pool URL, name or tag is an error before anything starts. The pool's URL
+comes from ``--pool`` or, so that a password in it stays out of the process list (the launcher starts agents so), from
+``COMFY_DISTRIBUTED_POOL``.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 from pathlib import Path
 
 from ..errors import PoolError
+from ..pool.settings import POOL_ENV
 from .site import say
 
 DEFAULT_COMFYUI = "http://127.0.0.1:8188"
 
 
 def agent_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--pool", required=True, metavar="URL",
-                        help="the pool's Redis: redis://[user:password@]host:port/db (rediss:// for TLS)")
+    parser.add_argument("--pool", metavar="URL",
+                        help=f"the pool's Redis: redis://[user:password@]host:port/db (rediss:// for TLS); default: "
+                             f"${POOL_ENV}, which keeps a password out of the process list")
     parser.add_argument("--pool-name", default="default", metavar="NAME", help="the pool on that Redis")
     parser.add_argument("--name", metavar="NAME", help="how masters show this agent (default: agent-<id>)")
     parser.add_argument("--tags", default="", metavar="a,b",
@@ -33,7 +38,8 @@ def cmd_agent(args: argparse.Namespace) -> int:
     from ..pool.connection import redis_asyncio
     from ..pool.settings import pool_label, parse_pool
 
-    pool = parse_pool(args.pool, args.pool_name, "--pool")
+    url, source = pool_url(args.pool)
+    pool = parse_pool(url, args.pool_name, source)
     comfyui = comfyui_address(getattr(args, "comfyui", None))
     redis_asyncio()  # redis-py missing: said now, not from inside the loop
     tags = [tag.strip() for tag in args.tags.split(",") if tag.strip()]
@@ -42,6 +48,16 @@ def cmd_agent(args: argparse.Namespace) -> int:
         "gives it back")
     asyncio.run(_run(agent))
     return 0
+
+
+def pool_url(option: str | None) -> tuple[str, str]:
+    """The pool's URL and where it came from: ``--pool``, else ``$COMFY_DISTRIBUTED_POOL``; PoolError: neither."""
+    if option:
+        return option, "--pool"
+    url = os.environ.get(POOL_ENV, "").strip()
+    if not url:
+        raise PoolError(f"give the pool's Redis with --pool URL or in {POOL_ENV} (e.g. redis://127.0.0.1:6379/0)")
+    return url, POOL_ENV
 
 
 def comfyui_address(value: str | None) -> str:

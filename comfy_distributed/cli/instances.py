@@ -225,10 +225,10 @@ def format_status(statuses: list[InstanceStatus], seen_by_master: dict[str, str]
 
 def _status_row(status: InstanceStatus, seen_by_master: dict[str, str]) -> list[str]:
     instance = status.instance
-    where = {"local": "here", "external": instance.url.removeprefix("http://")}.get(instance.kind, "")
+    where = {"local": "here", "agent": "here", "external": instance.url.removeprefix("http://")}.get(instance.kind, "")
     if instance.kind == "ssh" and instance.worker is not None and instance.worker.ssh is not None:
         where = f"ssh {instance.worker.ssh.host}"
-    key = None if instance.worker is None else str(instance.worker.id)
+    key = None if instance.worker is None or instance.kind == "agent" else str(instance.worker.id)
     return [instance.label, str(status.pid or "-"), str(instance.port), status.state, status.vram or "-",
             seen_by_master.get(key, "-") if key else "-", where, status.detail]
 

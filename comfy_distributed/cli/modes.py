@@ -70,8 +70,8 @@ MODES: tuple[Mode, ...] = (
     Mode("run", "queue a workflow (UI or API format) on the master, show progress, save the images", cmd_run, _run,
          in_menu=False),
     Mode("agent", "run a pool agent beside one plain ComfyUI: it takes units from the pool's Redis and runs them "
-                  "there (--pool URL [--comfyui http://127.0.0.1:8188] [--name NAME] [--tags a,b])", cmd_agent, agent_arguments,
-         in_menu=False),
+                  "there (--pool URL or $COMFY_DISTRIBUTED_POOL; [--comfyui http://127.0.0.1:8188] [--name NAME] "
+                  "[--tags a,b])", cmd_agent, agent_arguments, in_menu=False),
     Mode("token", "create the API token, save it in gpu_config.json (readable by you only) and say how to use it", cmd_token,
          _token),
     Mode("venv", "open a shell with ComfyUI's Python environment active", cmd_venv),

@@ -8,9 +8,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 
-from ..config import CONFIG_ENV, DEFAULT_CONFIG_PATH, GpuConfig, load_config
-from ..errors import LaunchError
+from ..config import CONFIG_ENV, DEFAULT_CONFIG_PATH, GpuConfig, load_config, pool_agent_warnings
+from ..errors import LaunchError, PoolError
 from ..launcher import LaunchContext, Launcher, find_comfyui_root, probe_host, state_dir_for
+from ..pool.settings import pool_config
 
 
 TOKEN_ENV = "COMFY_DISTRIBUTED_TOKEN"
@@ -77,7 +78,8 @@ def setup(args: argparse.Namespace, quiet: bool = False) -> Setup:
 
 
 def config_warnings(config: GpuConfig) -> list[str]:
-    """Settings that will not work the way a newcomer expects."""
+    """Settings that will not work the way a newcomer expects: an ssh worker the master will not find or that
+    refuses it, a worker's ``pool_agent`` that does nothing (:func:`~..config.pool_agent_warnings`)."""
     warnings = []
     for index, worker in enumerate(config.workers):
         ssh = worker.ssh
@@ -89,7 +91,12 @@ def config_warnings(config: GpuConfig) -> list[str]:
         if worker.host not in (None, "127.0.0.1", "localhost") and "--listen" not in worker.extra_args:
             warnings.append(f"workers[{index}] has no --listen in extra_args, so ComfyUI on {ssh.host} accepts "
                             "connections from its own machine only: add --listen")
-    return warnings
+    try:
+        pool_configured = pool_config(config.settings) is not None
+    except PoolError as exc:  # a malformed COMFY_DISTRIBUTED_POOL: no agent can be started with it
+        warnings.append(str(exc))
+        pool_configured = False
+    return [*warnings, *pool_agent_warnings(config, pool_configured)]
 
 
 

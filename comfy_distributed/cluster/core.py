@@ -73,10 +73,10 @@ class Cluster:
         return self._health.epoch(worker_id) if self._health is not None else 0
 
     def config(self) -> GpuConfig:
-        """The config a job is planned with now: the file's, and a slot per live agent of the pool among its
-        enabled workers (:meth:`..pool.member.PoolMember.with_slots`). ConfigError when the file is broken."""
+        """The config a job is planned with now: the file's (less the workers given to the pool), and a slot per
+        live agent of the pool among its enabled workers (:meth:`..pool.member.PoolMember.with_slots`). ConfigError when the file is broken."""
         config = self.store.get()
-        return self.pool.with_slots(config) if self.pool is not None else config
+        return self.pool.with_slots(config.without_pool_workers()) if self.pool is not None else config
 
     def client(self, worker: WorkerConfig, settings: Settings, job_id: str = "") -> UnitTransport:
         """How ``worker`` is reached for ``job_id``: a slot of the pool through the pool, any other worker directly,

@@ -16,7 +16,7 @@ from ..api.access import TOKEN_ENV, is_public
 from ..api.handlers import MultiGPUApi
 from ..api.launch import add_launch_routes
 from ..api.audience import Audience
-from ..config import ConfigStore, GpuConfig, unknown_key_warnings
+from ..config import ConfigStore, GpuConfig, pool_agent_warnings, unknown_key_warnings
 from ..errors import ConfigError, PoolError
 from ..cluster.core import Cluster
 from ..collector.orchestrator import Orchestrator
@@ -196,6 +196,8 @@ def install() -> bool:
     except PoolError as exc:  # a malformed COMFY_DISTRIBUTED_POOL: the master runs without the pool, saying why
         pool = None
         log.error("Multi-GPU pool: %s", exc)
+    for warning in pool_agent_warnings(config, pool is not None) if config is not None else ():
+        log.warning("Multi-GPU: %s: %s", store.path, warning)  # with the pool known: the env's counts too
     cluster.pool = pool
     _wire(server, host, cluster, public, env_token, comfyui_root, cors_origin)
     if pool is not None:

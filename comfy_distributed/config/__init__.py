@@ -8,7 +8,8 @@ defaults.
 
 :mod:`.models` holds the model, :mod:`.files` reading, saving and the shared :class:`ConfigStore`,
 :mod:`.unknown_keys` the warnings about keys the model does not know, :mod:`.pool` ``settings.pool`` (the shared
-pool's Redis URL, shown only without its password).
+pool's Redis URL, shown only without its password), :mod:`.pool_agents` the warnings about workers given to the pool
+(``pool_agent``) where that does nothing.
 """
 
 from ..errors import ConfigError
@@ -38,11 +39,13 @@ from .models import (
     settings_form,
 )
 from .pool import PoolConfig, redacted_url
+from .pool_agents import pool_agent_warnings
 from .unknown_keys import unknown_key_warnings, worker_label
 
 __all__ = [
     "CONFIG_ENV", "DEFAULT_CONFIG_PATH", "FILE_ONLY_SETTINGS", "MAX_CONFIG_BYTES", "PACKAGE_ROOT", "REDACTED",
     "SECRET_SETTINGS", "ConfigError", "ConfigStore", "GpuConfig", "MasterConfig", "PoolConfig", "Settings", "SshConfig",
-    "WorkerConfig", "config_path", "format_validation_error", "load_config", "parse_config", "public_view",
-    "redacted_url", "save_config", "set_api_token", "settings_form", "unknown_key_warnings", "worker_label",
+    "WorkerConfig", "config_path", "format_validation_error", "load_config", "parse_config", "pool_agent_warnings",
+    "public_view", "redacted_url", "save_config", "set_api_token", "settings_form", "unknown_key_warnings",
+    "worker_label",
 ]

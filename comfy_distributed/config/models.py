@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -9,7 +10,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .pool import HOSTNAME as _HOSTNAME, PoolConfig, is_ip as _is_ip
+from .pool import AGENT_NAME, HOSTNAME as _HOSTNAME, MAX_TAGS, TAG, PoolConfig, is_ip as _is_ip
 
 
 CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
@@ -85,6 +86,11 @@ def _user_name(value: str) -> str:
     return value
 
 
+def _loopback(host: str) -> bool:
+    name = host.strip("[]").lower()
+    return name == "localhost" or (_is_ip(name) and ipaddress.ip_address(name).is_loopback)
+
+
 def _empty(value: str) -> str:
     raise ValueError("must not be empty")
 
@@ -121,6 +127,13 @@ class WorkerConfig(_Model):
     """Relative speed for weighted scheduling; default: measured, else 1."""
     ssh: SshConfig | None = None
     """Set for a worker on another machine that the launcher starts and stops over SSH."""
+    pool_agent: bool = False
+    """Give this worker to the shared pool: the launcher starts a pool agent beside it, and a master with a pool
+    configured reaches it through the pool only (see :attr:`given_to_pool`)."""
+    pool_tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS,
+                                 json_schema_extra={"items": {"type": "string", "pattern": f"^{TAG.pattern}$"}})
+    """The tags of that agent (what its GPU offers, e.g. ``gpu48``): a job that requires tags runs only on agents
+    that have all of them."""
 
     _python = field_validator("python")(classmethod(lambda cls, v: _path_text(v, "python")))
 
@@ -139,6 +152,22 @@ class WorkerConfig(_Model):
                 raise ValueError(f"the value of {name} must be one line of at most 4096 characters "
                                  "without control characters")
         return value
+
+    @field_validator("pool_tags")
+    @classmethod
+    def _pool_tags(cls, value: list[str]) -> list[str]:
+        for tag in value:
+            if not TAG.fullmatch(tag):
+                raise ValueError(f"{tag[:64]!r} is not a tag: 1 to 64 letters, digits, '_', '.', '-' (one tag per "
+                                 "item of the list)")
+        return value
+
+    @model_validator(mode="after")
+    def _agent_name(self) -> "WorkerConfig":
+        if self.pool_agent and not AGENT_NAME.fullmatch(self.display_name):
+            raise ValueError(f"name {self.display_name!r} is also its pool agent's name (pool_agent): use 1 to 100 "
+                             "letters, digits, spaces or _ . : @ ( ) + -")
+        return self
 
     @field_validator("id")
     @classmethod
@@ -175,6 +204,16 @@ class WorkerConfig(_Model):
     @property
     def display_name(self) -> str:
         return self.name or f"Worker {self.id}"
+
+    @property
+    def given_to_pool(self) -> bool:
+        """``pool_agent`` on a worker the launcher starts on this machine (no ssh block; no host, or a loopback one).
+
+        With a pool configured, the launcher starts an agent beside it and the master leaves it out of its direct
+        participants (:meth:`GpuConfig.without_pool_workers`): the agent's slot is how the master reaches it, so
+        its GPU is never asked twice. ``pool_agent`` elsewhere does nothing, and is warned about
+        (:func:`.pool_agents.pool_agent_warnings`)."""
+        return self.pool_agent and self.ssh is None and (self.host is None or _loopback(self.host))
 
     @property
     def base_url(self) -> str:
@@ -338,6 +377,13 @@ class GpuConfig(_Model):
 
     def find_worker(self, worker_id: int | str) -> WorkerConfig | None:
         return next((w for w in self.workers if str(w.id) == str(worker_id)), None)
+
+    def without_pool_workers(self) -> "GpuConfig":
+        """This config without the workers given to the pool (:attr:`WorkerConfig.given_to_pool`): what a master
+        with a pool configured reaches directly, the pool's agents being how it reaches the others."""
+        if not any(worker.given_to_pool for worker in self.workers):
+            return self
+        return self.model_copy(update={"workers": [w for w in self.workers if not w.given_to_pool]})
 
 
 PANEL_HINTS = frozenset({"unit", "label"})

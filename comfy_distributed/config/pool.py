@@ -21,9 +21,6 @@ MAX_POOL_URL = 2000
 POOL_NAME = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 """A pool's name: it becomes part of every Redis key of the pool (``cdp:{name}:...``)."""
 
-POOL_TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-"""A tag an agent offers and a master's units may require (``gpu48``, ``video``)."""
-MAX_POOL_TAGS = 32
 MAX_POOL_WEIGHT = 1000.0
 
 TLS_QUERY_KEYS = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_check_hostname"})
@@ -32,6 +29,13 @@ TLS_QUERY_KEYS = frozenset({"ssl_ca_certs", "ssl_cert_reqs", "ssl_check_hostname
 HOSTNAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}"
                       r"[A-Za-z0-9])?)*$")
 """A DNS host name (labels of letters, digits and inner hyphens); a worker's host and the pool's are checked by it."""
+
+TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+"""An agent's tag (what its GPU offers, e.g. ``gpu48``): from ``--tags`` or a worker's ``pool_tags``; a master's
+``settings.pool.tags`` requires them."""
+MAX_TAGS = 32
+AGENT_NAME = re.compile(r"[\w .:@()+-]{1,100}")
+"""An agent's display name: letters, digits, spaces and ``_ . : @ ( ) + -``, at most 100 characters."""
 
 
 def is_ip(value: str) -> bool:
@@ -106,7 +110,7 @@ class PoolConfig(BaseModel):
 
     url: str
     name: str = "default"
-    tags: list[str] = Field(default_factory=list, max_length=MAX_POOL_TAGS)
+    tags: list[str] = Field(default_factory=list, max_length=MAX_TAGS)
     weight: float = Field(1.0, gt=0, le=MAX_POOL_WEIGHT, allow_inf_nan=False)
 
     @field_validator("url")
@@ -124,7 +128,7 @@ class PoolConfig(BaseModel):
     @field_validator("tags")
     @classmethod
     def _tags(cls, value: list[str]) -> list[str]:
-        bad = [tag for tag in value if not POOL_TAG.fullmatch(tag)]
+        bad = [tag for tag in value if not TAG.fullmatch(tag)]
         if bad:
             raise ValueError(f"tag {bad[0][:64]!r}: 1 to 64 letters, digits, '_', '.', '-'")
         return sorted(set(value))

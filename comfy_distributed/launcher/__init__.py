@@ -10,7 +10,9 @@ its files 0600, never reached through a link: a pid file decides which process a
 ``<state>/<key>.lock`` (and a lock per thread), so that two launchers at once (API and CLI, a
 button pressed twice) never start it twice. A worker with an ``ssh`` block is started and
 stopped on its own machine by :mod:`.ssh`. An instance is running when its port answers
-``GET /system_stats`` as ComfyUI, and only instances that are not running are started.
+``GET /system_stats`` as ComfyUI, and only instances that are not running are started. A local worker with
+``"pool_agent": true`` gets a pool agent beside it when a pool is configured (:mod:`.agents`): started, stopped and
+reported with it, under the key ``agent-worker-<id>`` and the name ``<worker name> agent``.
 
 Every failure is a :class:`LaunchError` whose message says what to do about it.
 
@@ -19,7 +21,8 @@ folder and Python, command lines, which hosts are here), :mod:`.probing` (is it 
 :mod:`.processes` (detached processes), :mod:`.state_files` (the private state folder), :mod:`.locks`,
 :mod:`.diagnostics`, :mod:`.status` (what ``status`` says of an instance: starting only while a start is
 under way, then a verdict), the backends :mod:`.local` and :mod:`.ssh` (with :mod:`.capped`, ssh's output kept
-bounded), and :mod:`.core` (the :class:`Launcher` that uses them).
+bounded), :mod:`.agents` (the pool agents beside local workers), and :mod:`.core` (the :class:`Launcher` that uses
+them).
 """
 
 from ..errors import LaunchError

@@ -16,6 +16,7 @@ from .model import (
     BOOTSTRAP, FAST_SPACING, LOG_TAIL_LINES, Instance, InstanceStatus, LaunchContext, Outcome, POLL_INTERVAL, Record,
     STATE_ENV, WINDOWS,
 )
+from .agents import AGENT, agent_instance, agents_pool, spawn_agent, wants_agent
 from .discovery import command_name, find_python, instances_of, listen_address
 from .probing import port_in_use, probe
 from .processes import process_alive, spawn_detached, start_token, terminate
@@ -24,7 +25,8 @@ from .diagnostics import explain
 from .local import Backend, LocalProcesses, Say
 from .ssh import SshProcesses
 from .state_files import private_folder
-from .status import Findings, judge, other_port, url_at_port
+from .status import Findings, judge, judge_agent, other_port, url_at_port
+from ..pool.settings import pool_label
 
 
 class Launcher:
@@ -42,9 +44,11 @@ class Launcher:
         return instances_of(self.config)
 
     def find(self, name: str) -> Instance:
-        """An instance by ``master``, worker id, worker name or key."""
+        """An instance by ``master``, worker id, worker name or key; a worker's pool agent by its name or key."""
         everything = self.instances()
-        matches = (lambda i: i.key == name, lambda i: i.worker is not None and str(i.worker.id) == name,
+        everything += [agent_instance(i) for i in everything if i.worker is not None]
+        matches = (lambda i: i.key == name,
+                   lambda i: i.kind != AGENT and i.worker is not None and str(i.worker.id) == name,
                    lambda i: i.name == name)
         for matches_name in matches:  # an id wins over a worker whose name looks like it
             found = next((i for i in everything if matches_name(i)), None)
@@ -52,6 +56,21 @@ class Launcher:
                 return found
         known = ", ".join(["master", *(str(i.worker.id) for i in everything if i.worker is not None)])
         raise LaunchError(f"no instance {name!r} in {self.context.config_path}; known: {known} (a worker id or name)")
+
+    def agent_of(self, instance: Instance) -> Instance | None:
+        """The pool agent beside the worker ``instance``: when the config asks for one (:func:`.agents.wants_agent`,
+        a pool configured), or one the launcher started runs (the config may have changed since)."""
+        if instance.worker is None or instance.kind == AGENT:
+            return None
+        agent = agent_instance(instance)
+        if self.local.record(agent) is not None:
+            return agent
+        if not wants_agent(instance):
+            return None
+        try:
+            return agent if agents_pool(self.config.settings) is not None else None
+        except LaunchError:
+            return agent  # a malformed COMFY_DISTRIBUTED_POOL: its start says so
 
     def backend(self, instance: Instance) -> Backend:
         if instance.kind == "external":
@@ -96,13 +115,41 @@ class Launcher:
         return outcome
 
     def _start_one(self, instance: Instance) -> tuple[Outcome, Record | None]:
+        if instance.kind == AGENT:
+            return self._start_agent(instance), None
         try:
             backend = self.backend(instance)
             with self._locked(instance):  # check and spawn as one step: a second start sees the first's process
-                return self._check_and_spawn(instance, backend)
+                outcome, record = self._check_and_spawn(instance, backend)
         except LaunchError as exc:
             self.say(f"{instance.label}: FAILED: {str(exc).splitlines()[0]}")
             return Outcome(instance, "failed", error=str(exc)), None
+        agent = self.agent_of(instance) if wants_agent(instance) else None
+        if agent is not None:  # at once: the agent waits for its ComfyUI to answer
+            beside = self._start_agent(agent)
+            if beside.error:
+                outcome.error = f"{agent.label} could not be started: {beside.error}"
+        return outcome, record
+
+    def _start_agent(self, agent: Instance) -> Outcome:
+        """Start the pool agent ``agent`` unless it runs (:mod:`.agents`)."""
+        try:
+            pool = agents_pool(self.config.settings)
+            if pool is None:
+                raise LaunchError("no pool is configured (settings.pool in gpu_config.json, or "
+                                  "COMFY_DISTRIBUTED_POOL)")
+            with self._locked(agent):
+                record = self.local.record(agent)
+                if record is not None:
+                    self.say(f"{agent.label}: already running (pid {record.pid})")
+                    return Outcome(agent, "running", record.pid, log=record.log)
+                record = spawn_agent(self.local, self.context, agent, pool)
+        except LaunchError as exc:
+            self.say(f"{agent.label}: FAILED: {str(exc).splitlines()[0]}")
+            return Outcome(agent, "failed", error=str(exc))
+        self.say(f"{agent.label}: starting for {pool_label(pool)}, with the ComfyUI at {agent.url}: pid {record.pid}, "
+                 f"log {record.log}")
+        return Outcome(agent, "started", record.pid, log=record.log)
 
     def _locked(self, instance: Instance) -> contextlib.AbstractContextManager[None]:
         """One start or stop of ``instance`` at a time, across threads and processes (a lock file by its pid file)."""
@@ -179,6 +226,8 @@ class Launcher:
         text = (f"{instance.label} {backend.describe_exit(instance, record)} after {seconds:.1f} s, before it "
                 f"answered on {instance.url}.")
         backend.stop(instance)  # forget the pid file
+        if instance.worker is not None:
+            self._stop_agent(agent_instance(instance))  # it would wait for a ComfyUI that is gone
         hint = explain(tail, instance, self._python_of(instance))
         if hint:
             text += f"\n  Probable cause: {hint}."
@@ -196,6 +245,17 @@ class Launcher:
     # --- stopping -----------------------------------------------------------------------
 
     def stop(self, instance: Instance) -> Outcome:
+        """Stop the instance, a worker's pool agent first (it then leaves the pool before its ComfyUI goes)."""
+        if instance.kind == AGENT:
+            outcome = self._stop_agent(instance)
+            if outcome.action == "not_running":
+                self.say(f"{instance.label}: not running")
+            return outcome
+        if instance.worker is not None:
+            beside = self._stop_agent(agent_instance(instance))
+            if beside.error:
+                return Outcome(instance, "failed",
+                               error=f"{beside.instance.label} could not be stopped: {beside.error}")
         try:
             backend = self.backend(instance)
             with self._locked(instance):  # a start in between would have its new pid file forgotten
@@ -212,6 +272,21 @@ class Launcher:
             return Outcome(instance, "failed", error=message)
         self.say(f"{instance.label}: not running")
         return Outcome(instance, "not_running")
+
+    def _stop_agent(self, agent: Instance) -> Outcome:
+        """Stop the pool agent ``agent`` when the launcher started it (SIGTERM: it finishes its unit, within the
+        stop's time, and leaves the pool)."""
+        if self.local.read(agent.key) is None:
+            return Outcome(agent, "not_running")
+        try:
+            with self._locked(agent):
+                pid = self.local.stop(agent)
+        except LaunchError as exc:
+            return Outcome(agent, "failed", error=str(exc))
+        if pid is None:
+            return Outcome(agent, "not_running")
+        self.say(f"{agent.label}: stopped (pid {pid})")
+        return Outcome(agent, "stopped", pid)
 
     def restart(self, instance: Instance, wait: bool = True) -> Outcome:
         stopped = self.stop(instance)
@@ -236,7 +311,14 @@ class Launcher:
     # --- status ---------------------------------------------------------------------------
 
     def status(self) -> list[InstanceStatus]:
-        return [self._status_of(instance) for instance in self.instances()]
+        """Every instance, each worker's pool agent (when it has one) after it."""
+        found = []
+        for instance in self.instances():
+            found.append(self._status_of(instance))
+            agent = self.agent_of(instance)
+            if agent is not None:
+                found.append(judge_agent(agent, self.local.record(agent)))
+        return found
 
     def _status_of(self, instance: Instance) -> InstanceStatus:
         """Probe the instance, read its pid file and lock, then judge (:mod:`.status`)."""
@@ -293,6 +375,8 @@ class Launcher:
             time.sleep(poll)
         self.say("the master has exited: stopping the workers the launcher started")
         outcomes = [self.stop(worker) for worker in self.started_workers()]
+        # then the agents it started beside workers that it did not start
+        outcomes += [self._stop_agent(agent_instance(i)) for i in self.instances() if i.worker is not None]
         self.local.forget("watcher")
         return outcomes
 

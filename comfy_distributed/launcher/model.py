@@ -46,7 +46,8 @@ class Instance:
     python: str | None
     enabled: bool = True
     kind: str = "local"
-    """``local`` (a process here), ``ssh`` (started over SSH), ``external`` (on another machine, not ours to start)."""
+    """``local`` (a process here), ``ssh`` (started over SSH), ``external`` (on another machine, not ours to start),
+    ``agent`` (the pool agent beside a local worker, :mod:`.agents`)."""
     worker: WorkerConfig | None = None
 
     @property
@@ -97,7 +98,8 @@ class Outcome:
 class InstanceStatus:
     instance: Instance
     state: str
-    """ready, starting, down, disabled, port-taken, wrong-port, not-answering (see :mod:`.status`)."""
+    """ready, starting, down, disabled, port-taken, wrong-port, not-answering; a pool agent's up, down or disabled
+    (see :mod:`.status`)."""
     pid: int | None = None
     vram: str | None = None
     detail: str = ""
@@ -107,4 +109,4 @@ class InstanceStatus:
 
     @property
     def down(self) -> bool:
-        return self.instance.enabled and self.state != "ready"
+        return self.instance.enabled and self.state not in ("ready", "up")

@@ -11,7 +11,11 @@ that is while another launcher holds its lock, or while its pid file is younger 
   a start may take;
 - otherwise ``ready``, ``port-taken`` (another program answers), ``down`` or ``disabled``.
 
-:func:`judge` decides from what the launcher found (the probes, the pid file, the lock); it does no I/O.
+A worker's pool agent (:mod:`.agents`) answers on no port: it is ``up`` while the process the launcher started for it
+runs, else ``down`` (``disabled`` beside a disabled worker).
+
+:func:`judge` and :func:`judge_agent` decide from what the launcher found (the probes, the pid file, the lock); they
+do no I/O.
 """
 
 from __future__ import annotations
@@ -115,3 +119,16 @@ def _silent(instance: Instance, record: Record, findings: Findings, launch_timeo
         hint=f"its process (pid {record.pid}) runs but has not answered {where} {since} (settings.launch_timeout "
              f"= {launch_timeout:g} s): see its log with '{command_name()} logs {_name(instance)}', then restart "
              f"it with '{command_name()} restart {_name(instance)}'")
+
+
+def judge_agent(agent: Instance, record: Record | None) -> InstanceStatus:
+    """A pool agent's state from the live pid file of the process the launcher started for it."""
+    if record is not None:
+        return InstanceStatus(agent, "up", record.pid, detail="pool agent")
+    if not agent.enabled:
+        return InstanceStatus(agent, "disabled")
+    command = command_name()
+    return InstanceStatus(agent, "down", detail="pool agent",
+                          hint=f"its process is not running: see why with '{command} logs {agent.key}', start it "
+                               f"again with '{command} restart {agent.key}' (its worker too: '{command} restart "
+                               f"{_name(agent)}')")

@@ -24,13 +24,13 @@ Values (JSON unless said otherwise):
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, Mapping, Type, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
 
 from ..config.json_limits import loads_bounded
+from ..config.pool import AGENT_NAME, MAX_TAGS, TAG
 from ..errors import PoolProtocolError
 from ..worker_client import MIB, MAX_PREVIEW_BYTES, PreviewFrame, clip_text
 from ..worker_client.answers import size_text
@@ -50,16 +50,11 @@ AGENT_VERSION = "1"
 Id = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
 JobId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,128}$")]
 Sha256 = Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]
-Tag = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")]
-AgentName = Annotated[str, StringConstraints(pattern=r"^[\w .:@()+-]{1,100}$")]
+Tag = Annotated[str, StringConstraints(pattern=f"^{TAG.pattern}$")]
+AgentName = Annotated[str, StringConstraints(pattern=f"^{AGENT_NAME.pattern}$")]
 Name = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 Choice = Annotated[str, StringConstraints(max_length=4096)]
 Short = Annotated[str, StringConstraints(max_length=1024)]
-
-AGENT_NAME = re.compile(r"[\w .:@()+-]{1,100}")
-"""An agent's display name: letters, digits, spaces and ``_ . : @ ( ) + -``, at most 100 characters."""
-TAG = re.compile(r"[A-Za-z0-9_.-]{1,64}")
-MAX_TAGS = 32
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -72,6 +72,32 @@ async def test_update_worker_refusals(master, body, status, words):
     assert master.path.read_bytes() == before
 
 
+async def test_a_worker_is_given_to_the_pool_through_the_api(master):
+    """pool_agent and pool_tags are set like the other fields, checked by the config model, shown as saved."""
+    status, body = await master.call("POST", "/multigpu/config/update_worker",
+                                     {"worker_id": 1, "pool_agent": True, "pool_tags": ["gpu48", "video"]})
+    assert status == 200 and body["worker"]["pool_agent"] is True and body["worker"]["pool_tags"] == ["gpu48", "video"]
+    saved = load_config(master.path).workers[0]
+    assert saved.pool_agent and saved.pool_tags == ["gpu48", "video"] and saved.given_to_pool
+    status, body = await master.call("POST", "/multigpu/config/add_worker", {"port": 9001, "pool_agent": True})
+    assert status == 201 and body["worker"]["pool_agent"] is True and body["worker"]["pool_tags"] == []
+
+
+@pytest.mark.parametrize("body, words", [
+    ({"worker_id": 1, "pool_tags": ["not ok"]}, "workers[0].pool_tags: 'not ok' is not a tag"),
+    ({"worker_id": 1, "pool_tags": "gpu48"}, "workers[0].pool_tags"),
+    ({"worker_id": 1, "pool_tags": [f"t{n}" for n in range(33)]}, "workers[0].pool_tags"),
+    ({"worker_id": 1, "pool_agent": "yes"}, "workers[0].pool_agent"),
+    ({"worker_id": 1, "pool_agent": 1}, "workers[0].pool_agent"),
+    ({"worker_id": 1, "pool_agent": True, "name": "GPU #1"}, "name 'GPU #1' is also its pool agent's name"),
+])
+async def test_pool_fields_refusals_name_the_field(master, body, words):
+    before = master.path.read_bytes()
+    status, answer = await master.call("POST", "/multigpu/config/update_worker", body)
+    assert status == 400 and words in answer["error"], answer
+    assert master.path.read_bytes() == before
+
+
 async def test_add_and_remove_worker(master):
     status, body = await master.call("POST", "/multigpu/config/add_worker", {"name": "New", "port": 9001})
     assert status == 201 and body["worker"]["id"] == 3

@@ -264,3 +264,20 @@ async def test_status_lists_the_unknown_keys_of_every_level(tmp_path):
         assert status == 200 and body["config_warnings"] == []
     finally:
         await master.client.close()
+
+
+async def test_status_warns_of_a_pool_agent_that_does_nothing(tmp_path):
+    """No pool on this master: a worker's pool_agent is said to do nothing, in the same list as unknown keys."""
+    path = tmp_path / "gpu_config.json"
+    write_config(path, [{"id": 1, "name": "GPU 1", "port": closed_port(), "pool_agent": True},
+                        {"id": 2, "port": closed_port(), "pool_tags": ["gpu48"]}])
+    master = Master(path)
+    await master.client.start_server()
+    try:
+        status, body = await master.call("GET", "/multigpu/status")
+        assert status == 200
+        assert [line.split(":")[0] for line in body["config_warnings"]] == ["worker 1 (GPU 1)", "worker 2"]
+        assert "pool_agent is set but no pool is configured" in body["config_warnings"][0]
+        assert "pool_tags are the tags of its pool agent" in body["config_warnings"][1]
+    finally:
+        await master.client.close()

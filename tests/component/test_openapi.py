@@ -233,10 +233,10 @@ async def valid_body(api: ApiUnderTest, path: str) -> dict[str, Any]:
     if path == "/multigpu/config/update_worker":
         return {"worker_id": 2, "name": "Renamed", "enabled": True, "host": "localhost", "port": free_port,
                 "cuda_device": 3, "extra_args": "--lowvram --preview-method auto",
-                "headers": {"Authorization": "Bearer x", "X-Extra": "1"}}
+                "headers": {"Authorization": "Bearer x", "X-Extra": "1"}, "pool_agent": True, "pool_tags": ["gpu48"]}
     if path == "/multigpu/config/add_worker":
         return {"id": "new-worker", "name": "New", "enabled": False, "host": "10.0.0.7", "port": 8190,
-                "cuda_device": None, "extra_args": "", "headers": {"X-A": "b"}}
+                "cuda_device": None, "extra_args": "", "headers": {"X-A": "b"}, "pool_agent": False, "pool_tags": []}
     if path == "/multigpu/config/remove_worker":
         return {"worker_id": 2}
     if path == "/multigpu/config/update_setting":

@@ -62,3 +62,25 @@ def test_the_pools_status_names_this_master_so_that_its_units_are_told_from_anot
     shown = PoolStatus.model_validate(member.status())
     assert shown.master == "master-a" and shown.agents[0].busy == {"job_id": "j1", "position": 2, "attempt": 1,
                                                                   "master": "master-b"}
+
+
+def test_a_worker_given_to_the_pool_is_reached_through_the_pool_only(tmp_path):
+    """Its agent's slot is how the master reaches it: the worker itself is no direct participant then (its GPU would
+    be asked twice); without a pool it is a worker like any other."""
+    import json
+
+    from comfy_distributed.cluster.core import Cluster
+    from comfy_distributed.config import ConfigStore
+
+    path = tmp_path / "gpu_config.json"
+    path.write_text(json.dumps({"workers": [{"id": 1, "port": 8189, "pool_agent": True},
+                                            {"id": 2, "port": 8190}]}))
+    cluster = Cluster(ConfigStore(path), lambda event, data: None)
+    assert [str(w.id) for w in cluster.config().workers] == ["1", "2"]
+    heartbeats = Heartbeats()
+    heartbeats.live = agents(1)
+    cluster.pool = member = PoolMember(heartbeats, "the test pool")  # type: ignore[arg-type]
+    asyncio.run(member.refresh())
+    assert [str(w.id) for w in cluster.config().workers] == ["2", "pool-1"]
+    cluster.pool = None  # the stand-in broker has nothing to close
+    asyncio.run(cluster.close())
