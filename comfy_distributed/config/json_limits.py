@@ -31,6 +31,7 @@ def nesting_depth(text: bytes) -> int:
 
 def loads_bounded(text: bytes) -> Any:
     """``json.loads`` that refuses NaN/Infinity and nesting past MAX_DEPTH with ValueError."""
-    if nesting_depth(text) > MAX_DEPTH:
+    few = text.count(b"[") + text.count(b"{") <= MAX_DEPTH  # then it cannot nest deeper: nothing to walk
+    if not few and nesting_depth(text) > MAX_DEPTH:
         raise ValueError(f"nested deeper than {MAX_DEPTH} levels")
     return json.loads(text, parse_constant=_reject_constant)

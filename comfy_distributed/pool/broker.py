@@ -29,7 +29,7 @@ from ..worker_client import DEFAULT_MAX_FILE_BYTES, MIB, clip_text
 from ..worker_client.answers import size_text
 from .caps import digest_of, lacks
 from .connection import SOCKET_TIMEOUT, end_tasks, ensure_group, open_redis, pause_unless, redis_errors
-from .inbox import READ_BLOCK_MS, ReplyInbox
+from .inbox import READ_BLOCK_MS, Replies, ReplyInbox
 from .keys import FILE_TTL, GROUP, LEASE_INTERVAL, LEASE_TTL, UNITS_MAXLEN, WAKE_MAXLEN, PoolKeys
 from .protocol import (MAX_CAPS_BYTES, MAX_HEARTBEAT_BYTES, MAX_UNIT_BYTES, Caps, Heartbeat, JobRecord, Needs,
                        UnitEntry, UnitReply, decode, encode, field_of)
@@ -99,6 +99,8 @@ class _OpenJob:
     record: JobRecord
     submitted: dict[str, tuple[int, int]] = field(default_factory=dict)
     """Entry id -> (position, attempt) of each submitted attempt not yet done, failed or reclaimed."""
+    entries: dict[tuple[int, int], str] = field(default_factory=dict)
+    """The other way round: (position, attempt) -> entry id."""
 
 
 class PoolBroker:
@@ -301,11 +303,12 @@ class PoolBroker:
             job = self._jobs.get(item.job_id)
             if job is not None:
                 job.submitted[entry_id] = (item.position, item.attempt)
+                job.entries[(item.position, item.attempt)] = entry_id
             item.done.set_result(entry_id)
 
     # --- replies ---------------------------------------------------------------------------------
 
-    def watch(self, job_id: str, position: int, attempt: int) -> asyncio.Queue[UnitReply]:
+    def watch(self, job_id: str, position: int, attempt: int) -> Replies:
         """The queue that gets every reply (progress, preview, then done or failed) for this unit attempt."""
         return self.inbox.watch((job_id, position, attempt))
 
@@ -314,10 +317,9 @@ class PoolBroker:
 
     def _finished(self, reply: UnitReply) -> None:
         job = self._jobs.get(reply.job_id)
-        if job is not None:
-            for entry_id, key in list(job.submitted.items()):
-                if key == (reply.position, reply.attempt):
-                    del job.submitted[entry_id]
+        entry_id = job.entries.pop((reply.position, reply.attempt), None) if job is not None else None
+        if job is not None and entry_id is not None:
+            job.submitted.pop(entry_id, None)
 
     async def reclaim(self, job_id: str, idle_ms: int) -> list[Reclaimed]:
         """The unit attempts of ``job_id`` taken by an agent that has not touched them for ``idle_ms``: each
@@ -347,7 +349,9 @@ class PoolBroker:
         """(position, attempt) of an entry: as submitted, else read back (a broker that restarted)."""
         job = self._jobs.get(job_id)
         if job is not None and entry_id in job.submitted:
-            return job.submitted.pop(entry_id)
+            attempt = job.submitted.pop(entry_id)
+            job.entries.pop(attempt, None)
+            return attempt
         with redis_errors(f"XRANGE units of job {job_id}", self.url):
             entries = await self._client().xrange(self.keys.units(job_id), entry_id, entry_id)
         for _id, fields in entries:
@@ -389,7 +393,7 @@ class PoolBroker:
         log.warning("Multi-GPU pool: job %s was lost by Redis (restarted?); opened again, its %d running unit(s) "
                     "re-run", job_id, len(job.submitted))
         await self._write_job(job.record)
-        lost, job.submitted = list(job.submitted.values()), {}
+        lost, job.submitted, job.entries = list(job.submitted.values()), {}, {}
         for position, attempt in lost:
             self.inbox.deliver(UnitReply("failed", job_id, position, attempt, "", "the pool",
                                          error="the pool's Redis lost the unit (it restarted); run again"))

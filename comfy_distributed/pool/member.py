@@ -27,6 +27,7 @@ from ..config import GpuConfig, Settings, WorkerConfig
 from ..errors import PoolError, WorkerError, WorkerExecutionFailed, WorkerLacks, WorkerProtocolError, WorkerTimeout
 from ..worker_client import DEFAULT_MAX_FILE_BYTES, Channel, Limits, OutputFile, PreviewSink, PromptResult
 from .broker import LiveAgent, PoolBroker
+from .inbox import Replies
 from .connection import Backoff, end_tasks, pause_unless
 from .caps import needs_of
 from .protocol import FileRef, Needs, UnitEntry, UnitReply, encode
@@ -291,10 +292,11 @@ class PoolTransport:
         if not self.member.able(needs):
             raise WorkerLacks(self.name, f"no live agent of {self.member.label} can run it: it lacks "
                                          + "; ".join(self.member.lacking(needs)[:8]))
-        entry = UnitEntry(job_id=self.job_id, position=position, attempt=attempt, prompt=prompt,
-                          files=self._files_of(prompt), wanted=sorted(wanted),
-                          deadline=time.time() + max(0.0, deadline - time.monotonic()),
-                          previews=previews is not None and previews.wanted())
+        entry = UnitEntry.model_construct(  # the engine's own prompt: the agent checks what it reads
+            job_id=self.job_id, position=position, attempt=attempt, prompt=prompt, extra_data=None,
+            files=self._files_of(prompt), wanted=sorted(wanted),
+            deadline=time.time() + max(0.0, deadline - time.monotonic()),
+            previews=previews is not None and previews.wanted())
         broker = self.member.broker
         replies = broker.watch(self.job_id, position, attempt)
         try:
@@ -306,16 +308,15 @@ class PoolTransport:
         finally:
             broker.unwatch(self.job_id, position, attempt)
 
-    async def _follow(self, replies: asyncio.Queue[UnitReply], position: int, attempt: int, deadline: float,
+    async def _follow(self, replies: Replies, position: int, attempt: int, deadline: float,
                       on_progress: Callable[[float, float], None] | None, previews: PreviewSink | None) -> PromptResult:
         next_check = time.monotonic() + RECLAIM_EVERY
         while True:
             now = time.monotonic()
             if now >= deadline:
                 raise WorkerTimeout(self.name, "no agent of the pool finished the unit before the worker timeout")
-            try:
-                reply = await asyncio.wait_for(replies.get(), timeout=max(0.01, min(deadline, next_check) - now))
-            except asyncio.TimeoutError:
+            reply = await replies.next(max(0.01, min(deadline, next_check) - now))
+            if reply is None:
                 if time.monotonic() >= next_check:
                     next_check = time.monotonic() + RECLAIM_EVERY
                     await self.member.reclaim(self.job_id)  # each waiter hears of its own

@@ -69,6 +69,7 @@ class ReplySender:
         self._wake.set()
 
     async def _pump(self) -> None:
+        await pause_unless(self._closing, self.interval)  # a unit shorter than that sends its done reply alone
         while True:
             await self._wake.wait()
             self._wake.clear()
