@@ -61,6 +61,26 @@ from ..cluster.preflight import MediaFile, check_media_paths
 log = logging.getLogger("comfy_distributed")
 
 CJ = TypeVar("CJ", bound=Job)
+INLINE_DECODE_BYTES = 64 * 1024
+INLINE_DECODE_PIXELS = 256 * 256
+"""A unit's files up to both sizes are decoded on the server loop as they arrive (well under a millisecond); larger
+ones on a worker thread, since handing them over costs more than decoding small ones."""
+
+
+def decoded_inline(blobs: list[bytes]) -> bool:
+    """Whether a unit's files are small enough to decode on the loop: few bytes and, by their PNG headers, few
+    pixels (a tiny file may hold a huge image of one colour)."""
+    from .codecs import frame_size
+
+    if sum(map(len, blobs)) > INLINE_DECODE_BYTES:
+        return False
+    pixels = 0
+    for blob in blobs:
+        size = frame_size(blob)
+        if size is None:
+            return False
+        pixels += size[0] * size[1]
+    return pixels <= INLINE_DECODE_PIXELS
 """A Collector job, or one of its kind (a tile job)."""
 
 class Orchestrator(JobBook, CollectorBridge):
@@ -329,7 +349,9 @@ class CollectorUnits(JobKind[CJ]):
                     # decoded now, on a worker thread, while other units still run: the Collector only joins
                     from .codecs import CODECS  # torch, once a unit's files are here
 
-                    early = await asyncio.to_thread(CODECS[kind].early, files_by_key[key])
+                    blobs = files_by_key[key]
+                    early = CODECS[kind].early(blobs) if decoded_inline(blobs) else \
+                        await asyncio.to_thread(CODECS[kind].early, blobs)
                     if early is not None:
                         unit.decoded[key] = early
         return files_by_key

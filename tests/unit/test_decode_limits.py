@@ -167,3 +167,21 @@ def test_a_worker_tile_is_checked_from_its_headers_before_it_is_decoded():
 def test_decode_audio_with_the_master_s_length_still_stops_early():
     clip = decode_audio(flac_like_comfyui(torch.zeros(1, 8000 * 60), 8000), max_samples=800)
     assert clip["waveform"].shape[-1] < 8000 * 5
+
+
+def _png_of(height: int, width: int) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((height, width, 3), dtype=np.uint8)).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_only_small_files_of_few_pixels_are_decoded_on_the_server_loop():
+    from comfy_distributed.collector.orchestrator import INLINE_DECODE_PIXELS, decoded_inline
+
+    assert decoded_inline([_png_of(24, 32), _png_of(24, 32)])
+    big = _png_of(512, 512)  # one colour: a small file, but many pixels
+    assert len(big) < 64 * 1024 and 512 * 512 > INLINE_DECODE_PIXELS and not decoded_inline([big])
+    assert not decoded_inline([b"not a png"]), "what is not a PNG is left to the thread (and the checks there)"
+    noisy = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(noisy, "PNG")
+    assert len(noisy.getvalue()) > 64 * 1024 and not decoded_inline([noisy.getvalue()]), "many bytes: a thread"
