@@ -8,8 +8,8 @@ Needs a ``redis-server`` (no ComfyUI): the bench starts one on a free loopback p
   configured worker and the 256 agents as its pool. CPU time (``time.process_time``) of this process, which holds
   only the master, per job / 256 worker units; the agents and stand-ins run in the child, Redis in its own process.
 - **Fair share**: 8 agents; two masters (brokers of their own, as two masters' engines use them) open a job each at
-  the same moment and submit 48 units of 0.5 s each; in every second while both have units left, the share of the
-  units finished that were the first master's (0.5: even). Then the same with the first master's weight 2 (2/3).
+  the same moment and submit 48 units of 0.5 s each; while both have units left, the share of the units finished
+  that were the first master's (0.5: even), and second by second. Then the same with the first master's weight 2 (2/3).
   Then a small job: one unit submitted 1 s after a big job of 96 units filled the agents; from sending it to an
   agent starting it, in units of 0.5 s (at most 1: it starts within one unit's time).
 
@@ -87,11 +87,17 @@ async def pool_runs(bench: Bench, redis_url: str, workload: Workload, repeats: i
         await cluster.close()
 
 
-def per_unit(name: str, runs: list[JobRun], target: Target | None, detail: str) -> Figure:
-    return Figure(SUITE, f"{AGENTS} {name}, master CPU per unit", "static",
-                  tuple(r.cpu * 1000 / AGENTS for r in runs), "ms", target, lower_is_better=True,
-                  detail=f"{detail}; per job {' '.join(f'{r.cpu * 1000:.0f}' for r in runs)} ms of the master, "
-                         f"{' '.join(f'{r.pool_cpu * 1000:.0f}' for r in runs)} ms of the stand-ins' process")
+def per_unit(name: str, runs: list[JobRun], target: Target | None, detail: str) -> list[Figure]:
+    return [
+        Figure(SUITE, f"{AGENTS} {name}, master CPU per unit", "static", tuple(r.cpu * 1000 / AGENTS for r in runs),
+               "ms", target, lower_is_better=True,
+               detail=f"{detail}; per job {' '.join(f'{r.cpu * 1000:.0f}' for r in runs)} ms of the master, "
+                      f"{' '.join(f'{r.pool_cpu * 1000:.0f}' for r in runs)} ms of the stand-ins' processes"),
+        Figure(SUITE, f"{AGENTS} {name}, of it on the event loop", "static",
+               tuple(r.loop_cpu * 1000 / AGENTS for r in runs), "ms", None, lower_is_better=True,
+               detail="the thread where the master talks to its workers or the pool; the rest is the worker "
+                      "threads that decode each unit's PNGs into tensors and the Collector's thread"),
+    ]
 
 
 async def cpu_per_unit(base: Path, redis_url: str, repeats: int, work: float) -> list[Figure]:
@@ -107,8 +113,8 @@ async def cpu_per_unit(base: Path, redis_url: str, repeats: int, work: float) ->
             raise BenchError(why)
     ratio = median([r.cpu for r in direct]) / median([r.cpu for r in pooled])
     return [
-        per_unit("direct workers", direct, None, "the same stand-ins as configured workers"),
-        per_unit("pool agents", pooled, Target(0.5), f"{ratio:.1f} times less than direct (target: 4)"),
+        *per_unit("direct workers", direct, None, "the same stand-ins as configured workers"),
+        *per_unit("pool agents", pooled, Target(0.5), f"{ratio:.1f} times less than direct (target: 4)"),
         Figure(SUITE, f"{AGENTS} pool agents, efficiency", "static", tuple(workload.ideal / r.wall for r in pooled),
                "ratio", None, f"ideal {workload.ideal:.2f} s / measured {seconds_list(r.wall for r in pooled)}; "
                f"direct: {seconds_list(r.wall for r in direct)}; every stand-in and agent on one machine's 2 cores"),
@@ -140,21 +146,23 @@ async def done_at(replies: asyncio.Queue) -> float:
             return time.monotonic()
 
 
-def shares(first: list[float], second: list[float]) -> list[float]:
-    """Per :data:`WINDOW` while both jobs have units left: the first job's share of the units finished then."""
+def shares(first: list[float], second: list[float]) -> tuple[float, list[float]]:
+    """While both jobs have units left: the first job's share of all units finished then, and per :data:`WINDOW`
+    (the agents take their turns in step, so one second may hold an extra unit of either)."""
     start, end = min(first + second), min(max(first), max(second))
-    values = []
+    windows = []
     t = start
     while t + WINDOW <= end:
         a = sum(t <= x < t + WINDOW for x in first)
         b = sum(t <= x < t + WINDOW for x in second)
         if a + b:
-            values.append(a / (a + b))
+            windows.append(a / (a + b))
         t += WINDOW
-    return values
+    a, b = sum(x <= end for x in first), sum(x <= end for x in second)
+    return a / (a + b), windows
 
 
-async def two_masters(url: str, run: int, weight: float) -> list[float]:
+async def two_masters(url: str, run: int, weight: float) -> tuple[float, list[float]]:
     async with PoolBroker(url, "default", f"master-a-{run}") as a, PoolBroker(url, "default", f"master-b-{run}") as b:
         first, second = await asyncio.gather(send(a, f"a{run}", SHARE_UNITS, 1000 * run, weight),
                                              send(b, f"b{run}", SHARE_UNITS, 1000 * run + 500))
@@ -177,21 +185,26 @@ async def small_behind_big(url: str, run: int) -> float:
     return sent
 
 
+def over_time(runs: list[tuple[float, list[float]]]) -> str:
+    return " | ".join(" ".join(f"{share:.2f}" for share in windows) for _, windows in runs)
+
+
 async def fair_share(base: Path, redis_url: str, repeats: int) -> list[Figure]:
     with StandinPool([1.0] * SHARE_AGENTS, base / "share", agents=redis_url) as standins:
-        even = [s for run in range(repeats) for s in await two_masters(redis_url, run, 1.0)]
-        weighted = [s for run in range(repeats) for s in await two_masters(redis_url, 100 + run, 2.0)]
+        even = [await two_masters(redis_url, run, 1.0) for run in range(repeats)]
+        weighted = [await two_masters(redis_url, 100 + run, 2.0) for run in range(repeats)]
         sent = [await small_behind_big(redis_url, run) for run in range(repeats)]
     served = standins.served()
     agents_used = len({item["agent"] for item in served})
     started = {item["job"]: item["started"] for item in served if item["job"].startswith("small")}
     small = [started[f"small{run}"] - at for run, at in enumerate(sent)]
     return [
-        Figure(SUITE, "two masters, first one's share", "weight 1:1", tuple(even), "ratio", None,
-               f"per second while both wait ({len(even)} s over {repeats} runs); even = 0.5; {SHARE_AGENTS} agents, "
-               f"{SHARE_UNITS} units of {UNIT_SECONDS} s each per master; {agents_used} agents served"),
-        Figure(SUITE, "two masters, first one's share", "weight 2:1", tuple(weighted), "ratio", None,
-               f"per second while both wait ({len(weighted)} s); the first master's weight 2: 0.667 expected"),
+        Figure(SUITE, "two masters, first one's share", "weight 1:1", tuple(share for share, _ in even), "ratio",
+               None, f"of the units finished while both waited, per run; even = 0.5; {SHARE_AGENTS} agents, "
+               f"{SHARE_UNITS} units of {UNIT_SECONDS} s each per master; {agents_used} agents served; second by "
+               f"second: {over_time(even)}"),
+        Figure(SUITE, "two masters, first one's share", "weight 2:1", tuple(share for share, _ in weighted), "ratio",
+               None, f"the first master's weight 2: 0.667 expected; second by second: {over_time(weighted)}"),
         Figure(SUITE, "small job behind a big one, start", "any", tuple(w / UNIT_SECONDS for w in small),
                "units", Target(1.0), lower_is_better=True,
                detail=f"from sending its one unit to an agent starting it, in units of {UNIT_SECONDS} s; sent 1 s "

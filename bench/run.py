@@ -2,6 +2,7 @@
 
     python -m bench.run                        # stand-in suite (about a minute, no ComfyUI needed)
     python -m bench.run --suite all --write    # and real ComfyUI when COMFYUI_PATH is set (real, then the pool)
+    python -m bench.run --suite pool           # the pool: 256 stand-in agents (redis-server), then real ComfyUI
     python -m bench.run --quick                # the stand-in suite in seconds (CI smoke)
     python -m bench.run --profile              # where the master spends its CPU with 64 workers
 """
@@ -25,15 +26,35 @@ def run_suite(suite: str, quick: bool) -> tuple[list[Figure], list[str]] | None:
         from . import standin_suite
 
         return standin_suite.run(quick)
-    from . import real_pool, real_suite
+    if suite == "pool":
+        return pool_suite(quick)
+    from . import real_suite
     from .real_cluster import unavailable
 
     if why := unavailable():
         print(f"{suite} suite skipped: {why}", file=sys.stderr)
         return None
-    if suite == "pool":
-        return real_pool.run(1 if quick else 3), real_pool.NOTES
     return real_suite.run(quick)
+
+
+def pool_suite(quick: bool) -> tuple[list[Figure], list[str]] | None:
+    """The pool at scale on stand-in agents (a redis-server is enough), then on real ComfyUI (COMFYUI_PATH)."""
+    from harness.redis_server import redis_server_path
+
+    from . import pool_scale, real_pool
+    from .real_cluster import unavailable
+
+    if redis_server_path() is None:
+        print("pool suite skipped: redis-server is not installed (apt install redis-server)", file=sys.stderr)
+        return None
+    figures = pool_scale.run(1 if quick else 3, 0.25 if quick else 2.0)
+    notes = list(pool_scale.NOTES)
+    if why := unavailable():
+        print(f"pool suite on real ComfyUI skipped: {why}", file=sys.stderr)
+    else:
+        figures += real_pool.run(1 if quick else 3)
+        notes += real_pool.NOTES
+    return figures, notes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -45,6 +45,9 @@ class JobRun:
     """CPU seconds of this process (the master) for the job, its clean-up included."""
     pool_cpu: float = 0.0
     """CPU seconds of the stand-in workers' process for the job."""
+    loop_cpu: float = 0.0
+    """CPU seconds of this process's event loop thread alone (where the master talks to its workers; the rest of
+    ``cpu`` is the Collector's thread and the worker threads that decode the files)."""
 
 
 @dataclass(slots=True)
@@ -113,7 +116,7 @@ class Bench:
 
     async def job(self, orchestrator: Orchestrator, workload: Workload, mode: str, decode: bool = False) -> JobRun:
         """One job from planning to the Collector's result; a fresh seed so nothing is cached."""
-        cpu_started, pool_started = time.process_time(), self.pool_cpu()
+        cpu_started, pool_started, loop_started = time.process_time(), self.pool_cpu(), time.thread_time()
         started = time.perf_counter()
         _, job = orchestrator.prepare(workflow(next(self.seeds), workload, mode))
         if job is None or job.error:
@@ -127,7 +130,8 @@ class Bench:
         if wall < TOO_FAST * workload.policy_makespan(mode):
             raise BenchError(f"{wall:.3f} s is less than the work itself: some was skipped (cached?)")
         return JobRun(wall, str(getattr(job, "mode", "static")), len(job.units), decoding,
-                      time.process_time() - cpu_started, self.pool_cpu() - pool_started)
+                      time.process_time() - cpu_started, self.pool_cpu() - pool_started,
+                      time.thread_time() - loop_started)
 
     async def alone(self, port: int, workload: Workload) -> float:
         """Seconds one stand-in takes for a static unit asked directly, without the orchestrator."""
