@@ -373,7 +373,8 @@ class Agent:
             await self._beat_quietly()
             head = ReplyHead(job_id=job.job_id, position=unit.position, attempt=unit.attempt, agent=self.id,
                              agent_name=self.name)
-            sender = ReplySender(self._redis, self.url, job.reply, head, self.timing.progress)
+            sender = ReplySender(self._redis, self.url, job.reply, head, max(self.timing.progress,
+                                                                               unit.progress_every))
             sender.start()
             try:
                 await run_unit(self.comfy, self._redis, self.url, self.keys, self.caps, unit, sender)

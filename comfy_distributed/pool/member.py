@@ -49,6 +49,9 @@ RECLAIM_EVERY = 5.0
 """Seconds between two checks, while a unit waits, for the entry of an agent that stopped heartbeating."""
 JOIN_RETRY_LONGEST = 60.0
 """The longest pause between two tries to reach the pool's Redis at start."""
+PROGRESS_REPLIES = 64.0
+"""Progress replies a second the master asks of all its pool units together at most: each unit's are spaced by
+the number of agents / this (at least a second), so that a pool of hundreds costs the master no more than 64."""
 DEAD_AFTER_MS = 20_000
 """An entry its agent has not touched for this long (it refreshes every 5 s while it runs it): the agent died."""
 
@@ -296,7 +299,8 @@ class PoolTransport:
             job_id=self.job_id, position=position, attempt=attempt, prompt=prompt, extra_data=None,
             files=self._files_of(prompt), wanted=sorted(wanted),
             deadline=time.time() + max(0.0, deadline - time.monotonic()),
-            previews=previews is not None and previews.wanted())
+            previews=previews is not None and previews.wanted(),
+            progress_every=max(1.0, len(self.member.agents) / PROGRESS_REPLIES))
         broker = self.member.broker
         replies = broker.watch(self.job_id, position, attempt)
         try:

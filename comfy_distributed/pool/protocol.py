@@ -136,6 +136,9 @@ class UnitEntry(Wire):
                                                                              max_length=100_000)
     deadline: float
     previews: bool = False
+    progress_every: float = Field(0.0, ge=0.0, le=3600.0)
+    """Seconds between two progress (or preview) replies the master wants at least (0: the agent's own pace, a
+    second): it asks for fewer, each, the more agents it follows (:data:`.member.PROGRESS_REPLIES`)."""
 
     @field_validator("prompt")
     @classmethod
