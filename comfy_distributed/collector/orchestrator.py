@@ -61,6 +61,8 @@ from ..cluster.preflight import MediaFile, check_media_paths
 log = logging.getLogger("comfy_distributed")
 
 CJ = TypeVar("CJ", bound=Job)
+"""A Collector job, or one of its kind (a tile job)."""
+
 INLINE_DECODE_BYTES = 64 * 1024
 INLINE_DECODE_PIXELS = 256 * 256
 """A unit's files up to both sizes are decoded on the server loop as they arrive (well under a millisecond); larger
@@ -81,7 +83,6 @@ def decoded_inline(blobs: list[bytes]) -> bool:
             return False
         pixels += size[0] * size[1]
     return pixels <= INLINE_DECODE_PIXELS
-"""A Collector job, or one of its kind (a tile job)."""
 
 class Orchestrator(JobBook, CollectorBridge):
     """Owns the distributed jobs of one master, on its cluster (shared with the queue mode); the owner of jobs of

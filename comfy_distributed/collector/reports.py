@@ -3,8 +3,9 @@
 A report lists every unit, so one per change would cost the master work that grows with the square of the
 workers: a unit's own progress is reported at most every ``PROGRESS_INTERVAL``, a change of state at most every
 ``STATE_INTERVAL`` (the last one surely, a moment later), both stretched for a job of more than
-:data:`UNITS_PER_INTERVAL` units so that the reports of a job cost the same per unit however many it has (256
-units: a report every 0.4 s at most). Server loop only.
+:data:`UNITS_PER_INTERVAL` units so that the reports of a job cost about the same per unit however many it has, up to
+:data:`MAX_STRETCH` times (256 units and more: a change of state reported every 0.4 s at most, progress every 2 s).
+Server loop only.
 """
 
 from __future__ import annotations
@@ -19,12 +20,13 @@ from .job_book import job_time_left
 
 
 UNITS_PER_INTERVAL = 32
+MAX_STRETCH = 8.0
 
 
 def report_progress(notify: Notify, job: Job, force: bool = False) -> None:
     """Report the job's progress now, or once the interval since the last report has passed (a change of state,
     ``force``, is never dropped)."""
-    stretch = max(1.0, len(job.units) / UNITS_PER_INTERVAL)
+    stretch = min(MAX_STRETCH, max(1.0, len(job.units) / UNITS_PER_INTERVAL))
     wait = (STATE_INTERVAL if force else PROGRESS_INTERVAL) * stretch - (time.monotonic() - job.last_progress)
     if wait <= 0:
         _send_progress(notify, job)

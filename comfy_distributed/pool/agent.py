@@ -30,6 +30,7 @@ from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from ..config import Settings, WorkerConfig, redacted_url
+from ..config.pool import MAX_POOL_WEIGHT
 from ..errors import PoolError, PoolProtocolError, PoolUnavailable, WorkerError
 from ..worker_client import WorkerClient
 from . import fairness
@@ -234,24 +235,21 @@ class Agent:
         backoff = Backoff()
         while not self._stopping.is_set():
             try:
-                served = await self._turn()
+                if not await self._turn():
+                    await self._wait_for_work()  # where an idle agent spends its time: Redis may go away there too
                 backoff.reset()
             except PoolUnavailable:
                 await backoff.wait(self._stopping)  # the heartbeat loop says so
-                continue
             except PoolError as exc:
                 log.warning("Multi-GPU agent: %s; retrying", exc)
                 await backoff.wait(self._stopping)
-                continue
-            if not served:
-                await self._wait_for_work()
 
     async def _turn(self) -> bool:
         """Serve one unit of the fairest job that has one for this agent; False when none had."""
         if not self.comfyui_up or self.caps is None:
             return False
         jobs = await self._eligible_jobs()
-        weights = [(job.job_id, job.weight) for job in jobs.values()]
+        weights = [(job.job_id, min(job.weight, MAX_POOL_WEIGHT)) for job in jobs.values()]  # a member's own claim
         empty: list[str] = []
         loaded = {job.job_id for job in jobs.values() if self.checkpoint is not None and any(
             self.checkpoint in values for inputs in job.needs.choices.values() for values in inputs.values())}

@@ -270,20 +270,37 @@ class PoolBroker:
         return await outgoing.done
 
     async def _send_outbox(self) -> None:
-        await asyncio.sleep(0)  # the units submitted in this moment join the batch
-        while self._outbox:
-            batch = [item for item in self._outbox[:SUBMIT_BATCH] if not item.done.done()]  # cancelled: not sent
-            del self._outbox[:SUBMIT_BATCH]
-            if batch:
+        batch: list[_Outgoing] = []
+        try:
+            await asyncio.sleep(0)  # the units submitted in this moment join the batch
+            while self._outbox:
+                batch = self._outbox[:SUBMIT_BATCH]
+                del self._outbox[:SUBMIT_BATCH]
                 await self._send_batch(batch)
+        except BaseException as exc:  # not foreseen, or cancelled (the broker closes): no submitter waits forever
+            for item in [*batch, *self._outbox]:
+                if not item.done.done():
+                    item.done.set_exception(PoolError(f"the unit could not be added to the pool ({exc!r:.200})"))
+            self._outbox.clear()
+            if not isinstance(exc, Exception):
+                raise
+            log.warning("Multi-GPU pool: submitting units: %r", exc)
 
     async def _send_batch(self, batch: list[_Outgoing]) -> None:
+        for item in batch:
+            if item.job_id not in self._jobs and not item.done.done():  # closed meanwhile: its stream is gone
+                item.done.set_exception(PoolError(f"job {item.job_id} was closed before its unit went to the pool"))
+        batch = [item for item in batch if not item.done.done()]  # cancelled or closed: not sent
+        if not batch:
+            return
         try:
             with redis_errors(f"XADD units of job {batch[0].job_id}", self.url):
                 async with self._client().pipeline(transaction=False) as pipe:
                     for item in batch:
                         pipe.xadd(self.keys.units(item.job_id), {"unit": item.data}, maxlen=UNITS_MAXLEN,
                                   approximate=True)
+                    for job_id in {item.job_id for item in batch}:  # a job closed meanwhile leaves nothing for long
+                        pipe.expire(self.keys.units(job_id), self.lease_ttl * JOB_TTL_FACTOR)
                     pipe.xadd(self.keys.wake, {"job": batch[-1].job_id.encode()}, maxlen=WAKE_MAXLEN,
                               approximate=True)  # after the units: an agent it wakes finds them
                     answers = await pipe.execute(raise_on_error=False)
@@ -292,8 +309,11 @@ class PoolBroker:
                 if not item.done.done():
                     item.done.set_exception(exc)
             return
+        late = []
         for item, answer in zip(batch, answers):
-            if item.done.done():
+            if item.done.done():  # cancelled while its batch was on the way: no agent should run it
+                if isinstance(answer, (bytes, str)):
+                    late.append((item.job_id, answer))
                 continue
             if isinstance(answer, Exception):
                 item.done.set_exception(PoolError(f"XADD units of job {item.job_id}: Redis at "
@@ -305,6 +325,10 @@ class PoolBroker:
                 job.submitted[entry_id] = (item.position, item.attempt)
                 job.entries[(item.position, item.attempt)] = entry_id
             item.done.set_result(entry_id)
+        for job_id, entry in late:
+            with contextlib.suppress(PoolError):
+                with redis_errors(f"XDEL units of job {job_id}", self.url):
+                    await self._client().xdel(self.keys.units(job_id), entry)
 
     # --- replies ---------------------------------------------------------------------------------
 

@@ -23,7 +23,10 @@ from .protocol import UnitReply, decode_reply
 log = logging.getLogger("comfy_distributed")
 
 READ_COUNT = 16
-"""Entries read at once: a done entry holds a unit's files, and redis-py reads an answer whole."""
+"""Entries read at once while the replies are small (progress, a unit's small files): redis-py reads an answer
+whole, so once a read brought :data:`HEAVY_READ` bytes or more, the next reads take :data:`HEAVY_COUNT` at a time."""
+HEAVY_READ = 4 * 1024 * 1024
+HEAVY_COUNT = 2
 READ_GATHER = 0.01
 """Seconds between a read that found replies and the next: the replies of many agents that finish together are
 read in a few round trips instead of one each (a reply waits at most this much longer)."""
@@ -91,12 +94,17 @@ class ReplyInbox:
         self._queues: dict[Key, Replies] = {}
         self.last_id = "0-0"
         self._read: list[Any] = []
+        self._count = READ_COUNT
         """Entries read and routed, deleted from the stream with the next read."""
         self.dropped = 0
         """Replies refused or nobody watched (for tests and logs)."""
 
     def watch(self, key: Key) -> Replies:
         return self._queues.setdefault(key, Replies())
+
+    def watching(self) -> int:
+        """How many unit attempts someone waits for now."""
+        return len(self._queues)
 
     def unwatch(self, key: Key) -> None:
         self._queues.pop(key, None)
@@ -149,14 +157,18 @@ class ReplyInbox:
             async with client.pipeline(transaction=False) as pipe:
                 if self._read:
                     pipe.xdel(self.stream, *self._read)
-                pipe.xread({self.stream: self.last_id}, count=READ_COUNT, block=READ_BLOCK_MS)
+                pipe.xread({self.stream: self.last_id}, count=self._count, block=READ_BLOCK_MS)
                 answer = (await pipe.execute())[-1]
         self._read = []
+        size = 0
         for _stream, entries in answer or []:
             for entry_id, fields in entries:
+                size += sum(len(value) for value in fields.values() if isinstance(value, bytes)) \
+                    if isinstance(fields, dict) else 0
                 self._read.append(entry_id)
                 self.last_id = entry_id.decode() if isinstance(entry_id, bytes) else str(entry_id)
                 self._route(self.last_id, fields)
+        self._count = HEAVY_COUNT if size >= HEAVY_READ else READ_COUNT
         return bool(self._read)
 
     def _route(self, entry_id: str, fields: Any) -> None:

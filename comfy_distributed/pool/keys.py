@@ -60,7 +60,6 @@ WAKE_MAXLEN = 1000
 """Approximate trim of the wake-up stream: only its newest entries matter."""
 WAKE_WAIT = 2.0
 """Seconds an idle agent waits for a wake-up before it looks at the open jobs again anyway."""
-"""Approximate trim of a reply stream on each add; the master also deletes each entry it has read."""
 
 
 class PoolKeys:

@@ -51,7 +51,8 @@ JOIN_RETRY_LONGEST = 60.0
 """The longest pause between two tries to reach the pool's Redis at start."""
 PROGRESS_REPLIES = 64.0
 """Progress replies a second the master asks of all its pool units together at most: each unit's are spaced by
-the number of agents / this (at least a second), so that a pool of hundreds costs the master no more than 64."""
+the number of unit attempts it follows / this (at least a second), so that hundreds of them cost the master no more
+than 64 a second. A unit whose previews someone watches keeps the agent's own pace."""
 DEAD_AFTER_MS = 20_000
 """An entry its agent has not touched for this long (it refreshes every 5 s while it runs it): the agent died."""
 
@@ -72,9 +73,9 @@ class PoolMember:
         self.agents: list[LiveAgent] = []
         """Those whose ComfyUI answers and that offer this master's tags: one slot each."""
         self._able: dict[bytes, list[LiveAgent]] = {}
+        """Per a unit's needs (as JSON): those of :attr:`agents` that can run it, until the agents are read again."""
         self._info: dict[str, Any] | None = None
         """:meth:`object_info`, until the agents are read again."""
-        """Per a unit's needs (as JSON): those of :attr:`agents` that can run it, until the agents are read again."""
         self._reclaimed: dict[str, float] = {}
         """Per job: when Redis was last asked for its dead agents' entries (one ask serves all its waiting units)."""
         self.slots: dict[str, WorkerConfig] = {}
@@ -295,14 +296,14 @@ class PoolTransport:
         if not self.member.able(needs):
             raise WorkerLacks(self.name, f"no live agent of {self.member.label} can run it: it lacks "
                                          + "; ".join(self.member.lacking(needs)[:8]))
+        broker, entry_previews = self.member.broker, previews is not None and previews.wanted()
+        replies = broker.watch(self.job_id, position, attempt)
         entry = UnitEntry.model_construct(  # the engine's own prompt: the agent checks what it reads
             job_id=self.job_id, position=position, attempt=attempt, prompt=prompt, extra_data=None,
             files=self._files_of(prompt), wanted=sorted(wanted),
             deadline=time.time() + max(0.0, deadline - time.monotonic()),
-            previews=previews is not None and previews.wanted(),
-            progress_every=max(1.0, len(self.member.agents) / PROGRESS_REPLIES))
-        broker = self.member.broker
-        replies = broker.watch(self.job_id, position, attempt)
+            previews=entry_previews,
+            progress_every=0.0 if entry_previews else max(1.0, broker.inbox.watching() / PROGRESS_REPLIES))
         try:
             await self.member.open_job(self.job_id, prompt)
             await broker.submit(self.job_id, entry)

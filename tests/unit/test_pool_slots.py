@@ -84,3 +84,26 @@ def test_a_worker_given_to_the_pool_is_reached_through_the_pool_only(tmp_path):
     assert [str(w.id) for w in cluster.config().workers] == ["2", "pool-1"]
     cluster.pool = None  # the stand-in broker has nothing to close
     asyncio.run(cluster.close())
+
+
+def test_an_idle_agent_waiting_for_work_outlives_redis_going_away():
+    """Where an idle agent spends its time, blocked in Redis for a wake-up, Redis may fail: it waits and tries
+    again, as after a failed look at the jobs, and never ends (the agent process would exit)."""
+    from comfy_distributed.errors import PoolUnavailable
+    from comfy_distributed.pool.agent import Agent
+
+    agent = Agent("redis://127.0.0.1:1/0", "http://127.0.0.1:1", name="idle")
+    turns: list[int] = []
+
+    async def turn() -> bool:
+        turns.append(len(turns))
+        if len(turns) == 3:
+            agent.stop()
+        return False
+
+    async def wait_for_work() -> None:
+        raise PoolUnavailable("XREAD wake: Redis at redis://127.0.0.1:1/0 does not answer")
+
+    agent._turn, agent._wait_for_work = turn, wait_for_work  # type: ignore[method-assign]
+    asyncio.run(asyncio.wait_for(agent._work_loop(), 10))
+    assert turns == [0, 1, 2]
