@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -21,7 +22,7 @@ from tests.comfy_test_nodes import DELAY_SCALE_ENV
 
 from . import real_queue, real_tiles
 from .figures import Figure, Target, median, seconds_list
-from .real_cluster import BenchCluster, unavailable
+from .real_cluster import BenchCluster
 from .real_jobs import BenchError, RealBench, RealRun, breakdown, fetch_last_outputs
 from .workload import MIXED, SLOW_SCALE, Workload, available_modes
 
@@ -30,6 +31,11 @@ MB = 1e6
 WORKERS = ("w1", "w2")
 FIRST_JOB = Workload((1.0, 1.0, 1.0), images=2, work_per_image=0.5, width=64, height=48)
 """The first job after start: 1 s of work per participant, small images (start-up, not transfer)."""
+INTERACTIVE = Workload((1.0, 1.0, 1.0), images=2, work_per_image=1.0, width=512, height=512)
+"""How a UI user works: 3 participants x batch 2 x 1 s per image at 512x512, static."""
+PAUSE = 12.0
+"""Seconds of idle before a job: longer than ComfyUI's 10 s between two garbage collections, so that every instance
+collects right after its next prompt (as after any pause of a user at the UI)."""
 
 
 @dataclass(slots=True, frozen=True)
@@ -59,6 +65,26 @@ def first_job_figure(runs: list[RealRun], startups: list[float]) -> Figure:
                f"{[r.master_units for r in runs]} and workers' failures {[len(r.failures) for r in runs]}"
                f"{': ' + ' / '.join(failures) if failures else ''}; the instances started together and all answered "
                f"after {seconds_list(startups)}; {breakdown(runs)}")
+
+
+def after_pauses(bench: RealBench, params: Params) -> list[Figure]:
+    """The same job back to back and after an idle pause of :data:`PAUSE` s, alternating, on a warm cluster."""
+    bench.use(WORKERS, "static", INTERACTIVE)
+    bench.distributed(INTERACTIVE, "static")
+    back, paused = [], []
+    for _ in range(params.repeats):
+        time.sleep(PAUSE)
+        paused.append(bench.distributed(INTERACTIVE, "static"))
+        back.append(bench.distributed(INTERACTIVE, "static"))
+    work = INTERACTIVE.delay("static")
+    return [
+        Figure(SUITE, "job after a 12 s pause, 512x512", "static", tuple(r.seconds for r in paused), "s", None,
+               lower_is_better=True, detail=f"{work:.0f} s of work per participant; each after {PAUSE:.0f} s idle "
+               f"(every instance collects its garbage after that prompt); {breakdown(paused)}"),
+        Figure(SUITE, "job back to back, 512x512", "static", tuple(r.seconds for r in back), "s", None,
+               lower_is_better=True, detail=f"the same job right after the paused one; {breakdown(back)}; "
+               f"paused / back to back: {median(r.seconds for r in paused) / median(r.seconds for r in back):.3f}"),
+    ]
 
 
 @dataclass(slots=True)
@@ -192,7 +218,8 @@ def measure(cluster: BenchCluster, params: Params, modes: list[str]) -> tuple[li
     bench.use(WORKERS, "static", FIRST_JOB)
     startups = [cluster.start()]
     firsts = [first_job(bench)]
-    headline = sizes(bench, params, modes)
+    headline = guarded("job after a pause", partial(after_pauses, bench, params))
+    headline += sizes(bench, params, modes)
     others = guarded("overhead", partial(overhead, bench, params))
     others += guarded("transfer", partial(transfer, bench, params))
     others += guarded("queue mode", partial(real_queue.spread, bench, params.repeats))
@@ -235,6 +262,9 @@ def notes(startup: float, modes: list[str]) -> list[str]:
         "long); ratio = measured / (best assignment of whole units with zero overhead + floor), lower is better; "
         "whole images cannot reach the fluid ideal (total work / total speed), which the detail gives too.",
         "Overhead = each distributed job - median of the same prompt on the master alone (both zero work).",
+        f"After a pause: a warm cluster, the job idle for {PAUSE:.0f} s before it (ComfyUI collects its garbage right "
+        "after a prompt when its last collection is over 10 s old: the first job and every job after a pause), then "
+        "the same job back to back, alternating.",
         f"Tiles: a 1024x768 test image in {real_tiles.TILES} tiles of 256x256 (padding 16), each tile "
         f"{real_tiles.TILE_WORK:.0f} s of slept work in DistributedTestTileWork; speed-up = the master alone / master "
         "+ 2 workers (ideal 3); mixed speeds against the best assignment of whole tiles plus the master alone with "
