@@ -74,8 +74,14 @@ function attachValueTable(node) {
       return null;
     }
   };
+  // redrawn when the workers' ids or names change, not each time the config is read again: a redraw replaces
+  // the inputs, and a value being typed into one would be lost
+  const shape = (state) => JSON.stringify(((state.config && state.config.workers) || [])
+    .map((worker) => [String(worker.id), worker.name || ""]));
+  let shown = null;
   const render = () => {
     const workers = (store.state.config && store.state.config.workers) || [];
+    shown = shape(store.state);  // what it shows now: the next change of the store is compared with this
     const values = parsed();
     const rows = workers.map((worker) => {
       const id = String(worker.id);
@@ -112,16 +118,8 @@ function attachValueTable(node) {
     render();
     return previousCallback ? previousCallback.apply(this, args) : undefined;
   };
-  // redrawn when the workers' ids or names change, not each time the config is read again: a redraw replaces
-  // the inputs, and a value being typed into one would be lost
-  let shown = null;
   const unsubscribe = store.subscribe((state) => {
-    const workers = (state.config && state.config.workers) || [];
-    const next = JSON.stringify(workers.map((worker) => [String(worker.id), worker.name || ""]));
-    if (next !== shown) {
-      shown = next;
-      render();
-    }
+    if (shape(state) !== shown) render();
   });
   const removed = node.onRemoved;
   node.onRemoved = function (...args) {
