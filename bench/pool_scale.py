@@ -7,6 +7,8 @@ Needs a ``redis-server`` (no ComfyUI): the bench starts one on a free loopback p
   with the 256 stand-ins as configured workers (the direct path: a websocket each, every event), then with no
   configured worker and the 256 agents as its pool. CPU time (``time.process_time``) of this process, which holds
   only the master, per job / 256 worker units; the agents and stand-ins run in the child, Redis in its own process.
+  Then the same job with each pool unit answered by the master itself (no Redis, no agent): the engine's own cost,
+  the floor under any transport.
 - **Fair share**: 8 agents; two masters (brokers of their own, as two masters' engines use them) open a job each at
   the same moment and submit 48 units of 0.5 s each; while both have units left, the share of the units finished
   that were the first master's (0.5: even), and second by second. Then the same with the first master's weight 2 (2/3).
@@ -19,11 +21,16 @@ Needs a ``redis-server`` (no ComfyUI): the bench starts one on a free loopback p
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import gc
+import io
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any, Iterator
+
+from PIL import Image
 
 from harness.redis_server import RedisServer, redis_server_path
 
@@ -32,8 +39,9 @@ from comfy_distributed.collector.orchestrator import Orchestrator
 from comfy_distributed.config import ConfigStore
 from comfy_distributed.pool.broker import PoolBroker
 from comfy_distributed.pool.caps import needs_of
-from comfy_distributed.pool.member import PoolMember
+from comfy_distributed.pool.member import PoolMember, PoolTransport
 from comfy_distributed.pool.protocol import UnitEntry
+from comfy_distributed.worker_client import PromptResult
 
 from .figures import Figure, Target, machine, median, seconds_list, table
 from .pool import StandinPool
@@ -87,6 +95,28 @@ async def pool_runs(bench: Bench, redis_url: str, workload: Workload, repeats: i
         await cluster.close()
 
 
+@contextlib.contextmanager
+def answering_at_once(workload: Workload) -> Iterator[None]:
+    """Pool units answered by the master itself after the unit's work, with a PNG of the job's size: what the
+    engine costs per unit with a transport that costs nothing (no Redis, no agent)."""
+    buffer = io.BytesIO()
+    Image.new("RGB", (workload.width, workload.height)).save(buffer, "PNG")
+    png, real = buffer.getvalue(), PoolTransport.run_prompt
+
+    async def run_prompt(self: PoolTransport, prompt: dict, deadline: float, *args: Any, **kwargs: Any) -> Any:
+        await asyncio.sleep(workload.work_per_image * workload.images)
+        self._made[("null.png", "", "output")] = png
+        output = next(n for n, node in prompt.items() if node.get("class_type") in ("SaveImage", "PreviewImage"))
+        return PromptResult("null", {output: {"images": [{"filename": "null.png", "subfolder": "",
+                                                           "type": "output"}]}}, self.name)
+
+    PoolTransport.run_prompt = run_prompt  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        PoolTransport.run_prompt = real  # type: ignore[method-assign]
+
+
 def per_unit(name: str, runs: list[JobRun], target: Target | None, detail: str) -> list[Figure]:
     return [
         Figure(SUITE, f"{AGENTS} {name}, master CPU per unit", "static", tuple(r.cpu * 1000 / AGENTS for r in runs),
@@ -108,6 +138,8 @@ async def cpu_per_unit(base: Path, redis_url: str, repeats: int, work: float) ->
         bench = Bench(base, lambda: first.cpu_seconds() + second.cpu_seconds())
         direct = await bench.jobs(first.ports + second.ports, "static", workload, repeats)
         pooled = await pool_runs(bench, redis_url, workload, repeats)
+        with answering_at_once(workload):
+            floor = await pool_runs(bench, redis_url, workload, repeats)
     for runs in (direct, pooled):
         if why := mode_in_effect(runs, "static", workload):
             raise BenchError(why)
@@ -115,6 +147,11 @@ async def cpu_per_unit(base: Path, redis_url: str, repeats: int, work: float) ->
     return [
         *per_unit("direct workers", direct, None, "the same stand-ins as configured workers"),
         *per_unit("pool agents", pooled, Target(0.5), f"{ratio:.1f} times less than direct (target: 4)"),
+        Figure(SUITE, f"{AGENTS} slots answering at once, master CPU per unit", "static",
+               tuple(r.cpu * 1000 / AGENTS for r in floor), "ms", None, lower_is_better=True,
+               detail="the same job, each pool unit answered by the master itself after its work with a PNG of the "
+                      "job's size: the engine's own cost per unit (planning, scheduling, collecting, decoding), "
+                      "which no transport can go below"),
         Figure(SUITE, f"{AGENTS} pool agents, efficiency", "static", tuple(workload.ideal / r.wall for r in pooled),
                "ratio", None, f"ideal {workload.ideal:.2f} s / measured {seconds_list(r.wall for r in pooled)}; "
                f"direct: {seconds_list(r.wall for r in direct)}; every stand-in and agent on one machine's 2 cores"),

@@ -298,13 +298,14 @@ class PoolTransport:
                                          + "; ".join(self.member.lacking(needs)[:8]))
         broker, entry_previews = self.member.broker, previews is not None and previews.wanted()
         replies = broker.watch(self.job_id, position, attempt)
-        entry = UnitEntry.model_construct(  # the engine's own prompt: the agent checks what it reads
-            job_id=self.job_id, position=position, attempt=attempt, prompt=prompt, extra_data=None,
-            files=self._files_of(prompt), wanted=sorted(wanted),
-            deadline=time.time() + max(0.0, deadline - time.monotonic()),
-            previews=entry_previews,
-            progress_every=0.0 if entry_previews else max(1.0, broker.inbox.watching() / PROGRESS_REPLIES))
         try:
+            await asyncio.sleep(0)  # the units dispatched with this one watch theirs too: counted in progress_every
+            entry = UnitEntry.model_construct(  # the engine's own prompt: the agent checks what it reads
+                job_id=self.job_id, position=position, attempt=attempt, prompt=prompt, extra_data=None,
+                files=self._files_of(prompt), wanted=sorted(wanted),
+                deadline=time.time() + max(0.0, deadline - time.monotonic()),
+                previews=entry_previews,
+                progress_every=0.0 if entry_previews else max(1.0, broker.inbox.watching() / PROGRESS_REPLIES))
             await self.member.open_job(self.job_id, prompt)
             await broker.submit(self.job_id, entry)
             return await self._follow(replies, position, attempt, deadline, on_progress, previews)
