@@ -22,6 +22,7 @@ from ..cluster.core import Cluster
 from ..collector.orchestrator import Orchestrator
 from ..cluster.health import HealthMonitor
 from ..launcher import master_launcher_factory
+from .gc_freeze import freeze_startup_heap
 from .prompt_hook import make_prompt_handler, make_prompt_middleware, reap_finished_prompts
 from ..queue_mode.balancer import QueueBalancer
 from ..cluster.preflight import preflight_problems
@@ -226,6 +227,7 @@ def _wire(server: Any, host: ComfyHost, cluster: Cluster, public: bool, env_toke
     add_launch_routes(server.routes, store, health, master_launcher_factory(store, comfyui_root), api.authorize)
 
     def start_background() -> None:
+        freeze_startup_heap()  # every custom node is loaded by now
         health.start()
         server.loop.create_task(reap_finished_prompts(orchestrator, host.finished_prompts), name="multigpu-reaper")
 
