@@ -32,7 +32,7 @@ from typing import Any, Iterator
 
 from PIL import Image
 
-from harness.redis_server import RedisServer, redis_server_path
+from harness.redis_server import redis_server_path, running_redis
 
 from comfy_distributed.cluster.core import Cluster
 from comfy_distributed.collector.orchestrator import Orchestrator
@@ -251,19 +251,13 @@ async def fair_share(base: Path, redis_url: str, repeats: int) -> list[Figure]:
 
 
 def run(repeats: int = 3, work: float = 2.0) -> list[Figure]:
-    executable = redis_server_path()
-    if executable is None:
+    if redis_server_path() is None:
         raise BenchError("redis-server is not installed (apt install redis-server)")
     with tempfile.TemporaryDirectory(prefix="bench-pool-scale-") as tmp:
         base = Path(tmp)
-        redis = RedisServer(base / "redis", executable)
-        redis.start()
-        try:
+        with running_redis(base / "redis") as redis:
             figures = asyncio.run(cpu_per_unit(base, redis.url, repeats, work))
-            figures += asyncio.run(fair_share(base, redis.url, repeats))
-        finally:
-            redis.stop()
-    return figures
+            return figures + asyncio.run(fair_share(base, redis.url, repeats))
 
 
 def main() -> int:

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from harness.agent_process import kill_agent, start_agent, stop_agent
 from harness.comfy_process import ROOT, TEST_NODES, ComfyInstance, http_json, start_comfyui
-from harness.redis_server import RedisServer, redis_server_path
+from harness.redis_server import RedisServer, redis_server_path, running_redis
 
 from .figures import Figure, machine, seconds_list, table
 from .real_cluster import BenchCluster, unavailable
@@ -111,27 +111,21 @@ def reclaim(pool: RealBench, side: PoolMaster) -> Figure:
 
 def run(repeats: int = 3) -> list[Figure]:
     """Start Redis, the two masters, the workers and the agents; measure; stop every process."""
-    executable = redis_server_path()
-    if executable is None:
+    if redis_server_path() is None:
         raise BenchError("redis-server is not installed (apt install redis-server)")
     with tempfile.TemporaryDirectory(prefix="bench-pool-") as tmp:
         base = Path(tmp)
-        redis = RedisServer(base / "redis", executable)
-        redis.start()
-        try:
-            with BenchCluster(base, WORKERS) as cluster:
-                cluster.start()
-                direct = RealBench(cluster)
-                direct.use(WORKERS, "static", WORK, **SETTINGS)
-                side = PoolMaster(base, redis, [cluster.instances[name] for name in WORKERS])
-                try:
-                    side.wait_ready(len(WORKERS))
-                    pool = RealBench(side)  # type: ignore[arg-type]  # what it reads of a cluster: .master
-                    return [side_by_side(direct, pool, repeats), reclaim(pool, side)]
-                finally:
-                    side.stop()
-        finally:
-            redis.stop()
+        with running_redis(base / "redis") as redis, BenchCluster(base, WORKERS) as cluster:
+            cluster.start()
+            direct = RealBench(cluster)
+            direct.use(WORKERS, "static", WORK, **SETTINGS)
+            side = PoolMaster(base, redis, [cluster.instances[name] for name in WORKERS])
+            try:
+                side.wait_ready(len(WORKERS))
+                pool = RealBench(side)  # type: ignore[arg-type]  # what it reads of a cluster: .master
+                return [side_by_side(direct, pool, repeats), reclaim(pool, side)]
+            finally:
+                side.stop()
 
 
 def main() -> int:

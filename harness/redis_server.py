@@ -7,11 +7,13 @@ installs it); the tests skip then, saying so. The pool's tests and benchmarks bo
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import socket
 import subprocess
 import time
 from pathlib import Path
+from typing import Iterator
 
 from .comfy_process import LOOPBACK, free_port
 
@@ -82,3 +84,21 @@ class RedisServer:
     def restart(self) -> None:
         self.stop()
         self.start()
+
+
+class RedisMissing(RuntimeError):
+    """No ``redis-server`` on this machine."""
+
+
+@contextlib.contextmanager
+def running_redis(folder: Path) -> Iterator[RedisServer]:
+    """A started ``redis-server`` working in ``folder``, stopped at the end; RedisMissing where none is installed."""
+    executable = redis_server_path()
+    if executable is None:
+        raise RedisMissing("redis-server is not installed (apt install redis-server; .ci/run installs it)")
+    server = RedisServer(folder, executable)
+    server.start()
+    try:
+        yield server
+    finally:
+        server.stop()

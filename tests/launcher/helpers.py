@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -144,3 +145,27 @@ class RecordingLauncher:
         """A log of two lines for every instance (its reading is recorded too)."""
         self.calls.append(("logs", instance.key))
         return f"{instance.key}.log", "\n".join([f"{instance.label} started", "To see the GUI go to: ..."][-lines:])
+
+
+@dataclass
+class Site:
+    """A launcher test's ComfyUI folder, config, state folder and ports (master first), and its CLI."""
+
+    root: Path
+    config: Path
+    state: Path
+    ports: list[int]
+
+    def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
+        return run_cli(*args, "--comfyui", str(self.root), "--config", str(self.config), "--state-dir",
+                       str(self.state), **kwargs)
+
+    def configure(self, workers: list[dict], master_args: str = "--cpu", **settings) -> None:
+        write_config(self.config, self.ports[0], workers, master_args, **settings)
+
+    def started(self, key: str) -> dict:
+        """The stand-in's own report of how it was started (first line it logs)."""
+        for line in (self.state / f"{key}.log").read_text().splitlines():
+            if line.startswith("fake-comfyui: {"):
+                report = json.loads(line.split(": ", 1)[1])
+        return report

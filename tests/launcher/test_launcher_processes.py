@@ -14,8 +14,6 @@ import socket
 import subprocess
 import sys
 import threading
-import time
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -24,6 +22,7 @@ from tests.waiting import free_port, poll
 
 from .helpers import (
     REPO,
+    Site,
     answers,
     explain,
     make_comfyui,
@@ -31,30 +30,7 @@ from .helpers import (
     read_pid,
     run_cli,
     worker,
-    write_config,
 )
-
-
-@dataclass
-class Site:
-    root: Path
-    config: Path
-    state: Path
-    ports: list[int]
-
-    def cli(self, *args: str, **kwargs) -> subprocess.CompletedProcess:
-        return run_cli(*args, "--comfyui", str(self.root), "--config", str(self.config), "--state-dir",
-                       str(self.state), **kwargs)
-
-    def configure(self, workers: list[dict], master_args: str = "--cpu", **settings) -> None:
-        write_config(self.config, self.ports[0], workers, master_args, **settings)
-
-    def started(self, key: str) -> dict:
-        """The stand-in's own report of how it was started (first line it logs)."""
-        for line in (self.state / f"{key}.log").read_text().splitlines():
-            if line.startswith("fake-comfyui: {"):
-                report = json.loads(line.split(": ", 1)[1])
-        return report
 
 
 @pytest.fixture

@@ -12,9 +12,7 @@ import json
 import os
 import signal
 import socket
-import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -25,10 +23,10 @@ from comfy_distributed.config import parse_config
 from comfy_distributed.launcher import LaunchContext, Launcher, Record
 from comfy_distributed.launcher.agents import agent_plan, agents_pool
 from comfy_distributed.launcher.status import judge_agent
-from harness.redis_server import RedisServer, redis_server_path
+from harness.redis_server import RedisMissing, RedisServer, running_redis
 from tests.waiting import LOOPBACK, free_port, poll
 
-from .helpers import explain, pid_alive, read_pid, run_cli, worker, write_config
+from .helpers import Site, explain, pid_alive, read_pid, worker
 
 PASSWORD = "s3cret-pool-pw"
 
@@ -37,18 +35,14 @@ PASSWORD = "s3cret-pool-pw"
 def redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
     """A Redis that asks for :data:`PASSWORD` (set once it answers; the harness starts it without one)."""
     pytest.importorskip("redis", reason="redis-py is not installed (the agent needs it: pip install redis)")
-    executable = redis_server_path()
-    if executable is None:
-        pytest.skip("redis-server is not installed (apt install redis-server; .ci/run installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("redis"), executable)
-    server.start()
     try:
-        with socket.create_connection((LOOPBACK, server.port), timeout=2) as sock:
-            sock.sendall(f"CONFIG SET requirepass {PASSWORD}\r\n".encode())
-            assert sock.recv(64).startswith(b"+OK")
-        yield server
-    finally:
-        server.stop()
+        with running_redis(tmp_path_factory.mktemp("redis")) as server:
+            with socket.create_connection((LOOPBACK, server.port), timeout=2) as sock:
+                sock.sendall(f"CONFIG SET requirepass {PASSWORD}\r\n".encode())
+                assert sock.recv(64).startswith(b"+OK")
+            yield server
+    except RedisMissing as exc:
+        pytest.skip(str(exc))
 
 
 def pool_url(server: RedisServer) -> str:
@@ -64,21 +58,6 @@ def heartbeats(server: RedisServer) -> list[dict[str, Any]]:
         return [json.loads(client.get(key) or b"null") for key in client.scan_iter("cdp:default:agent:*")]
     finally:
         client.close()
-
-
-@dataclass
-class Site:
-    root: Path
-    config: Path
-    state: Path
-    ports: list[int]
-
-    def cli(self, *args: str) -> subprocess.CompletedProcess:
-        return run_cli(*args, "--comfyui", str(self.root), "--config", str(self.config), "--state-dir",
-                       str(self.state))
-
-    def configure(self, workers: list[dict], **settings: Any) -> None:
-        write_config(self.config, self.ports[0], workers, **settings)
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from harness.redis_server import RedisServer, redis_server_path
+from harness.redis_server import RedisMissing, RedisServer, running_redis
 from tests.waiting import LOOPBACK
 
 if TYPE_CHECKING:
@@ -20,15 +20,11 @@ pytest.register_assert_rewrite("tests.component.pool.pool_support")
 
 @pytest.fixture(scope="module")
 def redis_module(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    executable = redis_server_path()
-    if executable is None:
-        pytest.skip("redis-server is not installed (apt install redis-server; .ci/run installs it)")
-    server = RedisServer(tmp_path_factory.mktemp("redis"), executable)
-    server.start()
     try:
-        yield server
-    finally:
-        server.stop()
+        with running_redis(tmp_path_factory.mktemp("redis")) as server:
+            yield server
+    except RedisMissing as exc:
+        pytest.skip(str(exc))
 
 
 @pytest.fixture
