@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import enum
 import hmac
-import ipaddress
 import shlex
 from typing import Any, Callable
 from urllib.parse import urlsplit
 
 from aiohttp import web
+
+from ..config.pool import is_loopback_name
 
 TOKEN_ENV = "COMFY_DISTRIBUTED_TOKEN"
 TOKEN_COMMAND = "custom_nodes/ComfyUI-Distributed/launch_distributed.sh token"
@@ -64,17 +65,6 @@ class Access(enum.Enum):
     """The token on a public master."""
     CONTROL = "control"
     """The token whenever one is configured, and always on a public master."""
-
-
-def is_loopback_name(address: str) -> bool:
-    """``localhost`` or a loopback IP address (``127.0.0.0/8``, ``::1``), brackets allowed."""
-    name = address.strip().strip("[]").lower().rstrip(".")
-    if name == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
 
 
 def listens_beyond_loopback(listen: str | None) -> bool:

@@ -14,7 +14,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Mapping
 
-from ..api.access import is_loopback_name
 from ..config import GpuConfig, WorkerConfig
 from ..config.models import ROLE_ENV
 
@@ -29,10 +28,6 @@ class Role:
     worker: WorkerConfig | None = None
 
 
-def _local(worker: WorkerConfig) -> bool:
-    return worker.host is None or ("://" not in worker.host and is_loopback_name(worker.host))
-
-
 def decide_role(config: GpuConfig | None, port: int | None, env: Mapping[str, str]) -> Role:
     """The role of a ComfyUI listening on ``port``; ``config`` is None when the file cannot be read."""
     named = env.get(ROLE_ENV, "").strip().lower()
@@ -41,11 +36,11 @@ def decide_role(config: GpuConfig | None, port: int | None, env: Mapping[str, st
     if named == "worker":
         worker = None
         if config is not None and port is not None:
-            worker = next((w for w in config.workers if w.port == port and _local(w)), None)
+            worker = next((w for w in config.workers if w.port == port and w.on_this_machine), None)
         return Role(False, f"{ROLE_ENV}=worker", worker)
     if config is None or port is None or port == config.master.port:
         return Role(True, "its port is the master's" if config is not None and port is not None else "default")
-    worker = next((w for w in config.workers if w.port == port and _local(w)), None)
+    worker = next((w for w in config.workers if w.port == port and w.on_this_machine), None)
     if worker is not None:
         return Role(False, f"its port {port} is worker {worker.id}'s in the config, not the master's "
                            f"({config.master.port})", worker)

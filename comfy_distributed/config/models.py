@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import re
 from pathlib import Path
 from typing import Any, Literal
@@ -10,7 +9,7 @@ from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from .pool import AGENT_NAME, HOSTNAME as _HOSTNAME, MAX_TAGS, TAG, PoolConfig, is_ip as _is_ip
+from .pool import AGENT_NAME, HOSTNAME as _HOSTNAME, MAX_TAGS, TAG, PoolConfig, is_ip as _is_ip, is_loopback_name
 
 
 CONFIG_ENV = "COMFY_DISTRIBUTED_CONFIG"
@@ -84,11 +83,6 @@ def _user_name(value: str) -> str:
     if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}", value):
         raise ValueError("must be a user name (letters, digits, '_', '.', '-')")
     return value
-
-
-def _loopback(host: str) -> bool:
-    name = host.strip("[]").lower()
-    return name == "localhost" or (_is_ip(name) and ipaddress.ip_address(name).is_loopback)
 
 
 def _empty(value: str) -> str:
@@ -213,7 +207,12 @@ class WorkerConfig(_Model):
         participants (:meth:`GpuConfig.without_pool_workers`): the agent's slot is how the master reaches it, so
         its GPU is never asked twice. ``pool_agent`` elsewhere does nothing, and is warned about
         (:func:`.pool_agents.pool_agent_warnings`)."""
-        return self.pool_agent and self.ssh is None and (self.host is None or _loopback(self.host))
+        return self.pool_agent and self.ssh is None and self.on_this_machine
+
+    @property
+    def on_this_machine(self) -> bool:
+        """No host, or a loopback one (not a URL): the worker runs beside the master."""
+        return self.host is None or ("://" not in self.host and is_loopback_name(self.host))
 
     @property
     def base_url(self) -> str:

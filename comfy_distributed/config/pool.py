@@ -47,6 +47,17 @@ def is_ip(value: str) -> bool:
     return True
 
 
+def is_loopback_name(address: str) -> bool:
+    """``localhost`` or a loopback IP address (``127.0.0.0/8``, ``::1``), brackets allowed."""
+    name = address.strip().strip("[]").lower().rstrip(".")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
 def check_pool_url(value: str) -> str:
     """``value`` when it is a ``redis://`` or ``rediss://`` URL redis-py can use; ValueError saying what is wrong.
 

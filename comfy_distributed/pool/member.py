@@ -29,7 +29,7 @@ from ..worker_client import DEFAULT_MAX_FILE_BYTES, Channel, Limits, OutputFile,
 from .broker import LiveAgent, PoolBroker
 from .inbox import Replies
 from .connection import Backoff, end_tasks, pause_unless
-from .caps import needs_of
+from .caps import needs_of, tags_fit
 from .protocol import FileRef, Needs, UnitEntry, UnitReply, encode
 from .settings import pool_config, pool_label
 from .unit_run import file_value
@@ -137,8 +137,8 @@ class PoolMember:
     async def refresh(self) -> None:
         """Read the live agents; one slot per agent whose ComfyUI answers."""
         self.live = await self.broker.agents()
-        tags = set(self.tags)
-        self.agents = [agent for agent in self.live if agent.heartbeat.comfyui and tags <= set(agent.heartbeat.tags)]
+        self.agents = [agent for agent in self.live
+                       if agent.heartbeat.comfyui and tags_fit(self.tags, agent.heartbeat.tags)]
         self._able, self._info = {}, None
         self.slots = {str(slot.id): slot for slot in map(self._slot, range(1, len(self.agents) + 1))}
 
