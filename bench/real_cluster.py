@@ -18,6 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Callable
 
+from comfy_distributed.config.models import ROLE_ENV
 from harness.comfy_process import ROOT, TEST_NODES, ComfyInstance, free_port, http_json, start_comfyui
 
 MASTER = "master"
@@ -45,7 +46,7 @@ def together(calls: list[Callable[[], Any]]) -> None:
 
 
 class BenchCluster:
-    """A master with this extension and the test node pack, and workers with the test node pack.
+    """A master and workers, each with this extension (passive on the workers) and the test node pack.
 
     ``with BenchCluster(tmp) as cluster: cluster.start()``; instances by name in ``instances``.
     """
@@ -113,10 +114,11 @@ class BenchCluster:
             instance.stop()
 
     def _start(self, name: str) -> None:
-        nodes: dict[str, Path] = {"comfy_test_nodes": TEST_NODES}
-        env = None
-        if name == MASTER:
-            nodes = {"ComfyUI-Distributed": ROOT, **nodes}
-            env = {"COMFY_DISTRIBUTED_CONFIG": str(self.config_path)}
+        # every instance has the extension, as the README asks of a worker (the same custom nodes as the master):
+        # passive on a worker (the launcher's role variable), where it only freezes the startup heap
+        nodes: dict[str, Path] = {"ComfyUI-Distributed": ROOT, "comfy_test_nodes": TEST_NODES}
+        env = {"COMFY_DISTRIBUTED_CONFIG": str(self.config_path)}
+        if name != MASTER:
+            env[ROLE_ENV] = "worker"
         self.instances[name] = start_comfyui(name, self.base / name, custom_nodes=nodes, env=env,
                                              port=self.ports[name])

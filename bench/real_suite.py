@@ -18,6 +18,7 @@ from functools import partial
 from pathlib import Path
 from typing import Callable
 
+from comfy_distributed.comfy.gc_freeze import GC_FREEZE_ENV
 from tests.comfy_test_nodes import DELAY_SCALE_ENV
 
 from . import real_queue, real_tiles
@@ -67,8 +68,11 @@ def first_job_figure(runs: list[RealRun], startups: list[float]) -> Figure:
                f"after {seconds_list(startups)}; {breakdown(runs)}")
 
 
-def after_pauses(bench: RealBench, params: Params) -> list[Figure]:
-    """The same job back to back and after an idle pause of :data:`PAUSE` s, alternating, on a warm cluster."""
+def after_pauses(bench: RealBench, params: Params, workers_frozen: bool = True) -> list[Figure]:
+    """The same job back to back and after an idle pause of :data:`PAUSE` s, alternating, on a warm cluster.
+
+    ``workers_frozen`` False: the workers were started with :data:`GC_FREEZE_ENV` ``=0``, so they collect as a
+    plain ComfyUI does (a worker without the extension)."""
     bench.use(WORKERS, "static", INTERACTIVE)
     bench.distributed(INTERACTIVE, "static")
     back, paused = [], []
@@ -77,14 +81,24 @@ def after_pauses(bench: RealBench, params: Params) -> list[Figure]:
         paused.append(bench.distributed(INTERACTIVE, "static"))
         back.append(bench.distributed(INTERACTIVE, "static"))
     work = INTERACTIVE.delay("static")
+    workers = "" if workers_frozen else ", workers collecting as plain ComfyUI"
+    collects = ("the workers' startup heaps frozen by the extension" if workers_frozen
+                else f"the workers started with {GC_FREEZE_ENV}=0: a plain worker's full collection")
     return [
-        Figure(SUITE, "job after a 12 s pause, 512x512", "static", tuple(r.seconds for r in paused), "s", None,
-               lower_is_better=True, detail=f"{work:.0f} s of work per participant; each after {PAUSE:.0f} s idle "
-               f"(every instance collects its garbage after that prompt); {breakdown(paused)}"),
-        Figure(SUITE, "job back to back, 512x512", "static", tuple(r.seconds for r in back), "s", None,
+        Figure(SUITE, f"job after a 12 s pause, 512x512{workers}", "static", tuple(r.seconds for r in paused), "s",
+               None, lower_is_better=True, detail=f"{work:.0f} s of work per participant; each after {PAUSE:.0f} s "
+               f"idle (every instance collects its garbage after that prompt; {collects}); {breakdown(paused)}"),
+        Figure(SUITE, f"job back to back, 512x512{workers}", "static", tuple(r.seconds for r in back), "s", None,
                lower_is_better=True, detail=f"the same job right after the paused one; {breakdown(back)}; "
                f"paused / back to back: {median(r.seconds for r in paused) / median(r.seconds for r in back):.3f}"),
     ]
+
+
+def plain_workers_after_pauses(bench: RealBench, cluster: BenchCluster, params: Params) -> list[Figure]:
+    """:func:`after_pauses` again, the workers restarted to collect as plain ComfyUI (at normal speed)."""
+    cluster.restart(WORKERS, env={GC_FREEZE_ENV: "0", DELAY_SCALE_ENV: "1"})
+    cluster.wait_online(WORKERS)
+    return after_pauses(bench, params, workers_frozen=False)
 
 
 @dataclass(slots=True)
@@ -231,6 +245,7 @@ def measure(cluster: BenchCluster, params: Params, modes: list[str]) -> tuple[li
         firsts.append(first_job(bench))
     headline += guarded("mixed speeds 1:1:1/3", partial(mixed, bench, cluster, params))
     tiles += guarded("tiles: mixed speeds", partial(real_tiles.mixed, bench, WORKERS, params.repeats))  # w2 slow
+    headline += guarded("job after a pause, plain workers", partial(plain_workers_after_pauses, bench, cluster, params))
     return [first_job_figure(firsts, startups), *headline, *tiles, *others], startups[0]
 
 
@@ -245,8 +260,9 @@ def run(quick: bool = False) -> tuple[list[Figure], list[str]]:
 
 def notes(startup: float, modes: list[str]) -> list[str]:
     return [
-        f"ComfyUI {comfyui_version()} with --cpu: a master (this extension + tests/comfy_test_nodes) and 2 workers "
-        f"(tests/comfy_test_nodes) on loopback, started together (all answered after {startup:.0f} s); "
+        f"ComfyUI {comfyui_version()} with --cpu: a master and 2 workers, each with this extension (passive on the "
+        f"workers, as the README's install puts it on every instance) + tests/comfy_test_nodes, on loopback, started "
+        f"together (all answered after {startup:.0f} s); "
         f"scheduling modes found: {', '.join(modes)}.",
         f"This machine has {os.cpu_count()} CPUs for 3 ComfyUI processes and the benchmark: the work is slept, but "
         "dispatch, events, PNG encoding and decoding of all instances compete for the cores.",
@@ -264,7 +280,8 @@ def notes(startup: float, modes: list[str]) -> list[str]:
         "Overhead = each distributed job - median of the same prompt on the master alone (both zero work).",
         f"After a pause: a warm cluster, the job idle for {PAUSE:.0f} s before it (ComfyUI collects its garbage right "
         "after a prompt when its last collection is over 10 s old: the first job and every job after a pause), then "
-        "the same job back to back, alternating.",
+        "the same job back to back, alternating; at the end again with the workers restarted with "
+        f"{GC_FREEZE_ENV}=0 (they collect as a plain ComfyUI worker does).",
         f"Tiles: a 1024x768 test image in {real_tiles.TILES} tiles of 256x256 (padding 16), each tile "
         f"{real_tiles.TILE_WORK:.0f} s of slept work in DistributedTestTileWork; speed-up = the master alone / master "
         "+ 2 workers (ideal 3); mixed speeds against the best assignment of whole tiles plus the master alone with "

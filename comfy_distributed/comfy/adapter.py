@@ -180,6 +180,8 @@ def install() -> bool:
     role = decide_role(config, port, os.environ)
     if not role.is_master:
         log.info("%s", passive_line(role, store.path, port))
+        # a worker collects after its prompts too, and the master waits for its files meanwhile: its heap as well
+        server.loop.call_soon_threadsafe(freeze_startup_heap)
         return False
     cors_origin = getattr(cli_args.args, "enable_cors_header", None)
     public = is_public(getattr(cli_args.args, "listen", None), cors_origin)

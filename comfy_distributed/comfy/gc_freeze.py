@@ -1,12 +1,16 @@
-"""The master's garbage collections out of a job's way: its startup heap frozen once ComfyUI runs.
+"""Garbage collections out of a job's way: the startup heap frozen once ComfyUI runs, on the master and on a worker
+that loads the extension (passive there).
 
 ComfyUI collects garbage (``gc.collect()``, with the GIL held) right after a prompt whenever its last collection is
 more than 10 s old: after the first job, and after every job that follows a pause of a user at the UI. A full
 collection walks every object the process holds, most of them ComfyUI's, torch's and the custom nodes' modules,
-loaded once and never garbage: 0.3 s on a small machine, during which the master sends nothing, so the UI hears of
-the finished prompt that much later. ``gc.freeze()`` moves the objects alive once the server loop runs to a
-generation no collection walks again; what a prompt makes is still collected as before. Set
-``COMFY_DISTRIBUTED_GC_FREEZE=0`` to leave ComfyUI's collections as they are.
+loaded once and never garbage: 0.3 s on a small machine, during which the instance answers nothing. On the master the
+UI hears of the finished prompt that much later; on a worker the master's fetch of the unit's files waits for it (the
+``executed`` event leaves just before the collection starts, the files' ``GET /view`` lands in it; ComfyUI's own
+``SaveImageWebsocket`` does not escape it either: its frames are encoded on the server loop, which the collection
+holds too). ``gc.freeze()`` moves the objects alive once the server loop runs to a generation no collection walks
+again; what a prompt makes is still collected as before. Set ``COMFY_DISTRIBUTED_GC_FREEZE=0`` in an instance's
+environment to leave its collections as they are.
 """
 
 from __future__ import annotations

@@ -19,6 +19,7 @@ from tests.waiting import poll
 pytestmark = [requires_comfyui, pytest.mark.timeout(900)]
 
 PASSIVE = "the extension stays passive here"
+FROZEN = "of ComfyUI's startup left out of later garbage collections"
 
 
 def get(port: int, path: str, token: str | None = None) -> tuple[int, object]:
@@ -50,6 +51,7 @@ def test_workers_that_load_the_extension_stay_passive(site, tmp_path):
         assert PASSIVE in launched_log and "COMFY_DISTRIBUTED_ROLE=worker" in launched_log
         assert "is worker 2 (GPU 2)" in by_hand.log_path.read_text()
         assert "its port" in by_hand.log_path.read_text() and PASSIVE in by_hand.log_path.read_text()
+        assert FROZEN in launched_log and FROZEN in by_hand.log_path.read_text(), "a worker's heap is frozen too"
         for port in site.ports[1:]:
             assert get(port, "/multigpu/status")[0] == 404, "no /multigpu routes on a worker"
         master_log = (site.state / "master.log").read_text()
