@@ -48,9 +48,15 @@ class RealRun:
 
 
 def breakdown(runs: list[RealRun]) -> str:
-    """Where the median job spent its time, from the master's websocket."""
-    return (f"master at its Collector {median(r.collector for r in runs):.2f} s, workers' results in "
+    """Where the median job spent its time, from the master's websocket; and the slowest job, part by part, to say
+    where a worst run lost its time (reaching the Collector, the workers' results, or the master's saving after)."""
+    text = (f"master at its Collector {median(r.collector for r in runs):.2f} s, workers' results in "
             f"{median(r.results for r in runs):.2f} s, Collector done {median(r.collector_done for r in runs):.2f} s")
+    if len(runs) < 2:
+        return text
+    worst = max(runs, key=lambda r: r.seconds)
+    return (f"{text}, finished {median(r.seconds for r in runs):.2f} s; the slowest: {worst.collector:.2f} / "
+            f"{worst.results:.2f} / {worst.collector_done:.2f} / {worst.seconds:.2f} s")
 
 
 class RealBench:

@@ -144,10 +144,12 @@ def against_floor(bench: RealBench, params: Params, modes: list[str], workload: 
     """Efficiency = (work / 3 + floor) / measured, each run; with zero work it is one instance / distributed."""
     measured = alternating(bench, params, modes, workload)
     ideal = workload.ideal + measured.floor
+    spread = max(measured.floors) / measured.floor
     return [not_in_effect(name, mode, runs, workload) or Figure(
         SUITE, name, mode, tuple(ideal / r.seconds for r in runs), "ratio", target,
         f"ideal {ideal:.2f} s = work / 3 {workload.ideal:.2f} s + floor {measured.floor:.2f} s (one instance "
-        f"making and saving all {workload.total_images} images with zero work: {seconds_list(measured.floors)}); "
+        f"making and saving all {workload.total_images} images with zero work: {seconds_list(measured.floors)}, "
+        f"its slowest {spread:.2f} x its median); "
         f"measured {seconds_list(r.seconds for r in runs)}; units of {workload.delay(mode):.1f} s; {breakdown(runs)}")
         for mode, runs in measured.runs.items()]
 

@@ -37,6 +37,12 @@ FOLLOW_RATE = 4 * MIB
 :data:`FOLLOW_RATE` bytes a second on average (its events and preview frames, ComfyUI's at their largest, take
 a fraction of that). Past it, the worker is flooding the master's event loop: it fails, its unit runs elsewhere."""
 
+UNREAD_EVENTS = ('{"type": "progress_state"',)
+"""Text events never used while following a prompt, known by how ComfyUI's ``send_json`` starts them (``json.dumps``
+of ``{"type": ..., "data": ...}``) and dropped unparsed, after the :class:`FrameGuard` counted them.
+``progress_state`` (ComfyUI 0.3.6x: every node's state, sent again with each progress step of each node) is the most
+frequent text a worker sends, and parsing it was a large part of the master's CPU per unit."""
+
 MESSAGE_FLOOR = 1024
 """Each message counts at least this much: a flood of tiny messages costs the loop per message, not per byte."""
 
@@ -99,7 +105,8 @@ async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, dead
     watch = PromptPreviews(previews, prompt_id) if previews is not None else None
     guard = FrameGuard(name)
     while True:
-        event = await next_event(websocket, wait_until, watch.read if watch is not None else None, guard)
+        event = await next_event(websocket, wait_until, watch.read if watch is not None else None, guard,
+                                 UNREAD_EVENTS)
         if event is None:  # socket closed, or the grace after success ran out
             if wait_until >= deadline and time.monotonic() >= deadline:
                 raise WorkerTimeout(name, "the prompt did not finish before the worker timeout")
@@ -129,10 +136,11 @@ async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, dead
 
 
 async def next_event(websocket: WebSocket, until: float, on_binary: Callable[[bytes], None] | None = None,
-                     guard: FrameGuard | None = None) -> dict | None:
+                     guard: FrameGuard | None = None, unread: tuple[str, ...] = ()) -> dict | None:
     """The next JSON event, or None when the socket closed or ``until`` passed; binary messages read on the way
     go to ``on_binary`` (without it they are dropped). With a ``guard`` (a worker's socket), every message is
-    measured against it first, and a message aiohttp refused as too large is raised, not taken for a close."""
+    measured against it first, and a message aiohttp refused as too large is raised, not taken for a close.
+    Text that starts with one of ``unread`` is dropped unparsed (:data:`UNREAD_EVENTS`)."""
     while True:
         remaining = until - time.monotonic()
         if remaining <= 0:
@@ -144,6 +152,8 @@ async def next_event(websocket: WebSocket, until: float, on_binary: Callable[[by
         if message.type == aiohttp.WSMsgType.TEXT:
             if guard is not None:
                 guard.text(message.data)
+            if unread and message.data.startswith(unread):
+                continue
             parsed = json_or_none(message.data)
             if isinstance(parsed, dict):
                 return parsed

@@ -130,6 +130,36 @@ async def test_a_flood_of_small_messages_past_the_budget_fails_the_worker(tmp_pa
     assert 64 * MIB < w2.sent < 256 * MIB
 
 
+def progress_state(size: int, valid: bool = True) -> str:
+    """A ``progress_state`` event as ComfyUI's ``send_json`` starts it, of about ``size`` characters; the master
+    drops it unparsed (or, not ``valid``, cut off: it would not parse)."""
+    text = json.dumps({"type": "progress_state", "data": {"prompt_id": "p", "nodes": {}, "pad": "x" * size}})
+    return text if valid else text[:len(text) // 2]
+
+
+async def test_a_flood_of_unparsed_progress_states_still_counts_against_the_budget(tmp_path, standin_cluster):
+    cluster, _ = await run_with_hostile_second(tmp_path, itertools.repeat(progress_state(60_000)))
+    message = the_failure(cluster)["message"]
+    assert "while one prompt ran, past the budget of 64 MiB plus 4 MiB a second" in message, message
+
+
+async def test_progress_states_are_dropped_unparsed_and_the_unit_still_counts(tmp_path, standin_cluster):
+    """Broken ``progress_state`` text (never parsed) and one past the text cap (refused first) on the same worker."""
+    messages = [progress_state(100, valid=False), progress_state(200), progress_state(100, valid=False)]
+    async with StandinComfy(tmp_path / "w1", name="w1") as w1, \
+            FloodingStandin(tmp_path / "w2", name="w2", messages=messages) as w2:
+        async with Cluster(tmp_path, [w1.port, w2.port], worker_timeout=60) as cluster:
+            job = cluster.start(workflow(seed=42, batch=2))
+            await until(lambda: job.settled.is_set(), timeout=30, what="the job settled")
+            result = await cluster.collect(job)
+            assert by_position(result)[2][0] == "GPU 2", "the worker that sent them ran its own unit"
+            assert_unit_images(result, 2, 44)
+            assert not cluster.events_named("multigpu.worker_failed")
+    cluster, _ = await run_with_hostile_second(tmp_path / "big", [progress_state(MIB)])
+    message = the_failure(cluster)["message"]
+    assert "GET /ws: a text message of 1.0 MiB, more than the cap of 256 KiB" in message, message
+
+
 # --- job_complete: a time limit on the body, one read per share ----------------------------------
 
 
