@@ -22,6 +22,7 @@ from comfy_distributed.config.models import ROLE_ENV
 from harness.comfy_process import ROOT, TEST_NODES, ComfyInstance, free_port, http_json, start_comfyui
 
 MASTER = "master"
+WEBSOCKET_IMAGE_SAVE = Path(os.environ.get("COMFYUI_PATH") or ".") / "custom_nodes" / "websocket_image_save.py"
 ONLINE = ("idle", "busy")
 
 
@@ -51,8 +52,9 @@ class BenchCluster:
     ``with BenchCluster(tmp) as cluster: cluster.start()``; instances by name in ``instances``.
     """
 
-    def __init__(self, base: Path, workers: tuple[str, ...] = ("w1", "w2")) -> None:
+    def __init__(self, base: Path, workers: tuple[str, ...] = ("w1", "w2"), frames: bool = True) -> None:
         self.base = base
+        self.frames = frames
         self.config_path = base / "gpu_config.json"
         self.workers = workers
         self.ports = {name: free_port() for name in (MASTER, *workers)}
@@ -120,5 +122,9 @@ class BenchCluster:
         env = {"COMFY_DISTRIBUTED_CONFIG": str(self.config_path)}
         if name != MASTER:
             env[ROLE_ENV] = "worker"
+            # ComfyUI's own custom_nodes/websocket_image_save.py, which a standard install loads (a base directory
+            # of its own does not): a unit's images then come as websocket frames
+            if self.frames and WEBSOCKET_IMAGE_SAVE.is_file():
+                nodes[WEBSOCKET_IMAGE_SAVE.name] = WEBSOCKET_IMAGE_SAVE
         self.instances[name] = start_comfyui(name, self.base / name, custom_nodes=nodes, env=env,
                                              port=self.ports[name])

@@ -263,8 +263,9 @@ def run(quick: bool = False) -> tuple[list[Figure], list[str]]:
 def notes(startup: float, modes: list[str]) -> list[str]:
     return [
         f"ComfyUI {comfyui_version()} with --cpu: a master and 2 workers, each with this extension (passive on the "
-        f"workers, as the README's install puts it on every instance) + tests/comfy_test_nodes, on loopback, started "
-        f"together (all answered after {startup:.0f} s); "
+        f"workers, as the README's install puts it on every instance) + tests/comfy_test_nodes, the workers with "
+        f"ComfyUI's custom_nodes/websocket_image_save.py as a standard install loads it (a unit's images come as "
+        f"websocket frames), on loopback, started together (all answered after {startup:.0f} s); "
         f"scheduling modes found: {', '.join(modes)}.",
         f"This machine has {os.cpu_count()} CPUs for 3 ComfyUI processes and the benchmark: the work is slept, but "
         "dispatch, events, PNG encoding and decoding of all instances compete for the cores.",

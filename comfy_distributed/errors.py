@@ -89,6 +89,11 @@ class WorkerProtocolError(WorkerError):
     reason = "protocol_error"
 
 
+class WorkerFramesLost(WorkerProtocolError):
+    """A prompt's images did not all come as websocket frames (the socket closed, or a node sent fewer than it
+    announced): none are taken, and that worker's units keep their files from then on."""
+
+
 class WorkerAnswerTooLarge(WorkerProtocolError):
     """An answer longer than its cap: refused as soon as that was known, so a caller can say which cap."""
 

@@ -36,6 +36,8 @@ class Cluster:
         self._online: list[Callable[[str], None]] = []
         self.object_info = ObjectInfoCache(self._epoch)
         """Each worker's node classes; one fetch serves every owner."""
+        self.files_only: set[str] = set()
+        """Workers whose units lost an image sent as a websocket frame: theirs come as files from then on."""
         self.speeds = Speeds()
         self.models = LoadedModels()
         """The checkpoints each participant ran last (queue mode routes by them)."""

@@ -324,6 +324,7 @@ class CollectorUnits(JobKind[CJ]):
     """A Collector job's units: each brings back its Collectors' files, and the master can run units too."""
 
     name = "collector"
+    image_frames = True
 
     def __init__(self, orchestrator: Orchestrator) -> None:
         self.orchestrator = orchestrator

@@ -175,6 +175,11 @@ class JobKind(Generic[J]):
     learns_speeds = True
     """Whether a unit's time says how fast its participant makes images (a tile's does not)."""
 
+    image_frames = False
+    """Whether a unit's ``PreviewImage`` outputs may come as websocket frames where a worker offers
+    ``SaveImageWebsocket`` (:mod:`..worker_client.image_frames`): only for a kind that reads its files with
+    ``fetch_files``."""
+
     def extra_data(self, job: J, unit: UnitRun, worker: WorkerConfig) -> dict | None:
         """The ``extra_data`` the unit's prompt is queued with on the worker."""
         return None

@@ -24,8 +24,9 @@ from ..cluster.core import Cluster
 from ..cluster.preflight import with_media
 from ..cluster.previews import PreviewSource
 from ..config import WorkerConfig
-from ..errors import WorkerError
-from ..worker_client import Channel
+from ..errors import WorkerError, WorkerFramesLost
+from ..worker_client import Channel, WorkerClient
+from ..worker_client.image_frames import offers_frames
 from .jobs import UnitJob, UnitRun
 from ..cluster.transport import UnitTransport
 from .scheduler import Action, Dispatch, Event, MasterRan, Skip, UnitDone, UnitFailed, UnitState
@@ -125,6 +126,10 @@ class Runner(Generic[J]):
                 return  # the worker posted its results itself (job_complete)
             raise
         except WorkerError as exc:
+            if isinstance(exc, WorkerFramesLost) and str(worker.id) not in self.cluster.files_only:
+                self.cluster.files_only.add(str(worker.id))
+                log.warning("Multi-GPU: worker %s: its units' images come as files from now on (%s)",
+                            worker.display_name, exc.message)
             self._unit_failed(job, unit, worker, attempt, exc.reason, exc.message)
             return
         except Exception as exc:  # a bug of ours must not take the master down
@@ -150,6 +155,9 @@ class Runner(Generic[J]):
         # the job id the UI knows (None for a forwarded prompt), as a failure names it
         source = PreviewSource(job.kind.failure_job_id(job), unit.position, worker.id, worker.display_name)
         client = self.client(job, worker)
+        if job.kind.image_frames and isinstance(client, WorkerClient):
+            client.frames_offered = str(worker.id) not in self.cluster.files_only \
+                and offers_frames(self.cluster.object_info.peek(worker))
         try:
             prompt = with_media(await job.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
             self.cluster.models.ran(str(worker.id), prompt)  # it loads the prompt's checkpoint now (its preflight passed)

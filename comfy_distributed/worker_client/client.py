@@ -10,11 +10,12 @@ from typing import TYPE_CHECKING, Callable
 import aiohttp
 
 from ..config import Settings, WorkerConfig
-from ..errors import WorkerError, WorkerExecutionFailed, WorkerProtocolError, WorkerTimeout
+from ..errors import WorkerError, WorkerExecutionFailed, WorkerFramesLost, WorkerProtocolError, WorkerTimeout
 from .answers import OutputFile, PromptResult, history_error, size_text
 from .comfy import ComfyClient, Limits
-from .following import follow_websocket
-from .preview_frames import PreviewSink
+from .following import MAX_WORKER_MESSAGE, follow_websocket, next_event
+from .image_frames import INLINE_TYPE, ImageFrames, with_frame_nodes
+from .preview_frames import MAX_METADATA_BYTES, PreviewSink
 from .sessions import Channel
 
 if TYPE_CHECKING:
@@ -23,6 +24,16 @@ if TYPE_CHECKING:
 
 MAX_FILES_PER_OUTPUT = 4096
 """Files one output node of one unit may list (frames of a long video included)."""
+
+
+FEATURE_FLAGS = {"type": "feature_flags", "data": {"supports_preview_metadata": True}}
+"""The first message on a socket that may carry a unit's images: ComfyUI then sends preview-hook images (the
+sampler's previews, ``SaveImageWebsocket``'s images) as type-4 frames that name their prompt and node."""
+
+
+FLAGS_WAIT = 2.0
+"""Seconds to wait for the worker's own ``feature_flags`` answer (a ComfyUI without them never answers: its
+units keep their files)."""
 
 
 HISTORY_POLL_INTERVAL = (0.05, 0.5)
@@ -46,6 +57,11 @@ class WorkerClient(ComfyClient):
                          limits=Limits.from_settings(settings), session=session)
         self.worker = worker
         self.settings = settings
+        self.frames_offered = False
+        """Whether the worker has ``SaveImageWebsocket`` and the job's kind reads files with :meth:`fetch_files`
+        (set by the runner): a unit's images then come on the job's socket (:mod:`.image_frames`)."""
+        self._frames: dict[str, bytes] = {}
+        """Images that came as frames, by the name of the file entry they are listed under."""
 
     async def fetch_files(self, files: list[OutputFile], deadline: float, expected: int | None = None) -> list[bytes]:
         """Each file's bytes, in order, within what one output may bring back.
@@ -60,7 +76,13 @@ class WorkerClient(ComfyClient):
         budget = self.max_file_bytes * expected if expected else None
         blobs, total = [], 0
         for file in files:
-            blobs.append(await self.view(file, timeout=max(deadline - time.monotonic(), 0.001)))
+            if file.type == INLINE_TYPE:
+                blob = self._frames.pop(file.filename, None)
+                if blob is None:
+                    raise WorkerProtocolError(self.name, "an image listed as a websocket frame did not come as one")
+                blobs.append(blob)
+            else:
+                blobs.append(await self.view(file, timeout=max(deadline - time.monotonic(), 0.001)))
             total += len(blobs[-1])
             if budget is not None and total > budget:
                 raise WorkerProtocolError(self.name, f"GET /view: the files of one output pass {size_text(budget)} "
@@ -87,31 +109,77 @@ class WorkerClient(ComfyClient):
                 return await self._submit_and_follow(prompt, deadline, extra_data, on_progress, wanted, websocket,
                                                      client_id, previews)
         if channel.usable() is None:
-            channel.websocket = await self._open_websocket(self.session, channel.client_id, deadline, required=False)
+            channel.frames = False
+            channel.max_message = max(MAX_WORKER_MESSAGE, self.max_file_bytes + MAX_METADATA_BYTES + 16) \
+                if self.frames_offered else MAX_WORKER_MESSAGE
+            channel.websocket = await self._open_websocket(self.session, channel.client_id, deadline, required=False,
+                                                           max_message=channel.max_message)
+            if channel.websocket is not None and self.frames_offered:
+                channel.frames = await self._negotiate_frames(channel.websocket, deadline)
         try:
             return await self._submit_and_follow(prompt, deadline, extra_data, on_progress, wanted, channel.usable(),
-                                                 channel.client_id, previews)
+                                                 channel.client_id, previews,
+                                                 frames=self.frames_offered and channel.frames,
+                                                 max_message=channel.max_message)
         except WorkerProtocolError:
             await channel.close()  # it may be what went wrong (a flood, a message past its cap): opened anew next
             raise
 
+    async def _negotiate_frames(self, websocket: WebSocket, deadline: float) -> bool:
+        """Announce :data:`FEATURE_FLAGS` as the socket's first message; whether the worker answered with its own
+        (what it sends before that, its queue's status, is of no prompt of ours)."""
+        try:
+            await websocket.send_json(FEATURE_FLAGS)
+        except (aiohttp.ClientError, ConnectionError, RuntimeError):
+            return False
+        until = min(deadline, time.monotonic() + FLAGS_WAIT)
+        while True:
+            event = await next_event(websocket, until)
+            if event is None:
+                return False
+            if event.get("type") == "feature_flags":
+                return True
+
     async def _submit_and_follow(self, prompt: dict, deadline: float, extra_data: dict | None,
                                  on_progress: Callable[[float, float], None] | None, wanted: frozenset[str],
                                  websocket: WebSocket | None, client_id: str,
-                                 previews: PreviewSink | None = None) -> PromptResult:
+                                 previews: PreviewSink | None = None, frames: bool = False,
+                                 max_message: int = MAX_WORKER_MESSAGE) -> PromptResult:
         prompt_id = str(uuid.uuid4())
+        images = None
+        if websocket is not None and frames:
+            prompt, nodes = with_frame_nodes(prompt, wanted)
+            images = ImageFrames(self.name, prompt_id, nodes, self.max_file_bytes) if nodes else None
         try:
             # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
             prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
+            if images is not None:
+                images.prompt_id = prompt_id
             if websocket is not None:
                 outputs = await follow_websocket(websocket, self.name, prompt_id, deadline, on_progress, wanted,
-                                                 previews)
+                                                 previews, images, max_message)
+                if images is not None:
+                    return await self._with_frames(prompt_id, outputs, images, deadline)
                 if outputs is not None:
                     return PromptResult(prompt_id, outputs, self.name)
             return await self._poll_history(prompt_id, deadline)
         except (asyncio.CancelledError, WorkerTimeout):
             await self._cancel_quietly(prompt_id)
             raise
+
+    async def _with_frames(self, prompt_id: str, outputs: dict[str, dict] | None, images: ImageFrames,
+                           deadline: float) -> PromptResult:
+        """The result of a prompt whose frame nodes sent their images on the socket: refused when the socket did
+        not carry it to its end (a frame may be missing), the other outputs from ``/history`` when their events
+        were not all read."""
+        if not images.complete:
+            await self._cancel_quietly(prompt_id)
+            raise WorkerFramesLost(self.name, "GET /ws: the connection closed before the prompt's images all came; "
+                                              "none are taken")
+        images.check()
+        if outputs is None:
+            outputs = (await self._poll_history(prompt_id, deadline)).outputs
+        return PromptResult(prompt_id, {**outputs, **images.outputs(self._frames)}, self.name)
 
     async def _poll_history(self, prompt_id: str, deadline: float) -> PromptResult:
         pause = HISTORY_POLL_INTERVAL[0]

@@ -12,6 +12,7 @@ import aiohttp
 
 from ..errors import WorkerAnswerTooLarge, WorkerExecutionFailed, WorkerProtocolError, WorkerTimeout, WorkerUnreachable
 from .answers import MIB, clip_text, execution_error_text, json_or_none, size_text
+from .image_frames import ImageFrames
 from .preview_frames import MAX_PREVIEW_BYTES, PreviewSink, PromptPreviews
 
 if TYPE_CHECKING:
@@ -54,8 +55,10 @@ class FrameGuard:
     bound, one could keep that loop parsing for as long as the worker timeout allows.
     """
 
-    def __init__(self, name: str, burst: int = FOLLOW_BURST, rate: int = FOLLOW_RATE) -> None:
+    def __init__(self, name: str, burst: int = FOLLOW_BURST, rate: int = FOLLOW_RATE,
+                 max_message: int = MAX_WORKER_MESSAGE) -> None:
         self.name = name
+        self.max_message = max_message
         self.burst = burst
         self.rate = rate
         self.started = time.monotonic()
@@ -73,10 +76,11 @@ class FrameGuard:
         self._count(len(data))
 
     def too_large(self) -> WorkerAnswerTooLarge:
-        """aiohttp refused a message past :data:`MAX_WORKER_MESSAGE` (and closed the socket)."""
+        """aiohttp refused a message past the socket's cap (:data:`MAX_WORKER_MESSAGE`, or with images as frames
+        the file cap: :mod:`.image_frames`) and closed the socket."""
         return WorkerAnswerTooLarge(self.name, f"GET /ws: a message larger than the cap of "
-                                               f"{size_text(MAX_WORKER_MESSAGE - 1)}; refused unread",
-                                    MAX_WORKER_MESSAGE - 1)
+                                               f"{size_text(self.max_message - 1)}; refused unread",
+                                    self.max_message - 1)
 
     def _count(self, size: int) -> None:
         self.used += max(size, MESSAGE_FLOOR)
@@ -90,7 +94,9 @@ class FrameGuard:
 async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, deadline: float,
                            on_progress: Callable[[float, float], None] | None = None,
                            wanted: frozenset[str] = frozenset(),
-                           previews: PreviewSink | None = None) -> dict[str, dict[str, Any]] | None:
+                           previews: PreviewSink | None = None,
+                           frames: ImageFrames | None = None,
+                           max_message: int = MAX_WORKER_MESSAGE) -> dict[str, dict[str, Any]] | None:
     """Follow the prompt until its ``wanted`` output nodes have reported their files, or until it ended.
 
     Returns those nodes' outputs (as ``executed`` events give them, the shape of ``/history``'s
@@ -99,14 +105,19 @@ async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, dead
     for a fraction of a second). Returns None when the prompt ended (or the socket closed) first:
     ``/history`` tells the rest. Raises on an execution error, at the deadline, and when the worker sends more
     than a :class:`FrameGuard` allows. The prompt's preview frames go to ``previews`` while it wants them.
+
+    ``frames``: the wanted nodes that send their images on the socket (no ``executed``): their frames are kept
+    there, and they are done when the prompt succeeded (``frames.complete``), which ComfyUI says after the last.
     """
     wait_until = deadline
     outputs: dict[str, dict[str, Any]] = {}
     watch = PromptPreviews(previews, prompt_id) if previews is not None else None
-    guard = FrameGuard(name)
+    guard = FrameGuard(name, max_message=max_message)
+    if frames is not None:
+        wanted = wanted - frames.nodes
     while True:
         event = await next_event(websocket, wait_until, watch.read if watch is not None else None, guard,
-                                 UNREAD_EVENTS)
+                                 UNREAD_EVENTS, frames.take if frames is not None else None)
         if event is None:  # socket closed, or the grace after success ran out
             if wait_until >= deadline and time.monotonic() >= deadline:
                 raise WorkerTimeout(name, "the prompt did not finish before the worker timeout")
@@ -121,26 +132,37 @@ async def follow_websocket(websocket: WebSocket, name: str, prompt_id: str, dead
         if kind == "execution_interrupted":
             raise WorkerExecutionFailed(name, f"the prompt was interrupted at node "
                                                    f"{clip_text(data.get('node_id'), 64)}")
+        if kind == "progress" and frames is not None and frames.progress(data.get("node"), data.get("max")):
+            continue  # a frame node's count of images, not the unit's progress
         if kind == "progress" and on_progress is not None:
             value, maximum = data.get("value"), data.get("max")
             if isinstance(value, (int, float)) and isinstance(maximum, (int, float)):
                 on_progress(float(value), float(maximum))
         elif kind == "executed" and data.get("node") in wanted and isinstance(data.get("output"), dict):
             outputs[str(data["node"])] = data["output"]
-            if len(outputs) == len(wanted):
+            if len(outputs) == len(wanted) and frames is None:
                 return outputs
         elif kind == "executing" and data.get("node") is None:
+            if frames is not None:
+                frames.complete = True
             return None  # sent after the history entry is written
         elif kind == "execution_success":
+            if frames is not None:
+                frames.complete = True  # every frame of the prompt came before this
+                if len(outputs) == len(wanted):
+                    return outputs
             wait_until = min(deadline, time.monotonic() + FINISH_GRACE)
 
 
 async def next_event(websocket: WebSocket, until: float, on_binary: Callable[[bytes], None] | None = None,
-                     guard: FrameGuard | None = None, unread: tuple[str, ...] = ()) -> dict | None:
+                     guard: FrameGuard | None = None, unread: tuple[str, ...] = (),
+                     take: Callable[[bytes], bool] | None = None) -> dict | None:
     """The next JSON event, or None when the socket closed or ``until`` passed; binary messages read on the way
     go to ``on_binary`` (without it they are dropped). With a ``guard`` (a worker's socket), every message is
     measured against it first, and a message aiohttp refused as too large is raised, not taken for a close.
-    Text that starts with one of ``unread`` is dropped unparsed (:data:`UNREAD_EVENTS`)."""
+    Text that starts with one of ``unread`` is dropped unparsed (:data:`UNREAD_EVENTS`). A binary message that
+    ``take`` keeps (an image of the prompt, :class:`.image_frames.ImageFrames`, held to caps of its own) is not
+    counted by the guard."""
     while True:
         remaining = until - time.monotonic()
         if remaining <= 0:
@@ -158,6 +180,8 @@ async def next_event(websocket: WebSocket, until: float, on_binary: Callable[[by
             if isinstance(parsed, dict):
                 return parsed
         elif message.type == aiohttp.WSMsgType.BINARY:
+            if take is not None and take(message.data):
+                continue
             if guard is not None:
                 guard.binary(message.data)
             if on_binary is not None:

@@ -87,6 +87,11 @@ class Channel:
 
     client_id: str = field(default_factory=lambda: f"multigpu-{uuid.uuid4().hex}")
     websocket: WebSocket | None = None
+    frames: bool = False
+    max_message: int = 0
+    """The socket's cap on one message (aiohttp's ``max_msg_size``), as it was opened."""
+    """Whether this socket negotiated ``supports_preview_metadata`` (:mod:`.image_frames`): a unit's images may
+    come on it as frames that name their prompt and node."""
 
     def usable(self) -> WebSocket | None:
         return self.websocket if self.websocket is not None and not self.websocket.closed else None
@@ -94,7 +99,7 @@ class Channel:
     async def close(self) -> None:
         """Close the websocket, waiting at most :data:`CLOSE_WAIT` for the worker's answer (a hung worker
         must not hold the job's release; closing the session then drops the connection)."""
-        websocket, self.websocket = self.websocket, None
+        websocket, self.websocket, self.frames = self.websocket, None, False
         if websocket is not None:
             try:
                 await asyncio.wait_for(websocket.close(), CLOSE_WAIT)

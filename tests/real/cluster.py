@@ -27,11 +27,12 @@ class Cluster:
     """
 
     def __init__(self, base: Path, workers: tuple[str, ...] = ("w1", "w2"), plain: tuple[str, ...] = (),
-                 master_env: dict[str, str] | None = None, worker_args: tuple[str, ...] = ()) -> None:
+                 master_env: dict[str, str] | None = None, worker_args: tuple[str, ...] = (),
+                 worker_nodes: dict[str, Path] | None = None) -> None:
         self.config_path = base / "gpu_config.json"
         self.config_path.write_text("{}")
         self.instances: list[ComfyInstance] = []
-        with_nodes = {"comfy_test_nodes": TEST_NODES}
+        with_nodes = {"comfy_test_nodes": TEST_NODES, **(worker_nodes or {})}
         try:
             args = {"extra_args": list(worker_args)} if worker_args else {}
             for name in workers:

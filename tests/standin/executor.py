@@ -14,6 +14,7 @@ import asyncio
 import inspect
 import time
 import traceback
+from io import BytesIO
 from typing import TYPE_CHECKING, Any
 
 from .validation import input_info, is_link, qualified_type_name
@@ -248,17 +249,18 @@ class ProgressRegistry:
         self._entry(node_id).update(state="running", value=0.0, max=1.0)
         self._send()
 
-    def update(self, node_id: str, value, maximum, preview: bool = False) -> None:
+    def update(self, node_id: str, value, maximum, preview: bool = False, image: bytes | None = None) -> None:
         """A step, in the order of ComfyUI's progress hook: ``progress_state`` (and a type-4 preview to a client
-        that announced preview metadata), ``progress``, then a type-1 preview to any other client."""
+        that announced preview metadata), ``progress``, then a type-1 preview to any other client. ``image``: a PNG
+        the node gave the hook (SaveImageWebsocket), sent instead of a sampler's preview."""
         self._entry(node_id).update(state="running", value=value, max=maximum)
         self._send()
         metadata = self.host._supports_preview_metadata()
-        if preview and metadata:
-            self.host._preview(self.prompt_id, node_id, value, metadata=True)
+        if (preview or image is not None) and metadata:
+            self.host._preview(self.prompt_id, node_id, value, metadata=True, image=image)
         self.host._send("progress", {"value": value, "max": maximum, "prompt_id": self.prompt_id, "node": node_id}, self.host._client_id)
-        if preview and not metadata:
-            self.host._preview(self.prompt_id, node_id, value, metadata=False)
+        if (preview or image is not None) and not metadata:
+            self.host._preview(self.prompt_id, node_id, value, metadata=False, image=image)
 
     def finish(self, node_id: str) -> None:
         entry = self._entry(node_id)
@@ -420,6 +422,8 @@ class PromptExecution:
             for call in _slices(values, getattr(class_def, "INPUT_IS_LIST", False)):
                 self.check_interrupt()
                 returns.append(await self.call_node(node_id, class_type, class_def, obj, call))
+                if class_type == "SaveImageWebsocket":
+                    await self.send_images(node_id, call["images"])
             output, ui = _collect(returns, class_def)
             if ui:
                 caches.ui[caches.keys[node_id]] = {
@@ -445,6 +449,21 @@ class PromptExecution:
         self.progress.finish(node_id)
         self.executed.add(node_id)
         return True, None, None
+
+    async def send_images(self, node_id: str, images: Any) -> None:
+        """SaveImageWebsocket's images through the progress hook, as ComfyUI sends them: one step each (value 0 for
+        the first), with the image as a PNG (``send_image_with_metadata``/``send_image``, compress level 1)."""
+        from .nodes import tensor_to_pil
+
+        def encode(image: Any) -> bytes:
+            buffer = BytesIO()
+            tensor_to_pil(image).save(buffer, format="PNG", compress_level=1)
+            return buffer.getvalue()
+
+        loop = asyncio.get_running_loop()
+        for step, image in enumerate(images):
+            png = await loop.run_in_executor(self.host._executor, encode, image)
+            self.progress.update(node_id, step, len(images), image=png)
 
     async def call_node(self, node_id: str, class_type: str, class_def: type, obj: Any, call: dict):
         host = self.host

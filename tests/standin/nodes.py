@@ -292,11 +292,32 @@ def make_core_nodes(dirs: Dirs) -> tuple[dict[str, type], dict[str, str], dict[s
                                                 "latent_format_version_0": None}, metadata))
             return {"ui": {"latents": [{"filename": name, "subfolder": subfolder, "type": "output"}]}}
 
+    class SaveImageWebsocket:
+        """ComfyUI's ``custom_nodes/websocket_image_save.py``: each image goes to the progress hook as a PNG, which
+        the server sends to the prompt's client (the executor does that here, on its loop, once this returns)."""
+
+        RETURN_TYPES = ()
+        FUNCTION = "save_images"
+        OUTPUT_NODE = True
+        CATEGORY = "api/image"
+
+        @classmethod
+        def INPUT_TYPES(cls):
+            return {"required": {"images": ("IMAGE",)}}
+
+        def save_images(self, images):
+            return {}
+
+        @classmethod
+        def IS_CHANGED(cls, images):
+            return time.time()
+
     classes: dict[str, type] = {"SaveImage": SaveImage, "PreviewImage": PreviewImage, "LoadImage": LoadImage,
-                                "SaveLatent": SaveLatent}
+                                "SaveLatent": SaveLatent, "SaveImageWebsocket": SaveImageWebsocket}
     display = {"SaveImage": "Save Image", "PreviewImage": "Preview Image", "LoadImage": "Load Image",
-               "SaveLatent": "SaveLatent"}
+               "SaveLatent": "SaveLatent", "SaveImageWebsocket": "SaveImageWebsocket"}
     modules = {name: CORE_MODULE for name in classes}
+    modules["SaveImageWebsocket"] = "custom_nodes.websocket_image_save"
     for cls, label in _primitive_nodes():
         classes[cls.__name__] = cls
         display[cls.__name__] = label

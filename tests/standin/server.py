@@ -49,7 +49,7 @@ class StandinComfy:
     """A ComfyUI stand-in on 127.0.0.1 (port 0 picks a free port; kept across stop/start)."""
 
     def __init__(self, base_dir: os.PathLike | str, name: str = "standin", host: str = "127.0.0.1", port: int = 0,
-                 include_test_nodes: bool = True) -> None:
+                 include_test_nodes: bool = True, websocket_image_save: bool = False) -> None:
         self.name = name
         self.host = host
         self.port = port
@@ -58,6 +58,9 @@ class StandinComfy:
             output=str(self.base_dir / "output"), temp=str(self.base_dir / "temp"), input=str(self.base_dir / "input"),
         )
         classes, display, modules = make_core_nodes(self.dirs)
+        if not websocket_image_save:  # ComfyUI loads it from its custom_nodes folder: not with --base-directory
+            for table in (classes, display, modules):
+                del table["SaveImageWebsocket"]
         if include_test_nodes:
             pack_classes, pack_display, pack_modules = test_pack_nodes()
             classes.update(pack_classes)
@@ -67,6 +70,8 @@ class StandinComfy:
         self.display_names: dict[str, str] = display
         self.python_modules: dict[str, str] = modules
 
+        self.answers_feature_flags = True
+        """False: a ComfyUI from before feature flags (the client's announcement is ignored, nothing answered)."""
         # records for tests
         self.received: list[dict] = []
         self.free_calls: list[dict] = []
@@ -227,20 +232,24 @@ class StandinComfy:
         flags = self._socket_flags.get(self._client_id or "", {}).get("feature_flags", {})
         return flags.get("supports_preview_metadata", False) is True
 
-    def _preview(self, prompt_id: str, node_id: str, step: int, metadata: bool) -> None:
+    def _preview(self, prompt_id: str, node_id: str, step: int, metadata: bool, image: bytes | None = None) -> None:
         """A preview frame of ``step`` to the running prompt's client, framed as ComfyUI 0.3.64 frames it: type 4
         (``send_image_with_metadata``: length, JSON metadata, image) for a client that announced
-        ``supports_preview_metadata``, else type 1 (``send_image``: image type 1 for JPEG, image)."""
-        buffer = BytesIO()
-        Image.new("RGB", (16, 16), ((40 * step) % 256, 128, 255 - (40 * step) % 256)).save(buffer, format="JPEG",
-                                                                                           quality=95)
-        image = buffer.getvalue()
+        ``supports_preview_metadata``, else type 1 (``send_image``: image type 1 for JPEG, 2 for PNG, image).
+        ``image``: a node's PNG (SaveImageWebsocket); else a small JPEG as a sampler's preview."""
+        png = image is not None
+        if image is None:
+            buffer = BytesIO()
+            Image.new("RGB", (16, 16), ((40 * step) % 256, 128, 255 - (40 * step) % 256)).save(
+                buffer, format="JPEG", quality=95)
+            image = buffer.getvalue()
         if metadata:
             info = json.dumps({"node_id": node_id, "prompt_id": prompt_id, "display_node_id": node_id,
-                               "parent_node_id": None, "real_node_id": node_id, "image_type": "image/jpeg"}).encode()
+                               "parent_node_id": None, "real_node_id": node_id,
+                               "image_type": "image/png" if png else "image/jpeg"}).encode()
             self._send(4, struct.pack(">I", len(info)) + info + image, self._client_id)
         else:
-            self._send(1, struct.pack(">I", 1) + image, self._client_id)
+            self._send(1, struct.pack(">I", 2 if png else 1) + image, self._client_id)
 
     async def _send_now(self, event: Any, data: Any, sid: str | None) -> None:
         message = {"type": event, "data": data}
@@ -437,7 +446,8 @@ class StandinComfy:
                         data = json.loads(msg.data)
                     except json.JSONDecodeError:
                         continue
-                    if first and isinstance(data, dict) and data.get("type") == "feature_flags":
+                    if first and isinstance(data, dict) and data.get("type") == "feature_flags" \
+                            and self.answers_feature_flags:
                         if sid in self._socket_flags:
                             self._socket_flags[sid]["feature_flags"] = data.get("data", {})
                         await ws.send_json({"type": "feature_flags", "data": self._server_features()})
