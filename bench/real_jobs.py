@@ -21,7 +21,7 @@ from comfy_distributed.cli.master_events import registered
 from comfy_distributed.errors import WorkerError, WorkerTimeout
 from comfy_distributed.worker_client import ComfyClient, PromptResult
 
-from harness.comfy_process import history_entry
+from harness.comfy_process import history_entry, http_json
 
 from .figures import median
 from .real_cluster import BenchCluster
@@ -134,17 +134,20 @@ def at(events: list[dict], kind: str, node: str | None = None) -> float:
     return float("nan")
 
 
-def fetch_last_outputs(url: str) -> tuple[int, float]:
-    """Bytes and seconds of fetching, one by one like the master, the images of the worker's last prompt."""
-    return asyncio.run(_fetch_last_outputs(url))
+def fetch_files_made(url: str, workload: Workload) -> tuple[int, float]:
+    """Bytes and seconds of fetching, one by one like the master, the images of a prompt queued on the worker itself
+    (``workload``'s images, zero work, Preview Image: files in its temp folder, as a unit's are where the worker has
+    no ``SaveImageWebsocket``)."""
+    prompt = plain_workflow(random.randrange(1, 1 << 40), workload, 0.0, "PreviewImage")
+    answer = http_json("POST", f"{url}/prompt", {"prompt": prompt, "client_id": uuid.uuid4().hex})
+    entry = history_entry(url, answer["prompt_id"], timeout=120)
+    return asyncio.run(_fetch_outputs(url, entry))
 
 
-async def _fetch_last_outputs(url: str) -> tuple[int, float]:
+async def _fetch_outputs(url: str, entry: dict[str, Any]) -> tuple[int, float]:
     """The master's own way: ``GET /view`` through the one ComfyUI client, each file in turn."""
     async with ComfyClient(url, name="the worker") as client:
-        history = await client.get_json("/history", params={"max_items": 1})
-        (entry,) = history.values()
-        result = PromptResult("last", entry["outputs"])
+        result = PromptResult("made", entry["outputs"])
         files = [file for node_id in result.outputs for file in result.images(node_id)]
         started, moved = time.perf_counter(), 0
         for file in files:

@@ -24,7 +24,7 @@ from tests.comfy_test_nodes import DELAY_SCALE_ENV
 from . import real_queue, real_tiles
 from .figures import Figure, Target, median, seconds_list
 from .real_cluster import BenchCluster
-from .real_jobs import BenchError, RealBench, RealRun, breakdown, fetch_last_outputs
+from .real_jobs import BenchError, RealBench, RealRun, breakdown, fetch_files_made
 from .workload import MIXED, SLOW_SCALE, Workload, available_modes
 
 SUITE = "real"
@@ -210,13 +210,15 @@ def transfer(bench: RealBench, params: Params) -> list[Figure]:
     bench.distributed(workload, "static", "PreviewAny")
     runs = [bench.distributed(workload, "static", "PreviewAny") for _ in range(params.repeats)]
     alone = median(bench.single(workload, 8, 0.0, "PreviewAny") for _ in range(params.repeats))
-    moved, seconds = fetch_last_outputs(bench.cluster.instances["w1"].url)
+    moved, seconds = fetch_files_made(bench.cluster.instances["w1"].url, workload)
     return [
         Figure(SUITE, "transfer 8x1024x1024, GET /view only", "static", (moved / seconds / MB,), "MB/s", Target(100),
-               f"{moved / MB:.1f} MB in {seconds:.3f} s (the worker's last files, fetched again)"),
+               f"{moved / MB:.1f} MB in {seconds:.3f} s (8 files the worker made as Preview Image, fetched as the "
+               "master fetches a worker's files)"),
         Figure(SUITE, "transfer 8x1024x1024, end to end", "static",
                tuple(moved / max(r.seconds - alone, 1e-6) / MB for r in runs), "MB/s", None,
-               f"jobs {seconds_list(r.seconds for r in runs)} - the master alone {alone:.3f} s; {breakdown(runs)}"),
+               f"jobs {seconds_list(r.seconds for r in runs)} - the master alone {alone:.3f} s (the images as "
+               f"websocket frames where the worker has SaveImageWebsocket); {breakdown(runs)}"),
     ]
 
 
