@@ -101,8 +101,9 @@ StartCluster = Callable[..., Awaitable[StandinCluster]]
 
 @asynccontextmanager
 async def standin_clusters(tmp_path: Path, settle: float = SETTLE) -> AsyncIterator[StartCluster]:
-    """Yield ``start(workers=2, offline=0, health=None, input_dir=None, **settings)``, which starts a
-    ``StandinCluster``; at the end stop them all and fail if the block leaked anything (see ``leaks``).
+    """Yield ``start(workers=2, offline=0, health=None, input_dir=None, frames=False, **settings)``, which starts a
+    ``StandinCluster`` (``frames``: stand-ins with ``SaveImageWebsocket``); at the end stop them all and fail if the
+    block leaked anything (see ``leaks``).
 
     Sessions, sockets and stashes are looked at while the stand-ins still run (a stopped server would
     close the sockets for us), tasks once they are stopped (a stand-in's own tasks end with it).
@@ -110,10 +111,11 @@ async def standin_clusters(tmp_path: Path, settle: float = SETTLE) -> AsyncItera
     clusters: list[StandinCluster] = []
     standins: list[StandinComfy] = []
     with LeakCheck.watching() as check:
-        async def start(workers: int = 2, offline: int = 0, **kwargs) -> StandinCluster:
+        async def start(workers: int = 2, offline: int = 0, frames: bool = False, **kwargs) -> StandinCluster:
             folder = tmp_path / f"cluster{len(clusters) + 1}"
             folder.mkdir()
-            new = [StandinComfy(folder / f"w{i + 1}", name=f"w{i + 1}") for i in range(workers)]
+            new = [StandinComfy(folder / f"w{i + 1}", name=f"w{i + 1}", websocket_image_save=frames)
+                   for i in range(workers)]
             standins.extend(new)  # stopped at the end even when a start fails
             for standin in new:
                 await standin.start()

@@ -42,6 +42,18 @@ async def test_tiles_shared_with_workers_give_the_image_of_the_master_alone(tmp_
     assert any(name.startswith("multigpu-tile-") for name in os.listdir(w1.dirs.temp))
 
 
+async def test_tiles_as_websocket_frames_give_the_image_of_the_master_alone(tmp_path, standin_cluster, alone):
+    prompt = tile_workflow(frames=2, delay=0.05)
+    cluster = await standin_cluster(workers=2, frames=True)
+    merged, job, on_master = await run_tiles(cluster, prompt, master_delay=0.05)
+    assert job is not None and len(job.units) == 12 and cluster.failure_messages() == []
+    assert torch.equal(merged, await alone(prompt))
+    w1, w2 = cluster.workers
+    assert w1.received and w2.received
+    assert {w["prompt"]["4"]["class_type"] for w in w1.received + w2.received} == {"SaveImageWebsocket"}
+    assert w1.request_counts["/view"] == 0 and w2.request_counts["/view"] == 0
+
+
 async def test_a_failing_worker_changes_nothing_in_the_image(tmp_path, standin_cluster, alone):
     prompt = tile_workflow(delay=0.05)
     cluster = await standin_cluster(workers=2)
