@@ -11,8 +11,9 @@ import pytest
 
 from harness.comfy_process import COMFYUI_PATH
 from tests.real.cluster import Cluster, decoded, image_workflow, worker_failures
-from tests.real.harness import http_json, link_model, output_images, requires_comfyui, sd15_workflow
-from tests.real.test_distributed_real import plain_image_workflow, single_instance_images
+from tests.real.harness import http_json, output_images, requires_comfyui
+from tests.real.test_distributed_real import (distributed_sd15_matches_single_runs, plain_image_workflow,
+                                              single_instance_images)
 
 pytestmark = [requires_comfyui, pytest.mark.timeout(900)]
 
@@ -56,20 +57,5 @@ def test_frames_give_the_images_of_single_runs_and_write_no_file(cluster):
 
 
 def test_a_real_diffusion_pipeline_through_frames_matches_single_runs(cluster, random_sd15_checkpoint):
-    for instance in (cluster.master, cluster.w1, cluster.w2):
-        link_model(instance.base_dir, "checkpoints", random_sd15_checkpoint, "random-sd15.safetensors")
-    cluster.use_workers(cluster.w1, cluster.w2)
-    prompt = sd15_workflow("random-sd15.safetensors", seed=0, steps=1, batch_size=2)
-    prompt["5"]["inputs"]["seed"] = ["20", 0]
-    prompt["20"] = {"class_type": "MultiGPUSeedDistributor", "inputs": {"seed": 888}}
-    prompt["21"] = {"class_type": "MultiGPUCollector", "inputs": {"images": ["6", 0]}}
-    prompt["7"]["inputs"]["images"] = ["21", 0]
-    entry, events, _ = cluster.run(prompt)
-    images = decoded(output_images(cluster.master.url, entry))
-    assert worker_failures(events) == [] and len(images) == 6
-    expected = []
-    for seed in (888, 889, 890):
-        expected += single_instance_images(cluster.w2, sd15_workflow("random-sd15.safetensors", seed=seed, steps=1))
-    for index, (got, want) in enumerate(zip(images, expected)):
-        assert np.array_equal(got, want), f"image {index} differs from the single-instance run"
+    distributed_sd15_matches_single_runs(cluster, random_sd15_checkpoint, 888)
     assert frame_units(cluster.w1).count("SaveImageWebsocket") >= 2
