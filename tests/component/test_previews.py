@@ -8,6 +8,7 @@ import base64
 import time
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from comfy_distributed import events
@@ -38,8 +39,10 @@ def previews_of(seen: list[tuple[float, str, dict]], worker_id: int) -> list[tup
     return [(at, data) for at, name, data in seen if name == events.PREVIEW and data["worker_id"] == worker_id]
 
 
-async def test_previews_reach_the_ui_while_a_panel_watches(standin_cluster):
-    cluster = await standin_cluster(workers=2)
+@pytest.mark.parametrize("as_frames", [False, True], ids=["files", "images as frames"])
+async def test_previews_reach_the_ui_while_a_panel_watches(standin_cluster, as_frames):
+    """With the unit's images as websocket frames too (type-4 previews then, told apart from them by node)."""
+    cluster = await standin_cluster(workers=2, frames=as_frames)
     for worker in cluster.workers:
         worker.preview_method = "latent2rgb"
     seen = timed(cluster)
@@ -66,6 +69,8 @@ async def test_previews_reach_the_ui_while_a_panel_watches(standin_cluster):
         assert last == {"job_id": job.job_id, "position": position, "worker_id": worker_id,
                         "worker": f"GPU {worker_id}", "mime": None, "data": None}  # the unit's end
     assert len(cluster.orchestrator.cluster.previews) == 0
+    for worker in cluster.workers:
+        assert worker.request_counts["/view"] == (0 if as_frames else 2)  # the batch of 2
 
 
 async def test_without_a_watcher_no_frame_is_read_and_nothing_is_sent(standin_cluster, monkeypatch):
