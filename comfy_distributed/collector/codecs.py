@@ -108,49 +108,6 @@ def decode_batch(blobs: list[bytes]) -> torch.Tensor:
     return torch.cat([decode_png(blob) for blob in blobs], dim=0)
 
 
-class FrameDecoder:
-    """A unit's images decoded one by one as they arrive as websocket frames (:mod:`..worker_client.image_frames`),
-    while the worker still encodes the next: what :meth:`ImageCodec.early` would decode, under the same bounds.
-
-    :meth:`admit` runs on the loop as a frame is kept (at most ``batch`` frames a node, each a PNG of at most
-    :data:`EARLY_PIXELS`, :data:`MAX_BATCH_PIXELS` in all), :meth:`decode` on a worker thread; :meth:`join` makes
-    the unit's tensor of them, or None when one was not admitted or decoded (the files are then decoded as before).
-    """
-
-    def __init__(self, batch: int) -> None:
-        self.batch = batch
-        self.admitted: dict[str, int] = {}
-        self.pixels = 0
-
-    def admit(self, node: str, blob: bytes) -> bool:
-        if self.admitted.get(node, 0) >= self.batch:
-            return False
-        try:
-            height, width = png_size(blob)
-        except MediaRefused:
-            return False
-        if height * width > EARLY_PIXELS or self.pixels + height * width > MAX_BATCH_PIXELS:
-            return False
-        self.admitted[node] = self.admitted.get(node, 0) + 1
-        self.pixels += height * width
-        return True
-
-    @staticmethod
-    def decode(blob: bytes) -> torch.Tensor | None:
-        try:
-            return decode_images([blob])
-        except MediaRefused:
-            return None
-
-    @staticmethod
-    def join(tensors: list[torch.Tensor | None]) -> torch.Tensor | None:
-        if not tensors or any(tensor is None for tensor in tensors):
-            return None
-        if len({tuple(tensor.shape[1:]) for tensor in tensors}) > 1:  # type: ignore[union-attr]
-            return None
-        return torch.cat(tensors, dim=0)  # type: ignore[arg-type]
-
-
 def checked_sizes(blobs: list[bytes], batch: int | None, limit: int = MAX_PIXELS) -> list[tuple[int, int]]:
     """Each image's (height, width), read from its header, when a unit's images may be decoded with nothing of
     the master's to compare: at most ``batch`` of them, each at most ``limit`` pixels, all alike, and at most

@@ -55,7 +55,7 @@ from .job_book import JobBook
 from .reports import report_progress
 from ..engine.jobs import EXTRA_DATA_KEY, Job, JobKind, UnitRun
 from ..graph.values import Describe, no_description
-from ..worker_client import PromptResult, WorkerClient
+from ..worker_client import PromptResult
 from ..cluster.preflight import MediaFile, check_media_paths
 
 log = logging.getLogger("comfy_distributed")
@@ -336,14 +336,6 @@ class CollectorUnits(JobKind[CJ]):
     def wanted(self, job: CJ, unit: UnitRun) -> frozenset[str]:
         return frozenset(output_key(collector, kind) for collector, kinds in job.kinds.items() for kind in kinds)
 
-    def frame_decoder(self, job: CJ, unit: UnitRun) -> Any:
-        expected = unit.batch or job.batch
-        if not expected or not any("images" in kinds for kinds in job.kinds.values()):
-            return None
-        from .codecs import FrameDecoder  # torch, once a job has units
-
-        return FrameDecoder(expected)
-
     async def fetch(self, job: CJ, unit: UnitRun, client: UnitTransport, result: PromptResult,
                     deadline: float) -> dict[str, Any]:
         files_by_key: dict[str, Any] = {}
@@ -357,14 +349,11 @@ class CollectorUnits(JobKind[CJ]):
                 files_by_key[key] = await client.fetch_files(files, deadline, expected=expected)
                 if expected and len(files) <= expected:  # more than the batch: left to the Collector's checks
                     # decoded now, on a worker thread, while other units still run: the Collector only joins
-                    from .codecs import CODECS, FrameDecoder  # torch, once a unit's files are here
+                    from .codecs import CODECS  # torch, once a unit's files are here
 
                     blobs = files_by_key[key]
-                    frames = await client.decoded_frames(files) if isinstance(client, WorkerClient) else None
-                    early = FrameDecoder.join(frames) if frames is not None else None  # decoded as they came
-                    if early is None:
-                        early = CODECS[kind].early(blobs) if decoded_inline(blobs) else \
-                            await asyncio.to_thread(CODECS[kind].early, blobs)
+                    early = CODECS[kind].early(blobs) if decoded_inline(blobs) else \
+                        await asyncio.to_thread(CODECS[kind].early, blobs)
                     if early is not None:
                         unit.decoded[key] = early
         return files_by_key

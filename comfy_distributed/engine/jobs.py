@@ -184,11 +184,6 @@ class JobKind(Generic[J]):
         """The ``extra_data`` the unit's prompt is queued with on the worker."""
         return None
 
-    def frame_decoder(self, job: J, unit: UnitRun) -> Any:
-        """What decodes the unit's images as they come as websocket frames (None: they are decoded, if at all,
-        once the unit's result is in); see :attr:`image_frames`."""
-        return None
-
     counts_its_end = False
     """Whether :meth:`Runner.settle` counts the job's end in the metrics (else its owner does, when it reports it)."""
 

@@ -158,7 +158,6 @@ class Runner(Generic[J]):
         if job.kind.image_frames and isinstance(client, WorkerClient):
             client.frames_offered = str(worker.id) not in self.cluster.files_only \
                 and offers_frames(self.cluster.object_info.peek(worker))
-            client.frame_decoder = job.kind.frame_decoder(job, unit) if client.frames_offered else None
         try:
             prompt = with_media(await job.kind.unit_prompt(job, unit, client), job.media_names.get(str(worker.id), {}))
             self.cluster.models.ran(str(worker.id), prompt)  # it loads the prompt's checkpoint now (its preflight passed)

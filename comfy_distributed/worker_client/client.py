@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Callable
 
 import aiohttp
 
@@ -14,7 +14,7 @@ from ..errors import WorkerError, WorkerExecutionFailed, WorkerFramesLost, Worke
 from .answers import OutputFile, PromptResult, history_error, size_text
 from .comfy import ComfyClient, Limits
 from .following import MAX_WORKER_MESSAGE, follow_websocket, next_event
-from .image_frames import INLINE_TYPE, Decoder, ImageFrames, with_frame_nodes
+from .image_frames import INLINE_TYPE, ImageFrames, with_frame_nodes
 from .preview_frames import MAX_METADATA_BYTES, PreviewSink
 from .sessions import Channel
 
@@ -62,18 +62,6 @@ class WorkerClient(ComfyClient):
         (set by the runner): a unit's images then come on the job's socket (:mod:`.image_frames`)."""
         self._frames: dict[str, bytes] = {}
         """Images that came as frames, by the name of the file entry they are listed under."""
-        self.frame_decoder: Decoder | None = None
-        """Decodes a unit's frames as they come (set by the runner for a kind that decodes images early)."""
-        self._decoded: dict[str, asyncio.Future | None] = {}
-        """Each frame's decoding, by the same names (None: left to the usual decoding)."""
-
-    async def decoded_frames(self, files: list[OutputFile]) -> list[Any] | None:
-        """What the frames listed as ``files`` decoded to as they came, in order; None unless every one of them
-        was decoded that way."""
-        decodings = [self._decoded.pop(file.filename, None) if file.type == INLINE_TYPE else None for file in files]
-        if not decodings or any(decoding is None for decoding in decodings):
-            return None
-        return list(await asyncio.gather(*decodings))  # type: ignore[arg-type]
 
     async def fetch_files(self, files: list[OutputFile], deadline: float, expected: int | None = None) -> list[bytes]:
         """Each file's bytes, in order, within what one output may bring back.
@@ -161,8 +149,7 @@ class WorkerClient(ComfyClient):
         images = None
         if websocket is not None and frames:
             prompt, nodes = with_frame_nodes(prompt, wanted)
-            images = ImageFrames(self.name, prompt_id, nodes, self.max_file_bytes, self.frame_decoder) \
-                if nodes else None
+            images = ImageFrames(self.name, prompt_id, nodes, self.max_file_bytes) if nodes else None
         try:
             # ComfyUI before 0.3.4x ignores a client-chosen prompt_id: follow the one it answers
             prompt_id = await self.submit(prompt, client_id, prompt_id, extra_data)
@@ -192,7 +179,7 @@ class WorkerClient(ComfyClient):
         images.check()
         if outputs is None:
             outputs = (await self._poll_history(prompt_id, deadline)).outputs
-        return PromptResult(prompt_id, {**outputs, **images.outputs(self._frames, self._decoded)}, self.name)
+        return PromptResult(prompt_id, {**outputs, **images.outputs(self._frames)}, self.name)
 
     async def _poll_history(self, prompt_id: str, deadline: float) -> PromptResult:
         pause = HISTORY_POLL_INTERVAL[0]

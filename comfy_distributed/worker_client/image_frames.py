@@ -17,11 +17,10 @@ not fit fails the worker; the sampler's previews go on to the preview relay as b
 
 from __future__ import annotations
 
-import asyncio
 import json
 import struct
 import uuid
-from typing import Any, Protocol
+from typing import Any
 
 from ..errors import WorkerAnswerTooLarge, WorkerFramesLost, WorkerProtocolError
 from .answers import MIB, clip_text, size_text
@@ -62,28 +61,14 @@ def with_frame_nodes(prompt: dict[str, Any], wanted: frozenset[str]) -> tuple[di
     return changed, frozenset(swapped)
 
 
-class Decoder(Protocol):
-    """Decodes a unit's images as they come (the Collector's :class:`~..collector.codecs.FrameDecoder`)."""
-
-    def admit(self, node: str, blob: bytes) -> bool:
-        """On the loop, as a frame is kept: whether to decode it now."""
-
-    def decode(self, blob: bytes) -> Any:
-        """On a worker thread: the decoded image, or None."""
-
-
 class ImageFrames:
-    """The images of one followed prompt's frame nodes, taken off the socket as they come (and, with a
-    ``decoder``, each handed to a worker thread to decode as the worker encodes the next)."""
+    """The images of one followed prompt's frame nodes, taken off the socket as they come."""
 
-    def __init__(self, name: str, prompt_id: str, nodes: frozenset[str], max_file_bytes: int,
-                 decoder: Decoder | None = None) -> None:
+    def __init__(self, name: str, prompt_id: str, nodes: frozenset[str], max_file_bytes: int) -> None:
         self.name = name
         self.prompt_id = prompt_id
         self.nodes = nodes
         self.max_file_bytes = max_file_bytes
-        self.decoder = decoder
-        self.decoding: dict[str, list[asyncio.Future | None]] = {node: [] for node in nodes}
         self.images: dict[str, list[bytes]] = {node: [] for node in nodes}
         self.total = 0
         self.complete = False
@@ -135,25 +120,18 @@ class ImageFrames:
                                        MAX_FRAME_BYTES_PER_PROMPT)
         if not image.startswith(PNG_SIGNATURE):
             raise WorkerProtocolError(self.name, f"GET /ws: an image of node {clip_text(node, 64)} is not a PNG")
-        kept = bytes(image)
-        self.images[node].append(kept)
-        decoding = None
-        if self.decoder is not None and self.decoder.admit(node, kept):
-            decoding = asyncio.get_running_loop().run_in_executor(None, self.decoder.decode, kept)
-        self.decoding[node].append(decoding)
+        self.images[node].append(bytes(image))
         return True
 
-    def outputs(self, store: dict[str, bytes],
-                decoded: dict[str, asyncio.Future | None]) -> dict[str, dict[str, Any]]:
+    def outputs(self, store: dict[str, bytes]) -> dict[str, dict[str, Any]]:
         """Each frame node's images as a result lists files (``images``: one entry each, of :data:`INLINE_TYPE`),
-        their bytes put in ``store`` under the entries' names, their decoding (None: not decoded) in ``decoded``."""
+        their bytes put in ``store`` under the entries' names."""
         listed: dict[str, dict[str, Any]] = {}
         for node, images in self.images.items():
             entries = []
-            for image, decoding in zip(images, self.decoding[node]):
+            for image in images:
                 name = f"{uuid.uuid4().hex}.png"
                 store[name] = image
-                decoded[name] = decoding
                 entries.append({"filename": name, "subfolder": "", "type": INLINE_TYPE})
             listed[node] = {"images": entries}
         return listed

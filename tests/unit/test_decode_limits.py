@@ -185,29 +185,3 @@ def test_only_small_files_of_few_pixels_are_decoded_on_the_server_loop():
     noisy = io.BytesIO()
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8)).save(noisy, "PNG")
     assert len(noisy.getvalue()) > 64 * 1024 and not decoded_inline([noisy.getvalue()]), "many bytes: a thread"
-
-
-def png_of(width: int, height: int, seed: int = 0) -> bytes:
-    pixels = np.random.default_rng(seed).integers(0, 256, (height, width, 3), dtype=np.uint8)
-    buffer = io.BytesIO()
-    Image.fromarray(pixels).save(buffer, format="PNG", compress_level=1)
-    return buffer.getvalue()
-
-
-def test_frames_decoded_as_they_come_keep_the_early_decoding_s_bounds(monkeypatch):
-    decoder = media_codecs.FrameDecoder(batch=2)
-    small = [png_of(8, 6, seed) for seed in range(3)]
-    assert decoder.admit("3", small[0]) and decoder.admit("3", small[1])
-    assert not decoder.admit("3", small[2]), "no more than the batch for one node"
-    assert decoder.admit("9", small[2]), "another Collector's node has its own count"
-    assert not decoder.admit("4", b"GIF89a" + bytes(40)) and not decoder.admit("4", png_bomb(5000, 4000, whole=False))
-    assert decoder.pixels == 3 * 48, "what was refused counts nothing"
-    monkeypatch.setattr(media_codecs, "MAX_BATCH_PIXELS", 4 * 48)
-    assert decoder.admit("4", small[0]) and not decoder.admit("4", small[1]), "the unit's pixels in all"
-    tensors = [decoder.decode(blob) for blob in small[:2]]
-    assert torch.equal(media_codecs.FrameDecoder.join(tensors), media_codecs.decode_images(small[:2]))
-    assert media_codecs.FrameDecoder.join([tensors[0], None]) is None
-    assert media_codecs.FrameDecoder.join([tensors[0], decoder.decode(png_of(6, 8))]) is None, "sizes differ"
-    assert media_codecs.FrameDecoder.join([]) is None
-    broken = small[0][:40]
-    assert decoder.decode(broken) is None
