@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import signal
 import sys
 import textwrap
 import time
@@ -127,6 +128,7 @@ def cmd_logs(args: argparse.Namespace) -> int:
     if not args.follow:
         return 0
     shown = text.splitlines()
+    ctrl_c_ends()
     try:
         while True:
             time.sleep(FOLLOW_INTERVAL)
@@ -137,6 +139,15 @@ def cmd_logs(args: argparse.Namespace) -> int:
                 shown = (shown + fresh)[-LOGS_MAX_LINES:]
     except KeyboardInterrupt:
         return 0
+
+
+def ctrl_c_ends() -> None:
+    """Ctrl+C (SIGINT) ends ``logs -f`` however it was started: a process inherits an ignored or blocked SIGINT
+    from whatever started it (a script's background job, a test runner's thread), and Python then never raises
+    KeyboardInterrupt."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    if hasattr(signal, "pthread_sigmask"):  # POSIX
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
 
 
 def new_lines(shown: list[str], now: list[str]) -> list[str]:
