@@ -18,7 +18,8 @@ a worker (no cookies, no redirects, no proxy from the environment).
 
 from .answers import MIB, MAX_TEXT, OutputFile, PromptResult, clip_text, json_kind, summarize_rejection
 from .blocking import run_blocking
-from .client import MAX_FILES_PER_OUTPUT, WorkerClient
+from .answers import MAX_FILES_PER_OUTPUT
+from .client import WorkerClient
 from .comfy import DEFAULT_MAX_FILE_BYTES, MAX_JSON_BYTES, MAX_OBJECT_INFO_BYTES, ComfyClient, Limits, Reply
 from .following import EventStream, Followed, finished
 from .preview_frames import MAX_PREVIEW_BYTES, PreviewFrame, PreviewSink, parse_preview

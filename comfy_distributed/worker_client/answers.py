@@ -9,6 +9,11 @@ from typing import Any
 from ..errors import WorkerProtocolError
 
 
+MAX_FILES_PER_OUTPUT = 4096
+"""Files one output node of one unit may list (frames of a long video included), or images it may send as
+websocket frames (:mod:`.image_frames`)."""
+
+
 MIB = 1024 * 1024
 
 

@@ -11,7 +11,7 @@ import aiohttp
 
 from ..config import Settings, WorkerConfig
 from ..errors import WorkerError, WorkerExecutionFailed, WorkerFramesLost, WorkerProtocolError, WorkerTimeout
-from .answers import OutputFile, PromptResult, history_error, size_text
+from .answers import MAX_FILES_PER_OUTPUT, OutputFile, PromptResult, history_error, size_text
 from .comfy import ComfyClient, Limits
 from .following import MAX_WORKER_MESSAGE, follow_websocket, next_event
 from .image_frames import INLINE_TYPE, ImageFrames, with_frame_nodes
@@ -20,10 +20,6 @@ from .sessions import Channel
 
 if TYPE_CHECKING:
     from .transport import WebSocket
-
-
-MAX_FILES_PER_OUTPUT = 4096
-"""Files one output node of one unit may list (frames of a long video included)."""
 
 
 FEATURE_FLAGS = {"type": "feature_flags", "data": {"supports_preview_metadata": True}}

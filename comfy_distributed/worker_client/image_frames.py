@@ -11,7 +11,8 @@ both nodes turn the tensor into 8 bits the same way, and PNG is lossless. Withou
 the unit keeps ``PreviewImage`` and its files.
 
 Every frame is checked at the edge: its prompt and node, its size (at most the file cap, and the prompt's frames
-at most :data:`MAX_FRAME_BYTES_PER_PROMPT` in all), and that it is a PNG. A frame of our prompt's frame node that does
+at most :data:`MAX_FRAME_BYTES_PER_PROMPT` in all), that it is a PNG, and how many a node sent (at most
+:data:`~.answers.MAX_FILES_PER_OUTPUT`, as files). A frame of our prompt's frame node that does
 not fit fails the worker; the sampler's previews go on to the preview relay as before.
 """
 
@@ -23,7 +24,7 @@ import uuid
 from typing import Any
 
 from ..errors import WorkerAnswerTooLarge, WorkerFramesLost, WorkerProtocolError
-from .answers import MIB, clip_text, size_text
+from .answers import MAX_FILES_PER_OUTPUT, MIB, clip_text, size_text
 from .preview_frames import MAX_METADATA_BYTES, PREVIEW_IMAGE_WITH_METADATA
 
 FRAME_NODE = "SaveImageWebsocket"
@@ -109,6 +110,9 @@ class ImageFrames:
                 or metadata.get("node_id") not in self.nodes:
             return False
         node, image = str(metadata["node_id"]), message[8 + length:]
+        if len(self.images[node]) >= MAX_FILES_PER_OUTPUT:  # the flood guard does not count these: this does
+            raise WorkerProtocolError(self.name, f"GET /ws: node {clip_text(node, 64)} sent more than "
+                                                 f"{MAX_FILES_PER_OUTPUT} images")
         if len(image) > self.max_file_bytes:
             raise WorkerAnswerTooLarge(self.name, f"GET /ws: an image of node {clip_text(node, 64)} is larger than "
                                                   f"the file cap of {size_text(self.max_file_bytes)}",

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import aiohttp
 
+from .following import MAX_WORKER_MESSAGE
 from .transport import refuse_redirects
 
 if TYPE_CHECKING:
@@ -88,8 +89,9 @@ class Channel:
     client_id: str = field(default_factory=lambda: f"multigpu-{uuid.uuid4().hex}")
     websocket: WebSocket | None = None
     frames: bool = False
-    max_message: int = 0
-    """The socket's cap on one message (aiohttp's ``max_msg_size``), as it was opened."""
+    max_message: int = MAX_WORKER_MESSAGE
+    """The socket's cap on one message (aiohttp's ``max_msg_size``), as it was opened (larger where it carries a
+    unit's images)."""
     """Whether this socket negotiated ``supports_preview_metadata`` (:mod:`.image_frames`): a unit's images may
     come on it as frames that name their prompt and node."""
 

@@ -190,3 +190,28 @@ async def test_after_a_lost_frame_that_worker_s_units_keep_their_files(tmp_path)
             assert by_position(result)[2][0] == "GPU 2" and w2.request_counts["/view"] == 2
             (message,) = cluster.failure_messages()
             assert "node 3 sent 1 image(s) of the 2 it announced" in message, message
+
+
+async def test_a_flood_of_tiny_frames_the_flood_budget_does_not_count_is_capped(tmp_path):
+    """Frames taken as a node's images skip the websocket's flood budget: their own count bounds them."""
+    tiny = frame({"prompt_id": None, "node_id": "3", "image_type": "image/png"}, b"\x89PNG\r\n\x1a\n")
+    prompt_ids: list[str] = []
+
+    def flood(metadata: dict, image: bytes):
+        prompt_ids.append(metadata["prompt_id"])
+        return metadata, image
+
+    class Flooding(FramingStandin):
+        async def _send_now(self, event: Any, data: Any, sid: str | None) -> None:
+            if event == 4 and isinstance(data, bytes) and not self.extra and prompt_ids == []:
+                (length,) = struct.unpack_from(">I", data, 0)
+                ours = json.loads(data[4:4 + length])["prompt_id"]
+                copy = json.loads(tiny[4:4 + struct.unpack_from(">I", tiny, 0)[0]])
+                self.extra = [frame({**copy, "prompt_id": ours}, b"\x89PNG\r\n\x1a\n")] * 5000
+            await super()._send_now(event, data, sid)
+
+    w2 = Flooding(tmp_path / "w2", name="w2", forge=flood)
+    cluster, result, _ = await run_two(tmp_path, w2)
+    assert by_position(result)[2][0] == "GPU 1"
+    (message,) = cluster.failure_messages()
+    assert "node 3 sent more than 4096 images" in message, message
